@@ -1,0 +1,9 @@
+"""Distributed K-means on Dask: map-reduce Lloyd iterations and k-means|| initialisation."""
+
+from __future__ import annotations
+
+from .estimator import KMeans
+
+__version__ = "0.1.0"
+
+__all__ = ["KMeans", "__version__"]

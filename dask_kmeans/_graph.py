@@ -1,0 +1,178 @@
+"""Dask graphs built from the chunk kernels. Nothing here computes.
+
+Every Lloyd pass is one ``blockwise`` layer (each chunk against the centres,
+which enter the graph once as a single-chunk array) followed by a tree ``sum``
+over packed fixed-size partials, so only ``k * d`` numbers leave each chunk.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+
+from . import _kernels as K
+
+
+def centers_array(centers: np.ndarray) -> da.Array:
+    """The centres as one dask key, shipped once per pass whatever the chunk count."""
+    return da.from_array(centers, chunks=centers.shape)
+
+
+def row_offsets(X: da.Array) -> da.Array:
+    """Global index of the first row of every row chunk, one block per chunk."""
+    starts = np.cumsum((0,) + X.chunks[0][:-1]).astype(np.int64)
+    return da.from_array(starts, chunks=1)
+
+
+def _weights_args(sample_weight):
+    return () if sample_weight is None else (sample_weight, "i")
+
+
+def packed_size(k: int, d: int, with_moments: bool) -> int:
+    return k * d + k + 1 + ((1 + 2 * d) if with_moments else 0)
+
+
+def _packed_chunk(x, c, w=None, *, with_moments):
+    p = K.lloyd_partials(x, c, w)
+    parts = [p.sums.ravel(), p.counts, [p.inertia]]
+    if with_moments:
+        parts.append(K.moments(x))
+    return np.concatenate(parts)[None, :]
+
+
+def unpack(packed: np.ndarray, k: int, d: int, with_moments: bool):
+    """Split a summed packed vector into (Partials, moments or None)."""
+    sums = packed[: k * d].reshape(k, d)
+    counts = packed[k * d : k * d + k]
+    inertia = float(packed[k * d + k])
+    mom = packed[k * d + k + 1 :] if with_moments else None
+    return K.Partials(sums, counts, inertia), mom
+
+
+def lloyd_partials(
+    X: da.Array, C: da.Array, sample_weight=None, *, split_every=None, with_moments=False
+) -> da.Array:
+    """Summed Lloyd partials of all chunks, as a lazy packed float64 vector.
+
+    ``with_moments`` appends the unweighted row count, feature sums and sums
+    of squares, for the convergence tolerance, in the same pass.
+    """
+    k, d = C.shape
+    size = packed_size(k, d, with_moments)
+    parts = da.blockwise(
+        _packed_chunk,
+        "ip",
+        X,
+        "ij",
+        C,
+        "kj",
+        *_weights_args(sample_weight),
+        new_axes={"p": size},
+        adjust_chunks={"i": 1},
+        align_arrays=False,
+        concatenate=True,
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+        with_moments=with_moments,
+    )
+    return parts.sum(axis=0, split_every=split_every)
+
+
+def _assign_chunk(x, c, w=None):
+    return K.assign(x, c, w)
+
+
+def _labels_of(t):
+    return t[0]
+
+
+def _inertia_of(t):
+    return np.array([t[2]])
+
+
+def _distances_of(t):
+    return t[1]
+
+
+def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None):
+    """Labels, squared distances and inertia from one shared pass.
+
+    Returns
+    -------
+    labels : dask array of shape (n_samples,), int32
+    sq_dist : dask array of shape (n_samples,), float64
+    inertia : dask array of shape (), float64
+    """
+    res = da.blockwise(
+        _assign_chunk,
+        "i",
+        X,
+        "ij",
+        C,
+        "kj",
+        *_weights_args(sample_weight),
+        align_arrays=False,
+        concatenate=True,
+        dtype=object,
+        meta=np.empty((0,), dtype=object),
+    )
+    labels = res.map_blocks(_labels_of, dtype=np.int32, meta=np.empty((0,), np.int32))
+    sq_dist = res.map_blocks(_distances_of, dtype=np.float64, meta=np.empty((0,), np.float64))
+    inertia = res.map_blocks(
+        _inertia_of, chunks=(1,), dtype=np.float64, meta=np.empty((0,), np.float64)
+    ).sum(split_every=split_every)
+    return labels, sq_dist, inertia
+
+
+def _transform_chunk(x, c):
+    return np.sqrt(K.pairwise_sq_distances(x, c))
+
+
+def distances(X: da.Array, C: da.Array) -> da.Array:
+    """Euclidean distance of every row to every centre, shape (n_samples, k)."""
+    k = C.shape[0]
+    return da.blockwise(
+        _transform_chunk,
+        "ik",
+        X,
+        "ij",
+        C,
+        "kj",
+        align_arrays=False,
+        concatenate=True,
+        dtype=X.dtype,
+        meta=np.empty((0, 0), dtype=X.dtype),
+        adjust_chunks={"k": k},
+    )
+
+
+def _far_chunk(x, c, offset, w=None, *, n_far):
+    return K.farthest(x, c, w, n_far, int(offset[0]))
+
+
+def farthest(X: da.Array, C: da.Array, sample_weight, n_far: int) -> da.Array:
+    """Candidates for empty-cluster relocation: each chunk's ``n_far`` farthest rows.
+
+    Returns a lazy (m, 4 + d) array (see ``_kernels.farthest``); at most
+    ``n_far <= k`` rows per chunk, so no more than k * d numbers per chunk.
+    """
+    d = X.shape[1]
+    sizes = tuple(min(n_far, s) for s in X.chunks[0])
+    return da.blockwise(
+        _far_chunk,
+        "ip",
+        X,
+        "ij",
+        C,
+        "kj",
+        row_offsets(X),
+        "i",
+        *_weights_args(sample_weight),
+        new_axes={"p": 4 + d},
+        adjust_chunks={"i": sizes},
+        align_arrays=False,
+        concatenate=True,
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+        n_far=n_far,
+    )

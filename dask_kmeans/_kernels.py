@@ -1,0 +1,261 @@
+"""Chunk kernels: pure NumPy + numba, no dask.
+
+Every function here takes ndarrays, returns new ndarrays (or a NamedTuple of
+them) and never modifies its inputs. Partial statistics have a fixed shape for
+all ``k`` clusters, so combining partials from any number of chunks, in any
+order, is an elementwise sum.
+
+The hot loop is :func:`_fused_pass`: a GEMM of a small row block against the
+centres into a buffer that stays in cache, then, in the same compiled pass,
+the argmax of ``x.c - |c|^2/2`` (the nearest centre), the exact squared
+distance to that centre and the per-cluster weighted sums.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+#: Rows per GEMM block: 256 x k distances stay in L1/L2 for any k we expect.
+BLOCK_ROWS = 256
+
+
+class Partials(NamedTuple):
+    """Per-chunk (or combined) Lloyd statistics for all ``k`` clusters."""
+
+    sums: np.ndarray  # (k, d) float64, weighted sums of member rows
+    counts: np.ndarray  # (k,) float64, total weight of members
+    inertia: float  # weighted sum of squared distances to the nearest centre
+
+
+@numba.njit(nogil=True, cache=True)
+def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts):
+    """Assign rows of ``x`` to the nearest centre and accumulate statistics.
+
+    ``ct`` is ``c.T`` made contiguous. ``w`` has length 0 for unit weights.
+    ``sums``/``counts`` have length 0 when only labels are wanted. ``labels``
+    and ``mind`` are filled in place (they are fresh buffers owned by the
+    caller). Returns the weighted inertia.
+    """
+    n, d = x.shape
+    k = c.shape[0]
+    want_stats = sums.shape[0] > 0
+    weighted = w.shape[0] > 0
+    buf = np.empty((BLOCK_ROWS, k), dtype=x.dtype)
+    inertia = 0.0
+    for start in range(0, n, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, n)
+        m = stop - start
+        xb = x[start:stop]
+        db = buf[:m]
+        np.dot(xb, ct, db)
+        for i in range(m):
+            best = 0
+            best_val = db[i, 0] - half_cnorm[0]
+            for j in range(1, k):
+                v = db[i, j] - half_cnorm[j]
+                if v > best_val:
+                    best_val = v
+                    best = j
+            # Exact distance: the expanded form |x|^2 - 2x.c + |c|^2 cancels
+            # badly when points sit close to their centre.
+            dist = 0.0
+            for f in range(d):
+                diff = np.float64(xb[i, f]) - np.float64(c[best, f])
+                dist += diff * diff
+            wi = w[start + i] if weighted else 1.0
+            labels[start + i] = best
+            mind[start + i] = dist
+            inertia += wi * dist
+            if want_stats:
+                counts[best] += wi
+                for f in range(d):
+                    sums[best, f] += wi * xb[i, f]
+    return inertia
+
+
+def _prepare(x: np.ndarray, centers: np.ndarray):
+    x = np.ascontiguousarray(x)
+    c = np.ascontiguousarray(centers, dtype=x.dtype)
+    ct = np.ascontiguousarray(c.T)
+    half_cnorm = 0.5 * np.einsum("ij,ij->i", c, c, dtype=np.float64).astype(x.dtype)
+    return x, c, ct, half_cnorm
+
+
+def _weights(sample_weight: np.ndarray | None) -> np.ndarray:
+    if sample_weight is None:
+        return np.empty(0, dtype=np.float64)
+    return np.ascontiguousarray(sample_weight, dtype=np.float64)
+
+
+def lloyd_partials(
+    x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None = None
+) -> Partials:
+    """Per-cluster weighted sums, counts and inertia of one chunk.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_features)
+        float32 or float64 rows.
+    centers : ndarray of shape (n_clusters, n_features)
+    sample_weight : ndarray of shape (n_samples,), optional
+
+    Returns
+    -------
+    Partials
+        ``sums`` of shape (n_clusters, n_features) and ``counts`` of shape
+        (n_clusters,), both float64, and the float ``inertia``.
+    """
+    x, c, ct, half = _prepare(x, centers)
+    n = x.shape[0]
+    k, d = c.shape
+    sums = np.zeros((k, d), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.float64)
+    labels = np.empty(n, dtype=np.int32)
+    mind = np.empty(n, dtype=np.float64)
+    inertia = _fused_pass(x, ct, c, half, _weights(sample_weight), labels, mind, sums, counts)
+    return Partials(sums, counts, float(inertia))
+
+
+def assign(
+    x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Nearest centre of every row.
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,), int32
+    sq_dist : ndarray of shape (n_samples,), float64
+        Exact squared distance of each row to its centre.
+    inertia : float
+        ``sum(sample_weight * sq_dist)``.
+    """
+    x, c, ct, half = _prepare(x, centers)
+    n = x.shape[0]
+    labels = np.empty(n, dtype=np.int32)
+    mind = np.empty(n, dtype=np.float64)
+    empty_sums = np.empty((0, 0), dtype=np.float64)
+    empty_counts = np.empty(0, dtype=np.float64)
+    inertia = _fused_pass(
+        x, ct, c, half, _weights(sample_weight), labels, mind, empty_sums, empty_counts
+    )
+    return labels, mind, float(inertia)
+
+
+def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances of every row to every centre.
+
+    Computed block by block with BLAS so temporaries stay bounded; clipped at
+    zero because the expanded form can go slightly negative.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_clusters), dtype of ``x``
+    """
+    x = np.asarray(x)
+    c = np.asarray(centers, dtype=x.dtype)
+    cnorm = np.einsum("ij,ij->i", c, c)
+    out = np.empty((x.shape[0], c.shape[0]), dtype=x.dtype)
+    step = 8192
+    for s in range(0, x.shape[0], step):
+        xb = x[s : s + step]
+        block = out[s : s + step]
+        np.dot(xb, c.T, out=block)
+        block *= -2
+        block += cnorm
+        block += np.einsum("ij,ij->i", xb, xb)[:, None]
+        np.maximum(block, 0, out=block)
+    return out
+
+
+def moments(x: np.ndarray) -> np.ndarray:
+    """Unweighted row count, per-feature sums and sums of squares, in float64.
+
+    Returns
+    -------
+    ndarray of shape (1 + 2 * n_features,)
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    return np.concatenate([[x64.shape[0]], x64.sum(axis=0), np.einsum("ij,ij->j", x64, x64)])
+
+
+def farthest(
+    x: np.ndarray,
+    centers: np.ndarray,
+    sample_weight: np.ndarray | None,
+    n_far: int,
+    offset: int,
+) -> np.ndarray:
+    """The ``n_far`` rows of a chunk farthest from their nearest centre.
+
+    Used to relocate empty clusters, as scikit-learn does. ``offset`` is the
+    global index of the chunk's first row, used to break ties the same way
+    whatever the chunking.
+
+    Returns
+    -------
+    ndarray of shape (m, 4 + n_features), float64, m <= n_far
+        Columns: squared distance, global row index, label, weight, then the row.
+    """
+    labels, mind, _ = assign(x, centers)
+    m = min(n_far, x.shape[0])
+    if m == 0:
+        return np.empty((0, 4 + x.shape[1]), dtype=np.float64)
+    idx = np.argpartition(-mind, m - 1)[:m] if m < x.shape[0] else np.arange(x.shape[0])
+    w = np.ones(len(idx)) if sample_weight is None else np.asarray(sample_weight)[idx]
+    out = np.empty((len(idx), 4 + x.shape[1]), dtype=np.float64)
+    out[:, 0] = mind[idx]
+    out[:, 1] = idx + offset
+    out[:, 2] = labels[idx]
+    out[:, 3] = w
+    out[:, 4:] = np.asarray(x)[idx]
+    return out
+
+
+def relocate_empty(
+    sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move each empty cluster onto one of the rows farthest from its centre.
+
+    Follows scikit-learn: the farthest row leaves its cluster (its weighted
+    contribution is removed from that cluster's sums) and becomes the only
+    member of the empty one. ``candidates`` is the output of :func:`farthest`
+    for all chunks, concatenated.
+
+    Returns
+    -------
+    sums, counts : new arrays of shapes (k, d) and (k,)
+    """
+    sums = sums.copy()
+    counts = counts.copy()
+    empty = np.flatnonzero(counts == 0)
+    # Farthest first; ties by lower global row index so chunking cannot matter.
+    order = np.lexsort((candidates[:, 1], -candidates[:, 0]))
+    for cluster, row in zip(empty, candidates[order], strict=False):
+        old = int(row[2])
+        w = row[3]
+        point = row[4:]
+        sums[old] -= w * point
+        counts[old] -= w
+        sums[cluster] = w * point
+        counts[cluster] = w
+    return sums, counts
+
+
+def finalize_centers(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """New centres: weighted means, in the dtype of ``previous``.
+
+    A cluster that is still empty (only possible when there are fewer rows
+    with positive weight than clusters) keeps its previous centre.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features)
+    """
+    empty = counts <= 0
+    safe = np.where(empty, 1.0, counts)
+    new = sums / safe[:, None]
+    new[empty] = previous[empty]
+    return new.astype(previous.dtype, copy=False)

@@ -1,0 +1,91 @@
+"""The Lloyd driver: one compute per iteration, convergence, logging."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _graph as G
+from . import _kernels as K
+from ._runtime import compute
+
+logger = logging.getLogger("dask_kmeans")
+
+
+class LloydResult(NamedTuple):
+    centers: np.ndarray
+    n_iter: int
+    converged: bool
+
+
+def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
+    """scikit-learn's tolerance: ``tol`` times the mean feature variance."""
+    n = mom[0]
+    d = (len(mom) - 1) // 2
+    mean = mom[1 : 1 + d] / n
+    var = np.maximum(mom[1 + d :] / n - mean**2, 0.0)
+    return float(np.mean(var) * tol)
+
+
+def _check_finite(inertia: float) -> None:
+    if not np.isfinite(inertia):
+        raise ValueError(
+            "Input X contains NaN or infinity: the first Lloyd pass gave a non-finite inertia. "
+            "Drop or impute the missing values before fitting "
+            "(dask_kmeans.read_parquet(..., missing='drop') drops them)."
+        )
+
+
+def lloyd(
+    X,
+    sample_weight,
+    centers: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+    split_every: int | None = None,
+    verbose: bool = False,
+) -> LloydResult:
+    """Run Lloyd iterations on a row-chunked dask array from ``centers``.
+
+    Each iteration is exactly one ``compute`` of one map-reduce, except an
+    iteration in which a cluster empties: that one makes a second, smaller
+    pass to find the rows farthest from their centres.
+    """
+    k, d = centers.shape
+    dtype = centers.dtype
+    tol_abs = 0.0
+    converged = False
+    n_iter = 0
+    for it in range(max_iter):
+        t0 = time.perf_counter()
+        with_moments = it == 0 and tol > 0
+        C = G.centers_array(centers)
+        (packed,) = compute(G.lloyd_partials(X, C, sample_weight, split_every=split_every,
+                                             with_moments=with_moments))
+        partials, mom = G.unpack(packed, k, d, with_moments)
+        _check_finite(partials.inertia)
+        if with_moments:
+            tol_abs = tolerance_from_moments(mom, tol)
+        sums, counts = partials.sums, partials.counts
+        n_empty = int(np.count_nonzero(counts == 0))
+        if n_empty:
+            (cand,) = compute(G.farthest(X, C, sample_weight, n_empty))
+            sums, counts = K.relocate_empty(sums, counts, cand)
+        new_centers = K.finalize_centers(sums, counts, centers)
+        shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
+        centers = new_centers
+        n_iter = it + 1
+        if verbose:
+            logger.info(
+                "iteration %d: inertia %.6g, center shift %.3g (tolerance %.3g), "
+                "%d empty clusters relocated, %.3f s",
+                n_iter, partials.inertia, shift, tol_abs, n_empty, time.perf_counter() - t0,
+            )
+        if shift <= tol_abs:
+            converged = True
+            break
+    return LloydResult(centers.astype(dtype, copy=False), n_iter, converged)

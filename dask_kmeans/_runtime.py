@@ -1,0 +1,149 @@
+"""Where the computation runs: the active scheduler, its size and BLAS threads.
+
+The drivers (``_lloyd``, ``_init``, the estimator) call :func:`compute` and
+:func:`persist` here instead of ``dask.compute`` so that BLAS runs one thread
+per Dask worker thread, set once per worker or once per call, never per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import dask
+from distributed.diagnostics.plugin import WorkerPlugin
+from threadpoolctl import ThreadpoolController
+
+#: Fraction of the cluster's memory that ``persist="auto"`` may fill.
+PERSIST_FRACTION = 0.5
+#: Target size of one persisted chunk: large enough that per-task overhead
+#: (milliseconds on small machines) is small next to the kernel.
+TARGET_CHUNK_BYTES = 128 * 2**20
+
+_controller: ThreadpoolController | None = None
+_PLUGIN_NAME = "dask-kmeans-single-blas-thread"
+
+
+def active_client():
+    """The ``distributed.Client`` that ``dask.compute`` would use now, or ``None``.
+
+    Mirrors dask's own choice: an explicit ``scheduler`` in dask's config wins,
+    then ``distributed.get_client()`` (the current or default client, or the
+    worker's client when running inside a task).
+    """
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+class SingleBlasThread(WorkerPlugin):
+    """Worker plugin: one BLAS thread per worker thread, set once at start-up."""
+
+    name = _PLUGIN_NAME
+
+    def setup(self, worker):
+        ThreadpoolController().limit(limits=1, user_api="blas")
+
+
+def prepare_client(client) -> None:
+    """Limit BLAS threads on every worker of ``client`` (idempotent, by name)."""
+    client.register_plugin(SingleBlasThread(), name=_PLUGIN_NAME)
+
+
+@contextlib.contextmanager
+def _local_blas_limit(client):
+    global _controller
+    if client is not None:
+        yield
+        return
+    if _controller is None:
+        _controller = ThreadpoolController()
+    with _controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+def compute(*args):
+    """``dask.compute`` with one BLAS thread per worker thread."""
+    with _local_blas_limit(active_client()):
+        return dask.compute(*args)
+
+
+def dask_persist(*args):
+    """``dask.persist`` with one BLAS thread per worker thread."""
+    with _local_blas_limit(active_client()):
+        return dask.persist(*args)
+
+
+def total_threads(client=None) -> int:
+    """Threads available to tasks: the cluster's, or this machine's."""
+    client = client if client is not None else active_client()
+    if client is not None:
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        return max(1, sum(w.get("nthreads", 1) for w in info.values()))
+    return max(1, dask.system.CPU_COUNT)
+
+
+def memory_budget(client=None) -> float:
+    """Bytes that ``persist="auto"`` may fill on the cluster (or this machine)."""
+    client = client if client is not None else active_client()
+    if client is not None:
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        limits = [w.get("memory_limit") or 0 for w in info.values()]
+        if limits and all(limits):
+            return PERSIST_FRACTION * float(sum(limits))
+    import psutil
+
+    return PERSIST_FRACTION * float(psutil.virtual_memory().available)
+
+
+def target_row_chunks(n_rows: int, row_bytes: int, threads: int) -> int:
+    """Rows per chunk for data held in memory: a few large chunks per thread."""
+    by_size = max(1, TARGET_CHUNK_BYTES // max(row_bytes, 1))
+    by_threads = math.ceil(n_rows / (2 * threads))
+    # Tiny inputs stay in one chunk: tasks cost more than the arithmetic.
+    return int(max(min(by_size, by_threads), min(n_rows, 4096), 1))
+
+
+def place_data(X, sample_weight, persist, client=None):
+    """Put the input where the Lloyd passes will read it.
+
+    NumPy input becomes a dask array of a few large row chunks (sent to the
+    workers once when a distributed client is active). Dask input is persisted
+    when ``persist`` is True, or "auto" and it fits in :data:`PERSIST_FRACTION`
+    of the cluster's memory; persisted data is first rechunked into a few large
+    chunks per thread, because every task costs milliseconds. Otherwise every
+    pass re-reads the source chunk by chunk.
+
+    Returns
+    -------
+    X, sample_weight : dask arrays with the same row chunks
+    persisted : bool
+    """
+    import dask.array as da
+
+    threads = total_threads(client)
+    row_bytes = X.shape[1] * X.dtype.itemsize
+    if not isinstance(X, da.Array):
+        rows = target_row_chunks(X.shape[0], row_bytes, threads)
+        Xd = da.from_array(X, chunks=(rows, -1))
+        wd = None if sample_weight is None else da.from_array(sample_weight, chunks=(Xd.chunks[0],))
+        if client is not None:
+            Xd, wd = dask_persist(Xd, wd)
+        return Xd, wd, client is not None
+    if persist == "auto":
+        persist = X.nbytes <= memory_budget(client)
+    if not persist:
+        return X, sample_weight, False
+    rows = target_row_chunks(X.shape[0], row_bytes, threads)
+    target_blocks = math.ceil(X.shape[0] / rows)
+    if X.numblocks[0] > 4 * target_blocks or X.numblocks[0] < min(threads, target_blocks):
+        X = X.rechunk({0: rows})
+        if sample_weight is not None:
+            sample_weight = sample_weight.rechunk((X.chunks[0],))
+    X, sample_weight = dask_persist(X, sample_weight)
+    return X, sample_weight, True

@@ -1,0 +1,172 @@
+"""Parameter constraints and input checks, with messages that name the problem."""
+
+from __future__ import annotations
+
+import numbers
+
+import dask.array as da
+import numpy as np
+from sklearn.utils.validation import validate_data
+
+INIT_NAMES = ("k-means||", "k-means++", "random")
+FLOAT_DTYPES = (np.float64, np.float32)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _require(cond: bool, name: str, value, expected: str) -> None:
+    if not cond:
+        raise ValueError(
+            f"The '{name}' parameter of KMeans must be {expected}. Got {value!r} instead."
+        )
+
+
+def check_params(est) -> None:
+    """Validate the estimator's hyper-parameters; called at the start of ``fit``."""
+    _require(_is_int(est.n_clusters) and est.n_clusters >= 1, "n_clusters", est.n_clusters,
+             "an int >= 1")
+    _require(_is_int(est.max_iter) and est.max_iter >= 1, "max_iter", est.max_iter, "an int >= 1")
+    _require(isinstance(est.tol, numbers.Real) and not isinstance(est.tol, bool)
+             and np.isfinite(est.tol) and est.tol >= 0, "tol", est.tol, "a float >= 0")
+    _require(est.n_init == "auto" or (_is_int(est.n_init) and est.n_init >= 1), "n_init",
+             est.n_init, "'auto' or an int >= 1")
+    init = est.init
+    _require((isinstance(init, str) and init in INIT_NAMES) or callable(init)
+             or hasattr(init, "__array__") or isinstance(init, list | tuple), "init", init,
+             f"one of {INIT_NAMES}, an array of shape (n_clusters, n_features) or a callable")
+    _require(isinstance(est.oversampling_factor, numbers.Real)
+             and not isinstance(est.oversampling_factor, bool)
+             and np.isfinite(est.oversampling_factor) and est.oversampling_factor > 0,
+             "oversampling_factor", est.oversampling_factor, "a float > 0")
+    _require(_is_int(est.init_rounds) and est.init_rounds >= 1, "init_rounds", est.init_rounds,
+             "an int >= 1")
+    _require(est.split_every is None or (_is_int(est.split_every) and est.split_every >= 2),
+             "split_every", est.split_every, "None or an int >= 2")
+    _require(est.persist in ("auto", True, False), "persist", est.persist,
+             "'auto', True or False")
+
+
+def is_lazy(X) -> bool:
+    """Whether ``X`` is a dask collection (array or DataFrame)."""
+    return isinstance(X, da.Array) or _is_dask_frame(X)
+
+
+def _is_dask_frame(X) -> bool:
+    try:
+        import dask.dataframe as dd
+    except ImportError:  # pragma: no cover - dataframe extra is a core dependency
+        return False
+    return isinstance(X, dd.DataFrame)
+
+
+def _numeric_or_raise(columns, dtypes) -> None:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    bad = [f"{c!r} ({t})" for c, t in zip(columns, dtypes, strict=True)
+           if not (is_numeric_dtype(t) or is_bool_dtype(t))]
+    if bad:
+        raise ValueError(f"KMeans needs numeric features; non-numeric column(s): {', '.join(bad)}. "
+                         "Select the numeric columns or encode these first.")
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"Complex data not supported (dtype {dtype}).")
+    return dtype if dtype in FLOAT_DTYPES else np.dtype(np.float64)
+
+
+def _check_dask(est, X, *, reset: bool) -> da.Array:
+    names = None
+    if _is_dask_frame(X):
+        _numeric_or_raise(list(X.columns), list(X.dtypes))
+        if all(isinstance(c, str) for c in X.columns):
+            names = np.asarray(list(X.columns), dtype=object)
+        X = X.to_dask_array(lengths=True)
+    if X.ndim != 2:
+        raise ValueError(f"Expected a 2-D array of shape (n_samples, n_features), got {X.ndim}-D "
+                         f"with shape {X.shape}.")
+    dtype = _float_dtype(X.dtype)
+    if any(np.isnan(c) for c in X.chunks[0]):
+        X = X.compute_chunk_sizes()
+    if X.numblocks[1] != 1:
+        X = X.rechunk({1: -1})
+    if X.dtype != dtype:
+        X = X.astype(dtype)
+    if reset:
+        est.n_features_in_ = X.shape[1]
+        if names is not None:
+            est.feature_names_in_ = names
+        elif hasattr(est, "feature_names_in_"):
+            del est.feature_names_in_
+    else:
+        if X.shape[1] != est.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but KMeans is expecting "
+                             f"{est.n_features_in_} features as input.")
+        fitted = getattr(est, "feature_names_in_", None)
+        if fitted is not None and names is not None and list(fitted) != list(names):
+            raise ValueError("The feature names should match those that were passed during fit, "
+                             f"in the same order: expected {list(fitted)}, got {list(names)}.")
+    if X.shape[0] == 0:
+        raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 "
+                         "is required by KMeans.")
+    return X
+
+
+def check_X(est, X, *, reset: bool):
+    """Validated input: a dask array (row-chunked, float) or a C-ordered ndarray.
+
+    NumPy and pandas input go through scikit-learn's ``validate_data`` (finite
+    values, feature names); dask input is checked without computing anything.
+    """
+    if is_lazy(X):
+        return _check_dask(est, X, reset=reset)
+    if hasattr(X, "dtypes") and hasattr(X, "columns"):
+        _numeric_or_raise(list(X.columns), list(X.dtypes))
+    return validate_data(est, X, reset=reset, dtype=list(FLOAT_DTYPES), order="C",
+                         accept_large_sparse=False)
+
+
+def check_sample_weight(sample_weight, X):
+    """``None``, or float64 weights aligned with ``X`` (same row chunks for dask)."""
+    if sample_weight is None:
+        return None
+    n = X.shape[0]
+    if isinstance(sample_weight, numbers.Number):
+        sample_weight = np.full(n, float(sample_weight))
+    if is_lazy(sample_weight):
+        w = sample_weight
+        if not isinstance(w, da.Array):
+            w = w.to_dask_array(lengths=True)
+        if w.ndim != 1 or w.shape[0] != n:
+            raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},)!")
+        w = w.astype(np.float64)
+        return w.rechunk((X.chunks[0],)) if isinstance(X, da.Array) else w.compute()
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim != 1:
+        raise ValueError("Sample weights must be 1D array or scalar")
+    if w.shape[0] != n:
+        raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},)!")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("sample_weight contains NaN or infinity.")
+    if np.any(w < 0):
+        raise ValueError(f"Negative values in sample_weight: {int(np.sum(w < 0))} of {n} rows.")
+    if not np.any(w > 0):
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    if isinstance(X, da.Array):
+        return da.from_array(w, chunks=(X.chunks[0],))
+    return w
+
+
+def check_init_array(init, n_clusters: int, n_features: int, dtype) -> np.ndarray:
+    """An explicit initial centres array, checked for shape and finiteness."""
+    centers = np.asarray(init)
+    if centers.ndim != 2 or centers.shape != (n_clusters, n_features):
+        raise ValueError(f"The shape of the initial centers {centers.shape} does not match "
+                         f"(n_clusters, n_features) = ({n_clusters}, {n_features}).")
+    centers = np.array(centers, dtype=dtype, order="C")
+    if not np.all(np.isfinite(centers)):
+        raise ValueError("The initial centers contain NaN or infinity.")
+    return centers

@@ -1,0 +1,295 @@
+"""The scikit-learn compatible :class:`KMeans` estimator."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from . import _graph as G
+from . import _init, _lloyd
+from . import _kernels as K
+from . import _runtime as R
+from . import _validation as V
+
+logger = logging.getLogger("dask_kmeans")
+
+
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    """K-means clustering whose Lloyd iterations are map-reduces over Dask chunks.
+
+    Each iteration sends the current centres to every chunk once; every chunk
+    returns per-cluster weighted sums, counts and inertia (``k * d`` numbers),
+    a tree reduction adds them, and the driver forms the new centres. Works on
+    NumPy arrays, pandas DataFrames, dask arrays and dask DataFrames, on the
+    active scheduler (a ``distributed.Client`` or dask's local schedulers).
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        The number of clusters ``k``.
+    init : {"random"}, ndarray of shape (n_clusters, n_features) or callable, default="random"
+        "random" picks ``n_clusters`` distinct rows at random (weighted by
+        ``sample_weight``). A callable is called as
+        ``init(X, n_clusters, random_state)`` and returns the centres.
+    n_init : "auto" or int, default="auto"
+        Number of initialisations; the run with the lowest inertia is kept.
+        "auto" means 10 for "random" or a callable and 1 otherwise, as in
+        scikit-learn. An explicit array always runs once.
+    max_iter : int, default=300
+        Maximum number of Lloyd iterations per run.
+    tol : float, default=1e-4
+        Convergence when the squared shift of all centres is at most ``tol``
+        times the mean variance of the features (scikit-learn's definition).
+        The variance is taken in the first iteration's pass over the data.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation.
+    oversampling_factor : float, default=2.0
+        k-means|| only: each round samples about ``oversampling_factor * k``
+        candidates.
+    init_rounds : int, default=5
+        k-means|| only: number of sampling rounds.
+    split_every : int or None, default=None
+        Fan-in of the tree reduction that adds the per-chunk statistics
+        (dask's default when None).
+    persist : "auto", True or False, default="auto"
+        For dask input: hold the data in the cluster's memory between passes.
+        "auto" persists when it fits in half of the cluster's memory;
+        otherwise every pass re-reads the source chunk by chunk.
+    verbose : bool or int, default=False
+        Log one line per iteration to the ``dask_kmeans`` logger (a stderr
+        handler is added when logging is not configured).
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        In the input's float dtype (float32 stays float32).
+    labels_ : ndarray or dask array of shape (n_samples,)
+        A dask array for dask input, an ndarray for NumPy or pandas input.
+    inertia_ : float
+        Weighted sum of exact squared distances of rows to their centre.
+    n_iter_ : int
+        Lloyd iterations of the kept run.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only for DataFrame input with string column names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dask_kmeans import KMeans
+    >>> X = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 0.0],
+    ...               [10.0, 2.0], [10.0, 4.0], [10.0, 0.0]])
+    >>> km = KMeans(n_clusters=2, init=X[[0, 3]], random_state=0).fit(X)
+    >>> km.cluster_centers_
+    array([[ 1.,  2.],
+           [10.,  2.]])
+    >>> km.predict([[0.0, 0.0], [12.0, 3.0]])
+    array([0, 1], dtype=int32)
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init="random",
+        n_init: Literal["auto"] | int = "auto",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        random_state=None,
+        oversampling_factor: float = 2.0,
+        init_rounds: int = 5,
+        split_every: int | None = None,
+        persist: Literal["auto"] | bool = "auto",
+        verbose: bool | int = False,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.oversampling_factor = oversampling_factor
+        self.init_rounds = init_rounds
+        self.split_every = split_every
+        self.persist = persist
+        self.verbose = verbose
+
+    # -- fitting -----------------------------------------------------------------
+
+    def _n_init(self) -> int:
+        explicit = not (isinstance(self.init, str) or callable(self.init))
+        if explicit:
+            if self.n_init not in ("auto", 1):
+                warnings.warn(
+                    "Explicit initial center position passed: performing only one init in "
+                    f"KMeans instead of n_init={self.n_init}.", RuntimeWarning, stacklevel=3)
+            return 1
+        if self.n_init == "auto":
+            return 10 if (self.init == "random" or callable(self.init)) else 1
+        return self.n_init
+
+    def _initial_centers(self, X, sample_weight, random_state) -> np.ndarray:
+        if isinstance(self.init, str):
+            # "random" is the only name handled here until k-means|| lands.
+            return _init.random_rows(X, sample_weight, self.n_clusters, random_state)
+        return _init.user_centers(self.init, X, self.n_clusters, random_state)
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute k-means clustering.
+
+        Parameters
+        ----------
+        X : array-like, dask array or DataFrame of shape (n_samples, n_features)
+            Numeric rows. Dask arrays whose columns are split are rechunked.
+        y : Ignored
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Weights of the rows: weighted means and a weighted inertia.
+            Weighting a row by 2 is the same as repeating it.
+
+        Returns
+        -------
+        self : KMeans
+        """
+        V.check_params(self)
+        Xv = V.check_X(self, X, reset=True)
+        lazy = isinstance(Xv, da.Array)
+        n_samples = Xv.shape[0]
+        if n_samples < self.n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
+        weights = V.check_sample_weight(sample_weight, Xv)
+        random_state = check_random_state(self.random_state)
+        n_init = self._n_init()
+        if self.verbose:
+            _ensure_log_handler()
+
+        client = R.active_client()
+        if client is not None:
+            R.prepare_client(client)
+        Xd, wd, persisted = R.place_data(Xv, weights, self.persist, client)
+
+        best = None
+        for _ in range(n_init):
+            centers0 = self._initial_centers(Xd if lazy else Xv, wd if lazy else weights,
+                                             random_state)
+            result = _lloyd.lloyd(Xd, wd, centers0, max_iter=self.max_iter, tol=self.tol,
+                                  split_every=self.split_every, verbose=bool(self.verbose))
+            labels, _, inertia = G.assignment(Xd, G.centers_array(result.centers), wd,
+                                              split_every=self.split_every)
+            if not lazy:
+                labels, inertia = R.compute(labels, inertia)
+            elif persisted:
+                labels, inertia = R.dask_persist(labels, inertia)
+                (inertia,) = R.compute(inertia)
+            else:
+                (inertia,) = R.compute(inertia)
+            inertia = float(inertia)
+            if best is None or inertia < best[2]:
+                best = (result, labels, inertia)
+
+        result, labels, inertia = best
+        n_distinct = len(np.unique(result.centers, axis=0))
+        if n_distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({n_distinct}) found smaller than "
+                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning, stacklevel=2)
+        self.cluster_centers_ = result.centers
+        self.labels_ = labels
+        self.inertia_ = inertia
+        self.n_iter_ = result.n_iter
+        if self.verbose:
+            logger.info("fit done: %d iterations, inertia %.6g, converged=%s",
+                        result.n_iter, inertia, result.converged)
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit and return ``labels_``.
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,)
+        """
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def fit_transform(self, X, y=None, sample_weight=None):
+        """Fit and return the distances of every row to every centre.
+
+        Returns
+        -------
+        distances : ndarray or dask array of shape (n_samples, n_clusters)
+        """
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    # -- using a fitted model -------------------------------------------------
+
+    def _validated(self, X):
+        check_is_fitted(self)
+        return V.check_X(self, X, reset=False)
+
+    def predict(self, X):
+        """Index of the nearest centre of every row.
+
+        Parameters
+        ----------
+        X : array-like, dask array or DataFrame of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,), int32
+            A lazy dask array for dask input.
+        """
+        Xv = self._validated(X)
+        if isinstance(Xv, da.Array):
+            labels, _, _ = G.assignment(Xv, G.centers_array(self.cluster_centers_))
+            return labels
+        return K.assign(Xv, self.cluster_centers_)[0]
+
+    def transform(self, X):
+        """Euclidean distance of every row to every centre.
+
+        Returns
+        -------
+        distances : ndarray or dask array of shape (n_samples, n_clusters)
+        """
+        Xv = self._validated(X)
+        if isinstance(Xv, da.Array):
+            return G.distances(Xv, G.centers_array(self.cluster_centers_))
+        return np.sqrt(K.pairwise_sq_distances(Xv, self.cluster_centers_))
+
+    def score(self, X, y=None, sample_weight=None):
+        """Opposite of the (weighted) inertia of ``X`` against the fitted centres.
+
+        Returns
+        -------
+        score : float
+        """
+        Xv = self._validated(X)
+        weights = V.check_sample_weight(sample_weight, Xv)
+        if isinstance(Xv, da.Array):
+            _, _, inertia = G.assignment(Xv, G.centers_array(self.cluster_centers_), weights,
+                                         split_every=self.split_every)
+            (inertia,) = R.compute(inertia)
+            return -float(inertia)
+        return -K.assign(Xv, self.cluster_centers_, weights)[2]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+
+def _ensure_log_handler() -> None:
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s dask_kmeans %(message)s"))
+        logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)

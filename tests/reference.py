@@ -1,0 +1,72 @@
+"""A float64 NumPy Lloyd, written for clarity, as the reference for every test.
+
+Same semantics as dask_kmeans: scikit-learn's tolerance (tol * mean feature
+variance, compared with the squared shift of all centres), empty clusters
+relocated onto the rows farthest from their centres (ties by lower row index),
+and a final assignment so labels and inertia agree with the final centres.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Tolerances per dtype, relative: float64 results match to rounding of sums in
+# a different order; float32 distances and GEMMs round at ~1e-7 per operation.
+RTOL = {np.dtype(np.float64): 1e-7, np.dtype(np.float32): 1e-4}
+
+
+def sq_distances(X, C):
+    X = np.asarray(X, dtype=np.float64)
+    C = np.asarray(C, dtype=np.float64)
+    return ((X[:, None, :] - C[None, :, :]) ** 2).sum(axis=-1)
+
+
+def assign(X, C, w=None):
+    d = sq_distances(X, C)
+    labels = d.argmin(axis=1)
+    mind = d[np.arange(len(X)), labels]
+    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+    return labels, mind, float(np.sum(w * mind))
+
+
+def partials(X, C, w=None):
+    X = np.asarray(X, dtype=np.float64)
+    k = len(C)
+    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+    labels, mind, inertia = assign(X, C, w)
+    sums = np.zeros((k, X.shape[1]))
+    counts = np.zeros(k)
+    for j in range(k):
+        member = labels == j
+        sums[j] = (w[member, None] * X[member]).sum(axis=0)
+        counts[j] = w[member].sum()
+    return sums, counts, inertia, labels, mind
+
+
+def lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
+    """Returns (centers, labels, inertia, n_iter), all float64."""
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+    tol_abs = float(np.mean(np.var(X, axis=0)) * tol)
+    C = np.array(C0, dtype=np.float64)
+    n_iter = 0
+    for it in range(max_iter):
+        sums, counts, _, labels, mind = partials(X, C, w)
+        # Farthest rows first, lower row index first on ties.
+        order = np.lexsort((np.arange(len(X)), -mind))
+        for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
+            old = labels[far]
+            sums[old] -= w[far] * X[far]
+            counts[old] -= w[far]
+            sums[j] = w[far] * X[far]
+            counts[j] = w[far]
+        new = C.copy()
+        nz = counts > 0
+        new[nz] = sums[nz] / counts[nz, None]
+        shift = float(((new - C) ** 2).sum())
+        C = new
+        n_iter = it + 1
+        if shift <= tol_abs:
+            break
+    labels, _, inertia = assign(X, C, w)
+    return C, labels, inertia, n_iter

@@ -1,0 +1,299 @@
+from __future__ import annotations
+
+import logging
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+from dask.callbacks import Callback
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.exceptions import ConvergenceWarning
+
+from dask_kmeans import KMeans
+from tests import reference as ref
+from tests.conftest import blobs
+
+
+def _rtol(dtype):
+    return ref.RTOL[np.dtype(dtype)]
+
+
+def _close(a, b, dtype):
+    rtol = _rtol(dtype)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * max(1.0, np.abs(b).max()))
+
+
+@pytest.fixture(scope="module")
+def data():
+    X = blobs(n=4000, d=6, k=5, seed=3, spread=3.0)
+    C0 = X[np.random.default_rng(0).choice(len(X), 5, replace=False)].copy()
+    return X, C0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matches_reference_and_sklearn(data, dtype):
+    X, C0 = data
+    X = X.astype(dtype)
+    ours = KMeans(5, init=C0, tol=1e-4).fit(X)
+    C, labels, inertia, n_iter = ref.lloyd(X, C0, tol=1e-4)
+    sk = SKKMeans(5, init=C0.astype(dtype), n_init=1, algorithm="lloyd", tol=1e-4).fit(X)
+    assert ours.cluster_centers_.dtype == dtype
+    _close(ours.cluster_centers_, C, dtype)
+    _close(ours.cluster_centers_, sk.cluster_centers_, dtype)
+    np.testing.assert_allclose(ours.inertia_, inertia, rtol=_rtol(dtype))
+    np.testing.assert_allclose(ours.inertia_, sk.inertia_, rtol=_rtol(dtype))
+    assert ours.n_iter_ == n_iter == sk.n_iter_
+    np.testing.assert_array_equal(ours.labels_, labels)
+    assert isinstance(ours.labels_, np.ndarray)
+
+
+def test_dask_input_gives_dask_labels_matching_numpy(data):
+    X, C0 = data
+    ours = KMeans(5, init=C0).fit(da.from_array(X, chunks=(700, 3)))  # columns split too
+    np_fit = KMeans(5, init=C0).fit(X)
+    assert isinstance(ours.labels_, da.Array)
+    _close(ours.cluster_centers_, np_fit.cluster_centers_, np.float64)
+    np.testing.assert_array_equal(ours.labels_.compute(), np_fit.labels_)
+    assert ours.n_iter_ == np_fit.n_iter_
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(min_value=1, max_value=1199), max_size=8, unique=True),
+       persist=st.sampled_from(["auto", False]))
+def test_any_row_chunking_equals_numpy(cuts, persist):
+    X = blobs(n=1200, d=3, k=4, seed=5)
+    C0 = X[[0, 1, 2, 3]]
+    bounds = [0, *sorted(cuts), len(X)]
+    chunks = tuple(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    Xd = da.from_array(X, chunks=(chunks, 3))
+    ours = KMeans(4, init=C0, tol=0, max_iter=20, persist=persist).fit(Xd)
+    C, labels, inertia, n_iter = ref.lloyd(X, C0, tol=0, max_iter=20)
+    _close(ours.cluster_centers_, C, np.float64)
+    np.testing.assert_allclose(ours.inertia_, inertia, rtol=1e-7)
+    np.testing.assert_array_equal(ours.labels_.compute(), labels)
+    assert ours.n_iter_ == n_iter
+
+
+def test_weighted_rows_equal_repeated_rows():
+    X = blobs(n=500, d=3, k=3, seed=7)
+    reps = np.random.default_rng(0).integers(0, 4, size=len(X))
+    C0 = X[[0, 1, 2]]
+    weighted = KMeans(3, init=C0, tol=0).fit(X, sample_weight=reps.astype(float))
+    repeated = KMeans(3, init=C0, tol=0).fit(np.repeat(X, reps, axis=0))
+    _close(weighted.cluster_centers_, repeated.cluster_centers_, np.float64)
+    np.testing.assert_allclose(weighted.inertia_, repeated.inertia_, rtol=1e-7)
+    # and with dask weights on a dask array
+    w = da.from_array(reps.astype(float), chunks=100)
+    lazy = KMeans(3, init=C0, tol=0).fit(da.from_array(X, chunks=(100, 3)), sample_weight=w)
+    _close(lazy.cluster_centers_, repeated.cluster_centers_, np.float64)
+
+
+def test_weighted_matches_reference_and_sklearn(data):
+    X, C0 = data
+    w = np.random.default_rng(2).uniform(0.2, 5.0, size=len(X))
+    ours = KMeans(5, init=C0).fit(X, sample_weight=w)
+    C, _, inertia, n_iter = ref.lloyd(X, C0, w)
+    sk = SKKMeans(5, init=C0, n_init=1).fit(X, sample_weight=w)
+    _close(ours.cluster_centers_, C, np.float64)
+    _close(ours.cluster_centers_, sk.cluster_centers_, np.float64)
+    np.testing.assert_allclose(ours.inertia_, inertia, rtol=1e-7)
+    np.testing.assert_allclose(ours.score(X, sample_weight=w), -inertia, rtol=1e-7)
+    assert ours.n_iter_ == n_iter
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_empty_cluster_is_relocated_to_far_point(lazy):
+    X = blobs(n=600, d=2, k=3, seed=11)
+    C0 = np.vstack([X[:2], [[1e3, 1e3]]])  # the third centre attracts nobody
+    Xin = da.from_array(X, chunks=(128, 2)) if lazy else X
+    ours = KMeans(3, init=C0, tol=0, max_iter=1).fit(Xin)
+    C, _, _, _ = ref.lloyd(X, C0, tol=0, max_iter=1)
+    assert np.all(np.isfinite(ours.cluster_centers_))
+    _close(ours.cluster_centers_, C, np.float64)
+    # the relocated centre is a data row, far from the origin
+    assert any(np.allclose(ours.cluster_centers_[2], row) for row in X)
+    full = KMeans(3, init=C0, tol=0).fit(Xin)
+    C, _, inertia, _ = ref.lloyd(X, C0, tol=0)
+    _close(full.cluster_centers_, C, np.float64)
+    np.testing.assert_allclose(full.inertia_, inertia, rtol=1e-7)
+
+
+def test_predict_transform_score_agree_with_fit(data):
+    X, C0 = data
+    km = KMeans(5, init=C0).fit(X)
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+    np.testing.assert_array_equal(km.fit_predict(X), km.labels_)
+    D = km.transform(X)
+    np.testing.assert_allclose(D, np.sqrt(ref.sq_distances(X, km.cluster_centers_)), rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_allclose(km.fit_transform(X), D)
+    np.testing.assert_allclose(-km.score(X), km.inertia_, rtol=1e-9)
+    Xd = da.from_array(X, chunks=(1000, 6))
+    np.testing.assert_array_equal(km.predict(Xd).compute(), km.labels_)
+    np.testing.assert_allclose(km.transform(Xd).compute(), D, rtol=1e-9)
+    np.testing.assert_allclose(km.score(Xd), km.score(X), rtol=1e-9)
+
+
+class _CountComputes(Callback):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def _start(self, dsk):
+        self.n += 1
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_exactly_one_compute_per_iteration(lazy):
+    X = np.random.default_rng(0).normal(size=(4000, 6))  # no structure: converges slowly
+    C0 = X[:5]
+    Xin = da.from_array(X, chunks=(500, 6)) if lazy else X
+    counts = {}
+    for max_iter in (2, 6):
+        with dask.config.set(scheduler="threads"), _CountComputes() as cc:
+            km = KMeans(5, init=C0, tol=0, max_iter=max_iter, persist=False).fit(Xin)
+        assert km.n_iter_ == max_iter
+        counts[max_iter] = cc.n
+    assert counts[6] - counts[2] == 4
+    # init from an array: no compute; then one per iteration and one final assignment
+    assert counts[2] == 2 + 1
+
+
+def test_float32_close_to_float64(data):
+    X, C0 = data
+    a = KMeans(5, init=C0, tol=0, max_iter=10).fit(X.astype(np.float32))
+    b = KMeans(5, init=C0, tol=0, max_iter=10).fit(X)
+    assert a.cluster_centers_.dtype == np.float32
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a.inertia_, b.inertia_, rtol=1e-4)
+
+
+def test_tolerance_follows_sklearn(data):
+    X, C0 = data
+    for tol in (1e-1, 1e-3, 0.0):
+        ours = KMeans(5, init=C0, tol=tol).fit(X)
+        sk = SKKMeans(5, init=C0, n_init=1, tol=tol).fit(X)
+        assert ours.n_iter_ == sk.n_iter_, tol
+
+
+def test_random_init_is_reproducible_and_n_init_keeps_best(data):
+    X, _ = data
+    a = KMeans(5, init="random", n_init=1, random_state=4).fit(X)
+    b = KMeans(5, init="random", n_init=1, random_state=4).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    several = KMeans(5, init="random", n_init=4, random_state=4).fit(X)
+    singles = [KMeans(5, init="random", n_init=1, random_state=s) for s in range(3)]
+    assert several.inertia_ <= min(km.fit(X).inertia_ for km in singles) * 1.5
+    assert KMeans(5, init="random", random_state=0)._n_init() == 10
+
+
+def test_callable_init(data):
+    X, C0 = data
+    seen = {}
+
+    def init(X_, k, random_state):
+        seen["k"] = k
+        return C0
+
+    km = KMeans(5, init=init, n_init=1).fit(X)
+    assert seen["k"] == 5
+    _close(km.cluster_centers_, KMeans(5, init=C0).fit(X).cluster_centers_, np.float64)
+
+
+def test_pandas_and_dask_dataframes_record_feature_names(data):
+    X, C0 = data
+    cols = [f"f{i}" for i in range(6)]
+    df = pd.DataFrame(X, columns=cols)
+    km = KMeans(5, init=C0).fit(df)
+    assert list(km.feature_names_in_) == cols and km.n_features_in_ == 6
+    import dask.dataframe as dd
+
+    ddf = dd.from_pandas(df, npartitions=3)
+    lazy = KMeans(5, init=C0).fit(ddf)
+    assert list(lazy.feature_names_in_) == cols
+    _close(lazy.cluster_centers_, km.cluster_centers_, np.float64)
+    np.testing.assert_array_equal(lazy.predict(ddf).compute(), km.labels_)
+    with pytest.raises(ValueError, match="feature names"):
+        lazy.predict(ddf[cols[::-1]])
+
+
+def test_non_numeric_column_is_named():
+    df = pd.DataFrame({"age": [1.0, 2.0, 3.0], "city": ["a", "b", "c"]})
+    with pytest.raises(ValueError, match="'city'"):
+        KMeans(2).fit(df)
+    import dask.dataframe as dd
+
+    with pytest.raises(ValueError, match="'city'"):
+        KMeans(2).fit(dd.from_pandas(df, npartitions=1))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_clusters": 0}, "n_clusters"),
+        ({"n_clusters": 2.5}, "n_clusters"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"tol": -1.0}, "tol"),
+        ({"n_init": 0}, "n_init"),
+        ({"init": "kmeans"}, "init"),
+        ({"split_every": 1}, "split_every"),
+        ({"persist": "yes"}, "persist"),
+        ({"oversampling_factor": 0}, "oversampling_factor"),
+        ({"init_rounds": 0}, "init_rounds"),
+    ],
+)
+def test_bad_parameters_are_named(params, match):
+    X = blobs(n=50, d=2, k=2)
+    with pytest.raises(ValueError, match=match):
+        KMeans(**{"n_clusters": 2, **params}).fit(X)
+
+
+def test_bad_inputs():
+    X = blobs(n=50, d=2, k=2)
+    with pytest.raises(ValueError, match="n_samples=50 should be >= n_clusters=51"):
+        KMeans(51).fit(X)
+    with pytest.raises(ValueError, match=r"shape of the initial centers \(2, 3\)"):
+        KMeans(2, init=np.zeros((2, 3))).fit(X)
+    with pytest.raises(ValueError, match="sample_weight"):
+        KMeans(2).fit(X, sample_weight=np.ones(49))
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        KMeans(2).fit(bad)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        KMeans(2, init=X[:2]).fit(da.from_array(bad, chunks=10))
+    with pytest.raises(ValueError, match="2-D"):
+        KMeans(2).fit(da.ones(10, chunks=5))
+
+
+def test_fewer_distinct_points_than_clusters_warns_and_stays_finite():
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 10, axis=0)
+    with pytest.warns(ConvergenceWarning, match="distinct clusters"):
+        km = KMeans(3, init="random", n_init=1, random_state=0).fit(X)
+    assert np.all(np.isfinite(km.cluster_centers_))
+
+
+def test_verbose_logs_one_line_per_iteration(data, caplog):
+    X, C0 = data
+    with caplog.at_level(logging.INFO, logger="dask_kmeans"):
+        km = KMeans(5, init=C0, verbose=1, max_iter=3, tol=0).fit(X)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration")]
+    assert len(lines) == km.n_iter_ == 3
+    assert "inertia" in lines[0] and "center shift" in lines[0]
+
+
+def test_on_a_process_local_cluster(client, data):
+    X, C0 = data
+    Xd = da.from_array(X, chunks=(1000, 6))
+    km = KMeans(5, init=C0, split_every=2).fit(Xd)
+    local = KMeans(5, init=C0).fit(X)
+    _close(km.cluster_centers_, local.cluster_centers_, np.float64)
+    np.testing.assert_array_equal(km.labels_.compute(), local.labels_)
+    assert km.n_iter_ == local.n_iter_
+    # numpy input on the cluster, too
+    on_cluster = KMeans(5, init=C0).fit(X)
+    _close(on_cluster.cluster_centers_, local.cluster_centers_, np.float64)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dask_kmeans import _kernels as K
+from tests import reference as ref
+from tests.conftest import blobs
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lloyd_partials_match_reference(dtype, weighted):
+    X = blobs(n=1000, d=7, k=6, dtype=dtype)  # 1000 rows: several 256-row blocks plus a tail
+    rng = np.random.default_rng(1)
+    C = X[rng.choice(len(X), 6, replace=False)]
+    w = rng.uniform(0.1, 3.0, size=len(X)) if weighted else None
+    got = K.lloyd_partials(X, C, w)
+    sums, counts, inertia, _, _ = ref.partials(X, C, w)
+    rtol = ref.RTOL[np.dtype(dtype)]
+    assert got.sums.dtype == np.float64 and got.counts.dtype == np.float64
+    np.testing.assert_allclose(got.sums, sums, rtol=rtol, atol=rtol * np.abs(sums).max())
+    np.testing.assert_allclose(got.counts, counts, rtol=1e-12)
+    np.testing.assert_allclose(got.inertia, inertia, rtol=rtol)
+
+
+def test_inputs_are_not_modified():
+    X = blobs(n=300, d=3, k=3)
+    C = X[:3].copy()
+    X0, C0 = X.copy(), C.copy()
+    K.lloyd_partials(X, C)
+    K.assign(X, C)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(C, C0)
+
+
+def test_inertia_is_exact_when_points_sit_on_far_away_centres():
+    # The expanded form |x|^2 - 2x.c + |c|^2 cancels catastrophically here
+    # (it can even pick the wrong centre, as in scikit-learn); the distance
+    # reported for the chosen centre must still be exact.
+    X = np.full((10, 3), 1e8) + np.arange(10)[:, None] * 1e-3
+    C = X[[0, 9]]
+    labels, mind, inertia = K.assign(X, C)
+    exact = ((X - C[labels]) ** 2).sum(axis=1)
+    np.testing.assert_allclose(mind, exact, rtol=1e-9, atol=1e-20)
+    np.testing.assert_allclose(inertia, exact.sum(), rtol=1e-9)
+    expanded = (X**2).sum(1) - 2 * (X * C[labels]).sum(1) + (C[labels] ** 2).sum(1)
+    assert np.abs(expanded - exact).max() > 1.0  # what the exact recomputation avoids
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_assign_and_distances_match_reference(dtype):
+    X = blobs(n=777, d=5, k=4, dtype=dtype)
+    C = X[[1, 100, 200, 300]]
+    labels, mind, _ = K.assign(X, C)
+    ref_labels, ref_mind, _ = ref.assign(X, C)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_allclose(mind, ref_mind, rtol=ref.RTOL[np.dtype(dtype)], atol=1e-3)
+    d = K.pairwise_sq_distances(X, C)
+    assert d.dtype == dtype and d.shape == (777, 4)
+    np.testing.assert_allclose(d, ref.sq_distances(X, C), rtol=ref.RTOL[np.dtype(dtype)] * 10,
+                               atol=1e-3)
+
+
+def test_relocate_empty_takes_farthest_rows_in_order():
+    X = np.array([[0.0], [1.0], [10.0], [20.0]])
+    C = np.array([[0.5], [100.0], [200.0]])
+    p = K.lloyd_partials(X, C)
+    assert list(p.counts) == [4, 0, 0]
+    cand = K.farthest(X, C, None, 2, offset=0)
+    sums, counts = K.relocate_empty(p.sums, p.counts, cand)
+    new = K.finalize_centers(sums, counts, C)
+    np.testing.assert_allclose(new[:, 0], [0.5, 20.0, 10.0])
+    np.testing.assert_allclose(counts, [2, 1, 1])
+    assert np.all(np.isfinite(new))
+
+
+def test_moments():
+    X = blobs(n=100, d=3, k=2)
+    m = K.moments(X)
+    assert m[0] == 100
+    np.testing.assert_allclose(m[1:4], X.sum(axis=0))
+    np.testing.assert_allclose(m[4:], (X**2).sum(axis=0))
