@@ -176,3 +176,101 @@ def farthest(X: da.Array, C: da.Array, sample_weight, n_far: int) -> da.Array:
         meta=np.empty((0, 0), dtype=np.float64),
         n_far=n_far,
     )
+
+
+# -- k-means|| ---------------------------------------------------------------
+
+
+def _per_chunk(func, X, row_args, centers, *, dtype=object, **kwargs) -> da.Array:
+    """One task per row chunk: ``func(x, offset, *row_blocks, centers, **kwargs)``.
+
+    ``row_args`` are arrays (or ``None``) aligned with the row chunks of ``X``.
+    The result has one block per chunk holding whatever ``func`` returns.
+    """
+    args = [X, "ij", row_offsets(X), "i"]
+    for a in row_args:
+        args += [a, "i"] if a is not None else [None, None]
+    if centers is not None:
+        args += [centers, "kj"]
+    return da.blockwise(
+        func, "i", *args, align_arrays=False, concatenate=True, dtype=dtype,
+        meta=np.empty((0,), dtype=dtype), **kwargs,
+    )
+
+
+def _part(t, i):
+    return t[i]
+
+
+def _scalar_part(t, i):
+    return np.array([t[i]], dtype=np.float64)
+
+
+def _round_chunk(x, offset, w, state, centers, *, base, seed, stream, ell):
+    offset = int(offset[0])
+    nearest = K.nearest_update(x, centers, base, state)
+    u = K.row_uniforms(seed, stream, offset, x.shape[0])
+    rows, phi = K.oversample(x, nearest, w, u, offset, ell)
+    return nearest, rows, phi
+
+
+def oversampling_round(X, sample_weight, state, new_centers: np.ndarray, *, base: int,
+                       seed: int, stream: int, ell: float, split_every=None):
+    """One k-means|| pass: update each row's nearest candidate, then oversample.
+
+    ``state`` is the previous pass's per-row state (a lazy or persisted array
+    of per-chunk :class:`~dask_kmeans._kernels.Nearest`), or ``None`` to
+    compare every row with ``new_centers`` from scratch (``base`` = 0).
+
+    Returns
+    -------
+    state : dask array with one ``Nearest`` per chunk
+    rows : dask array of shape (nan, 3 + n_features), the possible candidates
+    phi : dask array of shape (), the cost against the candidates so far
+    """
+    res = _per_chunk(_round_chunk, X, [sample_weight, state], centers_array(new_centers),
+                     base=base, seed=seed, stream=stream, ell=ell)
+    nb = X.numblocks[0]
+    width = 3 + X.shape[1]
+    state = res.map_blocks(_part, 0, dtype=object, meta=np.empty((0,), dtype=object))
+    rows = res.map_blocks(_part, 1, new_axis=1, chunks=((np.nan,) * nb, (width,)),
+                          dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64))
+    phi = res.map_blocks(_scalar_part, 2, chunks=(1,), dtype=np.float64,
+                         meta=np.empty((0,), np.float64)).sum(split_every=split_every)
+    return state, rows, phi
+
+
+def _weights_chunk(x, offset, w, state, centers, *, base, n_candidates):
+    nearest = K.nearest_update(x, centers, base, state)
+    return K.candidate_weights(nearest, w, n_candidates)[None, :]
+
+
+def candidate_weights(X, sample_weight, state, new_centers: np.ndarray, *, base: int,
+                      n_candidates: int, split_every=None) -> da.Array:
+    """Total weight of the rows nearest to each candidate: a fixed-size tree sum."""
+    args = [X, "ij", row_offsets(X), "i"]
+    for a in (sample_weight, state):
+        args += [a, "i"] if a is not None else [None, None]
+    parts = da.blockwise(
+        _weights_chunk, "ip", *args, centers_array(new_centers), "kj",
+        new_axes={"p": n_candidates}, adjust_chunks={"i": 1}, align_arrays=False,
+        concatenate=True, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64),
+        base=base, n_candidates=n_candidates,
+    )
+    return parts.sum(axis=0, split_every=split_every)
+
+
+def _choice_chunk(x, offset, w, *, seed, stream):
+    offset = int(offset[0])
+    u = K.row_uniforms(seed, stream, offset, x.shape[0])
+    return K.weighted_choice_key(x, w, u, offset)[None, :]
+
+
+def weighted_choice(X, sample_weight, *, seed: int, stream: int) -> da.Array:
+    """Per-chunk best exponential key, its row index and the row: (n_chunks, 2 + d)."""
+    return da.blockwise(
+        _choice_chunk, "ip", X, "ij", row_offsets(X), "i", sample_weight, "i",
+        new_axes={"p": 2 + X.shape[1]}, adjust_chunks={"i": 1}, align_arrays=False,
+        concatenate=True, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64),
+        seed=seed, stream=stream,
+    )

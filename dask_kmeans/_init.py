@@ -1,23 +1,51 @@
-"""Initial centres: random rows, a user array, or a user callable."""
+"""Initial centres: k-means|| (out-of-core), k-means++, random rows, a user array or callable."""
 
 from __future__ import annotations
+
+import logging
+import warnings
 
 import dask.array as da
 import numpy as np
 
-from ._runtime import compute
+from . import _graph as G
+from . import _kernels as K
+from ._runtime import compute, dask_persist
 from ._validation import check_init_array
 
+logger = logging.getLogger("dask_kmeans")
 
-def take_rows(X, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` of ``X`` (ndarray or dask array), in the order of ``idx``."""
+#: init="k-means++" runs on the driver; larger dask input is sampled down to this.
+KMEANS_PP_MAX_ROWS = 200_000
+#: Weighted Lloyd steps that refine the k-means++ seeding of the k-means|| candidates.
+REFINE_ITER = 10
+#: Extra k-means|| rounds allowed when the rounds asked for found fewer than k candidates.
+MAX_EXTRA_ROUNDS = 10
+
+
+def take_rows(X, idx: np.ndarray, sample_weight=None):
+    """Rows ``idx`` of ``X`` (and their weights), in the order of ``idx``.
+
+    Returns
+    -------
+    rows : ndarray of shape (len(idx), n_features)
+    weights : ndarray of shape (len(idx),) or None
+    """
+    idx = np.asarray(idx, dtype=np.int64)
     if not isinstance(X, da.Array):
-        return np.array(X[idx])
+        return np.array(X[idx]), None if sample_weight is None else np.asarray(sample_weight)[idx]
     order = np.argsort(idx, kind="stable")
-    (rows,) = compute(X[idx[order]])
+    sorted_idx = idx[order]
+    if sample_weight is None:
+        (rows,) = compute(X[sorted_idx])
+        w = None
+    else:
+        rows, w_sorted = compute(X[sorted_idx], sample_weight[sorted_idx])
+        w = np.empty_like(w_sorted)
+        w[order] = w_sorted
     out = np.empty_like(rows)
     out[order] = rows
-    return out
+    return out, w
 
 
 def random_rows(X, sample_weight, n_clusters: int, random_state) -> np.ndarray:
@@ -32,7 +60,7 @@ def random_rows(X, sample_weight, n_clusters: int, random_state) -> np.ndarray:
             raise ValueError(f"Only {positive} rows have a positive sample_weight; init='random' "
                              f"needs at least n_clusters={n_clusters}.")
         idx = random_state.choice(n, size=n_clusters, replace=False, p=w / w.sum())
-    return take_rows(X, idx)
+    return take_rows(X, idx)[0]
 
 
 def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:
@@ -42,3 +70,111 @@ def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:
         if isinstance(init, da.Array):
             (init,) = compute(init)
     return check_init_array(init, n_clusters, X.shape[1], X.dtype)
+
+
+def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state) -> np.ndarray:
+    """Exact greedy k-means++ on the driver; large dask input is sampled first.
+
+    k-means++ is sequential (k passes), so it runs in memory on the driver. Dask
+    input with more than :data:`KMEANS_PP_MAX_ROWS` rows is reduced to a
+    uniform sample of that many rows, with a warning; ``init="k-means||"``
+    uses every row.
+    """
+    w = sample_weight
+    if isinstance(X, da.Array):
+        n = X.shape[0]
+        if n > KMEANS_PP_MAX_ROWS:
+            warnings.warn(
+                f"init='k-means++' runs on the driver: it uses a uniform sample of "
+                f"{KMEANS_PP_MAX_ROWS} of the {n} rows. init='k-means||' seeds from all rows "
+                "in a few passes.", UserWarning, stacklevel=4)
+            idx = np.sort(random_state.choice(n, size=KMEANS_PP_MAX_ROWS, replace=False))
+            X, w = take_rows(X, idx, sample_weight)
+        else:
+            X, w = compute(X, sample_weight)
+    return K.kmeans_plusplus(X, n_clusters, random_state, w)
+
+
+def _first_center(X, sample_weight, random_state, seed: int) -> np.ndarray:
+    if sample_weight is None:
+        # Uniform: only the chunk holding this row is read.
+        return take_rows(X, np.array([random_state.randint(X.shape[0])]))[0]
+    (keys,) = compute(G.weighted_choice(X, sample_weight, seed=seed, stream=0))
+    return keys[np.argmax(keys[:, 0]), 2:][None, :].astype(X.dtype)
+
+
+def kmeans_parallel(
+    X: da.Array,
+    sample_weight,
+    n_clusters: int,
+    random_state,
+    *,
+    oversampling_factor: float = 2.0,
+    init_rounds: int = 5,
+    keep_state: bool = False,
+    split_every: int | None = None,
+) -> np.ndarray:
+    """k-means|| (Bahmani et al., "Scalable K-Means++", VLDB 2012) on a dask array.
+
+    One centre is drawn at random; then each of ``init_rounds`` passes
+    over the data computes every row's squared distance ``d^2`` to the
+    candidates so far and the cost ``phi`` (in the same pass), and each row
+    joins the candidates with probability ``min(1, l * w * d^2 / phi)``,
+    ``l = oversampling_factor * n_clusters``. A last pass weights each
+    candidate by the rows nearest to it; a weighted k-means++ and a few
+    weighted Lloyd steps on the driver reduce the candidates to
+    ``n_clusters`` centres. At most ``init_rounds + 2`` passes, and nothing
+    larger than the candidate set reaches the driver.
+
+    Each row's random draws depend only on the seed and its global index, so
+    the result does not depend on the chunking or on the number of workers.
+    With ``keep_state`` (persisted data), each row's nearest-candidate state
+    stays on the workers between passes and a pass compares rows only with
+    the candidates added by the previous one.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features), dtype of ``X``
+    """
+    ell = float(oversampling_factor) * n_clusters
+    seed = int(random_state.randint(0, 2**62, dtype=np.int64))
+    candidates = [_first_center(X, sample_weight, random_state, seed)]
+    n_cand, base, new = 1, 0, candidates[0]
+    state = None
+    max_rounds = init_rounds + MAX_EXTRA_ROUNDS
+    for rnd in range(1, max_rounds + 1):
+        if rnd > init_rounds and n_cand >= n_clusters:
+            break
+        if keep_state:
+            state, rows, phi = dask_persist(*G.oversampling_round(
+                X, sample_weight, state, new, base=base, seed=seed, stream=rnd, ell=ell,
+                split_every=split_every))
+        else:
+            _, rows, phi = G.oversampling_round(
+                X, sample_weight, None, np.vstack(candidates), base=0, seed=seed, stream=rnd,
+                ell=ell, split_every=split_every)
+        rows, phi = compute(rows, phi)
+        phi = float(phi)
+        if not np.isfinite(phi):
+            raise ValueError("Input X contains NaN or infinity: the k-means|| cost is not finite. "
+                             "Drop or impute the missing values before fitting.")
+        if phi <= 0:  # every row sits on a candidate: nothing left to sample
+            break
+        chosen = rows[rows[:, 1] * phi < ell * rows[:, 2]]
+        chosen = chosen[np.argsort(chosen[:, 0], kind="stable")]
+        new = chosen[:, 3:].astype(X.dtype)
+        base = n_cand
+        n_cand += len(new)
+        candidates.append(new)
+        logger.debug("k-means|| round %d: cost %.6g, %d new candidates", rnd, phi, len(new))
+    all_candidates = np.vstack(candidates)
+    if keep_state:
+        graph = G.candidate_weights(X, sample_weight, state, new, base=base,
+                                    n_candidates=n_cand, split_every=split_every)
+    else:
+        graph = G.candidate_weights(X, sample_weight, None, all_candidates, base=0,
+                                    n_candidates=n_cand, split_every=split_every)
+    (weights,) = compute(graph)
+    del state
+    centers = K.kmeans_plusplus(all_candidates, n_clusters, random_state, weights)
+    return K.weighted_lloyd(all_candidates, weights, centers, REFINE_ITER)

@@ -259,3 +259,173 @@ def finalize_centers(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray)
     new = sums / safe[:, None]
     new[empty] = previous[empty]
     return new.astype(previous.dtype, copy=False)
+
+
+# -- k-means|| ---------------------------------------------------------------
+
+
+def row_uniforms(seed: int, stream: int, offset: int, n: int) -> np.ndarray:
+    """Uniform draws in [0, 1) for global rows ``offset .. offset + n - 1``.
+
+    Counter-based (Philox): the draw of a row depends only on ``seed``,
+    ``stream`` and the row's global index, never on how rows are chunked or
+    which worker runs the chunk. Row ``r`` is lane ``r % 4`` of block ``r // 4``.
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+    """
+    bitgen = np.random.Philox(key=[seed, stream], counter=[offset // 4, 0, 0, 0])
+    raw = bitgen.random_raw(n + offset % 4)[offset % 4 :]
+    return (raw >> np.uint64(11)) * (1.0 / 2**53)
+
+
+class Nearest(NamedTuple):
+    """Per-row state of k-means||: distance to and index of the nearest candidate."""
+
+    sq_dist: np.ndarray  # (n,) float64
+    index: np.ndarray  # (n,) int64, into the list of all candidates so far
+
+
+def nearest_update(
+    x: np.ndarray, new_centers: np.ndarray, base: int, previous: Nearest | None = None
+) -> Nearest:
+    """Nearest candidate of every row once ``new_centers`` join the candidates.
+
+    ``new_centers`` get indices ``base, base + 1, ...``. Ties keep the earlier
+    candidate, so the result does not depend on how candidates were batched.
+    """
+    if previous is not None and new_centers.shape[0] == 0:
+        return previous
+    labels, sq, _ = assign(x, new_centers)
+    index = labels.astype(np.int64) + base
+    if previous is None:
+        return Nearest(sq, index)
+    closer = sq < previous.sq_dist
+    return Nearest(np.where(closer, sq, previous.sq_dist), np.where(closer, index, previous.index))
+
+
+def oversample(
+    x: np.ndarray,
+    nearest: Nearest,
+    sample_weight: np.ndarray | None,
+    u: np.ndarray,
+    offset: int,
+    ell: float,
+) -> tuple[np.ndarray, float]:
+    """Rows of a chunk that may join the k-means|| candidates, and the chunk's cost.
+
+    A row joins with probability ``min(1, ell * w * d^2 / phi)`` where ``phi``
+    is the cost over *all* chunks, known only after the pass. Since
+    ``phi >= phi_chunk``, every row with ``u < ell * w * d^2 / phi_chunk`` is
+    returned (about ``ell`` rows at most, in expectation) and the driver keeps
+    those with ``u < ell * w * d^2 / phi``.
+
+    Returns
+    -------
+    rows : ndarray of shape (m, 3 + n_features), float64
+        Columns: global row index, ``u``, ``w * d^2``, then the row.
+    phi_chunk : float
+        ``sum(w * d^2)`` over the chunk.
+    """
+    wd2 = nearest.sq_dist if sample_weight is None else nearest.sq_dist * sample_weight
+    phi = float(wd2.sum())
+    keep = np.flatnonzero(u * phi < ell * wd2) if phi > 0 else np.empty(0, dtype=np.int64)
+    rows = np.empty((len(keep), 3 + x.shape[1]), dtype=np.float64)
+    rows[:, 0] = keep + offset
+    rows[:, 1] = u[keep]
+    rows[:, 2] = wd2[keep]
+    rows[:, 3:] = np.asarray(x)[keep]
+    return rows, phi
+
+
+def candidate_weights(
+    nearest: Nearest, sample_weight: np.ndarray | None, n_candidates: int
+) -> np.ndarray:
+    """Total weight of the rows nearest to each candidate, shape (n_candidates,)."""
+    return np.bincount(nearest.index, weights=sample_weight, minlength=n_candidates).astype(
+        np.float64
+    )
+
+
+def weighted_choice_key(
+    x: np.ndarray, sample_weight: np.ndarray, u: np.ndarray, offset: int
+) -> np.ndarray:
+    """The chunk's best row for drawing one row with probability proportional to weight.
+
+    Uses exponential keys ``log(u) / w`` (Efraimidis and Spirakis): the row
+    with the largest key over all chunks is a weighted draw.
+
+    Returns
+    -------
+    ndarray of shape (2 + n_features,)
+        The best key, its global row index, then the row itself.
+    """
+    with np.errstate(divide="ignore"):
+        keys = np.where(sample_weight > 0, np.log(u) / sample_weight, -np.inf)
+    best = int(np.argmax(keys))
+    return np.concatenate([[keys[best], best + offset], np.asarray(x[best], dtype=np.float64)])
+
+
+def kmeans_plusplus(
+    x: np.ndarray,
+    n_clusters: int,
+    random_state: np.random.RandomState,
+    sample_weight: np.ndarray | None = None,
+    n_local_trials: int | None = None,
+) -> np.ndarray:
+    """Greedy weighted k-means++ (Arthur and Vassilvitskii, with local trials).
+
+    Each step draws ``n_local_trials`` rows with probability proportional to
+    ``w * d^2`` and keeps the one that lowers the total cost most, as
+    scikit-learn does. Rows with zero weight are never chosen.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features), dtype of ``x``
+    """
+    x = np.asarray(x)
+    n = x.shape[0]
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if n_local_trials is None:
+        n_local_trials = 2 + int(np.log(n_clusters))
+    centers = np.empty((n_clusters, x.shape[1]), dtype=x.dtype)
+    first = random_state.choice(n, p=w / w.sum())
+    centers[0] = x[first]
+    closest = pairwise_sq_distances(x, x[first : first + 1])[:, 0].astype(np.float64)
+    pot = float(np.dot(w, closest))
+    for c in range(1, n_clusters):
+        if pot <= 0:
+            # Every remaining row coincides with a centre: repeat rows (the
+            # caller warns about fewer distinct clusters than requested).
+            centers[c:] = x[random_state.choice(n, size=n_clusters - c, p=w / w.sum())]
+            break
+        draws = random_state.uniform(size=n_local_trials) * pot
+        trial = np.searchsorted(np.cumsum(w * closest), draws)
+        np.clip(trial, 0, n - 1, out=trial)
+        d_trial = pairwise_sq_distances(x, x[trial]).T.astype(np.float64)
+        np.minimum(closest, d_trial, out=d_trial)
+        pots = d_trial @ w
+        best = int(np.argmin(pots))
+        pot = float(pots[best])
+        closest = d_trial[best]
+        centers[c] = x[trial[best]]
+    return centers
+
+
+def weighted_lloyd(
+    x: np.ndarray, sample_weight: np.ndarray, centers: np.ndarray, n_iter: int
+) -> np.ndarray:
+    """A few in-memory weighted Lloyd steps (refines k-means|| on its candidates).
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features)
+    """
+    for _ in range(n_iter):
+        p = lloyd_partials(x, centers, sample_weight)
+        new = finalize_centers(p.sums, p.counts, centers)
+        if np.array_equal(new, centers):
+            break
+        centers = new
+    return centers

@@ -122,7 +122,8 @@ def place_data(X, sample_weight, persist, client=None):
     Returns
     -------
     X, sample_weight : dask arrays with the same row chunks
-    persisted : bool
+    in_memory : bool
+        Whether the data is held in memory (NumPy input, or persisted).
     """
     import dask.array as da
 
@@ -134,7 +135,7 @@ def place_data(X, sample_weight, persist, client=None):
         wd = None if sample_weight is None else da.from_array(sample_weight, chunks=(Xd.chunks[0],))
         if client is not None:
             Xd, wd = dask_persist(Xd, wd)
-        return Xd, wd, client is not None
+        return Xd, wd, True
     if persist == "auto":
         persist = X.nbytes <= memory_budget(client)
     if not persist:

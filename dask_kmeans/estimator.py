@@ -35,10 +35,17 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     ----------
     n_clusters : int, default=8
         The number of clusters ``k``.
-    init : {"random"}, ndarray of shape (n_clusters, n_features) or callable, default="random"
-        "random" picks ``n_clusters`` distinct rows at random (weighted by
-        ``sample_weight``). A callable is called as
-        ``init(X, n_clusters, random_state)`` and returns the centres.
+    init : {"k-means||", "k-means++", "random"}, ndarray or callable, default="k-means||"
+        "k-means||" is scalable k-means++ (Bahmani et al. 2012): ``init_rounds``
+        passes over the data oversample candidates, then a weighted k-means++
+        on the driver picks ``n_clusters`` of them; it works on data larger
+        than memory and gives the same centres for any chunking. "k-means++"
+        is the exact sequential algorithm with greedy local trials, run on the
+        driver (dask input larger than 200,000 rows is sampled down, with a
+        warning). "random" picks ``n_clusters`` distinct rows at random
+        (weighted by ``sample_weight``). An ndarray of shape (n_clusters,
+        n_features) gives the centres; a callable is called as
+        ``init(X, n_clusters, random_state)`` and returns them.
     n_init : "auto" or int, default="auto"
         Number of initialisations; the run with the lowest inertia is kept.
         "auto" means 10 for "random" or a callable and 1 otherwise, as in
@@ -99,7 +106,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self,
         n_clusters: int = 8,
         *,
-        init="random",
+        init="k-means||",
         n_init: Literal["auto"] | int = "auto",
         max_iter: int = 300,
         tol: float = 1e-4,
@@ -136,11 +143,18 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return 10 if (self.init == "random" or callable(self.init)) else 1
         return self.n_init
 
-    def _initial_centers(self, X, sample_weight, random_state) -> np.ndarray:
-        if isinstance(self.init, str):
-            # "random" is the only name handled here until k-means|| lands.
-            return _init.random_rows(X, sample_weight, self.n_clusters, random_state)
-        return _init.user_centers(self.init, X, self.n_clusters, random_state)
+    def _initial_centers(self, data, random_state) -> np.ndarray:
+        (X, w), (Xd, wd), in_memory = data
+        if not isinstance(self.init, str):
+            return _init.user_centers(self.init, X, self.n_clusters, random_state)
+        if self.init == "k-means||":
+            return _init.kmeans_parallel(
+                Xd, wd, self.n_clusters, random_state,
+                oversampling_factor=self.oversampling_factor, init_rounds=self.init_rounds,
+                keep_state=in_memory, split_every=self.split_every)
+        if self.init == "k-means++":
+            return _init.kmeans_plusplus(X, w, self.n_clusters, random_state)
+        return _init.random_rows(X, w, self.n_clusters, random_state)
 
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering.
@@ -175,10 +189,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             R.prepare_client(client)
         Xd, wd, persisted = R.place_data(Xv, weights, self.persist, client)
 
+        # Samplers that run on the driver read NumPy input directly.
+        data = ((Xd, wd) if lazy else (Xv, weights), (Xd, wd), persisted)
         best = None
         for _ in range(n_init):
-            centers0 = self._initial_centers(Xd if lazy else Xv, wd if lazy else weights,
-                                             random_state)
+            centers0 = self._initial_centers(data, random_state)
             result = _lloyd.lloyd(Xd, wd, centers0, max_iter=self.max_iter, tol=self.tol,
                                   split_every=self.split_every, verbose=bool(self.verbose))
             labels, _, inertia = G.assignment(Xd, G.centers_array(result.centers), wd,

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import threading
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.utils import check_random_state
+
+from dask_kmeans import KMeans, _init
+from dask_kmeans import _kernels as K
+from tests.conftest import blobs
+
+
+def _cost(X, C):
+    return K.assign(X, C)[2]
+
+
+@pytest.fixture(scope="module")
+def X():
+    return blobs(n=20000, d=5, k=12, seed=21, spread=2.0)
+
+
+def test_row_uniforms_do_not_depend_on_chunking():
+    whole = K.row_uniforms(7, 3, 0, 1000)
+    parts = np.concatenate([K.row_uniforms(7, 3, a, b - a)
+                            for a, b in [(0, 1), (1, 6), (6, 333), (333, 1000)]])
+    np.testing.assert_array_equal(whole, parts)
+    assert 0 <= whole.min() and whole.max() < 1
+    assert abs(whole.mean() - 0.5) < 0.05
+    assert not np.array_equal(whole, K.row_uniforms(7, 4, 0, 1000))
+
+
+@pytest.mark.parametrize("keep_state", [True, False])
+def test_same_seed_same_centres_for_any_chunking(X, keep_state):
+    results = []
+    for chunks in [(20000,), (7000, 7000, 6000), (1000,) * 20, (1, 4999, 15000)]:
+        Xd = da.from_array(X, chunks=(chunks, 5))
+        if keep_state:
+            Xd = Xd.persist()
+        results.append(_init.kmeans_parallel(Xd, None, 12, check_random_state(5),
+                                             keep_state=keep_state))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    other = _init.kmeans_parallel(da.from_array(X, chunks=5000), None, 12,
+                                  check_random_state(6))
+    assert not np.array_equal(other, results[0])
+
+
+def test_same_centres_on_a_process_cluster(client, X):
+    local = KMeans(12, random_state=3, max_iter=1).fit(da.from_array(X, chunks=3000))
+    # The cluster run: other chunking, other workers, persisted with row state.
+    remote = KMeans(12, random_state=3, max_iter=1).fit(da.from_array(X, chunks=7000))
+    np.testing.assert_allclose(remote.cluster_centers_, local.cluster_centers_, rtol=1e-12)
+
+
+def test_seeding_cost_close_to_kmeans_plusplus(X):
+    par, pp = [], []
+    for seed in range(5):
+        Xd = da.from_array(X, chunks=4000)
+        par.append(_cost(X, _init.kmeans_parallel(Xd, None, 12, check_random_state(seed))))
+        pp.append(_cost(X, K.kmeans_plusplus(X, 12, check_random_state(seed))))
+    # Bahmani et al.: k-means|| with l = 2k and 5 rounds seeds as well as k-means++.
+    assert np.median(par) <= 1.1 * np.median(pp)
+    rand = [_cost(X, _init.random_rows(X, None, 12, check_random_state(s))) for s in range(5)]
+    assert np.median(par) < np.median(rand)
+
+
+class _CountingSource:
+    """A dask array whose chunks are produced on demand, counting every read."""
+
+    def __init__(self, X, rows):
+        self.X, self.reads, self.lock = X, {}, threading.Lock()
+        nb = -(-len(X) // rows)
+        chunks = tuple(min(rows, len(X) - i * rows) for i in range(nb))
+        self.array = da.map_blocks(self._read, dtype=X.dtype,
+                                   chunks=(chunks, (X.shape[1],)),
+                                   meta=np.empty((0, 0), X.dtype))
+
+    def _read(self, block_info=None):
+        (start, stop), _ = block_info[None]["array-location"]
+        with self.lock:
+            self.reads[start] = self.reads.get(start, 0) + 1
+        return self.X[start:stop].copy()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_never_persisted_input_takes_at_most_rounds_plus_two_passes(X, weighted):
+    src = _CountingSource(X, rows=2500)
+    w = da.from_array(np.linspace(0.5, 2, len(X)), chunks=(src.array.chunks[0],)) \
+        if weighted else None
+    with dask.config.set(scheduler="threads"):
+        C = _init.kmeans_parallel(src.array, w, 12, check_random_state(0), init_rounds=3,
+                                  keep_state=False)
+    assert C.shape == (12, 5)
+    assert len(src.reads) == 8
+    assert max(src.reads.values()) <= 3 + 2
+    # Same candidates for another chunking; weighted candidate weights are sums
+    # of floats in another order, so the refined centres agree to rounding.
+    other = _init.kmeans_parallel(da.from_array(X, chunks=3000),
+                                  None if w is None else w.rechunk(3000), 12,
+                                  check_random_state(0), init_rounds=3)
+    np.testing.assert_allclose(C, other, rtol=1e-12, atol=1e-12)
+
+
+def test_candidate_weights_sum_to_total_weight(X):
+    w = np.random.default_rng(0).uniform(0, 3, size=len(X))
+    Xd = da.from_array(X, chunks=5000)
+    C = _init.kmeans_parallel(Xd, da.from_array(w, chunks=5000), 12, check_random_state(0))
+    assert np.all(np.isfinite(C))
+    # weighting changes the result
+    assert not np.array_equal(C, _init.kmeans_parallel(Xd, None, 12, check_random_state(0)))
+
+
+def test_too_few_candidates_triggers_extra_rounds():
+    X = blobs(n=3000, d=3, k=10, seed=2)
+    C = _init.kmeans_parallel(da.from_array(X, chunks=1000), None, 10, check_random_state(0),
+                              oversampling_factor=0.1, init_rounds=1)
+    assert len(np.unique(C, axis=0)) == 10
+
+
+def test_kmeans_plusplus_samples_large_dask_input_with_a_warning(X, monkeypatch):
+    monkeypatch.setattr(_init, "KMEANS_PP_MAX_ROWS", 5000)
+    with pytest.warns(UserWarning, match="uniform sample of 5000"):
+        km = KMeans(12, init="k-means++", random_state=0, max_iter=2).fit(
+            da.from_array(X, chunks=4000))
+    assert km.cluster_centers_.shape == (12, 5)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_each_init_runs_on_numpy_and_dask(X, init):
+    a = KMeans(12, init=init, random_state=0, n_init=1).fit(X)
+    b = KMeans(12, init=init, random_state=0, n_init=1).fit(da.from_array(X, chunks=5000))
+    assert a.inertia_ > 0 and b.inertia_ > 0
+    if init != "random":
+        np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7, atol=1e-7)
+
+
+def test_kmeans_plusplus_kernel_picks_distinct_rows_with_positive_weight():
+    X = blobs(n=500, d=2, k=4, seed=1)
+    w = np.ones(500)
+    w[:250] = 0
+    C = K.kmeans_plusplus(X, 4, check_random_state(0), w)
+    rows = {tuple(r) for r in X[250:]}
+    assert all(tuple(c) in rows for c in C)
+    assert len(np.unique(C, axis=0)) == 4
+
+
+def test_nan_in_lazy_input_is_reported():
+    X = blobs(n=500, d=2, k=2)
+    X[10, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        KMeans(2, random_state=0).fit(da.from_array(X, chunks=100))
