@@ -20,7 +20,7 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	touch $@ $(STAMP_RUN)
 
 demo: $(STAMP_RUN)
-	$(BIN)/python -m dask_kmeans.demo
+	$(BIN)/python jobs/demo.py
 
 test: $(STAMP_TEST)
 	$(BIN)/ruff check .

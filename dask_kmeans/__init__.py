@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .estimator import KMeans
+from .estimator import KMeans, kmeans_parallel_init
 
 __version__ = "0.1.0"
 
-__all__ = ["KMeans", "__version__"]
+__all__ = ["KMeans", "kmeans_parallel_init", "__version__"]

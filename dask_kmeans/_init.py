@@ -178,3 +178,4 @@ def kmeans_parallel(
     del state
     centers = K.kmeans_plusplus(all_candidates, n_clusters, random_state, weights)
     return K.weighted_lloyd(all_candidates, weights, centers, REFINE_ITER)
+

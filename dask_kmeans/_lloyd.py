@@ -34,8 +34,7 @@ def _check_finite(inertia: float) -> None:
     if not np.isfinite(inertia):
         raise ValueError(
             "Input X contains NaN or infinity: the first Lloyd pass gave a non-finite inertia. "
-            "Drop or impute the missing values before fitting "
-            "(dask_kmeans.read_parquet(..., missing='drop') drops them)."
+            "Drop or impute the missing values before fitting."
         )
 
 

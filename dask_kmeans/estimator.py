@@ -301,6 +301,57 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
+def kmeans_parallel_init(
+    X,
+    n_clusters: int,
+    *,
+    sample_weight=None,
+    oversampling_factor: float = 2.0,
+    init_rounds: int = 5,
+    random_state=None,
+) -> np.ndarray:
+    """Initial centres by k-means|| (scalable k-means++), for any KMeans-like use.
+
+    Parameters
+    ----------
+    X : array-like, dask array or DataFrame of shape (n_samples, n_features)
+        Dask input is never brought to the driver: each round is one pass.
+    n_clusters : int
+    sample_weight : array-like or dask array of shape (n_samples,), optional
+    oversampling_factor : float, default=2.0
+        Each round samples about ``oversampling_factor * n_clusters`` rows.
+    init_rounds : int, default=5
+    random_state : int, RandomState instance or None
+        The same seed gives the same centres for any chunking.
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, n_features)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dask_kmeans import kmeans_parallel_init
+    >>> X = np.vstack([np.zeros((50, 2)), np.full((50, 2), 10.0)])
+    >>> C = kmeans_parallel_init(X, 2, random_state=0)
+    >>> sorted(C[:, 0].tolist())
+    [0.0, 10.0]
+    """
+    est = KMeans(n_clusters, oversampling_factor=oversampling_factor, init_rounds=init_rounds)
+    V.check_params(est)
+    Xv = V.check_X(est, X, reset=True)
+    if Xv.shape[0] < n_clusters:
+        raise ValueError(f"n_samples={Xv.shape[0]} should be >= n_clusters={n_clusters}.")
+    w = V.check_sample_weight(sample_weight, Xv)
+    client = R.active_client()
+    if client is not None:
+        R.prepare_client(client)
+    Xd, wd, in_memory = R.place_data(Xv, w, "auto", client)
+    return _init.kmeans_parallel(Xd, wd, n_clusters, check_random_state(random_state),
+                                 oversampling_factor=oversampling_factor,
+                                 init_rounds=init_rounds, keep_state=in_memory)
+
+
 def _ensure_log_handler() -> None:
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()

@@ -1,0 +1,122 @@
+"""Seconds per Lloyd iteration: dask_kmeans vs scikit-learn, dask-ml and FAISS, side by side.
+
+One Gaussian mixture (n=1,000,000, d=32, k=32 by default), the same initial
+centres for everyone, tol=0. The data is persisted on a LocalCluster of 2
+worker processes with 1 thread each for the Dask implementations;
+scikit-learn and FAISS run in this process with both cores.
+
+Per-iteration time is measured as (t(max_iter=21) - t(max_iter=1)) / 20, so
+set-up, initialisation and final assignment cancel out; each measurement is
+repeated and the median is printed, with ratios against scikit-learn taken
+in the same run (this machine is shared and noisy: quote ratios).
+
+Run: ``python benchmarks/lloyd.py [--n 1000000] [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+
+
+def mixture(n, d, k, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=2.0, size=(k, d))
+    X = centers[rng.integers(0, k, size=n)] + rng.normal(size=(n, d))
+    return X.astype(dtype)
+
+
+def per_iteration(fit, repeats, iters=20):
+    """Median over ``repeats`` of (t(iters + 1) - t(1)) / iters."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fit(1)
+        t1 = time.perf_counter()
+        fit(iters + 1)
+        t2 = time.perf_counter()
+        out.append(((t2 - t1) - (t1 - t0)) / iters)
+    return float(np.median(out))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--d", type=int, default=32)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--chunks", type=int, default=4, help="row chunks of the persisted array")
+    args = p.parse_args()
+
+    import dask.array as da
+    from distributed import Client, LocalCluster
+    from sklearn.cluster import KMeans as SKKMeans
+    from threadpoolctl import threadpool_limits
+
+    from dask_kmeans import KMeans
+
+    try:
+        import dask_ml.cluster as dml
+    except ImportError:
+        dml = None
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+
+    print(f"n={args.n} d={args.d} k={args.k}, 20 iterations, tol=0, median of {args.repeats}")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        for dtype in (np.float64, np.float32):
+            X = mixture(args.n, args.d, args.k, dtype=dtype)
+            C0 = X[np.random.default_rng(1).choice(args.n, args.k, replace=False)].copy()
+            Xd = client.persist(da.from_array(X, chunks=(-(-args.n // args.chunks), args.d)))
+            rows = {}
+
+            def ours(it, Xd=Xd, C0=C0):
+                KMeans(args.k, init=C0, max_iter=it, tol=0).fit(Xd)
+
+            rows["dask_kmeans (2 workers)"] = per_iteration(ours, args.repeats)
+
+            def sk(it, X=X, C0=C0):
+                with threadpool_limits(2):
+                    SKKMeans(args.k, init=C0, n_init=1, max_iter=it, tol=0,
+                             algorithm="lloyd").fit(X)
+
+            rows["scikit-learn (2 threads)"] = per_iteration(sk, args.repeats)
+
+            if dml is not None and dtype == np.float64:
+                def dm(it, Xd=Xd, C0=C0):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        dml.KMeans(n_clusters=args.k, init=C0, max_iter=it, tol=0).fit(Xd)
+
+                try:
+                    rows["dask-ml (2 workers)"] = per_iteration(dm, max(1, args.repeats - 1))
+                except Exception as exc:  # report, keep the other rows
+                    print(f"dask-ml failed: {type(exc).__name__}: {exc}")
+
+            if faiss is not None and dtype == np.float32:
+                def fa(it, X=X, C0=C0):
+                    km = faiss.Kmeans(args.d, args.k, niter=it, max_points_per_centroid=10**9,
+                                      seed=0)
+                    km.train(np.ascontiguousarray(X), init_centroids=C0)
+
+                rows["FAISS (2 threads)"] = per_iteration(fa, args.repeats)
+
+            base = rows["scikit-learn (2 threads)"]
+            print(f"\n{np.dtype(dtype).name}")
+            print(f"{'implementation':<28}{'s/iteration':>12}{'vs sklearn':>12}")
+            for name, t in rows.items():
+                print(f"{name:<28}{t:>12.4f}{t / base:>11.2f}x")
+            if "dask-ml (2 workers)" in rows:
+                ratio = rows["dask_kmeans (2 workers)"] / rows["dask-ml (2 workers)"]
+                print(f"dask_kmeans / dask-ml: {ratio:.3f}x")
+            client.cancel(Xd)
+
+
+if __name__ == "__main__":
+    main()
