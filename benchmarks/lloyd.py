@@ -48,7 +48,9 @@ def main():
     p.add_argument("--d", type=int, default=32)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--chunks", type=int, default=4, help="row chunks of the persisted array")
+    p.add_argument("--chunks", type=int, default=2,
+                   help="row chunks of the persisted array (dask_kmeans picks one per "
+                   "worker thread)")
     args = p.parse_args()
 
     import dask.array as da

@@ -32,7 +32,8 @@ def packed_size(k: int, d: int, with_moments: bool) -> int:
     return k * d + k + 1 + ((1 + 2 * d) if with_moments else 0)
 
 
-def _packed_chunk(x, c, w=None, *, with_moments):
+def packed_chunk(x, c, w=None, *, with_moments):
+    """Lloyd partials of one chunk, packed in a (1, P) float64 row."""
     p = K.lloyd_partials(x, c, w)
     parts = [p.sums.ravel(), p.counts, [p.inertia]]
     if with_moments:
@@ -60,7 +61,7 @@ def lloyd_partials(
     k, d = C.shape
     size = packed_size(k, d, with_moments)
     parts = da.blockwise(
-        _packed_chunk,
+        packed_chunk,
         "ip",
         X,
         "ij",

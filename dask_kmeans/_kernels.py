@@ -30,7 +30,7 @@ class Partials(NamedTuple):
     inertia: float  # weighted sum of squared distances to the nearest centre
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts):
     """Assign rows of ``x`` to the nearest centre and accumulate statistics.
 
@@ -429,3 +429,8 @@ def weighted_lloyd(
             break
         centers = new
     return centers
+
+
+def combine(*parts: np.ndarray) -> np.ndarray:
+    """Elementwise sum of fixed-shape partials (the tree reduction's combine)."""
+    return np.sum(parts, axis=0)

