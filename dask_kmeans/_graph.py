@@ -7,6 +7,8 @@ over packed fixed-size partials, so only ``k * d`` numbers leave each chunk.
 
 from __future__ import annotations
 
+from functools import partial
+
 import dask.array as da
 import numpy as np
 
@@ -180,39 +182,48 @@ def farthest(X: da.Array, C: da.Array, sample_weight, n_far: int) -> da.Array:
 
 
 # -- k-means|| ---------------------------------------------------------------
+# Chunk functions take the chunk's global row offset as an int; the graph
+# builders below pass it through ``_with_offset`` from a one-element block.
 
 
-def _per_chunk(func, X, row_args, centers, *, dtype=object, **kwargs) -> da.Array:
-    """One task per row chunk: ``func(x, offset, *row_blocks, centers, **kwargs)``.
+def round_chunk(x, offset: int, w, state, centers, *, base, seed, stream, ell):
+    """One chunk of a k-means|| round: (new ``Nearest`` state, candidate rows, cost)."""
+    nearest = K.nearest_update(x, centers, base, state)
+    u = K.row_uniforms(seed, stream, offset, x.shape[0])
+    rows, phi = K.oversample(x, nearest, w, u, offset, ell)
+    return nearest, rows, phi
 
-    ``row_args`` are arrays (or ``None``) aligned with the row chunks of ``X``.
-    The result has one block per chunk holding whatever ``func`` returns.
-    """
+
+def weights_chunk(x, offset: int, w, state, centers, *, base, n_candidates):
+    """One chunk's weight per candidate, as a (1, n_candidates) row."""
+    nearest = K.nearest_update(x, centers, base, state)
+    return K.candidate_weights(nearest, w, n_candidates)[None, :]
+
+
+def choice_chunk(x, offset: int, w, *, seed, stream):
+    """One chunk's best exponential key, its row index and the row, as a (1, 2 + d) row."""
+    u = K.row_uniforms(seed, stream, offset, x.shape[0])
+    return K.weighted_choice_key(x, w, u, offset)[None, :]
+
+
+def _with_offset(func, x, offset_block, *args, **kwargs):
+    return func(x, int(offset_block[0]), *args, **kwargs)
+
+
+def _row_args(X, sample_weight, state):
     args = [X, "ij", row_offsets(X), "i"]
-    for a in row_args:
+    for a in (sample_weight, state):
         args += [a, "i"] if a is not None else [None, None]
-    if centers is not None:
-        args += [centers, "kj"]
-    return da.blockwise(
-        func, "i", *args, align_arrays=False, concatenate=True, dtype=dtype,
-        meta=np.empty((0,), dtype=dtype), **kwargs,
-    )
+    return args
 
 
-def _part(t, i):
+def part(t, i):
+    """Item ``i`` of a per-chunk tuple."""
     return t[i]
 
 
 def _scalar_part(t, i):
     return np.array([t[i]], dtype=np.float64)
-
-
-def _round_chunk(x, offset, w, state, centers, *, base, seed, stream, ell):
-    offset = int(offset[0])
-    nearest = K.nearest_update(x, centers, base, state)
-    u = K.row_uniforms(seed, stream, offset, x.shape[0])
-    rows, phi = K.oversample(x, nearest, w, u, offset, ell)
-    return nearest, rows, phi
 
 
 def oversampling_round(X, sample_weight, state, new_centers: np.ndarray, *, base: int,
@@ -229,49 +240,38 @@ def oversampling_round(X, sample_weight, state, new_centers: np.ndarray, *, base
     rows : dask array of shape (nan, 3 + n_features), the possible candidates
     phi : dask array of shape (), the cost against the candidates so far
     """
-    res = _per_chunk(_round_chunk, X, [sample_weight, state], centers_array(new_centers),
-                     base=base, seed=seed, stream=stream, ell=ell)
+    res = da.blockwise(
+        partial(_with_offset, round_chunk), "i", *_row_args(X, sample_weight, state),
+        centers_array(new_centers), "kj", align_arrays=False, concatenate=True, dtype=object,
+        meta=np.empty((0,), dtype=object), base=base, seed=seed, stream=stream, ell=ell,
+    )
     nb = X.numblocks[0]
     width = 3 + X.shape[1]
-    state = res.map_blocks(_part, 0, dtype=object, meta=np.empty((0,), dtype=object))
-    rows = res.map_blocks(_part, 1, new_axis=1, chunks=((np.nan,) * nb, (width,)),
+    state = res.map_blocks(part, 0, dtype=object, meta=np.empty((0,), dtype=object))
+    rows = res.map_blocks(part, 1, new_axis=1, chunks=((np.nan,) * nb, (width,)),
                           dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64))
     phi = res.map_blocks(_scalar_part, 2, chunks=(1,), dtype=np.float64,
                          meta=np.empty((0,), np.float64)).sum(split_every=split_every)
     return state, rows, phi
 
 
-def _weights_chunk(x, offset, w, state, centers, *, base, n_candidates):
-    nearest = K.nearest_update(x, centers, base, state)
-    return K.candidate_weights(nearest, w, n_candidates)[None, :]
-
-
 def candidate_weights(X, sample_weight, state, new_centers: np.ndarray, *, base: int,
                       n_candidates: int, split_every=None) -> da.Array:
     """Total weight of the rows nearest to each candidate: a fixed-size tree sum."""
-    args = [X, "ij", row_offsets(X), "i"]
-    for a in (sample_weight, state):
-        args += [a, "i"] if a is not None else [None, None]
     parts = da.blockwise(
-        _weights_chunk, "ip", *args, centers_array(new_centers), "kj",
-        new_axes={"p": n_candidates}, adjust_chunks={"i": 1}, align_arrays=False,
-        concatenate=True, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64),
-        base=base, n_candidates=n_candidates,
+        partial(_with_offset, weights_chunk), "ip", *_row_args(X, sample_weight, state),
+        centers_array(new_centers), "kj", new_axes={"p": n_candidates},
+        adjust_chunks={"i": 1}, align_arrays=False, concatenate=True, dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64), base=base, n_candidates=n_candidates,
     )
     return parts.sum(axis=0, split_every=split_every)
-
-
-def _choice_chunk(x, offset, w, *, seed, stream):
-    offset = int(offset[0])
-    u = K.row_uniforms(seed, stream, offset, x.shape[0])
-    return K.weighted_choice_key(x, w, u, offset)[None, :]
 
 
 def weighted_choice(X, sample_weight, *, seed: int, stream: int) -> da.Array:
     """Per-chunk best exponential key, its row index and the row: (n_chunks, 2 + d)."""
     return da.blockwise(
-        _choice_chunk, "ip", X, "ij", row_offsets(X), "i", sample_weight, "i",
-        new_axes={"p": 2 + X.shape[1]}, adjust_chunks={"i": 1}, align_arrays=False,
-        concatenate=True, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64),
-        seed=seed, stream=stream,
+        partial(_with_offset, choice_chunk), "ip", X, "ij", row_offsets(X), "i",
+        sample_weight, "i", new_axes={"p": 2 + X.shape[1]}, adjust_chunks={"i": 1},
+        align_arrays=False, concatenate=True, dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64), seed=seed, stream=stream,
     )

@@ -8,9 +8,9 @@ import warnings
 import dask.array as da
 import numpy as np
 
-from . import _graph as G
 from . import _kernels as K
-from ._runtime import compute, dask_persist
+from ._passes import Passes
+from ._runtime import compute
 from ._validation import check_init_array
 
 logger = logging.getLogger("dask_kmeans")
@@ -95,11 +95,12 @@ def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state) -> np.ndarr
     return K.kmeans_plusplus(X, n_clusters, random_state, w)
 
 
-def _first_center(X, sample_weight, random_state, seed: int) -> np.ndarray:
-    if sample_weight is None:
+def _first_center(passes: Passes, random_state, seed: int) -> np.ndarray:
+    X = passes.X
+    if passes.sample_weight is None:
         # Uniform: only the chunk holding this row is read.
         return take_rows(X, np.array([random_state.randint(X.shape[0])]))[0]
-    (keys,) = compute(G.weighted_choice(X, sample_weight, seed=seed, stream=0))
+    keys = passes.weighted_choice(seed=seed, stream=0)
     return keys[np.argmax(keys[:, 0]), 2:][None, :].astype(X.dtype)
 
 
@@ -138,23 +139,14 @@ def kmeans_parallel(
     """
     ell = float(oversampling_factor) * n_clusters
     seed = int(random_state.randint(0, 2**62, dtype=np.int64))
-    candidates = [_first_center(X, sample_weight, random_state, seed)]
+    passes = Passes(X, sample_weight, split_every=split_every, keep_state=keep_state)
+    candidates = [_first_center(passes, random_state, seed)]
     n_cand, base, new = 1, 0, candidates[0]
-    state = None
-    max_rounds = init_rounds + MAX_EXTRA_ROUNDS
-    for rnd in range(1, max_rounds + 1):
+    for rnd in range(1, init_rounds + MAX_EXTRA_ROUNDS + 1):
         if rnd > init_rounds and n_cand >= n_clusters:
             break
-        if keep_state:
-            state, rows, phi = dask_persist(*G.oversampling_round(
-                X, sample_weight, state, new, base=base, seed=seed, stream=rnd, ell=ell,
-                split_every=split_every))
-        else:
-            _, rows, phi = G.oversampling_round(
-                X, sample_weight, None, np.vstack(candidates), base=0, seed=seed, stream=rnd,
-                ell=ell, split_every=split_every)
-        rows, phi = compute(rows, phi)
-        phi = float(phi)
+        rows, phi = passes.oversample(new, np.vstack(candidates), base, seed=seed, stream=rnd,
+                                      ell=ell)
         if not np.isfinite(phi):
             raise ValueError("Input X contains NaN or infinity: the k-means|| cost is not finite. "
                              "Drop or impute the missing values before fitting.")
@@ -168,14 +160,7 @@ def kmeans_parallel(
         candidates.append(new)
         logger.debug("k-means|| round %d: cost %.6g, %d new candidates", rnd, phi, len(new))
     all_candidates = np.vstack(candidates)
-    if keep_state:
-        graph = G.candidate_weights(X, sample_weight, state, new, base=base,
-                                    n_candidates=n_cand, split_every=split_every)
-    else:
-        graph = G.candidate_weights(X, sample_weight, None, all_candidates, base=0,
-                                    n_candidates=n_cand, split_every=split_every)
-    (weights,) = compute(graph)
-    del state
+    weights = passes.candidate_weights(new, all_candidates, base, n_cand)
     centers = K.kmeans_plusplus(all_candidates, n_clusters, random_state, weights)
     return K.weighted_lloyd(all_candidates, weights, centers, REFINE_ITER)
 

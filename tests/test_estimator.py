@@ -297,3 +297,23 @@ def test_on_a_process_local_cluster(client, data):
     # numpy input on the cluster, too
     on_cluster = KMeans(5, init=C0).fit(X)
     _close(on_cluster.cluster_centers_, local.cluster_centers_, np.float64)
+
+
+def test_one_gather_per_iteration_on_a_cluster(client, monkeypatch):
+    X = np.random.default_rng(0).normal(size=(4000, 6))
+    Xd = client.persist(da.from_array(X, chunks=1000))
+    calls = []
+    original = type(client).gather
+
+    def counting_gather(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(client), "gather", counting_gather)
+    counts = {}
+    for max_iter in (2, 6):
+        calls.clear()
+        km = KMeans(5, init=X[:5], tol=0, max_iter=max_iter).fit(Xd)
+        assert km.n_iter_ == max_iter
+        counts[max_iter] = len(calls)
+    assert counts[6] - counts[2] == 4

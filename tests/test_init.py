@@ -152,3 +152,20 @@ def test_nan_in_lazy_input_is_reported():
     X[10, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or infinity"):
         KMeans(2, random_state=0).fit(da.from_array(X, chunks=100))
+
+
+@pytest.mark.parametrize("keep_state", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_futures_engine_gives_the_graph_engines_centres(client, X, keep_state, weighted):
+    from dask_kmeans._passes import Passes
+
+    w = np.linspace(0.5, 2, len(X)) if weighted else None
+    with dask.config.set(scheduler="threads"):
+        local = _init.kmeans_parallel(
+            da.from_array(X, chunks=5000), None if w is None else da.from_array(w, chunks=5000),
+            12, check_random_state(9), keep_state=keep_state)
+    Xd = client.persist(da.from_array(X, chunks=7000))
+    wd = None if w is None else client.persist(da.from_array(w, chunks=7000))
+    assert Passes(Xd, wd).on_futures
+    remote = _init.kmeans_parallel(Xd, wd, 12, check_random_state(9), keep_state=keep_state)
+    np.testing.assert_allclose(remote, local, rtol=1e-12, atol=1e-12)
