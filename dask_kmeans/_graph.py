@@ -226,13 +226,14 @@ def _scalar_part(t, i):
     return np.array([t[i]], dtype=np.float64)
 
 
-def oversampling_round(X, sample_weight, state, new_centers: np.ndarray, *, base: int,
+def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base: int,
                        seed: int, stream: int, ell: float, split_every=None):
     """One k-means|| pass: update each row's nearest candidate, then oversample.
 
-    ``state`` is the previous pass's per-row state (a lazy or persisted array
-    of per-chunk :class:`~dask_kmeans._kernels.Nearest`), or ``None`` to
-    compare every row with ``new_centers`` from scratch (``base`` = 0).
+    ``state`` is the previous pass's per-row state for ``candidates[:base]``
+    (a lazy or persisted array of per-chunk
+    :class:`~dask_kmeans._kernels.Nearest`), or ``None`` to compare every row
+    with all ``candidates`` from scratch (``base`` = 0).
 
     Returns
     -------
@@ -242,7 +243,7 @@ def oversampling_round(X, sample_weight, state, new_centers: np.ndarray, *, base
     """
     res = da.blockwise(
         partial(_with_offset, round_chunk), "i", *_row_args(X, sample_weight, state),
-        centers_array(new_centers), "kj", align_arrays=False, concatenate=True, dtype=object,
+        centers_array(candidates), "kj", align_arrays=False, concatenate=True, dtype=object,
         meta=np.empty((0,), dtype=object), base=base, seed=seed, stream=stream, ell=ell,
     )
     nb = X.numblocks[0]
@@ -255,12 +256,12 @@ def oversampling_round(X, sample_weight, state, new_centers: np.ndarray, *, base
     return state, rows, phi
 
 
-def candidate_weights(X, sample_weight, state, new_centers: np.ndarray, *, base: int,
+def candidate_weights(X, sample_weight, state, candidates: np.ndarray, *, base: int,
                       n_candidates: int, split_every=None) -> da.Array:
     """Total weight of the rows nearest to each candidate: a fixed-size tree sum."""
     parts = da.blockwise(
         partial(_with_offset, weights_chunk), "ip", *_row_args(X, sample_weight, state),
-        centers_array(new_centers), "kj", new_axes={"p": n_candidates},
+        centers_array(candidates), "kj", new_axes={"p": n_candidates},
         adjust_chunks={"i": 1}, align_arrays=False, concatenate=True, dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64), base=base, n_candidates=n_candidates,
     )

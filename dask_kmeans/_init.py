@@ -141,11 +141,11 @@ def kmeans_parallel(
     seed = int(random_state.randint(0, 2**62, dtype=np.int64))
     passes = Passes(X, sample_weight, split_every=split_every, keep_state=keep_state)
     candidates = [_first_center(passes, random_state, seed)]
-    n_cand, base, new = 1, 0, candidates[0]
+    n_cand, base = 1, 0
     for rnd in range(1, init_rounds + MAX_EXTRA_ROUNDS + 1):
         if rnd > init_rounds and n_cand >= n_clusters:
             break
-        rows, phi = passes.oversample(new, np.vstack(candidates), base, seed=seed, stream=rnd,
+        rows, phi = passes.oversample(np.vstack(candidates), base, seed=seed, stream=rnd,
                                       ell=ell)
         if not np.isfinite(phi):
             raise ValueError("Input X contains NaN or infinity: the k-means|| cost is not finite. "
@@ -160,7 +160,7 @@ def kmeans_parallel(
         candidates.append(new)
         logger.debug("k-means|| round %d: cost %.6g, %d new candidates", rnd, phi, len(new))
     all_candidates = np.vstack(candidates)
-    weights = passes.candidate_weights(new, all_candidates, base, n_cand)
+    weights = passes.candidate_weights(all_candidates, base)
     centers = K.kmeans_plusplus(all_candidates, n_clusters, random_state, weights)
     return K.weighted_lloyd(all_candidates, weights, centers, REFINE_ITER)
 

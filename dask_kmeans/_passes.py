@@ -89,19 +89,18 @@ class Passes:
                           with_moments=with_moments)
         return tree_sum(self._client, parts, self.split_every).ravel()
 
-    def oversample(self, new_centers: np.ndarray, all_centers: np.ndarray, base: int, *,
+    def oversample(self, candidates: np.ndarray, base: int, *,
                    seed: int, stream: int, ell: float) -> tuple[np.ndarray, float]:
         """One k-means|| round: the possible candidate rows and the cost ``phi``.
 
-        With ``keep_state`` rows are compared only with ``new_centers`` (whose
-        indices start at ``base``); otherwise with ``all_centers``.
+        With ``keep_state`` rows are compared only with ``candidates[base:]``,
+        the ones added since the previous pass; otherwise with all of them.
         """
-        if not self.keep_state:
-            new_centers, base = all_centers, 0
+        base = base if self.keep_state else 0
         kw = dict(base=base, seed=seed, stream=stream, ell=ell)
         if not self.on_futures:
             state, rows, phi = G.oversampling_round(
-                self.X, self.sample_weight, self._state, new_centers,
+                self.X, self.sample_weight, self._state, candidates,
                 split_every=self.split_every, **kw)
             if self.keep_state:
                 state, rows, phi = dask_persist(state, rows, phi)
@@ -110,7 +109,7 @@ class Passes:
             return rows, float(phi)
         prev = self._state if self._state is not None else [None] * len(self._xf)
         res = self._map(G.round_chunk, self._offsets, self._wf, prev,
-                        self._centers_arg(new_centers), **kw)
+                        self._centers_arg(candidates), **kw)
         small = self._client.map(_rows_and_phi, res, pure=False)
         if self.keep_state:
             self._state = self._client.map(G.part, res, [0] * len(res), pure=False)
@@ -119,20 +118,18 @@ class Passes:
         rows = np.concatenate([r for r, _ in out]) if out else np.empty((0, 3 + self.X.shape[1]))
         return rows, float(sum(p for _, p in out))
 
-    def candidate_weights(self, new_centers: np.ndarray, all_centers: np.ndarray, base: int,
-                          n_candidates: int) -> np.ndarray:
+    def candidate_weights(self, candidates: np.ndarray, base: int) -> np.ndarray:
         """Total weight of the rows nearest to each candidate, shape (n_candidates,)."""
-        if not self.keep_state:
-            new_centers, base = all_centers, 0
-        kw = dict(base=base, n_candidates=n_candidates)
+        base = base if self.keep_state else 0
+        kw = dict(base=base, n_candidates=len(candidates))
         if not self.on_futures:
-            graph = G.candidate_weights(self.X, self.sample_weight, self._state, new_centers,
+            graph = G.candidate_weights(self.X, self.sample_weight, self._state, candidates,
                                         split_every=self.split_every, **kw)
             out = compute(graph)[0]
         else:
             prev = self._state if self._state is not None else [None] * len(self._xf)
             parts = self._map(G.weights_chunk, self._offsets, self._wf, prev,
-                              self._centers_arg(new_centers), **kw)
+                              self._centers_arg(candidates), **kw)
             out = tree_sum(self._client, parts, self.split_every).ravel()
         self._state = None
         return out

@@ -188,3 +188,18 @@ def tree_sum(client, futures, split_every=None) -> np.ndarray:
         futures = [client.submit(combine, *futures[i : i + fan_in], pure=False)
                    for i in range(0, len(futures), fan_in)]
     return combine(*client.gather(futures))
+
+
+#: Bytes per row of the k-means|| state (squared distance and candidate index).
+ROW_STATE_BYTES = 16
+
+
+def keep_row_state(n_rows: int, in_memory: bool, client=None) -> bool:
+    """Whether k-means|| keeps per-row state on the workers between passes.
+
+    Always for data held in memory; for data re-read from its source, when
+    the state (16 bytes a row, a fraction of the data) fits in a quarter of
+    the memory budget. Without state every pass compares each row with every
+    candidate so far, which costs several Lloyd iterations more.
+    """
+    return in_memory or n_rows * ROW_STATE_BYTES <= 0.25 * memory_budget(client)

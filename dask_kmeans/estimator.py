@@ -151,7 +151,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return _init.kmeans_parallel(
                 Xd, wd, self.n_clusters, random_state,
                 oversampling_factor=self.oversampling_factor, init_rounds=self.init_rounds,
-                keep_state=in_memory, split_every=self.split_every)
+                keep_state=R.keep_row_state(Xd.shape[0], in_memory),
+                split_every=self.split_every)
         if self.init == "k-means++":
             return _init.kmeans_plusplus(X, w, self.n_clusters, random_state)
         return _init.random_rows(X, w, self.n_clusters, random_state)
@@ -349,7 +350,8 @@ def kmeans_parallel_init(
     Xd, wd, in_memory = R.place_data(Xv, w, "auto", client)
     return _init.kmeans_parallel(Xd, wd, n_clusters, check_random_state(random_state),
                                  oversampling_factor=oversampling_factor,
-                                 init_rounds=init_rounds, keep_state=in_memory)
+                                 init_rounds=init_rounds,
+                                 keep_state=R.keep_row_state(Xd.shape[0], in_memory, client))
 
 
 def _ensure_log_handler() -> None:

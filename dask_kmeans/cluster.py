@@ -1,0 +1,548 @@
+"""Start or connect to a Dask cluster from a cluster-config YAML file.
+
+A cluster-config file names one kind of cluster and holds that kind's options under a key
+of the same name::
+
+    cluster:
+      kind: local
+      local:
+        n_workers: 2
+
+The kinds are ``local``, ``scheduler``, ``tls``, ``ssh``, ``kubernetes`` and ``slurm``.
+Their options, types and defaults are in ``cluster_schema.yaml`` next to this module, and
+explained in ``docs/clusters.md``; ``cluster-config/`` holds one commented example per kind.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib
+import importlib.util
+import numbers
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from dask.utils import parse_bytes, parse_timedelta
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = [
+    "KINDS",
+    "ClusterConfigError",
+    "ClusterError",
+    "ClusterKind",
+    "connect",
+    "load_cluster_config",
+    "validate_cluster_config",
+]
+
+ClusterKind = Literal["local", "scheduler", "tls", "ssh", "kubernetes", "slurm"]
+KINDS: tuple[str, ...] = ("local", "scheduler", "tls", "ssh", "kubernetes", "slurm")
+
+# kind -> (module to look for, package to pip install, module holding the class, class name)
+_OPTIONAL = {
+    "ssh": ("asyncssh", "asyncssh", "distributed.deploy.ssh", "SSHCluster"),
+    "kubernetes": ("dask_kubernetes", "dask-kubernetes", "dask_kubernetes.operator",
+                   "KubeCluster"),
+    "slurm": ("dask_jobqueue", "dask-jobqueue", "dask_jobqueue", "SLURMCluster"),
+}
+_TLS_FILES = ("ca_file", "client_cert", "client_key")
+_ADDRESS = re.compile(r"^(?P<scheme>[a-z]+)://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)$")
+
+
+class ClusterError(Exception):
+    """A cluster could not be started or reached, or its configuration is wrong."""
+
+
+class ClusterConfigError(ClusterError, ValueError):
+    """A cluster config does not follow the schema.
+
+    Parameters
+    ----------
+    errors : list of (str, str)
+        One ``(path, problem)`` pair per problem; ``path`` is dotted, like
+        ``cluster.local.n_workers``, and empty for the document as a whole.
+    source : str, optional
+        The file the config was read from, shown before the problems.
+
+    Attributes
+    ----------
+    errors : list of (str, str)
+        The ``(path, problem)`` pairs.
+    source : str or None
+        The file, if the config came from one.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]], source: str | None = None) -> None:
+        self.errors = list(errors)
+        self.source = source
+        lines = [f"{path or '(top level)'}: {problem}" for path, problem in self.errors]
+        head = f"{source}: " if source else ""
+        if len(lines) == 1:
+            message = head + lines[0]
+        else:
+            message = (f"{head}{len(lines)} problems in the cluster config:\n"
+                       + "\n".join(f"  {line}" for line in lines))
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (self.errors, self.source)
+
+
+# --- the schema and its validator ---------------------------------------------------------
+
+@cache
+def _schema() -> dict:
+    text = Path(__file__).with_name("cluster_schema.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _kind_schema(kind: str) -> dict:
+    return _schema()["keys"]["cluster"]["keys"][kind]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _parses(parse, v: Any) -> bool:
+    try:
+        return parse(v) > 0
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _valid_leaf(node: dict, v: Any) -> bool:
+    kind = node["type"]
+    if kind == "any":
+        return True
+    if kind == "str":
+        return isinstance(v, str) and v in node.get("choices", [v])
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind in ("int", "number"):
+        ok = _is_int(v) if kind == "int" else _is_number(v)
+        return ok and v >= node.get("min", v)
+    if kind == "scalar":
+        return isinstance(v, str) or _is_number(v)
+    if kind == "address":
+        match = _ADDRESS.match(v) if isinstance(v, str) else None
+        return (match is not None and match["scheme"] in node["schemes"]
+                and 0 < int(match["port"]) < 65536)
+    if kind == "duration":
+        return (isinstance(v, str) or _is_number(v)) and _parses(parse_timedelta, v)
+    if kind == "bytes":
+        return (isinstance(v, str) or _is_int(v)) and _parses(parse_bytes, v)
+    if kind == "memory_limit":
+        if v == "auto" or (isinstance(v, float) and 0 < v <= 1):
+            return True
+        return (isinstance(v, str) or _is_int(v)) and _parses(parse_bytes, v)
+    raise AssertionError(f"cluster_schema.yaml: unknown type {kind!r}")
+
+
+def _expected(node: dict) -> str:
+    kind = node["type"]
+    if kind in ("int", "number"):
+        text = ("an int" if kind == "int" else "a number") + (
+            f" >= {node['min']}" if "min" in node else "")
+    elif kind == "str":
+        text = f"one of {', '.join(node['choices'])}" if "choices" in node else "a string"
+    elif kind == "list":
+        items = "strings" if node["items"]["type"] == "str" else "items"
+        text = f"a list of {items}"
+        if node.get("min_items"):
+            text += f" with at least {node['min_items']} entries"
+    else:
+        text = {
+            "bool": "true or false",
+            "mapping": "a mapping",
+            "scalar": "a string or a number",
+            "address": " or ".join(f"{s}://host:port" for s in node.get("schemes", ())),
+            "duration": "a duration like '10s' or a number of seconds > 0",
+            "bytes": "a size like '16GiB' or a number of bytes > 0",
+            "memory_limit": "'auto', a size like '4GiB', a number of bytes or a fraction "
+                            "of the machine's memory in (0, 1]",
+        }[kind]
+        if kind == "address":
+            text = "an address like " + text
+    return text + (" or null" if node.get("nullable") else "")
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, Mapping):
+        return "a mapping"
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _walk(node: dict, value: Any, path: str, errors: list) -> Any:
+    """Check ``value`` against ``node``; return a copy with the defaults filled in."""
+    if value is None and node.get("nullable"):
+        return None
+    kind = node["type"]
+    if kind == "mapping" and isinstance(value, Mapping):
+        return _walk_mapping(node, value, path, errors)
+    if kind == "list" and isinstance(value, list) and len(value) >= node.get("min_items", 0):
+        return [_walk(node["items"], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if kind not in ("mapping", "list") and value is not None and _valid_leaf(node, value):
+        return value
+    hint = _suggest(value, node["choices"]) if isinstance(value, str) and "choices" in node else ""
+    errors.append((path, f"expected {_expected(node)}, got {_show(value)}{hint}"))
+    return None
+
+
+def _walk_mapping(node: dict, value: Mapping, path: str, errors: list) -> dict:
+    out = {}
+    keys = node.get("keys", {})
+    for key, v in value.items():
+        sub = _join(path, key)
+        if not isinstance(key, str):
+            errors.append((sub, f"keys must be strings, got {_show(key)}"))
+        elif "values" in node:
+            out[key] = _walk(node["values"], v, sub, errors)
+        elif key in keys:
+            out[key] = _walk(keys[key], v, sub, errors)
+        else:
+            errors.append((sub, f"unknown key '{key}'{_suggest(key, keys)} "
+                                f"(allowed: {', '.join(keys)})"))
+    for key in node.get("required", ()):
+        if key not in value:
+            errors.append((_join(path, key), "missing required key"))
+    for key, sub in keys.items():
+        if key not in value and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+    return out
+
+
+def _validate(config: Any, source: str | None = None) -> dict:
+    errors: list[tuple[str, str]] = []
+    if config is None:
+        raise ClusterConfigError([("", "the config is empty; it needs a 'cluster' mapping "
+                                       "with a 'kind', like {cluster: {kind: local}}")], source)
+    section = config.get("cluster") if isinstance(config, Mapping) else None
+    if isinstance(section, Mapping):
+        # An empty section (every option commented out) means "all defaults".
+        section = {k: ({} if k in KINDS and v is None else v) for k, v in section.items()}
+        config = {**config, "cluster": section}
+    out = _walk(_schema(), config, "", errors)
+    cluster = (out or {}).get("cluster")
+    kind = cluster.get("kind") if isinstance(cluster, dict) else None
+    if kind in KINDS:
+        for other in KINDS:
+            if other != kind and other in cluster:
+                errors.append((f"cluster.{other}", f"options for kind '{other}', but kind is "
+                                                   f"'{kind}': remove them or set kind: {other}"))
+        if kind not in cluster:
+            required = _kind_schema(kind).get("required")
+            if required:
+                errors.append((f"cluster.{kind}", f"missing required key: kind '{kind}' needs "
+                                                  f"{', '.join(required)}"))
+            else:
+                cluster[kind] = _walk(_kind_schema(kind), {}, f"cluster.{kind}", errors)
+    if errors:
+        raise ClusterConfigError(errors, source)
+    return out
+
+
+def validate_cluster_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a cluster config against the schema and fill in the defaults.
+
+    Parameters
+    ----------
+    config : mapping
+        A config as read from YAML: ``{"cluster": {"kind": ..., <kind>: {...}}}``.
+
+    Returns
+    -------
+    dict
+        A copy of ``config`` in which every option of the chosen kind that has a default
+        is present.
+
+    Raises
+    ------
+    ClusterConfigError
+        Listing every problem with the dotted path of the key at fault: unknown keys (with
+        the closest allowed name), values of the wrong type, missing required keys, an
+        unknown kind, or options given for another kind than the chosen one.
+
+    Examples
+    --------
+    >>> from dask_kmeans.cluster import validate_cluster_config
+    >>> cfg = validate_cluster_config({"cluster": {"kind": "local", "local": {"n_workers": 2}}})
+    >>> cfg["cluster"]["local"]["processes"]
+    True
+    >>> validate_cluster_config({"cluster": {"kind": "local", "local": {"n_workers": "two"}}})
+    Traceback (most recent call last):
+    ...
+    dask_kmeans.cluster.ClusterConfigError: cluster.local.n_workers: expected an int >= 1 or null, got 'two'
+    """  # noqa: E501
+    return _validate(config)
+
+
+def load_cluster_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a cluster-config YAML file.
+
+    Relative paths of TLS files (``ca_file``, ``client_cert``, ``client_key``) are taken
+    relative to the directory of the config file, so a config and its certificates can move
+    together.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The YAML file.
+
+    Returns
+    -------
+    dict
+        The validated config, defaults filled in (see `validate_cluster_config`).
+
+    Raises
+    ------
+    ClusterError
+        If the file cannot be read.
+    ClusterConfigError
+        If it is not valid YAML or does not follow the schema; the message starts with the
+        file name.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from dask_kmeans.cluster import load_cluster_config
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     p = pathlib.Path(tmp, "c.yaml")
+    ...     _ = p.write_text("cluster:\\n  kind: scheduler\\n  scheduler:\\n"
+    ...                      "    address: tcp://127.0.0.1:8786\\n")
+    ...     load_cluster_config(p)["cluster"]["scheduler"]
+    {'address': 'tcp://127.0.0.1:8786', 'timeout': None}
+    """
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClusterError(f"cluster config file not found: {p}") from None
+    except OSError as exc:
+        raise ClusterError(f"cannot read the cluster config {p}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ClusterConfigError([(where, f"not valid YAML: {problem}")], str(p)) from None
+    config = _validate(raw, str(p))
+    tls = config["cluster"].get("tls")
+    if tls is not None:
+        for key in _TLS_FILES:
+            tls[key] = str(p.parent / Path(tls[key]).expanduser())
+    return config
+
+
+# --- starting and connecting ------------------------------------------------------------
+
+def _timeout_text(timeout: str | float) -> str:
+    return timeout if isinstance(timeout, str) else f"{timeout:g} s"
+
+
+def _client(target: Any, address: str, timeout: str | float, stack: ExitStack,
+            security: Any = None) -> Client:
+    from distributed import Client
+
+    try:
+        client = Client(target, timeout=timeout, security=security)
+    except (OSError, TimeoutError) as exc:
+        advice = "Check that a Dask scheduler is running there and that this machine can reach it"
+        if address.startswith("tls://"):
+            advice += (", and that the certificate authority and client certificate match the "
+                       "scheduler's")
+        raise ClusterError(f"could not connect to the Dask scheduler at {address} within "
+                           f"{_timeout_text(timeout)} ({exc}). {advice}.") from None
+    stack.callback(client.close)
+    return client
+
+
+def _start(kind: str, factory, stack: ExitStack):
+    try:
+        cluster = factory()
+    except ClusterError:
+        raise
+    except Exception as exc:
+        raise ClusterError(f"could not start the {kind} cluster: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    stack.callback(cluster.close)
+    return cluster
+
+
+def _cluster_class(kind: str):
+    module, package, home, name = _OPTIONAL[kind]
+    hint = f"cluster kind '{kind}' needs the optional package {package}: pip install {package}"
+    if importlib.util.find_spec(module) is None:
+        raise ClusterError(f"{hint} (it is not installed in this environment)")
+    try:
+        return getattr(importlib.import_module(home), name)
+    except ImportError as exc:
+        raise ClusterError(f"{hint} (importing it failed: {exc})") from None
+
+
+def _given(opts: dict, *leave_out: str) -> dict:
+    # null means "the library's own default": pass nothing rather than None.
+    return {k: v for k, v in opts.items() if v is not None and k not in leave_out}
+
+
+def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
+    from distributed import LocalCluster
+
+    kwargs = _given(opts, "dashboard_address")
+    cluster = _start("local", lambda: LocalCluster(
+        dashboard_address=opts["dashboard_address"], **kwargs), stack)
+    return _client(cluster, cluster.scheduler_address, timeout, stack)
+
+
+def _connect_scheduler(opts: dict, timeout, stack: ExitStack) -> Client:
+    return _client(opts["address"], opts["address"], timeout, stack)
+
+
+def _connect_tls(opts: dict, timeout, stack: ExitStack) -> Client:
+    from distributed.security import Security
+
+    files = {key: os.path.expanduser(opts[key]) for key in _TLS_FILES}
+    missing = [(f"cluster.tls.{key}", f"no such file: {path}")
+               for key, path in files.items() if not os.path.isfile(path)]
+    if missing:
+        raise ClusterConfigError(missing)
+    security = Security(tls_ca_file=files["ca_file"], tls_client_cert=files["client_cert"],
+                        tls_client_key=files["client_key"], require_encryption=True)
+    return _client(opts["address"], opts["address"], timeout, stack, security=security)
+
+
+def _connect_ssh(opts: dict, timeout, stack: ExitStack) -> Client:
+    cls = _cluster_class("ssh")
+    cluster = _start("ssh", lambda: cls(**opts), stack)
+    return _client(cluster, cluster.scheduler_address, timeout, stack)
+
+
+def _connect_kubernetes(opts: dict, timeout, stack: ExitStack) -> Client:
+    cls = _cluster_class("kubernetes")
+    cluster = _start("kubernetes", lambda: cls(**_given(opts)), stack)
+    return _client(cluster, cluster.scheduler_address, timeout, stack)
+
+
+def _connect_slurm(opts: dict, timeout, stack: ExitStack) -> Client:
+    cls = _cluster_class("slurm")
+    cluster = _start("slurm", lambda: cls(**_given(opts, "jobs")), stack)
+    cluster.scale(jobs=opts["jobs"])
+    return _client(cluster, cluster.scheduler_address, timeout, stack)
+
+
+_CONNECT = {
+    "local": _connect_local,
+    "scheduler": _connect_scheduler,
+    "tls": _connect_tls,
+    "ssh": _connect_ssh,
+    "kubernetes": _connect_kubernetes,
+    "slurm": _connect_slurm,
+}
+
+
+def _config_for(config_or_path, scheduler) -> dict:
+    if scheduler is not None:
+        if config_or_path is not None:
+            raise ValueError("connect() takes a config or scheduler=, not both")
+        errors: list[tuple[str, str]] = []
+        _walk(_kind_schema("scheduler")["keys"]["address"], scheduler, "scheduler", errors)
+        if errors:
+            raise ClusterConfigError(errors)
+        return _validate({"cluster": {"kind": "scheduler",
+                                      "scheduler": {"address": scheduler}}})
+    if config_or_path is None:
+        return _validate({"cluster": {"kind": "local"}})
+    if isinstance(config_or_path, Mapping):
+        return _validate(config_or_path)
+    if isinstance(config_or_path, str) and "://" in config_or_path:
+        raise ClusterError(f"{config_or_path!r} looks like a scheduler address, not a config "
+                           f"file: use connect(scheduler={config_or_path!r})")
+    return load_cluster_config(config_or_path)
+
+
+@contextmanager
+def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = None, *,
+            scheduler: str | None = None, timeout: str | float = "10s") -> Iterator[Client]:
+    """Start or reach a Dask cluster and yield a `distributed.Client` connected to it.
+
+    On exit the client is closed, and so is the cluster if this call started it (a local,
+    SSH, Kubernetes or SLURM cluster). A scheduler that was already running is left running.
+
+    Parameters
+    ----------
+    config_or_path : mapping, str, path-like or None, default=None
+        A cluster config (see `validate_cluster_config`) or the path of a cluster-config
+        YAML file. With neither this nor ``scheduler``: a local cluster of worker
+        processes sized to this machine's cores (kind ``local`` with its defaults).
+    scheduler : str, optional
+        Address of a running scheduler, like ``"tcp://10.0.0.5:8786"``; the same as a
+        config of kind ``scheduler``.
+    timeout : str or float, default="10s"
+        How long the client tries to reach the scheduler, as a duration string or seconds.
+        The ``timeout`` option of a ``scheduler`` or ``tls`` config, when set, takes
+        precedence.
+
+    Yields
+    ------
+    distributed.Client
+        The client, also the default scheduler for dask computations inside the block.
+
+    Raises
+    ------
+    ClusterConfigError
+        If the config does not follow the schema, or a TLS file does not exist.
+    ClusterError
+        If the scheduler cannot be reached within the timeout (the message names the
+        address and the timeout), if the cluster cannot be started, or if the kind needs an
+        optional package that is not installed (the message says what to ``pip install``).
+
+    Examples
+    --------
+    >>> from dask_kmeans.cluster import connect
+    >>> config = {"cluster": {"kind": "local",
+    ...                       "local": {"n_workers": 1, "threads_per_worker": 1}}}
+    >>> with connect(config) as client:
+    ...     client.submit(sum, [1, 2, 3]).result()
+    6
+    """
+    seconds = parse_timedelta(timeout) if isinstance(timeout, str | numbers.Real) else None
+    if isinstance(timeout, bool) or seconds is None or seconds <= 0:
+        raise ValueError(f"timeout must be a duration like '10s' or a number of seconds > 0, "
+                         f"got {timeout!r}")
+    config = _config_for(config_or_path, scheduler)
+    kind = config["cluster"]["kind"]
+    opts = config["cluster"][kind]
+    if opts.get("timeout") is not None:
+        timeout = opts["timeout"]
+    with ExitStack() as stack:
+        yield _CONNECT[kind](opts, timeout, stack)
