@@ -381,8 +381,8 @@ def _client(target: Any, address: str, timeout: str | float, stack: ExitStack,
         if address.startswith("tls://"):
             advice += (", and that the certificate authority and client certificate match the "
                        "scheduler's")
-        raise ClusterError(f"could not connect to the Dask scheduler at {address} within "
-                           f"{_timeout_text(timeout)} ({exc}). {advice}.") from None
+        raise ClusterError(f"could not connect to the Dask scheduler at {address} (timeout "
+                           f"{_timeout_text(timeout)}): {exc}. {advice}.") from None
     stack.callback(client.close)
     return client
 
@@ -535,8 +535,8 @@ def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = 
     ...     client.submit(sum, [1, 2, 3]).result()
     6
     """
-    seconds = parse_timedelta(timeout) if isinstance(timeout, str | numbers.Real) else None
-    if isinstance(timeout, bool) or seconds is None or seconds <= 0:
+    if not ((isinstance(timeout, str) or _is_number(timeout))
+            and _parses(parse_timedelta, timeout)):
         raise ValueError(f"timeout must be a duration like '10s' or a number of seconds > 0, "
                          f"got {timeout!r}")
     config = _config_for(config_or_path, scheduler)
