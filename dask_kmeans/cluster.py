@@ -22,11 +22,11 @@ import importlib.util
 import numbers
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from dask.utils import parse_bytes, parse_timedelta
@@ -38,13 +38,11 @@ __all__ = [
     "KINDS",
     "ClusterConfigError",
     "ClusterError",
-    "ClusterKind",
     "connect",
     "load_cluster_config",
     "validate_cluster_config",
 ]
 
-ClusterKind = Literal["local", "scheduler", "tls", "ssh", "kubernetes", "slurm"]
 KINDS: tuple[str, ...] = ("local", "scheduler", "tls", "ssh", "kubernetes", "slurm")
 
 # kind -> (module to look for, package to pip install, module holding the class, class name)
@@ -387,7 +385,7 @@ def _client(target: Any, address: str, timeout: str | float, stack: ExitStack,
     return client
 
 
-def _start(kind: str, factory, stack: ExitStack):
+def _start(kind: str, factory: Callable[[], Any], stack: ExitStack) -> Any:
     try:
         cluster = factory()
     except ClusterError:
@@ -425,7 +423,17 @@ def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
 
 
 def _connect_scheduler(opts: dict, timeout, stack: ExitStack) -> Client:
-    return _client(opts["address"], opts["address"], timeout, stack)
+    address = opts["address"]
+    if address.startswith("tls://"):
+        from distributed.security import Security
+
+        # Without a tls section, the credentials can only come from Dask's configuration.
+        if Security().get_connection_args("client").get("ssl_context") is None:
+            raise ClusterError(
+                f"{address} needs TLS credentials, and Dask's configuration has none "
+                "(distributed.comm.tls.*): use a config of kind 'tls' with ca_file, "
+                "client_cert and client_key")
+    return _client(address, address, timeout, stack)
 
 
 def _connect_tls(opts: dict, timeout, stack: ExitStack) -> Client:

@@ -389,6 +389,9 @@ def test_connect_argument_errors(tmp_path):
     with pytest.raises(ClusterConfigError, match="^scheduler: expected an address like tcp://"):
         with connect(scheduler="127.0.0.1:8786"):
             pass
+    with pytest.raises(ClusterError, match="needs TLS credentials.*kind 'tls'"):
+        with connect(scheduler="tls://127.0.0.1:8786"):
+            pass
     with pytest.raises(ValueError, match="timeout must be a duration"):
         with connect(scheduler="tcp://127.0.0.1:8786", timeout="soon"):
             pass
