@@ -1,0 +1,1064 @@
+"""Parquet on fsspec URLs as dask arrays, and atomically committed Parquet outputs.
+
+:func:`open_parquet` turns a Parquet file, directory or hive-partitioned
+dataset on any fsspec URL (local paths, ``file://``, ``s3://``, ``gs://``,
+``abfs://``...) into a :class:`ParquetSource`: a row-chunked dask array of the
+feature columns with one chunk per Parquet file, whose chunk sizes come from the
+Parquet footers, plus optional key columns aligned with it. Nothing but the
+footers is read until the array is computed.
+
+:func:`write_labels` writes one labelled Parquet part per input part into a
+temporary prefix, moves the parts into place and writes a ``_SUCCESS`` marker
+last; :func:`read_labels` refuses output without that marker.
+
+Credentials travel only in ``storage_options`` (or a URL's ``user:password@``)
+and never appear in a message, a ``repr`` or a written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from dask.base import tokenize
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = [
+    "ParquetSource",
+    "open_parquet",
+    "read_labels",
+    "read_parquet",
+    "strip_credentials",
+    "write_labels",
+]
+
+MissingPolicy = Literal["error", "drop"]
+MISSING_POLICIES = ("error", "drop")
+FEATURE_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+#: Name of the marker that commits an output directory; readers require it.
+SUCCESS_MARKER = "_SUCCESS"
+LABELS_FORMAT = "dask-kmeans-labels"
+LABEL_COLUMN = "cluster"
+DISTANCE_COLUMN = "distance"
+_PART_NAME = re.compile(r"^part-\d+\.parquet$")
+#: Keys of ``storage_options`` (at any depth) whose values are treated as secrets.
+CREDENTIAL_KEY = re.compile(
+    r"secret|passw|token|credential|signature|session|connection_string|"
+    r"access_?key|account_?key|private_?key|api_?key|(^|_)(key|sig|pwd|sas)$",
+    re.IGNORECASE,
+)
+_METADATA_THREADS = 16
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without a ``user:password@`` part and without credential query parameters.
+
+    Parameters
+    ----------
+    url : str
+        Any fsspec URL or local path.
+
+    Returns
+    -------
+    str
+        ``url`` with the password-bearing user info removed (a bare user name
+        such as an Azure container, ``abfs://container@account...``, is kept) and
+        with query parameters named like credentials (``sig``, ``token``,
+        ``X-Amz-Signature``...) removed.
+
+    Examples
+    --------
+    >>> strip_credentials("s3://AKIA:s3cr3t@bucket/data.parquet")
+    's3://bucket/data.parquet'
+    >>> strip_credentials("https://host/x.parquet?sig=abc&v=1")
+    'https://host/x.parquet?v=1'
+    >>> strip_credentials("/tmp/data.parquet")
+    '/tmp/data.parquet'
+    """
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = host
+    query = parts.query
+    if query:
+        kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+                if not CREDENTIAL_KEY.search(k.replace("-", "_"))]
+        query = urlencode(kept)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secret_values(storage_options: Mapping[str, Any] | None, url: str = "") -> tuple[str, ...]:
+    """The secret strings to keep out of messages: credential-named options and URL passwords."""
+    found: list[str] = []
+
+    def walk(obj: Any, key: str = "") -> None:
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                walk(v, str(k))
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                walk(v, key)
+        elif isinstance(obj, str | bytes) and key and CREDENTIAL_KEY.search(key):
+            text = obj.decode(errors="replace") if isinstance(obj, bytes) else obj
+            if text:
+                found.append(text)
+
+    walk(storage_options or {})
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True):
+            if v and CREDENTIAL_KEY.search(k.replace("-", "_")):
+                found.append(v)
+    # Longest first, so that a secret containing another is replaced whole.
+    return tuple(sorted(set(found), key=len, reverse=True))
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+# --------------------------------------------------------------------------- locations
+
+
+class _Location:
+    """A resolved URL: the fsspec file system, its path, a printable URL and the secrets."""
+
+    __slots__ = ("fs", "path", "url", "secrets")
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, url: str,
+                 secrets: tuple[str, ...]):
+        self.fs = fs
+        self.path = path
+        self.url = url
+        self.secrets = secrets
+
+    def __repr__(self) -> str:
+        return f"_Location({self.url!r})"
+
+    def join(self, *names: str) -> str:
+        return "/".join([self.path.rstrip("/"), *names])
+
+    def display(self, path: str) -> str:
+        """A printable URL for a path of this file system (no credentials)."""
+        return strip_credentials(self.fs.unstrip_protocol(path))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+
+def _resolve(url: str, storage_options: Mapping[str, Any] | None) -> _Location:
+    if not isinstance(url, str) or not url:
+        raise TypeError(f"Expected a URL or path as a non-empty str, got {type(url).__name__}.")
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise TypeError("The 'storage_options' parameter must be a dict or None, got "
+                        f"{type(storage_options).__name__}.")
+    safe = strip_credentials(url)
+    secrets = _secret_values(storage_options, url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except ImportError as e:
+        raise ImportError(f"Cannot open {safe}: {_scrub(str(e), secrets)}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"Cannot open {safe}: {_scrub(str(e), secrets)}") from None
+    return _Location(fs, path, safe, secrets)
+
+
+@contextlib.contextmanager
+def _fs_errors(url: str, secrets: Sequence[str], doing: str) -> Iterator[None]:
+    """Re-raise file-system errors with a message naming ``url`` and no credentials.
+
+    The original exception is not chained: its text, which we do not control,
+    is included only after scrubbing the secrets out of it.
+    """
+    try:
+        yield
+    except FileNotFoundError as e:
+        detail = _scrub(str(e), secrets)
+        raise FileNotFoundError(
+            f"Not found while {doing} {url}: no such file, directory or bucket ({detail})."
+        ) from None
+    except PermissionError as e:
+        detail = _scrub(str(e), secrets)
+        raise PermissionError(
+            f"Access denied while {doing} {url} ({detail}). Check the credentials given in "
+            "storage_options and the permissions on that location."
+        ) from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ValueError(f"Invalid Parquet data while {doing} {url}: "
+                         f"{_scrub(str(e), secrets)}") from None
+    except OSError as e:
+        raise OSError(f"I/O error while {doing} {url}: {type(e).__name__}: "
+                      f"{_scrub(str(e), secrets)}") from None
+
+
+def _arrow_fs(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _hidden(relative: str) -> bool:
+    """Files or directories whose name starts with ``_`` or ``.`` are not data (Spark, Hive)."""
+    return any(seg.startswith(("_", ".")) for seg in relative.split("/") if seg)
+
+
+def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]:
+    """Data files under ``loc`` in natural order, their infos, and the partition base dir."""
+    fs = loc.fs
+    with _fs_errors(loc.url, loc.secrets, "opening"):
+        fs.invalidate_cache(loc.path)
+        info = fs.info(loc.path)
+        if info.get("type") != "directory":
+            return [loc.path], {loc.path: info}, None
+        found = fs.find(loc.path, withdirs=False, detail=True)
+    base = loc.path.rstrip("/")
+    infos = {}
+    for path, item in found.items():
+        relative = path[len(base):].lstrip("/") if path.startswith(base) else path
+        if item.get("type", "file") == "file" and not _hidden(relative):
+            infos[path] = item
+    parts = sorted(infos, key=_natural_key)
+    return parts, infos, base
+
+
+def _mtime(info: Mapping[str, Any]) -> float | str | None:
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "mtime_ns"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, datetime.datetime):
+            return value.isoformat()
+        if isinstance(value, int | float | str):
+            return value
+        return str(value)
+    return None
+
+
+def _fingerprint_entry(url: str, info: Mapping[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": url, "size": info.get("size"), "mtime": _mtime(info)}
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    if etag is not None:
+        entry["etag"] = str(etag).strip('"')
+    return entry
+
+
+# --------------------------------------------------------------------------- schema checks
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    t = _value_type(t)
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _as_name_list(value, name: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else list(value)
+    bad = [v for v in names if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"The '{name}' parameter must hold column names (str); got {bad!r}.")
+    dup = sorted({v for v in names if names.count(v) > 1})
+    if dup:
+        raise ValueError(f"The '{name}' parameter names column(s) {dup} more than once.")
+    return names
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} ({f.type})" for f in schema)
+
+
+def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[str],
+                     partition_fields: set[str], url: str) -> list[str]:
+    available = schema.names
+    for label, names in (("columns", columns or []), ("key_columns", keys)):
+        missing = [c for c in names if c not in available]
+        if missing:
+            raise ValueError(f"Column(s) {missing} requested by '{label}' not found in {url}. "
+                             f"Available columns: {_describe(schema)}.")
+    if columns is None:
+        columns = [f.name for f in schema
+                   if f.name not in partition_fields and f.name not in keys
+                   and _is_numeric(f.type)]
+        if not columns:
+            raise ValueError(f"No numeric columns to use as features in {url}. "
+                             f"Available columns: {_describe(schema)}. Name the feature columns "
+                             "with 'columns=' after converting them to numbers.")
+        return columns
+    if not columns:
+        raise ValueError("The 'columns' parameter is empty: name at least one feature column.")
+    bad = [f"'{c}' ({schema.field(c).type})" for c in columns
+           if not (_is_numeric(schema.field(c).type)
+                   or pa.types.is_boolean(_value_type(schema.field(c).type)))]
+    if bad:
+        raise ValueError(f"Feature columns must be numeric; in {url} the column(s) "
+                         f"{', '.join(bad)} are not. Drop them from 'columns' or convert them "
+                         "to numbers first.")
+    return columns
+
+
+def _null_counts(metadata: pq.FileMetaData, columns: Sequence[str]) -> dict[str, int]:
+    """Nulls per column from the Parquet statistics (columns without statistics are skipped)."""
+    wanted = set(columns)
+    counts: dict[str, int] = {}
+    for r in range(metadata.num_row_groups):
+        group = metadata.row_group(r)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            name = chunk.path_in_schema
+            stats = chunk.statistics
+            if name in wanted and stats is not None and stats.has_null_count:
+                counts[name] = counts.get(name, 0) + int(stats.null_count)
+    return {k: v for k, v in counts.items() if v}
+
+
+def _missing_message(counts: Mapping[str, int], part_url: str, what: str) -> str:
+    detail = ", ".join(f"column '{c}' has {n} {what} value(s)" for c, n in counts.items())
+    return (f"Missing or non-finite feature values in part {part_url}: {detail}. "
+            "Pass missing='drop' to drop those rows, or clean the data first.")
+
+
+# --------------------------------------------------------------------------- chunk loaders
+
+
+def _read_part(spec: tuple, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+               columns: Sequence[str], secrets: Sequence[str] = ()) -> pa.Table:
+    _, part_url, path, partition_expression, _, _ = spec
+    fragment = ds.ParquetFileFormat().make_fragment(
+        path, filesystem=filesystem, partition_expression=partition_expression)
+    with _fs_errors(part_url, secrets, "reading"):
+        return fragment.to_table(columns=list(columns), schema=schema)
+
+
+def _to_matrix(table: pa.Table, columns: Sequence[str], dtype: np.dtype) -> np.ndarray:
+    """The columns of ``table`` as an ndarray of shape (n_rows, len(columns)); nulls become NaN."""
+    out = np.empty((table.num_rows, len(columns)), dtype=dtype)
+    for j, name in enumerate(columns):
+        col = table.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        # Unsafe: precision loss from int64 or decimal to float is accepted, as in NumPy.
+        col = pc.fill_null(col.cast(pa.float64(), safe=False), np.nan)
+        with np.errstate(all="ignore"):
+            out[:, j] = col.to_numpy()
+    return out
+
+
+def _finite_mask(X: np.ndarray, columns: Sequence[str], part_url: str,
+                 missing: str) -> np.ndarray | None:
+    """None when every value is finite; raise for ``missing="error"``; else the rows to keep."""
+    bad = ~np.isfinite(X)
+    if not bad.any():
+        return None
+    if missing == "error":
+        per_column = bad.sum(axis=0)
+        counts = {c: int(n) for c, n in zip(columns, per_column, strict=True) if n}
+        raise ValueError(_missing_message(counts, part_url, "NaN, inf or null"))
+    return ~bad.any(axis=1)
+
+
+def _check_rows(n: int, spec: tuple) -> None:
+    expected = spec[4]
+    if n != expected:
+        raise ValueError(f"Part {spec[1]} has {n} usable rows now but had {expected} when it was "
+                         "opened: the data changed after open_parquet. Open it again.")
+
+
+def _load_features(spec_block: np.ndarray, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+                   columns: Sequence[str], out_dtype: np.dtype, missing: str,
+                   secrets: Sequence[str]) -> np.ndarray:
+    spec = spec_block[0]
+    table = _read_part(spec, filesystem=filesystem, schema=schema, columns=columns,
+                       secrets=secrets)
+    X = _to_matrix(table, columns, out_dtype)
+    keep = _finite_mask(X, columns, spec[1], missing)
+    if keep is not None:
+        X = X[keep]
+    _check_rows(X.shape[0], spec)
+    return X
+
+
+def _count_valid(spec: tuple, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+                 columns: Sequence[str], out_dtype: np.dtype, secrets: Sequence[str]) -> int:
+    table = _read_part(spec, filesystem=filesystem, schema=schema, columns=columns,
+                       secrets=secrets)
+    X = _to_matrix(table, columns, out_dtype)
+    return int(np.isfinite(X).all(axis=1).sum())
+
+
+def _load_keys(spec: tuple, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+               key_columns: Sequence[str], feature_columns: Sequence[str],
+               out_dtype: np.dtype, missing: str, secrets: Sequence[str]) -> pd.DataFrame:
+    offset = spec[5]
+    if missing == "drop":
+        needed = list(dict.fromkeys([*key_columns, *feature_columns]))
+        table = _read_part(spec, filesystem=filesystem, schema=schema, columns=needed,
+                           secrets=secrets)
+        X = _to_matrix(table, feature_columns, out_dtype)
+        keep = np.isfinite(X).all(axis=1)
+        rows = np.flatnonzero(keep)
+        table = table.select(list(key_columns)).filter(pa.array(keep))
+        index = pd.Index(offset + rows, dtype=np.int64)
+    else:
+        table = _read_part(spec, filesystem=filesystem, schema=schema, columns=key_columns,
+                           secrets=secrets)
+        index = pd.RangeIndex(offset, offset + table.num_rows)
+    frame = table.to_pandas()
+    frame.index = index
+    _check_rows(len(frame), spec)
+    return frame
+
+
+# --------------------------------------------------------------------------- ParquetSource
+
+
+class ParquetSource:
+    """A Parquet dataset opened lazily as a row-chunked dask array of features.
+
+    Built by :func:`open_parquet`; not meant to be constructed directly.
+
+    Attributes
+    ----------
+    features : dask.array.Array of shape (n_rows, n_features)
+        One row chunk per Parquet file (zero-row files give empty chunks), one
+        column chunk, known chunk sizes, dtype float32 or float64.
+    feature_names : list of str
+        The feature columns, in the order of ``features``' columns.
+    keys : dask.dataframe.DataFrame or None
+        The key columns, one partition per chunk of ``features`` (partition ``i``
+        holds the rows of chunk ``i``). Its index is the row number in the
+        dataset before any rows were dropped (``missing="drop"``).
+    key_columns : list of str
+        The names of the key columns (empty when ``keys`` is None).
+    url : str
+        The input URL with any credentials removed.
+    parts : list of str
+        The URL of each input file, in chunk order.
+    missing : {"error", "drop"}
+        The policy for NaN, inf and null feature values.
+    """
+
+    def __init__(self, *, features: da.Array, feature_names: list[str],
+                 keys: dd.DataFrame | None, key_columns: list[str], url: str,
+                 parts: list[str], fingerprint: dict[str, Any], missing: str,
+                 location: _Location, storage_options: Mapping[str, Any] | None):
+        self.features = features
+        self.feature_names = feature_names
+        self.keys = keys
+        self.key_columns = key_columns
+        self.url = url
+        self.parts = parts
+        self.missing = missing
+        self._fingerprint = fingerprint
+        self._location = location
+        self._storage_options = dict(storage_options or {})
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows (after dropping, for ``missing="drop"``)."""
+        return int(self.features.shape[0])
+
+    @property
+    def protocol(self) -> str:
+        """The main fsspec protocol of the input ("file", "s3", "gs"...)."""
+        protocol = self._location.fs.protocol
+        return protocol if isinstance(protocol, str) else protocol[0]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the input's data, for validating checkpoints and caches.
+
+        Taken from the file listing when the source was opened (no extra I/O).
+
+        Returns
+        -------
+        dict
+            ``{"url": str, "parts": [{"path": str, "size": int, "mtime": float
+            or str, "etag": str (when the store gives one)}, ...]}``, JSON
+            serialisable, without credentials.
+        """
+        return json.loads(json.dumps(self._fingerprint))
+
+    def __repr__(self) -> str:
+        # storage_options are deliberately absent: they may hold credentials.
+        rows, d = self.features.shape
+        keys = f", key_columns={self.key_columns!r}" if self.key_columns else ""
+        return (f"ParquetSource(url={self.url!r}, n_rows={rows}, n_features={d}, "
+                f"dtype={self.features.dtype.name}, feature_names={self.feature_names!r}"
+                f"{keys}, n_parts={len(self.parts)}, missing={self.missing!r})")
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        out = None
+    if out not in FEATURE_DTYPES:
+        raise ValueError(f"The 'dtype' parameter must be 'float32' or 'float64', got {dtype!r}.")
+    return out
+
+
+def _check_missing(missing) -> str:
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"The 'missing' parameter must be one of {MISSING_POLICIES}, "
+                         f"got {missing!r}.")
+    return missing
+
+
+def _load_metadata(fragments: list, urls: list[str], secrets: Sequence[str]) -> list:
+    def load(i: int) -> pq.FileMetaData:
+        with _fs_errors(urls[i], secrets, "reading the Parquet footer of"):
+            return fragments[i].metadata
+
+    if len(fragments) == 1:
+        return [load(0)]
+    with ThreadPoolExecutor(min(_METADATA_THREADS, len(fragments))) as pool:
+        return list(pool.map(load, range(len(fragments))))
+
+
+def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
+                 dtype: str | np.dtype | type = "float64",
+                 storage_options: Mapping[str, Any] | None = None,
+                 missing: MissingPolicy = "error",
+                 key_columns: str | Sequence[str] | None = None) -> ParquetSource:
+    """Open Parquet data on any fsspec URL as a lazily read, row-chunked dask array.
+
+    Only the listing and the Parquet footers are read here (plus, for
+    ``missing="drop"``, one pass over the feature columns to count the rows
+    that remain). Each chunk of the result reads its own file and only the
+    columns it needs when computed.
+
+    Parameters
+    ----------
+    url : str
+        A file, a directory of files or a hive-partitioned directory
+        (``region=eu/part-0.parquet``): a local path, ``file://``, ``s3://``
+        (needs s3fs), ``gs://`` (gcsfs), ``abfs://`` (adlfs) or any other fsspec
+        URL. Files and directories whose name starts with ``_`` or ``.`` are
+        skipped (``_SUCCESS``, ``_temporary``...).
+    columns : str or list of str, optional
+        The feature columns, in order. By default every numeric column of the
+        files (integer, floating or decimal), except the key columns and the
+        hive partition columns. A partition column is used only when named
+        here, and must then be numeric.
+    dtype : {"float64", "float32"}, default="float64"
+        The dtype of the feature array.
+    storage_options : dict, optional
+        Passed to the fsspec file system, e.g. ``{"key": ..., "secret": ...,
+        "endpoint_url": ...}`` for s3fs. Never shown in messages or reprs.
+    missing : {"error", "drop"}, default="error"
+        What to do with NaN, inf or null feature values. "error" raises a
+        ValueError naming the column, the count and the file when that chunk is
+        computed (or already here when the Parquet statistics count nulls).
+        "drop" drops those rows from the features and the keys; the chunk sizes
+        are then counted here in one pass over the feature columns.
+    key_columns : str or list of str, optional
+        Columns to carry alongside the features (identifiers for the output of
+        :func:`write_labels`); any type, partition columns included.
+
+    Returns
+    -------
+    ParquetSource
+        ``features`` is a dask array of shape (n_rows, n_features) with one row
+        chunk per file.
+
+    Raises
+    ------
+    FileNotFoundError
+        The path or bucket does not exist.
+    PermissionError
+        The credentials are refused.
+    ValueError
+        Bad parameters, unknown or non-numeric columns, no rows, no files, or a
+        corrupted or truncated file (the message names the file).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import pandas as pd
+    >>> d = tempfile.mkdtemp()
+    >>> pd.DataFrame({"id": ["a", "b"], "x": [1.0, 2.0], "y": [3, 4]}).to_parquet(
+    ...     os.path.join(d, "part-0.parquet"))
+    >>> src = open_parquet(d, key_columns="id")
+    >>> src.feature_names, src.features.chunks
+    (['x', 'y'], ((2,), (2,)))
+    >>> src.features.compute()
+    array([[1., 3.],
+           [2., 4.]])
+    """
+    dtype = _check_dtype(dtype)
+    missing = _check_missing(missing)
+    columns = _as_name_list(columns, "columns")
+    keys = _as_name_list(key_columns, "key_columns") or []
+    loc = _resolve(url, storage_options)
+    paths, infos, base = _list_parts(loc)
+    part_urls = [loc.display(p) for p in paths]
+    if not paths:
+        raise ValueError(f"No Parquet files found under {loc.url} (names starting with '_' or "
+                         "'.' are skipped).")
+
+    filesystem = _arrow_fs(loc.fs)
+    partitioning = ds.HivePartitioning.discover() if base is not None else None
+    try:
+        with _fs_errors(loc.url, loc.secrets, "opening"):
+            dataset = ds.dataset(paths, filesystem=filesystem, format="parquet",
+                                 partitioning=partitioning, partition_base_dir=base)
+    except ValueError:
+        # Name the file that cannot be read rather than the dataset.
+        _load_metadata([ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem)
+                        for p in paths], part_urls, loc.secrets)
+        raise
+    fragments = list(dataset.get_fragments())
+    metadata = _load_metadata(fragments, part_urls, loc.secrets)
+    schema = dataset.schema
+    partition_fields = set(schema.names) - set(fragments[0].physical_schema.names)
+    feature_names = _select_features(schema, columns, keys, partition_fields, loc.url)
+
+    needed = list(dict.fromkeys([*feature_names, *keys]))
+    physical = [c for c in needed if c not in partition_fields]
+    for fragment, part_url in zip(fragments, part_urls, strict=True):
+        absent = [c for c in physical if c not in fragment.physical_schema.names]
+        if absent:
+            raise ValueError(f"Column(s) {absent} missing from part {part_url} (present in "
+                             f"the first part of {loc.url}). All parts must have the same "
+                             "columns.")
+    if missing == "error":
+        for md, part_url in zip(metadata, part_urls, strict=True):
+            nulls = _null_counts(md, [c for c in feature_names if c not in partition_fields])
+            if nulls:
+                raise ValueError(_missing_message(nulls, part_url, "null"))
+
+    read_schema = pa.schema([schema.field(c) for c in needed])
+    rows = [md.num_rows for md in metadata]
+    fingerprint = {"url": loc.url,
+                   "parts": [_fingerprint_entry(u, infos[p])
+                             for u, p in zip(part_urls, paths, strict=True)]}
+    token = tokenize(fingerprint, feature_names, keys, dtype.str, missing)
+    common = {"filesystem": filesystem, "schema": read_schema, "secrets": loc.secrets}
+
+    offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(int).tolist()
+    specs = [(i, u, f.path, f.partition_expression, n, off)
+             for i, (u, f, n, off) in enumerate(zip(part_urls, fragments, rows, offsets,
+                                                    strict=True))]
+    if missing == "drop":
+        counts = [dask.delayed(_count_valid)(spec, columns=feature_names, out_dtype=dtype,
+                                             dask_key_name=f"count-valid-{token}-{i}", **common)
+                  for i, spec in enumerate(specs)]
+        rows = list(dask.compute(*counts))
+        specs = [(*spec[:4], n, spec[5]) for spec, n in zip(specs, rows, strict=True)]
+    if sum(rows) == 0:
+        detail = " after dropping rows with missing values" if missing == "drop" else ""
+        raise ValueError(f"The Parquet data at {loc.url} has no rows{detail} "
+                         f"({len(paths)} file(s)).")
+
+    spec_array = np.empty(len(specs), dtype=object)
+    spec_array[:] = specs
+    d = len(feature_names)
+    features = da.from_array(spec_array, chunks=1, name=f"parquet-parts-{token}").map_blocks(
+        _load_features, chunks=(tuple(rows), (d,)), new_axis=1, dtype=dtype,
+        meta=np.empty((0, d), dtype=dtype), name=f"read-parquet-{token}",
+        columns=feature_names, out_dtype=dtype, missing=missing, **common)
+
+    key_frame = None
+    if keys:
+        meta = read_schema.empty_table().select(keys).to_pandas()
+        meta.index = pd.RangeIndex(0)
+        key_frame = dd.from_map(_load_keys, specs, meta=meta, label="read-parquet-keys",
+                                key_columns=keys, feature_columns=feature_names,
+                                out_dtype=dtype,
+                                missing=missing, enforce_metadata=False, **common)
+    return ParquetSource(features=features, feature_names=feature_names, keys=key_frame,
+                         key_columns=keys, url=loc.url, parts=part_urls,
+                         fingerprint=fingerprint, missing=missing, location=loc,
+                         storage_options=storage_options)
+
+
+def read_parquet(url: str, columns: str | Sequence[str] | None = None, *,
+                 dtype: str | np.dtype | type = "float64",
+                 storage_options: Mapping[str, Any] | None = None,
+                 missing: MissingPolicy = "error") -> da.Array:
+    """Parquet feature columns on any fsspec URL as a dask array of shape (n_rows, n_features).
+
+    Shorthand for ``open_parquet(...).features``; see :func:`open_parquet` for
+    the parameters.
+
+    Returns
+    -------
+    dask.array.Array of shape (n_rows, n_features)
+        One row chunk per Parquet file, known chunk sizes.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import pandas as pd
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.parquet")
+    >>> pd.DataFrame({"a": [1.0, 2.0], "b": [0.5, 0.25]}).to_parquet(path)
+    >>> read_parquet(path, ["b"], dtype="float32").compute()
+    array([[0.5 ],
+           [0.25]], dtype=float32)
+    """
+    return open_parquet(url, columns, dtype=dtype, storage_options=storage_options,
+                        missing=missing).features
+
+
+# --------------------------------------------------------------------------- committed outputs
+
+
+def _active_client():
+    """The distributed Client that ``dask.compute`` would use now, or None."""
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _compute_all(tasks: Sequence) -> tuple:
+    """Compute ``tasks`` and return only once no task is running any more, even on failure.
+
+    A failed write must not leave a straggling task that writes into the
+    temporary prefix after it was removed: on error we wait for the tasks
+    already running before re-raising.
+    """
+    client = _active_client()
+    if client is not None:
+        from distributed import wait
+
+        futures = client.compute(list(tasks))
+        try:
+            return tuple(client.gather(futures))
+        except BaseException:
+            wait(futures)
+            raise
+    if dask.config.get("scheduler", None) in (None, "threads", "threading"):
+        # Leaving the executor's block waits for the tasks still running.
+        with ThreadPoolExecutor(max(1, dask.system.CPU_COUNT)) as pool:
+            return dask.compute(*tasks, scheduler="threads", pool=pool)
+    return dask.compute(*tasks)
+
+
+def _exists(loc: _Location, path: str, doing: str) -> bool:
+    with _fs_errors(loc.url, loc.secrets, doing):
+        return loc.fs.exists(path)
+
+
+def _check_writable(loc: _Location, overwrite: bool) -> None:
+    """Refuse to replace committed output unless ``overwrite``."""
+    with _fs_errors(loc.url, loc.secrets, "checking"):
+        loc.fs.invalidate_cache(loc.path)
+    if _exists(loc, loc.join(SUCCESS_MARKER), "checking") and not overwrite:
+        raise FileExistsError(f"{loc.url} already holds committed output (it has a "
+                              f"{SUCCESS_MARKER} marker). Pass overwrite=True to replace it, "
+                              "or choose another URL.")
+
+
+def _write_bytes_atomic(loc: _Location, path: str, data: bytes) -> None:
+    """One object written whole: rename on local disks, a single PUT on object stores."""
+    fs = loc.fs
+    if loc.is_local:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def _remove_quietly(loc: _Location, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        loc.fs.rm(path, recursive=True)
+
+
+class _Commit:
+    """Write into ``<url>/_temporary-<uuid>/``, then move into ``<url>`` and mark ``_SUCCESS``.
+
+    Used as a context manager around the writes: on any failure the temporary
+    prefix is removed (and ``<url>`` itself when this commit created it) and
+    no marker is written.
+    """
+
+    def __init__(self, loc: _Location, overwrite: bool):
+        self.loc = loc
+        self.overwrite = overwrite
+        self.tmp = loc.join(f"_temporary-{uuid.uuid4().hex}")
+        self.created_root = False
+
+    def __enter__(self) -> _Commit:
+        _check_writable(self.loc, self.overwrite)
+        fs = self.loc.fs
+        with _fs_errors(self.loc.url, self.loc.secrets, "writing"):
+            self.created_root = self.loc.is_local and not fs.exists(self.loc.path)
+            fs.makedirs(self.tmp, exist_ok=True)
+        return self
+
+    def path(self, name: str) -> str:
+        return f"{self.tmp}/{name}"
+
+    def commit(self, names: Sequence[str], marker: Mapping[str, Any],
+               stale: re.Pattern | None = None) -> None:
+        """Move ``names`` from the temporary prefix into place, then write the marker."""
+        loc, fs = self.loc, self.loc.fs
+        with _fs_errors(loc.url, loc.secrets, "committing"):
+            # Un-commit first, so that no reader sees old and new files as one output.
+            _remove_quietly(loc, loc.join(SUCCESS_MARKER))
+            if stale is not None:
+                for path in fs.ls(loc.path, detail=False):
+                    name = path.rstrip("/").rsplit("/", 1)[-1]
+                    if stale.match(name) and name not in names:
+                        _remove_quietly(loc, path)
+            for name in names:
+                fs.mv(self.path(name), loc.join(name))
+            _remove_quietly(loc, self.tmp)
+            data = json.dumps(marker, indent=2, sort_keys=True).encode()
+            _write_bytes_atomic(loc, loc.join(SUCCESS_MARKER), data)
+            fs.invalidate_cache(loc.path)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            return
+        loc = self.loc
+        with contextlib.suppress(Exception):
+            _remove_quietly(loc, self.tmp)
+            if self.created_root and not loc.fs.ls(loc.path, detail=False):
+                loc.fs.rmdir(loc.path)
+            loc.fs.invalidate_cache(loc.path)
+
+
+def _write_part(keys: pd.DataFrame | None, labels: np.ndarray, distances: np.ndarray, *,
+                fs: fsspec.AbstractFileSystem, path: str, part_url: str,
+                secrets: Sequence[str]) -> dict[str, Any]:
+    labels = np.asarray(labels)
+    distances = np.asarray(distances)
+    if labels.shape != distances.shape or labels.ndim != 1:
+        raise ValueError(f"labels and distances for part {part_url} must be 1-D of the same "
+                         f"length; got shapes {labels.shape} and {distances.shape}.")
+    if keys is not None and len(keys) != len(labels):
+        raise ValueError(f"Part {part_url} has {len(keys)} key rows but {len(labels)} labels.")
+    outputs = {LABEL_COLUMN: pa.array(labels.astype(np.int32, copy=False)),
+               DISTANCE_COLUMN: pa.array(distances.astype(np.float64, copy=False))}
+    if keys is None:
+        table = pa.table(outputs)
+    else:
+        table = pa.Table.from_pandas(keys, preserve_index=False)
+        for name, column in outputs.items():
+            table = table.append_column(name, column)
+    with _fs_errors(part_url, secrets, "writing"), fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+        size = f.tell()
+    return {"rows": int(table.num_rows), "size": int(size)}
+
+
+def _as_chunked(values, chunks: tuple[int, ...], name: str) -> da.Array:
+    if not isinstance(values, da.Array):
+        values = np.asarray(values)
+    if values.ndim != 1:
+        raise ValueError(f"'{name}' must be 1-D of shape (n_rows,), got {values.ndim}-D.")
+    if values.shape[0] != sum(chunks):
+        raise ValueError(f"'{name}' has {values.shape[0]} rows but the source has "
+                         f"{sum(chunks)}.")
+    if not isinstance(values, da.Array):
+        return da.from_array(values, chunks=(chunks,))
+    return values if values.chunks[0] == chunks else values.rechunk((chunks,))
+
+
+def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
+                 storage_options: Mapping[str, Any] | None = None,
+                 overwrite: bool = False) -> str:
+    """Write cluster labels next to the source's keys: one Parquet part per input part.
+
+    Every part holds the key columns of ``source`` (if any), ``cluster``
+    (int32) and ``distance`` (float64). Parts are written under
+    ``out_url/_temporary-<uuid>/``, moved to ``out_url/part-NNNNN.parquet``
+    (``NNNNN`` = the input part's index) and committed by writing
+    ``out_url/_SUCCESS`` last. On a local disk each move is a rename; on object
+    storage the ``_SUCCESS`` marker is the commit, which :func:`read_labels`
+    requires. On failure the temporary prefix is removed and no marker is
+    written.
+
+    Parameters
+    ----------
+    source : ParquetSource
+        What the labels were computed from (see :func:`open_parquet`).
+    labels : dask.array.Array or ndarray of shape (n_rows,)
+        Cluster indices; rechunked to ``source.features``' row chunks if needed.
+    distances : dask.array.Array or ndarray of shape (n_rows,)
+        Distance of each row to its centre.
+    out_url : str
+        Output directory (any fsspec URL).
+    storage_options : dict, optional
+        For ``out_url``. When None and ``out_url`` has the same protocol as the
+        source, the source's storage_options are used.
+    overwrite : bool, default=False
+        Replace an existing committed output. Otherwise FileExistsError.
+
+    Returns
+    -------
+    str
+        ``out_url`` without credentials.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np, pandas as pd
+    >>> d = tempfile.mkdtemp()
+    >>> pd.DataFrame({"id": [7, 8], "x": [0.0, 5.0]}).to_parquet(os.path.join(d, "in.parquet"))
+    >>> src = open_parquet(os.path.join(d, "in.parquet"), key_columns="id")
+    >>> _ = write_labels(src, np.array([0, 1]), np.array([0.1, 0.2]), os.path.join(d, "out"))
+    >>> read_labels(os.path.join(d, "out")).compute()
+       id  cluster  distance
+    0   7        0       0.1
+    1   8        1       0.2
+    """
+    if not isinstance(source, ParquetSource):
+        raise TypeError("write_labels needs the ParquetSource returned by open_parquet, got "
+                        f"{type(source).__name__}.")
+    if storage_options is None and _same_protocol(source, out_url):
+        storage_options = source._storage_options
+    clash = {LABEL_COLUMN, DISTANCE_COLUMN} & set(source.key_columns)
+    if clash:
+        raise ValueError(f"Key column(s) {sorted(clash)} clash with the output columns "
+                         f"'{LABEL_COLUMN}' and '{DISTANCE_COLUMN}'; rename them.")
+    chunks = source.features.chunks[0]
+    labels = _as_chunked(labels, chunks, "labels")
+    distances = _as_chunked(distances, chunks, "distances")
+    loc = _resolve(out_url, storage_options)
+    names = [f"part-{i:05d}.parquet" for i in range(len(chunks))]
+    key_parts = source.keys.to_delayed() if source.keys is not None else [None] * len(chunks)
+
+    with _Commit(loc, overwrite) as commit:
+        tasks = [dask.delayed(_write_part)(k, lab, dist, fs=loc.fs, path=commit.path(name),
+                                           part_url=loc.display(loc.join(name)),
+                                           secrets=loc.secrets,
+                                           dask_key_name=f"write-labels-{commit.tmp[-32:]}-{i}")
+                 for i, (k, lab, dist, name) in enumerate(zip(
+                     key_parts, labels.to_delayed().ravel(), distances.to_delayed().ravel(),
+                     names, strict=True))]
+        written = _compute_all(tasks)
+        marker = {
+            "format": LABELS_FORMAT,
+            "format_version": 1,
+            "source": source.url,
+            "columns": [*source.key_columns, LABEL_COLUMN, DISTANCE_COLUMN],
+            "n_rows": int(sum(w["rows"] for w in written)),
+            "parts": [{"name": n, **w} for n, w in zip(names, written, strict=True)],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        }
+        commit.commit(names, marker, stale=_PART_NAME)
+    return loc.url
+
+
+def _same_protocol(source: ParquetSource, url: str) -> bool:
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    known = source._location.fs.protocol
+    return protocol in ((known,) if isinstance(known, str) else tuple(known))
+
+
+def _read_marker(loc: _Location, kind: str) -> dict[str, Any]:
+    """The parsed ``_SUCCESS`` marker of a committed output, or an error saying why not."""
+    marker = loc.join(SUCCESS_MARKER)
+    with _fs_errors(loc.url, loc.secrets, "reading"):
+        loc.fs.invalidate_cache(loc.path)
+        if not loc.fs.exists(marker):
+            if not loc.fs.exists(loc.path):
+                raise FileNotFoundError(f"No {kind} at {loc.url}.")
+            raise ValueError(f"The {kind} at {loc.url} is incomplete: it has no {SUCCESS_MARKER} "
+                             "marker, so it is still being written or its write failed.")
+        data = loc.fs.cat_file(marker)
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ValueError(f"The {SUCCESS_MARKER} marker of the {kind} at {loc.url} is not valid "
+                         "JSON: the output is incomplete or has been modified.") from None
+
+
+def _read_labels_part(item: tuple[str, str], *, fs: fsspec.AbstractFileSystem,
+                      secrets: Sequence[str]) -> pd.DataFrame:
+    path, part_url = item
+    with _fs_errors(part_url, secrets, "reading"), fs.open(path, "rb") as f:
+        return pq.read_table(f).to_pandas()
+
+
+def read_labels(url: str, storage_options: Mapping[str, Any] | None = None) -> dd.DataFrame:
+    """Read the output of :func:`write_labels`, refusing it unless it was committed.
+
+    Parameters
+    ----------
+    url : str
+        The ``out_url`` given to :func:`write_labels`.
+    storage_options : dict, optional
+        Passed to the fsspec file system.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        The key columns, ``cluster`` and ``distance``, one partition per part.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``url``.
+    ValueError
+        No ``_SUCCESS`` marker (the write is incomplete or failed), or the parts
+        listed in it are missing or have another size.
+    """
+    loc = _resolve(url, storage_options)
+    marker = _read_marker(loc, "labels output")
+    if marker.get("format") != LABELS_FORMAT:
+        raise ValueError(f"{loc.url} is not a labels output of dask_kmeans (format "
+                         f"{marker.get('format')!r}).")
+    with _fs_errors(loc.url, loc.secrets, "reading"):
+        listing = {info["name"].rstrip("/").rsplit("/", 1)[-1]: info
+                   for info in loc.fs.ls(loc.path, detail=True)}
+    parts = marker.get("parts") or []
+    for part in parts:
+        info = listing.get(part.get("name"))
+        if info is None or int(info.get("size", -1)) != part.get("size"):
+            raise ValueError(f"The labels output at {loc.url} is incomplete or has been modified: "
+                             f"part {part.get('name')} is missing or its size differs from when "
+                             "it was committed.")
+    if not parts:
+        raise ValueError(f"The {SUCCESS_MARKER} marker of {loc.url} lists no parts: the output "
+                         "is incomplete or has been modified.")
+    items = [(loc.join(p["name"]), loc.display(loc.join(p["name"]))) for p in parts]
+    with _fs_errors(items[0][1], loc.secrets, "reading"), loc.fs.open(items[0][0], "rb") as f:
+        meta = pq.read_schema(f).empty_table().to_pandas()
+    return dd.from_map(_read_labels_part, items, meta=meta, label="read-labels",
+                       enforce_metadata=False, fs=loc.fs, secrets=loc.secrets)

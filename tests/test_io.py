@@ -1,0 +1,495 @@
+"""dask_kmeans.io: Parquet on local paths, file:// and S3 (a real moto server) as dask arrays."""
+
+from __future__ import annotations
+
+import pickle
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from dask_kmeans.io import (
+    ParquetSource,
+    open_parquet,
+    read_labels,
+    read_parquet,
+    strip_credentials,
+    write_labels,
+)
+
+
+def frame(n, *, seed=0, start=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "id": np.arange(start, start + n, dtype=np.int64),
+        "name": [f"row{i}" for i in range(start, start + n)],
+        "x": rng.normal(size=n),
+        "y": rng.normal(size=n).astype(np.float32),
+        "z": rng.integers(-5, 5, size=n, dtype=np.int32),
+    })
+
+
+def write_dir(store, sizes, prefix="data", seed=0):
+    """One file per size (zero allowed) under ``prefix``; returns the URL and the full frame."""
+    frames, start = [], 0
+    for i, n in enumerate(sizes):
+        df = frame(n, seed=seed + i, start=start)
+        store.write_parquet(f"{prefix}/part-{i}.parquet", df)
+        frames.append(df)
+        start += n
+    return store.url(prefix), pd.concat(frames, ignore_index=True)
+
+
+def assert_clean(text, store):
+    assert store.secret not in text
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("s3://AKIA:s3cr3t@bucket/x.parquet", "s3://bucket/x.parquet"),
+    ("https://user:pw@host:8080/a/b?v=1", "https://host:8080/a/b?v=1"),
+    ("https://host/x?sig=abc&X-Amz-Signature=def&X-Amz-Credential=ghi&part=2",
+     "https://host/x?part=2"),
+    ("abfs://container@account.dfs.core.windows.net/x", "abfs://container@account.dfs.core.windows.net/x"),  # noqa: E501
+    ("/tmp/a:b@c/file.parquet", "/tmp/a:b@c/file.parquet"),
+    ("file:///tmp/x.parquet", "file:///tmp/x.parquet"),
+])
+def test_strip_credentials(url, expected):
+    assert strip_credentials(url) == expected
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_single_file(store):
+    df = frame(7)
+    url = store.write_parquet("one.parquet", df)
+    src = open_parquet(url, storage_options=store.storage_options)
+    assert isinstance(src, ParquetSource)
+    # Default: every numeric column; the string column is skipped.
+    assert src.feature_names == ["id", "x", "y", "z"]
+    assert src.features.chunks == ((7,), (4,))
+    assert src.features.dtype == np.float64
+    assert src.parts[0].endswith("one.parquet") and len(src.parts) == 1
+    assert src.keys is None
+    np.testing.assert_array_equal(src.features.compute(),
+                                  df[["id", "x", "y", "z"]].to_numpy(np.float64))
+    assert_clean(repr(src), store)
+
+
+def test_directory_chunks_follow_files_with_zero_row_parts(store):
+    url, df = write_dir(store, [4, 0, 3, 5])
+    # Not data: markers and temporary or hidden files are skipped.
+    store.put_bytes("data/_SUCCESS", b"")
+    store.put_bytes("data/_temporary-1/part-9.parquet", b"junk")
+    store.put_bytes("data/.hidden.parquet", b"junk")
+    X = read_parquet(url, ["x", "z"], storage_options=store.storage_options)
+    assert X.chunks == ((4, 0, 3, 5), (2,))
+    np.testing.assert_array_equal(X.compute(), df[["x", "z"]].to_numpy(np.float64))
+
+
+def test_parts_in_natural_order(local_store):
+    for i in (10, 2, 1):
+        local_store.write_parquet(f"d/part-{i}.parquet", pd.DataFrame({"a": [float(i)]}))
+    src = open_parquet(local_store.url("d"))
+    assert [p.rsplit("/", 1)[-1] for p in src.parts] == [
+        "part-1.parquet", "part-2.parquet", "part-10.parquet"]
+    np.testing.assert_array_equal(src.features.compute().ravel(), [1.0, 2.0, 10.0])
+
+
+def test_hive_partitioned(store):
+    for region, year, n in [("eu", 2020, 3), ("eu", 2021, 0), ("us", 2020, 2)]:
+        df = pd.DataFrame({"a": np.arange(n, dtype=float), "b": np.full(n, year * 1.0)})
+        store.write_parquet(f"hive/region={region}/year={year}/part-0.parquet", df)
+    url = store.url("hive")
+    so = store.storage_options
+    src = open_parquet(url, storage_options=so, key_columns=["region"])
+    # Partition columns are not features by default.
+    assert src.feature_names == ["a", "b"]
+    assert src.features.chunks == ((3, 0, 2), (2,))
+    keys = src.keys.compute()
+    assert list(keys["region"]) == ["eu"] * 3 + ["us"] * 2
+    # A numeric partition column is a feature when named.
+    X = read_parquet(url, ["a", "year"], storage_options=so).compute()
+    np.testing.assert_array_equal(X[:, 1], [2020] * 3 + [2020] * 2)
+    with pytest.raises(ValueError, match=r"'region' \(string\)"):
+        open_parquet(url, ["a", "region"], storage_options=so)
+
+
+@pytest.mark.parametrize("dtype", ["float32", np.float64])
+def test_columns_by_name_and_dtype(store, dtype):
+    url, df = write_dir(store, [3, 4])
+    src = open_parquet(url, ["z", "x"], dtype=dtype, storage_options=store.storage_options)
+    assert src.feature_names == ["z", "x"]
+    assert src.features.dtype == np.dtype(dtype)
+    got = src.features.compute()
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, df[["z", "x"]].to_numpy().astype(dtype))
+
+
+def test_keys_carried_and_aligned(store):
+    url, df = write_dir(store, [3, 0, 4])
+    src = open_parquet(url, key_columns=["id", "name"], storage_options=store.storage_options)
+    # Key columns are not features by default.
+    assert src.feature_names == ["x", "y", "z"]
+    assert src.keys.npartitions == src.features.numblocks[0]
+    lengths = [len(p) for p in dask.compute(*src.keys.to_delayed())]
+    assert tuple(lengths) == src.features.chunks[0]
+    keys = src.keys.compute()
+    assert list(keys.index) == list(range(7))
+    pd.testing.assert_series_equal(keys["id"].reset_index(drop=True), df["id"])
+    assert list(keys["name"]) == list(df["name"])
+
+
+def test_graph_pickles_and_reads_only_its_part(store):
+    url, df = write_dir(store, [2, 3])
+    src = open_parquet(url, ["x"], storage_options=store.storage_options)
+    # What a distributed worker receives: the graph, pickled, file system included.
+    X = pickle.loads(pickle.dumps(src.features))
+    np.testing.assert_array_equal(X.blocks[1].compute().ravel(), df["x"].to_numpy()[2:])
+    # Each task carries only its own part.
+    (block,) = dask.optimize(X.blocks[1])
+    graph = pickle.dumps(dict(block.__dask_graph__()))
+    assert b"part-1.parquet" in graph and b"part-0.parquet" not in graph
+
+
+def test_fingerprint(local_store):
+    url, _ = write_dir(local_store, [2, 3])
+    src = open_parquet(url)
+    fp = src.fingerprint()
+    assert fp["url"] == url
+    assert [p["path"] for p in fp["parts"]] == src.parts
+    assert all(p["size"] > 0 and p["mtime"] is not None for p in fp["parts"])
+    local_store.write_parquet("data/part-1.parquet", frame(9))
+    assert open_parquet(url).fingerprint() != fp
+
+
+def test_fingerprint_s3(s3_bucket):
+    url, _ = write_dir(s3_bucket, [2])
+    fp = open_parquet(url, storage_options=s3_bucket.storage_options).fingerprint()
+    (part,) = fp["parts"]
+    assert part["path"].startswith("s3://") and part["size"] > 0
+    assert part["mtime"] and part["etag"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_column_names_it_and_lists_available(store):
+    url, _ = write_dir(store, [3])
+    with pytest.raises(ValueError, match=r"\['nope'\].*Available columns: id \(int64\), "
+                                         r"name \((large_)?string\), x \(double\)") as e:
+        open_parquet(url, ["x", "nope"], storage_options=store.storage_options)
+    assert_clean(str(e.value), store)
+    with pytest.raises(ValueError, match=r"\['ghost'\] requested by 'key_columns'"):
+        open_parquet(url, key_columns="ghost", storage_options=store.storage_options)
+
+
+def test_non_numeric_column(local_store):
+    url, _ = write_dir(local_store, [3])
+    with pytest.raises(ValueError, match=r"'name' \((large_)?string\)"):
+        open_parquet(url, ["x", "name"])
+
+
+def test_no_numeric_columns(local_store):
+    url = local_store.write_parquet("s.parquet", pd.DataFrame({"s": ["a", "b"]}))
+    with pytest.raises(ValueError, match=r"No numeric columns.*s \((large_)?string\)"):
+        open_parquet(url)
+
+
+def test_bad_parameters(local_store):
+    url, _ = write_dir(local_store, [3])
+    with pytest.raises(ValueError, match="'missing' parameter.*'skip'"):
+        open_parquet(url, missing="skip")
+    with pytest.raises(ValueError, match="'dtype' parameter.*int64"):
+        open_parquet(url, dtype="int64")
+    with pytest.raises(ValueError, match="'columns' parameter names column.*'x'"):
+        open_parquet(url, ["x", "x"])
+
+
+def nan_parts(store, *, with_null=False):
+    """Two parts; the second has NaN and inf (NaN as a float, not a Parquet null) and,
+    ``with_null``, a null."""
+    good = pa.table({"k": [0, 1, 2], "a": [1.0, 2.0, 3.0], "b": [1.0, 1.0, 1.0]})
+    b = pa.array(np.array([1.0, np.nan, np.nan, 2.0]),
+                 mask=np.array([False, with_null, False, False]))
+    bad = pa.table({"k": [3, 4, 5, 6], "a": np.array([np.nan, 5.0, np.inf, 7.0]), "b": b})
+    store.write_parquet("nan/part-0.parquet", good)
+    store.write_parquet("nan/part-1.parquet", bad)
+    return store.url("nan")
+
+
+def test_nan_error_is_lazy_and_names_column_count_and_part(store):
+    url = nan_parts(store)
+    # NaN is not null: the statistics cannot tell, so opening reads no data and succeeds.
+    src = open_parquet(url, ["a", "b"], storage_options=store.storage_options)
+    np.testing.assert_array_equal(src.features.blocks[0].compute()[:, 0], [1, 2, 3])
+    with pytest.raises(ValueError) as e:
+        src.features.compute()
+    msg = str(e.value)
+    assert "column 'a' has 2" in msg and "column 'b' has 2" in msg
+    assert "part-1.parquet" in msg and "missing='drop'" in msg
+    assert_clean(msg, store)
+
+
+def test_nulls_fail_early_from_statistics(local_store):
+    df = pd.DataFrame({"a": pd.array([1, None, 3], dtype="Int64"), "b": [1.0, 2.0, 3.0]})
+    url = local_store.write_parquet("nulls.parquet", df)
+    with pytest.raises(ValueError, match=r"nulls.parquet: column 'a' has 1 null"):
+        open_parquet(url)
+
+
+def test_nulls_without_statistics_fail_lazily(local_store):
+    df = pd.DataFrame({"a": pd.array([1.0, None, 3.0], dtype="Float64")})
+    url = local_store.write_parquet("nostats.parquet", df, write_statistics=False)
+    X = read_parquet(url)
+    with pytest.raises(ValueError, match=r"column 'a' has 1 NaN, inf or null"):
+        X.compute()
+
+
+def test_missing_drop(store):
+    url = nan_parts(store, with_null=True)
+    src = open_parquet(url, ["a", "b"], missing="drop", key_columns="k",
+                       storage_options=store.storage_options)
+    # Chunk sizes are counted at open, so they are known.
+    assert src.features.chunks == ((3, 1), (2,))
+    np.testing.assert_array_equal(src.features.compute(), [[1, 1], [2, 1], [3, 1], [7, 2]])
+    keys = src.keys.compute()
+    assert list(keys["k"]) == [0, 1, 2, 6]
+    # The index is the row number in the dataset before dropping.
+    assert list(keys.index) == [0, 1, 2, 6]
+    assert src.keys.npartitions == 2
+
+
+def test_missing_drop_leaving_nothing(local_store):
+    url = local_store.write_parquet("allnan.parquet", pd.DataFrame({"a": [np.nan, np.inf]}))
+    with pytest.raises(ValueError, match="no rows after dropping"):
+        open_parquet(url, missing="drop")
+
+
+def test_empty_dataset(store):
+    so = store.storage_options
+    write_dir(store, [0, 0], prefix="zero")
+    with pytest.raises(ValueError, match="has no rows"):
+        open_parquet(store.url("zero"), storage_options=so)
+    store.put_bytes("nofiles/_SUCCESS", b"")
+    with pytest.raises(ValueError, match="No Parquet files found under"):
+        open_parquet(store.url("nofiles"), storage_options=so)
+
+
+def test_corrupted_file_names_it(store):
+    url, _ = write_dir(store, [3, 3])
+    store.put_bytes("data/part-2.parquet", b"this is not parquet at all" * 10)
+    with pytest.raises(ValueError, match=r"part-2\.parquet") as e:
+        open_parquet(url, storage_options=store.storage_options)
+    assert_clean(str(e.value), store)
+    # The first file is also the one whose schema is inspected.
+    store.put_bytes("bad-first/part-0.parquet", b"garbage")
+    store.write_parquet("bad-first/part-1.parquet", frame(2))
+    with pytest.raises(ValueError, match=r"bad-first/part-0\.parquet"):
+        open_parquet(store.url("bad-first"), storage_options=store.storage_options)
+
+
+def test_truncated_file_names_it(store):
+    url, _ = write_dir(store, [5, 5])
+    data = store.get_bytes("data/part-1.parquet")
+    store.put_bytes("data/part-1.parquet", data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"part-1\.parquet"):
+        open_parquet(url, storage_options=store.storage_options)
+
+
+def test_part_changed_after_open(local_store):
+    url, _ = write_dir(local_store, [3, 3])
+    src = open_parquet(url)
+    local_store.write_parquet("data/part-1.parquet", frame(5))
+    with pytest.raises(ValueError, match="changed after open_parquet"):
+        src.features.compute()
+
+
+def test_missing_path(store):
+    so = store.storage_options
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        open_parquet(store.url("nowhere"), storage_options=so)
+
+
+def test_missing_bucket(s3_bucket):
+    url = "s3://no-such-bucket-dask-kmeans/data"
+    with pytest.raises(FileNotFoundError, match="s3://no-such-bucket-dask-kmeans/data") as e:
+        open_parquet(url, storage_options=s3_bucket.storage_options)
+    assert_clean(str(e.value), s3_bucket)
+
+
+def test_wrong_credentials(s3_bucket):
+    url, _ = write_dir(s3_bucket, [3])
+    wrong = dict(s3_bucket.storage_options, secret="wrong-secret-0123456789")
+    with pytest.raises(PermissionError, match=url) as e:
+        open_parquet(url, storage_options=wrong)
+    assert "wrong-secret-0123456789" not in str(e.value)
+    wrong_key = dict(s3_bucket.storage_options, key="AKIANOSUCHKEY0000000")
+    with pytest.raises(PermissionError, match="storage_options"):
+        read_parquet(url, storage_options=wrong_key)
+
+
+def test_secret_never_in_reprs_messages_or_files(store):
+    so = store.storage_options
+    url, _ = write_dir(store, [3, 2])
+    src = open_parquet(url, key_columns="id", storage_options=so)
+    texts = [repr(src), str(src), repr(src.features), repr(src.keys), str(src.fingerprint()),
+             str(vars(src).keys())]
+    for call in (lambda: open_parquet(url, ["nope"], storage_options=so),
+                 lambda: open_parquet(store.url("missing"), storage_options=so),
+                 lambda: open_parquet(url, missing="maybe", storage_options=so)):
+        with pytest.raises((ValueError, FileNotFoundError)) as e:
+            call()
+        texts.append(str(e.value))
+    n = src.n_rows
+    write_labels(src, np.zeros(n, dtype=int), np.ones(n), store.url("labels"))
+    for text in texts:
+        assert_clean(text, store)
+    assert store.secret.encode() not in store.all_bytes()
+
+
+# --------------------------------------------------------------------------- write_labels
+
+
+def labels_for(src):
+    X = src.features
+    labels = (X[:, 0] > 0).astype(np.int64)
+    distances = da.sqrt((X ** 2).sum(axis=1))
+    return labels, distances
+
+
+def test_write_and_read_labels(store):
+    so = store.storage_options
+    url, df = write_dir(store, [3, 0, 4])
+    src = open_parquet(url, ["x", "y"], key_columns=["id", "name"], storage_options=so)
+    labels, distances = labels_for(src)
+    out = store.url("out")
+    assert write_labels(src, labels, distances, out, storage_options=so) == out
+    assert store.listdir("out") == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet",
+                                    "part-00002.parquet"]
+    got = read_labels(out, storage_options=so)
+    assert got.npartitions == 3
+    got = got.compute().reset_index(drop=True)
+    assert list(got.columns) == ["id", "name", "cluster", "distance"]
+    assert got["cluster"].dtype == np.int32 and got["distance"].dtype == np.float64
+    np.testing.assert_array_equal(got["id"], df["id"])
+    np.testing.assert_array_equal(got["cluster"], (df["x"] > 0).astype(int))
+    np.testing.assert_allclose(got["distance"], np.hypot(df["x"], df["y"].astype(np.float32)),
+                               rtol=1e-6)
+
+
+def test_write_labels_after_drop_without_keys(local_store):
+    url = nan_parts(local_store)
+    src = open_parquet(url, ["a"], missing="drop")
+    labels, distances = labels_for(src)
+    write_labels(src, labels, distances, local_store.url("out"))
+    got = read_labels(local_store.url("out")).compute()
+    assert list(got.columns) == ["cluster", "distance"]
+    np.testing.assert_array_equal(got["distance"], [1, 2, 3, 5, 7])
+
+
+def test_write_labels_refuses_overwrite_and_replaces_stale_parts(local_store):
+    url, _ = write_dir(local_store, [2, 2, 2])
+    src = open_parquet(url)
+    out = local_store.url("out")
+    write_labels(src, *labels_for(src), out)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_labels(src, *labels_for(src), out)
+    one = open_parquet(local_store.write_parquet("one.parquet", frame(4)))
+    write_labels(one, *labels_for(one), out, overwrite=True)
+    assert local_store.listdir("out") == ["_SUCCESS", "part-00000.parquet"]
+    assert len(read_labels(out).compute()) == 4
+
+
+def failing_labels(src, bad_block=1):
+    def boom(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == bad_block:
+            raise RuntimeError("simulated failure while labelling")
+        return np.zeros(block.shape[0], dtype=np.int64)
+
+    return src.features.map_blocks(boom, drop_axis=1, dtype=np.int64)
+
+
+def test_write_labels_failure_leaves_nothing(store):
+    so = store.storage_options
+    url, _ = write_dir(store, [3, 3, 3, 3])
+    src = open_parquet(url, key_columns="id", storage_options=so)
+    _, distances = labels_for(src)
+    out = store.url("out")
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        write_labels(src, failing_labels(src), distances, out, storage_options=so)
+    assert store.listdir("out") == []
+    with pytest.raises(FileNotFoundError):
+        read_labels(out, storage_options=so)
+
+
+def test_failed_overwrite_keeps_previous_output(store):
+    so = store.storage_options
+    url, _ = write_dir(store, [3, 3])
+    src = open_parquet(url, storage_options=so)
+    out = store.url("out")
+    write_labels(src, *labels_for(src), out, storage_options=so)
+    before = read_labels(out, storage_options=so).compute()
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        write_labels(src, failing_labels(src), labels_for(src)[1], out, storage_options=so,
+                     overwrite=True)
+    assert not [n for n in store.listdir("out") if n.startswith("_temporary")]
+    pd.testing.assert_frame_equal(read_labels(out, storage_options=so).compute(), before)
+
+
+def test_read_labels_refuses_uncommitted_or_damaged(local_store):
+    url, _ = write_dir(local_store, [2, 2])
+    src = open_parquet(url)
+    out = local_store.url("out")
+    write_labels(src, *labels_for(src), out)
+    local_store.fs.rm(local_store.path("out", "part-00001.parquet"))
+    with pytest.raises(ValueError, match="part-00001.parquet is missing"):
+        read_labels(out)
+    local_store.fs.rm(local_store.path("out", "_SUCCESS"))
+    with pytest.raises(ValueError, match="incomplete.*_SUCCESS"):
+        read_labels(out)
+
+
+def test_write_labels_checks_inputs(local_store):
+    url, _ = write_dir(local_store, [2, 2])
+    src = open_parquet(url)
+    with pytest.raises(ValueError, match="'labels' has 3 rows but the source has 4"):
+        write_labels(src, np.zeros(3), np.zeros(4), local_store.url("out"))
+    with pytest.raises(TypeError, match="ParquetSource"):
+        write_labels(src.features, np.zeros(4), np.zeros(4), local_store.url("out"))
+    assert local_store.listdir("out") == []
+
+
+def test_labels_with_distributed_client(s3_bucket, client):
+    so = s3_bucket.storage_options
+    url, df = write_dir(s3_bucket, [3, 4])
+    src = open_parquet(url, ["x"], key_columns="id", storage_options=so)
+    np.testing.assert_array_equal(src.features.compute().ravel(), df["x"])
+    out = s3_bucket.url("out")
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        write_labels(src, failing_labels(src, 0), labels_for(src)[1], out)
+    assert s3_bucket.listdir("out") == []
+    write_labels(src, *labels_for(src), out)
+    got = read_labels(out, storage_options=so).compute()
+    np.testing.assert_array_equal(got["id"], df["id"])
+
+
+def test_arrow_types_converted(local_store):
+    table = pa.table({
+        "i8": pa.array([1, 2], pa.int8()),
+        "u64": pa.array([3, 4], pa.uint64()),
+        "f16": pa.array(np.array([0.5, 1.5], dtype=np.float16)),
+        "dec": pa.array([1, 2], pa.decimal128(5, 2)),
+        "flag": pa.array([True, False]),
+    })
+    url = local_store.write_parquet("types.parquet", table)
+    src = open_parquet(url)
+    assert src.feature_names == ["i8", "u64", "f16", "dec"]
+    np.testing.assert_array_equal(src.features.compute(), [[1, 3, 0.5, 1], [2, 4, 1.5, 2]])
+    np.testing.assert_array_equal(read_parquet(url, ["flag"]).compute().ravel(), [1, 0])
