@@ -824,9 +824,11 @@ class _Commit:
     def __enter__(self) -> _Commit:
         _check_writable(self.loc, self.overwrite)
         fs = self.loc.fs
-        with _fs_errors(self.loc.url, self.loc.secrets, "writing"):
-            self.created_root = self.loc.is_local and not fs.exists(self.loc.path)
-            fs.makedirs(self.tmp, exist_ok=True)
+        if self.loc.is_local:
+            # Object stores have no directories; there, makedirs would create a missing bucket.
+            with _fs_errors(self.loc.url, self.loc.secrets, "writing"):
+                self.created_root = not fs.exists(self.loc.path)
+                fs.makedirs(self.tmp, exist_ok=True)
         return self
 
     def path(self, name: str) -> str:

@@ -324,6 +324,15 @@ def test_missing_bucket(s3_bucket):
     assert_clean(str(e.value), s3_bucket)
 
 
+def test_write_into_missing_bucket(s3_bucket):
+    url, _ = write_dir(s3_bucket, [2])
+    src = open_parquet(url, storage_options=s3_bucket.storage_options)
+    out = "s3://no-such-bucket-dask-kmeans/out"
+    with pytest.raises(FileNotFoundError, match=out):
+        write_labels(src, *labels_for(src), out)
+    assert not s3_bucket.fs.exists("no-such-bucket-dask-kmeans")
+
+
 def test_wrong_credentials(s3_bucket):
     url, _ = write_dir(s3_bucket, [3])
     wrong = dict(s3_bucket.storage_options, secret="wrong-secret-0123456789")

@@ -1,0 +1,173 @@
+"""dask_kmeans.model: Parquet + JSON models with a checksummed _SUCCESS marker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dask_kmeans.model import read_model, write_model
+
+
+def fitted(dtype=np.float64, k=3, d=4, seed=0):
+    centers = np.random.default_rng(seed).normal(size=(k, d)).astype(dtype)
+    metadata = {
+        "feature_names": [f"f{j}" for j in range(d)],
+        "dtype": np.dtype(dtype).name,
+        "n_clusters": k,
+        "n_features": d,
+        "params": {"n_clusters": k, "init": "k-means||", "tol": 1e-4, "random_state": 0},
+        "inertia": np.float64(12.5),
+        "n_iter": np.int64(7),
+        "version": "0.1.0",
+        "input_url": "s3://bucket/data/",
+    }
+    return centers, metadata
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_round_trip(store, dtype):
+    so = store.storage_options
+    centers, metadata = fitted(dtype)
+    url = store.url("model")
+    assert write_model(url, centers, metadata, storage_options=so) == url
+    assert store.listdir("model") == ["_SUCCESS", "centers.parquet", "metadata.json"]
+    got, meta = read_model(url, storage_options=so)
+    assert got.dtype == dtype and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, centers)
+    assert meta["feature_names"] == metadata["feature_names"]
+    assert meta["inertia"] == 12.5 and meta["n_iter"] == 7 and meta["params"]["init"] == "k-means||"
+    # Portable: any Parquet reader sees one row per cluster, one column per feature.
+    df = pd.read_parquet(pa.BufferReader(store.get_bytes("model/centers.parquet")))
+    assert list(df.columns) == metadata["feature_names"] and len(df) == 3
+    assert set(df.dtypes) == {np.dtype(dtype)}
+    assert json.loads(store.get_bytes("model/metadata.json"))["version"] == "0.1.0"
+    assert store.secret.encode() not in store.all_bytes()
+
+
+def test_overwrite(local_store):
+    url = local_store.url("model")
+    centers, metadata = fitted()
+    write_model(url, centers, metadata)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_model(url, centers + 1, metadata)
+    write_model(url, centers + 1, metadata, overwrite=True)
+    np.testing.assert_array_equal(read_model(url)[0], centers + 1)
+    assert local_store.listdir("model") == ["_SUCCESS", "centers.parquet", "metadata.json"]
+
+
+def tamper_centers(store):
+    table = pq.read_table(pa.BufferReader(store.get_bytes("model/centers.parquet")))
+    df = table.to_pandas()
+    df.iloc[0, 0] += 1.0
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
+    store.put_bytes("model/centers.parquet", sink.getvalue().to_pybytes())
+
+
+def tamper_metadata(store):
+    meta = json.loads(store.get_bytes("model/metadata.json"))
+    meta["inertia"] = 0.0
+    store.put_bytes("model/metadata.json", json.dumps(meta).encode())
+
+
+@pytest.mark.parametrize("tamper", [tamper_centers, tamper_metadata])
+def test_tampering_detected(store, tamper):
+    so = store.storage_options
+    write_model(store.url("model"), *fitted(), storage_options=so)
+    tamper(store)
+    with pytest.raises(ValueError, match="incomplete or has been modified.*checksum") as e:
+        read_model(store.url("model"), storage_options=so)
+    assert store.secret not in str(e.value)
+
+
+def test_consistent_edit_still_checked_against_centers(local_store):
+    """Even with recomputed checksums, names and shapes must agree with the centres."""
+    url = local_store.url("model")
+    write_model(url, *fitted())
+    meta = json.loads(local_store.get_bytes("model/metadata.json"))
+    meta["feature_names"] = ["a", "b", "c", "d"]
+    data = json.dumps(meta).encode()
+    local_store.put_bytes("model/metadata.json", data)
+    marker = json.loads(local_store.get_bytes("model/_SUCCESS"))
+    marker["files"]["metadata.json"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                        "size": len(data)}
+    local_store.put_bytes("model/_SUCCESS", json.dumps(marker).encode())
+    with pytest.raises(ValueError, match=r"columns of centers.parquet \['f0'.*differ"):
+        read_model(url)
+
+
+def test_missing_success_or_files(store):
+    so = store.storage_options
+    url = store.url("model")
+    with pytest.raises(FileNotFoundError, match="No model at"):
+        read_model(url, storage_options=so)
+    write_model(url, *fitted(), storage_options=so)
+    store.fs.rm(store.path("model", "metadata.json"))
+    with pytest.raises(ValueError, match="metadata.json is missing"):
+        read_model(url, storage_options=so)
+    store.fs.rm(store.path("model", "_SUCCESS"))
+    store.fs.invalidate_cache()
+    with pytest.raises(ValueError, match="incomplete: it has no _SUCCESS marker"):
+        read_model(url, storage_options=so)
+
+
+def test_corrupted_marker(local_store):
+    url = local_store.url("model")
+    write_model(url, *fitted())
+    local_store.put_bytes("model/_SUCCESS", b"not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_model(url)
+
+
+@pytest.mark.parametrize(("metadata", "match"), [
+    ({"feature_names": ["a", "b"], "w": np.ones(2)}, r"metadata\['w'\] is a ndarray.*tolist"),
+    ({"feature_names": ["a", "b"], "p": {"f": object()}}, r"metadata\['p'\]\['f'\] is a object"),
+    ({"feature_names": ["a", "b"], "inertia": float("nan")}, r"metadata\['inertia'\] is nan"),
+    ({"feature_names": ["a", "b"], "storage": {"secret": "x"}}, r"key 'secret'.*credential"),
+    ({"feature_names": ["a", "b"], "aws_access_key_id": "x"}, "credential"),
+    ({"feature_names": ["a", "b"], "storage_options": {}}, "credential"),
+    ({"feature_names": ["a", "b"], "url": "s3://k:pw@b/x"}, "URL holding credentials"),
+    ({"feature_names": ["a"]}, "has 1 name.*2 feature"),
+    ({"feature_names": ["a", "a"]}, "repeats the name"),
+    ({}, "must contain 'feature_names'"),
+    ({"feature_names": ["a", "b"], "dtype": "float32"}, r"metadata\['dtype'\] is 'float32'"),
+    ({"feature_names": ["a", "b"], 3: "x"}, "JSON keys must be str"),
+])
+def test_bad_metadata(local_store, metadata, match):
+    with pytest.raises(ValueError, match=match):
+        write_model(local_store.url("model"), np.zeros((2, 2)), metadata)
+    assert local_store.listdir("model") == []
+
+
+@pytest.mark.parametrize(("centers", "match"), [
+    (np.zeros(3), "shape"),
+    (np.zeros((2, 2), dtype=np.int64), "float32 or float64"),
+    (np.array([[0.0, np.nan]]), "NaN or infinity"),
+])
+def test_bad_centers(local_store, centers, match):
+    with pytest.raises(ValueError, match=match):
+        write_model(local_store.url("model"), centers, {"feature_names": ["a", "b"]})
+
+
+def test_wrong_credentials(s3_bucket):
+    url = s3_bucket.url("model")
+    write_model(url, *fitted(), storage_options=s3_bucket.storage_options)
+    wrong = dict(s3_bucket.storage_options, secret="not-the-secret-987654")
+    with pytest.raises(PermissionError, match=url) as e:
+        read_model(url, storage_options=wrong)
+    assert "not-the-secret-987654" not in str(e.value)
+    with pytest.raises(PermissionError):
+        write_model(s3_bucket.url("other"), *fitted(), storage_options=wrong)
+
+
+def test_write_into_missing_bucket(s3_bucket):
+    url = "s3://no-such-bucket-dask-kmeans/model"
+    with pytest.raises(FileNotFoundError, match=url):
+        write_model(url, *fitted(), storage_options=s3_bucket.storage_options)
+    assert not s3_bucket.fs.exists("no-such-bucket-dask-kmeans")
