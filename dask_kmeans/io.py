@@ -24,7 +24,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dask
@@ -358,12 +358,29 @@ def _missing_message(counts: Mapping[str, int], part_url: str, what: str) -> str
 # --------------------------------------------------------------------------- chunk loaders
 
 
-def _read_part(spec: tuple, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-               columns: Sequence[str], secrets: Sequence[str] = ()) -> pa.Table:
-    _, part_url, path, partition_expression, _, _ = spec
+class _Part(NamedTuple):
+    """What a chunk task needs to read one input file."""
+
+    index: int
+    url: str  # printable, for messages
+    path: str  # for the file system
+    partition_expression: Any  # pyarrow Expression with the hive partition values
+    rows: int  # rows expected (after dropping, for missing="drop")
+    offset: int  # row number of the part's first row in the dataset
+
+
+def _task_secrets(filesystem) -> tuple[str, ...]:
+    """Secrets of the file system a task holds, so they stay out of its messages."""
+    if isinstance(filesystem, pafs.PyFileSystem):
+        filesystem = filesystem.handler.fs
+    return _secret_values(getattr(filesystem, "storage_options", None))
+
+
+def _read_part(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+               columns: Sequence[str]) -> pa.Table:
     fragment = ds.ParquetFileFormat().make_fragment(
-        path, filesystem=filesystem, partition_expression=partition_expression)
-    with _fs_errors(part_url, secrets, "reading"):
+        part.path, filesystem=filesystem, partition_expression=part.partition_expression)
+    with _fs_errors(part.url, _task_secrets(filesystem), "reading"):
         return fragment.to_table(columns=list(columns), schema=schema)
 
 
@@ -394,55 +411,49 @@ def _finite_mask(X: np.ndarray, columns: Sequence[str], part_url: str,
     return ~bad.any(axis=1)
 
 
-def _check_rows(n: int, spec: tuple) -> None:
-    expected = spec[4]
-    if n != expected:
-        raise ValueError(f"Part {spec[1]} has {n} usable rows now but had {expected} when it was "
-                         "opened: the data changed after open_parquet. Open it again.")
+def _check_rows(n: int, part: _Part) -> None:
+    if n != part.rows:
+        raise ValueError(f"Part {part.url} has {n} usable rows now but had {part.rows} when it "
+                         "was opened: the data changed after open_parquet. Open it again.")
 
 
-def _load_features(spec_block: np.ndarray, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-                   columns: Sequence[str], out_dtype: np.dtype, missing: str,
-                   secrets: Sequence[str]) -> np.ndarray:
-    spec = spec_block[0]
-    table = _read_part(spec, filesystem=filesystem, schema=schema, columns=columns,
-                       secrets=secrets)
+def _load_features(parts: np.ndarray, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+                   columns: Sequence[str], out_dtype: np.dtype, missing: str) -> np.ndarray:
+    """The chunk of one part: ndarray of shape (n_rows_of_part, len(columns))."""
+    (part,) = parts
+    table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
     X = _to_matrix(table, columns, out_dtype)
-    keep = _finite_mask(X, columns, spec[1], missing)
+    keep = _finite_mask(X, columns, part.url, missing)
     if keep is not None:
         X = X[keep]
-    _check_rows(X.shape[0], spec)
+    _check_rows(X.shape[0], part)
     return X
 
 
-def _count_valid(spec: tuple, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-                 columns: Sequence[str], out_dtype: np.dtype, secrets: Sequence[str]) -> int:
-    table = _read_part(spec, filesystem=filesystem, schema=schema, columns=columns,
-                       secrets=secrets)
+def _count_valid(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+                 columns: Sequence[str], out_dtype: np.dtype) -> int:
+    table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
     X = _to_matrix(table, columns, out_dtype)
     return int(np.isfinite(X).all(axis=1).sum())
 
 
-def _load_keys(spec: tuple, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+def _load_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                key_columns: Sequence[str], feature_columns: Sequence[str],
-               out_dtype: np.dtype, missing: str, secrets: Sequence[str]) -> pd.DataFrame:
-    offset = spec[5]
+               out_dtype: np.dtype, missing: str) -> pd.DataFrame:
+    """The key columns of one part, indexed by row number in the dataset."""
     if missing == "drop":
         needed = list(dict.fromkeys([*key_columns, *feature_columns]))
-        table = _read_part(spec, filesystem=filesystem, schema=schema, columns=needed,
-                           secrets=secrets)
+        table = _read_part(part, filesystem=filesystem, schema=schema, columns=needed)
         X = _to_matrix(table, feature_columns, out_dtype)
         keep = np.isfinite(X).all(axis=1)
-        rows = np.flatnonzero(keep)
         table = table.select(list(key_columns)).filter(pa.array(keep))
-        index = pd.Index(offset + rows, dtype=np.int64)
+        index = pd.Index(part.offset + np.flatnonzero(keep), dtype=np.int64)
     else:
-        table = _read_part(spec, filesystem=filesystem, schema=schema, columns=key_columns,
-                           secrets=secrets)
-        index = pd.RangeIndex(offset, offset + table.num_rows)
+        table = _read_part(part, filesystem=filesystem, schema=schema, columns=key_columns)
+        index = pd.RangeIndex(part.offset, part.offset + table.num_rows)
     frame = table.to_pandas()
     frame.index = index
-    _check_rows(len(frame), spec)
+    _check_rows(len(frame), part)
     return frame
 
 
@@ -670,27 +681,28 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                    "parts": [_fingerprint_entry(u, infos[p])
                              for u, p in zip(part_urls, paths, strict=True)]}
     token = tokenize(fingerprint, feature_names, keys, dtype.str, missing)
-    common = {"filesystem": filesystem, "schema": read_schema, "secrets": loc.secrets}
+    common = {"filesystem": filesystem, "schema": read_schema}
 
     offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(int).tolist()
-    specs = [(i, u, f.path, f.partition_expression, n, off)
+    parts = [_Part(i, u, f.path, f.partition_expression, n, off)
              for i, (u, f, n, off) in enumerate(zip(part_urls, fragments, rows, offsets,
                                                     strict=True))]
     if missing == "drop":
-        counts = [dask.delayed(_count_valid)(spec, columns=feature_names, out_dtype=dtype,
+        counts = [dask.delayed(_count_valid)(part, columns=feature_names, out_dtype=dtype,
                                              dask_key_name=f"count-valid-{token}-{i}", **common)
-                  for i, spec in enumerate(specs)]
+                  for i, part in enumerate(parts)]
         rows = list(dask.compute(*counts))
-        specs = [(*spec[:4], n, spec[5]) for spec, n in zip(specs, rows, strict=True)]
+        parts = [part._replace(rows=n) for part, n in zip(parts, rows, strict=True)]
     if sum(rows) == 0:
         detail = " after dropping rows with missing values" if missing == "drop" else ""
         raise ValueError(f"The Parquet data at {loc.url} has no rows{detail} "
                          f"({len(paths)} file(s)).")
 
-    spec_array = np.empty(len(specs), dtype=object)
-    spec_array[:] = specs
+    # One object per chunk, so that every task carries only its own part.
+    part_array = np.empty(len(parts), dtype=object)
+    part_array[:] = parts
     d = len(feature_names)
-    features = da.from_array(spec_array, chunks=1, name=f"parquet-parts-{token}").map_blocks(
+    features = da.from_array(part_array, chunks=1, name=f"parquet-parts-{token}").map_blocks(
         _load_features, chunks=(tuple(rows), (d,)), new_axis=1, dtype=dtype,
         meta=np.empty((0, d), dtype=dtype), name=f"read-parquet-{token}",
         columns=feature_names, out_dtype=dtype, missing=missing, **common)
@@ -699,10 +711,10 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     if keys:
         meta = read_schema.empty_table().select(keys).to_pandas()
         meta.index = pd.RangeIndex(0)
-        key_frame = dd.from_map(_load_keys, specs, meta=meta, label="read-parquet-keys",
+        key_frame = dd.from_map(_load_keys, parts, meta=meta, label="read-parquet-keys",
                                 key_columns=keys, feature_columns=feature_names,
-                                out_dtype=dtype,
-                                missing=missing, enforce_metadata=False, **common)
+                                out_dtype=dtype, missing=missing, enforce_metadata=False,
+                                **common)
     return ParquetSource(features=features, feature_names=feature_names, keys=key_frame,
                          key_columns=keys, url=loc.url, parts=part_urls,
                          fingerprint=fingerprint, missing=missing, location=loc,
@@ -865,8 +877,7 @@ class _Commit:
 
 
 def _write_part(keys: pd.DataFrame | None, labels: np.ndarray, distances: np.ndarray, *,
-                fs: fsspec.AbstractFileSystem, path: str, part_url: str,
-                secrets: Sequence[str]) -> dict[str, Any]:
+                fs: fsspec.AbstractFileSystem, path: str, part_url: str) -> dict[str, Any]:
     labels = np.asarray(labels)
     distances = np.asarray(distances)
     if labels.shape != distances.shape or labels.ndim != 1:
@@ -882,7 +893,7 @@ def _write_part(keys: pd.DataFrame | None, labels: np.ndarray, distances: np.nda
         table = pa.Table.from_pandas(keys, preserve_index=False)
         for name, column in outputs.items():
             table = table.append_column(name, column)
-    with _fs_errors(part_url, secrets, "writing"), fs.open(path, "wb") as f:
+    with _fs_errors(part_url, _task_secrets(fs), "writing"), fs.open(path, "wb") as f:
         pq.write_table(table, f)
         size = f.tell()
     return {"rows": int(table.num_rows), "size": int(size)}
@@ -968,7 +979,6 @@ def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
     with _Commit(loc, overwrite) as commit:
         tasks = [dask.delayed(_write_part)(k, lab, dist, fs=loc.fs, path=commit.path(name),
                                            part_url=loc.display(loc.join(name)),
-                                           secrets=loc.secrets,
                                            dask_key_name=f"write-labels-{commit.tmp[-32:]}-{i}")
                  for i, (k, lab, dist, name) in enumerate(zip(
                      key_parts, labels.to_delayed().ravel(), distances.to_delayed().ravel(),
@@ -1011,10 +1021,9 @@ def _read_marker(loc: _Location, kind: str) -> dict[str, Any]:
                          "JSON: the output is incomplete or has been modified.") from None
 
 
-def _read_labels_part(item: tuple[str, str], *, fs: fsspec.AbstractFileSystem,
-                      secrets: Sequence[str]) -> pd.DataFrame:
+def _read_labels_part(item: tuple[str, str], *, fs: fsspec.AbstractFileSystem) -> pd.DataFrame:
     path, part_url = item
-    with _fs_errors(part_url, secrets, "reading"), fs.open(path, "rb") as f:
+    with _fs_errors(part_url, _task_secrets(fs), "reading"), fs.open(path, "rb") as f:
         return pq.read_table(f).to_pandas()
 
 
@@ -1063,4 +1072,4 @@ def read_labels(url: str, storage_options: Mapping[str, Any] | None = None) -> d
     with _fs_errors(items[0][1], loc.secrets, "reading"), loc.fs.open(items[0][0], "rb") as f:
         meta = pq.read_schema(f).empty_table().to_pandas()
     return dd.from_map(_read_labels_part, items, meta=meta, label="read-labels",
-                       enforce_metadata=False, fs=loc.fs, secrets=loc.secrets)
+                       enforce_metadata=False, fs=loc.fs)

@@ -502,3 +502,11 @@ def test_arrow_types_converted(local_store):
     assert src.feature_names == ["i8", "u64", "f16", "dec"]
     np.testing.assert_array_equal(src.features.compute(), [[1, 3, 0.5, 1], [2, 4, 1.5, 2]])
     np.testing.assert_array_equal(read_parquet(url, ["flag"]).compute().ravel(), [1, 0])
+
+
+def test_tasks_know_the_secrets_to_scrub(s3_bucket):
+    """Chunk tasks scrub their file system's secrets from messages without carrying them."""
+    from dask_kmeans.io import _arrow_fs, _task_secrets
+
+    assert s3_bucket.secret in _task_secrets(_arrow_fs(s3_bucket.fs))
+    assert s3_bucket.secret in _task_secrets(s3_bucket.fs)
