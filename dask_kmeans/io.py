@@ -1008,11 +1008,14 @@ def _read_marker(loc: _Location, kind: str) -> dict[str, Any]:
     marker = loc.join(SUCCESS_MARKER)
     with _fs_errors(loc.url, loc.secrets, "reading"):
         loc.fs.invalidate_cache(loc.path)
-        if not loc.fs.exists(marker):
-            if not loc.fs.exists(loc.path):
-                raise FileNotFoundError(f"No {kind} at {loc.url}.")
-            raise ValueError(f"The {kind} at {loc.url} is incomplete: it has no {SUCCESS_MARKER} "
-                             "marker, so it is still being written or its write failed.")
+        committed = loc.fs.exists(marker)
+        present = committed or loc.fs.exists(loc.path)
+    if not present:
+        raise FileNotFoundError(f"No {kind} at {loc.url}: nothing exists there.")
+    if not committed:
+        raise ValueError(f"The {kind} at {loc.url} is incomplete: it has no {SUCCESS_MARKER} "
+                         "marker, so it is still being written or its write failed.")
+    with _fs_errors(loc.url, loc.secrets, "reading"):
         data = loc.fs.cat_file(marker)
     try:
         return json.loads(data)

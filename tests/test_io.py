@@ -510,3 +510,36 @@ def test_tasks_know_the_secrets_to_scrub(s3_bucket):
 
     assert s3_bucket.secret in _task_secrets(_arrow_fs(s3_bucket.fs))
     assert s3_bucket.secret in _task_secrets(s3_bucket.fs)
+
+
+def test_any_fsspec_url_memory_filesystem():
+    """Any fsspec file system works through pyarrow's FSSpecHandler: here memory://."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/dask-kmeans-{uuid.uuid4().hex}"
+    try:
+        for i, n in enumerate([2, 3]):
+            with fs.open(f"{root}/k=1/part-{i}.parquet", "wb") as f:
+                pd.DataFrame({"a": np.arange(n, dtype=float)}).to_parquet(f)
+        src = open_parquet(f"memory://{root}", key_columns="k")
+        assert src.features.chunks == ((2, 3), (1,))
+        np.testing.assert_array_equal(src.features.compute().ravel(), [0, 1, 0, 1, 2])
+        assert list(src.keys.compute()["k"]) == [1] * 5
+        write_labels(src, np.arange(5), np.zeros(5), f"memory://{root}/out")
+        assert list(read_labels(f"memory://{root}/out").compute()["cluster"]) == [0, 1, 2, 3, 4]
+    finally:
+        fs.rm(root, recursive=True)
+
+
+@pytest.mark.parametrize(("url", "package"), [("gs://bucket/data", "gcsfs"),
+                                              ("abfs://c@account.dfs.core.windows.net/d", "adlfs")])
+def test_missing_protocol_package(url, package):
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed")
+    with pytest.raises(ImportError, match=f"{package}"):
+        open_parquet(url)
