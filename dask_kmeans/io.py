@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import json
 import re
 import uuid
@@ -239,6 +240,15 @@ def _hidden(relative: str) -> bool:
 def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]:
     """Data files under ``loc`` in natural order, their infos, and the partition base dir."""
     fs = loc.fs
+    if glob.has_magic(loc.path):
+        with _fs_errors(loc.url, loc.secrets, "listing"):
+            fs.invalidate_cache()
+            found = fs.glob(loc.path, detail=True)
+        infos = {p: i for p, i in found.items()
+                 if i.get("type", "file") == "file" and not _hidden(p.rsplit("/", 1)[-1])}
+        if not found:
+            raise FileNotFoundError(f"No files match {loc.url}.")
+        return sorted(infos, key=_natural_key), infos, None
     with _fs_errors(loc.url, loc.secrets, "opening"):
         fs.invalidate_cache(loc.path)
         info = fs.info(loc.path)
@@ -537,10 +547,11 @@ class ParquetSource:
 
 def _check_dtype(dtype) -> np.dtype:
     try:
-        out = np.dtype(dtype)
+        # np.dtype(None) is float64: None is refused rather than silently read as that.
+        out = None if dtype is None else np.dtype(dtype)
     except TypeError:
         out = None
-    if out not in FEATURE_DTYPES:
+    if out is None or out not in FEATURE_DTYPES:
         raise ValueError(f"The 'dtype' parameter must be 'float32' or 'float64', got {dtype!r}.")
     return out
 
@@ -582,7 +593,8 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         (``region=eu/part-0.parquet``): a local path, ``file://``, ``s3://``
         (needs s3fs), ``gs://`` (gcsfs), ``abfs://`` (adlfs) or any other fsspec
         URL. Files and directories whose name starts with ``_`` or ``.`` are
-        skipped (``_SUCCESS``, ``_temporary``...).
+        skipped (``_SUCCESS``, ``_temporary``...). A glob pattern
+        (``data/*.parquet``) selects files; hive partitions are then not parsed.
     columns : str or list of str, optional
         The feature columns, in order. By default every numeric column of the
         files (integer, floating or decimal), except the key columns and the

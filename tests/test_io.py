@@ -102,6 +102,17 @@ def test_parts_in_natural_order(local_store):
     np.testing.assert_array_equal(src.features.compute().ravel(), [1.0, 2.0, 10.0])
 
 
+def test_glob(store):
+    url, df = write_dir(store, [2, 3, 4])
+    store.put_bytes("data/notes.txt", b"not parquet")
+    X = read_parquet(store.url("data", "part-[12].parquet"), ["x"],
+                     storage_options=store.storage_options)
+    assert X.chunks == ((3, 4), (1,))
+    np.testing.assert_array_equal(X.compute().ravel(), df["x"].to_numpy()[2:])
+    with pytest.raises(FileNotFoundError, match="No files match"):
+        read_parquet(store.url("data", "*.nothing"), storage_options=store.storage_options)
+
+
 def test_hive_partitioned(store):
     for region, year, n in [("eu", 2020, 3), ("eu", 2021, 0), ("us", 2020, 2)]:
         df = pd.DataFrame({"a": np.arange(n, dtype=float), "b": np.full(n, year * 1.0)})
@@ -208,6 +219,8 @@ def test_bad_parameters(local_store):
         open_parquet(url, missing="skip")
     with pytest.raises(ValueError, match="'dtype' parameter.*int64"):
         open_parquet(url, dtype="int64")
+    with pytest.raises(ValueError, match="'dtype' parameter.*None"):
+        open_parquet(url, dtype=None)
     with pytest.raises(ValueError, match="'columns' parameter names column.*'x'"):
         open_parquet(url, ["x", "x"])
 
