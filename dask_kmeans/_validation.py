@@ -115,12 +115,44 @@ def _check_dask(est, X, *, reset: bool) -> da.Array:
     return X
 
 
+def is_parquet_source(X) -> bool:
+    """Whether ``X`` is a ``dask_kmeans.io.ParquetSource`` (duck-typed)."""
+    return hasattr(X, "features") and hasattr(X, "feature_names") and hasattr(X, "parts")
+
+
+def _check_source(est, source, *, reset: bool) -> da.Array:
+    names = list(source.feature_names)
+    X = source.features
+    if reset:
+        est.n_features_in_ = X.shape[1]
+        est.feature_names_in_ = np.asarray(names, dtype=object)
+        return X
+    fitted = getattr(est, "feature_names_in_", None)
+    if fitted is None:
+        if X.shape[1] != est.n_features_in_:
+            raise ValueError(f"The Parquet input has {X.shape[1]} feature columns, but KMeans "
+                             f"is expecting {est.n_features_in_} features as input.")
+        return X
+    fitted = list(fitted)
+    missing = [c for c in fitted if c not in names]
+    if missing:
+        raise ValueError(f"The Parquet input lacks the feature column(s) {missing} that the "
+                         f"model was fitted on; it has {names}.")
+    # Columns are matched by name, whatever their order in the files.
+    order = [names.index(c) for c in fitted]
+    return X if order == list(range(len(names))) and len(names) == len(fitted) else X[:, order]
+
+
 def check_X(est, X, *, reset: bool):
     """Validated input: a dask array (row-chunked, float) or a C-ordered ndarray.
 
     NumPy and pandas input go through scikit-learn's ``validate_data`` (finite
     values, feature names); dask input is checked without computing anything.
+    A ``ParquetSource`` gives its feature array, matched to the fitted
+    feature names by name.
     """
+    if is_parquet_source(X):
+        return _check_source(est, X, reset=reset)
     if is_lazy(X):
         return _check_dask(est, X, reset=reset)
     if hasattr(X, "dtypes") and hasattr(X, "columns"):

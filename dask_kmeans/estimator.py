@@ -175,6 +175,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         V.check_params(self)
         Xv = V.check_X(self, X, reset=True)
+        self._input_url = X.url if V.is_parquet_source(X) else None
         lazy = isinstance(Xv, da.Array)
         n_samples = Xv.shape[0]
         if n_samples < self.n_clusters:
@@ -250,23 +251,30 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         return V.check_X(self, X, reset=False)
 
-    def predict(self, X):
+    def predict(self, X, return_distance: bool = False):
         """Index of the nearest centre of every row.
 
         Parameters
         ----------
-        X : array-like, dask array or DataFrame of shape (n_samples, n_features)
+        X : array-like, dask array, DataFrame or ParquetSource of shape (n_samples, n_features)
+            A ``ParquetSource`` (``dask_kmeans.open_parquet``) is matched to the
+            fitted feature names by name, whatever the column order.
+        return_distance : bool, default=False
+            Also return the Euclidean distance of each row to its centre.
 
         Returns
         -------
         labels : ndarray or dask array of shape (n_samples,), int32
             A lazy dask array for dask input.
+        distances : ndarray or dask array of shape (n_samples,), float64
+            Only with ``return_distance=True``.
         """
         Xv = self._validated(X)
         if isinstance(Xv, da.Array):
-            labels, _, _ = G.assignment(Xv, G.centers_array(self.cluster_centers_))
-            return labels
-        return K.assign(Xv, self.cluster_centers_)[0]
+            labels, sq, _ = G.assignment(Xv, G.centers_array(self.cluster_centers_))
+            return (labels, da.sqrt(sq)) if return_distance else labels
+        labels, sq, _ = K.assign(Xv, self.cluster_centers_)
+        return (labels, np.sqrt(sq)) if return_distance else labels
 
     def transform(self, X):
         """Euclidean distance of every row to every centre.
@@ -295,6 +303,57 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             (inertia,) = R.compute(inertia)
             return -float(inertia)
         return -K.assign(Xv, self.cluster_centers_, weights)[2]
+
+    # -- model files -------------------------------------------------------------
+
+    def save(self, url: str, *, storage_options=None, overwrite: bool = False) -> str:
+        """Save the fitted model: centres as Parquet, metadata as JSON, no pickle.
+
+        The metadata holds the feature names and order, dtype, parameters,
+        inertia, iterations, library version and the input's URL without
+        credentials. The files are committed by a checksummed ``_SUCCESS``
+        marker written last, which :func:`dask_kmeans.load` requires.
+
+        Parameters
+        ----------
+        url : str
+            A directory on any fsspec URL (local path, ``file://``, ``s3://``...).
+        storage_options : dict, optional
+            Passed to fsspec (credentials, ``endpoint_url``...); never stored.
+        overwrite : bool, default=False
+            Replace a model already committed at ``url``.
+
+        Returns
+        -------
+        url : str
+            Where the model was written, without credentials.
+        """
+        from . import __version__
+        from .model import write_model
+
+        check_is_fitted(self)
+        names = getattr(self, "feature_names_in_", None)
+        names = ([str(n) for n in names] if names is not None
+                 else [f"x{i}" for i in range(self.n_features_in_)])
+        params = {k: v for k, v in self.get_params().items() if k != "init"}
+        params["init"] = self.init if isinstance(self.init, str) else "array"
+        if not isinstance(params.get("random_state"), int | type(None)):
+            params["random_state"] = None
+        metadata = {
+            "format": "dask_kmeans.model/1",
+            "library_version": __version__,
+            "feature_names": names,
+            "feature_names_given": getattr(self, "feature_names_in_", None) is not None,
+            "dtype": self.cluster_centers_.dtype.name,
+            "n_clusters": int(self.cluster_centers_.shape[0]),
+            "n_features": int(self.cluster_centers_.shape[1]),
+            "params": params,
+            "inertia": float(self.inertia_),
+            "n_iter": int(self.n_iter_),
+            "input_url": getattr(self, "_input_url", None),
+        }
+        return write_model(url, self.cluster_centers_, metadata,
+                           storage_options=storage_options, overwrite=overwrite)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -352,6 +411,49 @@ def kmeans_parallel_init(
                                  oversampling_factor=oversampling_factor,
                                  init_rounds=init_rounds,
                                  keep_state=R.keep_row_state(Xd.shape[0], in_memory, client))
+
+
+def load(url: str, *, storage_options=None) -> KMeans:
+    """Load a model saved by :meth:`KMeans.save`; it predicts exactly as the saved one.
+
+    Only Parquet and JSON are read (no pickle, so loading never runs code), and
+    the checksums in ``_SUCCESS`` are verified: a model that is incomplete or
+    was modified is refused with a ``ValueError``.
+
+    Parameters
+    ----------
+    url : str
+        The directory given to :meth:`KMeans.save`.
+    storage_options : dict, optional
+        Passed to fsspec.
+
+    Returns
+    -------
+    KMeans
+        Fitted: ``cluster_centers_``, ``inertia_``, ``n_iter_``,
+        ``n_features_in_`` and, when the model was fitted with names,
+        ``feature_names_in_``. ``labels_`` is not stored.
+    """
+    from .model import read_model
+
+    centers, meta = read_model(url, storage_options=storage_options)
+    params = dict(meta.get("params", {}))
+    if params.get("init") == "array":
+        params["init"] = centers.copy()
+    known = KMeans().get_params()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"The model at {meta.get('input_url') or 'this URL'} was saved with "
+                         f"parameters this version does not know: {unknown}.")
+    km = KMeans(**params)
+    km.cluster_centers_ = centers
+    km.inertia_ = float(meta["inertia"])
+    km.n_iter_ = int(meta["n_iter"])
+    km.n_features_in_ = centers.shape[1]
+    if meta.get("feature_names_given", True):
+        km.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
+    km._input_url = meta.get("input_url")
+    return km
 
 
 def _ensure_log_handler() -> None:

@@ -317,3 +317,11 @@ def test_one_gather_per_iteration_on_a_cluster(client, monkeypatch):
         assert km.n_iter_ == max_iter
         counts[max_iter] = len(calls)
     assert counts[6] - counts[2] == 4
+
+
+def test_public_names_match_the_lazy_exports():
+    import dask_kmeans
+
+    assert set(dask_kmeans.__all__) == set(dask_kmeans._EXPORTS) | {"__version__"}
+    for name in dask_kmeans.__all__:
+        assert getattr(dask_kmeans, name) is not None
