@@ -15,13 +15,9 @@ explained in ``docs/clusters.md``; ``cluster-config/`` holds one commented examp
 
 from __future__ import annotations
 
-import copy
-import difflib
 import importlib
 import importlib.util
-import numbers
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from functools import cache
@@ -29,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from dask.utils import parse_bytes, parse_timedelta
+from dask.utils import parse_timedelta
+
+from . import _schema as S
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -53,14 +51,13 @@ _OPTIONAL = {
     "slurm": ("dask_jobqueue", "dask-jobqueue", "dask_jobqueue", "SLURMCluster"),
 }
 _TLS_FILES = ("ca_file", "client_cert", "client_key")
-_ADDRESS = re.compile(r"^(?P<scheme>[a-z]+)://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)$")
 
 
 class ClusterError(Exception):
     """A cluster could not be started or reached, or its configuration is wrong."""
 
 
-class ClusterConfigError(ClusterError, ValueError):
+class ClusterConfigError(ClusterError, S.SchemaError):
     """A cluster config does not follow the schema.
 
     Parameters
@@ -79,23 +76,10 @@ class ClusterConfigError(ClusterError, ValueError):
         The file, if the config came from one.
     """
 
-    def __init__(self, errors: list[tuple[str, str]], source: str | None = None) -> None:
-        self.errors = list(errors)
-        self.source = source
-        lines = [f"{path or '(top level)'}: {problem}" for path, problem in self.errors]
-        head = f"{source}: " if source else ""
-        if len(lines) == 1:
-            message = head + lines[0]
-        else:
-            message = (f"{head}{len(lines)} problems in the cluster config:\n"
-                       + "\n".join(f"  {line}" for line in lines))
-        super().__init__(message)
-
-    def __reduce__(self):
-        return type(self), (self.errors, self.source)
+    what = "cluster config"
 
 
-# --- the schema and its validator ---------------------------------------------------------
+# --- the schema (checked by the generic validator in _schema.py) ----------------------------
 
 @cache
 def _schema() -> dict:
@@ -105,138 +89,6 @@ def _schema() -> dict:
 
 def _kind_schema(kind: str) -> dict:
     return _schema()["keys"]["cluster"]["keys"][kind]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _parses(parse, v: Any) -> bool:
-    try:
-        return parse(v) > 0
-    except (ValueError, KeyError, TypeError):
-        return False
-
-
-def _valid_leaf(node: dict, v: Any) -> bool:
-    kind = node["type"]
-    if kind == "any":
-        return True
-    if kind == "str":
-        return isinstance(v, str) and v in node.get("choices", [v])
-    if kind == "bool":
-        return isinstance(v, bool)
-    if kind in ("int", "number"):
-        ok = _is_int(v) if kind == "int" else _is_number(v)
-        return ok and v >= node.get("min", v)
-    if kind == "scalar":
-        return isinstance(v, str) or _is_number(v)
-    if kind == "address":
-        match = _ADDRESS.match(v) if isinstance(v, str) else None
-        return (match is not None and match["scheme"] in node["schemes"]
-                and 0 < int(match["port"]) < 65536)
-    if kind == "duration":
-        return (isinstance(v, str) or _is_number(v)) and _parses(parse_timedelta, v)
-    if kind == "bytes":
-        return (isinstance(v, str) or _is_int(v)) and _parses(parse_bytes, v)
-    if kind == "memory_limit":
-        if v == "auto" or (isinstance(v, float) and 0 < v <= 1):
-            return True
-        return (isinstance(v, str) or _is_int(v)) and _parses(parse_bytes, v)
-    raise AssertionError(f"cluster_schema.yaml: unknown type {kind!r}")
-
-
-def _expected(node: dict) -> str:
-    kind = node["type"]
-    if kind in ("int", "number"):
-        text = ("an int" if kind == "int" else "a number") + (
-            f" >= {node['min']}" if "min" in node else "")
-    elif kind == "str":
-        text = f"one of {', '.join(node['choices'])}" if "choices" in node else "a string"
-    elif kind == "list":
-        items = "strings" if node["items"]["type"] == "str" else "items"
-        text = f"a list of {items}"
-        if node.get("min_items"):
-            text += f" with at least {node['min_items']} entries"
-    else:
-        text = {
-            "bool": "true or false",
-            "mapping": "a mapping",
-            "scalar": "a string or a number",
-            "address": " or ".join(f"{s}://host:port" for s in node.get("schemes", ())),
-            "duration": "a duration like '10s' or a number of seconds > 0",
-            "bytes": "a size like '16GiB' or a number of bytes > 0",
-            "memory_limit": "'auto', a size like '4GiB', a number of bytes or a fraction "
-                            "of the machine's memory in (0, 1]",
-        }[kind]
-        if kind == "address":
-            text = "an address like " + text
-    return text + (" or null" if node.get("nullable") else "")
-
-
-def _show(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, Mapping):
-        return "a mapping"
-    if isinstance(v, list):
-        return f"a list of {len(v)}"
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _walk(node: dict, value: Any, path: str, errors: list) -> Any:
-    """Check ``value`` against ``node``; return a copy with the defaults filled in."""
-    if value is None and node.get("nullable"):
-        return None
-    kind = node["type"]
-    if kind == "mapping" and isinstance(value, Mapping):
-        return _walk_mapping(node, value, path, errors)
-    if kind == "list" and isinstance(value, list) and len(value) >= node.get("min_items", 0):
-        return [_walk(node["items"], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
-    if kind not in ("mapping", "list") and value is not None and _valid_leaf(node, value):
-        return value
-    hint = _suggest(value, node["choices"]) if isinstance(value, str) and "choices" in node else ""
-    errors.append((path, f"expected {_expected(node)}, got {_show(value)}{hint}"))
-    return None
-
-
-def _walk_mapping(node: dict, value: Mapping, path: str, errors: list) -> dict:
-    out = {}
-    keys = node.get("keys", {})
-    for key, v in value.items():
-        sub = _join(path, key)
-        if not isinstance(key, str):
-            errors.append((sub, f"keys must be strings, got {_show(key)}"))
-        elif "values" in node:
-            out[key] = _walk(node["values"], v, sub, errors)
-        elif key in keys:
-            out[key] = _walk(keys[key], v, sub, errors)
-        else:
-            errors.append((sub, f"unknown key '{key}'{_suggest(key, keys)} "
-                                f"(allowed: {', '.join(keys)})"))
-    for key in node.get("required", ()):
-        if key not in value:
-            errors.append((_join(path, key), "missing required key"))
-    for key, sub in keys.items():
-        if key not in value and "default" in sub:
-            out[key] = copy.deepcopy(sub["default"])
-    return out
 
 
 def _validate(config: Any, source: str | None = None) -> dict:
@@ -249,7 +101,7 @@ def _validate(config: Any, source: str | None = None) -> dict:
         # An empty section (every option commented out) means "all defaults".
         section = {k: ({} if k in KINDS and v is None else v) for k, v in section.items()}
         config = {**config, "cluster": section}
-    out = _walk(_schema(), config, "", errors)
+    out = S.walk(_schema(), config, "", errors)
     cluster = (out or {}).get("cluster")
     kind = cluster.get("kind") if isinstance(cluster, dict) else None
     if kind in KINDS:
@@ -263,7 +115,7 @@ def _validate(config: Any, source: str | None = None) -> dict:
                 errors.append((f"cluster.{kind}", f"missing required key: kind '{kind}' needs "
                                                   f"{', '.join(required)}"))
             else:
-                cluster[kind] = _walk(_kind_schema(kind), {}, f"cluster.{kind}", errors)
+                cluster[kind] = S.walk(_kind_schema(kind), {}, f"cluster.{kind}", errors)
     if errors:
         raise ClusterConfigError(errors, source)
     return out
@@ -483,7 +335,7 @@ def _config_for(config_or_path, scheduler) -> dict:
         if config_or_path is not None:
             raise ValueError("connect() takes a config or scheduler=, not both")
         errors: list[tuple[str, str]] = []
-        _walk(_kind_schema("scheduler")["keys"]["address"], scheduler, "scheduler", errors)
+        S.walk(_kind_schema("scheduler")["keys"]["address"], scheduler, "scheduler", errors)
         if errors:
             raise ClusterConfigError(errors)
         return _validate({"cluster": {"kind": "scheduler",
@@ -543,8 +395,8 @@ def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = 
     ...     client.submit(sum, [1, 2, 3]).result()
     6
     """
-    if not ((isinstance(timeout, str) or _is_number(timeout))
-            and _parses(parse_timedelta, timeout)):
+    if not ((isinstance(timeout, str) or S.is_number(timeout))
+            and S.parses(parse_timedelta, timeout)):
         raise ValueError(f"timeout must be a duration like '10s' or a number of seconds > 0, "
                          f"got {timeout!r}")
     config = _config_for(config_or_path, scheduler)

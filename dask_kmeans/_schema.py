@@ -1,0 +1,273 @@
+"""A small validator for YAML documents described by a schema that is itself YAML.
+
+Used by ``cluster.py`` (``cluster_schema.yaml``) and ``jobs.py`` (``job_schema.yaml``). A
+schema node has a ``type`` and, depending on it:
+
+``mapping``
+    ``keys`` (name -> node) and ``required`` (names), or ``values`` (one node for every
+    value of a free-form mapping with string keys). A mapping may instead have a
+    ``discriminator`` (a key name) and ``variants`` (value of that key -> mapping node): the
+    document is checked against the variant its discriminator names.
+``list``
+    ``items`` (node), ``min_items``.
+``int``, ``number``
+    ``min`` (inclusive) or ``gt`` (exclusive).
+``str``
+    ``choices``; ``nonempty: true`` refuses ""; ``pattern`` (a regular expression the whole
+    string must match) with ``pattern_doc`` (how to say it in a message).
+``oneof``
+    ``options``: a list of nodes; the value must match one of them.
+``address``
+    ``schemes``: an address like ``tcp://host:8786`` whose scheme is one of these.
+``duration``, ``bytes``, ``memory_limit``, ``scalar``, ``bool``, ``any``
+    See :func:`valid_leaf`.
+
+Every node may have ``nullable: true`` (null allowed), ``default`` (filled in when the key is
+absent) and ``doc`` (one line of documentation).
+
+Problems are collected as ``(path, problem)`` pairs, ``path`` dotted like
+``cluster.local.n_workers`` (list items as ``hosts[1]``), so that every problem in a document is
+reported at once and names the key at fault.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import numbers
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from dask.utils import parse_bytes, parse_timedelta
+
+__all__ = ["SchemaError", "expected", "is_int", "is_number", "parses", "show", "walk"]
+
+ADDRESS = re.compile(r"^(?P<scheme>[a-z]+)://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)$")
+
+
+class SchemaError(ValueError):
+    """A document does not follow its schema.
+
+    Parameters
+    ----------
+    errors : list of (str, str)
+        One ``(path, problem)`` pair per problem; ``path`` is dotted, like
+        ``job.params.n_clusters``, and empty for the document as a whole.
+    source : str, optional
+        The file the document was read from, shown before the problems.
+
+    Attributes
+    ----------
+    errors : list of (str, str)
+        The ``(path, problem)`` pairs.
+    source : str or None
+        The file, if the document came from one.
+    """
+
+    #: What the document is, in "N problems in the <what>".
+    what = "document"
+
+    def __init__(self, errors: list[tuple[str, str]], source: str | None = None) -> None:
+        self.errors = list(errors)
+        self.source = source
+        lines = [f"{path or '(top level)'}: {problem}" for path, problem in self.errors]
+        head = f"{source}: " if source else ""
+        if len(lines) == 1:
+            message = head + lines[0]
+        else:
+            message = (f"{head}{len(lines)} problems in the {self.what}:\n"
+                       + "\n".join(f"  {line}" for line in lines))
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (self.errors, self.source)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def parses(parse, v: Any) -> bool:
+    """Whether ``parse(v)`` (``parse_timedelta``, ``parse_bytes``) gives a value > 0."""
+    try:
+        return parse(v) > 0
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def valid_leaf(node: dict, v: Any) -> bool:
+    """Whether ``v`` (not None) is a valid value of a node that is no mapping, list or oneof."""
+    kind = node["type"]
+    if kind == "any":
+        return True
+    if kind == "str":
+        return (isinstance(v, str) and v in node.get("choices", [v])
+                and not (node.get("nonempty") and not v.strip())
+                and ("pattern" not in node or re.fullmatch(node["pattern"], v) is not None))
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind in ("int", "number"):
+        ok = is_int(v) if kind == "int" else is_number(v)
+        return ok and v >= node.get("min", v) and ("gt" not in node or v > node["gt"])
+    if kind == "scalar":
+        return isinstance(v, str) or is_number(v)
+    if kind == "address":
+        match = ADDRESS.match(v) if isinstance(v, str) else None
+        return (match is not None and match["scheme"] in node["schemes"]
+                and 0 < int(match["port"]) < 65536)
+    if kind == "duration":
+        return (isinstance(v, str) or is_number(v)) and parses(parse_timedelta, v)
+    if kind == "bytes":
+        return (isinstance(v, str) or is_int(v)) and parses(parse_bytes, v)
+    if kind == "memory_limit":
+        if v == "auto" or (isinstance(v, float) and 0 < v <= 1):
+            return True
+        return (isinstance(v, str) or is_int(v)) and parses(parse_bytes, v)
+    raise AssertionError(f"schema: unknown type {kind!r}")
+
+
+def expected(node: dict) -> str:
+    """What a node accepts, in words: "an int >= 1 or null"."""
+    kind = node["type"]
+    if kind in ("int", "number"):
+        text = "an int" if kind == "int" else "a number"
+        if "min" in node:
+            text += f" >= {node['min']}"
+        if "gt" in node:
+            text += f" > {node['gt']}"
+    elif kind == "str":
+        if "choices" in node:
+            text = f"one of {', '.join(node['choices'])}"
+        elif "pattern" in node:
+            text = node.get("pattern_doc", f"a string matching {node['pattern']}")
+        else:
+            text = "a non-empty string" if node.get("nonempty") else "a string"
+    elif kind == "list":
+        item = node["items"]
+        if item["type"] == "str":
+            items = "strings"
+        elif item["type"] == "int":
+            items = "ints" + (f" >= {item['min']}" if "min" in item else "")
+        else:
+            items = "items"
+        text = f"a list of {items}"
+        if node.get("min_items"):
+            text += f" with at least {node['min_items']} entries"
+    elif kind == "oneof":
+        text = " or ".join(expected({**option, "nullable": False})
+                           for option in node["options"])
+    elif kind == "mapping" and "variants" in node:
+        text = f"a mapping with a '{node['discriminator']}'"
+    else:
+        text = {
+            "bool": "true or false",
+            "mapping": "a mapping",
+            "scalar": "a string or a number",
+            "address": " or ".join(f"{s}://host:port" for s in node.get("schemes", ())),
+            "duration": "a duration like '10s' or a number of seconds > 0",
+            "bytes": "a size like '16GiB' or a number of bytes > 0",
+            "memory_limit": "'auto', a size like '4GiB', a number of bytes or a fraction "
+                            "of the machine's memory in (0, 1]",
+        }[kind]
+        if kind == "address":
+            text = "an address like " + text
+    return text + (" or null" if node.get("nullable") else "")
+
+
+def show(v: Any) -> str:
+    """A value as a message shows it: short, and never a whole mapping."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, Mapping):
+        return "a mapping"
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def walk(node: dict, value: Any, path: str, errors: list) -> Any:
+    """Check ``value`` against ``node``; return a copy with the defaults filled in.
+
+    Problems are appended to ``errors`` as ``(path, problem)``; where a value is wrong,
+    the copy holds None.
+    """
+    if value is None and node.get("nullable"):
+        return None
+    kind = node["type"]
+    if kind == "mapping" and isinstance(value, Mapping):
+        if "variants" in node:
+            return _walk_variant(node, value, path, errors)
+        return _walk_mapping(node, value, path, errors)
+    if kind == "list" and isinstance(value, list) and len(value) >= node.get("min_items", 0):
+        return [walk(node["items"], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if kind == "oneof" and value is not None:
+        for option in node["options"]:
+            found: list = []
+            out = walk(option, value, path, found)
+            if not found:
+                return out
+        # A mapping that is meant for the only mapping option reports its own problems.
+        maps = [o for o in node["options"] if o["type"] == "mapping"]
+        if isinstance(value, Mapping) and len(maps) == 1:
+            return walk(maps[0], value, path, errors)
+    elif kind not in ("mapping", "list", "oneof") and value is not None \
+            and valid_leaf(node, value):
+        return value
+    hint = suggest(value, node["choices"]) if isinstance(value, str) and "choices" in node else ""
+    errors.append((path, f"expected {expected(node)}, got {show(value)}{hint}"))
+    return None
+
+
+def _walk_variant(node: dict, value: Mapping, path: str, errors: list) -> dict | None:
+    key = node["discriminator"]
+    variants = node["variants"]
+    if key not in value:
+        errors.append((join(path, key), f"missing required key (one of {', '.join(variants)})"))
+        return None
+    chosen = value[key]
+    if not isinstance(chosen, str) or chosen not in variants:
+        hint = suggest(chosen, variants) if isinstance(chosen, str) else ""
+        errors.append((join(path, key), f"expected one of {', '.join(variants)}, got "
+                                        f"{show(chosen)}{hint}"))
+        return None
+    return _walk_mapping(variants[chosen], value, path, errors)
+
+
+def _walk_mapping(node: dict, value: Mapping, path: str, errors: list) -> dict:
+    out = {}
+    keys = node.get("keys", {})
+    for key, v in value.items():
+        sub = join(path, key)
+        if not isinstance(key, str):
+            errors.append((sub, f"keys must be strings, got {show(key)}"))
+        elif "values" in node:
+            out[key] = walk(node["values"], v, sub, errors)
+        elif key in keys:
+            out[key] = walk(keys[key], v, sub, errors)
+        else:
+            errors.append((sub, f"unknown key '{key}'{suggest(key, keys)} "
+                                f"(allowed: {', '.join(keys)})"))
+    for key in node.get("required", ()):
+        if key not in value:
+            errors.append((join(path, key), "missing required key"))
+    for key, sub in keys.items():
+        if key not in value and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+    return out
