@@ -31,15 +31,16 @@ def _weights_args(sample_weight):
 
 
 def packed_size(k: int, d: int, with_moments: bool) -> int:
-    return k * d + k + 1 + ((1 + 2 * d) if with_moments else 0)
+    """Length of packed partials: sums, counts, inertia, zero-norm rows, [moments]."""
+    return k * d + k + 2 + ((1 + 2 * d) if with_moments else 0)
 
 
-def packed_chunk(x, c, w=None, *, with_moments):
+def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean"):
     """Lloyd partials of one chunk, packed in a (1, P) float64 row."""
-    p = K.lloyd_partials(x, c, w)
-    parts = [p.sums.ravel(), p.counts, [p.inertia]]
+    p = K.lloyd_partials(x, c, w, metric)
+    parts = [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
     if with_moments:
-        parts.append(K.moments(x))
+        parts.append(K.moments(x, metric))
     return np.concatenate(parts)[None, :]
 
 
@@ -48,12 +49,14 @@ def unpack(packed: np.ndarray, k: int, d: int, with_moments: bool):
     sums = packed[: k * d].reshape(k, d)
     counts = packed[k * d : k * d + k]
     inertia = float(packed[k * d + k])
-    mom = packed[k * d + k + 1 :] if with_moments else None
-    return K.Partials(sums, counts, inertia), mom
+    n_zero = int(packed[k * d + k + 1])
+    mom = packed[k * d + k + 2 :] if with_moments else None
+    return K.Partials(sums, counts, inertia, n_zero), mom
 
 
 def lloyd_partials(
-    X: da.Array, C: da.Array, sample_weight=None, *, split_every=None, with_moments=False
+    X: da.Array, C: da.Array, sample_weight=None, *, split_every=None, with_moments=False,
+    metric="euclidean",
 ) -> da.Array:
     """Summed Lloyd partials of all chunks, as a lazy packed float64 vector.
 
@@ -77,12 +80,13 @@ def lloyd_partials(
         dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64),
         with_moments=with_moments,
+        metric=metric,
     )
     return parts.sum(axis=0, split_every=split_every)
 
 
-def _assign_chunk(x, c, w=None):
-    return K.assign(x, c, w)
+def _assign_chunk(x, c, w=None, *, metric="euclidean"):
+    return K.assign(x, c, w, metric)
 
 
 def _labels_of(t):
@@ -97,7 +101,8 @@ def _distances_of(t):
     return t[1]
 
 
-def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None):
+def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None,
+               metric="euclidean"):
     """Labels, squared distances and inertia from one shared pass.
 
     Returns
@@ -118,6 +123,7 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
         concatenate=True,
         dtype=object,
         meta=np.empty((0,), dtype=object),
+        metric=metric,
     )
     labels = res.map_blocks(_labels_of, dtype=np.int32, meta=np.empty((0,), np.int32))
     sq_dist = res.map_blocks(_distances_of, dtype=np.float64, meta=np.empty((0,), np.float64))
@@ -127,15 +133,17 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
     return labels, sq_dist, inertia
 
 
-def _transform_chunk(x, c):
-    return np.sqrt(K.pairwise_sq_distances(x, c))
+def transform_chunk(x, c, *, metric="euclidean"):
+    """Distances of a chunk's rows to every centre: Euclidean, or ``1 - cos``."""
+    d = K.pairwise_sq_distances(x, c, metric)
+    return d if metric == "cosine" else np.sqrt(d)
 
 
-def distances(X: da.Array, C: da.Array) -> da.Array:
-    """Euclidean distance of every row to every centre, shape (n_samples, k)."""
+def distances(X: da.Array, C: da.Array, *, metric="euclidean") -> da.Array:
+    """Distance of every row to every centre, shape (n_samples, k) (see ``transform_chunk``)."""
     k = C.shape[0]
     return da.blockwise(
-        _transform_chunk,
+        transform_chunk,
         "ik",
         X,
         "ij",
@@ -146,21 +154,35 @@ def distances(X: da.Array, C: da.Array) -> da.Array:
         dtype=X.dtype,
         meta=np.empty((0, 0), dtype=X.dtype),
         adjust_chunks={"k": k},
+        metric=metric,
     )
 
 
-def _far_chunk(x, c, offset, w=None, *, n_far):
-    return K.farthest(x, c, w, n_far, int(offset[0]))
+def _zero_chunk(x, offset):
+    return K.zero_norm_rows(x, int(offset[0])).astype(np.float64)
 
 
-def farthest(X: da.Array, C: da.Array, sample_weight, n_far: int) -> da.Array:
+def zero_norm_rows(X: da.Array) -> da.Array:
+    """Global indices of up to 5 zero-norm rows per chunk (float64, unknown length)."""
+    return da.blockwise(
+        _zero_chunk, "i", X, "ij", row_offsets(X), "i", adjust_chunks={"i": (np.nan,) *
+        X.numblocks[0]}, align_arrays=False, concatenate=True, dtype=np.float64,
+        meta=np.empty((0,), dtype=np.float64),
+    )
+
+
+def _far_chunk(x, c, offset, w=None, *, n_far, metric):
+    return K.farthest(x, c, w, n_far, int(offset[0]), metric)
+
+
+def farthest(X: da.Array, C: da.Array, sample_weight, n_far: int,
+             metric="euclidean") -> da.Array:
     """Candidates for empty-cluster relocation: each chunk's ``n_far`` farthest rows.
 
     Returns a lazy (m, 4 + d) array (see ``_kernels.farthest``); at most
     ``n_far <= k`` rows per chunk, so no more than k * d numbers per chunk.
     """
     d = X.shape[1]
-    sizes = tuple(min(n_far, s) for s in X.chunks[0])
     return da.blockwise(
         _far_chunk,
         "ip",
@@ -172,12 +194,13 @@ def farthest(X: da.Array, C: da.Array, sample_weight, n_far: int) -> da.Array:
         "i",
         *_weights_args(sample_weight),
         new_axes={"p": 4 + d},
-        adjust_chunks={"i": sizes},
+        adjust_chunks={"i": (np.nan,) * X.numblocks[0]},  # zero-norm rows are left out
         align_arrays=False,
         concatenate=True,
         dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64),
         n_far=n_far,
+        metric=metric,
     )
 
 
@@ -186,17 +209,21 @@ def farthest(X: da.Array, C: da.Array, sample_weight, n_far: int) -> da.Array:
 # builders below pass it through ``_with_offset`` from a one-element block.
 
 
-def round_chunk(x, offset: int, w, state, centers, *, base, seed, stream, ell):
+def round_chunk(x, offset: int, w, state, centers, *, base, seed, stream, ell,
+                metric="euclidean"):
     """One chunk of a k-means|| round: (new ``Nearest`` state, candidate rows, cost)."""
-    nearest = K.nearest_update(x, centers, base, state)
+    nearest = K.nearest_update(x, centers, base, state, metric)
     u = K.row_uniforms(seed, stream, offset, x.shape[0])
     rows, phi = K.oversample(x, nearest, w, u, offset, ell)
+    if metric == "cosine":
+        rows[:, 3:] = K.normalize_rows(rows[:, 3:])
     return nearest, rows, phi
 
 
-def weights_chunk(x, offset: int, w, state, centers, *, base, n_candidates):
+def weights_chunk(x, offset: int, w, state, centers, *, base, n_candidates,
+                  metric="euclidean"):
     """One chunk's weight per candidate, as a (1, n_candidates) row."""
-    nearest = K.nearest_update(x, centers, base, state)
+    nearest = K.nearest_update(x, centers, base, state, metric)
     return K.candidate_weights(nearest, w, n_candidates)[None, :]
 
 
@@ -227,7 +254,8 @@ def _scalar_part(t, i):
 
 
 def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base: int,
-                       seed: int, stream: int, ell: float, split_every=None):
+                       seed: int, stream: int, ell: float, split_every=None,
+                       metric="euclidean"):
     """One k-means|| pass: update each row's nearest candidate, then oversample.
 
     ``state`` is the previous pass's per-row state for ``candidates[:base]``
@@ -245,6 +273,7 @@ def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base:
         partial(_with_offset, round_chunk), "i", *_row_args(X, sample_weight, state),
         centers_array(candidates), "kj", align_arrays=False, concatenate=True, dtype=object,
         meta=np.empty((0,), dtype=object), base=base, seed=seed, stream=stream, ell=ell,
+        metric=metric,
     )
     nb = X.numblocks[0]
     width = 3 + X.shape[1]
@@ -257,13 +286,14 @@ def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base:
 
 
 def candidate_weights(X, sample_weight, state, candidates: np.ndarray, *, base: int,
-                      n_candidates: int, split_every=None) -> da.Array:
+                      n_candidates: int, split_every=None, metric="euclidean") -> da.Array:
     """Total weight of the rows nearest to each candidate: a fixed-size tree sum."""
     parts = da.blockwise(
         partial(_with_offset, weights_chunk), "ip", *_row_args(X, sample_weight, state),
         centers_array(candidates), "kj", new_axes={"p": n_candidates},
         adjust_chunks={"i": 1}, align_arrays=False, concatenate=True, dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64), base=base, n_candidates=n_candidates,
+        metric=metric,
     )
     return parts.sum(axis=0, split_every=split_every)
 

@@ -72,7 +72,8 @@ def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:
     return check_init_array(init, n_clusters, X.shape[1], X.dtype)
 
 
-def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state) -> np.ndarray:
+def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state,
+                    metric: str = "euclidean") -> np.ndarray:
     """Exact greedy k-means++ on the driver; large dask input is sampled first.
 
     k-means++ is sequential (k passes), so it runs in memory on the driver. Dask
@@ -92,7 +93,7 @@ def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state) -> np.ndarr
             X, w = take_rows(X, idx, sample_weight)
         else:
             X, w = compute(X, sample_weight)
-    return K.kmeans_plusplus(X, n_clusters, random_state, w)
+    return K.kmeans_plusplus(X, n_clusters, random_state, w, metric=metric)
 
 
 def _first_center(passes: Passes, random_state, seed: int) -> np.ndarray:
@@ -114,6 +115,7 @@ def kmeans_parallel(
     init_rounds: int = 5,
     keep_state: bool = False,
     split_every: int | None = None,
+    metric: str = "euclidean",
 ) -> np.ndarray:
     """k-means|| (Bahmani et al., "Scalable K-Means++", VLDB 2012) on a dask array.
 
@@ -127,6 +129,9 @@ def kmeans_parallel(
     ``n_clusters`` centres. At most ``init_rounds + 2`` passes, and nothing
     larger than the candidate set reaches the driver.
 
+    With ``metric="cosine"`` distances are ``1 - cos`` and the candidates
+    are unit vectors.
+
     Each row's random draws depend only on the seed and its global index, so
     the result does not depend on the chunking or on the number of workers.
     With ``keep_state`` (persisted data), each row's nearest-candidate state
@@ -139,8 +144,10 @@ def kmeans_parallel(
     """
     ell = float(oversampling_factor) * n_clusters
     seed = int(random_state.randint(0, 2**62, dtype=np.int64))
-    passes = Passes(X, sample_weight, split_every=split_every, keep_state=keep_state)
-    candidates = [_first_center(passes, random_state, seed)]
+    passes = Passes(X, sample_weight, split_every=split_every, keep_state=keep_state,
+                    metric=metric)
+    first = _first_center(passes, random_state, seed)
+    candidates = [K.normalize_rows(first) if metric == "cosine" else first]
     n_cand, base = 1, 0
     for rnd in range(1, init_rounds + MAX_EXTRA_ROUNDS + 1):
         if rnd > init_rounds and n_cand >= n_clusters:
@@ -161,6 +168,6 @@ def kmeans_parallel(
         logger.debug("k-means|| round %d: cost %.6g, %d new candidates", rnd, phi, len(new))
     all_candidates = np.vstack(candidates)
     weights = passes.candidate_weights(all_candidates, base)
-    centers = K.kmeans_plusplus(all_candidates, n_clusters, random_state, weights)
-    return K.weighted_lloyd(all_candidates, weights, centers, REFINE_ITER)
+    centers = K.kmeans_plusplus(all_candidates, n_clusters, random_state, weights, metric=metric)
+    return K.weighted_lloyd(all_candidates, weights, centers, REFINE_ITER, metric)
 

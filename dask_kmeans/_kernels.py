@@ -28,16 +28,24 @@ class Partials(NamedTuple):
     sums: np.ndarray  # (k, d) float64, weighted sums of member rows
     counts: np.ndarray  # (k,) float64, total weight of members
     inertia: float  # weighted sum of squared distances to the nearest centre
+    n_zero: int = 0  # cosine only: rows of zero norm (left out of everything else)
+
+
+METRICS = ("euclidean", "cosine")
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts):
+def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     """Assign rows of ``x`` to the nearest centre and accumulate statistics.
 
     ``ct`` is ``c.T`` made contiguous. ``w`` has length 0 for unit weights.
     ``sums``/``counts`` have length 0 when only labels are wanted. ``labels``
     and ``mind`` are filled in place (they are fresh buffers owned by the
-    caller). Returns the weighted inertia.
+    caller). With ``cosine`` the centres are unit vectors, ``half_cnorm`` is
+    zero, and each row is divided by its norm on the fly: the distance is
+    ``1 - cos = |x/|x| - c|^2 / 2`` and the sums add unit rows. Rows of zero
+    norm get label -1 and distance NaN and are counted, not accumulated.
+    Returns the weighted inertia and the number of zero-norm rows.
     """
     n, d = x.shape
     k = c.shape[0]
@@ -45,6 +53,7 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts):
     weighted = w.shape[0] > 0
     buf = np.empty((BLOCK_ROWS, k), dtype=x.dtype)
     inertia = 0.0
+    n_zero = 0
     for start in range(0, n, BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, n)
         m = stop - start
@@ -52,6 +61,17 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts):
         db = buf[:m]
         np.dot(xb, ct, db)
         for i in range(m):
+            scale = 1.0
+            if cosine:
+                norm = 0.0
+                for f in range(d):
+                    norm += np.float64(xb[i, f]) * np.float64(xb[i, f])
+                if norm == 0.0:
+                    n_zero += 1
+                    labels[start + i] = -1
+                    mind[start + i] = np.nan
+                    continue
+                scale = 1.0 / np.sqrt(norm)
             best = 0
             best_val = db[i, 0] - half_cnorm[0]
             for j in range(1, k):
@@ -63,24 +83,30 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts):
             # badly when points sit close to their centre.
             dist = 0.0
             for f in range(d):
-                diff = np.float64(xb[i, f]) - np.float64(c[best, f])
+                diff = np.float64(xb[i, f]) * scale - np.float64(c[best, f])
                 dist += diff * diff
+            if cosine:
+                dist *= 0.5
             wi = w[start + i] if weighted else 1.0
             labels[start + i] = best
             mind[start + i] = dist
             inertia += wi * dist
             if want_stats:
                 counts[best] += wi
+                ws = wi * scale
                 for f in range(d):
-                    sums[best, f] += wi * xb[i, f]
-    return inertia
+                    sums[best, f] += ws * xb[i, f]
+    return inertia, n_zero
 
 
-def _prepare(x: np.ndarray, centers: np.ndarray):
+def _prepare(x: np.ndarray, centers: np.ndarray, metric: str):
     x = np.ascontiguousarray(x)
     c = np.ascontiguousarray(centers, dtype=x.dtype)
     ct = np.ascontiguousarray(c.T)
-    half_cnorm = 0.5 * np.einsum("ij,ij->i", c, c, dtype=np.float64).astype(x.dtype)
+    if metric == "cosine":
+        half_cnorm = np.zeros(c.shape[0], dtype=x.dtype)
+    else:
+        half_cnorm = 0.5 * np.einsum("ij,ij->i", c, c, dtype=np.float64).astype(x.dtype)
     return x, c, ct, half_cnorm
 
 
@@ -91,7 +117,8 @@ def _weights(sample_weight: np.ndarray | None) -> np.ndarray:
 
 
 def lloyd_partials(
-    x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None = None
+    x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None = None,
+    metric: str = "euclidean",
 ) -> Partials:
     """Per-cluster weighted sums, counts and inertia of one chunk.
 
@@ -100,7 +127,11 @@ def lloyd_partials(
     x : ndarray of shape (n_samples, n_features)
         float32 or float64 rows.
     centers : ndarray of shape (n_clusters, n_features)
+        Unit vectors for ``metric="cosine"``.
     sample_weight : ndarray of shape (n_samples,), optional
+    metric : {"euclidean", "cosine"}
+        For "cosine" the sums add rows divided by their norm and the inertia
+        sums ``1 - cos``.
 
     Returns
     -------
@@ -108,47 +139,61 @@ def lloyd_partials(
         ``sums`` of shape (n_clusters, n_features) and ``counts`` of shape
         (n_clusters,), both float64, and the float ``inertia``.
     """
-    x, c, ct, half = _prepare(x, centers)
+    x, c, ct, half = _prepare(x, centers, metric)
     n = x.shape[0]
     k, d = c.shape
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
     labels = np.empty(n, dtype=np.int32)
     mind = np.empty(n, dtype=np.float64)
-    inertia = _fused_pass(x, ct, c, half, _weights(sample_weight), labels, mind, sums, counts)
-    return Partials(sums, counts, float(inertia))
+    inertia, n_zero = _fused_pass(x, ct, c, half, _weights(sample_weight), labels, mind, sums,
+                                  counts, metric == "cosine")
+    return Partials(sums, counts, float(inertia), int(n_zero))
 
 
 def assign(
-    x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None = None
+    x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None = None,
+    metric: str = "euclidean",
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Nearest centre of every row.
 
     Returns
     -------
     labels : ndarray of shape (n_samples,), int32
+        -1 for zero-norm rows with ``metric="cosine"``.
     sq_dist : ndarray of shape (n_samples,), float64
-        Exact squared distance of each row to its centre.
+        Exact squared distance of each row to its centre (``1 - cos`` for
+        "cosine"; NaN for zero-norm rows).
     inertia : float
-        ``sum(sample_weight * sq_dist)``.
+        ``sum(sample_weight * sq_dist)`` (over rows of non-zero norm).
     """
-    x, c, ct, half = _prepare(x, centers)
+    x, c, ct, half = _prepare(x, centers, metric)
     n = x.shape[0]
     labels = np.empty(n, dtype=np.int32)
     mind = np.empty(n, dtype=np.float64)
     empty_sums = np.empty((0, 0), dtype=np.float64)
     empty_counts = np.empty(0, dtype=np.float64)
-    inertia = _fused_pass(
-        x, ct, c, half, _weights(sample_weight), labels, mind, empty_sums, empty_counts
+    inertia, _ = _fused_pass(
+        x, ct, c, half, _weights(sample_weight), labels, mind, empty_sums, empty_counts,
+        metric == "cosine",
     )
     return labels, mind, float(inertia)
 
 
-def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances of every row to every centre.
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their Euclidean norm (zero rows stay zero); a new array."""
+    x = np.asarray(x)
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    return (x / np.where(norm > 0, norm, 1.0)[:, None]).astype(x.dtype, copy=False)
+
+
+def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
+                          metric: str = "euclidean") -> np.ndarray:
+    """Distances of every row to every centre: squared Euclidean, or ``1 - cos``.
 
     Computed block by block with BLAS so temporaries stay bounded; clipped at
-    zero because the expanded form can go slightly negative.
+    zero because the expanded form can go slightly negative. For "cosine"
+    the centres must be unit vectors; rows are normalised block by block.
 
     Returns
     -------
@@ -162,22 +207,37 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     for s in range(0, x.shape[0], step):
         xb = x[s : s + step]
         block = out[s : s + step]
-        np.dot(xb, c.T, out=block)
-        block *= -2
-        block += cnorm
-        block += np.einsum("ij,ij->i", xb, xb)[:, None]
+        if metric == "cosine":
+            np.dot(normalize_rows(xb), c.T, out=block)
+            np.subtract(1, block, out=block)
+        else:
+            np.dot(xb, c.T, out=block)
+            block *= -2
+            block += cnorm
+            block += np.einsum("ij,ij->i", xb, xb)[:, None]
         np.maximum(block, 0, out=block)
     return out
 
 
-def moments(x: np.ndarray) -> np.ndarray:
+def zero_norm_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:
+    """Global indices of the first ``limit`` rows of zero norm in a chunk, as int64."""
+    x = np.asarray(x)
+    zero = np.flatnonzero(~np.any(x != 0, axis=1))[:limit]
+    return (zero + offset).astype(np.int64)
+
+
+def moments(x: np.ndarray, metric: str = "euclidean") -> np.ndarray:
     """Unweighted row count, per-feature sums and sums of squares, in float64.
+
+    For "cosine", of the rows divided by their norms (the space the centres live in).
 
     Returns
     -------
     ndarray of shape (1 + 2 * n_features,)
     """
     x64 = np.asarray(x, dtype=np.float64)
+    if metric == "cosine":
+        x64 = normalize_rows(x64)
     return np.concatenate([[x64.shape[0]], x64.sum(axis=0), np.einsum("ij,ij->j", x64, x64)])
 
 
@@ -187,6 +247,7 @@ def farthest(
     sample_weight: np.ndarray | None,
     n_far: int,
     offset: int,
+    metric: str = "euclidean",
 ) -> np.ndarray:
     """The ``n_far`` rows of a chunk farthest from their nearest centre.
 
@@ -197,9 +258,11 @@ def farthest(
     Returns
     -------
     ndarray of shape (m, 4 + n_features), float64, m <= n_far
-        Columns: squared distance, global row index, label, weight, then the row.
+        Columns: distance, global row index, label, weight, then the row
+        (normalised for "cosine"). Zero-norm rows are never candidates.
     """
-    labels, mind, _ = assign(x, centers)
+    labels, mind, _ = assign(x, centers, metric=metric)
+    mind = np.where(np.isnan(mind), -np.inf, mind)
     m = min(n_far, x.shape[0])
     if m == 0:
         return np.empty((0, 4 + x.shape[1]), dtype=np.float64)
@@ -211,7 +274,9 @@ def farthest(
     out[:, 2] = labels[idx]
     out[:, 3] = w
     out[:, 4:] = np.asarray(x)[idx]
-    return out
+    if metric == "cosine":
+        out[:, 4:] = normalize_rows(out[:, 4:])
+    return out[np.isfinite(out[:, 0])]
 
 
 def relocate_empty(
@@ -244,19 +309,25 @@ def relocate_empty(
     return sums, counts
 
 
-def finalize_centers(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """New centres: weighted means, in the dtype of ``previous``.
+def finalize_centers(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray,
+                     metric: str = "euclidean") -> np.ndarray:
+    """New centres: weighted means (normalised for "cosine"), in the dtype of ``previous``.
 
     A cluster that is still empty (only possible when there are fewer rows
-    with positive weight than clusters) keeps its previous centre.
+    with positive weight than clusters) keeps its previous centre; so does a
+    cosine cluster whose members' directions cancel exactly.
 
     Returns
     -------
     ndarray of shape (n_clusters, n_features)
     """
     empty = counts <= 0
-    safe = np.where(empty, 1.0, counts)
-    new = sums / safe[:, None]
+    if metric == "cosine":
+        norm = np.sqrt(np.einsum("ij,ij->i", sums, sums))
+        empty |= norm == 0
+        new = sums / np.where(empty, 1.0, norm)[:, None]
+    else:
+        new = sums / np.where(empty, 1.0, counts)[:, None]
     new[empty] = previous[empty]
     return new.astype(previous.dtype, copy=False)
 
@@ -288,7 +359,8 @@ class Nearest(NamedTuple):
 
 
 def nearest_update(
-    x: np.ndarray, candidates: np.ndarray, base: int, previous: Nearest | None = None
+    x: np.ndarray, candidates: np.ndarray, base: int, previous: Nearest | None = None,
+    metric: str = "euclidean",
 ) -> Nearest:
     """Nearest candidate of every row once ``candidates[base:]`` join the candidates.
 
@@ -303,8 +375,10 @@ def nearest_update(
     new = candidates[base:]
     if previous is not None and new.shape[0] == 0:
         return previous
-    labels, sq, _ = assign(x, new)
-    index = labels.astype(np.int64) + base
+    labels, sq, _ = assign(x, new, metric=metric)
+    # Zero-norm rows (cosine) are nobody's: distance 0 keeps them out of sampling.
+    sq = np.nan_to_num(sq, nan=0.0)
+    index = np.maximum(labels, 0).astype(np.int64) + base
     if previous is None:
         return Nearest(sq, index)
     closer = sq < previous.sq_dist
@@ -379,18 +453,20 @@ def kmeans_plusplus(
     random_state: np.random.RandomState,
     sample_weight: np.ndarray | None = None,
     n_local_trials: int | None = None,
+    metric: str = "euclidean",
 ) -> np.ndarray:
     """Greedy weighted k-means++ (Arthur and Vassilvitskii, with local trials).
 
     Each step draws ``n_local_trials`` rows with probability proportional to
     ``w * d^2`` and keeps the one that lowers the total cost most, as
-    scikit-learn does. Rows with zero weight are never chosen.
+    scikit-learn does. Rows with zero weight are never chosen. For "cosine"
+    the rows are normalised first and ``d^2`` is ``1 - cos``.
 
     Returns
     -------
     ndarray of shape (n_clusters, n_features), dtype of ``x``
     """
-    x = np.asarray(x)
+    x = normalize_rows(x) if metric == "cosine" else np.asarray(x)
     n = x.shape[0]
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if n_local_trials is None:
@@ -398,7 +474,7 @@ def kmeans_plusplus(
     centers = np.empty((n_clusters, x.shape[1]), dtype=x.dtype)
     first = random_state.choice(n, p=w / w.sum())
     centers[0] = x[first]
-    closest = pairwise_sq_distances(x, x[first : first + 1])[:, 0].astype(np.float64)
+    closest = pairwise_sq_distances(x, x[first : first + 1], metric)[:, 0].astype(np.float64)
     pot = float(np.dot(w, closest))
     for c in range(1, n_clusters):
         if pot <= 0:
@@ -409,7 +485,7 @@ def kmeans_plusplus(
         draws = random_state.uniform(size=n_local_trials) * pot
         trial = np.searchsorted(np.cumsum(w * closest), draws)
         np.clip(trial, 0, n - 1, out=trial)
-        d_trial = pairwise_sq_distances(x, x[trial]).T.astype(np.float64)
+        d_trial = pairwise_sq_distances(x, x[trial], metric).T.astype(np.float64)
         np.minimum(closest, d_trial, out=d_trial)
         pots = d_trial @ w
         best = int(np.argmin(pots))
@@ -420,7 +496,8 @@ def kmeans_plusplus(
 
 
 def weighted_lloyd(
-    x: np.ndarray, sample_weight: np.ndarray, centers: np.ndarray, n_iter: int
+    x: np.ndarray, sample_weight: np.ndarray, centers: np.ndarray, n_iter: int,
+    metric: str = "euclidean",
 ) -> np.ndarray:
     """A few in-memory weighted Lloyd steps (refines k-means|| on its candidates).
 
@@ -429,8 +506,8 @@ def weighted_lloyd(
     ndarray of shape (n_clusters, n_features)
     """
     for _ in range(n_iter):
-        p = lloyd_partials(x, centers, sample_weight)
-        new = finalize_centers(p.sums, p.counts, centers)
+        p = lloyd_partials(x, centers, sample_weight, metric)
+        new = finalize_centers(p.sums, p.counts, centers, metric)
         if np.array_equal(new, centers):
             break
         centers = new

@@ -39,6 +39,17 @@ def _check_finite(inertia: float) -> None:
         )
 
 
+def raise_zero_norm(X, n_zero: int):
+    """Raise the error for rows of zero norm under ``metric="cosine"``, saying where they are."""
+    (where,) = compute(G.zero_norm_rows(X))
+    rows = ", ".join(str(int(r)) for r in np.sort(where)[:5])
+    more = ", ..." if n_zero > 5 else ""
+    raise ValueError(
+        f"{n_zero} row(s) of X have zero norm (rows {rows}{more}); metric='cosine' gives them "
+        "no direction. Drop them first (dask_kmeans.open_parquet(..., missing='drop', "
+        "drop_zero_norm=True) does) or use metric='euclidean'.")
+
+
 def lloyd(
     X,
     sample_weight,
@@ -48,33 +59,38 @@ def lloyd(
     tol: float,
     split_every: int | None = None,
     verbose: bool = False,
+    metric: str = "euclidean",
 ) -> LloydResult:
     """Run Lloyd iterations on a row-chunked dask array from ``centers``.
 
     Each iteration is exactly one ``compute`` of one map-reduce, except an
     iteration in which a cluster empties: that one makes a second, smaller
-    pass to find the rows farthest from their centres.
+    pass to find the rows farthest from their centres. With
+    ``metric="cosine"`` (spherical k-means) the centres are unit vectors.
     """
     k, d = centers.shape
     dtype = centers.dtype
     tol_abs = 0.0
     converged = False
     n_iter = 0
-    passes = Passes(X, sample_weight, split_every=split_every)
+    passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
     for it in range(max_iter):
         t0 = time.perf_counter()
         with_moments = it == 0 and tol > 0
         packed = passes.lloyd(centers, with_moments)
         partials, mom = G.unpack(packed, k, d, with_moments)
         _check_finite(partials.inertia)
+        if partials.n_zero:
+            raise_zero_norm(X, partials.n_zero)
         if with_moments:
             tol_abs = tolerance_from_moments(mom, tol)
         sums, counts = partials.sums, partials.counts
         n_empty = int(np.count_nonzero(counts == 0))
         if n_empty:
-            (cand,) = compute(G.farthest(X, G.centers_array(centers), sample_weight, n_empty))
+            (cand,) = compute(G.farthest(X, G.centers_array(centers), sample_weight, n_empty,
+                                         metric))
             sums, counts = K.relocate_empty(sums, counts, cand)
-        new_centers = K.finalize_centers(sums, counts, centers)
+        new_centers = K.finalize_centers(sums, counts, centers, metric)
         shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
         centers = new_centers
         n_iter = it + 1

@@ -40,8 +40,10 @@ class Passes:
         between passes (for data held in memory).
     """
 
-    def __init__(self, X, sample_weight=None, *, split_every=None, keep_state=False):
+    def __init__(self, X, sample_weight=None, *, split_every=None, keep_state=False,
+                 metric="euclidean"):
         self.X = X
+        self.metric = metric
         self.sample_weight = sample_weight
         self.split_every = split_every
         self.keep_state = keep_state
@@ -83,10 +85,11 @@ class Passes:
         """Summed Lloyd partials against ``centers`` (see ``_graph.unpack``)."""
         if not self.on_futures:
             graph = G.lloyd_partials(self.X, G.centers_array(centers), self.sample_weight,
-                                     split_every=self.split_every, with_moments=with_moments)
+                                     split_every=self.split_every, with_moments=with_moments,
+                                     metric=self.metric)
             return compute(graph)[0]
         parts = self._map(G.packed_chunk, self._centers_arg(centers), self._wf,
-                          with_moments=with_moments)
+                          with_moments=with_moments, metric=self.metric)
         return tree_sum(self._client, parts, self.split_every).ravel()
 
     def oversample(self, candidates: np.ndarray, base: int, *,
@@ -97,7 +100,7 @@ class Passes:
         the ones added since the previous pass; otherwise with all of them.
         """
         base = base if self.keep_state else 0
-        kw = dict(base=base, seed=seed, stream=stream, ell=ell)
+        kw = dict(base=base, seed=seed, stream=stream, ell=ell, metric=self.metric)
         if not self.on_futures:
             state, rows, phi = G.oversampling_round(
                 self.X, self.sample_weight, self._state, candidates,
@@ -121,7 +124,7 @@ class Passes:
     def candidate_weights(self, candidates: np.ndarray, base: int) -> np.ndarray:
         """Total weight of the rows nearest to each candidate, shape (n_candidates,)."""
         base = base if self.keep_state else 0
-        kw = dict(base=base, n_candidates=len(candidates))
+        kw = dict(base=base, n_candidates=len(candidates), metric=self.metric)
         if not self.on_futures:
             graph = G.candidate_weights(self.X, self.sample_weight, self._state, candidates,
                                         split_every=self.split_every, **kw)

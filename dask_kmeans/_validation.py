@@ -46,6 +46,8 @@ def check_params(est) -> None:
              "split_every", est.split_every, "None or an int >= 2")
     _require(est.persist in ("auto", True, False), "persist", est.persist,
              "'auto', True or False")
+    _require(est.metric in ("euclidean", "cosine"), "metric", est.metric,
+             "'euclidean' or 'cosine'")
 
 
 def is_lazy(X) -> bool:

@@ -70,6 +70,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         For dask input: hold the data in the cluster's memory between passes.
         "auto" persists when it fits in half of the cluster's memory;
         otherwise every pass re-reads the source chunk by chunk.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        "cosine" is spherical k-means, for direction-only data such as text
+        embeddings: rows are divided by their norm on the fly inside the
+        chunk kernel (no normalised copy), each row goes to the centre of
+        largest ``x . c``, each centre is the normalised mean of its members
+        (a unit vector), ``inertia_`` sums ``1 - cos`` and ``transform``
+        returns cosine distances. Rows of zero norm are an error. The
+        initialisations sample by cosine distance.
     verbose : bool or int, default=False
         Log one line per iteration to the ``dask_kmeans`` logger (a stderr
         handler is added when logging is not configured).
@@ -116,6 +124,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         split_every: int | None = None,
         persist: Literal["auto"] | bool = "auto",
         verbose: bool | int = False,
+        metric: Literal["euclidean", "cosine"] = "euclidean",
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -128,6 +137,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.split_every = split_every
         self.persist = persist
         self.verbose = verbose
+        self.metric = metric
 
     # -- fitting -----------------------------------------------------------------
 
@@ -146,16 +156,19 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _initial_centers(self, data, random_state) -> np.ndarray:
         (X, w), (Xd, wd), in_memory = data
         if not isinstance(self.init, str):
-            return _init.user_centers(self.init, X, self.n_clusters, random_state)
-        if self.init == "k-means||":
-            return _init.kmeans_parallel(
+            centers = _init.user_centers(self.init, X, self.n_clusters, random_state)
+        elif self.init == "k-means||":
+            centers = _init.kmeans_parallel(
                 Xd, wd, self.n_clusters, random_state,
                 oversampling_factor=self.oversampling_factor, init_rounds=self.init_rounds,
                 keep_state=R.keep_row_state(Xd.shape[0], in_memory),
-                split_every=self.split_every)
-        if self.init == "k-means++":
-            return _init.kmeans_plusplus(X, w, self.n_clusters, random_state)
-        return _init.random_rows(X, w, self.n_clusters, random_state)
+                split_every=self.split_every, metric=self.metric)
+        elif self.init == "k-means++":
+            centers = _init.kmeans_plusplus(X, w, self.n_clusters, random_state, self.metric)
+        else:
+            centers = _init.random_rows(X, w, self.n_clusters, random_state)
+        # Spherical k-means keeps unit centres from the start.
+        return K.normalize_rows(centers) if self.metric == "cosine" else centers
 
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering.
@@ -197,9 +210,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         for _ in range(n_init):
             centers0 = self._initial_centers(data, random_state)
             result = _lloyd.lloyd(Xd, wd, centers0, max_iter=self.max_iter, tol=self.tol,
-                                  split_every=self.split_every, verbose=bool(self.verbose))
+                                  split_every=self.split_every, verbose=bool(self.verbose),
+                                  metric=self.metric)
             labels, _, inertia = G.assignment(Xd, G.centers_array(result.centers), wd,
-                                              split_every=self.split_every)
+                                              split_every=self.split_every, metric=self.metric)
             if not lazy:
                 labels, inertia = R.compute(labels, inertia)
             elif persisted:
@@ -260,7 +274,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             A ``ParquetSource`` (``dask_kmeans.open_parquet``) is matched to the
             fitted feature names by name, whatever the column order.
         return_distance : bool, default=False
-            Also return the Euclidean distance of each row to its centre.
+            Also return the distance of each row to its centre (Euclidean, or
+            ``1 - cos`` for ``metric="cosine"``).
 
         Returns
         -------
@@ -270,14 +285,18 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             Only with ``return_distance=True``.
         """
         Xv = self._validated(X)
+        cosine = self.metric == "cosine"
         if isinstance(Xv, da.Array):
-            labels, sq, _ = G.assignment(Xv, G.centers_array(self.cluster_centers_))
-            return (labels, da.sqrt(sq)) if return_distance else labels
-        labels, sq, _ = K.assign(Xv, self.cluster_centers_)
-        return (labels, np.sqrt(sq)) if return_distance else labels
+            labels, sq, _ = G.assignment(Xv, G.centers_array(self.cluster_centers_),
+                                         metric=self.metric)
+            return (labels, sq if cosine else da.sqrt(sq)) if return_distance else labels
+        labels, sq, _ = K.assign(Xv, self.cluster_centers_, metric=self.metric)
+        if cosine and np.any(labels < 0):
+            _lloyd.raise_zero_norm(da.from_array(Xv), int(np.sum(labels < 0)))
+        return (labels, sq if cosine else np.sqrt(sq)) if return_distance else labels
 
     def transform(self, X):
-        """Euclidean distance of every row to every centre.
+        """Distance of every row to every centre: Euclidean, or ``1 - cos`` for "cosine".
 
         Returns
         -------
@@ -285,8 +304,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         Xv = self._validated(X)
         if isinstance(Xv, da.Array):
-            return G.distances(Xv, G.centers_array(self.cluster_centers_))
-        return np.sqrt(K.pairwise_sq_distances(Xv, self.cluster_centers_))
+            return G.distances(Xv, G.centers_array(self.cluster_centers_), metric=self.metric)
+        return G.transform_chunk(Xv, self.cluster_centers_, metric=self.metric)
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the (weighted) inertia of ``X`` against the fitted centres.
@@ -299,10 +318,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         weights = V.check_sample_weight(sample_weight, Xv)
         if isinstance(Xv, da.Array):
             _, _, inertia = G.assignment(Xv, G.centers_array(self.cluster_centers_), weights,
-                                         split_every=self.split_every)
+                                         split_every=self.split_every, metric=self.metric)
             (inertia,) = R.compute(inertia)
             return -float(inertia)
-        return -K.assign(Xv, self.cluster_centers_, weights)[2]
+        return -K.assign(Xv, self.cluster_centers_, weights, self.metric)[2]
 
     # -- model files -------------------------------------------------------------
 
@@ -369,6 +388,7 @@ def kmeans_parallel_init(
     oversampling_factor: float = 2.0,
     init_rounds: int = 5,
     random_state=None,
+    metric: Literal["euclidean", "cosine"] = "euclidean",
 ) -> np.ndarray:
     """Initial centres by k-means|| (scalable k-means++), for any KMeans-like use.
 
@@ -383,6 +403,8 @@ def kmeans_parallel_init(
     init_rounds : int, default=5
     random_state : int, RandomState instance or None
         The same seed gives the same centres for any chunking.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        Sample by squared Euclidean or by cosine distance (unit centres).
 
     Returns
     -------
@@ -397,7 +419,8 @@ def kmeans_parallel_init(
     >>> sorted(C[:, 0].tolist())
     [0.0, 10.0]
     """
-    est = KMeans(n_clusters, oversampling_factor=oversampling_factor, init_rounds=init_rounds)
+    est = KMeans(n_clusters, oversampling_factor=oversampling_factor, init_rounds=init_rounds,
+                 metric=metric)
     V.check_params(est)
     Xv = V.check_X(est, X, reset=True)
     if Xv.shape[0] < n_clusters:
@@ -410,7 +433,8 @@ def kmeans_parallel_init(
     return _init.kmeans_parallel(Xd, wd, n_clusters, check_random_state(random_state),
                                  oversampling_factor=oversampling_factor,
                                  init_rounds=init_rounds,
-                                 keep_state=R.keep_row_state(Xd.shape[0], in_memory, client))
+                                 keep_state=R.keep_row_state(Xd.shape[0], in_memory, client),
+                                 metric=metric)
 
 
 def load(url: str, *, storage_options=None) -> KMeans:

@@ -408,17 +408,26 @@ def _to_matrix(table: pa.Table, columns: Sequence[str], dtype: np.dtype) -> np.n
     return out
 
 
+def _usable_rows(X: np.ndarray, drop_zero_norm: bool) -> np.ndarray:
+    """Rows with only finite values (and, with ``drop_zero_norm``, not all zero)."""
+    keep = np.isfinite(X).all(axis=1)
+    if drop_zero_norm:
+        keep &= np.any(X != 0, axis=1)
+    return keep
+
+
 def _finite_mask(X: np.ndarray, columns: Sequence[str], part_url: str,
-                 missing: str) -> np.ndarray | None:
-    """None when every value is finite; raise for ``missing="error"``; else the rows to keep."""
+                 missing: str, drop_zero_norm: bool = False) -> np.ndarray | None:
+    """None when every row is usable; raise for ``missing="error"``; else the rows to keep."""
     bad = ~np.isfinite(X)
-    if not bad.any():
-        return None
     if missing == "error":
+        if not bad.any():
+            return None
         per_column = bad.sum(axis=0)
         counts = {c: int(n) for c, n in zip(columns, per_column, strict=True) if n}
         raise ValueError(_missing_message(counts, part_url, "NaN, inf or null"))
-    return ~bad.any(axis=1)
+    keep = _usable_rows(X, drop_zero_norm)
+    return None if keep.all() else keep
 
 
 def _check_rows(n: int, part: _Part) -> None:
@@ -428,12 +437,13 @@ def _check_rows(n: int, part: _Part) -> None:
 
 
 def _load_features(parts: np.ndarray, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-                   columns: Sequence[str], out_dtype: np.dtype, missing: str) -> np.ndarray:
+                   columns: Sequence[str], out_dtype: np.dtype, missing: str,
+                   drop_zero_norm: bool = False) -> np.ndarray:
     """The chunk of one part: ndarray of shape (n_rows_of_part, len(columns))."""
     (part,) = parts
     table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
     X = _to_matrix(table, columns, out_dtype)
-    keep = _finite_mask(X, columns, part.url, missing)
+    keep = _finite_mask(X, columns, part.url, missing, drop_zero_norm)
     if keep is not None:
         X = X[keep]
     _check_rows(X.shape[0], part)
@@ -441,21 +451,23 @@ def _load_features(parts: np.ndarray, *, filesystem: pafs.FileSystem, schema: pa
 
 
 def _count_valid(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-                 columns: Sequence[str], out_dtype: np.dtype) -> int:
+                 columns: Sequence[str], out_dtype: np.dtype,
+                 drop_zero_norm: bool = False) -> int:
     table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
     X = _to_matrix(table, columns, out_dtype)
-    return int(np.isfinite(X).all(axis=1).sum())
+    return int(_usable_rows(X, drop_zero_norm).sum())
 
 
 def _load_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                key_columns: Sequence[str], feature_columns: Sequence[str],
-               out_dtype: np.dtype, missing: str) -> pd.DataFrame:
+               out_dtype: np.dtype, missing: str,
+               drop_zero_norm: bool = False) -> pd.DataFrame:
     """The key columns of one part, indexed by row number in the dataset."""
     if missing == "drop":
         needed = list(dict.fromkeys([*key_columns, *feature_columns]))
         table = _read_part(part, filesystem=filesystem, schema=schema, columns=needed)
         X = _to_matrix(table, feature_columns, out_dtype)
-        keep = np.isfinite(X).all(axis=1)
+        keep = _usable_rows(X, drop_zero_norm)
         table = table.select(list(key_columns)).filter(pa.array(keep))
         index = pd.Index(part.offset + np.flatnonzero(keep), dtype=np.int64)
     else:
@@ -578,7 +590,8 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                  dtype: str | np.dtype | type = "float64",
                  storage_options: Mapping[str, Any] | None = None,
                  missing: MissingPolicy = "error",
-                 key_columns: str | Sequence[str] | None = None) -> ParquetSource:
+                 key_columns: str | Sequence[str] | None = None,
+                 drop_zero_norm: bool = False) -> ParquetSource:
     """Open Parquet data on any fsspec URL as a lazily read, row-chunked dask array.
 
     Only the listing and the Parquet footers are read here (plus, for
@@ -614,6 +627,9 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     key_columns : str or list of str, optional
         Columns to carry alongside the features (identifiers for the output of
         :func:`write_labels`); any type, partition columns included.
+    drop_zero_norm : bool, default=False
+        With ``missing="drop"``, also drop rows whose features are all zero
+        (they have no direction for ``KMeans(metric="cosine")``).
 
     Returns
     -------
@@ -647,6 +663,9 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     """
     dtype = _check_dtype(dtype)
     missing = _check_missing(missing)
+    if drop_zero_norm and missing != "drop":
+        raise ValueError("drop_zero_norm=True drops rows, so it needs missing='drop'.")
+    drop_zero_norm = bool(drop_zero_norm)
     columns = _as_name_list(columns, "columns")
     keys = _as_name_list(key_columns, "key_columns") or []
     loc = _resolve(url, storage_options)
@@ -692,7 +711,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     fingerprint = {"url": loc.url,
                    "parts": [_fingerprint_entry(u, infos[p])
                              for u, p in zip(part_urls, paths, strict=True)]}
-    token = tokenize(fingerprint, feature_names, keys, dtype.str, missing)
+    token = tokenize(fingerprint, feature_names, keys, dtype.str, missing, drop_zero_norm)
     common = {"filesystem": filesystem, "schema": read_schema}
 
     offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(int).tolist()
@@ -701,6 +720,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                                                     strict=True))]
     if missing == "drop":
         counts = [dask.delayed(_count_valid)(part, columns=feature_names, out_dtype=dtype,
+                                             drop_zero_norm=drop_zero_norm,
                                              dask_key_name=f"count-valid-{token}-{i}", **common)
                   for i, part in enumerate(parts)]
         rows = list(dask.compute(*counts))
@@ -717,7 +737,8 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     features = da.from_array(part_array, chunks=1, name=f"parquet-parts-{token}").map_blocks(
         _load_features, chunks=(tuple(rows), (d,)), new_axis=1, dtype=dtype,
         meta=np.empty((0, d), dtype=dtype), name=f"read-parquet-{token}",
-        columns=feature_names, out_dtype=dtype, missing=missing, **common)
+        columns=feature_names, out_dtype=dtype, missing=missing,
+        drop_zero_norm=drop_zero_norm, **common)
 
     key_frame = None
     if keys:
@@ -726,7 +747,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         key_frame = dd.from_map(_load_keys, parts, meta=meta, label="read-parquet-keys",
                                 key_columns=keys, feature_columns=feature_names,
                                 out_dtype=dtype, missing=missing, enforce_metadata=False,
-                                **common)
+                                drop_zero_norm=drop_zero_norm, **common)
     return ParquetSource(features=features, feature_names=feature_names, keys=key_frame,
                          key_columns=keys, url=loc.url, parts=part_urls,
                          fingerprint=fingerprint, missing=missing, location=loc,

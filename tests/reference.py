@@ -70,3 +70,49 @@ def lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
             break
     labels, _, inertia = assign(X, C, w)
     return C, labels, inertia, n_iter
+
+
+def spherical_lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
+    """Spherical k-means (cosine), float64: returns (centers, labels, inertia, n_iter).
+
+    Rows are divided by their norms; each row goes to the centre of largest
+    cosine; each centre is the normalised weighted sum of its unit rows; the
+    inertia sums ``w * (1 - cos)``; empty clusters take the rows of largest
+    ``1 - cos`` (lower index first on ties); tol is relative to the mean
+    variance of the unit rows.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+    tol_abs = float(np.mean(np.var(U, axis=0)) * tol)
+    C = np.array(C0, dtype=np.float64)
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    n_iter = 0
+    for it in range(max_iter):
+        cos = U @ C.T
+        labels = cos.argmax(axis=1)
+        dist = 1 - cos[np.arange(len(U)), labels]
+        sums = np.zeros_like(C)
+        counts = np.zeros(len(C))
+        for j in range(len(C)):
+            sums[j] = (w[labels == j, None] * U[labels == j]).sum(axis=0)
+            counts[j] = w[labels == j].sum()
+        order = np.lexsort((np.arange(len(U)), -dist))
+        for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
+            sums[labels[far]] -= w[far] * U[far]
+            counts[labels[far]] -= w[far]
+            sums[j] = w[far] * U[far]
+            counts[j] = w[far]
+        new = C.copy()
+        norm = np.linalg.norm(sums, axis=1)
+        ok = (counts > 0) & (norm > 0)
+        new[ok] = sums[ok] / norm[ok, None]
+        shift = float(((new - C) ** 2).sum())
+        C = new
+        n_iter = it + 1
+        if shift <= tol_abs:
+            break
+    cos = U @ C.T
+    labels = cos.argmax(axis=1)
+    inertia = float(np.sum(w * (1 - cos[np.arange(len(U)), labels])))
+    return C, labels, inertia, n_iter
