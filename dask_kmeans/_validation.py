@@ -48,6 +48,8 @@ def check_params(est) -> None:
              "'auto', True or False")
     _require(est.metric in ("euclidean", "cosine"), "metric", est.metric,
              "'euclidean' or 'cosine'")
+    _require(isinstance(est.standardize, bool | np.bool_), "standardize", est.standardize,
+             "True or False")
 
 
 def is_lazy(X) -> bool:

@@ -78,6 +78,15 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (a unit vector), ``inertia_`` sums ``1 - cos`` and ``transform``
         returns cosine distances. Rows of zero norm are an error. The
         initialisations sample by cosine distance.
+    standardize : bool, default=False
+        Cluster standardised features, ``(x - mean) / std`` with the mean and
+        (population) standard deviation of each feature from one pass over the
+        data (weighted by ``sample_weight``). The scaling is applied to each
+        chunk as it is read, so no scaled copy of the data is kept beyond what
+        ``persist`` holds. ``cluster_centers_`` are reported in the original
+        units; ``inertia_``, ``transform`` and ``score`` are in standardised
+        units, as with a ``StandardScaler`` + ``KMeans`` pipeline. Needed
+        when features have different units (age against income).
     verbose : bool or int, default=False
         Log one line per iteration to the ``dask_kmeans`` logger (a stderr
         handler is added when logging is not configured).
@@ -93,6 +102,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     n_iter_ : int
         Lloyd iterations of the kept run.
     n_features_in_ : int
+    feature_mean_, feature_scale_ : ndarray of shape (n_features_in_,)
+        With ``standardize=True``: the mean and standard deviation used (a
+        feature with zero variance gets scale 1).
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Only for DataFrame input with string column names.
 
@@ -125,6 +137,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         persist: Literal["auto"] | bool = "auto",
         verbose: bool | int = False,
         metric: Literal["euclidean", "cosine"] = "euclidean",
+        standardize: bool = False,
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -138,6 +151,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.persist = persist
         self.verbose = verbose
         self.metric = metric
+        self.standardize = standardize
 
     # -- fitting -----------------------------------------------------------------
 
@@ -157,6 +171,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (X, w), (Xd, wd), in_memory = data
         if not isinstance(self.init, str):
             centers = _init.user_centers(self.init, X, self.n_clusters, random_state)
+            # Given in original units; the fit works in standardised ones.
+            centers = self._working_centers(centers)
         elif self.init == "k-means||":
             centers = _init.kmeans_parallel(
                 Xd, wd, self.n_clusters, random_state,
@@ -196,16 +212,22 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         weights = V.check_sample_weight(sample_weight, Xv)
         random_state = check_random_state(self.random_state)
         n_init = self._n_init()
+        persist = self.persist
+        if self.standardize:
+            Xv, weights, persist = self._standardized(Xv, weights, lazy)
+        elif hasattr(self, "feature_mean_"):
+            del self.feature_mean_, self.feature_scale_
         if self.verbose:
             _ensure_log_handler()
 
         client = R.active_client()
         if client is not None:
             R.prepare_client(client)
-        Xd, wd, persisted = R.place_data(Xv, weights, self.persist, client)
+        Xd, wd, persisted = R.place_data(Xv, weights, persist, client)
 
         # Samplers that run on the driver read NumPy input directly.
-        data = ((Xd, wd) if lazy else (Xv, weights), (Xd, wd), persisted)
+        direct = (Xv, weights) if not isinstance(Xv, da.Array) else (Xd, wd)
+        data = ((Xd, wd) if lazy else direct, (Xd, wd), persisted)
         best = None
         for _ in range(n_init):
             centers0 = self._initial_centers(data, random_state)
@@ -216,6 +238,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                                               split_every=self.split_every, metric=self.metric)
             if not lazy:
                 labels, inertia = R.compute(labels, inertia)
+                labels = np.asarray(labels)
             elif persisted:
                 labels, inertia = R.dask_persist(labels, inertia)
                 (inertia,) = R.compute(inertia)
@@ -232,7 +255,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 f"Number of distinct clusters ({n_distinct}) found smaller than "
                 f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
                 ConvergenceWarning, stacklevel=2)
-        self.cluster_centers_ = result.centers
+        self.cluster_centers_ = self._to_original_units(result.centers)
         self.labels_ = labels
         self.inertia_ = inertia
         self.n_iter_ = result.n_iter
@@ -240,6 +263,53 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             logger.info("fit done: %d iterations, inertia %.6g, converged=%s",
                         result.n_iter, inertia, result.converged)
         return self
+
+    def _standardized(self, Xv, weights, lazy: bool):
+        """Lazily standardised input, and the persist policy to use with it."""
+        Xd = Xv if lazy else da.from_array(Xv, chunks=(R.target_row_chunks(
+            Xv.shape[0], Xv.shape[1] * Xv.itemsize, R.total_threads()), -1))
+        wd = weights
+        if weights is not None and not isinstance(weights, da.Array):
+            wd = da.from_array(weights, chunks=(Xd.chunks[0],))
+        x64 = Xd.astype(np.float64)
+        if wd is None:
+            mean, sq = x64.mean(axis=0), (x64**2).mean(axis=0)
+        else:
+            total = wd.sum()
+            mean = (x64 * wd[:, None]).sum(axis=0) / total
+            sq = (x64**2 * wd[:, None]).sum(axis=0) / total
+        mean, sq = R.compute(mean, sq)  # one pass for both
+        std = np.sqrt(np.maximum(sq - mean**2, 0.0))
+        self.feature_mean_ = mean
+        self.feature_scale_ = np.where(std > 0, std, 1.0)
+        scaled = self._scale(Xd)
+        # NumPy input on local threads: scale chunk by chunk at every pass
+        # rather than hold a scaled copy; elsewhere follow ``persist``.
+        persist = False if (not lazy and R.active_client() is None) else self.persist
+        return scaled, wd, persist
+
+    def _scale(self, X):
+        if not hasattr(self, "feature_mean_"):
+            return X
+        mean = self.feature_mean_.astype(X.dtype)
+        scale = self.feature_scale_.astype(X.dtype)
+        if isinstance(X, da.Array):
+            return X.map_blocks(_standardize_block, mean, scale, dtype=X.dtype)
+        return _standardize_block(X, mean, scale)
+
+    def _to_original_units(self, centers: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "feature_mean_"):
+            return centers
+        out = centers.astype(np.float64) * self.feature_scale_ + self.feature_mean_
+        return out.astype(centers.dtype)
+
+    def _working_centers(self, centers=None) -> np.ndarray:
+        """Centres (the fitted ones by default) in the space distances are measured in."""
+        centers = self.cluster_centers_ if centers is None else centers
+        if not hasattr(self, "feature_mean_"):
+            return centers
+        c = (centers.astype(np.float64) - self.feature_mean_) / self.feature_scale_
+        return c.astype(centers.dtype)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit and return ``labels_``.
@@ -263,7 +333,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _validated(self, X):
         check_is_fitted(self)
-        return V.check_X(self, X, reset=False)
+        return self._scale(V.check_X(self, X, reset=False))
 
     def predict(self, X, return_distance: bool = False):
         """Index of the nearest centre of every row.
@@ -287,10 +357,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Xv = self._validated(X)
         cosine = self.metric == "cosine"
         if isinstance(Xv, da.Array):
-            labels, sq, _ = G.assignment(Xv, G.centers_array(self.cluster_centers_),
+            labels, sq, _ = G.assignment(Xv, G.centers_array(self._working_centers()),
                                          metric=self.metric)
             return (labels, sq if cosine else da.sqrt(sq)) if return_distance else labels
-        labels, sq, _ = K.assign(Xv, self.cluster_centers_, metric=self.metric)
+        labels, sq, _ = K.assign(Xv, self._working_centers(), metric=self.metric)
         if cosine and np.any(labels < 0):
             _lloyd.raise_zero_norm(da.from_array(Xv), int(np.sum(labels < 0)))
         return (labels, sq if cosine else np.sqrt(sq)) if return_distance else labels
@@ -304,8 +374,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         Xv = self._validated(X)
         if isinstance(Xv, da.Array):
-            return G.distances(Xv, G.centers_array(self.cluster_centers_), metric=self.metric)
-        return G.transform_chunk(Xv, self.cluster_centers_, metric=self.metric)
+            return G.distances(Xv, G.centers_array(self._working_centers()), metric=self.metric)
+        return G.transform_chunk(Xv, self._working_centers(), metric=self.metric)
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the (weighted) inertia of ``X`` against the fitted centres.
@@ -317,11 +387,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Xv = self._validated(X)
         weights = V.check_sample_weight(sample_weight, Xv)
         if isinstance(Xv, da.Array):
-            _, _, inertia = G.assignment(Xv, G.centers_array(self.cluster_centers_), weights,
+            _, _, inertia = G.assignment(Xv, G.centers_array(self._working_centers()), weights,
                                          split_every=self.split_every, metric=self.metric)
             (inertia,) = R.compute(inertia)
             return -float(inertia)
-        return -K.assign(Xv, self.cluster_centers_, weights, self.metric)[2]
+        return -K.assign(Xv, self._working_centers(), weights, self.metric)[2]
 
     # -- model files -------------------------------------------------------------
 
@@ -371,6 +441,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             "n_iter": int(self.n_iter_),
             "input_url": getattr(self, "_input_url", None),
         }
+        if hasattr(self, "feature_mean_"):
+            metadata["feature_mean"] = [float(v) for v in self.feature_mean_]
+            metadata["feature_scale"] = [float(v) for v in self.feature_scale_]
         return write_model(url, self.cluster_centers_, metadata,
                            storage_options=storage_options, overwrite=overwrite)
 
@@ -476,8 +549,15 @@ def load(url: str, *, storage_options=None) -> KMeans:
     km.n_features_in_ = centers.shape[1]
     if meta.get("feature_names_given", True):
         km.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
+    if "feature_mean" in meta:
+        km.feature_mean_ = np.asarray(meta["feature_mean"], dtype=np.float64)
+        km.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)
     km._input_url = meta.get("input_url")
     return km
+
+
+def _standardize_block(x, mean, scale):
+    return (x - mean) / scale
 
 
 def _ensure_log_handler() -> None:

@@ -1,0 +1,101 @@
+"""A fit on Parquet data three times larger than the workers' total memory limit.
+
+2 worker processes with a 768 MiB memory limit each (a worker process with numba, scipy,
+pyarrow and pandas loaded already takes about 330 MiB); more than 4.5 GiB of Parquet on
+local disk. Every pass (k-means|| rounds and Lloyd iterations) re-reads the files chunk by chunk.
+The fit completes, no worker pauses or restarts for memory, and the centres equal those of
+the same data held in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import dask_kmeans as dk
+
+pytestmark = pytest.mark.slow
+
+N_PARTS = 304
+ROWS_PER_PART = 250_000
+MEMORY_LIMIT = 768 * 2**20
+D = 8
+K = 6
+
+
+def _part(i):
+    rng = np.random.default_rng(1000 + i)
+    centers = np.random.default_rng(7).normal(scale=4.0, size=(K, D))
+    return centers[rng.integers(0, K, ROWS_PER_PART)] + rng.normal(size=(ROWS_PER_PART, D))
+
+
+@pytest.fixture(scope="module")
+def big_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big")
+    names = [f"f{j}" for j in range(D)]
+    for i in range(N_PARTS):
+        X = _part(i)
+        table = pa.table({n: X[:, j] for j, n in enumerate(names)})
+        pq.write_table(table, root / f"part-{i:04d}.parquet", compression="NONE")
+    size = sum(p.stat().st_size for p in root.iterdir())
+    assert size >= 3 * 2 * MEMORY_LIMIT
+    return str(root), size
+
+
+def _rss(dask_worker=None):
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def test_fit_larger_than_cluster_memory(big_dataset):
+    from distributed import Client, LocalCluster
+
+    url, size = big_dataset
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=MEMORY_LIMIT, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        workers_before = set(client.scheduler_info()["workers"])
+        total_limit = sum(w["memory_limit"] for w in client.scheduler_info()["workers"].values())
+        assert size >= 3 * total_limit
+
+        peaks: dict[str, int] = {}
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                try:
+                    for addr, rss in client.run(_rss).items():
+                        peaks[addr] = max(peaks.get(addr, 0), rss)
+                except Exception:
+                    pass
+                time.sleep(0.25)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        t0 = time.perf_counter()
+        try:
+            src = dk.open_parquet(url)
+            km = dk.KMeans(K, random_state=0, max_iter=6, tol=0).fit(src)
+        finally:
+            stop.set()
+            watcher.join()
+        elapsed = time.perf_counter() - t0
+
+        assert 1 <= km.n_iter_ <= 6
+        assert set(client.scheduler_info()["workers"]) == workers_before  # none restarted
+        logs = client.get_worker_logs()
+        text = "\n".join(msg for lines in logs.values() for _, msg in lines)
+        assert "Pausing worker" not in text and "Restarting worker" not in text
+        assert max(peaks.values()) < MEMORY_LIMIT
+        print(f"\nout-of-core fit: {size / 2**30:.2f} GiB of Parquet, {elapsed:.1f} s, "
+              f"peak worker RSS {', '.join(f'{v / 2**20:.0f} MiB' for v in peaks.values())}")
+
+    # The same rows held in memory, from the same seed: the same centres.
+    X = np.concatenate([_part(i) for i in range(N_PARTS)])
+    mem = dk.KMeans(K, random_state=0, max_iter=6, tol=0).fit(X)
+    np.testing.assert_allclose(km.cluster_centers_, mem.cluster_centers_, rtol=1e-6, atol=1e-9)

@@ -1,0 +1,76 @@
+"""standardize=True: clustering (x - mean) / std without a scaled copy, in original units."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import dask_kmeans as dk
+
+
+def customers(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    age = np.concatenate([rng.normal(25, 3, n // 2), rng.normal(60, 4, n - n // 2)])
+    income = rng.normal(50_000, 20_000, n)  # unrelated to the clusters, but huge
+    return np.column_stack([age, income])
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_matches_a_standard_scaler_pipeline_from_the_same_centres(lazy):
+    X = customers()
+    C0 = X[[0, 1, 2000]]
+    scaler = StandardScaler().fit(X)
+    pipe = make_pipeline(StandardScaler(), SKKMeans(3, init=scaler.transform(C0), n_init=1,
+                                                    algorithm="lloyd")).fit(X)
+    sk = pipe[-1]
+    Xin = da.from_array(X, chunks=700) if lazy else X
+    km = dk.KMeans(3, init=C0, standardize=True).fit(Xin)
+    np.testing.assert_allclose(km.feature_mean_, scaler.mean_, rtol=1e-10)
+    np.testing.assert_allclose(km.feature_scale_, scaler.scale_, rtol=1e-10)
+    np.testing.assert_allclose(km.cluster_centers_, scaler.inverse_transform(sk.cluster_centers_),
+                               rtol=1e-7)
+    np.testing.assert_allclose(km.inertia_, sk.inertia_, rtol=1e-7)
+    assert km.n_iter_ == sk.n_iter_
+    labels = km.labels_.compute() if lazy else km.labels_
+    np.testing.assert_array_equal(labels, sk.labels_)
+    np.testing.assert_array_equal(km.predict(X), sk.labels_)
+    np.testing.assert_allclose(km.transform(X), pipe.transform(X), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(km.score(X), pipe.score(X), rtol=1e-7)
+
+
+def test_without_scaling_income_alone_decides():
+    X = customers()
+    true = np.repeat([0, 1], len(X) // 2)
+    raw = dk.KMeans(2, random_state=0).fit(X)
+    std = dk.KMeans(2, random_state=0, standardize=True).fit(X)
+    agree = lambda a: max(np.mean(a == true), np.mean(a != true))  # noqa: E731
+    assert agree(std.labels_) > 0.99
+    assert agree(raw.labels_) < 0.8
+    # centres in years and currency, not standard deviations
+    assert 20 < std.cluster_centers_[:, 0].min() < 30 and 55 < std.cluster_centers_[:, 0].max()
+
+
+def test_weighted_scaling_and_saved_model(local_store):
+    X = customers(n=1000)
+    w = np.random.default_rng(1).uniform(0.5, 2, len(X))
+    km = dk.KMeans(2, random_state=0, standardize=True).fit(X, sample_weight=w)
+    mean = np.average(X, axis=0, weights=w)
+    np.testing.assert_allclose(km.feature_mean_, mean, rtol=1e-10)
+    np.testing.assert_allclose(km.feature_scale_,
+                               np.sqrt(np.average((X - mean) ** 2, axis=0, weights=w)), rtol=1e-8)
+    km.save(local_store.url("m"))
+    loaded = dk.load(local_store.url("m"))
+    np.testing.assert_array_equal(loaded.predict(X), km.predict(X))
+    np.testing.assert_allclose(loaded.transform(X), km.transform(X))
+
+
+def test_constant_feature_gets_unit_scale():
+    X = customers(n=500)
+    X = np.column_stack([X, np.full(len(X), 7.0)])
+    km = dk.KMeans(2, random_state=0, standardize=True).fit(X)
+    assert km.feature_scale_[2] == 1.0
+    np.testing.assert_allclose(km.cluster_centers_[:, 2], 7.0)
