@@ -60,6 +60,9 @@ def lloyd(
     split_every: int | None = None,
     verbose: bool = False,
     metric: str = "euclidean",
+    start_iter: int = 0,
+    tol_abs: float | None = None,
+    on_iteration=None,
 ) -> LloydResult:
     """Run Lloyd iterations on a row-chunked dask array from ``centers``.
 
@@ -67,16 +70,22 @@ def lloyd(
     iteration in which a cluster empties: that one makes a second, smaller
     pass to find the rows farthest from their centres. With
     ``metric="cosine"`` (spherical k-means) the centres are unit vectors.
+
+    A resumed fit passes the iterations already done as ``start_iter`` and
+    the tolerance computed then as ``tol_abs``. ``on_iteration(n_iter,
+    centers, tol_abs, converged)`` is called after every iteration (for
+    checkpoints).
     """
     k, d = centers.shape
     dtype = centers.dtype
-    tol_abs = 0.0
+    known_tol = tol_abs is not None
+    tol_abs = tol_abs if known_tol else 0.0
     converged = False
-    n_iter = 0
+    n_iter = start_iter
     passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
-    for it in range(max_iter):
+    for it in range(start_iter, max_iter):
         t0 = time.perf_counter()
-        with_moments = it == 0 and tol > 0
+        with_moments = not known_tol and it == start_iter and tol > 0
         packed = passes.lloyd(centers, with_moments)
         partials, mom = G.unpack(packed, k, d, with_moments)
         _check_finite(partials.inertia)
@@ -100,7 +109,9 @@ def lloyd(
                 "%d empty clusters relocated, %.3f s",
                 n_iter, partials.inertia, shift, tol_abs, n_empty, time.perf_counter() - t0,
             )
-        if shift <= tol_abs:
-            converged = True
+        converged = shift <= tol_abs
+        if on_iteration is not None:
+            on_iteration(n_iter, centers, tol_abs, converged)
+        if converged:
             break
     return LloydResult(centers.astype(dtype, copy=False), n_iter, converged)

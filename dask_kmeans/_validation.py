@@ -50,6 +50,9 @@ def check_params(est) -> None:
              "'euclidean' or 'cosine'")
     _require(isinstance(est.standardize, bool | np.bool_), "standardize", est.standardize,
              "True or False")
+    _require(est.checkpoint is None or isinstance(est.checkpoint, str), "checkpoint",
+             est.checkpoint, "None or a URL string")
+    _require(isinstance(est.resume, bool | np.bool_), "resume", est.resume, "True or False")
 
 
 def is_lazy(X) -> bool:

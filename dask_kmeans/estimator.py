@@ -18,6 +18,7 @@ from . import _init, _lloyd
 from . import _kernels as K
 from . import _runtime as R
 from . import _validation as V
+from ._checkpoint import Checkpoint, data_fingerprint, params_fingerprint
 
 logger = logging.getLogger("dask_kmeans")
 
@@ -87,6 +88,18 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         units; ``inertia_``, ``transform`` and ``score`` are in standardised
         units, as with a ``StandardScaler`` + ``KMeans`` pipeline. Needed
         when features have different units (age against income).
+    checkpoint : str or None, default=None
+        A directory URL (any fsspec URL) where the fit records, atomically after
+        every iteration, the centres, the iteration, the initial centres and
+        the random state, with a fingerprint of the data (paths, sizes and
+        modification times for Parquet; content or graph for arrays) and of
+        the parameters. JSON only, no pickle.
+    resume : bool, default=False
+        With ``checkpoint``: continue from the checkpoint if there is one, so a
+        fit whose driver was killed ends with exactly the centres and total
+        ``n_iter_`` of an uninterrupted fit. A checkpoint written for other
+        data or parameters is refused with a ``ValueError`` naming what
+        differs. Without ``resume`` an existing checkpoint is overwritten.
     verbose : bool or int, default=False
         Log one line per iteration to the ``dask_kmeans`` logger (a stderr
         handler is added when logging is not configured).
@@ -138,6 +151,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         verbose: bool | int = False,
         metric: Literal["euclidean", "cosine"] = "euclidean",
         standardize: bool = False,
+        checkpoint: str | None = None,
+        resume: bool = False,
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -152,6 +167,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.metric = metric
         self.standardize = standardize
+        self.checkpoint = checkpoint
+        self.resume = resume
 
     # -- fitting -----------------------------------------------------------------
 
@@ -228,26 +245,61 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         # Samplers that run on the driver read NumPy input directly.
         direct = (Xv, weights) if not isinstance(Xv, da.Array) else (Xd, wd)
         data = ((Xd, wd) if lazy else direct, (Xd, wd), persisted)
-        best = None
-        for _ in range(n_init):
-            centers0 = self._initial_centers(data, random_state)
-            result = _lloyd.lloyd(Xd, wd, centers0, max_iter=self.max_iter, tol=self.tol,
-                                  split_every=self.split_every, verbose=bool(self.verbose),
-                                  metric=self.metric)
-            labels, _, inertia = G.assignment(Xd, G.centers_array(result.centers), wd,
-                                              split_every=self.split_every, metric=self.metric)
-            if not lazy:
-                labels, inertia = R.compute(labels, inertia)
-                labels = np.asarray(labels)
-            elif persisted:
-                labels, inertia = R.dask_persist(labels, inertia)
-                (inertia,) = R.compute(inertia)
+        ckpt = None
+        if self.checkpoint is not None:
+            params = {k: v for k, v in self.get_params().items()
+                      if k not in ("verbose", "checkpoint", "resume")}
+            ckpt = Checkpoint(self.checkpoint, data_fingerprint(X, sample_weight),
+                              params_fingerprint(params))
+        state = ckpt.load() if (ckpt is not None and self.resume) else None
+        best, first_run = None, 0
+        if state is not None:
+            first_run = state["run"]
+            random_state.set_state(state["rng_before"])
+            if state["best_centers"] is not None:
+                restored = _lloyd.LloydResult(state["best_centers"].astype(Xd.dtype),
+                                              state["best_n_iter"], True)
+                best = (restored, None, state["best_inertia"])
+            logger.info("resuming from the checkpoint at %s: run %d, iteration %d",
+                        self.checkpoint, first_run + 1, state["n_iter"])
+        for run in range(first_run, n_init):
+            rng_before = random_state.get_state()
+            resumed = state is not None and run == state["run"] and state["centers"] is not None
+            if resumed:
+                random_state.set_state(state["rng_after"])
+                centers0 = state["centers"].astype(Xd.dtype)
+                start, tol_abs, done = state["n_iter"], state["tol_abs"], state["converged"]
             else:
-                (inertia,) = R.compute(inertia)
-            inertia = float(inertia)
+                centers0 = self._initial_centers(data, random_state)
+                start, tol_abs, done = 0, None, False
+            rng_after = random_state.get_state()
+            best_saved = None if best is None else (best[0].centers, best[2], best[0].n_iter)
+            on_iteration = None
+            if ckpt is not None:
+                def on_iteration(n_iter, centers, tol_abs, converged, run=run,
+                                 rng_before=rng_before, rng_after=rng_after, best=best_saved):
+                    ckpt.save(run=run, rng_before=rng_before, rng_after=rng_after,
+                              centers=centers, n_iter=n_iter, tol_abs=tol_abs,
+                              converged=converged, best=best)
+                if not resumed:
+                    on_iteration(0, centers0, None, False)
+            if done or start >= self.max_iter:
+                result = _lloyd.LloydResult(centers0, start, done)
+            else:
+                result = _lloyd.lloyd(Xd, wd, centers0, max_iter=self.max_iter, tol=self.tol,
+                                      split_every=self.split_every,
+                                      verbose=bool(self.verbose), metric=self.metric,
+                                      start_iter=start, tol_abs=tol_abs,
+                                      on_iteration=on_iteration)
+            labels, inertia = self._final_assignment(Xd, wd, result.centers, lazy, persisted)
             if best is None or inertia < best[2]:
                 best = (result, labels, inertia)
+            if ckpt is not None:
+                ckpt.save(run=run + 1, rng_before=random_state.get_state(),
+                          best=(best[0].centers, best[2], best[0].n_iter))
 
+        if best[1] is None:  # the best run finished before a resume: label its centres
+            best = (best[0], *self._final_assignment(Xd, wd, best[0].centers, lazy, persisted))
         result, labels, inertia = best
         n_distinct = len(np.unique(result.centers, axis=0))
         if n_distinct < self.n_clusters:
@@ -263,6 +315,20 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             logger.info("fit done: %d iterations, inertia %.6g, converged=%s",
                         result.n_iter, inertia, result.converged)
         return self
+
+    def _final_assignment(self, Xd, wd, centers, lazy: bool, persisted: bool):
+        """Labels and inertia against the final centres: one pass, as sklearn's last E-step."""
+        labels, _, inertia = G.assignment(Xd, G.centers_array(centers), wd,
+                                          split_every=self.split_every, metric=self.metric)
+        if not lazy:
+            labels, inertia = R.compute(labels, inertia)
+            labels = np.asarray(labels)
+        elif persisted:
+            labels, inertia = R.dask_persist(labels, inertia)
+            (inertia,) = R.compute(inertia)
+        else:
+            (inertia,) = R.compute(inertia)
+        return labels, float(inertia)
 
     def _standardized(self, Xv, weights, lazy: bool):
         """Lazily standardised input, and the persist policy to use with it."""

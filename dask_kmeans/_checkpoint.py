@@ -1,0 +1,139 @@
+"""Checkpoints of a running fit: JSON on any fsspec URL, written atomically, no pickle.
+
+A checkpoint records what a killed driver needs to finish the fit exactly as an
+uninterrupted one would: the run of ``n_init`` in progress, the random state
+before and after its initialisation, the current centres (float64 written with
+``repr``, so they round-trip bit for bit), the iteration count, the convergence
+tolerance, the best finished run so far, and a fingerprint of the data and of
+the parameters, so that a checkpoint from other data or parameters is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+
+FORMAT = "dask_kmeans.checkpoint/1"
+FILE = "checkpoint.json"
+
+
+def _hash_array(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256()
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def data_fingerprint(X, sample_weight=None) -> dict[str, Any]:
+    """What identifies the input: paths, sizes, mtimes (Parquet); content or graph otherwise."""
+    def one(obj):
+        if obj is None:
+            return None
+        if hasattr(obj, "fingerprint") and hasattr(obj, "feature_names"):
+            return {"parquet": obj.fingerprint(), "features": list(obj.feature_names)}
+        if hasattr(obj, "dask"):  # dask array or DataFrame: the graph's deterministic name
+            return {"dask": str(getattr(obj, "name", None) or obj._name),
+                    "shape": [None if s != s else int(s) for s in getattr(obj, "shape", ())]}
+        arr = np.asarray(obj)
+        return {"sha256": _hash_array(arr)}
+    return {"X": one(X), "sample_weight": one(sample_weight)}
+
+
+def params_fingerprint(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as JSON; arrays by content hash, callables by qualified name."""
+    out = {}
+    for key, value in sorted(params.items()):
+        if hasattr(value, "__array__") and not isinstance(value, str):
+            value = {"array_sha256": _hash_array(np.asarray(value, dtype=np.float64))}
+        elif callable(value):
+            value = {"callable": f"{value.__module__}.{value.__qualname__}"}
+        elif isinstance(value, np.random.RandomState):
+            value = {"random_state": _rng_to_json(value.get_state())}
+        out[key] = value
+    return json.loads(json.dumps(out, default=str))
+
+
+def _rng_to_json(state) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+
+
+def _rng_from_json(state) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+
+
+class Checkpoint:
+    """Read and write the checkpoint of one fit at ``url``."""
+
+    def __init__(self, url: str, data: dict[str, Any], params: dict[str, Any]):
+        self.url = url.rstrip("/")
+        self.data = data
+        self.params = params
+        self._fs, self._root = fsspec.core.url_to_fs(self.url)
+
+    @property
+    def _path(self) -> str:
+        return f"{self._root}/{FILE}"
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none; ValueError when it does not match."""
+        try:
+            raw = self._fs.cat_file(self._path)
+        except FileNotFoundError:
+            return None
+        try:
+            state = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"The checkpoint at {self.url} is not valid JSON; delete it to "
+                             "start afresh.") from exc
+        if state.get("format") != FORMAT:
+            raise ValueError(f"The checkpoint at {self.url} has format {state.get('format')!r}, "
+                             f"expected {FORMAT!r}.")
+        for what, mine, theirs in (("data", self.data, state.get("data")),
+                                   ("parameters", self.params, state.get("params"))):
+            if mine != theirs:
+                keys = sorted(k for k in set(mine) | set(theirs or {})
+                              if mine.get(k) != (theirs or {}).get(k))
+                raise ValueError(
+                    f"The checkpoint at {self.url} was written for other {what} "
+                    f"(different: {', '.join(keys)}); resume with the same input and "
+                    "parameters, or remove the checkpoint to start afresh.")
+        state["rng_before"] = _rng_from_json(state["rng_before"])
+        if state.get("rng_after") is not None:
+            state["rng_after"] = _rng_from_json(state["rng_after"])
+        for key in ("centers", "best_centers"):
+            if state.get(key) is not None:
+                state[key] = np.asarray(state[key], dtype=np.float64)
+        return state
+
+    def save(self, *, run: int, rng_before, rng_after=None, centers=None, n_iter: int = 0,
+             tol_abs: float | None = None, converged: bool = False,
+             best: tuple | None = None) -> None:
+        """Atomically replace the checkpoint (write a temporary file, then move it)."""
+        state = {
+            "format": FORMAT,
+            "data": self.data,
+            "params": self.params,
+            "run": run,
+            "rng_before": _rng_to_json(rng_before),
+            "rng_after": None if rng_after is None else _rng_to_json(rng_after),
+            "centers": None if centers is None else np.asarray(centers, np.float64).tolist(),
+            "n_iter": n_iter,
+            "tol_abs": tol_abs,
+            "converged": bool(converged),
+            "best_centers": None if best is None else np.asarray(best[0], np.float64).tolist(),
+            "best_inertia": None if best is None else float(best[1]),
+            "best_n_iter": None if best is None else int(best[2]),
+        }
+        data = json.dumps(state).encode()
+        self._fs.makedirs(self._root, exist_ok=True)
+        tmp = f"{self._root}/.{FILE}.{uuid.uuid4().hex}.tmp"
+        self._fs.pipe_file(tmp, data)
+        self._fs.mv(tmp, self._path)

@@ -1,0 +1,115 @@
+"""KMeans(checkpoint=..., resume=True): a killed driver resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dask_kmeans as dk
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Slow-converging data: no cluster structure, many clusters.
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import dask_kmeans as dk
+    from dask_kmeans import _lloyd
+
+    X = np.random.default_rng(0).normal(size=(20000, 4))
+    slow = float(sys.argv[2])
+    if slow:  # give the parent time to kill us mid-fit
+        run = _lloyd.Passes.lloyd
+        def lloyd(self, *a, **k):
+            time.sleep(slow)
+            return run(self, *a, **k)
+        _lloyd.Passes.lloyd = lloyd
+    km = dk.KMeans(12, random_state=3, n_init=2, tol=0, max_iter=60,
+                   checkpoint=sys.argv[1], resume=True).fit(X)
+    np.save(sys.argv[3], km.cluster_centers_)
+    print(km.n_iter_, repr(km.inertia_))
+""")
+
+
+def _run(args, **kw):
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_driver_resumes_to_the_uninterrupted_result(tmp_path):
+    ref = _run([tmp_path / "ref-ckpt", 0, tmp_path / "ref.npy"])
+    out, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    ref_iter, ref_inertia = out.split()
+
+    ckpt = tmp_path / "ckpt"
+    proc = _run([ckpt, 0.05, tmp_path / "killed.npy"])
+    state_file = ckpt / "checkpoint.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill in the second run, mid-Lloyd
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            if state["run"] == 1 and state["n_iter"] >= 5:
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the checkpoint never reached run 2, iteration 5")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (tmp_path / "killed.npy").exists()
+
+    resumed = _run([ckpt, 0, tmp_path / "resumed.npy"])
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    n_iter, inertia = out.split()
+    assert n_iter == ref_iter
+    assert inertia == ref_inertia
+    np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "ref.npy"))
+
+
+def test_checkpoint_from_other_data_or_parameters_is_refused(tmp_path):
+    X = np.random.default_rng(0).normal(size=(500, 3))
+    url = str(tmp_path / "c")
+    dk.KMeans(3, random_state=0, checkpoint=url).fit(X)
+    with pytest.raises(ValueError, match="other data"):
+        dk.KMeans(3, random_state=0, checkpoint=url, resume=True).fit(X + 1)
+    with pytest.raises(ValueError, match=r"other parameters \(different: n_clusters\)"):
+        dk.KMeans(4, random_state=0, checkpoint=url, resume=True).fit(X)
+    # without resume the old checkpoint is simply replaced
+    dk.KMeans(4, random_state=0, checkpoint=url).fit(X)
+
+
+def test_resume_of_a_finished_fit_gives_the_same_model(tmp_path):
+    X = np.random.default_rng(1).normal(size=(800, 3))
+    url = str(tmp_path / "c")
+    a = dk.KMeans(5, random_state=0, n_init=3, checkpoint=url).fit(X)
+    b = dk.KMeans(5, random_state=0, n_init=3, checkpoint=url, resume=True).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert a.n_iter_ == b.n_iter_ and a.inertia_ == b.inertia_
+    text = (tmp_path / "c" / "checkpoint.json").read_text()
+    assert "pickle" not in text
+
+
+def test_parquet_fingerprint_detects_a_changed_file(local_store):
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    url = local_store.write_parquet("d/p.parquet", pd.DataFrame(rng.normal(size=(300, 2)),
+                                                                columns=["a", "b"]))
+    ckpt = local_store.url("ck")
+    dk.KMeans(2, random_state=0, checkpoint=ckpt).fit(dk.open_parquet(url))
+    time.sleep(0.01)
+    local_store.write_parquet("d/p.parquet", pd.DataFrame(rng.normal(size=(301, 2)),
+                                                          columns=["a", "b"]))
+    with pytest.raises(ValueError, match="other data"):
+        dk.KMeans(2, random_state=0, checkpoint=ckpt, resume=True).fit(dk.open_parquet(url))
