@@ -1,0 +1,357 @@
+"""dask_kmeans.report: profiles against pandas, tables and files, PNG plots, choosing K."""
+
+from __future__ import annotations
+
+import builtins
+import struct
+import threading
+from pathlib import Path
+
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from dask_kmeans import KMeans, open_parquet
+from dask_kmeans.report import (
+    _sample_indices,
+    format_profile,
+    plot_clusters,
+    plot_elbow,
+    profile,
+    silhouette_sample,
+    suggest_k,
+    write_profile,
+)
+from tests.conftest import blobs
+
+RTOL = 1e-9  # float64 sums of a few hundred rows
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """Four blobs in three named features and a model fitted on them."""
+    X = blobs(n=600, d=3, k=4, seed=1)
+    X[:, 2] += 1e4  # a large mean against a unit spread: the std must not cancel
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    return frame, KMeans(n_clusters=4, random_state=0).fit(frame)
+
+
+@pytest.fixture(scope="module")
+def people():
+    """Young rich, old poor and middle-aged middle-income people: three clear clusters."""
+    rng = np.random.default_rng(3)
+    groups = [(25, 90_000), (60, 30_000), (42, 60_000)]
+    frame = pd.concat([pd.DataFrame({"age": rng.normal(age, 2.0, 200),
+                                     "income": rng.normal(income, 3_000, 200)})
+                       for age, income in groups], ignore_index=True)
+    km = KMeans(n_clusters=3, init=np.array(groups, dtype=float)).fit(frame)
+    return frame, km
+
+
+def as_kind(frame: pd.DataFrame, kind: str):
+    if kind == "numpy":
+        return frame.to_numpy()
+    if kind == "pandas":
+        return frame
+    if kind == "dask_array":
+        return da.from_array(frame.to_numpy(), chunks=(130, -1))
+    return dd.from_pandas(frame, npartitions=4)
+
+
+def groupby_reference(frame: pd.DataFrame, labels, weights=None) -> pd.DataFrame:
+    """size, mean and std (ddof=0) by pandas; integer weights as repeated rows."""
+    frame = frame.assign(cluster=labels)
+    if weights is not None:
+        frame = frame.loc[frame.index.repeat(weights)]
+    groups = frame.groupby("cluster")
+    out = pd.DataFrame({"size": groups.size()})
+    mean, std = groups.mean(), groups.std(ddof=0)
+    for name in mean.columns:
+        out[f"{name}_mean"] = mean[name]
+        out[f"{name}_std"] = std[name]
+    return out
+
+
+def assert_matches(table: pd.DataFrame, reference: pd.DataFrame, k: int) -> None:
+    reference = reference.reindex(range(k))
+    np.testing.assert_array_equal(table["size"], reference["size"].fillna(0))
+    np.testing.assert_allclose(table["share"], table["size"] / table["size"].sum(), rtol=RTOL)
+    for column in reference.columns.drop("size"):
+        np.testing.assert_allclose(table[column], reference[column], rtol=RTOL, atol=1e-12,
+                                   err_msg=column)
+
+
+# --------------------------------------------------------------------------- profile
+
+
+@pytest.mark.parametrize("kind", ["numpy", "pandas", "dask_array", "dask_frame"])
+def test_profile_matches_pandas_groupby(fitted, kind):
+    frame, km = fitted
+    table = profile(km, as_kind(frame, kind))
+    assert list(table.columns) == ["size", "share", "a_mean", "a_std", "b_mean", "b_std",
+                                   "c_mean", "c_std", "description"]
+    assert table.index.name == "cluster"
+    assert table["size"].dtype == np.int64
+    assert table.attrs["exact_quartiles"] is (kind in ("numpy", "pandas"))
+    assert_matches(table, groupby_reference(frame, km.predict(frame)), 4)
+
+
+@pytest.mark.parametrize("kind", ["pandas", "dask_array"])
+def test_profile_weighted_equals_repeated_rows(fitted, kind):
+    frame, km = fitted
+    weights = np.random.default_rng(0).integers(0, 4, size=len(frame))
+    given = da.from_array(weights, chunks=100) if kind == "dask_array" else weights
+    table = profile(km, as_kind(frame, kind), sample_weight=given)
+    assert table["size"].dtype == np.float64
+    assert_matches(table, groupby_reference(frame, km.predict(frame), weights), 4)
+
+
+def test_profile_of_parquet_source_matches_by_column_name(fitted, tmp_path):
+    frame, km = fitted
+    for i, start in enumerate(range(0, len(frame), 200)):
+        frame[["c", "a", "b"]].iloc[start:start + 200].to_parquet(tmp_path / f"part-{i}.parquet")
+    table = profile(km, open_parquet(str(tmp_path)))
+    assert_matches(table, groupby_reference(frame, km.predict(frame)), 4)
+
+
+def test_profile_reads_each_chunk_once(fitted):
+    frame, km = fitted
+    reads, lock = [], threading.Lock()
+
+    def read(block, block_info=None):
+        with lock:
+            reads.append(block_info[None]["chunk-location"])
+        return block
+
+    X = da.from_array(frame.to_numpy(), chunks=(100, -1)).map_blocks(read, dtype=np.float64)
+    profile(km, X)
+    assert sorted(reads) == [(i, 0) for i in range(6)]
+
+
+@pytest.mark.parametrize("kind", ["pandas", "dask_array"])
+def test_descriptions(people, kind):
+    frame, km = people
+    table = profile(km, as_kind(frame, kind))
+    assert table["description"].tolist() == [
+        "age: low, income: high", "age: high, income: low", "typical"]
+
+
+def test_empty_cluster_and_feature_names(fitted):
+    frame, km = fitted
+    X = frame.to_numpy()[:, :2]
+    far = KMeans(n_clusters=3, init=np.array([[-50.0, 0.0], [50.0, 0.0], [1e6, 1e6]]),
+                 max_iter=1).fit(np.vstack([X, [[1e6, 1e6]]]))
+    table = profile(far, X)  # no row of X is near the third centre
+    assert list(table.columns[2:4]) == ["x0_mean", "x0_std"]
+    assert table.loc[2, "size"] == 0 and table.loc[2, "share"] == 0
+    assert np.isnan(table.loc[2, ["x0_mean", "x0_std", "x1_mean", "x1_std"]].astype(float)).all()
+    assert table.loc[2, "description"] == "empty"
+    assert "-" in format_profile(table).splitlines()[-1]
+
+
+def test_profile_errors_name_the_problem(fitted):
+    frame, km = fitted
+    with pytest.raises(ValueError, match=r"lacks the feature column\(s\) \['b'\]"):
+        profile(km, frame.drop(columns="b"))
+    with pytest.raises(ValueError, match="has 2 features but the model was fitted on 3"):
+        profile(km, frame.to_numpy()[:, :2])
+    with pytest.raises(ValueError, match="'sample_weight' has 3 rows but the data has 600"):
+        profile(km, frame, sample_weight=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        profile(km, frame, sample_weight=-np.ones(len(frame)))
+
+
+def test_profile_on_a_distributed_cluster(fitted, client):
+    frame, km = fitted
+    X = da.from_array(frame.to_numpy(), chunks=(200, -1))
+    weights = da.from_array(np.arange(len(frame)) % 3, chunks=300)
+    table = profile(km, X, sample_weight=weights)
+    expected = profile(km, frame, sample_weight=np.arange(len(frame)) % 3)
+    pd.testing.assert_frame_equal(table.drop(columns="description"),
+                                  expected.drop(columns="description"), rtol=RTOL)
+    assert silhouette_sample(X, model=km, max_points=200) > 0.5
+
+
+# --------------------------------------------------------------------------- tables and files
+
+
+def test_format_profile(people):
+    frame, km = people
+    lines = format_profile(profile(km, frame)).splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[0].split()[:3] == ["cluster", "size", "share"]
+    assert "age (mean ± std)" in lines[0] and set(lines[1]) == {"-", " "}
+    assert lines[2].split()[:3] == ["0", "200", "33.3%"]
+    assert lines[2].endswith("age: low, income: high")
+
+
+def test_write_profile(people, tmp_path):
+    frame, km = people
+    table = profile(km, frame)
+    out = tmp_path / "reports" / "run"  # created
+    written = write_profile(table, str(out))
+    csv, md = out / "profile.csv", out / "profile.md"
+    assert written == [str(csv), str(md)]
+
+    back = pd.read_csv(csv, index_col="cluster")
+    assert list(back.columns) == list(table.columns)
+    assert back["description"].tolist() == table["description"].tolist()
+    np.testing.assert_allclose(back.drop(columns="description").to_numpy(),
+                               table.drop(columns="description").to_numpy(dtype=float),
+                               rtol=1e-15)
+
+    lines = md.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == ("| cluster | size | share | age (mean ± std) | income (mean ± std) "
+                        "| description |")
+    assert lines[1] == "|---:|---:|---:|---:|---:|:---|"
+    assert len(lines) == 2 + 3
+    assert lines[2].startswith("| 0 | 200 | 33.3% | 25.")
+    assert lines[2].endswith("| age: low, income: high |")
+
+
+
+def test_write_profile_and_plot_to_any_store(people, store):
+    """Local paths, file:// URLs and S3 (where no bucket or directory is created)."""
+    frame, km = people
+    table = profile(km, frame)
+    written = write_profile(table, store.url("reports"), storage_options=store.storage_options)
+    assert written == [store.url("reports", "profile.csv"), store.url("reports", "profile.md")]
+    assert store.listdir("reports") == ["profile.csv", "profile.md"]
+    assert store.get_bytes("reports/profile.csv").startswith(b"cluster,size,share,age_mean,")
+    url = plot_elbow([2, 3, 4], [3.0, 2.0, 1.5], store.url("plots", "elbow.png"),
+                     storage_options=store.storage_options)
+    assert url == store.url("plots", "elbow.png")
+    assert store.get_bytes("plots/elbow.png").startswith(b"\x89PNG\r\n\x1a\n")
+    assert store.secret not in " ".join([*written, url])
+
+# --------------------------------------------------------------------------- plots
+
+
+def png_size(path) -> tuple[int, int]:
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert 300 <= width <= 3000 and 300 <= height <= 3000, (width, height)
+    return width, height
+
+
+def test_plot_clusters_pca(tmp_path):
+    X = da.from_array(blobs(n=3000, d=5, k=4, seed=2), chunks=(1000, -1))
+    km = KMeans(n_clusters=4, random_state=0).fit(X)
+    path = tmp_path / "plots" / "pca.png"  # the directory is created
+    assert plot_clusters(km, X, str(path), max_points=500) == str(path)
+    assert png_size(path) == (800, 600)
+
+
+def test_plot_clusters_named_features(people, tmp_path):
+    frame, km = people
+    path = plot_clusters(km, frame, str(tmp_path / "named.png"), features=["income", "age"])
+    assert png_size(path) == (800, 600)
+    with pytest.raises(ValueError, match=r"two different features.*\['age', 'income'\]"):
+        plot_clusters(km, frame, str(tmp_path / "bad.png"), features=["age", "height"])
+
+
+def test_plot_clusters_one_feature(tmp_path):
+    X = np.concatenate([np.zeros((20, 1)), np.ones((20, 1))])
+    km = KMeans(n_clusters=2, init=np.array([[0.0], [1.0]])).fit(X)
+    assert png_size(plot_clusters(km, X, str(tmp_path / "one.png"))) == (800, 600)
+
+
+def test_plot_elbow(tmp_path):
+    path = plot_elbow([2, 3, 4, 5], [100.0, 40.0, 12.0, 10.0], str(tmp_path / "elbow.png"),
+                      silhouettes=[0.5, 0.6, 0.8, None], suggested_k=4)
+    assert png_size(path) == (800, 600)
+    with pytest.raises(ValueError, match=r"suggested_k=7 is not one of ks \[2, 3, 4, 5\]"):
+        plot_elbow([2, 3, 4, 5], [1.0, 0.5, 0.3, 0.2], str(tmp_path / "x.png"), suggested_k=7)
+
+
+def test_missing_matplotlib_gives_the_pip_hint(people, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    frame, km = people
+    hint = r'pip install "dask-kmeans\[plot\]"'
+    with pytest.raises(ImportError, match=hint):
+        plot_elbow([2, 3, 4], [3.0, 2.0, 1.5], str(tmp_path / "elbow.png"))
+    with pytest.raises(ImportError, match=hint):
+        plot_clusters(km, frame, str(tmp_path / "clusters.png"))
+    assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- choosing K
+
+
+def test_suggest_k_finds_four_blobs():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    X = np.concatenate([c + rng.normal(size=(300, 2)) for c in centres])
+    ks = list(range(2, 9))
+    models = [KMeans(n_clusters=k, random_state=0).fit(X) for k in ks]
+    inertias = [m.inertia_ for m in models]
+
+    k, reason = suggest_k(ks, inertias)
+    assert k == 4 and "K=4" in reason
+
+    silhouettes = [silhouette_sample(X, m.labels_, max_points=600) for m in models]
+    k, reason = suggest_k(ks, inertias, silhouettes)
+    assert k == 4 and "K=4" in reason and f"{silhouettes[2]:.3f}" in reason
+
+
+def test_suggest_k_prefers_a_better_silhouette_next_to_the_elbow():
+    k, reason = suggest_k([5, 2, 3, 4], [3.5, 10.0, 5.0, 4.0], [0.4, 0.5, 0.6, 0.7])
+    assert k == 4
+    assert "bends most at K=3" in reason and "so K=4" in reason and "0.700" in reason
+
+
+def test_suggest_k_edge_cases():
+    k, reason = suggest_k([1, 2, 3, 4], [4.0, 3.0, 2.0, 1.0])
+    assert k == 1 and "no elbow" in reason
+    with pytest.raises(ValueError, match="at least 3 values of K"):
+        suggest_k([2, 3], [2.0, 1.0])
+    with pytest.raises(ValueError, match="same length"):
+        suggest_k([2, 3, 4], [2.0, 1.0])
+    with pytest.raises(ValueError, match="repeats"):
+        suggest_k([2, 2, 4], [3.0, 2.0, 1.0])
+
+
+# --------------------------------------------------------------------------- silhouette
+
+
+def test_silhouette_sample(fitted):
+    from sklearn.metrics import silhouette_score
+
+    frame, km = fitted
+    labels = km.predict(frame)
+    exact = silhouette_score(frame.to_numpy(), labels)
+    assert silhouette_sample(frame, labels) == pytest.approx(exact, rel=1e-12)
+
+    X = da.from_array(frame.to_numpy(), chunks=(100, -1))
+    sampled = silhouette_sample(X, da.from_array(labels, chunks=150), max_points=300)
+    assert sampled == silhouette_sample(X, model=km, max_points=300)  # same rows and labels
+    assert abs(sampled - exact) < 0.05
+
+    with pytest.raises(ValueError, match="needs labels, or a fitted model"):
+        silhouette_sample(frame)
+    with pytest.raises(ValueError, match="from 2 to n_rows - 1 distinct clusters"):
+        silhouette_sample(frame, np.zeros(len(frame), dtype=int))
+
+
+def test_sample_indices_are_uniform_distinct_and_bounded():
+    assert _sample_indices(10, 20, 0) is None
+    for n in (1_000, 10**15):  # the second must not allocate n of anything
+        idx = _sample_indices(n, 500, 0)
+        assert idx.shape == (500,) and np.unique(idx).size == 500
+        assert (np.diff(idx) > 0).all() and idx[0] >= 0 and idx[-1] < n
+    # Every row equally likely: each of 10 rows is drawn about 3/10 of the time.
+    rng = np.random.RandomState(0)
+    counts = np.bincount(np.concatenate([_sample_indices(10, 3, rng) for _ in range(2000)]))
+    assert np.allclose(counts / 2000, 0.3, atol=0.05)
+
