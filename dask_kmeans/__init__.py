@@ -21,6 +21,7 @@ _EXPORTS = {
     "read_parquet": "io",
     "read_labels": "io",
     "write_labels": "io",
+    "profile": "report",
 }
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "kmeans_parallel_init",
     "load",
     "open_parquet",
+    "profile",
     "read_labels",
     "read_parquet",
     "write_labels",
@@ -38,6 +40,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .estimator import KMeans, kmeans_parallel_init, load
     from .io import ParquetSource, open_parquet, read_labels, read_parquet, write_labels
+    from .report import profile
 
 
 def __getattr__(name: str):
