@@ -141,7 +141,9 @@ def expected(node: dict) -> str:
         if "gt" in node:
             text += f" > {node['gt']}"
     elif kind == "str":
-        if "choices" in node:
+        if len(node.get("choices", ())) == 1:
+            text = repr(node["choices"][0])
+        elif "choices" in node:
             text = f"one of {', '.join(node['choices'])}"
         elif "pattern" in node:
             text = node.get("pattern_doc", f"a string matching {node['pattern']}")
@@ -156,7 +158,9 @@ def expected(node: dict) -> str:
         else:
             items = "items"
         text = f"a list of {items}"
-        if node.get("min_items"):
+        if node.get("min_items") == 1:
+            text = f"a non-empty list of {items}"
+        elif node.get("min_items"):
             text += f" with at least {node['min_items']} entries"
     elif kind == "oneof":
         text = " or ".join(expected({**option, "nullable": False})
@@ -223,10 +227,12 @@ def walk(node: dict, value: Any, path: str, errors: list) -> Any:
             out = walk(option, value, path, found)
             if not found:
                 return out
-        # A mapping that is meant for the only mapping option reports its own problems.
-        maps = [o for o in node["options"] if o["type"] == "mapping"]
-        if isinstance(value, Mapping) and len(maps) == 1:
-            return walk(maps[0], value, path, errors)
+        # A mapping or list meant for the only option of its type reports its own problems.
+        container = "mapping" if isinstance(value, Mapping) else \
+            "list" if isinstance(value, list) else None
+        same = [o for o in node["options"] if o["type"] == container]
+        if container and len(same) == 1:
+            return walk(same[0], value, path, errors)
     elif kind not in ("mapping", "list", "oneof") and value is not None \
             and valid_leaf(node, value):
         return value
@@ -269,5 +275,8 @@ def _walk_mapping(node: dict, value: Mapping, path: str, errors: list) -> dict:
             errors.append((join(path, key), "missing required key"))
     for key, sub in keys.items():
         if key not in value and "default" in sub:
-            out[key] = copy.deepcopy(sub["default"])
+            default = copy.deepcopy(sub["default"])
+            # A default mapping gets the defaults of its own keys.
+            out[key] = (walk(sub, default, join(path, key), errors)
+                        if isinstance(default, Mapping) and sub["type"] == "mapping" else default)
     return out

@@ -11,11 +11,17 @@ Run with ``python jobs/demo.py`` (or ``make demo``). The script
    ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``;
 4. prints the size, share and mean features (in the original units) of every
    cluster, then the number of iterations, the inertia and the times.
+
+``python jobs/demo.py --write-parquet demo-output/customers [--rows N]`` instead writes
+the same customers table as Parquet files (one per partition) with a ``customer_id``
+column, for the command-line jobs in ``jobs/*.yaml`` (``dask-kmeans run jobs/demo.yaml``).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
+from pathlib import Path
 
 import dask
 import dask.dataframe as dd
@@ -153,5 +159,43 @@ def main() -> None:
           "(cluster start-up, data generation, fit, profiles)")
 
 
+def write_parquet(directory: str, n_rows: int = N_ROWS, n_partitions: int = N_PARTITIONS,
+                  seed: int = SEED) -> list[Path]:
+    """Write the customers table as Parquet files ``part-00000.parquet``... in ``directory``.
+
+    Columns: ``customer_id`` (int64, 0 to n_rows - 1) and the :data:`FEATURES`, in
+    their original units. Part files already in ``directory`` are replaced.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("part-*.parquet"):
+        old.unlink()
+    written, start = [], 0
+    for i, size in enumerate(partition_sizes(n_rows, n_partitions)):
+        # The same seeds as customers(): the same table the demo clusters.
+        table = make_customers(size, (seed, i))
+        table.insert(0, "customer_id", np.arange(start, start + size, dtype=np.int64))
+        path = out / f"part-{i:05d}.parquet"
+        table.to_parquet(path, index=False)
+        written.append(path)
+        start += size
+    return written
+
+
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-parquet", metavar="DIR",
+                        help="write the customers table as Parquet files in DIR and exit")
+    parser.add_argument("--rows", type=int, default=N_ROWS,
+                        help=f"rows to write with --write-parquet (default {N_ROWS:,})")
+    args = parser.parse_args()
+    if args.write_parquet:
+        files = write_parquet(args.write_parquet, n_rows=args.rows)
+        print(f"wrote {args.rows:,} customers to {args.write_parquet} ({len(files)} Parquet files)")
+    else:
+        main()

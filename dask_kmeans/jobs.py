@@ -1,0 +1,842 @@
+"""Job specs: a fit, predict or K sweep described in YAML, validated, then run or submitted.
+
+A job spec is one ``job`` mapping whose ``kind`` says what to do::
+
+    job:
+      kind: fit
+      cluster: ../cluster-config/local.yaml
+      input:
+        url: s3://bucket/customers/
+        key_columns: [customer_id]
+      params:
+        n_clusters: 8
+        random_state: 0
+      output:
+        model: s3://bucket/models/customers-k8
+        labels: s3://bucket/labels/customers-k8
+
+The keys of each kind, their types and defaults are in ``job_schema.yaml`` next to this
+module and explained in ``docs/cli.md``; ``jobs/`` holds an example of each kind.
+
+:func:`load_job` reads and validates a file (with ``key.path=value`` overrides),
+:func:`run_job` runs a validated spec with whatever Dask client is active, and
+:func:`submit_job` runs it as a task on a cluster so that the submitting process may exit;
+:func:`job_status` finds its state and result again from any client of that cluster.
+
+Credentials belong in ``storage_options`` only. They travel to the workers with the job, but
+never appear in a result summary, a log line, a job status or an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import io as _stdio
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from . import _schema as S
+from .cluster import ClusterConfigError, load_cluster_config, validate_cluster_config
+from .io import CREDENTIAL_KEY, strip_credentials
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = [
+    "KINDS",
+    "JobSpecError",
+    "UnknownJobError",
+    "apply_overrides",
+    "cluster_target",
+    "job_status",
+    "load_job",
+    "param_defaults",
+    "parse_assignment",
+    "parse_k",
+    "run_job",
+    "secrets",
+    "submit_job",
+    "validate_job",
+]
+
+KINDS: tuple[str, ...] = ("fit", "predict", "sweep")
+#: Job states recorded on the scheduler by :func:`submit_job`.
+STATES: tuple[str, ...] = ("submitted", "running", "finished", "failed", "lost")
+#: Top-level key of the scheduler's metadata under which submitted jobs are recorded.
+METADATA_KEY = "dask-kmeans-jobs"
+_TASK_PREFIX = "dask-kmeans-job-"
+_K_RANGE = re.compile(r"\s*(\d+)\s*\.\.\s*(\d+)\s*")
+
+logger = logging.getLogger("dask_kmeans.jobs")
+
+
+class JobSpecError(S.SchemaError):
+    """A job spec does not follow the schema.
+
+    Parameters
+    ----------
+    errors : list of (str, str)
+        One ``(path, problem)`` pair per problem; ``path`` is dotted, like
+        ``job.params.n_clusters``, and empty for the document as a whole.
+    source : str, optional
+        The file the spec was read from, shown before the problems.
+
+    Examples
+    --------
+    >>> from dask_kmeans.jobs import validate_job
+    >>> validate_job({"job": {"kind": "fit", "input": {"url": "data/"},
+    ...                       "params": {"n_clusters": "eight"}, "output": {}}})
+    Traceback (most recent call last):
+    ...
+    dask_kmeans.jobs.JobSpecError: job.params.n_clusters: expected an int >= 1, got 'eight'
+    """
+
+    what = "job spec"
+
+
+class UnknownJobError(LookupError):
+    """No job with this id was submitted to this scheduler (or it restarted since)."""
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that ``1e-4`` is a float (as in YAML 1.2)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@cache
+def _schema() -> dict:
+    return yaml.safe_load(Path(__file__).with_name("job_schema.yaml").read_text("utf-8"))
+
+
+def param_defaults() -> dict[str, Any]:
+    """The defaults of a job's ``params`` (KMeans' own), as ``job_schema.yaml`` has them.
+
+    Examples
+    --------
+    >>> param_defaults()["init"]
+    'k-means||'
+    """
+    keys = _schema()["keys"]["job"]["variants"]["fit"]["keys"]["params"]["keys"]
+    return {k: copy.deepcopy(node["default"]) for k, node in keys.items() if "default" in node}
+
+
+def parse_k(k: str | Sequence[int]) -> list[int]:
+    """The values of K of a sweep: a list as given, or an inclusive range ``"lo..hi"``.
+
+    Examples
+    --------
+    >>> parse_k("2..5")
+    [2, 3, 4, 5]
+    >>> parse_k([8, 2, 4])
+    [8, 2, 4]
+    """
+    if isinstance(k, str):
+        match = _K_RANGE.fullmatch(k)
+        if match is None:
+            raise ValueError(f"k must be a list of ints or a range like '2..12', got {k!r}")
+        lo, hi = int(match[1]), int(match[2])
+        if not 1 <= lo <= hi:
+            raise ValueError(f"the range {k!r} is empty or starts below 1: write it as "
+                             "'lo..hi' with 1 <= lo <= hi")
+        return list(range(lo, hi + 1))
+    return [int(v) for v in k]
+
+
+def _check_cluster_entry(value: Any, base_dir: Path | None, errors: list) -> Any:
+    """Validate ``job.cluster``; return it with a relative config path made absolute."""
+    path = "job.cluster"
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip():
+        if "://" in value:
+            errors.append((path, f"{value!r} looks like a scheduler address: write "
+                                 f"cluster: {{scheduler: {value}}}"))
+            return None
+        file = Path(value).expanduser()
+        if not file.is_absolute() and base_dir is not None:
+            file = base_dir / file
+        try:
+            load_cluster_config(file)
+        except ClusterConfigError as exc:
+            errors.extend((path, f"{exc.source}: {p or '(top level)'}: {m}")
+                          for p, m in exc.errors)
+        except Exception as exc:  # not found, unreadable: reported with the path
+            errors.append((path, str(exc)))
+        return str(file)
+    if isinstance(value, Mapping) and set(value) == {"scheduler"}:
+        node = {"type": "address", "schemes": ["tcp", "tls"]}
+        S.walk(node, value["scheduler"], f"{path}.scheduler", errors)
+        return dict(value)
+    if isinstance(value, Mapping) and ("kind" in value or set(value) == {"cluster"}):
+        inline = value if set(value) == {"cluster"} else {"cluster": value}
+        prefix = path if set(value) != {"cluster"} else f"{path}.cluster"
+        try:
+            config = validate_cluster_config(inline)
+        except ClusterConfigError as exc:
+            errors.extend((prefix + p[len("cluster"):] if p.startswith("cluster") else
+                           S.join(prefix, p), m) for p, m in exc.errors)
+            return None
+        tls = config["cluster"].get("tls")
+        if tls is not None and base_dir is not None:
+            for key in ("ca_file", "client_cert", "client_key"):
+                tls[key] = str(base_dir / Path(tls[key]).expanduser())
+        return config
+    errors.append((path, "expected the path of a cluster-config file, an inline cluster "
+                         "config like {kind: local, local: {n_workers: 2}}, or "
+                         f"{{scheduler: tcp://host:8786}}, got {S.show(value)}"))
+    return None
+
+
+def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None,
+                 source: str | None = None) -> dict[str, Any]:
+    """Check a job spec against the schema and fill in the defaults.
+
+    Parameters
+    ----------
+    spec : mapping
+        A spec as read from YAML: ``{"job": {"kind": ..., ...}}``.
+    base_dir : str or path-like, optional
+        Directory against which a relative ``job.cluster`` path is resolved (the job
+        file's); the current directory when None.
+    source : str, optional
+        Where the spec came from, for the messages.
+
+    Returns
+    -------
+    dict
+        A copy of ``spec`` with every default filled in and ``job.cluster`` resolved: an
+        absolute path, ``{"scheduler": address}``, or a validated cluster config
+        ``{"cluster": {...}}``.
+
+    Raises
+    ------
+    JobSpecError
+        Listing every problem with the dotted path of the key at fault, like
+        ``job.params.n_clusters: expected an int >= 1, got 'eight'``.
+
+    Examples
+    --------
+    >>> from dask_kmeans.jobs import validate_job
+    >>> spec = validate_job({"job": {"kind": "sweep", "input": {"url": "data/"},
+    ...                              "k": "2..4", "output": {"table": "sweep.csv"}}})
+    >>> spec["job"]["params"]["init"], spec["job"]["output"]["overwrite"]
+    ('k-means||', False)
+    """
+    errors: list[tuple[str, str]] = []
+    if spec is None:
+        raise JobSpecError([("", "the job spec is empty; it needs a 'job' mapping with a "
+                                 "'kind', like {job: {kind: fit, ...}}")], source)
+    out = S.walk(_schema(), spec, "", errors)
+    job = (out or {}).get("job")
+    if isinstance(job, dict):
+        base = Path(base_dir) if base_dir is not None else None
+        job["cluster"] = _check_cluster_entry(job.get("cluster"), base, errors)
+        k = job.get("k")
+        if isinstance(k, str):
+            try:
+                parse_k(k)
+            except ValueError as exc:
+                errors.append(("job.k", str(exc)))
+    if errors:
+        raise JobSpecError(errors, source)
+    return out
+
+
+def parse_assignment(text: str, option: str = "--set") -> tuple[list[str], Any]:
+    """Split ``"key.path=value"`` into its keys and its value read as YAML.
+
+    Parameters
+    ----------
+    text : str
+        The assignment.
+    option : str, default="--set"
+        The command-line option it came from, for the messages.
+
+    Raises
+    ------
+    JobSpecError
+        If there is no ``=``, a key is empty, or the value is not YAML (the message does not
+        repeat the value: it may be a credential).
+
+    Examples
+    --------
+    >>> parse_assignment("client_kwargs.region_name=eu-west-1")
+    (['client_kwargs', 'region_name'], 'eu-west-1')
+    >>> parse_assignment("params.tol=1e-4")
+    (['params', 'tol'], 0.0001)
+    """
+    what = f"{option} {text.split('=', 1)[0].strip()}"
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise JobSpecError([(what, "expected key.path=value, like params.n_clusters=5")])
+    try:
+        value = _yaml(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        # The value is not echoed: it may be a credential.
+        raise JobSpecError([(key, f"the value given by {what} is not valid YAML")]) from None
+    return key.split("."), value
+
+
+def apply_overrides(spec: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A copy of ``spec`` with ``key.path=value`` assignments applied.
+
+    Paths are relative to ``job`` (a leading ``job.`` is allowed); missing mappings on the
+    way are created. Values are read as YAML: ``5`` is an int, ``1e-4`` a float, ``true`` a
+    bool, ``[2, 4]`` a list, ``null`` None.
+
+    Examples
+    --------
+    >>> apply_overrides({"job": {"params": {"n_clusters": 8}}},
+    ...                 ["params.n_clusters=5", "job.params.tol=1e-3"])
+    {'job': {'params': {'n_clusters': 5, 'tol': 0.001}}}
+    """
+    out = copy.deepcopy(dict(spec)) if spec is not None else {}
+    for text in overrides:
+        keys, value = parse_assignment(text)
+        if keys[0] == "job":
+            keys = keys[1:]
+        if not keys:
+            raise JobSpecError([("job", "--set cannot replace the whole job")])
+        if not isinstance(out.get("job"), dict):
+            out["job"] = {}
+        target = out["job"]
+        for i, key in enumerate(keys[:-1]):
+            if target.get(key) is None:
+                target[key] = {}
+            if not isinstance(target[key], dict):
+                where = ".".join(["job", *keys[: i + 1]])
+                raise JobSpecError([(where, f"--set {'.'.join(keys)}: {where} is "
+                                            f"{S.show(target[key])}, not a mapping")])
+            target = target[key]
+        target[keys[-1]] = value
+    return out
+
+
+def load_job(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a job spec file, apply ``key.path=value`` overrides, and validate the result.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The YAML file.
+    overrides : sequence of str
+        Assignments like ``"params.n_clusters=5"`` (see :func:`apply_overrides`), applied
+        before validation.
+
+    Returns
+    -------
+    dict
+        The validated spec (see :func:`validate_job`); a relative ``job.cluster`` path is
+        taken relative to the file's directory.
+
+    Raises
+    ------
+    JobSpecError
+        If the file cannot be read, is not YAML, or the spec does not follow the schema;
+        the message starts with the file name.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     p = pathlib.Path(tmp, "job.yaml")
+    ...     _ = p.write_text("job:\\n  kind: fit\\n  input: {url: data/}\\n"
+    ...                      "  params: {n_clusters: 8}\\n  output: {model: model/}\\n")
+    ...     load_job(p, ["params.n_clusters=5"])["job"]["params"]["n_clusters"]
+    5
+    """
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobSpecError([("", "no such file")], str(p)) from None
+    except OSError as exc:
+        raise JobSpecError([("", f"cannot read it: {exc.strerror or exc}")], str(p)) from None
+    try:
+        raw = _yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise JobSpecError([(where, f"not valid YAML: {problem}")], str(p)) from None
+    if overrides:
+        if raw is not None and not isinstance(raw, Mapping):
+            raise JobSpecError([("", f"expected a mapping, got {S.show(raw)}")], str(p))
+        raw = apply_overrides(raw or {}, overrides)
+    return validate_job(raw, base_dir=p.parent, source=str(p))
+
+
+def cluster_target(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `dask_kmeans.cluster.connect` for a validated spec.
+
+    ``{}`` (a local cluster) when the spec names no cluster; otherwise
+    ``{"config_or_path": path or config}`` or ``{"scheduler": address}``.
+    """
+    entry = spec["job"].get("cluster")
+    if entry is None:
+        return {}
+    if isinstance(entry, Mapping) and set(entry) == {"scheduler"}:
+        return {"scheduler": entry["scheduler"]}
+    return {"config_or_path": entry}
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def secrets(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The credential values in a spec, longest first, to keep out of any message.
+
+    Values of ``storage_options`` keys named like credentials (``key``, ``secret``,
+    ``token``, ``password``...), at any depth, and passwords in URLs.
+    """
+    found: list[str] = []
+
+    def walk(obj: Any, key: str = "") -> None:
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                walk(v, str(k))
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                walk(v, key)
+        elif isinstance(obj, str) and obj:
+            if key and CREDENTIAL_KEY.search(key):
+                found.append(obj)
+            elif "://" in obj and obj != strip_credentials(obj):
+                from urllib.parse import parse_qsl, urlsplit
+
+                parts = urlsplit(obj)
+                if parts.password:
+                    found.append(parts.password)
+                found.extend(v for k, v in parse_qsl(parts.query)
+                             if v and CREDENTIAL_KEY.search(k.replace("-", "_")))
+
+    walk(spec)
+    return tuple(sorted(set(found), key=len, reverse=True))
+
+
+def scrub(text: str, values: Sequence[str]) -> str:
+    """``text`` with every one of ``values`` replaced by ``***``."""
+    for value in values:
+        text = text.replace(value, "***")
+    return text
+
+
+def _scrub_all(obj: Any, values: Sequence[str]) -> Any:
+    if isinstance(obj, str):
+        return scrub(obj, values)
+    if isinstance(obj, dict):
+        return {k: _scrub_all(v, values) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_scrub_all(v, values) for v in obj]
+    return obj
+
+
+@contextlib.contextmanager
+def _io_errors(url: str, values: Sequence[str], doing: str) -> Iterator[None]:
+    """File-system errors of this module, re-raised naming ``url`` without credentials."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError) as exc:
+        raise type(exc)(f"{type(exc).__name__} while {doing} {strip_credentials(url)}: "
+                        f"{scrub(str(exc), values)}") from None
+    except OSError as exc:
+        raise OSError(f"I/O error while {doing} {strip_credentials(url)}: "
+                      f"{type(exc).__name__}: {scrub(str(exc), values)}") from None
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _protocol(url: str) -> str:
+    import fsspec
+
+    return fsspec.core.split_protocol(url)[0] or "file"
+
+
+def _input_options(url: str, job: Mapping) -> dict:
+    """Options for reading ``url``: the input's when on the same kind of storage."""
+    inp = job["input"]
+    return dict(inp["storage_options"]) if _protocol(url) == _protocol(inp["url"]) else {}
+
+
+def _output_options(url: str, job: Mapping) -> dict:
+    """Options for writing ``url``: output.storage_options, else the input's (same protocol)."""
+    given = job["output"].get("storage_options")
+    return dict(given) if given is not None else _input_options(url, job)
+
+
+def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: bool,
+                     values: Sequence[str]) -> None:
+    """Stop before any work when an output is already there and may not be replaced."""
+    if overwrite:
+        return
+    import fsspec
+
+    safe = strip_credentials(url)
+    with _io_errors(url, values, "checking"):
+        fs, path = fsspec.core.url_to_fs(url, **options)
+        fs.invalidate_cache()
+        exists = fs.exists(f"{path.rstrip('/')}/_SUCCESS" if directory else path)
+    if exists:
+        raise FileExistsError(f"{safe} already exists: set output.overwrite: true (--overwrite "
+                              "or --set output.overwrite=true) to replace it, or choose another "
+                              "location.")
+
+
+def _open(job: Mapping, *, columns=None, dtype=None):
+    from .io import open_parquet
+
+    inp = job["input"]
+    return open_parquet(inp["url"], inp["columns"] or columns,
+                        dtype=inp["dtype"] or dtype or "float64",
+                        storage_options=inp["storage_options"], missing=inp["missing"],
+                        key_columns=inp["key_columns"] or None)
+
+
+def _kmeans(params: Mapping, n_clusters: int):
+    from .estimator import KMeans
+
+    return KMeans(n_clusters=n_clusters, **{k: v for k, v in params.items()
+                                            if k != "n_clusters"})
+
+
+def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
+    from .io import write_labels
+
+    out = job["output"]
+    for name in ("model", "labels"):
+        if out[name]:
+            _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
+                             directory=True, values=values)
+    src = _open(job)
+    params = job["params"]
+    logger.info("fit: %d rows of %s, k=%d", src.n_rows, src.url, params["n_clusters"])
+    km = _kmeans(params, params["n_clusters"]).fit(src)
+    result: dict[str, Any] = {
+        "kind": "fit", "input": src.url, "n_rows": src.n_rows,
+        "features": list(src.feature_names), "n_clusters": int(params["n_clusters"]),
+        "n_iter": int(km.n_iter_), "inertia": float(km.inertia_), "model": None,
+        "labels": None,
+    }
+    if out["model"]:
+        result["model"] = km.save(out["model"], overwrite=out["overwrite"],
+                                  storage_options=_output_options(out["model"], job))
+    else:
+        result["centers"] = km.cluster_centers_.tolist()
+    if out["labels"]:
+        labels, distances = km.predict(src, return_distance=True)
+        result["labels"] = write_labels(src, labels, distances, out["labels"],
+                                        storage_options=_output_options(out["labels"], job),
+                                        overwrite=out["overwrite"])
+    return result
+
+
+def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
+    from .estimator import load
+    from .io import write_labels
+
+    out = job["output"]
+    _refuse_existing(out["labels"], _output_options(out["labels"], job), out["overwrite"],
+                     directory=True, values=values)
+    km = load(job["model"], storage_options=_input_options(job["model"], job))
+    names = getattr(km, "feature_names_in_", None)
+    src = _open(job, columns=None if names is None else [str(n) for n in names],
+                dtype=km.cluster_centers_.dtype.name)
+    logger.info("predict: %d rows of %s with the model at %s", src.n_rows, src.url,
+                strip_credentials(job["model"]))
+    labels, distances = km.predict(src, return_distance=True)
+    url = write_labels(src, labels, distances, out["labels"], overwrite=out["overwrite"],
+                       storage_options=_output_options(out["labels"], job))
+    return {"kind": "predict", "model": strip_credentials(job["model"]), "input": src.url,
+            "n_rows": src.n_rows, "n_clusters": int(km.cluster_centers_.shape[0]),
+            "labels": url}
+
+
+def _table_bytes(url: str, rows: list[dict]) -> bytes:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=["k", "inertia", "n_iter", "seconds"])
+    name = url.split("?", 1)[0].lower()
+    if name.endswith(".csv"):
+        return frame.to_csv(index=False).encode()
+    if name.endswith(".json"):
+        return (json.dumps(rows, indent=2) + "\n").encode()
+    buffer = _stdio.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _write_table(url: str, rows: list[dict], options: Mapping, overwrite: bool,
+                 values: Sequence[str]) -> str:
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    _refuse_existing(url, options, overwrite, directory=False, values=values)
+    data = _table_bytes(url, rows)
+    with _io_errors(url, values, "writing"):
+        fs, path = fsspec.core.url_to_fs(url, **options)
+        if isinstance(fs, LocalFileSystem):
+            # Written whole or not at all: a rename on a local disk, one PUT on object stores.
+            fs.makedirs(fs._parent(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+    return strip_credentials(url)
+
+
+def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
+    out = job["output"]
+    options = _output_options(out["table"], job)
+    _refuse_existing(out["table"], options, out["overwrite"], directory=False, values=values)
+    ks = parse_k(job["k"])
+    src = _open(job)
+    if max(ks) > src.n_rows:
+        raise ValueError(f"k={max(ks)} is more than the {src.n_rows} rows of {src.url}: every "
+                         "cluster needs at least one row; lower the largest K.")
+    rows = []
+    for k in ks:
+        start = time.perf_counter()
+        km = _kmeans(job["params"], k).fit(src)
+        rows.append({"k": k, "inertia": float(km.inertia_), "n_iter": int(km.n_iter_),
+                     "seconds": round(time.perf_counter() - start, 3)})
+        logger.info("sweep: k=%d inertia=%.6g n_iter=%d", k, km.inertia_, km.n_iter_)
+    table = _write_table(out["table"], rows, options, out["overwrite"], values)
+    return {"kind": "sweep", "input": src.url, "n_rows": src.n_rows,
+            "features": list(src.feature_names), "table": table, "results": rows}
+
+
+_RUNNERS = {"fit": _run_fit, "predict": _run_predict, "sweep": _run_sweep}
+
+
+def run_job(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Run a job with the active Dask client and return a summary of what it did.
+
+    The caller chooses where the work runs: inside ``with connect(...)`` (see
+    `dask_kmeans.cluster.connect`), with any ``distributed.Client`` as default, or else on
+    dask's local threads. ``spec["job"]["cluster"]`` is not used here.
+
+    Parameters
+    ----------
+    spec : mapping
+        A job spec; validated again here, so a spec written as a dict works too.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable, without credentials. Always ``kind``, ``input`` (URL),
+        ``n_rows`` and ``seconds``. fit: ``features``, ``n_clusters``, ``n_iter``,
+        ``inertia``, ``model`` and ``labels`` (URLs or None) and, when no model was saved,
+        ``centers``. predict: ``model``, ``n_clusters``, ``labels``. sweep: ``features``,
+        ``table`` and ``results``, a list of ``{k, inertia, n_iter, seconds}``.
+
+    Raises
+    ------
+    JobSpecError
+        If the spec does not follow the schema.
+    FileExistsError
+        If an output exists and ``output.overwrite`` is false (checked before any work).
+    ValueError, FileNotFoundError, PermissionError, OSError
+        From reading the input, fitting or writing (see `dask_kmeans.open_parquet`,
+        `dask_kmeans.KMeans`); their messages hold no credentials.
+    """
+    spec = validate_job(spec)
+    job = spec["job"]
+    values = secrets(spec)
+    start = time.perf_counter()
+    result = _RUNNERS[job["kind"]](job, values)
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    # Every URL above was stripped already; this is the last line of defence.
+    return _scrub_all(result, values)
+
+
+# --------------------------------------------------------------------------- submitted jobs
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _for_cluster(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec as the job task gets it: no cluster entry, local paths made absolute.
+
+    Workers have their own current directory, so relative paths are resolved here, where
+    the user wrote them.
+    """
+    out = copy.deepcopy(dict(spec))
+    job = out["job"]
+    job["cluster"] = None
+
+    def absolute(url):
+        return os.path.abspath(os.path.expanduser(url)) if url and "://" not in url else url
+
+    job["input"]["url"] = absolute(job["input"]["url"])
+    if "model" in job:
+        job["model"] = absolute(job["model"])
+    for key in ("model", "labels", "table"):
+        if job["output"].get(key):
+            job["output"][key] = absolute(job["output"][key])
+    if job.get("params", {}).get("checkpoint"):
+        job["params"]["checkpoint"] = absolute(job["params"]["checkpoint"])
+    return out
+
+
+def _one_line(exc: BaseException, values: Sequence[str]) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {scrub(text, values)}"
+
+
+def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any]) -> None:
+    """The job task: run the job on this worker and record its progress on the scheduler."""
+    from distributed import get_worker, worker_client
+
+    values = secrets(spec)
+    # worker_client() secedes this thread from the worker's pool while the job waits for
+    # its own tasks, so that a worker with one thread can still run them.
+    with worker_client() as client:
+        record = {**record, "state": "running", "started": _now(),
+                  "worker": get_worker().address}
+        client.set_metadata([METADATA_KEY, job_id], record)
+        try:
+            result = run_job(spec)
+        except Exception as exc:  # every failure is recorded for `status`
+            logger.warning("job %s failed: %s", job_id, _one_line(exc, values))
+            record = {**record, "state": "failed", "finished": _now(),
+                      "error": _one_line(exc, values)}
+        else:
+            record = {**record, "state": "finished", "finished": _now(), "result": result}
+        client.set_metadata([METADATA_KEY, job_id], record)
+
+
+def _task_state(client: Client, key: str) -> tuple[str | None, str | None] | None:
+    """The scheduler's state of a task and its exception text; None when it cannot tell."""
+
+    # Defined here so that it is pickled by value: the scheduler need not import dask_kmeans.
+    def state(dask_scheduler, key=key):
+        ts = dask_scheduler.tasks.get(key)
+        return (None, None) if ts is None else (ts.state, ts.exception_text or None)
+
+    try:
+        return tuple(client.run_on_scheduler(state))
+    except Exception:  # e.g. a scheduler that refuses pickled functions
+        return None
+
+
+def submit_job(spec: Mapping[str, Any], client: Client, *, timeout: float = 30) -> str:
+    """Run a job as a task on ``client``'s cluster, which carries on when this process exits.
+
+    The job's progress and result are recorded on the scheduler under its id, where
+    :func:`job_status` finds them from any client of the same scheduler. Inside the task the
+    job runs with the worker's own client (the fit's tasks go to the same cluster).
+
+    Parameters
+    ----------
+    spec : mapping
+        A job spec (validated here). Relative local paths are made absolute against this
+        process's directory, because workers have their own.
+    client : distributed.Client
+        A client of a scheduler that outlives this process (not a ``LocalCluster`` this
+        process started: closing it would end the job).
+    timeout : float, default=30
+        Seconds to wait for the scheduler to acknowledge the task.
+
+    Returns
+    -------
+    str
+        The job id, like ``"fit-3f2c9a1b7d4e"``.
+    """
+    from distributed import fire_and_forget
+
+    spec = validate_job(spec)
+    job = spec["job"]
+    job_id = f"{job['kind']}-{uuid.uuid4().hex[:12]}"
+    payload = _for_cluster(spec)
+    record = {"job_id": job_id, "kind": job["kind"], "state": "submitted",
+              "submitted": _now(), "input": strip_credentials(payload["job"]["input"]["url"])}
+    client.set_metadata([METADATA_KEY, job_id], record)
+    key = _TASK_PREFIX + job_id
+    future = client.submit(_run_submitted, payload, job_id, record, key=key, pure=False)
+    fire_and_forget(future)
+    # Wait until the scheduler holds the task, so that this process may exit at once.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _task_state(client, key)
+        current = client.get_metadata([METADATA_KEY, job_id], None) or {}
+        if state is None or state[0] is not None or current.get("state") != "submitted":
+            break
+        time.sleep(0.05)
+    del future
+    return job_id
+
+
+def job_status(job_id: str, client: Client) -> dict[str, Any]:
+    """The state of a submitted job and, once finished, its result summary.
+
+    Parameters
+    ----------
+    job_id : str
+        As returned by :func:`submit_job`.
+    client : distributed.Client
+        A client of the scheduler the job was submitted to.
+
+    Returns
+    -------
+    dict
+        ``job_id``, ``kind``, ``state`` (one of :data:`STATES`), ``submitted``, and as they
+        become known ``started``, ``worker``, ``finished``, ``result`` (the summary of
+        :func:`run_job`) or ``error`` (one line, without credentials). ``lost`` means the
+        scheduler no longer has the job's task although it never finished, for instance
+        because its worker died more often than the scheduler allows.
+
+    Raises
+    ------
+    UnknownJobError
+        If the scheduler has no job of that id.
+    """
+    record = client.get_metadata([METADATA_KEY, job_id], None)
+    if record is None:
+        raise UnknownJobError(f"no job {job_id!r} on the scheduler at {client.scheduler.address}"
+                              ": check the id and the scheduler (a restarted scheduler forgets "
+                              "its jobs)")
+    record = dict(record)
+    if record.get("state") in ("submitted", "running"):
+        state = _task_state(client, _TASK_PREFIX + job_id)
+        if state is not None and state[0] in (None, "erred", "forgotten"):
+            # The task is gone or failed outside run_job; read the record once more in case
+            # it finished in between.
+            again = dict(client.get_metadata([METADATA_KEY, job_id], record))
+            if again.get("state") in ("submitted", "running"):
+                again["state"] = "failed" if state[0] == "erred" else "lost"
+                again["error"] = " ".join((state[1] or "the job's task is no longer on the "
+                                           "scheduler and never finished").split())
+            record = again
+    return record

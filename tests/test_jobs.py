@@ -1,0 +1,470 @@
+"""dask_kmeans.jobs: job specs, their schema and overrides, and running them on every store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import dask_kmeans as dk
+from dask_kmeans.jobs import (
+    JobSpecError,
+    UnknownJobError,
+    apply_overrides,
+    cluster_target,
+    job_status,
+    load_job,
+    param_defaults,
+    parse_k,
+    run_job,
+    secrets,
+    submit_job,
+    validate_job,
+)
+from tests.conftest import LOCAL_SECRET, blobs
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB_FILES = sorted((ROOT / "jobs").glob("*.yaml"))
+SCHEMA = yaml.safe_load((ROOT / "dask_kmeans" / "job_schema.yaml").read_text())
+FEATURES = ["age", "income", "score"]
+
+
+def fit_spec(url, **sections):
+    job = {"kind": "fit", "input": {"url": url}, "params": {"n_clusters": 3},
+           "output": {"model": "model"}}
+    for name, value in sections.items():
+        job[name] = value
+    return {"job": job}
+
+
+def write_dataset(store, name="train", n=1500, parts=3, seed=0):
+    """A few Parquet parts with a key column, three features and a text column."""
+    X = blobs(n=n, d=3, k=3, seed=seed)
+    df = pd.DataFrame(X, columns=FEATURES)
+    df.insert(0, "customer_id", np.arange(n) + 10_000 * seed)
+    df["segment"] = "x"
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        store.write_parquet(f"{name}/part-{i}.parquet", df.iloc[a:b])
+    return store.url(name), df
+
+
+# --------------------------------------------------------------------------- the schema
+
+BAD = [
+    ("wrong type", fit_spec("d", params={"n_clusters": "eight"}),
+     "job.params.n_clusters", "expected an int >= 1, got 'eight'"),
+    ("below minimum", fit_spec("d", params={"n_clusters": 0}),
+     "job.params.n_clusters", "expected an int >= 1, got 0"),
+    ("missing n_clusters", fit_spec("d", params={}), "job.params.n_clusters",
+     "missing required key"),
+    ("unknown key", fit_spec("d", output={"modle": "m"}), "job.output.modle",
+     "unknown key 'modle'; did you mean 'model'?"),
+    ("unknown kind", {"job": {"kind": "fitt"}}, "job.kind",
+     "expected one of fit, predict, sweep, got 'fitt'; did you mean 'fit'?"),
+    ("no kind", {"job": {"input": {"url": "d"}}}, "job.kind", "missing required key"),
+    ("no job", {"jobs": {}}, "jobs", "unknown key 'jobs'; did you mean 'job'?"),
+    ("empty url", fit_spec(""), "job.input.url", "expected a non-empty string, got ''"),
+    ("bad dtype", fit_spec("d", input={"url": "d", "dtype": "float16"}), "job.input.dtype",
+     "expected one of float64, float32 or null, got 'float16'"),
+    ("bad init", fit_spec("d", params={"n_clusters": 2, "init": "kmeans++"}),
+     "job.params.init", "did you mean 'k-means++'?"),
+    ("n_init", fit_spec("d", params={"n_clusters": 2, "n_init": 0}), "job.params.n_init",
+     "expected 'auto' or an int >= 1, got 0"),
+    ("persist", fit_spec("d", params={"n_clusters": 2, "persist": "yes"}),
+     "job.params.persist", "expected 'auto' or true or false, got 'yes'"),
+    ("oversampling", fit_spec("d", params={"n_clusters": 2, "oversampling_factor": 0}),
+     "job.params.oversampling_factor", "expected a number > 0, got 0"),
+    ("columns not a list", fit_spec("d", input={"url": "d", "columns": "a,b"}),
+     "job.input.columns", "expected a non-empty list of strings or null, got 'a,b'"),
+    ("labels key for sweep", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
+                                      "output": {"table": "t.csv", "labels": "l"}}},
+     "job.output.labels", "unknown key 'labels'"),
+    ("n_clusters in a sweep", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
+                                       "params": {"n_clusters": 3},
+                                       "output": {"table": "t.csv"}}},
+     "job.params.n_clusters", "unknown key 'n_clusters'"),
+    ("k item", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2, 0],
+                        "output": {"table": "t"}}}, "job.k[1]", "expected an int >= 1, got 0"),
+    ("k text", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": "two to five",
+                        "output": {"table": "t"}}}, "job.k", "or a range like '2..12'"),
+    ("k range", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": "5..2",
+                         "output": {"table": "t"}}}, "job.k", "'5..2' is empty"),
+    ("predict needs a model", {"job": {"kind": "predict", "input": {"url": "d"},
+                                       "output": {"labels": "l"}}}, "job.model",
+     "missing required key"),
+    ("inline cluster", fit_spec("d", cluster={"kind": "local", "local": {"n_workers": "two"}}),
+     "job.cluster.local.n_workers", "expected an int >= 1 or null, got 'two'"),
+    ("scheduler address", fit_spec("d", cluster={"scheduler": "localhost:8786"}),
+     "job.cluster.scheduler", "expected an address like tcp://host:port"),
+    ("address as a path", fit_spec("d", cluster="tcp://127.0.0.1:8786"), "job.cluster",
+     "looks like a scheduler address"),
+    ("missing cluster file", fit_spec("d", cluster="nope/cluster.yaml"), "job.cluster",
+     "cluster config file not found"),
+    ("cluster of another shape", fit_spec("d", cluster={"workers": 2}), "job.cluster",
+     "expected the path of a cluster-config file"),
+]
+
+
+@pytest.mark.parametrize("spec, path, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_spec_names_the_path(spec, path, message):
+    with pytest.raises(JobSpecError) as info:
+        validate_job(spec)
+    problems = dict(info.value.errors)
+    assert path in problems, info.value.errors
+    assert message in problems[path]
+    assert f"{path}: {problems[path]}" in str(info.value)
+
+
+def test_every_problem_is_reported_at_once():
+    spec = fit_spec("d", params={"n_clusters": "eight", "tol": -1}, output={"modle": "m"})
+    with pytest.raises(JobSpecError, match="^job.yaml: 3 problems in the job spec:") as info:
+        validate_job(spec, source="job.yaml")
+    assert [p for p, _ in info.value.errors] == [
+        "job.params.n_clusters", "job.params.tol", "job.output.modle"]
+    with pytest.raises(JobSpecError, match="the job spec is empty"):
+        validate_job(None)
+
+
+def test_defaults_are_kmeans_own_and_filled_in():
+    params = dk.KMeans().get_params()
+    expected = {k: v for k, v in params.items() if k not in ("n_clusters", "verbose")}
+    assert param_defaults() == expected, "job_schema.yaml's params are out of step with KMeans"
+    variants = SCHEMA["keys"]["job"]["variants"]
+    # One checkpoint for several K cannot work: each fit would refuse the other's.
+    sweep = {k: v for k, v in expected.items() if k not in ("checkpoint", "resume")}
+    assert set(variants["sweep"]["keys"]["params"]["keys"]) == set(sweep)
+
+    spec = validate_job({"job": {"kind": "sweep", "input": {"url": "d"}, "k": "2..3",
+                                 "output": {"table": "t.csv"}}})
+    job = spec["job"]
+    assert job["params"] == sweep
+    assert job["input"] == {"url": "d", "columns": None, "key_columns": [], "dtype": None,
+                            "missing": "error", "storage_options": {}}
+    assert job["output"] == {"table": "t.csv", "overwrite": False, "storage_options": None}
+    assert job["cluster"] is None
+
+
+def test_schema_documents_every_key():
+    def walk(node, path):
+        assert node.get("doc") or path.count(".") < 1 or "[" in path, f"{path} has no doc"
+        for key, sub in node.get("keys", {}).items():
+            walk(sub, f"{path}.{key}")
+        for kind, sub in node.get("variants", {}).items():
+            walk(sub, f"{path}<{kind}>")
+
+    walk(SCHEMA["keys"]["job"], "job")
+
+
+def test_validation_does_not_modify_its_input():
+    spec = fit_spec("d", cluster={"kind": "local"})
+    before = json.loads(json.dumps(spec))
+    validate_job(spec)
+    assert spec == before
+
+
+def test_parse_k():
+    assert parse_k("2..5") == [2, 3, 4, 5]
+    assert parse_k(" 3 .. 3 ") == [3]
+    assert parse_k([8, 4]) == [8, 4]
+    with pytest.raises(ValueError, match="empty or starts below 1"):
+        parse_k("0..3")
+
+
+# --------------------------------------------------------------------------- files, overrides
+
+
+def write_job(tmp_path, spec, name="job.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_overrides_are_applied_before_validation(tmp_path):
+    path = write_job(tmp_path, fit_spec("data"))
+    spec = load_job(path, ["params.n_clusters=5", "job.params.tol=1e-3",
+                           "input.storage_options.client_kwargs.region_name=eu-west-1",
+                           "input.key_columns=[id, other]", "output.labels=labels",
+                           "params.random_state=null"])
+    job = spec["job"]
+    assert job["params"]["n_clusters"] == 5 and job["params"]["tol"] == 0.001
+    assert job["input"]["storage_options"] == {"client_kwargs": {"region_name": "eu-west-1"}}
+    assert job["input"]["key_columns"] == ["id", "other"]
+    assert job["output"]["labels"] == "labels" and job["params"]["random_state"] is None
+
+    with pytest.raises(JobSpecError) as info:
+        load_job(path, ["params.n_clusters=eight"])
+    assert str(info.value) == (f"{path}: job.params.n_clusters: expected an int >= 1, "
+                               "got 'eight'")
+    with pytest.raises(JobSpecError, match="expected key.path=value"):
+        load_job(path, ["params.n_clusters"])
+    with pytest.raises(JobSpecError, match=r"job\.input\.url is 'data', not a mapping"):
+        load_job(path, ["input.url.x=1"])
+    with pytest.raises(JobSpecError, match="not valid YAML") as info:
+        load_job(path, ["input.storage_options.token=[unclosed-s3cr3t"])
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_apply_overrides_copies():
+    spec = {"job": {"params": {"n_clusters": 8}}}
+    out = apply_overrides(spec, ["params.n_clusters=2"])
+    assert spec["job"]["params"]["n_clusters"] == 8 and out["job"]["params"]["n_clusters"] == 2
+
+
+def test_yaml_floats_in_scientific_notation(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("job:\n  kind: fit\n  input: {url: d}\n  params: {n_clusters: 2, tol: 1e-6}"
+                    "\n  output: {}\n")
+    assert load_job(path)["job"]["params"]["tol"] == 1e-6
+
+
+def test_load_job_file_errors(tmp_path):
+    with pytest.raises(JobSpecError, match=r"nope\.yaml: .*no such file"):
+        load_job(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("job:\n  kind: fit\n   input: {}\n")
+    with pytest.raises(JobSpecError, match=r"broken\.yaml: line 3: not valid YAML"):
+        load_job(broken)
+
+
+def test_cluster_entry_forms(tmp_path):
+    sub = tmp_path / "jobs"
+    sub.mkdir()
+    (tmp_path / "local.yaml").write_text("cluster:\n  kind: local\n")
+    spec = load_job(write_job(sub, fit_spec("d", cluster="../local.yaml")))
+    assert spec["job"]["cluster"] == str(sub / ".." / "local.yaml")
+    assert cluster_target(spec) == {"config_or_path": str(sub / ".." / "local.yaml")}
+
+    spec = validate_job(fit_spec("d", cluster={"scheduler": "tcp://127.0.0.1:8786"}))
+    assert cluster_target(spec) == {"scheduler": "tcp://127.0.0.1:8786"}
+
+    for inline in ({"kind": "local", "local": {"n_workers": 1}},
+                   {"cluster": {"kind": "local", "local": {"n_workers": 1}}}):
+        target = cluster_target(validate_job(fit_spec("d", cluster=inline)))
+        assert target["config_or_path"]["cluster"]["local"]["n_workers"] == 1
+        assert target["config_or_path"]["cluster"]["local"]["processes"] is True
+
+    (tmp_path / "bad.yaml").write_text("cluster:\n  kind: local\n  local: {n_workers: two}\n")
+    with pytest.raises(JobSpecError) as info:
+        load_job(write_job(sub, fit_spec("d", cluster="../bad.yaml"), "b.yaml"))
+    assert "job.cluster: " in str(info.value) and "cluster.local.n_workers" in str(info.value)
+    assert cluster_target(validate_job(fit_spec("d"))) == {}
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=[p.name for p in JOB_FILES])
+def test_example_job_validates(path):
+    spec = load_job(path)
+    assert spec["job"]["kind"] in ("fit", "predict", "sweep")
+    assert not secrets(spec), f"{path.name} holds credentials"
+
+
+def test_the_examples_cover_every_kind():
+    kinds = {load_job(p)["job"]["kind"] for p in JOB_FILES}
+    assert kinds == {"fit", "predict", "sweep"}
+    assert {p.name for p in JOB_FILES} >= {"demo.yaml", "fit_s3.yaml", "predict.yaml",
+                                           "sweep.yaml"}
+
+
+def test_secrets_are_found_at_any_depth():
+    spec = fit_spec("s3://user:pa55word@bucket/x", input={
+        "url": "s3://user:pa55word@bucket/x",
+        "storage_options": {"key": "AKIA1", "secret": "s3cr3t-value", "endpoint_url": "http://e",
+                            "client_kwargs": {"aws_session_token": "tok-123"}}})
+    assert set(secrets(spec)) == {"pa55word", "AKIA1", "s3cr3t-value", "tok-123"}
+
+
+# --------------------------------------------------------------------------- running jobs
+
+
+def reference_fit(url, storage_options, k=3, **params):
+    src = dk.open_parquet(url, FEATURES, storage_options=storage_options,
+                          key_columns="customer_id")
+    return dk.KMeans(k, random_state=0, **params).fit(src)
+
+
+def test_fit_predict_sweep_on_every_store(store, client, caplog):
+    caplog.set_level(logging.DEBUG, logger="dask_kmeans")
+    url, df = write_dataset(store)
+    opts = store.storage_options
+    inp = {"url": url, "columns": FEATURES, "key_columns": ["customer_id"],
+           "storage_options": opts}
+
+    fit = run_job({"job": {"kind": "fit", "input": inp,
+                           "params": {"n_clusters": 3, "random_state": 0},
+                           "output": {"model": store.url("model"),
+                                      "labels": store.url("labels")}}})
+    assert fit["kind"] == "fit" and fit["n_rows"] == len(df) and fit["features"] == FEATURES
+    assert fit["model"] == store.url("model") and fit["labels"] == store.url("labels")
+    assert fit["seconds"] > 0 and "centers" not in fit
+    model = dk.load(store.url("model"), storage_options=opts)
+    ref = reference_fit(url, opts)
+    np.testing.assert_allclose(model.cluster_centers_, ref.cluster_centers_, rtol=1e-7)
+    assert fit["inertia"] == pytest.approx(ref.inertia_, rel=1e-7)
+    assert fit["n_iter"] == ref.n_iter_
+    labels = dk.read_labels(fit["labels"], storage_options=opts).compute()
+    assert list(labels.columns) == ["customer_id", "cluster", "distance"]
+    np.testing.assert_array_equal(labels["customer_id"], df["customer_id"])
+    np.testing.assert_array_equal(labels["cluster"], model.predict(df[FEATURES]))
+
+    pred = run_job({"job": {"kind": "predict", "model": store.url("model"),
+                            "input": {k: v for k, v in inp.items() if k != "columns"},
+                            "output": {"labels": store.url("predicted")}}})
+    assert pred == {"kind": "predict", "model": store.url("model"), "input": url,
+                    "n_rows": len(df), "n_clusters": 3, "labels": store.url("predicted"),
+                    "seconds": pred["seconds"]}
+    again = dk.read_labels(pred["labels"], storage_options=opts).compute()
+    np.testing.assert_array_equal(again["cluster"], labels["cluster"])
+    np.testing.assert_allclose(again["distance"], labels["distance"], rtol=1e-12)
+
+    sweep = run_job({"job": {"kind": "sweep", "input": inp, "k": "2..3",
+                             "params": {"random_state": 0},
+                             "output": {"table": store.url("sweep.csv")}}})
+    assert [r["k"] for r in sweep["results"]] == [2, 3]
+    assert sweep["results"][1]["inertia"] == pytest.approx(ref.inertia_, rel=1e-7)
+    assert sweep["results"][0]["inertia"] > sweep["results"][1]["inertia"]
+    table = pd.read_csv(pd.io.common.BytesIO(store.get_bytes("sweep.csv")))
+    assert list(table.columns) == ["k", "inertia", "n_iter", "seconds"]
+    np.testing.assert_allclose(table["inertia"], [r["inertia"] for r in sweep["results"]])
+
+    everything = json.dumps([fit, pred, sweep]) + caplog.text
+    assert store.secret not in everything
+    assert store.secret.encode() not in store.all_bytes()
+
+
+def test_fit_without_a_model_returns_the_centres_and_sweep_writes_parquet(local_store, client):
+    url, _ = write_dataset(local_store, n=600)
+    fit = run_job(fit_spec(url, input={"url": url, "columns": FEATURES},
+                           params={"n_clusters": 3, "random_state": 0}, output={}))
+    ref = reference_fit(url, None)
+    np.testing.assert_allclose(fit["centers"], ref.cluster_centers_, rtol=1e-7)
+    assert fit["model"] is None and fit["labels"] is None
+
+    sweep = run_job({"job": {"kind": "sweep", "input": {"url": url}, "k": [3, 2],
+                             "output": {"table": local_store.url("out", "sweep.parquet")}}})
+    table = pd.read_parquet(local_store.url("out", "sweep.parquet"))
+    assert table["k"].tolist() == [3, 2] == [r["k"] for r in sweep["results"]]
+    assert sweep["features"] == ["customer_id", *FEATURES], "numeric columns by default"
+
+
+def test_existing_outputs_are_refused_before_any_work(local_store, client):
+    url, _ = write_dataset(local_store, n=300)
+    spec = fit_spec(url, params={"n_clusters": 2, "random_state": 0},
+                    output={"model": local_store.url("m"), "labels": local_store.url("l")})
+    run_job(spec)
+    stamp = (Path(local_store.url("m")) / "_SUCCESS").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match=r"m already exists: set output.overwrite: true"):
+        run_job(spec)
+    assert (Path(local_store.url("m")) / "_SUCCESS").stat().st_mtime_ns == stamp
+    spec["job"]["output"]["overwrite"] = True
+    assert run_job(spec)["model"] == local_store.url("m")
+
+    table = {"job": {"kind": "sweep", "input": {"url": url}, "k": [2],
+                     "output": {"table": local_store.url("t.json")}}}
+    run_job(table)
+    assert json.loads(Path(local_store.url("t.json")).read_text())[0]["k"] == 2
+    with pytest.raises(FileExistsError, match=r"t\.json already exists"):
+        run_job(table)
+
+
+def test_errors_name_the_problem_without_credentials(store, client):
+    url, _ = write_dataset(store, n=300)
+    opts = store.storage_options
+    cases = [
+        (fit_spec(store.url("missing"), input={"url": store.url("missing"),
+                                                "storage_options": opts}),
+         FileNotFoundError, "missing"),
+        (fit_spec(url, input={"url": url, "columns": ["age", "segment"],
+                              "storage_options": opts}),
+         ValueError, "'segment'"),
+        (fit_spec(url, input={"url": url, "storage_options": opts},
+                  params={"n_clusters": 301}),
+         ValueError, "n_clusters=301"),
+        ({"job": {"kind": "sweep", "input": {"url": url, "storage_options": opts},
+                  "k": [2, 400], "output": {"table": store.url("t.csv")}}},
+         ValueError, "k=400 is more than the 300 rows"),
+    ]
+    for spec, error, text in cases:
+        with pytest.raises(error) as info:
+            run_job(spec)
+        assert text in str(info.value)
+        assert store.secret not in str(info.value)
+
+
+def test_the_s3_example_runs_with_credentials_from_the_environment(s3_bucket, client,
+                                                                    monkeypatch):
+    url, df = write_dataset(s3_bucket)
+    opts = s3_bucket.storage_options
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", opts["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", opts["secret"])
+    # The workers are separate processes: they get the credentials with the job's options,
+    # which here hold none, so they are handed the environment's the way a deployment would.
+    client.run(lambda: __import__("os").environ.update(
+        AWS_ACCESS_KEY_ID=opts["key"], AWS_SECRET_ACCESS_KEY=opts["secret"]))
+    try:
+        spec = load_job(ROOT / "jobs" / "fit_s3.yaml", [
+            f"input.url={url}", f"input.storage_options.endpoint_url={opts['endpoint_url']}",
+            f"output.model={s3_bucket.url('model')}", f"output.labels={s3_bucket.url('labels')}",
+            "params.n_clusters=3", "input.columns=[age, income, score]"])
+        result = run_job(spec)
+    finally:
+        client.run(lambda: [__import__("os").environ.pop(k, None)
+                            for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")])
+    assert result["model"] == s3_bucket.url("model")
+    ref = reference_fit(url, opts)
+    model = dk.load(s3_bucket.url("model"), storage_options=opts)
+    np.testing.assert_allclose(model.cluster_centers_, ref.cluster_centers_, rtol=1e-7)
+    assert len(dk.read_labels(result["labels"], storage_options=opts)) == len(df)
+
+
+# --------------------------------------------------------------------------- submitted jobs
+
+
+def wait_for(job_id, client, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = job_status(job_id, client)
+        if record["state"] not in ("submitted", "running"):
+            return record
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} did not finish in {timeout} s: {record}")
+
+
+def test_submit_runs_the_job_on_the_cluster(local_store, client, monkeypatch):
+    url, _ = write_dataset(local_store, n=900)
+    # Relative paths are made absolute where the job is submitted.
+    monkeypatch.chdir(local_store.url())
+    spec = fit_spec("train", input={"url": "train", "columns": FEATURES,
+                                    "storage_options": local_store.storage_options},
+                    params={"n_clusters": 3, "random_state": 0},
+                    output={"model": "model", "labels": "labels"})
+    job_id = submit_job(spec, client)
+    assert job_id.startswith("fit-")
+    record = wait_for(job_id, client)
+    assert record["state"] == "finished", record
+    assert record["kind"] == "fit" and record["worker"] in client.scheduler_info()["workers"]
+    result = record["result"]
+    assert result["model"] == local_store.url("model")
+    ref = reference_fit(url, None)
+    model = dk.load(result["model"])
+    np.testing.assert_allclose(model.cluster_centers_, ref.cluster_centers_, rtol=1e-7)
+    assert no_secret(record)
+
+    # A job that fails records why, without credentials.
+    job_id = submit_job(spec, client)
+    record = wait_for(job_id, client)
+    assert record["state"] == "failed"
+    assert record["error"].startswith("FileExistsError: ") and "already exists" in record["error"]
+    assert no_secret(record)
+
+    with pytest.raises(UnknownJobError, match="no job 'fit-000000000000'"):
+        job_status("fit-000000000000", client)
+
+
+def no_secret(record) -> bool:
+    return LOCAL_SECRET not in json.dumps(record)
