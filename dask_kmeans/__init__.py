@@ -16,6 +16,7 @@ _EXPORTS = {
     "KMeans": "estimator",
     "kmeans_parallel_init": "estimator",
     "load": "estimator",
+    "sweep": "estimator",
     "ParquetSource": "io",
     "open_parquet": "io",
     "read_parquet": "io",
@@ -34,11 +35,12 @@ __all__ = [
     "profile",
     "read_labels",
     "read_parquet",
+    "sweep",
     "write_labels",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .estimator import KMeans, kmeans_parallel_init, load
+    from .estimator import KMeans, kmeans_parallel_init, load, sweep
     from .io import ParquetSource, open_parquet, read_labels, read_parquet, write_labels
     from .report import profile
 

@@ -30,41 +30,62 @@ def _weights_args(sample_weight):
     return () if sample_weight is None else (sample_weight, "i")
 
 
-def packed_size(k: int, d: int, with_moments: bool) -> int:
-    """Length of packed partials: sums, counts, inertia, zero-norm rows, [moments]."""
-    return k * d + k + 2 + ((1 + 2 * d) if with_moments else 0)
+def packed_size(k: int, d: int, with_moments: bool, sizes=None) -> int:
+    """Length of packed partials: per model sums, counts, inertia, zero-norm rows; [moments]."""
+    sizes = (k,) if sizes is None else sizes
+    return sum(m * d + m + 2 for m in sizes) + ((1 + 2 * d) if with_moments else 0)
 
 
-def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean"):
-    """Lloyd partials of one chunk, packed in a (1, P) float64 row."""
-    p = K.lloyd_partials(x, c, w, metric)
-    parts = [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
+def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None):
+    """Lloyd partials of one chunk, packed in a (1, P) float64 row.
+
+    ``c`` may stack the centres of several models (a K sweep), ``sizes``
+    giving each model's number of centres: the chunk is read once and serves
+    every model.
+    """
+    parts = []
+    start = 0
+    for m in ((c.shape[0],) if sizes is None else sizes):
+        p = K.lloyd_partials(x, c[start : start + m], w, metric)
+        parts += [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
+        start += m
     if with_moments:
         parts.append(K.moments(x, metric))
     return np.concatenate(parts)[None, :]
 
 
+def unpack_many(packed: np.ndarray, sizes, d: int, with_moments: bool):
+    """Split a summed packed vector into ([Partials per model], moments or None)."""
+    out = []
+    pos = 0
+    for k in sizes:
+        sums = packed[pos : pos + k * d].reshape(k, d)
+        counts = packed[pos + k * d : pos + k * d + k]
+        inertia = float(packed[pos + k * d + k])
+        n_zero = int(packed[pos + k * d + k + 1])
+        out.append(K.Partials(sums, counts, inertia, n_zero))
+        pos += k * d + k + 2
+    return out, (packed[pos:] if with_moments else None)
+
+
 def unpack(packed: np.ndarray, k: int, d: int, with_moments: bool):
     """Split a summed packed vector into (Partials, moments or None)."""
-    sums = packed[: k * d].reshape(k, d)
-    counts = packed[k * d : k * d + k]
-    inertia = float(packed[k * d + k])
-    n_zero = int(packed[k * d + k + 1])
-    mom = packed[k * d + k + 2 :] if with_moments else None
-    return K.Partials(sums, counts, inertia, n_zero), mom
+    (partials,), mom = unpack_many(packed, (k,), d, with_moments)
+    return partials, mom
 
 
 def lloyd_partials(
     X: da.Array, C: da.Array, sample_weight=None, *, split_every=None, with_moments=False,
-    metric="euclidean",
+    metric="euclidean", sizes=None,
 ) -> da.Array:
     """Summed Lloyd partials of all chunks, as a lazy packed float64 vector.
 
     ``with_moments`` appends the unweighted row count, feature sums and sums
-    of squares, for the convergence tolerance, in the same pass.
+    of squares, for the convergence tolerance, in the same pass. ``sizes``
+    splits ``C`` into several models (see ``packed_chunk``).
     """
     k, d = C.shape
-    size = packed_size(k, d, with_moments)
+    size = packed_size(k, d, with_moments, sizes)
     parts = da.blockwise(
         packed_chunk,
         "ip",
@@ -81,6 +102,7 @@ def lloyd_partials(
         meta=np.empty((0, 0), dtype=np.float64),
         with_moments=with_moments,
         metric=metric,
+        sizes=sizes,
     )
     return parts.sum(axis=0, split_every=split_every)
 

@@ -116,6 +116,7 @@ def kmeans_parallel(
     keep_state: bool = False,
     split_every: int | None = None,
     metric: str = "euclidean",
+    return_candidates: bool = False,
 ) -> np.ndarray:
     """k-means|| (Bahmani et al., "Scalable K-Means++", VLDB 2012) on a dask array.
 
@@ -141,6 +142,8 @@ def kmeans_parallel(
     Returns
     -------
     ndarray of shape (n_clusters, n_features), dtype of ``X``
+        Or, with ``return_candidates``, the candidates and their weights
+        (for several values of k from one set, as a K sweep does).
     """
     ell = float(oversampling_factor) * n_clusters
     seed = int(random_state.randint(0, 2**62, dtype=np.int64))
@@ -168,6 +171,14 @@ def kmeans_parallel(
         logger.debug("k-means|| round %d: cost %.6g, %d new candidates", rnd, phi, len(new))
     all_candidates = np.vstack(candidates)
     weights = passes.candidate_weights(all_candidates, base)
-    centers = K.kmeans_plusplus(all_candidates, n_clusters, random_state, weights, metric=metric)
-    return K.weighted_lloyd(all_candidates, weights, centers, REFINE_ITER, metric)
+    if return_candidates:
+        return all_candidates, weights
+    return reduce_candidates(all_candidates, weights, n_clusters, random_state, metric)
+
+
+def reduce_candidates(candidates: np.ndarray, weights: np.ndarray, n_clusters: int,
+                      random_state, metric: str = "euclidean") -> np.ndarray:
+    """k centres from weighted k-means|| candidates: weighted k-means++, then Lloyd steps."""
+    centers = K.kmeans_plusplus(candidates, n_clusters, random_state, weights, metric=metric)
+    return K.weighted_lloyd(candidates, weights, centers, REFINE_ITER, metric)
 

@@ -39,6 +39,19 @@ def _check_finite(inertia: float) -> None:
         )
 
 
+def _step(X, sample_weight, centers, partials, metric):
+    """New centres from summed partials, relocating empty clusters (an extra pass, rarely)."""
+    sums, counts = partials.sums, partials.counts
+    n_empty = int(np.count_nonzero(counts == 0))
+    if n_empty:
+        (cand,) = compute(G.farthest(X, G.centers_array(centers), sample_weight, n_empty,
+                                     metric))
+        sums, counts = K.relocate_empty(sums, counts, cand)
+    new_centers = K.finalize_centers(sums, counts, centers, metric)
+    shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
+    return new_centers, shift, n_empty
+
+
 def raise_zero_norm(X, n_zero: int):
     """Raise the error for rows of zero norm under ``metric="cosine"``, saying where they are."""
     (where,) = compute(G.zero_norm_rows(X))
@@ -93,14 +106,7 @@ def lloyd(
             raise_zero_norm(X, partials.n_zero)
         if with_moments:
             tol_abs = tolerance_from_moments(mom, tol)
-        sums, counts = partials.sums, partials.counts
-        n_empty = int(np.count_nonzero(counts == 0))
-        if n_empty:
-            (cand,) = compute(G.farthest(X, G.centers_array(centers), sample_weight, n_empty,
-                                         metric))
-            sums, counts = K.relocate_empty(sums, counts, cand)
-        new_centers = K.finalize_centers(sums, counts, centers, metric)
-        shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
+        new_centers, shift, n_empty = _step(X, sample_weight, centers, partials, metric)
         centers = new_centers
         n_iter = it + 1
         if verbose:
@@ -115,3 +121,49 @@ def lloyd(
         if converged:
             break
     return LloydResult(centers.astype(dtype, copy=False), n_iter, converged)
+
+
+def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
+               split_every: int | None = None, verbose: bool = False,
+               metric: str = "euclidean") -> list[LloydResult]:
+    """Lloyd iterations of several models (a K sweep) sharing every pass over the data.
+
+    Each pass stacks the centres of the models that have not converged yet; a
+    chunk is read once and serves all of them, so a sweep reads the data about
+    as often as the slowest single fit.
+    """
+    d = centers_list[0].shape[1]
+    centers = [np.asarray(c) for c in centers_list]
+    n_iter = [0] * len(centers)
+    results: list[LloydResult | None] = [None] * len(centers)
+    active = list(range(len(centers)))
+    tol_abs = 0.0
+    passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
+    for it in range(max_iter):
+        if not active:
+            break
+        t0 = time.perf_counter()
+        with_moments = it == 0 and tol > 0
+        sizes = tuple(centers[i].shape[0] for i in active)
+        packed = passes.lloyd(np.vstack([centers[i] for i in active]), with_moments, sizes)
+        parts, mom = G.unpack_many(packed, sizes, d, with_moments)
+        _check_finite(sum(p.inertia for p in parts))
+        if parts[0].n_zero:
+            raise_zero_norm(X, parts[0].n_zero)
+        if with_moments:
+            tol_abs = tolerance_from_moments(mom, tol)
+        still = []
+        for i, partials in zip(active, parts, strict=True):
+            centers[i], shift, _ = _step(X, sample_weight, centers[i], partials, metric)
+            n_iter[i] = it + 1
+            if shift <= tol_abs:
+                results[i] = LloydResult(centers[i], n_iter[i], True)
+            else:
+                still.append(i)
+        if verbose:
+            logger.info("sweep iteration %d: %d of %d models still moving, %.3f s",
+                        it + 1, len(still), len(centers), time.perf_counter() - t0)
+        active = still
+    for i in active:
+        results[i] = LloydResult(centers[i], n_iter[i], False)
+    return results

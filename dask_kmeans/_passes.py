@@ -81,15 +81,18 @@ class Passes:
 
     # -- passes ----------------------------------------------------------------
 
-    def lloyd(self, centers: np.ndarray, with_moments: bool) -> np.ndarray:
-        """Summed Lloyd partials against ``centers`` (see ``_graph.unpack``)."""
+    def lloyd(self, centers: np.ndarray, with_moments: bool, sizes=None) -> np.ndarray:
+        """Summed Lloyd partials against ``centers`` (see ``_graph.unpack``).
+
+        ``sizes`` splits stacked centres into several models served by one pass.
+        """
         if not self.on_futures:
             graph = G.lloyd_partials(self.X, G.centers_array(centers), self.sample_weight,
                                      split_every=self.split_every, with_moments=with_moments,
-                                     metric=self.metric)
+                                     metric=self.metric, sizes=sizes)
             return compute(graph)[0]
         parts = self._map(G.packed_chunk, self._centers_arg(centers), self._wf,
-                          with_moments=with_moments, metric=self.metric)
+                          with_moments=with_moments, metric=self.metric, sizes=sizes)
         return tree_sum(self._client, parts, self.split_every).ravel()
 
     def oversample(self, candidates: np.ndarray, base: int, *,

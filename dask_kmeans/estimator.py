@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import dask.array as da
@@ -633,3 +634,127 @@ def _ensure_log_handler() -> None:
         logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` found for every K.
+
+    Attributes
+    ----------
+    ks : list of int
+    inertias : list of float
+        Weighted inertia of each model against its final centres.
+    n_iter : list of int
+    silhouettes : list of float or None
+        Silhouette score of each model on a uniform sample of rows.
+    models : list of KMeans
+        Fitted models (``labels_`` is lazy). Each one's ``init`` is the centres
+        its run started from, so refitting it alone repeats the run.
+    suggested_k : int
+    reason : str
+        Why ``suggested_k`` was chosen.
+    """
+
+    ks: list
+    inertias: list
+    n_iter: list
+    silhouettes: list | None
+    models: list
+    suggested_k: int
+    reason: str
+
+
+def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
+          tol: float = 1e-4, metric: Literal["euclidean", "cosine"] = "euclidean",
+          oversampling_factor: float = 2.0, init_rounds: int = 5,
+          silhouette_rows: int | None = 5000, split_every: int | None = None) -> SweepResult:
+    """Fit K-means for every K in ``ks`` at once, sharing the passes over the data.
+
+    One k-means|| pass sequence oversamples candidates for the largest K; each
+    K is seeded from those candidates on the driver; then every Lloyd pass
+    serves all models that have not converged yet, and one last pass gives
+    every model's inertia. The data is read about as often as for one fit,
+    not once per K. The silhouette score is computed on a uniform sample of
+    at most ``silhouette_rows`` rows; ``suggested_k`` comes from the elbow of
+    the inertia curve, refined by the silhouette.
+
+    Parameters
+    ----------
+    X : array-like, dask array, DataFrame or ParquetSource of shape (n_samples, n_features)
+    ks : iterable of int
+        At least three values for a suggestion by the elbow.
+
+    Returns
+    -------
+    SweepResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dask_kmeans import sweep
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(c, 0.3, (100, 2)) for c in ((0, 0), (5, 5), (0, 5))])
+    >>> sweep(X, range(2, 7), random_state=0).suggested_k
+    3
+    """
+    from .report import silhouette_sample, suggest_k
+
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must hold integers >= 1, got {ks!r}.")
+    est = KMeans(max(ks), max_iter=max_iter, tol=tol, random_state=random_state,
+                 oversampling_factor=oversampling_factor, init_rounds=init_rounds,
+                 metric=metric, split_every=split_every)
+    V.check_params(est)
+    Xv = V.check_X(est, X, reset=True)
+    if Xv.shape[0] < max(ks):
+        raise ValueError(f"n_samples={Xv.shape[0]} should be >= the largest K={max(ks)}.")
+    weights = V.check_sample_weight(sample_weight, Xv)
+    rng = check_random_state(random_state)
+    client = R.active_client()
+    if client is not None:
+        R.prepare_client(client)
+    Xd, wd, in_memory = R.place_data(Xv, weights, "auto", client)
+    cands, cand_w = _init.kmeans_parallel(
+        Xd, wd, max(ks), rng, oversampling_factor=oversampling_factor, init_rounds=init_rounds,
+        keep_state=R.keep_row_state(Xd.shape[0], in_memory, client), split_every=split_every,
+        metric=metric, return_candidates=True)
+    starts = [_init.reduce_candidates(cands, cand_w, k, rng, metric) for k in ks]
+    results = _lloyd.lloyd_many(Xd, wd, starts, max_iter=max_iter, tol=tol,
+                                split_every=split_every, metric=metric)
+    finals = [r.centers for r in results]
+    from ._passes import Passes
+
+    packed = Passes(Xd, wd, split_every=split_every, metric=metric).lloyd(
+        np.vstack(finals), False, tuple(ks))
+    parts, _ = G.unpack_many(packed, tuple(ks), Xd.shape[1], False)
+    inertias = [p.inertia for p in parts]
+
+    models = []
+    for k, start, r, inertia in zip(ks, starts, results, inertias, strict=True):
+        # ``init`` holds the model's starting centres: refitting it alone repeats its run.
+        km = KMeans(k, init=start, n_init=1, max_iter=max_iter, tol=tol, metric=metric,
+                    split_every=split_every)
+        for attr in ("n_features_in_", "feature_names_in_"):
+            if hasattr(est, attr):
+                setattr(km, attr, getattr(est, attr))
+        km.cluster_centers_, km.inertia_, km.n_iter_ = r.centers, float(inertia), r.n_iter
+        km.labels_ = G.assignment(Xd, G.centers_array(r.centers), metric=metric)[0]
+        models.append(km)
+
+    silhouettes = None
+    if silhouette_rows and len(ks) > 1 and ks[0] >= 2:
+        n = Xd.shape[0]
+        idx = np.sort(rng.choice(n, size=min(n, silhouette_rows), replace=False))
+        sample = _init.take_rows(Xd, idx)[0]
+        silhouettes = [silhouette_sample(sample, K.assign(sample, m.cluster_centers_,
+                                                          metric=metric)[0])
+                       for m in models]
+    if len(ks) >= 3:
+        suggested, reason = suggest_k(ks, inertias, silhouettes)
+    else:
+        suggested = ks[int(np.argmax(silhouettes))] if silhouettes else ks[-1]
+        reason = "fewer than three values of K: no elbow to find"
+    return SweepResult(ks, [float(v) for v in inertias], [r.n_iter for r in results],
+                       silhouettes, models, int(suggested), reason)
