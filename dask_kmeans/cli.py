@@ -1,0 +1,425 @@
+"""The ``dask-kmeans`` command (also ``dask kmeans``): thin glue over jobs, cluster and io.
+
+Every command builds or loads a job spec (`dask_kmeans.jobs`), connects to a cluster
+(`dask_kmeans.cluster.connect`) and runs, submits or inspects the job; a Python user can make
+the same calls. Errors that come from the input, the spec or the cluster end the command with
+one line on stderr and a non-zero exit code (see :data:`EXIT_CODES`), never a traceback, and
+never with a credential in them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import click
+from dask.utils import parse_timedelta
+
+from . import __version__, jobs
+from ._schema import SchemaError
+from .cluster import ClusterError, connect, load_cluster_config
+
+#: What each exit code means.
+EXIT_CODES = {
+    0: "success (for status: the job finished or is still running)",
+    1: "the job failed: bad input data, an output that exists, an I/O error (for status: the "
+       "job failed or was lost)",
+    2: "bad usage: a job spec or cluster config that does not follow its schema, conflicting "
+       "options (for status: no job with that id)",
+    3: "the cluster could not be reached or started",
+}
+_SECRETS = "dask_kmeans.secrets"
+_PERSISTENT_KINDS = ("scheduler", "tls")
+
+
+class CommandError(click.ClickException):
+    """A failure reported as ``Error: <one line>`` on stderr with a given exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SchemaError) and len(exc.errors) > 1:
+        head = f"{exc.source}: " if exc.source else ""
+        problems = "; ".join(f"{p or '(top level)'}: {m}" for p, m in exc.errors)
+        text = f"{head}{len(exc.errors)} problems in the {exc.what}: {problems}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+class _Group(click.Group):
+    """A group whose commands turn known errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Abort,
+                click.exceptions.Exit):
+            raise
+        except (SchemaError, jobs.UnknownJobError) as exc:
+            raise self._error(ctx, exc, 2) from None
+        except ClusterError as exc:
+            raise self._error(ctx, exc, 3) from None
+        except (ValueError, TypeError, OSError, ImportError) as exc:
+            raise self._error(ctx, exc, 1) from None
+
+    @staticmethod
+    def _error(ctx: click.Context, exc: BaseException, code: int) -> CommandError:
+        secrets = sorted(ctx.meta.get(_SECRETS, ()), key=len, reverse=True)
+        return CommandError(jobs.scrub(_one_line(exc), secrets), code)
+
+
+def _remember_secrets(spec: dict) -> None:
+    click.get_current_context().meta.setdefault(_SECRETS, set()).update(jobs.secrets(spec))
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _check_timeout(ctx, param, value):
+    try:
+        if parse_timedelta(value) > 0:
+            return value
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise click.BadParameter("expected a duration like '10s' or a number of seconds > 0")
+
+
+def _cluster_options(f: Callable) -> Callable:
+    f = click.option("--timeout", default="10s", show_default=True, callback=_check_timeout,
+                     help="How long to try to reach the scheduler, like 10s or 1min.")(f)
+    f = click.option("--scheduler", metavar="ADDRESS",
+                     help="Address of a running scheduler, like tcp://10.0.0.5:8786.")(f)
+    f = click.option("--cluster", "cluster_file", metavar="FILE.yaml",
+                     help="A cluster-config file (see cluster-config/). Without --cluster or "
+                          "--scheduler: the job's cluster entry, else local worker processes "
+                          "sized to this machine.")(f)
+    return f
+
+
+def _json_option(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the result summary as JSON.")(f)
+
+
+def _target(cluster_file: str | None, scheduler: str | None,
+            spec: dict | None = None) -> dict[str, Any]:
+    if cluster_file and scheduler:
+        raise CommandError("--cluster and --scheduler cannot be used together: give one", 2)
+    if cluster_file:
+        return {"config_or_path": cluster_file}
+    if scheduler:
+        return {"scheduler": scheduler}
+    return jobs.cluster_target(spec) if spec is not None else {}
+
+
+def _require_persistent(target: dict[str, Any], command: str) -> None:
+    """Refuse a cluster that this process would start, and stop again, for submit/status."""
+    if "scheduler" in target:
+        return
+    config = target.get("config_or_path")
+    if isinstance(config, dict):
+        kind = config["cluster"]["kind"]
+    elif config is not None:
+        kind = load_cluster_config(config)["cluster"]["kind"]
+    else:
+        kind = "local"
+    if kind not in _PERSISTENT_KINDS:
+        raise CommandError(
+            f"{command} needs a scheduler that keeps running after this command exits: give "
+            f"--scheduler ADDRESS, or --cluster with a config of kind 'scheduler' or 'tls' "
+            f"(a '{kind}' cluster started here would stop with it)", 2)
+
+
+@contextlib.contextmanager
+def _connected(target: dict[str, Any], timeout: str) -> Iterator[Any]:
+    with connect(**target, timeout=timeout) as client:
+        yield client
+
+
+def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for text in pairs:
+        keys, value = jobs.parse_assignment(text, "--storage-option")
+        target = options
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise CommandError(f"--storage-option {'.'.join(keys)}: "
+                                   f"{'.'.join(keys[:-1])} is set to a value already", 2)
+        target[keys[-1]] = value
+    return options
+
+
+def _names(values: Sequence[str] | str | None) -> list[str] | None:
+    if not values:
+        return None
+    items = [values] if isinstance(values, str) else list(values)
+    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    return names or None
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _number(value: float) -> str:
+    return f"{value:,.6g}" if abs(value) < 1e6 else f"{value:,.0f}"
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    kind = result["kind"]
+    rows = f"{result['n_rows']:,} rows of {result['input']}"
+    if kind == "fit":
+        click.echo(f"fit: k={result['n_clusters']} on {rows}")
+        click.echo(f"iterations: {result['n_iter']}")
+        click.echo(f"inertia:    {_number(result['inertia'])}")
+        if result["model"]:
+            click.echo(f"model:      {result['model']}")
+        else:
+            click.echo("model:      not saved (no --output); centres:")
+            for center in result["centers"]:
+                click.echo("  " + "  ".join(f"{v:.6g}" for v in center))
+        click.echo(f"labels:     {result['labels'] or 'not written (no --labels)'}")
+    elif kind == "predict":
+        click.echo(f"predict: {rows} with the model at {result['model']} "
+                   f"(k={result['n_clusters']})")
+        click.echo(f"labels:  {result['labels']}")
+    else:
+        click.echo(f"sweep: {len(result['results'])} values of K on {rows}")
+        click.echo(f"{'k':>6}  {'inertia':>16}  {'n_iter':>6}")
+        for row in result["results"]:
+            click.echo(f"{row['k']:>6}  {_number(row['inertia']):>16}  {row['n_iter']:>6}")
+        click.echo(f"table: {result['table']}")
+    click.echo(f"time:       {result['seconds']:.2f} s" if kind == "fit"
+               else f"time: {result['seconds']:.2f} s")
+
+
+def _run(spec: dict, cluster_file, scheduler, timeout, as_json: bool) -> None:
+    _remember_secrets(spec)
+    with _connected(_target(cluster_file, scheduler, spec), timeout):
+        result = jobs.run_job(spec)
+    _print_result(result, as_json)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@click.group(name="kmeans", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dask-kmeans")
+def main() -> None:
+    """Distributed K-means on Dask: fit, predict and sweep K on Parquet data.
+
+    Also available as `dask kmeans`. Exit codes: 0 success, 1 the job failed (bad input,
+    existing output), 2 bad usage or a spec/config that does not validate, 3 the cluster
+    could not be reached or started.
+    """
+
+
+_DEFAULTS = jobs.param_defaults()
+
+
+@main.command()
+@click.argument("input_url")
+@click.option("--k", "n_clusters", type=click.IntRange(min=1), required=True,
+              help="Number of clusters.")
+@click.option("--columns", help="Comma-separated feature columns. Default: every numeric "
+                                "column that is not a key.")
+@click.option("--key", "keys", multiple=True, metavar="COLUMN",
+              help="Key column copied next to each label; repeat or comma-separate.")
+@click.option("--init", type=click.Choice(["k-means||", "k-means++", "random"]),
+              default=_DEFAULTS["init"], show_default=True, help="Initialisation.")
+@click.option("--n-init", type=click.IntRange(min=1), default=None,
+              help="Number of initialisations, the best kept. Default: 10 for random, else 1.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=_DEFAULTS["max_iter"],
+              show_default=True, help="Maximum Lloyd iterations.")
+@click.option("--tol", type=click.FloatRange(min=0), default=_DEFAULTS["tol"],
+              show_default=True, help="Convergence tolerance (relative to the variance).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Random seed: the same seed gives the same centres.")
+@click.option("--metric", type=click.Choice(["euclidean", "cosine"]),
+              default=_DEFAULTS["metric"], show_default=True,
+              help="cosine: spherical k-means, for direction-only data.")
+@click.option("--standardize", is_flag=True,
+              help="Cluster (x - mean) / std of each feature; centres stay in original units.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
+              show_default=True, help="Float type of the features in memory.")
+@click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
+              show_default=True, help="Rows with NaN, inf or null features: stop, or skip them.")
+@click.option("--output", "-o", "model_url", metavar="MODEL_URL",
+              help="Where to save the model (a directory, local or fsspec URL).")
+@click.option("--labels", "labels_url", metavar="URL",
+              help="Where to write each row's cluster and distance, next to its keys.")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for the input (and outputs on the same storage); repeat. "
+                   "Dotted keys nest: client_kwargs.region_name=eu-west-1.")
+@click.option("--overwrite", is_flag=True, help="Replace a model or labels already there.")
+@_json_option
+@_cluster_options
+def fit(input_url, n_clusters, columns, keys, init, n_init, max_iter, tol, seed, metric,
+        standardize, dtype, missing, model_url, labels_url, storage_options, overwrite, as_json,
+        cluster_file, scheduler, timeout):
+    """Fit K-means on the Parquet data at INPUT_URL; save the model and labels.
+
+    \b
+    dask-kmeans fit data/customers/ --k 5 --standardize --key customer_id \\
+        --seed 0 --output models/k5 --labels labels/k5
+    """
+    params = {"n_clusters": n_clusters, "init": init, "max_iter": max_iter, "tol": tol,
+              "random_state": seed, "metric": metric, "standardize": standardize}
+    if n_init is not None:
+        params["n_init"] = n_init
+    spec = {"job": {
+        "kind": "fit",
+        "input": {"url": input_url, "columns": _names(columns), "key_columns": _names(keys) or [],
+                  "dtype": dtype, "missing": missing,
+                  "storage_options": _storage_options(storage_options)},
+        "params": params,
+        "output": {"model": model_url, "labels": labels_url, "overwrite": overwrite},
+    }}
+    _remember_secrets(spec)
+    _run(jobs.validate_job(spec, source="the command line"), cluster_file, scheduler, timeout,
+         as_json)
+
+
+@main.command()
+@click.argument("model_url")
+@click.argument("input_url")
+@click.option("--output", "-o", "labels_url", metavar="URL", required=True,
+              help="Where to write each row's cluster and distance, next to its keys.")
+@click.option("--key", "keys", multiple=True, metavar="COLUMN",
+              help="Key column copied next to each label; repeat or comma-separate.")
+@click.option("--columns", help="Comma-separated feature columns. Default: the model's.")
+@click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
+              show_default=True, help="Rows with NaN, inf or null features: stop, or skip them.")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for the input (and the model and output on the same "
+                   "storage); repeat.")
+@click.option("--overwrite", is_flag=True, help="Replace labels already there.")
+@_json_option
+@_cluster_options
+def predict(model_url, input_url, labels_url, keys, columns, missing, storage_options,
+            overwrite, as_json, cluster_file, scheduler, timeout):
+    """Label the Parquet data at INPUT_URL with the model saved at MODEL_URL.
+
+    \b
+    dask-kmeans predict models/k5 data/new-customers/ --key customer_id \\
+        --output labels/new-k5
+    """
+    spec = {"job": {
+        "kind": "predict",
+        "model": model_url,
+        "input": {"url": input_url, "columns": _names(columns), "key_columns": _names(keys) or [],
+                  "missing": missing, "storage_options": _storage_options(storage_options)},
+        "output": {"labels": labels_url, "overwrite": overwrite},
+    }}
+    _remember_secrets(spec)
+    _run(jobs.validate_job(spec, source="the command line"), cluster_file, scheduler, timeout,
+         as_json)
+
+
+def _set_option(f: Callable) -> Callable:
+    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a key of the job, like params.n_clusters=5; repeat.")(f)
+
+
+@main.command()
+@click.argument("job_file", metavar="JOB.yaml")
+@_set_option
+@_json_option
+@_cluster_options
+def run(job_file, overrides, as_json, cluster_file, scheduler, timeout):
+    """Run the job described in JOB.yaml here, and wait for it.
+
+    \b
+    dask-kmeans run jobs/demo.yaml --set params.n_clusters=6
+    """
+    _run(jobs.load_job(job_file, overrides), cluster_file, scheduler, timeout, as_json)
+
+
+@main.command()
+@click.argument("job_file", metavar="JOB.yaml")
+@_set_option
+@_cluster_options
+def submit(job_file, overrides, cluster_file, scheduler, timeout):
+    """Start the job in JOB.yaml on a running cluster and print its id.
+
+    The job runs as a task on the cluster and carries on after this command exits; follow
+    it with `dask-kmeans status JOB_ID`.
+
+    \b
+    dask-kmeans submit jobs/fit_s3.yaml --scheduler tcp://10.0.0.5:8786
+    """
+    spec = jobs.load_job(job_file, overrides)
+    _remember_secrets(spec)
+    target = _target(cluster_file, scheduler, spec)
+    _require_persistent(target, "submit")
+    with _connected(target, timeout) as client:
+        job_id = jobs.submit_job(spec, client)
+    click.echo(job_id)
+
+
+@main.command()
+@click.argument("job_id")
+@_cluster_options
+def status(job_id, cluster_file, scheduler, timeout):
+    """Print the state and result of a submitted job as JSON.
+
+    Exit code 0 when the job finished or is still running, 1 when it failed, 2 when the
+    scheduler has no job of that id.
+
+    \b
+    dask-kmeans status fit-3f2c9a1b7d4e --scheduler tcp://10.0.0.5:8786
+    """
+    target = _target(cluster_file, scheduler)
+    _require_persistent(target, "status")
+    with _connected(target, timeout) as client:
+        record = jobs.job_status(job_id, client)
+    click.echo(json.dumps(record, indent=2))
+    if record["state"] in ("failed", "lost"):
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.argument("file", metavar="FILE.yaml")
+@_set_option
+def validate(file, overrides):
+    """Check a job spec or a cluster config (told apart by the top-level key).
+
+    \b
+    dask-kmeans validate jobs/demo.yaml
+    dask-kmeans validate cluster-config/tls.yaml
+    """
+    import yaml
+
+    try:
+        with open(file, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise CommandError(f"{file}: no such file", 2) from None
+    except yaml.YAMLError:
+        raw = None  # the loaders below report where
+    top = set(raw) if isinstance(raw, dict) else set()
+    if "cluster" in top and "job" not in top:
+        if overrides:
+            raise CommandError("--set applies to job specs only", 2)
+        config = load_cluster_config(file)
+        click.echo(f"OK: {file} is a valid cluster config (kind {config['cluster']['kind']})")
+    elif "job" in top or raw is None:
+        spec = jobs.load_job(file, overrides)
+        click.echo(f"OK: {file} is a valid job spec (kind {spec['job']['kind']})")
+    else:
+        raise CommandError(f"{file}: neither a job spec (top-level key 'job') nor a cluster "
+                           f"config (top-level key 'cluster'); its top-level keys are "
+                           f"{', '.join(map(str, top)) or 'none'}", 2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

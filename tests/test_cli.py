@@ -1,0 +1,285 @@
+"""The dask-kmeans command: click's CliRunner in this process, and real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from threadpoolctl import threadpool_limits
+
+import dask_kmeans as dk
+from dask_kmeans.cli import main
+from tests.conftest import blobs
+
+BIN = Path(sys.executable).parent
+FEATURES = ["age", "income", "score"]
+MARKER = "cli-marker-secret-93b1f07e"
+# LocalFileSystem ignores options it does not know: the marker rides along to every read.
+SECRET_OPTION = f"secret_token={MARKER}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Three Parquet parts: a key, three features, a text column; and a 1-worker config."""
+    root = tmp_path_factory.mktemp("cli")
+    X = blobs(n=1200, d=3, k=3, seed=0)
+    df = pd.DataFrame(X, columns=FEATURES)
+    df.insert(0, "customer_id", np.arange(len(df)))
+    df["segment"] = "x"
+    (root / "train").mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):
+        df.iloc[part].to_parquet(root / "train" / f"part-{i}.parquet", index=False)
+    config = root / "local.yaml"
+    # Threads of this process: starts in a fraction of a second.
+    config.write_text(yaml.safe_dump({"cluster": {"kind": "local", "local": {
+        "n_workers": 1, "threads_per_worker": 2, "processes": False}}}))
+    return {"root": root, "url": str(root / "train"), "frame": df, "config": str(config)}
+
+
+def invoke(*args):
+    # A LocalCluster in this process limits BLAS threads on its workers for good: restore.
+    with threadpool_limits(limits=None):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, code):
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def no_marker(*texts, root=None):
+    for text in texts:
+        assert MARKER not in text
+    if root is not None:
+        for path in Path(root).rglob("*"):
+            if path.is_file():
+                assert MARKER.encode() not in path.read_bytes(), path
+
+
+def reference(url, k=3):
+    return dk.KMeans(k, random_state=0).fit(dk.open_parquet(url, FEATURES))
+
+
+# --------------------------------------------------------------------------- fit, predict
+
+
+def test_fit_then_predict(data, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("fit", data["url"], "--k", 3, "--key", "customer_id", "--seed", 0,
+                    "--output", out / "model", "--labels", out / "labels",
+                    "--storage-option", SECRET_OPTION, "--cluster", data["config"], "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["features"] == FEATURES, "numeric columns that are not keys"
+    assert summary["model"] == str(out / "model") and summary["labels"] == str(out / "labels")
+
+    # The same centres as the Python API with the same seed.
+    ref = reference(data["url"])
+    model = dk.load(str(out / "model"))
+    np.testing.assert_allclose(model.cluster_centers_, ref.cluster_centers_, rtol=1e-7)
+    assert summary["inertia"] == pytest.approx(ref.inertia_, rel=1e-7)
+    assert summary["n_iter"] == ref.n_iter_
+    labels = dk.read_labels(str(out / "labels")).compute()
+    np.testing.assert_array_equal(labels["customer_id"], data["frame"]["customer_id"])
+    np.testing.assert_array_equal(labels["cluster"], ref.predict(data["frame"][FEATURES]))
+
+    result = invoke("predict", out / "model", data["url"], "--output", out / "predicted",
+                    "--key", "customer_id", "--storage-option", SECRET_OPTION,
+                    "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    assert f"labels:  {out / 'predicted'}" in result.stdout
+    again = dk.read_labels(str(out / "predicted")).compute()
+    np.testing.assert_array_equal(again["cluster"], labels["cluster"])
+
+    # The human summary, and --overwrite.
+    result = invoke("fit", data["url"], "--k", 3, "--seed", 0, "--columns", "age,income,score",
+                    "--output", out / "model", "--overwrite", "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"fit: k=3 on 1,200 rows of {data['url']}"
+    assert lines[1] == f"iterations: {ref.n_iter_}"
+    assert lines[3] == f"model:      {out / 'model'}"
+    assert lines[4] == "labels:     not written (no --labels)"
+    no_marker(result.stdout, result.stderr, root=out)
+
+
+def test_fit_without_output_prints_the_centres(data):
+    result = invoke("fit", data["url"], "--k", 2, "--seed", 1, "--columns", "age",
+                    "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    i = lines.index("model:      not saved (no --output); centres:")
+    centres = sorted(float(line) for line in lines[i + 1:i + 3])
+    ref = dk.KMeans(2, random_state=1).fit(dk.open_parquet(data["url"], ["age"]))
+    np.testing.assert_allclose(centres, np.sort(ref.cluster_centers_[:, 0]), rtol=1e-5)
+    assert lines[i + 3].startswith("labels:")
+
+
+# --------------------------------------------------------------------------- run, validate
+
+
+def test_run_a_job_file_with_overrides(data, tmp_path):
+    job = tmp_path / "spec" / "job.yaml"  # holds the marker; the outputs must not
+    job.parent.mkdir()
+    out = tmp_path / "out"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "sweep",
+        "cluster": {"kind": "local", "local": {"n_workers": 1, "processes": False}},
+        "input": {"url": data["url"], "columns": FEATURES,
+                  "storage_options": {"secret_token": MARKER}},
+        "k": [2, 3], "params": {"random_state": 0},
+        "output": {"table": str(out / "sweep.csv")}}}))
+    result = invoke("run", job, "--set", "k=2..4")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"sweep: 3 values of K on 1,200 rows of {data['url']}"
+    table = pd.read_csv(out / "sweep.csv")
+    assert table["k"].tolist() == [2, 3, 4]
+    assert table["inertia"][1] == pytest.approx(reference(data["url"]).inertia_, rel=1e-7)
+
+    # --cluster on the command line wins over the job's cluster entry.
+    result = invoke("run", job, "--set", "k=[2]", "--set", "output.overwrite=true", "--json",
+                    "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    assert [r["k"] for r in json.loads(result.stdout)["results"]] == [2]
+    no_marker(result.stdout, result.stderr, root=out)
+
+
+def test_validate(data, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    result = invoke("validate", root / "jobs" / "demo.yaml")
+    assert result.exit_code == 0 and "is a valid job spec (kind fit)" in result.stdout
+    result = invoke("validate", data["config"])
+    assert result.exit_code == 0 and "is a valid cluster config (kind local)" in result.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("job:\n  kind: fit\n  input: {url: d}\n  params: {n_clusters: eight}\n"
+                   "  output: {}\n")
+    line = one_line_error(invoke("validate", bad), 2)
+    assert line == (f"Error: {bad}: job.params.n_clusters: expected an int >= 1, "
+                    "got 'eight'")
+    line = one_line_error(invoke("validate", bad, "--set", "params.n_clusters=2",
+                                 "--set", "params.tol=-1", "--set", "input.urll=x"), 2)
+    assert line.startswith(f"Error: {bad}: 2 problems in the job spec: job.input.urll: "
+                           "unknown key 'urll'; did you mean 'url'?")
+    assert line.endswith("; job.params.tol: expected a number >= 0, got -1")
+
+    other = tmp_path / "other.yaml"
+    other.write_text("clusters: {}\n")
+    assert "neither a job spec" in one_line_error(invoke("validate", other), 2)
+    badc = tmp_path / "badc.yaml"
+    badc.write_text("cluster:\n  kind: local\n  local: {n_workers: two}\n")
+    assert "cluster.local.n_workers: expected an int" in one_line_error(
+        invoke("validate", badc), 2)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_errors_are_one_line_with_an_exit_code(data, tmp_path):
+    common = ["--storage-option", SECRET_OPTION, "--cluster", data["config"]]
+    missing = tmp_path / "nothing-here"
+    line = one_line_error(invoke("fit", missing, "--k", 2, *common), 1)
+    assert str(missing) in line and "Not found" in line
+
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--columns", "age,segment",
+                                 *common), 1)
+    assert "'segment'" in line and "must be numeric" in line
+
+    line = one_line_error(invoke("fit", data["url"], "--k", 5000, *common), 1)
+    assert "n_clusters=5000" in line and "1200" in line
+
+    bad_job = tmp_path / "job.yaml"
+    bad_job.write_text("job:\n  kind: fit\n  input: {url: d}\n  params: {n_clusters: eight}\n"
+                       "  output: {}\n")
+    line = one_line_error(invoke("run", bad_job, "--cluster", data["config"]), 2)
+    assert "job.params.n_clusters: expected an int >= 1, got 'eight'" in line
+
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--cluster", data["config"],
+                                 "--scheduler", "tcp://127.0.0.1:1"), 2)
+    assert "cannot be used together" in line
+
+    invoke("fit", data["url"], "--k", 2, "--output", tmp_path / "m", *common)
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--output", tmp_path / "m",
+                                 *common), 1)
+    assert "already exists" in line and "--overwrite" in line
+
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--storage-option", "novalue"),
+                          2)
+    assert "--storage-option novalue: expected key.path=value" in line
+
+    line = one_line_error(invoke("submit", bad_job), 2)
+    assert "job.params.n_clusters" in line
+    good_job = tmp_path / "good.yaml"
+    good_job.write_text(f"job:\n  kind: fit\n  input: {{url: {data['url']}}}\n"
+                        "  params: {n_clusters: 2}\n  output: {}\n")
+    line = one_line_error(invoke("submit", good_job), 2)
+    assert "submit needs a scheduler that keeps running" in line
+    line = one_line_error(invoke("status", "fit-0", "--cluster", data["config"]), 2)
+    assert "status needs a scheduler that keeps running" in line
+
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--cluster",
+                                 tmp_path / "no-cluster.yaml"), 3)
+    assert "cluster config file not found" in line
+    no_marker(line, root=tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_scheduler_in_a_real_process(data):
+    address = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
+    out = subprocess.run(
+        [sys.executable, "-m", "dask_kmeans.cli", "fit", data["url"], "--k", "2",
+         "--scheduler", address, "--timeout", "1s", "--storage-option", SECRET_OPTION],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"Error: could not connect to the Dask scheduler at {address} "
+                               "(timeout 1s)")
+    no_marker(out.stderr)
+
+
+def test_the_installed_script_fits(data, tmp_path):
+    out = subprocess.run(
+        [str(BIN / "dask-kmeans"), "fit", data["url"], "--k", "3", "--seed", "0",
+         "--key", "customer_id", "--output", str(tmp_path / "model"),
+         "--cluster", data["config"], "--json",
+         "--storage-option", SECRET_OPTION],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["model"] == str(tmp_path / "model")
+    np.testing.assert_allclose(dk.load(str(tmp_path / "model")).cluster_centers_,
+                               reference(data["url"]).cluster_centers_, rtol=1e-7)
+    no_marker(out.stdout, out.stderr, root=tmp_path)
+
+
+def test_dask_kmeans_is_a_dask_subcommand():
+    out = subprocess.run([str(BIN / "dask"), "kmeans", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Usage: dask kmeans [OPTIONS] COMMAND [ARGS]...")
+    for command in ("fit", "predict", "run", "submit", "status", "validate"):
+        assert f"  {command} " in out.stdout
+    assert "kmeans" in subprocess.run([str(BIN / "dask"), "--help"], capture_output=True,
+                                      text=True, timeout=120).stdout
+
+
+def test_version_and_help():
+    assert invoke("--version").stdout.strip() == f"dask-kmeans, version {dk.__version__}"
+    assert "--storage-option KEY=VALUE" in invoke("fit", "--help").stdout
