@@ -283,3 +283,15 @@ def test_dask_kmeans_is_a_dask_subcommand():
 def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"dask-kmeans, version {dk.__version__}"
     assert "--storage-option KEY=VALUE" in invoke("fit", "--help").stdout
+
+
+def test_docs_describe_every_command_and_option():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    for name, command in main.commands.items():
+        assert f"## `{name}`" in text or f"`{name}`" in text.split("## Job specs")[0], name
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("--") and opt != "--help":
+                    assert f"`{opt}" in text, f"docs/cli.md does not mention {opt} ({name})"
+    for code in range(4):
+        assert f"| {code} |" in text

@@ -468,3 +468,36 @@ def test_submit_runs_the_job_on_the_cluster(local_store, client, monkeypatch):
 
 def no_secret(record) -> bool:
     return LOCAL_SECRET not in json.dumps(record)
+
+
+# --------------------------------------------------------------------------- docs/cli.md
+
+DOC = ROOT / "docs" / "cli.md"
+
+
+def doc_yaml_blocks() -> list[str]:
+    import re
+
+    return re.findall(r"^```yaml\n(.*?)^```", DOC.read_text(), re.MULTILINE | re.DOTALL)
+
+
+def test_docs_yaml_examples_are_valid_job_specs():
+    blocks = doc_yaml_blocks()
+    kinds = [validate_job(yaml.safe_load(b), base_dir=DOC.parent)["job"]["kind"]
+             for b in blocks]
+    assert set(kinds) == {"fit", "predict", "sweep"}
+
+
+def test_docs_explain_every_key():
+    text = DOC.read_text()
+
+    def walk(node, path):
+        for key, sub in node.get("keys", {}).items():
+            name = f"{path}.{key}" if path else key
+            if "keys" in sub:
+                walk(sub, name)
+            else:
+                assert f"`{name}`" in text, f"docs/cli.md does not mention `{name}`"
+
+    for variant in SCHEMA["keys"]["job"]["variants"].values():
+        walk(variant, "")
