@@ -47,7 +47,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from . import _schema as S
-from .cluster import ClusterConfigError, load_cluster_config, validate_cluster_config
+from .cluster import (
+    ClusterConfigError,
+    ClusterError,
+    load_cluster_config,
+    validate_cluster_config,
+)
 from .io import CREDENTIAL_KEY, strip_credentials
 
 if TYPE_CHECKING:
@@ -187,7 +192,7 @@ def _check_cluster_entry(value: Any, base_dir: Path | None, errors: list) -> Any
         except ClusterConfigError as exc:
             errors.extend((path, f"{exc.source}: {p or '(top level)'}: {m}")
                           for p, m in exc.errors)
-        except Exception as exc:  # not found, unreadable: reported with the path
+        except ClusterError as exc:  # not found, unreadable
             errors.append((path, str(exc)))
         return str(file)
     if isinstance(value, Mapping) and set(value) == {"scheduler"}:
@@ -201,7 +206,7 @@ def _check_cluster_entry(value: Any, base_dir: Path | None, errors: list) -> Any
             config = validate_cluster_config(inline)
         except ClusterConfigError as exc:
             errors.extend((prefix + p[len("cluster"):] if p.startswith("cluster") else
-                           S.join(prefix, p), m) for p, m in exc.errors)
+                           S.join(prefix, p) if p else prefix, m) for p, m in exc.errors)
             return None
         tls = config["cluster"].get("tls")
         if tls is not None and base_dir is not None:
