@@ -501,3 +501,32 @@ def test_docs_explain_every_key():
 
     for variant in SCHEMA["keys"]["job"]["variants"].values():
         walk(variant, "")
+
+
+def test_the_demo_jobs_run_on_the_demo_data(tmp_path, client, monkeypatch):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "jobs" / "demo.py"), "--write-parquet",
+                          "demo-output/customers", "--rows", "3000"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "wrote 3,000 customers to demo-output/customers" in out.stdout
+    # The specs' relative paths are relative to where the command runs.
+    monkeypatch.chdir(tmp_path)
+    fit = run_job(load_job(ROOT / "jobs" / "demo.yaml"))
+    assert fit["n_rows"] == 3000 and fit["model"] == "demo-output/model"
+    model = dk.load("demo-output/model")
+    assert model.get_params()["standardize"] is True
+    # Five segments of customers: every centre has a distinct mean age.
+    assert len(np.unique(np.round(model.cluster_centers_[:, 0]))) == 5
+
+    pred = run_job(load_job(ROOT / "jobs" / "predict.yaml"))
+    a = dk.read_labels(fit["labels"]).compute()
+    b = dk.read_labels(pred["labels"]).compute()
+    np.testing.assert_array_equal(a["cluster"], b["cluster"])
+    np.testing.assert_array_equal(a["customer_id"], np.arange(3000))
+
+    sweep = run_job(load_job(ROOT / "jobs" / "sweep.yaml", ["k=[2, 5]"]))
+    assert sweep["results"][1]["inertia"] == pytest.approx(fit["inertia"], rel=1e-7)
+    assert pd.read_csv(tmp_path / "demo-output" / "sweep.csv")["k"].tolist() == [2, 5]
