@@ -70,6 +70,7 @@ __all__ = [
     "parse_assignment",
     "parse_k",
     "run_job",
+    "scrub",
     "secrets",
     "submit_job",
     "validate_job",
