@@ -668,7 +668,8 @@ class SweepResult:
 def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
           tol: float = 1e-4, metric: Literal["euclidean", "cosine"] = "euclidean",
           oversampling_factor: float = 2.0, init_rounds: int = 5,
-          silhouette_rows: int | None = 5000, split_every: int | None = None) -> SweepResult:
+          silhouette_rows: int | None = 5000, split_every: int | None = None,
+          standardize: bool = False) -> SweepResult:
     """Fit K-means for every K in ``ks`` at once, sharing the passes over the data.
 
     One k-means|| pass sequence oversamples candidates for the largest K; each
@@ -684,6 +685,9 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     X : array-like, dask array, DataFrame or ParquetSource of shape (n_samples, n_features)
     ks : iterable of int
         At least three values for a suggestion by the elbow.
+    standardize : bool, default=False
+        As in :class:`KMeans`: every K clusters standardised features; the
+        models' centres are in original units, inertias in standardised ones.
 
     Returns
     -------
@@ -705,17 +709,20 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         raise ValueError(f"ks must hold integers >= 1, got {ks!r}.")
     est = KMeans(max(ks), max_iter=max_iter, tol=tol, random_state=random_state,
                  oversampling_factor=oversampling_factor, init_rounds=init_rounds,
-                 metric=metric, split_every=split_every)
+                 metric=metric, split_every=split_every, standardize=standardize)
     V.check_params(est)
     Xv = V.check_X(est, X, reset=True)
     if Xv.shape[0] < max(ks):
         raise ValueError(f"n_samples={Xv.shape[0]} should be >= the largest K={max(ks)}.")
     weights = V.check_sample_weight(sample_weight, Xv)
     rng = check_random_state(random_state)
+    persist = "auto"
+    if standardize:
+        Xv, weights, persist = est._standardized(Xv, weights, isinstance(Xv, da.Array))
     client = R.active_client()
     if client is not None:
         R.prepare_client(client)
-    Xd, wd, in_memory = R.place_data(Xv, weights, "auto", client)
+    Xd, wd, in_memory = R.place_data(Xv, weights, persist, client)
     cands, cand_w = _init.kmeans_parallel(
         Xd, wd, max(ks), rng, oversampling_factor=oversampling_factor, init_rounds=init_rounds,
         keep_state=R.keep_row_state(Xd.shape[0], in_memory, client), split_every=split_every,
@@ -733,13 +740,15 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
 
     models = []
     for k, start, r, inertia in zip(ks, starts, results, inertias, strict=True):
-        # ``init`` holds the model's starting centres: refitting it alone repeats its run.
-        km = KMeans(k, init=start, n_init=1, max_iter=max_iter, tol=tol, metric=metric,
-                    split_every=split_every)
-        for attr in ("n_features_in_", "feature_names_in_"):
+        # ``init`` holds the model's starting centres (original units): refitting it
+        # alone repeats its run.
+        km = KMeans(k, init=est._to_original_units(start), n_init=1, max_iter=max_iter,
+                    tol=tol, metric=metric, split_every=split_every, standardize=standardize)
+        for attr in ("n_features_in_", "feature_names_in_", "feature_mean_", "feature_scale_"):
             if hasattr(est, attr):
                 setattr(km, attr, getattr(est, attr))
-        km.cluster_centers_, km.inertia_, km.n_iter_ = r.centers, float(inertia), r.n_iter
+        km.cluster_centers_ = est._to_original_units(r.centers)
+        km.inertia_, km.n_iter_ = float(inertia), r.n_iter
         km.labels_ = G.assignment(Xd, G.centers_array(r.centers), metric=metric)[0]
         models.append(km)
 
@@ -748,9 +757,8 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         n = Xd.shape[0]
         idx = np.sort(rng.choice(n, size=min(n, silhouette_rows), replace=False))
         sample = _init.take_rows(Xd, idx)[0]
-        silhouettes = [silhouette_sample(sample, K.assign(sample, m.cluster_centers_,
-                                                          metric=metric)[0])
-                       for m in models]
+        silhouettes = [silhouette_sample(sample, K.assign(sample, r.centers, metric=metric)[0])
+                       for r in results]
     if len(ks) >= 3:
         suggested, reason = suggest_k(ks, inertias, silhouettes)
     else:

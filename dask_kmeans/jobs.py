@@ -589,7 +589,7 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
 def _table_bytes(url: str, rows: list[dict]) -> bytes:
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=["k", "inertia", "n_iter", "seconds"])
+    frame = pd.DataFrame(rows, columns=["k", "inertia", "n_iter", "silhouette"])
     name = url.split("?", 1)[0].lower()
     if name.endswith(".csv"):
         return frame.to_csv(index=False).encode()
@@ -629,16 +629,33 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     if max(ks) > src.n_rows:
         raise ValueError(f"k={max(ks)} is more than the {src.n_rows} rows of {src.url}: every "
                          "cluster needs at least one row; lower the largest K.")
-    rows = []
-    for k in ks:
-        start = time.perf_counter()
-        km = _kmeans(job["params"], k).fit(src)
-        rows.append({"k": k, "inertia": float(km.inertia_), "n_iter": int(km.n_iter_),
-                     "seconds": round(time.perf_counter() - start, 3)})
-        logger.info("sweep: k=%d inertia=%.6g n_iter=%d", k, km.inertia_, km.n_iter_)
+    from .estimator import KMeans, sweep
+
+    params = dict(job["params"])
+    shared = ("random_state", "max_iter", "tol", "metric", "oversampling_factor", "init_rounds",
+              "split_every", "standardize")
+    defaults = KMeans().get_params()
+    unsupported = sorted(k for k, v in params.items() if k not in shared and k != "n_clusters"
+                         and v != defaults.get(k) and not (k == "init" and v == "k-means||"))
+    if unsupported:
+        raise ValueError(f"A sweep fits every K at once from one k-means|| candidate set; "
+                         f"it does not take these params: {', '.join(unsupported)}.")
+    start = time.perf_counter()
+    res = sweep(src, ks, **{k: params[k] for k in shared if k in params})
+    seconds = round(time.perf_counter() - start, 3)
+    rows = [{"k": k, "inertia": inertia, "n_iter": n_iter,
+             "silhouette": None if res.silhouettes is None else float(sil)}
+            for k, inertia, n_iter, sil in zip(
+                res.ks, res.inertias, res.n_iter,
+                res.silhouettes or [None] * len(res.ks), strict=True)]
+    for row in rows:
+        logger.info("sweep: k=%d inertia=%.6g n_iter=%d", row["k"], row["inertia"],
+                    row["n_iter"])
+    logger.info("sweep: suggested k=%d (%s)", res.suggested_k, res.reason)
     table = _write_table(out["table"], rows, options, out["overwrite"], values)
     return {"kind": "sweep", "input": src.url, "n_rows": src.n_rows,
-            "features": list(src.feature_names), "table": table, "results": rows}
+            "features": list(src.feature_names), "table": table, "results": rows,
+            "suggested_k": res.suggested_k, "reason": res.reason, "seconds": seconds}
 
 
 _RUNNERS = {"fit": _run_fit, "predict": _run_predict, "sweep": _run_sweep}

@@ -326,10 +326,13 @@ def test_fit_predict_sweep_on_every_store(store, client, caplog):
                              "params": {"random_state": 0},
                              "output": {"table": store.url("sweep.csv")}}})
     assert [r["k"] for r in sweep["results"]] == [2, 3]
-    assert sweep["results"][1]["inertia"] == pytest.approx(ref.inertia_, rel=1e-7)
+    # every K is seeded from one shared k-means|| candidate set, so K=3 reaches the same
+    # optimum as a separate fit here, not necessarily from the same start
+    assert sweep["results"][1]["inertia"] == pytest.approx(ref.inertia_, rel=1e-3)
+    assert sweep["suggested_k"] in (2, 3) and sweep["reason"]
     assert sweep["results"][0]["inertia"] > sweep["results"][1]["inertia"]
     table = pd.read_csv(pd.io.common.BytesIO(store.get_bytes("sweep.csv")))
-    assert list(table.columns) == ["k", "inertia", "n_iter", "seconds"]
+    assert list(table.columns) == ["k", "inertia", "n_iter", "silhouette"]
     np.testing.assert_allclose(table["inertia"], [r["inertia"] for r in sweep["results"]])
 
     everything = json.dumps([fit, pred, sweep]) + caplog.text
@@ -348,7 +351,7 @@ def test_fit_without_a_model_returns_the_centres_and_sweep_writes_parquet(local_
     sweep = run_job({"job": {"kind": "sweep", "input": {"url": url}, "k": [3, 2],
                              "output": {"table": local_store.url("out", "sweep.parquet")}}})
     table = pd.read_parquet(local_store.url("out", "sweep.parquet"))
-    assert table["k"].tolist() == [3, 2] == [r["k"] for r in sweep["results"]]
+    assert table["k"].tolist() == [2, 3] == [r["k"] for r in sweep["results"]]  # sorted
     assert sweep["features"] == ["customer_id", *FEATURES], "numeric columns by default"
 
 
@@ -528,5 +531,5 @@ def test_the_demo_jobs_run_on_the_demo_data(tmp_path, client, monkeypatch):
     np.testing.assert_array_equal(a["customer_id"], np.arange(3000))
 
     sweep = run_job(load_job(ROOT / "jobs" / "sweep.yaml", ["k=[2, 5]"]))
-    assert sweep["results"][1]["inertia"] == pytest.approx(fit["inertia"], rel=1e-7)
+    assert sweep["results"][1]["inertia"] == pytest.approx(fit["inertia"], rel=1e-3)  # shared seeds
     assert pd.read_csv(tmp_path / "demo-output" / "sweep.csv")["k"].tolist() == [2, 5]
