@@ -7,6 +7,7 @@ over packed fixed-size partials, so only ``k * d`` numbers leave each chunk.
 
 from __future__ import annotations
 
+import uuid
 from functools import partial
 
 import dask.array as da
@@ -133,6 +134,8 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
     sq_dist : dask array of shape (n_samples,), float64
     inertia : dask array of shape (), float64
     """
+    # A fresh name per call: the same input assigned twice (fit, then predict)
+    # must not reuse keys whose tasks may be held with another graph.
     res = da.blockwise(
         _assign_chunk,
         "i",
@@ -145,6 +148,7 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
         concatenate=True,
         dtype=object,
         meta=np.empty((0,), dtype=object),
+        name=f"assign-{uuid.uuid4().hex}",
         metric=metric,
     )
     labels = res.map_blocks(_labels_of, dtype=np.int32, meta=np.empty((0,), np.int32))

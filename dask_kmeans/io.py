@@ -711,7 +711,10 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     fingerprint = {"url": loc.url,
                    "parts": [_fingerprint_entry(u, infos[p])
                              for u, p in zip(part_urls, paths, strict=True)]}
-    token = tokenize(fingerprint, feature_names, keys, dtype.str, missing, drop_zero_norm)
+    # Unique per open: two opens of one dataset carry different file-system objects, and
+    # equal keys with different tasks confuse a scheduler that still holds the first.
+    token = tokenize(fingerprint, feature_names, keys, dtype.str, missing, drop_zero_norm,
+                     uuid.uuid4().hex)
     common = {"filesystem": filesystem, "schema": read_schema}
 
     offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(int).tolist()
