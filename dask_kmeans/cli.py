@@ -333,14 +333,19 @@ def _set_option(f: Callable) -> Callable:
 @main.command()
 @click.argument("job_file", metavar="JOB.yaml")
 @_set_option
+@click.option("--resume", is_flag=True,
+              help="Continue from the job's checkpoint (params.checkpoint) if there is one.")
 @_json_option
 @_cluster_options
-def run(job_file, overrides, as_json, cluster_file, scheduler, timeout):
+def run(job_file, overrides, resume, as_json, cluster_file, scheduler, timeout):
     """Run the job described in JOB.yaml here, and wait for it.
 
     \b
     dask-kmeans run jobs/demo.yaml --set params.n_clusters=6
+    dask-kmeans run job.yaml --set params.checkpoint=ckpt/ --resume
     """
+    if resume:
+        overrides = (*overrides, "params.resume=true")
     _run(jobs.load_job(job_file, overrides), cluster_file, scheduler, timeout, as_json)
 
 

@@ -296,3 +296,25 @@ def test_docs_describe_every_command_and_option():
                     assert f"`{opt}" in text, f"docs/cli.md does not mention {opt} ({name})"
     for code in range(4):
         assert f"| {code} |" in text
+
+
+def test_run_resume_continues_from_the_checkpoint(data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "fit",
+        "cluster": {"kind": "local", "local": {"n_workers": 1, "processes": False}},
+        "input": {"url": data["url"], "columns": FEATURES},
+        "params": {"n_clusters": 3, "random_state": 0, "checkpoint": str(ckpt)},
+        "output": {}}}))
+    first = invoke("run", job, "--json")
+    assert first.exit_code == 0, first.stderr
+    assert (ckpt / "checkpoint.json").exists()
+    again = invoke("run", job, "--resume", "--json")
+    assert again.exit_code == 0, again.stderr
+    a, b = json.loads(first.stdout), json.loads(again.stdout)
+    assert a["centers"] == b["centers"] and a["n_iter"] == b["n_iter"]
+    # a checkpoint of other parameters is refused, in one line
+    bad = invoke("run", job, "--resume", "--set", "params.n_clusters=4")
+    one_line_error(bad, 1)
+    assert "other parameters" in bad.stderr
