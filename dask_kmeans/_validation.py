@@ -109,13 +109,18 @@ def _check_dask(est, X, *, reset: bool) -> da.Array:
         elif hasattr(est, "feature_names_in_"):
             del est.feature_names_in_
     else:
+        fitted = getattr(est, "feature_names_in_", None)
+        if fitted is not None and names is not None and list(fitted) != list(names):
+            missing = [c for c in fitted if c not in list(names)]
+            extra = [c for c in names if c not in list(fitted)]
+            detail = "".join([f" Missing: {missing}." if missing else "",
+                              f" Not seen at fit time: {extra}." if extra else ""])
+            raise ValueError("The feature names should match those that were passed during fit, "
+                             f"in the same order: expected {list(fitted)}, got {list(names)}."
+                             + detail)
         if X.shape[1] != est.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but KMeans is expecting "
                              f"{est.n_features_in_} features as input.")
-        fitted = getattr(est, "feature_names_in_", None)
-        if fitted is not None and names is not None and list(fitted) != list(names):
-            raise ValueError("The feature names should match those that were passed during fit, "
-                             f"in the same order: expected {list(fitted)}, got {list(names)}.")
     if X.shape[0] == 0:
         raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 "
                          "is required by KMeans.")

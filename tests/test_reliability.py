@@ -1,0 +1,513 @@
+"""Faults and bad input: worker loss mid-fit, secrets on every path, edge-case shapes.
+
+The worker-loss tests run a real scheduler and two worker processes started with
+``dask scheduler`` / ``dask worker --no-nanny`` (so that SIGKILL really removes a worker:
+no nanny restarts it) and kill one of them while ``KMeans.fit`` iterates.
+See docs/reliability.md for the table of every fault the suite tries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+import dask_kmeans as dk
+from dask_kmeans import KMeans
+from tests.conftest import blobs
+
+ROOT = Path(__file__).resolve().parents[1]
+DASK = Path(sys.executable).with_name("dask")
+
+# --------------------------------------------------------------------------- a killable cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+class KillableCluster:
+    """A scheduler and two ``--no-nanny`` workers as OS processes, on 127.0.0.1 only."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+        self.client = None
+        self.pids: dict[str, int] = {}
+
+    def _spawn(self, *args: str) -> tuple[subprocess.Popen, Path]:
+        log = self.tmp_path / f"{args[0]}-{len(self.procs)}.log"
+        # Workers unpickle functions of this module by reference: put the repository first.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(DASK), *args], stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, cwd=str(self.tmp_path))
+        self.procs.append((proc, log))
+        return proc, log
+
+    def start(self, n_workers: int = 2) -> None:
+        from distributed import Client
+
+        port = _free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        # Even without a dashboard each process serves HTTP (health, metrics): on 127.0.0.1 too.
+        local_http = ("--no-dashboard", "--dashboard-address", "127.0.0.1:0")
+        self._spawn("scheduler", "--host", "127.0.0.1", "--port", str(port), *local_http)
+        for _ in range(n_workers):
+            self._spawn("worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
+                        "--nworkers", "1", "--no-nanny", *local_http)
+        deadline = time.monotonic() + 90
+        while True:
+            for proc, log in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{log.name} exited early:\n{_tail(log)}")
+            try:
+                self.client = Client(self.address, timeout=5, set_as_default=False)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        self.client.wait_for_workers(n_workers, timeout=90)
+        self.pids = self.client.run(os.getpid)
+
+    def kill(self, worker_address: str) -> None:
+        """SIGKILL one worker process and wait for it to exit."""
+        pid = self.pids[worker_address]
+        os.kill(pid, signal.SIGKILL)
+        for proc, _ in self.procs:
+            if proc.pid == pid:
+                proc.wait(timeout=30)
+
+    def alive_workers(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{_tail(log)}" for _, log in self.procs)
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close(timeout=10)
+        # Workers first: a worker whose scheduler is gone keeps trying to reach it.
+        for proc, _ in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def killable_cluster(tmp_path):
+    """A fresh scheduler + 2 single-thread workers, each a separate killable OS process."""
+    cluster = KillableCluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class _IterationWatch(logging.Handler):
+    """Records the ``dask_kmeans`` iteration lines; sets ``reached`` at iteration ``at``."""
+
+    def __init__(self, at: int):
+        super().__init__(logging.INFO)
+        self.at = at
+        self.reached = threading.Event()
+        self.lines: list[tuple[float, str]] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("iteration "):
+            self.lines.append((time.monotonic(), msg))
+            if int(msg.split()[1].rstrip(":")) >= self.at:
+                self.reached.set()
+
+
+def _fit_killing_a_worker(cluster: KillableCluster, make_estimator, X, victim: str,
+                          kill_at: int = 4):
+    """Fit in a thread; SIGKILL ``victim`` once ``kill_at`` iterations are logged."""
+    logger = logging.getLogger("dask_kmeans")
+    watch = _IterationWatch(kill_at)
+    level = logger.level
+    logger.addHandler(watch)
+    result: dict = {}
+
+    def run():
+        try:
+            with cluster.client.as_current():
+                result["km"] = make_estimator(verbose=True).fit(X)
+        except BaseException as e:  # re-raised in the test thread
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        thread.start()
+        assert watch.reached.wait(120), "the fit never reached the iteration to kill at"
+        assert thread.is_alive(), "the fit ended before the worker could be killed"
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        thread.join(180)
+        assert not thread.is_alive(), f"fit still running 180 s after the kill\n{cluster.logs()}"
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+    if "error" in result:
+        raise result["error"]
+    after = [m for t, m in watch.lines if t > killed_at]
+    return result["km"], after
+
+
+def _seeded_block(block_id=None, *, rows: int, d: int, seed: int):
+    """A deterministic chunk: the same rows whenever (and wherever) it is recomputed."""
+    rng = np.random.default_rng([seed, block_id[0]])
+    return rng.normal(size=(rows, d))
+
+
+@pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")
+def test_worker_killed_mid_fit_on_persisted_data(killable_cluster):
+    """Futures engine: lost persisted chunks are recomputed and the fit gives the same centres."""
+    from distributed import futures_of, wait
+
+    from dask_kmeans._passes import Passes
+
+    cluster, client = killable_cluster, killable_cluster.client
+    X_np = np.random.default_rng(0).normal(size=(300_000, 8))
+    X = client.persist(da.from_array(X_np, chunks=(75_000, 8)))
+    with client.as_current():
+        wait(X)  # every chunk in worker memory before timing anything
+
+    def make(verbose=False):
+        return KMeans(8, random_state=0, tol=0, max_iter=40, verbose=verbose)
+
+    with client.as_current():
+        assert Passes(X).on_futures  # the persisted chunks go straight to Client.map
+        reference = make().fit(X)
+    assert reference.n_iter_ == 40
+
+    holders = client.who_has(futures_of(X))
+    victim = next(iter(next(iter(holders.values()))))
+    km, after = _fit_killing_a_worker(cluster, make, X, victim)
+
+    assert len(after) >= reference.n_iter_ // 2, "the worker was not killed mid-fit"
+    assert cluster.alive_workers() == set(cluster.pids) - {victim}
+    np.testing.assert_allclose(km.cluster_centers_, reference.cluster_centers_, rtol=1e-7)
+    np.testing.assert_allclose(km.inertia_, reference.inertia_, rtol=1e-7)
+    assert km.n_iter_ == reference.n_iter_
+    # the lost chunks came back from the graph: the data is intact, on the survivor
+    np.testing.assert_array_equal(client.compute(X).result(), X_np)
+
+
+def test_worker_killed_mid_fit_on_data_read_from_its_source(killable_cluster):
+    """persist=False: every pass recomputes the chunks; tasks of the dead worker are re-run."""
+    from functools import partial
+
+    from dask_kmeans._passes import Passes
+
+    cluster, client = killable_cluster, killable_cluster.client
+    rows, n_blocks, d = 40_000, 6, 8
+    X = da.map_blocks(partial(_seeded_block, rows=rows, d=d, seed=7),
+                      chunks=((rows,) * n_blocks, (d,)), dtype=np.float64,
+                      meta=np.empty((0, d)))
+
+    def make(verbose=False):
+        return KMeans(8, random_state=0, tol=0, max_iter=15, persist=False, verbose=verbose)
+
+    with client.as_current():
+        assert not Passes(X).on_futures  # dask graphs that read (here: generate) every chunk
+        reference = make().fit(X)
+    assert reference.n_iter_ == 15
+    victim = sorted(cluster.pids)[0]
+    km, after = _fit_killing_a_worker(cluster, make, X, victim, kill_at=3)
+
+    assert len(after) >= reference.n_iter_ // 2, "the worker was not killed mid-fit"
+    assert cluster.alive_workers() == set(cluster.pids) - {victim}
+    np.testing.assert_allclose(km.cluster_centers_, reference.cluster_centers_, rtol=1e-7)
+    np.testing.assert_allclose(km.inertia_, reference.inertia_, rtol=1e-7)
+    assert km.n_iter_ == reference.n_iter_
+
+
+# --------------------------------------------------------------------------- secrets
+
+#: A credential that is wrong, so that it must appear nowhere either.
+WRONG_SECRET = "wrong-marker-secret-5e9a41d7c3"
+
+
+def _exception_text(exc: BaseException) -> str:
+    """Everything a user could see of an exception: message, repr, formatted traceback."""
+    return "\n".join([str(exc), repr(exc), "".join(traceback.format_exception(exc))])
+
+
+def _customers(store, name: str, n: int = 600, parts: int = 3, drop: tuple = ()) -> str:
+    X = blobs(n=n, d=3, k=3, seed=2)
+    df = pd.DataFrame(X, columns=["a", "b", "c"]).drop(columns=list(drop))
+    df.insert(0, "id", np.arange(n))
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        store.write_parquet(f"{name}/part-{i}.parquet", df.iloc[lo:hi])
+    return store.url(name)
+
+
+def _failures(store, km, url: str) -> list[BaseException]:
+    """Deliberately failing reads and writes; returns the exceptions raised."""
+    so = store.storage_options
+    caught: list[BaseException] = []
+
+    def expect(kinds, call):
+        with pytest.raises(kinds) as info:
+            call()
+        caught.append(info.value)
+
+    expect(ValueError, lambda: dk.open_parquet(url, ["a", "nope"], storage_options=so))
+    expect(FileNotFoundError, lambda: dk.open_parquet(store.url("missing"), storage_options=so))
+    expect(FileNotFoundError, lambda: dk.load(store.url("no-model"), storage_options=so))
+    lacking = dk.open_parquet(_customers(store, "lacking", drop=("c",)), key_columns="id",
+                              storage_options=so)
+    expect(ValueError, lambda: km.predict(lacking))
+    expect(FileExistsError, lambda: km.save(store.url("model"), storage_options=so))
+    # A chunk task that fails when computed: its part changed after open_parquet.
+    changing = dk.open_parquet(_customers(store, "changing"), storage_options=so)
+    _customers(store, "changing", n=900)
+    expect(ValueError, lambda: changing.features.compute())
+    if store.kind == "s3":
+        wrong = dict(so, secret=WRONG_SECRET)
+        expect(PermissionError, lambda: dk.open_parquet(url, storage_options=wrong))
+        expect(PermissionError, lambda: dk.load(store.url("model"), storage_options=wrong))
+        expect(PermissionError, lambda: km.save(store.url("model2"), storage_options=wrong))
+    return caught
+
+
+def _assert_nowhere(secrets, texts, store):
+    stored = store.all_bytes()
+    for secret in secrets:
+        for i, text in enumerate(texts):
+            assert secret not in text, f"secret found in text #{i}: {text[:2000]}"
+        assert secret.encode() not in stored, "secret written to the store"
+
+
+def test_secret_never_reaches_logs_output_errors_or_files(store, caplog, capsys, tmp_path):
+    caplog.set_level(logging.DEBUG)  # the root logger: s3fs, botocore, fsspec, dask...
+    caplog.set_level(logging.DEBUG, logger="dask_kmeans")
+    so = store.storage_options
+    url = _customers(store, "data")
+    src = dk.open_parquet(url, key_columns="id", storage_options=so)
+    checkpoint = tmp_path / "checkpoint"  # records a fingerprint of the source
+    km = KMeans(3, random_state=0, max_iter=5, verbose=True, checkpoint=str(checkpoint)).fit(src)
+    labels, distances = km.predict(src, return_distance=True)
+    out = dk.write_labels(src, labels, distances, store.url("labels"), storage_options=so)
+    got = dk.read_labels(out, storage_options=so)
+    assert len(got.compute()) == src.n_rows
+    saved = km.save(store.url("model"), storage_options=so)
+    loaded = dk.load(saved, storage_options=so)
+    np.testing.assert_array_equal(loaded.cluster_centers_, km.cluster_centers_)
+    errors = _failures(store, km, url)
+
+    captured = capsys.readouterr()
+    texts = [repr(src), str(src), str(src.fingerprint()), repr(km), repr(km.get_params()),
+             out, repr(got), saved, repr(loaded), repr(vars(loaded)),
+             captured.out, captured.err, caplog.text,
+             *(r.getMessage() + (r.exc_text or "") for r in caplog.records),
+             *(_exception_text(e) for e in errors)]
+    assert any("iteration 1" in r.getMessage() for r in caplog.records)
+    files = [p for p in checkpoint.rglob("*") if p.is_file()]
+    assert files
+    texts += [p.read_bytes().decode("latin-1") for p in files]
+    _assert_nowhere([store.secret, WRONG_SECRET], texts, store)
+
+
+def test_secret_stays_out_of_worker_and_scheduler_logs(s3_bucket, client):
+    """On a cluster the credentials travel inside tasks; no worker or scheduler log shows them."""
+    so = s3_bucket.storage_options
+    url = _customers(s3_bucket, "data")
+    src = dk.open_parquet(url, key_columns="id", storage_options=so)
+    km = KMeans(3, random_state=0, max_iter=5).fit(src)
+    labels, distances = km.predict(src, return_distance=True)
+    dk.write_labels(src, labels, distances, s3_bucket.url("labels"), storage_options=so)
+    km.save(s3_bucket.url("model"), storage_options=so)
+    errors = _failures(s3_bucket, km, url)  # includes a task failing on a worker
+    worker_logs = client.get_worker_logs()
+    texts = [msg for lines in worker_logs.values() for _, msg in lines]
+    texts += [msg for _, msg in client.get_scheduler_logs()]
+    texts += [_exception_text(e) for e in errors]
+    # the worker logged the failed task ("Compute Failed", with the exception)
+    assert any("changed after open_parquet" in msg
+               for lines in worker_logs.values() for _, msg in lines)
+    _assert_nowhere([s3_bucket.secret, WRONG_SECRET], texts, s3_bucket)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def small():
+    return blobs(n=1000, d=3, k=4, seed=1)
+
+
+def _masked(X, keep):
+    """``X[keep]`` as a dask array whose row chunk sizes are unknown (NaN) until computed."""
+    Xd = da.from_array(X, chunks=(100, X.shape[1]))
+    mask = da.from_array(keep, chunks=100)
+    out = Xd[mask]
+    assert np.isnan(out.chunks[0][0])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dask array", "unknown chunk sizes", "dask DataFrame"])
+def test_more_clusters_than_rows_of_dask_input(small, kind):
+    X = small[:50]
+    if kind == "dask array":
+        Xin = da.from_array(X, chunks=(20, 3))
+    elif kind == "unknown chunk sizes":
+        Xin = _masked(small, np.arange(len(small)) < 50)
+    else:
+        import dask.dataframe as dd
+
+        Xin = dd.from_pandas(pd.DataFrame(X, columns=["a", "b", "c"]), npartitions=3)
+    with pytest.raises(ValueError, match="n_samples=50 should be >= n_clusters=51"):
+        KMeans(51).fit(Xin)
+    with pytest.raises(ValueError, match="n_samples=50 should be >= n_clusters=51"):
+        dk.kmeans_parallel_init(Xin, 51)
+
+
+@pytest.mark.parametrize("kind", ["known shape", "all rows filtered out", "dask DataFrame"])
+def test_empty_dask_input_is_refused(small, kind):
+    if kind == "known shape":
+        Xin = da.zeros((0, 3), chunks=(5, 3))
+    elif kind == "all rows filtered out":
+        Xin = _masked(small, np.zeros(len(small), dtype=bool))
+    else:
+        import dask.dataframe as dd
+
+        Xin = dd.from_pandas(pd.DataFrame(np.zeros((0, 3)), columns=["a", "b", "c"]),
+                             npartitions=1)
+    match = r"Found array with 0 sample\(s\) \(shape=\(0, 3\)\)"
+    with pytest.raises(ValueError, match=match):
+        KMeans(2).fit(Xin)
+    with pytest.raises(ValueError, match=match):
+        dk.kmeans_parallel_init(Xin, 2)
+    fitted = KMeans(2, random_state=0).fit(small)
+    with pytest.raises(ValueError, match=match):
+        fitted.predict(Xin)
+
+
+ZERO_ROW_CHUNKS = (0, 300, 0, 0, 500, 200, 0)
+
+
+@pytest.mark.parametrize("persist", [False, True])
+@pytest.mark.parametrize("init", ["array", "k-means||"])
+def test_zero_row_chunks_fit_like_numpy(small, persist, init):
+    C0 = small[[0, 1, 2, 3]]
+    Xd = da.from_array(small, chunks=(ZERO_ROW_CHUNKS, 3))
+    kw = dict(init=C0 if init == "array" else init, random_state=0, tol=0, max_iter=20)
+    ours = KMeans(4, persist=persist, **kw).fit(Xd)
+    mem = KMeans(4, **kw).fit(small)
+    np.testing.assert_allclose(ours.cluster_centers_, mem.cluster_centers_, rtol=1e-7)
+    np.testing.assert_allclose(ours.inertia_, mem.inertia_, rtol=1e-7)
+    np.testing.assert_array_equal(ours.labels_.compute(), mem.labels_)
+    assert ours.n_iter_ == mem.n_iter_
+
+
+def test_zero_row_chunks_on_a_cluster_futures_engine(client, small):
+    from dask_kmeans._passes import Passes
+
+    Xd = client.persist(da.from_array(small, chunks=(ZERO_ROW_CHUNKS, 3)))
+    assert Passes(Xd).on_futures
+    mem = KMeans(4, random_state=0, tol=0, max_iter=20).fit(small)
+    for persist in ("auto", False):
+        ours = KMeans(4, random_state=0, tol=0, max_iter=20, persist=persist).fit(Xd)
+        np.testing.assert_allclose(ours.cluster_centers_, mem.cluster_centers_, rtol=1e-7)
+        np.testing.assert_array_equal(ours.labels_.compute(), mem.labels_)
+
+
+def test_unknown_chunk_sizes_with_empty_chunks_fit_like_numpy(small):
+    keep = (small[:, 0] > np.median(small[:, 0])) & (np.arange(len(small)) % 300 < 200)
+    Xin = _masked(small, keep)
+    ours = KMeans(4, random_state=0, tol=0, max_iter=20).fit(Xin)
+    mem = KMeans(4, random_state=0, tol=0, max_iter=20).fit(small[keep])
+    np.testing.assert_allclose(ours.cluster_centers_, mem.cluster_centers_, rtol=1e-7)
+    np.testing.assert_array_equal(ours.labels_.compute(), mem.labels_)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_fewer_distinct_points_than_clusters_with_dask_input(init):
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 10, axis=0)
+    with pytest.warns(ConvergenceWarning, match=r"distinct clusters \(2\) found smaller than "
+                                                r"n_clusters \(3\)"):
+        km = KMeans(3, init=init, n_init=1, random_state=0).fit(da.from_array(X, chunks=7))
+    assert np.all(np.isfinite(km.cluster_centers_)) and np.isfinite(km.inertia_)
+    assert km.inertia_ == 0.0
+    assert {tuple(c) for c in km.cluster_centers_} == {(0.0, 0.0), (5.0, 5.0)}
+    np.testing.assert_array_equal(km.predict(X), km.labels_.compute())
+
+
+@pytest.fixture(scope="module")
+def named_model(small):
+    df = pd.DataFrame(small, columns=["a", "b", "c"])
+    return KMeans(4, random_state=0).fit(df), df
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda df: df[["c", "a", "b"]], "Feature names must be in the same order as they were in fit"),
+    (lambda df: df[["a", "b"]], r"Feature names seen at fit time, yet now missing:\n- c"),
+    (lambda df: df.assign(d=1.0), r"Feature names unseen at fit time:\n- d"),
+    (lambda df: df.rename(columns={"c": "z"}), r"unseen at fit time:\n- z\n.*missing:\n- c"),
+    (lambda df: df.assign(c="x"), r"non-numeric column\(s\): 'c'"),
+], ids=["reordered", "missing", "extra", "renamed", "non-numeric"])
+@pytest.mark.parametrize("method", ["predict", "transform", "score"])
+def test_pandas_columns_differing_from_fit_are_refused(named_model, change, match, method):
+    km, df = named_model
+    with pytest.raises(ValueError, match=match):
+        getattr(km, method)(change(df))
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda df: df[["c", "a", "b"]], "['c', 'a', 'b']"),
+    (lambda df: df.rename(columns={"c": "z"}), "['a', 'b', 'z']"),
+], ids=["reordered", "renamed"])
+def test_dask_dataframe_columns_differing_from_fit_are_refused(named_model, change, expected):
+    import dask.dataframe as dd
+
+    km, df = named_model
+    with pytest.raises(ValueError, match="feature names should match") as info:
+        km.predict(dd.from_pandas(change(df), npartitions=2))
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(("change", "column"), [
+    (lambda df: df[["a", "b"]], "'c'"),
+    (lambda df: df.assign(d=1.0), "'d'"),
+], ids=["missing", "extra"])
+def test_dask_dataframe_missing_or_extra_column_is_named(named_model, change, column):
+    import dask.dataframe as dd
+
+    km, df = named_model
+    with pytest.raises(ValueError) as info:
+        km.predict(dd.from_pandas(change(df), npartitions=2))
+    assert column in str(info.value)
