@@ -40,6 +40,7 @@ import argparse
 import logging
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -112,6 +113,8 @@ def main():
     p.add_argument("--skip-graph-engine", action="store_true",
                    help="do not time the dask-graph engine (slow with many chunks)")
     args = p.parse_args()
+    # The rows are sent once as a graph of two chunks: dask warns about its size.
+    warnings.filterwarnings("ignore", message="Sending large graph")
     counts = [int(c) for c in args.chunks.split(",")]
 
     import dask.array as da
