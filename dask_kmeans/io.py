@@ -788,18 +788,6 @@ def read_parquet(url: str, columns: str | Sequence[str] | None = None, *,
 # --------------------------------------------------------------------------- committed outputs
 
 
-def _active_client():
-    """The distributed Client that ``dask.compute`` would use now, or None."""
-    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
-        return None
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
-
-
 def _compute_all(tasks: Sequence) -> tuple:
     """Compute ``tasks`` and return only once no task is running any more, even on failure.
 
@@ -807,7 +795,9 @@ def _compute_all(tasks: Sequence) -> tuple:
     temporary prefix after it was removed: on error we wait for the tasks
     already running before re-raising.
     """
-    client = _active_client()
+    from ._runtime import active_client
+
+    client = active_client()
     if client is not None:
         from distributed import wait
 
