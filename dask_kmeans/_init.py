@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _kernels as K
 from ._passes import Passes
+from ._progress import emit
 from ._runtime import compute
 from ._validation import check_init_array
 
@@ -151,12 +152,13 @@ def kmeans_parallel(
                     metric=metric)
     first = _first_center(passes, random_state, seed)
     candidates = [K.normalize_rows(first) if metric == "cosine" else first]
-    n_cand, base = 1, 0
+    n_cand, base, n_passes = 1, 0, 0
     for rnd in range(1, init_rounds + MAX_EXTRA_ROUNDS + 1):
         if rnd > init_rounds and n_cand >= n_clusters:
             break
         rows, phi = passes.oversample(np.vstack(candidates), base, seed=seed, stream=rnd,
                                       ell=ell)
+        n_passes = rnd
         if not np.isfinite(phi):
             raise ValueError("Input X contains NaN or infinity: the k-means|| cost is not finite. "
                              "Drop or impute the missing values before fitting.")
@@ -169,8 +171,10 @@ def kmeans_parallel(
         n_cand += len(new)
         candidates.append(new)
         logger.debug("k-means|| round %d: cost %.6g, %d new candidates", rnd, phi, len(new))
+        emit("init", n_passes, max(init_rounds, n_passes) + 1, candidates=n_cand)
     all_candidates = np.vstack(candidates)
     weights = passes.candidate_weights(all_candidates, base)
+    emit("init", n_passes + 1, n_passes + 1, candidates=n_cand)
     if return_candidates:
         return all_candidates, weights
     return reduce_candidates(all_candidates, weights, n_clusters, random_state, metric)

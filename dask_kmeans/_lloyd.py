@@ -11,6 +11,7 @@ import numpy as np
 from . import _graph as G
 from . import _kernels as K
 from ._passes import Passes
+from ._progress import emit
 from ._runtime import compute
 
 logger = logging.getLogger("dask_kmeans")
@@ -116,6 +117,8 @@ def lloyd(
                 n_iter, partials.inertia, shift, tol_abs, n_empty, time.perf_counter() - t0,
             )
         converged = shift <= tol_abs
+        emit("iteration", n_iter, max_iter, inertia=partials.inertia, shift=shift, tol=tol_abs,
+             converged=converged)
         if on_iteration is not None:
             on_iteration(n_iter, centers, tol_abs, converged)
         if converged:
@@ -160,6 +163,7 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
                 results[i] = LloydResult(centers[i], n_iter[i], True)
             else:
                 still.append(i)
+        emit("sweep", it + 1, max_iter, moving=len(still), models=len(centers))
         if verbose:
             logger.info("sweep iteration %d: %d of %d models still moving, %.3f s",
                         it + 1, len(still), len(centers), time.perf_counter() - t0)

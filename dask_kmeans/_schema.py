@@ -9,7 +9,7 @@ schema node has a ``type`` and, depending on it:
     ``discriminator`` (a key name) and ``variants`` (value of that key -> mapping node): the
     document is checked against the variant its discriminator names.
 ``list``
-    ``items`` (node), ``min_items``.
+    ``items`` (node), ``min_items``, ``max_items``.
 ``int``, ``number``
     ``min`` (inclusive) or ``gt`` (exclusive).
 ``str``
@@ -158,10 +158,13 @@ def expected(node: dict) -> str:
         else:
             items = "items"
         text = f"a list of {items}"
-        if node.get("min_items") == 1:
+        lo, hi = node.get("min_items"), node.get("max_items")
+        if lo is not None and lo == hi:
+            text = f"a list of {lo} {items}"
+        elif lo == 1 and hi is None:
             text = f"a non-empty list of {items}"
-        elif node.get("min_items"):
-            text += f" with at least {node['min_items']} entries"
+        elif lo:
+            text += f" with at least {lo} entries"
     elif kind == "oneof":
         text = " or ".join(expected({**option, "nullable": False})
                            for option in node["options"])
@@ -219,7 +222,8 @@ def walk(node: dict, value: Any, path: str, errors: list) -> Any:
         if "variants" in node:
             return _walk_variant(node, value, path, errors)
         return _walk_mapping(node, value, path, errors)
-    if kind == "list" and isinstance(value, list) and len(value) >= node.get("min_items", 0):
+    if kind == "list" and isinstance(value, list) \
+            and node.get("min_items", 0) <= len(value) <= node.get("max_items", len(value)):
         return [walk(node["items"], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
     if kind == "oneof" and value is not None:
         for option in node["options"]:

@@ -18,6 +18,7 @@ import click
 from dask.utils import parse_timedelta
 
 from . import __version__, jobs
+from ._progress import listening
 from ._schema import SchemaError
 from .cluster import ClusterError, connect, load_cluster_config
 
@@ -103,6 +104,8 @@ def _cluster_options(f: Callable) -> Callable:
 
 
 def _json_option(f: Callable) -> Callable:
+    f = click.option("--no-progress", "progress", is_flag=True, flag_value=False, default=True,
+                     help="No progress bars or dashboard link on stderr.")(f)
     return click.option("--json", "as_json", is_flag=True,
                         help="Print the result summary as JSON.")(f)
 
@@ -171,6 +174,15 @@ def _number(value: float) -> str:
     return f"{value:,.6g}" if abs(value) < 1e6 else f"{value:,.0f}"
 
 
+def _print_profile(records: list[dict]) -> None:
+    import pandas as pd
+
+    from .report import format_profile
+
+    click.echo("clusters:")
+    click.echo(format_profile(pd.DataFrame(records).set_index("cluster")))
+
+
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -188,23 +200,168 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
             for center in result["centers"]:
                 click.echo("  " + "  ".join(f"{v:.6g}" for v in center))
         click.echo(f"labels:     {result['labels'] or 'not written (no --labels)'}")
+        for url in result["profile_files"]:
+            click.echo(f"profile:    {url}")
+        if result["plot"]:
+            click.echo(f"plot:       {result['plot']}")
+        if result["profile"]:
+            _print_profile(result["profile"])
     elif kind == "predict":
         click.echo(f"predict: {rows} with the model at {result['model']} "
                    f"(k={result['n_clusters']})")
         click.echo(f"labels:  {result['labels']}")
     else:
         click.echo(f"sweep: {len(result['results'])} values of K on {rows}")
-        click.echo(f"{'k':>6}  {'inertia':>16}  {'n_iter':>6}")
+        click.echo(f"{'k':>6}  {'inertia':>16}  {'silhouette':>10}  {'n_iter':>6}")
         for row in result["results"]:
-            click.echo(f"{row['k']:>6}  {_number(row['inertia']):>16}  {row['n_iter']:>6}")
-        click.echo(f"table: {result['table']}")
+            sil = "" if row["silhouette"] is None else f"{row['silhouette']:.3f}"
+            mark = "  <- suggested" if row["k"] == result["suggested_k"] else ""
+            click.echo(f"{row['k']:>6}  {_number(row['inertia']):>16}  {sil:>10}  "
+                       f"{row['n_iter']:>6}{mark}")
+        click.echo(f"suggested K: {result['suggested_k']} ({result['reason']})")
+        if result["table"]:
+            click.echo(f"table: {result['table']}")
+        if result["plot"]:
+            click.echo(f"plot:  {result['plot']}")
     click.echo(f"time:       {result['seconds']:.2f} s" if kind == "fit"
                else f"time: {result['seconds']:.2f} s")
 
 
-def _run(spec: dict, cluster_file, scheduler, timeout, as_json: bool) -> None:
+class _ProgressDisplay:
+    """Live progress bars on stderr, fed by the drivers' progress events.
+
+    One bar for the k-means|| passes and one for the Lloyd iterations (or the shared passes
+    of a sweep), each with the latest figures; a run of ``n_init`` > 1 starts both again.
+    On a terminal the bars move; elsewhere (a log file, CI) their final state is printed
+    once. :meth:`summary` is the closing line.
+    """
+
+    _NAMES = {"init": "k-means||", "iteration": "Lloyd", "sweep": "sweep"}
+
+    def __init__(self, console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description:<12}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[info]}"), console=console)
+        self.tasks: dict[str, Any] = {}
+        self.last: dict[str, tuple[int, int | None, dict]] = {}
+        self.run = (1, 1)
+
+    def __enter__(self) -> _ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.last:  # started by the first event: an error before any prints nothing
+            self.progress.stop()
+
+    def _task(self, stage: str):
+        if stage not in self.tasks:
+            name = self._NAMES[stage]
+            if self.run[1] > 1:
+                name += f" {self.run[0]}/{self.run[1]}"
+            self.tasks[stage] = self.progress.add_task(name, total=None, info="")
+        return self.tasks[stage]
+
+    def __call__(self, stage: str, step: int, total: int | None, info: dict) -> None:
+        if stage == "run":
+            self.run = (step, total or 1)
+            if step > 1:  # a new initialisation: fresh bars under the old ones
+                self.tasks.clear()
+            return
+        if not self.last:
+            self.progress.start()
+        self.last[stage] = (step, total, info)
+        if stage == "init":
+            text = f"{info['candidates']:,} candidates"
+        elif stage == "iteration":
+            text = (f"inertia {info['inertia']:.6g}  shift {info['shift']:.3g}"
+                    f" (tol {info['tol']:.3g})")
+            if info["converged"]:
+                total = step
+        else:
+            text = f"{info['moving']} of {info['models']} models still moving"
+            if info["moving"] == 0:
+                total = step
+        self.progress.update(self._task(stage), completed=step, total=total, info=text)
+
+    def summary(self) -> str | None:
+        """One line on how the fit went: passes, iterations, convergence."""
+        parts = []
+        if "init" in self.last:
+            step, _, info = self.last["init"]
+            parts.append(f"k-means|| {step} passes, {info['candidates']:,} candidates")
+        if "iteration" in self.last:
+            step, total, info = self.last["iteration"]
+            state = ("converged" if info["converged"]
+                     else f"stopped at max_iter={total} before converging")
+            parts.append(f"{step} Lloyd iterations, {state}")
+        if "sweep" in self.last:
+            step, total, info = self.last["sweep"]
+            state = ("all converged" if info["moving"] == 0
+                     else f"{info['moving']} stopped at max_iter={total}")
+            parts.append(f"{step} shared passes for {info['models']} models, {state}")
+        if self.run[1] > 1:
+            parts.append(f"best of {self.run[1]} runs")
+        return "; ".join(parts) or None
+
+
+def dashboard_link(client, timeout: float = 2.0) -> str | None:
+    """The Dask dashboard's URL when this machine can open it, else None.
+
+    A scheduler serves HTTP (health checks, metrics) with or without a dashboard, and
+    reports its port either way; without bokeh its status page only says to install it.
+    So the page is asked for once, and the link is given only when the answer is a page
+    that is not that message.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        link = client.dashboard_link if client is not None else None
+    except Exception:  # the scheduler reports no HTTP service
+        return None
+    if not link:
+        return None
+    try:
+        with urllib.request.urlopen(link, timeout=timeout) as response:  # noqa: S310
+            page = response.read(4096).decode("utf-8", "replace")
+    except (OSError, ValueError):  # refused, timed out, or an HTTP error (turned off: 404)
+        return None
+    return None if "needs bokeh" in page.lower() else link
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, client) -> Iterator[_ProgressDisplay | None]:
+    """Show the dashboard link and live progress bars on stderr while the job runs."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    link = dashboard_link(client)
+    if link:
+        console.print(f"dashboard: {link}")
+    with _ProgressDisplay(console) as display, listening(display):
+        yield display
+    line = display.summary()
+    if line:
+        console.print(line)
+
+
+def _run(spec: dict, cluster_file, scheduler, timeout, as_json: bool,
+         progress: bool = True) -> None:
     _remember_secrets(spec)
-    with _connected(_target(cluster_file, scheduler, spec), timeout):
+    with _connected(_target(cluster_file, scheduler, spec), timeout) as client, \
+            _progress(progress, client):
         result = jobs.run_job(spec)
     _print_result(result, as_json)
 
@@ -226,67 +383,101 @@ def main() -> None:
 _DEFAULTS = jobs.param_defaults()
 
 
+def _data_options(f: Callable) -> Callable:
+    """Options shared by fit and sweep: the features, how they are read, the K-means params."""
+    options = [
+        click.option("--columns", help="Comma-separated feature columns. Default: every "
+                                       "numeric column that is not a key."),
+        click.option("--max-iter", type=click.IntRange(min=1), default=_DEFAULTS["max_iter"],
+                     show_default=True, help="Maximum Lloyd iterations."),
+        click.option("--tol", type=click.FloatRange(min=0), default=_DEFAULTS["tol"],
+                     show_default=True,
+                     help="Convergence tolerance (relative to the variance)."),
+        click.option("--seed", type=click.IntRange(min=0), default=None,
+                     help="Random seed: the same seed gives the same centres."),
+        click.option("--metric", type=click.Choice(["euclidean", "cosine"]),
+                     default=_DEFAULTS["metric"], show_default=True,
+                     help="cosine: spherical k-means, for direction-only data."),
+        click.option("--standardize", is_flag=True,
+                     help="Cluster (x - mean) / std of each feature; centres stay in "
+                          "original units."),
+        click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
+                     show_default=True, help="Float type of the features in memory."),
+        click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
+                     show_default=True,
+                     help="Rows with NaN, inf or null features: stop, or skip them."),
+        click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+                     help="fsspec option for the input (and outputs on the same storage); "
+                          "repeat. Dotted keys nest: client_kwargs.region_name=eu-west-1."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_iter, tol, seed,
+               metric, standardize) -> tuple[dict, dict]:
+    """The ``input`` and ``params`` entries of a job spec from :func:`_data_options`."""
+    inp = {"url": input_url, "columns": _names(columns), "key_columns": _names(keys) or [],
+           "dtype": dtype, "missing": missing,
+           "storage_options": _storage_options(storage_options)}
+    params = {"max_iter": max_iter, "tol": tol, "random_state": seed, "metric": metric,
+              "standardize": standardize}
+    return inp, params
+
+
 @main.command()
 @click.argument("input_url")
 @click.option("--k", "n_clusters", type=click.IntRange(min=1), required=True,
               help="Number of clusters.")
-@click.option("--columns", help="Comma-separated feature columns. Default: every numeric "
-                                "column that is not a key.")
 @click.option("--key", "keys", multiple=True, metavar="COLUMN",
               help="Key column copied next to each label; repeat or comma-separate.")
 @click.option("--init", type=click.Choice(["k-means||", "k-means++", "random"]),
               default=_DEFAULTS["init"], show_default=True, help="Initialisation.")
 @click.option("--n-init", type=click.IntRange(min=1), default=None,
               help="Number of initialisations, the best kept. Default: 10 for random, else 1.")
-@click.option("--max-iter", type=click.IntRange(min=1), default=_DEFAULTS["max_iter"],
-              show_default=True, help="Maximum Lloyd iterations.")
-@click.option("--tol", type=click.FloatRange(min=0), default=_DEFAULTS["tol"],
-              show_default=True, help="Convergence tolerance (relative to the variance).")
-@click.option("--seed", type=click.IntRange(min=0), default=None,
-              help="Random seed: the same seed gives the same centres.")
-@click.option("--metric", type=click.Choice(["euclidean", "cosine"]),
-              default=_DEFAULTS["metric"], show_default=True,
-              help="cosine: spherical k-means, for direction-only data.")
-@click.option("--standardize", is_flag=True,
-              help="Cluster (x - mean) / std of each feature; centres stay in original units.")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
-              show_default=True, help="Float type of the features in memory.")
-@click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
-              show_default=True, help="Rows with NaN, inf or null features: stop, or skip them.")
+@_data_options
 @click.option("--output", "-o", "model_url", metavar="MODEL_URL",
               help="Where to save the model (a directory, local or fsspec URL).")
 @click.option("--labels", "labels_url", metavar="URL",
               help="Where to write each row's cluster and distance, next to its keys.")
-@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
-              help="fsspec option for the input (and outputs on the same storage); repeat. "
-                   "Dotted keys nest: client_kwargs.region_name=eu-west-1.")
-@click.option("--overwrite", is_flag=True, help="Replace a model or labels already there.")
+@click.option("--no-profile", "profile", is_flag=True, flag_value=False, default=True,
+              help="Skip the cluster profile (one more pass over the data), printed and "
+                   "written as profile.csv and profile.md into the model directory.")
+@click.option("--plot", "plot_url", metavar="FILE.png",
+              help="Write a scatter of a sample of rows coloured by cluster (needs matplotlib).")
+@click.option("--plot-features", metavar="X,Y",
+              help="The two features on the scatter's axes. Default: a PCA projection.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a model, labels or plot already there.")
 @_json_option
 @_cluster_options
-def fit(input_url, n_clusters, columns, keys, init, n_init, max_iter, tol, seed, metric,
-        standardize, dtype, missing, model_url, labels_url, storage_options, overwrite, as_json,
-        cluster_file, scheduler, timeout):
+def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed, metric,
+        standardize, dtype, missing, storage_options, model_url, labels_url, profile, plot_url,
+        plot_features, overwrite, as_json, progress, cluster_file, scheduler, timeout):
     """Fit K-means on the Parquet data at INPUT_URL; save the model and labels.
+
+    Prints each cluster's size, share, feature means and a description, and writes them
+    as profile.csv and profile.md into the model directory.
 
     \b
     dask-kmeans fit data/customers/ --k 5 --standardize --key customer_id \\
-        --seed 0 --output models/k5 --labels labels/k5
+        --seed 0 --output models/k5 --labels labels/k5 --plot k5.png
     """
-    params = {"n_clusters": n_clusters, "init": init, "max_iter": max_iter, "tol": tol,
-              "random_state": seed, "metric": metric, "standardize": standardize}
+    inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
+                             max_iter, tol, seed, metric, standardize)
+    params.update(n_clusters=n_clusters, init=init)
     if n_init is not None:
         params["n_init"] = n_init
     spec = {"job": {
-        "kind": "fit",
-        "input": {"url": input_url, "columns": _names(columns), "key_columns": _names(keys) or [],
-                  "dtype": dtype, "missing": missing,
-                  "storage_options": _storage_options(storage_options)},
-        "params": params,
-        "output": {"model": model_url, "labels": labels_url, "overwrite": overwrite},
+        "kind": "fit", "input": inp, "params": params,
+        "output": {"model": model_url, "labels": labels_url, "profile": profile,
+                   "plot": plot_url, "plot_features": _names(plot_features),
+                   "overwrite": overwrite},
     }}
     _remember_secrets(spec)
     _run(jobs.validate_job(spec, source="the command line"), cluster_file, scheduler, timeout,
-         as_json)
+         as_json, progress)
 
 
 @main.command()
@@ -306,7 +497,7 @@ def fit(input_url, n_clusters, columns, keys, init, n_init, max_iter, tol, seed,
 @_json_option
 @_cluster_options
 def predict(model_url, input_url, labels_url, keys, columns, missing, storage_options,
-            overwrite, as_json, cluster_file, scheduler, timeout):
+            overwrite, as_json, progress, cluster_file, scheduler, timeout):
     """Label the Parquet data at INPUT_URL with the model saved at MODEL_URL.
 
     \b
@@ -322,7 +513,60 @@ def predict(model_url, input_url, labels_url, keys, columns, missing, storage_op
     }}
     _remember_secrets(spec)
     _run(jobs.validate_job(spec, source="the command line"), cluster_file, scheduler, timeout,
-         as_json)
+         as_json, progress)
+
+
+def _k_values(ctx, param, value):
+    try:
+        if ".." in value:
+            jobs.parse_k(value)
+            return value
+        ks = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not ks or min(ks) < 1:
+        raise click.BadParameter(f"expected a range like 2..12 or a list like 2,4,8 of "
+                                 f"values >= 1, got {value!r}")
+    return ks
+
+
+@main.command(name="sweep")
+@click.argument("input_url")
+@click.option("--k", "ks", required=True, metavar="LO..HI", callback=_k_values,
+              help="The values of K: an inclusive range like 2..12 or a list like 2,4,8.")
+@_data_options
+@click.option("--plot", "plot_url", default="elbow.png", show_default=True,
+              metavar="FILE.png", help="Where to save the elbow plot (needs matplotlib).")
+@click.option("--no-plot", is_flag=True, help="Save no elbow plot.")
+@click.option("--table", "table_url", metavar="FILE",
+              help="Also write the table of K, inertia, n_iter and silhouette: CSV (.csv), "
+                   "JSON (.json) or else Parquet.")
+@click.option("--overwrite", is_flag=True, help="Replace a plot or table already there.")
+@_json_option
+@_cluster_options
+def sweep(input_url, ks, columns, max_iter, tol, seed, metric, standardize, dtype, missing,
+          storage_options, plot_url, no_plot, table_url, overwrite, as_json, progress,
+          cluster_file, scheduler, timeout):
+    """Fit every K at once on the Parquet data at INPUT_URL and suggest one.
+
+    Prints the inertia and the silhouette (on a sample of rows) of each K, the suggested K
+    and why, and saves the elbow plot. Every pass over the data serves every K, so the
+    sweep reads the data about as often as one fit.
+
+    \b
+    dask-kmeans sweep data/customers/ --k 2..12 --standardize --seed 0
+    dask-kmeans sweep data/customers/ --k 2,4,8,16 --plot k.png --table k.csv
+    """
+    inp, params = _data_spec(input_url, columns, None, dtype, missing, storage_options,
+                             max_iter, tol, seed, metric, standardize)
+    spec = {"job": {
+        "kind": "sweep", "input": inp, "k": ks, "params": params,
+        "output": {"table": table_url, "plot": None if no_plot else plot_url,
+                   "overwrite": overwrite},
+    }}
+    _remember_secrets(spec)
+    _run(jobs.validate_job(spec, source="the command line"), cluster_file, scheduler, timeout,
+         as_json, progress)
 
 
 def _set_option(f: Callable) -> Callable:
@@ -337,7 +581,7 @@ def _set_option(f: Callable) -> Callable:
               help="Continue from the job's checkpoint (params.checkpoint) if there is one.")
 @_json_option
 @_cluster_options
-def run(job_file, overrides, resume, as_json, cluster_file, scheduler, timeout):
+def run(job_file, overrides, resume, as_json, progress, cluster_file, scheduler, timeout):
     """Run the job described in JOB.yaml here, and wait for it.
 
     \b
@@ -346,7 +590,8 @@ def run(job_file, overrides, resume, as_json, cluster_file, scheduler, timeout):
     """
     if resume:
         overrides = (*overrides, "params.resume=true")
-    _run(jobs.load_job(job_file, overrides), cluster_file, scheduler, timeout, as_json)
+    _run(jobs.load_job(job_file, overrides), cluster_file, scheduler, timeout, as_json,
+         progress)
 
 
 @main.command()

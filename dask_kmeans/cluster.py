@@ -269,6 +269,10 @@ def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
     from distributed import LocalCluster
 
     kwargs = _given(opts, "dashboard_address")
+    if opts["dashboard_address"] is None:
+        # No dashboard; the scheduler's HTTP routes (health, metrics) still need a port:
+        # a free one on loopback rather than 8787 (taken by any other scheduler here).
+        kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
     cluster = _start("local", lambda: LocalCluster(
         dashboard_address=opts["dashboard_address"], **kwargs), stack)
     return _client(cluster, cluster.scheduler_address, timeout, stack)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -20,6 +21,7 @@ from . import _kernels as K
 from . import _runtime as R
 from . import _validation as V
 from ._checkpoint import Checkpoint, data_fingerprint, params_fingerprint
+from ._progress import emit
 
 logger = logging.getLogger("dask_kmeans")
 
@@ -264,6 +266,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             logger.info("resuming from the checkpoint at %s: run %d, iteration %d",
                         self.checkpoint, first_run + 1, state["n_iter"])
         for run in range(first_run, n_init):
+            emit("run", run + 1, n_init)
             rng_before = random_state.get_state()
             resumed = state is not None and run == state["run"] and state["centers"] is not None
             if resumed:
@@ -361,7 +364,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         mean = self.feature_mean_.astype(X.dtype)
         scale = self.feature_scale_.astype(X.dtype)
         if isinstance(X, da.Array):
-            return X.map_blocks(_standardize_block, mean, scale, dtype=X.dtype)
+            # A name of its own per call: a later predict on the same source must not reuse
+            # the keys of the fit's (optimised, persisted, then released) graph.
+            return X.map_blocks(_standardize_block, mean, scale, dtype=X.dtype,
+                                name=f"standardize-{uuid.uuid4().hex}")
         return _standardize_block(X, mean, scale)
 
     def _to_original_units(self, centers: np.ndarray) -> np.ndarray:

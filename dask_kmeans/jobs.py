@@ -534,6 +534,16 @@ def _kmeans(params: Mapping, n_clusters: int):
                                             if k != "n_clusters"})
 
 
+def _check_plot(url: str | None, job: Mapping, values: Sequence[str]) -> None:
+    """Before any work: matplotlib is there and the PNG may be written."""
+    if url:
+        from .report import check_plotting
+
+        check_plotting()
+        _refuse_existing(url, _output_options(url, job), job["output"]["overwrite"],
+                         directory=False, values=values)
+
+
 def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     from .io import write_labels
 
@@ -542,7 +552,14 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         if out[name]:
             _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
                              directory=True, values=values)
+    _check_plot(out["plot"], job, values)
     src = _open(job)
+    if out["plot_features"]:
+        unknown = [f for f in out["plot_features"] if f not in src.feature_names]
+        if unknown:
+            raise ValueError(f"output.plot_features: {', '.join(map(repr, unknown))} is not "
+                             f"a feature of this fit; the features are "
+                             f"{', '.join(src.feature_names)}.")
     params = job["params"]
     logger.info("fit: %d rows of %s, k=%d", src.n_rows, src.url, params["n_clusters"])
     km = _kmeans(params, params["n_clusters"]).fit(src)
@@ -550,7 +567,7 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         "kind": "fit", "input": src.url, "n_rows": src.n_rows,
         "features": list(src.feature_names), "n_clusters": int(params["n_clusters"]),
         "n_iter": int(km.n_iter_), "inertia": float(km.inertia_), "model": None,
-        "labels": None,
+        "labels": None, "profile": None, "profile_files": [], "plot": None,
     }
     if out["model"]:
         result["model"] = km.save(out["model"], overwrite=out["overwrite"],
@@ -562,6 +579,20 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         result["labels"] = write_labels(src, labels, distances, out["labels"],
                                         storage_options=_output_options(out["labels"], job),
                                         overwrite=out["overwrite"])
+    if out["profile"]:
+        from .report import profile, write_profile
+
+        table = profile(km, src)
+        result["profile"] = json.loads(table.reset_index().to_json(orient="records"))
+        if out["model"]:
+            result["profile_files"] = write_profile(
+                table, out["model"], storage_options=_output_options(out["model"], job))
+    if out["plot"]:
+        from .report import plot_clusters
+
+        result["plot"] = plot_clusters(km, src, out["plot"], features=out["plot_features"],
+                                       random_state=params["random_state"] or 0,
+                                       storage_options=_output_options(out["plot"], job))
     return result
 
 
@@ -622,8 +653,10 @@ def _write_table(url: str, rows: list[dict], options: Mapping, overwrite: bool,
 
 def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     out = job["output"]
-    options = _output_options(out["table"], job)
-    _refuse_existing(out["table"], options, out["overwrite"], directory=False, values=values)
+    if out["table"]:
+        _refuse_existing(out["table"], _output_options(out["table"], job), out["overwrite"],
+                         directory=False, values=values)
+    _check_plot(out["plot"], job, values)
     ks = parse_k(job["k"])
     src = _open(job)
     if max(ks) > src.n_rows:
@@ -652,10 +685,20 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         logger.info("sweep: k=%d inertia=%.6g n_iter=%d", row["k"], row["inertia"],
                     row["n_iter"])
     logger.info("sweep: suggested k=%d (%s)", res.suggested_k, res.reason)
-    table = _write_table(out["table"], rows, options, out["overwrite"], values)
+    table = plot = None
+    if out["table"]:
+        table = _write_table(out["table"], rows, _output_options(out["table"], job),
+                             out["overwrite"], values)
+    if out["plot"]:
+        from .report import plot_elbow
+
+        plot = plot_elbow(res.ks, res.inertias, out["plot"], silhouettes=res.silhouettes,
+                          suggested_k=res.suggested_k,
+                          storage_options=_output_options(out["plot"], job))
     return {"kind": "sweep", "input": src.url, "n_rows": src.n_rows,
-            "features": list(src.feature_names), "table": table, "results": rows,
-            "suggested_k": res.suggested_k, "reason": res.reason, "seconds": seconds}
+            "features": list(src.feature_names), "table": table, "plot": plot,
+            "results": rows, "suggested_k": res.suggested_k, "reason": res.reason,
+            "seconds": seconds}
 
 
 _RUNNERS = {"fit": _run_fit, "predict": _run_predict, "sweep": _run_sweep}
@@ -678,9 +721,12 @@ def run_job(spec: Mapping[str, Any]) -> dict[str, Any]:
     dict
         JSON-serialisable, without credentials. Always ``kind``, ``input`` (URL),
         ``n_rows`` and ``seconds``. fit: ``features``, ``n_clusters``, ``n_iter``,
-        ``inertia``, ``model`` and ``labels`` (URLs or None) and, when no model was saved,
-        ``centers``. predict: ``model``, ``n_clusters``, ``labels``. sweep: ``features``,
-        ``table`` and ``results``, a list of ``{k, inertia, n_iter, seconds}``.
+        ``inertia``, ``model``, ``labels`` and ``plot`` (URLs or None), ``profile`` (one
+        record per cluster, or None with ``output.profile: false``), ``profile_files`` and,
+        when no model was saved, ``centers``. predict: ``model``, ``n_clusters``,
+        ``labels``. sweep: ``features``, ``table`` and ``plot`` (URLs or None),
+        ``results`` (a list of ``{k, inertia, n_iter, silhouette}``), ``suggested_k`` and
+        ``reason``.
 
     Raises
     ------

@@ -698,13 +698,24 @@ def suggest_k(ks, inertias, silhouettes=None) -> tuple[int, str]:
 # --------------------------------------------------------------------------- plots
 
 
-def _figure():
-    """A matplotlib Figure drawn by the Agg canvas: no display and no pyplot state."""
+def check_plotting() -> None:
+    """Raise ImportError saying how to install matplotlib when it is missing.
+
+    Callers that plot after long work (a fit, a sweep) call this first, so that a missing
+    optional dependency stops them before any work and before any output is written.
+    """
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError as e:
         raise ImportError(PLOT_HINT) from e
+
+
+def _figure():
+    """A matplotlib Figure drawn by the Agg canvas: no display and no pyplot state."""
+    check_plotting()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
     return fig

@@ -1,7 +1,20 @@
 from __future__ import annotations
 
+import struct
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+
+def png_size(path) -> tuple[int, int]:
+    """Width and height of the PNG file at ``path``, asserting it is one of a sensible size."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert 300 <= width <= 3000 and 300 <= height <= 3000, (width, height)
+    return width, height
 
 
 def blobs(n=3000, d=4, k=5, *, seed=0, spread=6.0, dtype=np.float64):

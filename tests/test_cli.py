@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 import dask_kmeans as dk
 from dask_kmeans.cli import main
-from tests.conftest import blobs
+from tests.conftest import blobs, png_size
 
 BIN = Path(sys.executable).parent
 FEATURES = ["age", "income", "score"]
@@ -124,6 +124,202 @@ def test_fit_without_output_prints_the_centres(data):
     ref = dk.KMeans(2, random_state=1).fit(dk.open_parquet(data["url"], ["age"]))
     np.testing.assert_allclose(centres, np.sort(ref.cluster_centers_[:, 0]), rtol=1e-5)
     assert lines[i + 3].startswith("labels:")
+
+
+def test_fit_prints_and_writes_the_profile_and_the_scatter(data, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("fit", data["url"], "--k", 3, "--seed", 0, "--columns", "age,income,score",
+                    "--output", out / "model", "--plot", out / "scatter.png",
+                    "--plot-features", "income,age", "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    ref = reference(data["url"])
+    expected = dk.profile(ref, data["frame"][FEATURES])
+    # The profile against a pandas groupby of the same rows by the reference's labels.
+    groups = data["frame"][FEATURES].groupby(ref.predict(data["frame"][FEATURES]))
+    written = pd.read_csv(out / "model" / "profile.csv", index_col="cluster")
+    np.testing.assert_array_equal(written["size"], groups.size())
+    np.testing.assert_allclose(written[[f"{f}_mean" for f in FEATURES]],
+                               groups.mean().to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(written[[f"{f}_std" for f in FEATURES]],
+                               groups.std(ddof=0).to_numpy(), rtol=1e-7)
+    assert written["description"].tolist() == expected["description"].tolist()
+    markdown = (out / "model" / "profile.md").read_text()
+    assert markdown.startswith("| cluster | size | share |") and markdown.count("\n") == 5
+    # Printed after the summary, one line per cluster under a header and a rule.
+    lines = result.stdout.splitlines()
+    assert f"profile:    {out / 'model' / 'profile.csv'}" in lines
+    assert f"plot:       {out / 'scatter.png'}" in lines
+    table = lines[lines.index("clusters:") + 1:]
+    assert table[0].startswith("cluster  size  share  age (mean ± std)")
+    for cluster, row in written.iterrows():
+        line = table[2 + cluster]
+        assert line.split()[:2] == [str(cluster), f"{row['size']:,}"]
+        assert line.endswith(row["description"])
+    assert png_size(out / "scatter.png") == (800, 600)
+    dk.load(str(out / "model"))  # the profile files leave the model loadable
+
+    # --no-profile: no extra pass, nothing printed or written.
+    result = invoke("fit", data["url"], "--k", 3, "--seed", 0, "--no-profile", "--json",
+                    "--output", out / "model2", "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["profile"] is None and summary["profile_files"] == []
+    assert not (out / "model2" / "profile.csv").exists()
+
+
+def test_fit_shows_progress_bars_and_a_summary_on_stderr(data):
+    result = invoke("fit", data["url"], "--k", 3, "--seed", 0, "--columns", "age,income,score",
+                    "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    ref = reference(data["url"])
+    lines = result.stderr.splitlines()
+    # Not a terminal: each bar is printed once, in its final state.
+    (init,) = [line for line in lines if line.startswith("k-means||  ")]
+    assert " 6/6 " in init and "candidates" in init, init  # 5 rounds + the weights pass
+    (lloyd,) = [line for line in lines if line.startswith("Lloyd")]
+    assert f" {ref.n_iter_}/{ref.n_iter_} " in lloyd and "inertia" in lloyd, lloyd
+    assert lines[-1].startswith("k-means|| 6 passes, ")
+    assert lines[-1].endswith(f"; {ref.n_iter_} Lloyd iterations, converged")
+    assert "dashboard:" not in result.stderr, "this cluster serves no dashboard"
+    assert "clusters:" in result.stdout
+
+    result = invoke("fit", data["url"], "--k", 3, "--seed", 0, "--init", "random",
+                    "--n-init", 2, "--max-iter", 1, "--tol", 0, "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    assert [line.split()[:2] for line in result.stderr.splitlines()[:2]] == [
+        ["Lloyd", "1/2"], ["Lloyd", "2/2"]]
+    assert result.stderr.splitlines()[-1] == (
+        "1 Lloyd iterations, stopped at max_iter=1 before converging; best of 2 runs")
+
+    result = invoke("fit", data["url"], "--k", 3, "--no-progress", "--cluster", data["config"])
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_fit_refuses_a_bad_plot_before_any_work(data, tmp_path, monkeypatch):
+    common = ["--output", tmp_path / "model", "--cluster", data["config"]]
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--plot", tmp_path / "p.png",
+                                 "--plot-features", "age,height", *common), 1)
+    assert "output.plot_features: 'height' is not a feature" in line and "income" in line
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--plot", tmp_path / "p.png",
+                                 "--plot-features", "age", *common), 2)
+    assert "job.output.plot_features: expected a list of 2 strings or null, got a list of 1" in line
+    (tmp_path / "p.png").write_bytes(b"an earlier plot")
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--plot", tmp_path / "p.png",
+                                 *common), 1)
+    assert f"{tmp_path / 'p.png'} already exists" in line
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--plot", tmp_path / "q.png",
+                                 *common), 1)
+    assert 'pip install "dask-kmeans[plot]"' in line
+    assert not (tmp_path / "model").exists() and not (tmp_path / "q.png").exists()
+    assert (tmp_path / "p.png").read_bytes() == b"an earlier plot"
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_sweep_prints_inertia_silhouette_and_a_suggestion_and_saves_the_elbow(data, tmp_path):
+    plot, table = tmp_path / "k" / "elbow.png", tmp_path / "k.csv"
+    result = invoke("sweep", data["url"], "--k", "2..5", "--seed", 0, "--columns",
+                    "age,income,score", "--plot", plot, "--table", table,
+                    "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    ref = dk.sweep(dk.open_parquet(data["url"], FEATURES), range(2, 6), random_state=0)
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"sweep: 4 values of K on 1,200 rows of {data['url']}"
+    assert lines[1].split() == ["k", "inertia", "silhouette", "n_iter"]
+    for line, k, inertia, sil in zip(lines[2:6], ref.ks, ref.inertias, ref.silhouettes,
+                                     strict=True):
+        cells = line.split()
+        assert int(cells[0]) == k
+        assert float(cells[1].replace(",", "")) == pytest.approx(inertia, rel=1e-5)
+        assert float(cells[2]) == pytest.approx(sil, abs=1e-3)
+        assert line.endswith("<- suggested") == (k == ref.suggested_k)
+    assert lines[6] == f"suggested K: {ref.suggested_k} ({ref.reason})"
+    png_size(plot)
+    written = pd.read_csv(table)
+    np.testing.assert_allclose(written["inertia"], ref.inertias, rtol=1e-9)
+    assert "4 models" in result.stderr.splitlines()[-1]
+
+    # A list of K, the default plot name in the working directory, JSON.
+    with CliRunner().isolated_filesystem(temp_dir=tmp_path) as cwd, \
+            threadpool_limits(limits=None):
+        result = CliRunner().invoke(main, ["sweep", data["url"], "--k", "4,2", "--json",
+                                           "--cluster", data["config"]])
+        assert result.exit_code == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert [r["k"] for r in summary["results"]] == [2, 4]
+        assert summary["plot"] == "elbow.png" and summary["table"] is None
+        png_size(Path(cwd) / "elbow.png")
+        again = CliRunner().invoke(main, ["sweep", data["url"], "--k", "2..3",
+                                          "--cluster", data["config"]])
+        assert "elbow.png already exists" in one_line_error(again, 1)
+
+    result = invoke("sweep", data["url"], "--k", "2,3", "--no-plot", "--no-progress",
+                    "--cluster", data["config"])
+    assert result.exit_code == 0 and "plot" not in result.stdout and result.stderr == ""
+    for bad in ("5..2", "two", "0,3", "2.."):
+        result = invoke("sweep", data["url"], "--k", bad)  # click's usage error
+        assert result.exit_code == 2 and "Invalid value for '--k'" in result.stderr, bad
+    line = one_line_error(invoke("sweep", data["url"], "--k", "2..1300", "--no-plot",
+                                 "--cluster", data["config"]), 1)
+    assert "k=1300 is more than the 1200 rows" in line
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+class _Page:
+    """A one-page HTTP server on loopback, serving ``body`` at every path."""
+
+    def __init__(self, body: bytes, status: int = 200):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.link = f"http://127.0.0.1:{self.server.server_port}/status"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Client:
+    def __init__(self, link):
+        self.dashboard_link = link
+
+
+def test_dashboard_link_only_when_a_dashboard_answers():
+    from dask_kmeans.cli import dashboard_link
+
+    page = _Page(b"<html><title>Dask: Status</title></html>")
+    missing = _Page(b"<p>Dask needs bokeh>=3.1.0 for the dashboard.</p>")
+    off = _Page(b"not found", status=404)
+    try:
+        assert dashboard_link(_Client(page.link)) == page.link
+        assert dashboard_link(_Client(missing.link)) is None
+        assert dashboard_link(_Client(off.link)) is None
+    finally:
+        for server in (page, missing, off):
+            server.close()
+    assert dashboard_link(_Client(f"http://127.0.0.1:{free_port()}/status")) is None
+    assert dashboard_link(_Client("")) is None and dashboard_link(None) is None
+    # A real scheduler started without a dashboard answers 404 on its HTTP port.
+    from dask_kmeans.cluster import connect
+
+    with threadpool_limits(limits=None), connect(config_or_path={"cluster": {
+            "kind": "local", "local": {"n_workers": 1, "processes": False}}}) as client:
+        assert client.dashboard_link and dashboard_link(client) is None
 
 
 # --------------------------------------------------------------------------- run, validate

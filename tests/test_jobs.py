@@ -147,7 +147,8 @@ def test_defaults_are_kmeans_own_and_filled_in():
     assert job["params"] == sweep
     assert job["input"] == {"url": "d", "columns": None, "key_columns": [], "dtype": None,
                             "missing": "error", "storage_options": {}}
-    assert job["output"] == {"table": "t.csv", "overwrite": False, "storage_options": None}
+    assert job["output"] == {"table": "t.csv", "plot": None, "overwrite": False,
+                             "storage_options": None}
     assert job["cluster"] is None
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import builtins
-import struct
 import threading
-from pathlib import Path
 
 import dask.array as da
 import dask.dataframe as dd
@@ -24,7 +22,7 @@ from dask_kmeans.report import (
     suggest_k,
     write_profile,
 )
-from tests.conftest import blobs
+from tests.conftest import blobs, png_size
 
 RTOL = 1e-9  # float64 sums of a few hundred rows
 
@@ -227,15 +225,6 @@ def test_write_profile_and_plot_to_any_store(people, store):
     assert store.secret not in " ".join([*written, url])
 
 # --------------------------------------------------------------------------- plots
-
-
-def png_size(path) -> tuple[int, int]:
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
-    assert data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    assert 300 <= width <= 3000 and 300 <= height <= 3000, (width, height)
-    return width, height
 
 
 def test_plot_clusters_pca(tmp_path):
