@@ -51,7 +51,13 @@ def main():
     p.add_argument("--chunks", type=int, default=2,
                    help="row chunks of the persisted array (dask_kmeans picks one per "
                    "worker thread)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the seconds per iteration of every implementation as bars")
     args = p.parse_args()
+    if args.plot:
+        from dask_kmeans.report import check_plotting
+
+        check_plotting()  # before minutes of measuring
 
     import dask.array as da
     from distributed import Client, LocalCluster
@@ -70,6 +76,7 @@ def main():
         faiss = None
 
     print(f"n={args.n} d={args.d} k={args.k}, 20 iterations, tol=0, median of {args.repeats}")
+    results = {}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         for dtype in (np.float64, np.float32):
@@ -126,6 +133,7 @@ def main():
 
                 rows["FAISS (2 threads)"] = per_iteration(fa, args.repeats)
 
+            results[np.dtype(dtype).name] = rows
             base = rows["scikit-learn (2 threads)"]
             print(f"\n{np.dtype(dtype).name}")
             print(f"{'implementation':<36}{'s/iteration':>12}{'vs sklearn':>12}")
@@ -135,6 +143,36 @@ def main():
                 ratio = rows["dask_kmeans (2 workers)"] / rows["dask-ml (2 workers)"]
                 print(f"dask_kmeans / dask-ml: {ratio:.3f}x")
             client.cancel(Xd)
+    if args.plot:
+        plot(results, args, args.plot)
+
+
+def plot(results: dict[str, dict[str, float]], args, path: str) -> None:
+    """Horizontal bars of seconds per iteration, one panel per dtype, sharing the x axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 1.2 + 0.45 * sum(len(r) for r in results.values())), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(results), 1, sharex=True, squeeze=False,
+                        height_ratios=[len(r) for r in results.values()])[:, 0]
+    for ax, (dtype, rows) in zip(axes, results.items(), strict=True):
+        names = list(rows)[::-1]
+        times = [rows[n] for n in names]
+        colours = ["tab:blue" if n.startswith("dask_kmeans") else "tab:gray" for n in names]
+        ax.barh(names, times, color=colours)
+        base = rows["scikit-learn (2 threads)"]
+        for y, t in enumerate(times):
+            ax.text(t, y, f" {t:.3f} s ({t / base:.2f}x)", va="center", fontsize=8)
+        ax.set_title(f"{dtype}", fontsize=10, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].set_xlabel("seconds per Lloyd iteration (median; lower is better)")
+    axes[-1].set_xlim(0, 1.35 * max(max(r.values()) for r in results.values()))
+    fig.suptitle(f"One Lloyd iteration, n={args.n:,} d={args.d} k={args.k}, 2 cores",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -12,17 +12,66 @@ Measured on a 2-worker LocalCluster: a pass of 2 tasks costs ~12 ms of
 overhead with futures against ~55 ms for computing the equivalent dask-array
 graph, which the scheduler has to unpack every time. A Lloyd fit makes one
 pass per iteration, so that difference is most of the gap to scikit-learn.
+
+Lloyd passes over persisted data go one step further: one ``distributed``
+Actor per worker holds that worker's chunks (references, not copies), and a
+pass is one direct call to each actor, which runs the chunk kernel on every
+chunk it holds in the worker's own thread pool, adds the partials there and
+answers with one vector. That skips the scheduler: ~2 ms per pass instead of
+~12 ms. An actor dies with its worker, so any failure of an actor call drops
+the actors for good and the pass is made again with futures, which the
+scheduler can recompute from lost chunks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+
 import numpy as np
 
 from . import _graph as G
-from ._runtime import active_client, chunk_futures, compute, dask_persist, tree_sum
+from ._runtime import (
+    active_client,
+    chunk_futures,
+    compute,
+    dask_persist,
+    sum_in_order,
+    tree_sum,
+)
 
 #: Up to this many bytes (centres x chunks), the centres ride inside each task.
 INLINE_CENTERS_BYTES = 4 * 2**20
+
+logger = logging.getLogger("dask_kmeans")
+
+
+class ChunkGroup:
+    """The persisted chunks of one worker, answering Lloyd passes as a ``distributed`` Actor.
+
+    Holds references to the chunk arrays the worker already has; a call runs
+    ``_graph.packed_chunk`` on each of them in the worker's thread pool (so a
+    worker with several threads works on several chunks at once) and returns
+    the partials, which the driver adds in chunk order: the same sums, to the
+    bit, as the futures engine, wherever the chunks live.
+    """
+
+    def __init__(self, chunks, weights):
+        self.chunks = list(chunks)
+        self.weights = list(weights)
+
+    async def lloyd(self, centers, with_moments, metric, sizes):
+        from distributed import get_worker
+
+        pool = get_worker().executor
+        loop = asyncio.get_running_loop()
+        parts = await asyncio.gather(*(
+            loop.run_in_executor(pool, functools.partial(
+                G.packed_chunk, x, centers, w, with_moments=with_moments, metric=metric,
+                sizes=sizes))
+            for x, w in zip(self.chunks, self.weights, strict=True)))
+        return np.concatenate(parts)
 
 
 class Passes:
@@ -59,6 +108,38 @@ class Passes:
             self._offsets = [int(s) for s in starts]
         else:
             self._client = None
+        self._groups = None  # ChunkGroup actors, made at the first Lloyd pass
+        self._group_futures = None
+
+    def _actors(self):
+        """One ChunkGroup actor per worker holding chunks (made once), or None."""
+        if self._groups is None:
+            from distributed import wait
+
+            client = self._client
+            wait(self._xf + [f for f in self._wf if f is not None])
+            who = client.who_has(self._xf)
+            by_worker: dict[str, list[int]] = {}
+            for i, f in enumerate(self._xf):
+                holders = who.get(f.key) or ()
+                if not holders:
+                    self._groups = False
+                    return None
+                by_worker.setdefault(holders[0], []).append(i)
+            self._group_futures = [
+                client.submit(ChunkGroup, [self._xf[i] for i in idx],
+                              [self._wf[i] for i in idx], workers=[address],
+                              allow_other_workers=False, actor=True, pure=False)
+                for address, idx in by_worker.items()]
+            self._groups = [(f.result(), idx)
+                            for f, idx in zip(self._group_futures, by_worker.values(),
+                                              strict=True)]
+        return self._groups or None
+
+    def _drop_actors(self, exc: BaseException) -> None:
+        logger.info("Lloyd passes go through the scheduler from now on: an actor call "
+                    "failed (%s: %s)", type(exc).__name__, exc)
+        self._groups, self._group_futures = False, None
 
     @property
     def on_futures(self) -> bool:
@@ -91,6 +172,19 @@ class Passes:
                                      split_every=self.split_every, with_moments=with_moments,
                                      metric=self.metric, sizes=sizes)
             return compute(graph)[0]
+        if self._groups is not False:
+            try:
+                groups = self._actors()
+                if groups:
+                    calls = [(actor.lloyd(centers, with_moments, self.metric, sizes), idx)
+                             for actor, idx in groups]
+                    parts = [None] * len(self._xf)
+                    for call, idx in calls:
+                        for i, part in zip(idx, call.result(), strict=True):
+                            parts[i] = part[None, :]
+                    return sum_in_order(parts, self.split_every).ravel()
+            except Exception as exc:  # a worker died or left: the futures engine copes
+                self._drop_actors(exc)
         parts = self._map(G.packed_chunk, self._centers_arg(centers), self._wf,
                           with_moments=with_moments, metric=self.metric, sizes=sizes)
         return tree_sum(self._client, parts, self.split_every).ravel()

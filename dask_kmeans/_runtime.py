@@ -190,6 +190,16 @@ def tree_sum(client, futures, split_every=None) -> np.ndarray:
     return combine(*client.gather(futures))
 
 
+def sum_in_order(parts: list, split_every=None) -> np.ndarray:
+    """The sum :func:`tree_sum` makes of ``parts``, grouped the same way, on the driver."""
+    from ._kernels import combine
+
+    fan_in = split_every or dask.config.get("split_every", 4)
+    while len(parts) > fan_in:
+        parts = [combine(*parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
+    return combine(*parts)
+
+
 #: Bytes per row of the k-means|| state (squared distance and candidate index).
 ROW_STATE_BYTES = 16
 

@@ -299,24 +299,63 @@ def test_on_a_process_local_cluster(client, data):
     _close(on_cluster.cluster_centers_, local.cluster_centers_, np.float64)
 
 
-def test_one_gather_per_iteration_on_a_cluster(client, monkeypatch):
+def test_one_exchange_per_iteration_on_a_cluster(client, monkeypatch):
+    """Persisted data: one round of actor calls per iteration (or, without actors, one gather)."""
+    from dask_kmeans import _passes
+
     X = np.random.default_rng(0).normal(size=(4000, 6))
     Xd = client.persist(da.from_array(X, chunks=1000))
-    calls = []
-    original = type(client).gather
+    gathers, rounds = [], []
+    original_gather, original_sum = type(client).gather, _passes.sum_in_order
 
     def counting_gather(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
+        gathers.append(1)
+        return original_gather(self, *args, **kwargs)
+
+    def counting_sum(*args, **kwargs):
+        rounds.append(1)
+        return original_sum(*args, **kwargs)
 
     monkeypatch.setattr(type(client), "gather", counting_gather)
-    counts = {}
-    for max_iter in (2, 6):
-        calls.clear()
+    monkeypatch.setattr(_passes, "sum_in_order", counting_sum)
+
+    def counts(max_iter):
+        gathers.clear()
+        rounds.clear()
         km = KMeans(5, init=X[:5], tol=0, max_iter=max_iter).fit(Xd)
         assert km.n_iter_ == max_iter
-        counts[max_iter] = len(calls)
-    assert counts[6] - counts[2] == 4
+        return len(gathers), len(rounds), km
+
+    (g2, r2, _), (g6, r6, with_actors) = counts(2), counts(6)
+    assert (g6 - g2, r6 - r2) == (0, 4), "one round of actor calls per iteration, no gather"
+
+    # Without actors (as after a worker loss): one gather of the tree sum per iteration,
+    # and to the bit the same sums, so the same fit.
+    monkeypatch.setattr(_passes.Passes, "_actors", lambda self: None)
+    (g2, r2, _), (g6, r6, with_futures) = counts(2), counts(6)
+    assert (g6 - g2, r6 - r2) == (4, 0)
+    np.testing.assert_array_equal(with_actors.cluster_centers_, with_futures.cluster_centers_)
+    assert with_actors.inertia_ == with_futures.inertia_
+
+
+def test_actor_passes_add_chunks_in_order_wherever_they_live(client):
+    """Chunks spread over workers in any order: the actor pass equals the futures pass."""
+    from distributed import wait
+
+    from dask_kmeans._passes import Passes
+
+    X = da.from_array(np.random.default_rng(1).normal(size=(7000, 4)), chunks=(1000, 4))
+    w = da.from_array(np.random.default_rng(2).uniform(0.5, 2, 7000), chunks=1000)
+    X, w = client.persist([X, w])
+    wait([X, w])
+    centers = np.random.default_rng(3).normal(size=(6, 4))
+    actors = Passes(X, w, split_every=2)
+    assert actors.on_futures
+    by_actors = actors.lloyd(centers, True)
+    assert actors._groups and sum(len(idx) for _, idx in actors._groups) == 7
+    futures = Passes(X, w, split_every=2)
+    futures._groups = False  # as after a failed actor call
+    np.testing.assert_array_equal(by_actors, futures.lloyd(centers, True))
 
 
 def test_public_names_match_the_lazy_exports():

@@ -142,9 +142,11 @@ class _IterationWatch(logging.Handler):
         self.at = at
         self.reached = threading.Event()
         self.lines: list[tuple[float, str]] = []
+        self.messages: list[str] = []
 
     def emit(self, record):
         msg = record.getMessage()
+        self.messages.append(msg)
         if msg.startswith("iteration "):
             self.lines.append((time.monotonic(), msg))
             if int(msg.split()[1].rstrip(":")) >= self.at:
@@ -182,7 +184,7 @@ def _fit_killing_a_worker(cluster: KillableCluster, make_estimator, X, victim: s
     if "error" in result:
         raise result["error"]
     after = [m for t, m in watch.lines if t > killed_at]
-    return result["km"], after
+    return result["km"], after, watch.messages
 
 
 def _seeded_block(block_id=None, *, rows: int, d: int, seed: int):
@@ -214,9 +216,11 @@ def test_worker_killed_mid_fit_on_persisted_data(killable_cluster):
 
     holders = client.who_has(futures_of(X))
     victim = next(iter(next(iter(holders.values()))))
-    km, after = _fit_killing_a_worker(cluster, make, X, victim)
+    km, after, messages = _fit_killing_a_worker(cluster, make, X, victim)
 
     assert len(after) >= reference.n_iter_ // 2, "the worker was not killed mid-fit"
+    # The dead worker's actor failed the pass; the futures engine took over.
+    assert any(m.startswith("Lloyd passes go through the scheduler from now on") for m in messages)
     assert cluster.alive_workers() == set(cluster.pids) - {victim}
     np.testing.assert_allclose(km.cluster_centers_, reference.cluster_centers_, rtol=1e-7)
     np.testing.assert_allclose(km.inertia_, reference.inertia_, rtol=1e-7)
@@ -245,7 +249,7 @@ def test_worker_killed_mid_fit_on_data_read_from_its_source(killable_cluster):
         reference = make().fit(X)
     assert reference.n_iter_ == 15
     victim = sorted(cluster.pids)[0]
-    km, after = _fit_killing_a_worker(cluster, make, X, victim, kill_at=3)
+    km, after, _ = _fit_killing_a_worker(cluster, make, X, victim, kill_at=3)
 
     assert len(after) >= reference.n_iter_ // 2, "the worker was not killed mid-fit"
     assert cluster.alive_workers() == set(cluster.pids) - {victim}
