@@ -26,7 +26,6 @@ scheduler can recompute from lost chunks.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 
 import numpy as np
@@ -48,30 +47,58 @@ logger = logging.getLogger("dask_kmeans")
 
 
 class ChunkGroup:
-    """The persisted chunks of one worker, answering Lloyd passes as a ``distributed`` Actor.
+    """The persisted chunks of one worker, answering passes as a ``distributed`` Actor.
 
-    Holds references to the chunk arrays the worker already has; a call runs
-    ``_graph.packed_chunk`` on each of them in the worker's thread pool (so a
-    worker with several threads works on several chunks at once) and returns
-    the partials, which the driver adds in chunk order: the same sums, to the
-    bit, as the futures engine, wherever the chunks live.
+    Holds references to the chunk arrays the worker already has (and their
+    weights and global row offsets). Each method runs the ``_graph`` chunk
+    function of a pass on every chunk it holds, in the worker's thread pool
+    (so a worker with several threads works on several chunks at once), and
+    returns the per-chunk results, which the driver puts back in chunk order
+    and adds as the futures engine does: the same results, to the bit,
+    wherever the chunks live. Between k-means|| passes each chunk's
+    nearest-candidate state stays here, next to its rows.
     """
 
-    def __init__(self, chunks, weights):
+    def __init__(self, chunks, weights, offsets):
         self.chunks = list(chunks)
         self.weights = list(weights)
+        self.offsets = list(offsets)
+        self.state = [None] * len(self.chunks)
 
-    async def lloyd(self, centers, with_moments, metric, sizes):
+    async def _each(self, func) -> list:
         from distributed import get_worker
 
         pool = get_worker().executor
         loop = asyncio.get_running_loop()
-        parts = await asyncio.gather(*(
-            loop.run_in_executor(pool, functools.partial(
-                G.packed_chunk, x, centers, w, with_moments=with_moments, metric=metric,
-                sizes=sizes))
-            for x, w in zip(self.chunks, self.weights, strict=True)))
-        return np.concatenate(parts)
+        return list(await asyncio.gather(*(loop.run_in_executor(pool, func, i)
+                                           for i in range(len(self.chunks)))))
+
+    async def lloyd(self, centers, with_moments, metric, sizes):
+        return await self._each(lambda i: G.packed_chunk(
+            self.chunks[i], centers, self.weights[i], with_moments=with_moments,
+            metric=metric, sizes=sizes))
+
+    async def oversample(self, candidates, keep_state, kw):
+        def one(i):
+            nearest, rows, phi = G.round_chunk(
+                self.chunks[i], self.offsets[i], self.weights[i],
+                self.state[i] if keep_state else None, candidates, **kw)
+            if keep_state:
+                self.state[i] = nearest
+            return rows, phi
+
+        return await self._each(one)
+
+    async def candidate_weights(self, candidates, keep_state, kw):
+        out = await self._each(lambda i: G.weights_chunk(
+            self.chunks[i], self.offsets[i], self.weights[i],
+            self.state[i] if keep_state else None, candidates, **kw))
+        self.state = [None] * len(self.chunks)
+        return out
+
+    async def weighted_choice(self, kw):
+        return await self._each(lambda i: G.choice_chunk(
+            self.chunks[i], self.offsets[i], self.weights[i], **kw))
 
 
 class Passes:
@@ -108,8 +135,9 @@ class Passes:
             self._offsets = [int(s) for s in starts]
         else:
             self._client = None
-        self._groups = None  # ChunkGroup actors, made at the first Lloyd pass
+        self._groups = None  # ChunkGroup actors, made at the first pass; False: none
         self._group_futures = None
+        self._state_on_actors = False
 
     def _actors(self):
         """One ChunkGroup actor per worker holding chunks (made once), or None."""
@@ -128,18 +156,39 @@ class Passes:
                 by_worker.setdefault(holders[0], []).append(i)
             self._group_futures = [
                 client.submit(ChunkGroup, [self._xf[i] for i in idx],
-                              [self._wf[i] for i in idx], workers=[address],
-                              allow_other_workers=False, actor=True, pure=False)
+                              [self._wf[i] for i in idx], [self._offsets[i] for i in idx],
+                              workers=[address], allow_other_workers=False, actor=True,
+                              pure=False)
                 for address, idx in by_worker.items()]
             self._groups = [(f.result(), idx)
                             for f, idx in zip(self._group_futures, by_worker.values(),
                                               strict=True)]
         return self._groups or None
 
-    def _drop_actors(self, exc: BaseException) -> None:
-        logger.info("Lloyd passes go through the scheduler from now on: an actor call "
-                    "failed (%s: %s)", type(exc).__name__, exc)
-        self._groups, self._group_futures = False, None
+    def _on_actors(self, method: str, *args) -> list | None:
+        """Per-chunk results of ``ChunkGroup.<method>`` in chunk order, or None.
+
+        None when there are no actors (data not persisted on a cluster) or when
+        a call failed (a worker died): the actors are then dropped for good and
+        the caller makes the pass with futures.
+        """
+        if not self.on_futures or self._groups is False:
+            return None
+        try:
+            groups = self._actors()
+            if not groups:
+                return None
+            calls = [(getattr(actor, method)(*args), idx) for actor, idx in groups]
+            out = [None] * len(self._xf)
+            for call, idx in calls:
+                for i, result in zip(idx, call.result(), strict=True):
+                    out[i] = result
+            return out
+        except Exception as exc:  # a worker died or left: the futures engine copes
+            logger.info("passes go through the scheduler from now on: an actor call failed "
+                        "(%s: %s)", type(exc).__name__, exc)
+            self._groups, self._group_futures = False, None
+            return None
 
     @property
     def on_futures(self) -> bool:
@@ -172,19 +221,9 @@ class Passes:
                                      split_every=self.split_every, with_moments=with_moments,
                                      metric=self.metric, sizes=sizes)
             return compute(graph)[0]
-        if self._groups is not False:
-            try:
-                groups = self._actors()
-                if groups:
-                    calls = [(actor.lloyd(centers, with_moments, self.metric, sizes), idx)
-                             for actor, idx in groups]
-                    parts = [None] * len(self._xf)
-                    for call, idx in calls:
-                        for i, part in zip(idx, call.result(), strict=True):
-                            parts[i] = part[None, :]
-                    return sum_in_order(parts, self.split_every).ravel()
-            except Exception as exc:  # a worker died or left: the futures engine copes
-                self._drop_actors(exc)
+        parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes)
+        if parts is not None:
+            return sum_in_order(parts, self.split_every).ravel()
         parts = self._map(G.packed_chunk, self._centers_arg(centers), self._wf,
                           with_moments=with_moments, metric=self.metric, sizes=sizes)
         return tree_sum(self._client, parts, self.split_every).ravel()
@@ -207,6 +246,12 @@ class Passes:
                 self._state = state
             rows, phi = compute(rows, phi)
             return rows, float(phi)
+        out = self._on_actors("oversample", candidates, self.keep_state, kw)
+        if out is not None:
+            self._state_on_actors = self.keep_state
+            return _rows_and_cost(out, self.X.shape[1])
+        if self._state_on_actors:  # lost with an actor: compare with every candidate again
+            kw["base"], self._state, self._state_on_actors = 0, None, False
         prev = self._state if self._state is not None else [None] * len(self._xf)
         res = self._map(G.round_chunk, self._offsets, self._wf, prev,
                         self._centers_arg(candidates), **kw)
@@ -215,8 +260,7 @@ class Passes:
             self._state = self._client.map(G.part, res, [0] * len(res), pure=False)
         out = self._client.gather(small)
         del res
-        rows = np.concatenate([r for r, _ in out]) if out else np.empty((0, 3 + self.X.shape[1]))
-        return rows, float(sum(p for _, p in out))
+        return _rows_and_cost(out, self.X.shape[1])
 
     def candidate_weights(self, candidates: np.ndarray, base: int) -> np.ndarray:
         """Total weight of the rows nearest to each candidate, shape (n_candidates,)."""
@@ -226,12 +270,17 @@ class Passes:
             graph = G.candidate_weights(self.X, self.sample_weight, self._state, candidates,
                                         split_every=self.split_every, **kw)
             out = compute(graph)[0]
+        elif (parts := self._on_actors("candidate_weights", candidates, self.keep_state,
+                                       kw)) is not None:
+            out = sum_in_order(parts, self.split_every).ravel()
         else:
+            if self._state_on_actors:  # lost with an actor: compare with every candidate
+                kw["base"], self._state = 0, None
             prev = self._state if self._state is not None else [None] * len(self._xf)
             parts = self._map(G.weights_chunk, self._offsets, self._wf, prev,
                               self._centers_arg(candidates), **kw)
             out = tree_sum(self._client, parts, self.split_every).ravel()
-        self._state = None
+        self._state, self._state_on_actors = None, False
         return out
 
     def weighted_choice(self, *, seed: int, stream: int) -> np.ndarray:
@@ -239,9 +288,18 @@ class Passes:
         if not self.on_futures:
             graph = G.weighted_choice(self.X, self.sample_weight, seed=seed, stream=stream)
             return compute(graph)[0]
-        parts = self._map(G.choice_chunk, self._offsets, self._wf, seed=seed, stream=stream)
-        return np.concatenate(self._client.gather(parts))
+        parts = self._on_actors("weighted_choice", dict(seed=seed, stream=stream))
+        if parts is None:
+            parts = self._client.gather(self._map(G.choice_chunk, self._offsets, self._wf,
+                                                  seed=seed, stream=stream))
+        return np.concatenate(parts)
 
 
 def _rows_and_phi(t):
     return t[1], t[2]
+
+
+def _rows_and_cost(out: list, d: int) -> tuple[np.ndarray, float]:
+    """Candidate rows of every chunk, in chunk order, and the total cost."""
+    rows = np.concatenate([r for r, _ in out]) if out else np.empty((0, 3 + d))
+    return rows, float(sum(p for _, p in out))

@@ -169,3 +169,68 @@ def test_futures_engine_gives_the_graph_engines_centres(client, X, keep_state, w
     assert Passes(Xd, wd).on_futures
     remote = _init.kmeans_parallel(Xd, wd, 12, check_random_state(9), keep_state=keep_state)
     np.testing.assert_allclose(remote, local, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_actors_give_the_futures_engines_centres(client, X, weighted, monkeypatch):
+    """k-means|| passes on per-worker actors: to the bit what Client.map passes give."""
+    from dask_kmeans import _passes
+
+    w = np.linspace(0.5, 2, len(X)) if weighted else None
+    Xd = client.persist(da.from_array(X, chunks=6000))
+    wd = None if w is None else client.persist(da.from_array(w, chunks=6000))
+    calls = []
+    original = _passes.Passes._on_actors
+
+    def spy(self, method, *args):
+        out = original(self, method, *args)
+        calls.append((method, out is not None))
+        return out
+
+    monkeypatch.setattr(_passes.Passes, "_on_actors", spy)
+    on_actors = _init.kmeans_parallel(Xd, wd, 12, check_random_state(4), keep_state=True)
+    assert {m for m, used in calls if used} >= {"oversample", "candidate_weights"}
+    assert all(used for _, used in calls)
+    monkeypatch.setattr(_passes.Passes, "_actors", lambda self: None)
+    on_futures = _init.kmeans_parallel(Xd, wd, 12, check_random_state(4), keep_state=True)
+    np.testing.assert_array_equal(on_actors, on_futures)
+
+
+class _DeadActor:
+    """Stands for the actor of a worker that died: every call fails."""
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            raise OSError("Unable to contact Actor's worker")
+        return call
+
+
+def test_an_actor_lost_between_rounds_costs_a_full_comparison_not_the_result(client, X):
+    """The rows' nearest-candidate state dies with the actors: the futures engine rebuilds it."""
+    from dask_kmeans._passes import Passes
+
+    Xd = client.persist(da.from_array(X, chunks=6000))
+    rng = np.random.default_rng(0)
+    first, second = X[rng.choice(len(X), 3)], X[rng.choice(len(X), 5)]
+    both = np.vstack([first, second])
+    kw = dict(seed=11, ell=8.0)
+
+    broken = Passes(Xd, keep_state=True)
+    rows1, phi1 = broken.oversample(first, 0, stream=1, **kw)
+    assert broken._groups and broken._state_on_actors
+    broken._groups = [(_DeadActor(), idx) for _, idx in broken._groups]
+    rows2, phi2 = broken.oversample(both, 3, stream=2, **kw)  # falls back, compares all 8
+    assert broken._groups is False
+    weights = broken.candidate_weights(both, 8)
+
+    healthy = Passes(Xd, keep_state=True)
+    healthy._groups = False  # futures from the start, state kept between rounds
+    ref1, ref_phi1 = healthy.oversample(first, 0, stream=1, **kw)
+    ref2, ref_phi2 = healthy.oversample(both, 3, stream=2, **kw)
+    np.testing.assert_array_equal(rows1, ref1)
+    assert phi1 == ref_phi1
+    np.testing.assert_array_equal(rows2[:, :1], ref2[:, :1])  # the same rows sampled
+    np.testing.assert_allclose(rows2, ref2, rtol=1e-9)
+    assert phi2 == pytest.approx(ref_phi2, rel=1e-12)
+    np.testing.assert_allclose(weights, healthy.candidate_weights(both, 8), rtol=1e-12)
+    assert weights.sum() == len(X)
