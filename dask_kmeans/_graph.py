@@ -55,6 +55,19 @@ def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None):
     return np.concatenate(parts)[None, :]
 
 
+def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments):
+    """Euclidean Lloyd partials of one chunk by Hamerly's algorithm (``_kernels.bounded_partials``).
+
+    Returns the packed (1, P) row of :func:`packed_chunk`, the rows' bounds
+    for ``c`` and the number of rows compared with every centre.
+    """
+    p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half)
+    parts = [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
+    if with_moments:
+        parts.append(K.moments(x, "euclidean"))
+    return np.concatenate(parts)[None, :], bounds, n_compared
+
+
 def unpack_many(packed: np.ndarray, sizes, d: int, with_moments: bool):
     """Split a summed packed vector into ([Partials per model], moments or None)."""
     out = []

@@ -151,6 +151,182 @@ def lloyd_partials(
     return Partials(sums, counts, float(inertia), int(n_zero))
 
 
+class Bounds(NamedTuple):
+    """Per-row state of a bounded Lloyd pass (Hamerly's algorithm), for one chunk.
+
+    ``labels`` is each row's centre; ``upper`` bounds its distance (not
+    squared) to that centre from above, ``lower`` its distance to every other
+    centre from below. Valid for the centres of the pass that made them.
+    """
+
+    labels: np.ndarray  # int32
+    upper: np.ndarray  # float64
+    lower: np.ndarray  # float64
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, arg1, drift2,
+                  s_half, full, eps, cmax2, sums, counts):
+    """Hamerly's Lloyd pass over one chunk, accumulating the statistics as it goes.
+
+    Each row's bounds move by the centres' drift; a row whose bounds prove its
+    centre nearest is not compared with the others, the rest are compared with
+    every centre by one small GEMM per block of such rows. With ``full`` every
+    row is compared (read in place). Every row adds its weighted row to its
+    centre's sum and its exact squared distance to the inertia. Returns the
+    inertia and the number of rows compared.
+
+    Conservative throughout: the upper bound is an exact distance, the lower
+    one the expanded-form distance minus its worst rounding error, so a row
+    keeps its centre only when that centre is provably the nearest.
+    """
+    n, d = x.shape
+    k = c.shape[0]
+    weighted = w.shape[0] > 0
+    buf = np.empty((BLOCK_ROWS, k), dtype=x.dtype)
+    rows = np.empty((BLOCK_ROWS, d), dtype=x.dtype)
+    which = np.empty(BLOCK_ROWS, dtype=np.int64)
+    inertia = 0.0
+    n_compared = 0
+    i = 0
+    while i < n:
+        m = 0
+        if full:  # every row of the block, read in place
+            m = min(BLOCK_ROWS, n - i)
+            for r in range(m):
+                which[r] = i + r
+            src = x[i:i + m]
+            i += m
+        while not full and i < n and m < BLOCK_ROWS:
+            a = labels[i]
+            u = upper[i] + drift[a]
+            lo = lower[i] - (drift2 if a == arg1 else drift1)
+            z = max(lo, s_half[a])
+            dist = -1.0
+            if u > z:
+                dist = 0.0  # tighten: the exact distance to its centre
+                for f in range(d):
+                    diff = np.float64(x[i, f]) - np.float64(c[a, f])
+                    dist += diff * diff
+                u = np.sqrt(dist)
+            upper[i] = u
+            lower[i] = lo
+            if u <= z:  # keeps its centre: add it now, while the row is in cache
+                if dist < 0.0:
+                    dist = 0.0
+                    for f in range(d):
+                        diff = np.float64(x[i, f]) - np.float64(c[a, f])
+                        dist += diff * diff
+                wi = w[i] if weighted else 1.0
+                inertia += wi * dist
+                counts[a] += wi
+                for f in range(d):
+                    sums[a, f] += wi * x[i, f]
+                i += 1
+                continue
+            which[m] = i
+            rows[m] = x[i]
+            m += 1
+            i += 1
+        if m == 0:
+            continue
+        if not full:
+            src = rows[:m]
+        db = buf[:m]
+        np.dot(src, ct, db)
+        for r in range(m):
+            best = 0
+            best_val = db[r, 0] - half_cnorm[0]
+            second_val = -np.inf
+            for j in range(1, k):
+                v = db[r, j] - half_cnorm[j]
+                if v > best_val:
+                    second_val = best_val
+                    best_val = v
+                    best = j
+                elif v > second_val:
+                    second_val = v
+            xx = 0.0
+            dist = 0.0
+            for f in range(d):
+                xf = np.float64(src[r, f])
+                xx += xf * xf
+                diff = xf - np.float64(c[best, f])
+                dist += diff * diff
+            row = which[r]
+            labels[row] = best
+            upper[row] = np.sqrt(dist)
+            # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2), less its rounding error.
+            sq2 = xx - 2.0 * np.float64(second_val) - eps * (xx + cmax2)
+            lower[row] = np.sqrt(sq2) if sq2 > 0.0 else 0.0
+            wi = w[row] if weighted else 1.0
+            inertia += wi * dist
+            counts[best] += wi
+            for f in range(d):
+                sums[best, f] += wi * src[r, f]
+        n_compared += m
+    return inertia, n_compared
+
+
+def center_geometry(centers: np.ndarray, previous: np.ndarray | None):
+    """What a bounded pass needs to know of the centres: how far each moved since
+    ``previous`` (None: no bounds to move) and half the distance to its nearest other."""
+    c = np.asarray(centers, dtype=np.float64)
+    drift = None
+    if previous is not None:
+        drift = np.sqrt(((c - np.asarray(previous, dtype=np.float64)) ** 2).sum(axis=1))
+    k = c.shape[0]
+    if k == 1:
+        s_half = np.full(1, np.inf)
+    else:
+        sep = np.sqrt(np.maximum(pairwise_sq_distances(c, c), 0.0))
+        np.fill_diagonal(sep, np.inf)
+        # A hair under half the separation: rounding must not prove a wrong centre nearest.
+        s_half = 0.5 * sep.min(axis=1) * (1.0 - 1e-9)
+    return drift, s_half
+
+
+def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None,
+                     bounds: Bounds | None, drift: np.ndarray | None,
+                     s_half: np.ndarray) -> tuple[Partials, Bounds, int]:
+    """:func:`lloyd_partials` (Euclidean) by Hamerly's algorithm, with per-row bounds.
+
+    ``bounds`` are the rows' bounds for the previous centres and ``drift``
+    how far each centre moved since (both None on a first pass: every row is
+    compared with every centre). Rows whose bounds prove their centre still
+    nearest are not compared again; every row adds to the sums, counts and
+    exact inertia of its centre. The same partials as :func:`lloyd_partials`
+    up to the order of the additions (and rows equally near to two centres).
+
+    Returns
+    -------
+    (Partials, Bounds, int)
+        The partials, the bounds for ``centers``, and how many rows were
+        compared with every centre.
+    """
+    x, c, ct, half = _prepare(x, centers, "euclidean")
+    n = x.shape[0]
+    k, d = c.shape
+    full = bounds is None or drift is None
+    if full:
+        bounds = Bounds(np.zeros(n, dtype=np.int32), np.empty(n), np.empty(n))
+        drift = np.zeros(k)
+    else:
+        bounds = Bounds(bounds.labels.copy(), bounds.upper.copy(), bounds.lower.copy())
+    order = np.argsort(drift)[::-1]
+    drift1 = float(drift[order[0]])
+    drift2 = float(drift[order[1]]) if k > 1 else 0.0
+    eps = 4.0 * float(np.finfo(x.dtype).eps) * (d + 2)
+    cmax2 = float(np.max(np.einsum("ij,ij->i", c, c, dtype=np.float64)))
+    sums = np.zeros((k, d), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.float64)
+    inertia, n_compared = _bounded_pass(
+        x, ct, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
+        np.asarray(drift, dtype=np.float64), drift1, int(order[0]), drift2,
+        np.asarray(s_half, dtype=np.float64), full, eps, cmax2, sums, counts)
+    return Partials(sums, counts, float(inertia), 0), bounds, int(n_compared)
+
+
 def assign(
     x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None = None,
     metric: str = "euclidean",

@@ -31,6 +31,7 @@ import logging
 import numpy as np
 
 from . import _graph as G
+from . import _kernels as K
 from ._runtime import (
     active_client,
     chunk_futures,
@@ -42,6 +43,10 @@ from ._runtime import (
 
 #: Up to this many bytes (centres x chunks), the centres ride inside each task.
 INLINE_CENTERS_BYTES = 4 * 2**20
+#: A chunk whose last bounded Lloyd pass compared more than this share of its rows with
+#: every centre compares them all at the next (no bound checks, read in place): checking
+#: bounds pays only once most rows keep their centre.
+BOUNDS_WORTH_IT = 0.5
 
 logger = logging.getLogger("dask_kmeans")
 
@@ -64,6 +69,13 @@ class ChunkGroup:
         self.weights = list(weights)
         self.offsets = list(offsets)
         self.state = [None] * len(self.chunks)
+        # Lloyd by Hamerly's algorithm: each chunk's row bounds, for the centres of the
+        # pass numbered ``bounds_version``; after a bounded pass that compared most rows,
+        # ``wait`` plain passes before bounds are made again, ``backoff`` the next wait.
+        self.bounds = [None] * len(self.chunks)
+        self.wait = [0] * len(self.chunks)
+        self.backoff = [1] * len(self.chunks)
+        self.bounds_version = None
 
     async def _each(self, func) -> list:
         from distributed import get_worker
@@ -77,6 +89,38 @@ class ChunkGroup:
         return await self._each(lambda i: G.packed_chunk(
             self.chunks[i], centers, self.weights[i], with_moments=with_moments,
             metric=metric, sizes=sizes))
+
+    async def lloyd_bounded(self, centers, with_moments, drift, s_half, previous, version):
+        """Euclidean Lloyd partials per chunk, skipping rows whose bounds prove their centre.
+
+        The bounds are used when they belong to the centres of pass ``previous``.
+        A bounded pass that still compares more than :data:`BOUNDS_WORTH_IT` of a
+        chunk's rows (early iterations, when many rows change centre) costs more
+        than the plain fused pass: the chunk then makes 1, 2, 4 or 8 plain passes
+        before it makes bounds again.
+        """
+        usable = drift is not None and self.bounds_version == previous
+
+        def one(i):
+            x, w = self.chunks[i], self.weights[i]
+            if self.wait[i] > 0:
+                self.wait[i] -= 1
+                self.bounds[i] = None
+                return G.packed_chunk(x, centers, w, with_moments=with_moments)
+            bounded = usable and self.bounds[i] is not None
+            packed, self.bounds[i], n_compared = G.bounded_chunk(
+                x, centers, w, self.bounds[i] if bounded else None,
+                drift if bounded else None, s_half, with_moments=with_moments)
+            if bounded and n_compared > BOUNDS_WORTH_IT * len(x):
+                self.wait[i], self.backoff[i] = self.backoff[i], min(2 * self.backoff[i], 8)
+            elif bounded:
+                self.backoff[i] = 1
+            return packed
+
+        self.bounds_version = None  # until every chunk has its new bounds
+        out = await self._each(one)
+        self.bounds_version = version
+        return out
 
     async def oversample(self, candidates, keep_state, kw):
         def one(i):
@@ -138,6 +182,7 @@ class Passes:
         self._groups = None  # ChunkGroup actors, made at the first pass; False: none
         self._group_futures = None
         self._state_on_actors = False
+        self._sent = None  # (number, centres) of the last bounded Lloyd pass
 
     def _actors(self):
         """One ChunkGroup actor per worker holding chunks (made once), or None."""
@@ -221,7 +266,18 @@ class Passes:
                                      split_every=self.split_every, with_moments=with_moments,
                                      metric=self.metric, sizes=sizes)
             return compute(graph)[0]
-        parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes)
+        if self.metric == "euclidean" and sizes is None:
+            # Hamerly's algorithm on the actors, where each chunk's row bounds can stay.
+            used = np.asarray(centers, dtype=self.X.dtype)
+            previous = self._sent
+            same = previous is not None and previous[1].shape == used.shape
+            drift, s_half = K.center_geometry(used, previous[1] if same else None)
+            version = (previous[0] + 1) if previous is not None else 0
+            parts = self._on_actors("lloyd_bounded", centers, with_moments, drift, s_half,
+                                    previous[0] if same else None, version)
+            self._sent = (version, used)
+        else:
+            parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes)
         if parts is not None:
             return sum_in_order(parts, self.split_every).ravel()
         parts = self._map(G.packed_chunk, self._centers_arg(centers), self._wf,

@@ -81,3 +81,49 @@ def test_moments():
     assert m[0] == 100
     np.testing.assert_allclose(m[1:4], X.sum(axis=0))
     np.testing.assert_allclose(m[4:], (X**2).sum(axis=0))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted):
+    """Hamerly's bounds skip rows, never change the result: labels, sums, counts, inertia."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=2.0, size=(12, 6))  # overlapping clusters: near-ties happen
+    x = (centres[rng.integers(12, size=20_000)] + rng.normal(size=(20_000, 6))).astype(dtype)
+    w = rng.uniform(0.2, 3.0, len(x)) if weighted else None
+    c = x[:12].copy()
+    bounds, previous, compared = None, None, []
+    for it in range(15):
+        if it == 8:  # a relocated centre jumps far: its drift must cover it
+            c = c.copy()
+            c[3] = x[rng.integers(len(x))] * 3
+        drift, s_half = K.center_geometry(c, previous)
+        p, bounds, n = K.bounded_partials(x, c, w, bounds, drift, s_half)
+        plain = K.lloyd_partials(x, c, w)
+        labels = K.assign(x, c)[0]
+        np.testing.assert_array_equal(bounds.labels, labels)
+        np.testing.assert_allclose(p.sums, plain.sums, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(p.counts, plain.counts, rtol=1e-12)
+        assert p.inertia == pytest.approx(plain.inertia, rel=1e-12)
+        # The bounds hold: exact distance to the own centre <= upper, to others >= lower.
+        diff = x.astype(np.float64)[:, None, :] - c.astype(dtype).astype(np.float64)[None]
+        d = np.sqrt((diff**2).sum(axis=2))  # exact, not the expanded form
+        own = d[np.arange(len(x)), bounds.labels]
+        assert np.all(own <= bounds.upper * (1 + 1e-9) + 1e-9)
+        d[np.arange(len(x)), bounds.labels] = np.inf
+        assert np.all(d.min(axis=1) >= bounds.lower * (1 - 1e-9) - 1e-9)
+        compared.append(n)
+        previous = c
+        c = K.finalize_centers(p.sums, p.counts, c, "euclidean").astype(dtype)
+    assert compared[0] == len(x), "no bounds yet: every row"
+    assert min(compared[4:8]) < 0.5 * len(x), "most rows skipped once centres settle"
+    assert compared[8] > compared[7], "the jump makes rows near the moved centre look again"
+
+
+def test_center_geometry():
+    c = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    drift, s_half = K.center_geometry(c, c + [[0, 1], [0, 0], [2, 0]])
+    np.testing.assert_allclose(drift, [1.0, 0.0, 2.0])
+    np.testing.assert_allclose(s_half, [0.5, np.sqrt(18) / 2, 0.5], rtol=1e-8)
+    assert K.center_geometry(c, None)[0] is None
+    assert K.center_geometry(c[:1], None)[1][0] == np.inf
