@@ -54,41 +54,45 @@ logger = logging.getLogger("dask_kmeans")
 class ChunkGroup:
     """The persisted chunks of one worker, answering passes as a ``distributed`` Actor.
 
-    Holds references to the chunk arrays the worker already has (and their
-    weights and global row offsets). Each method runs the ``_graph`` chunk
-    function of a pass on every chunk it holds, in the worker's thread pool
-    (so a worker with several threads works on several chunks at once), and
-    returns the per-chunk results, which the driver puts back in chunk order
-    and adds as the futures engine does: the same results, to the bit,
-    wherever the chunks live. Between k-means|| passes each chunk's
-    nearest-candidate state stays here, next to its rows.
+    Knows the keys of the chunks the worker already has (and their weights and
+    global row offsets). Each method runs the ``_graph`` chunk function of a
+    pass on every one of them, in the worker's thread pool (so a worker with
+    several threads works on several chunks at once), and returns the
+    per-chunk results, which the driver puts back in chunk order and adds as
+    the futures engine does. The chunks are looked up in the worker's data at
+    each call, not held: a worker may still spill them. Between passes each
+    chunk's nearest-candidate state (k-means||) or row bounds (Lloyd) stay
+    here, next to its rows. A chunk that left the worker fails the call, and
+    the driver goes on with futures.
     """
 
-    def __init__(self, chunks, weights, offsets):
-        self.chunks = list(chunks)
-        self.weights = list(weights)
+    def __init__(self, keys, weights, offsets):
+        self.keys = list(keys)
+        self.weights = list(weights)  # small: held, copied here if they lived elsewhere
         self.offsets = list(offsets)
-        self.state = [None] * len(self.chunks)
+        self.state = [None] * len(self.keys)
         # Lloyd by Hamerly's algorithm: each chunk's row bounds, for the centres of the
         # pass numbered ``bounds_version``; after a bounded pass that compared most rows,
         # ``wait`` plain passes before bounds are made again, ``backoff`` the next wait.
-        self.bounds = [None] * len(self.chunks)
-        self.wait = [0] * len(self.chunks)
-        self.backoff = [1] * len(self.chunks)
+        self.bounds = [None] * len(self.keys)
+        self.wait = [0] * len(self.keys)
+        self.backoff = [1] * len(self.keys)
         self.bounds_version = None
 
     async def _each(self, func) -> list:
+        """``func(i, x, w)`` for every chunk, in the worker's thread pool."""
         from distributed import get_worker
 
-        pool = get_worker().executor
+        worker = get_worker()
+        chunks = [worker.data[key] for key in self.keys]  # on the event loop, as tasks do
         loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(*(loop.run_in_executor(pool, func, i)
-                                           for i in range(len(self.chunks)))))
+        return list(await asyncio.gather(*(
+            loop.run_in_executor(worker.executor, func, i, x, w)
+            for i, (x, w) in enumerate(zip(chunks, self.weights, strict=True)))))
 
     async def lloyd(self, centers, with_moments, metric, sizes):
-        return await self._each(lambda i: G.packed_chunk(
-            self.chunks[i], centers, self.weights[i], with_moments=with_moments,
-            metric=metric, sizes=sizes))
+        return await self._each(lambda i, x, w: G.packed_chunk(
+            x, centers, w, with_moments=with_moments, metric=metric, sizes=sizes))
 
     async def lloyd_bounded(self, centers, with_moments, drift, s_half, previous, version):
         """Euclidean Lloyd partials per chunk, skipping rows whose bounds prove their centre.
@@ -101,8 +105,7 @@ class ChunkGroup:
         """
         usable = drift is not None and self.bounds_version == previous
 
-        def one(i):
-            x, w = self.chunks[i], self.weights[i]
+        def one(i, x, w):
             if self.wait[i] > 0:
                 self.wait[i] -= 1
                 self.bounds[i] = None
@@ -123,10 +126,10 @@ class ChunkGroup:
         return out
 
     async def oversample(self, candidates, keep_state, kw):
-        def one(i):
+        def one(i, x, w):
             nearest, rows, phi = G.round_chunk(
-                self.chunks[i], self.offsets[i], self.weights[i],
-                self.state[i] if keep_state else None, candidates, **kw)
+                x, self.offsets[i], w, self.state[i] if keep_state else None, candidates,
+                **kw)
             if keep_state:
                 self.state[i] = nearest
             return rows, phi
@@ -134,15 +137,13 @@ class ChunkGroup:
         return await self._each(one)
 
     async def candidate_weights(self, candidates, keep_state, kw):
-        out = await self._each(lambda i: G.weights_chunk(
-            self.chunks[i], self.offsets[i], self.weights[i],
-            self.state[i] if keep_state else None, candidates, **kw))
-        self.state = [None] * len(self.chunks)
+        out = await self._each(lambda i, x, w: G.weights_chunk(
+            x, self.offsets[i], w, self.state[i] if keep_state else None, candidates, **kw))
+        self.state = [None] * len(self.keys)
         return out
 
     async def weighted_choice(self, kw):
-        return await self._each(lambda i: G.choice_chunk(
-            self.chunks[i], self.offsets[i], self.weights[i], **kw))
+        return await self._each(lambda i, x, w: G.choice_chunk(x, self.offsets[i], w, **kw))
 
 
 class Passes:
@@ -200,7 +201,7 @@ class Passes:
                     return None
                 by_worker.setdefault(holders[0], []).append(i)
             self._group_futures = [
-                client.submit(ChunkGroup, [self._xf[i] for i in idx],
+                client.submit(ChunkGroup, [self._xf[i].key for i in idx],
                               [self._wf[i] for i in idx], [self._offsets[i] for i in idx],
                               workers=[address], allow_other_workers=False, actor=True,
                               pure=False)
