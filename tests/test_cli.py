@@ -218,7 +218,8 @@ def test_fit_refuses_a_bad_plot_before_any_work(data, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- sweep
 
 
-def test_sweep_prints_inertia_silhouette_and_a_suggestion_and_saves_the_elbow(data, tmp_path):
+def test_sweep_prints_inertia_silhouette_and_a_suggestion_and_saves_the_elbow(data, tmp_path,
+                                                                             monkeypatch):
     plot, table = tmp_path / "k" / "elbow.png", tmp_path / "k.csv"
     result = invoke("sweep", data["url"], "--k", "2..5", "--seed", 0, "--columns",
                     "age,income,score", "--plot", plot, "--table", table,
@@ -242,18 +243,17 @@ def test_sweep_prints_inertia_silhouette_and_a_suggestion_and_saves_the_elbow(da
     assert "4 models" in result.stderr.splitlines()[-1]
 
     # A list of K, the default plot name in the working directory, JSON.
-    with CliRunner().isolated_filesystem(temp_dir=tmp_path) as cwd, \
-            threadpool_limits(limits=None):
-        result = CliRunner().invoke(main, ["sweep", data["url"], "--k", "4,2", "--json",
-                                           "--cluster", data["config"]])
-        assert result.exit_code == 0, result.stderr
-        summary = json.loads(result.stdout)
-        assert [r["k"] for r in summary["results"]] == [2, 4]
-        assert summary["plot"] == "elbow.png" and summary["table"] is None
-        png_size(Path(cwd) / "elbow.png")
-        again = CliRunner().invoke(main, ["sweep", data["url"], "--k", "2..3",
-                                          "--cluster", data["config"]])
-        assert "elbow.png already exists" in one_line_error(again, 1)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = invoke("sweep", data["url"], "--k", "4,2", "--json", "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [r["k"] for r in summary["results"]] == [2, 4]
+    assert summary["plot"] == "elbow.png" and summary["table"] is None
+    png_size(cwd / "elbow.png")
+    again = invoke("sweep", data["url"], "--k", "2..3", "--cluster", data["config"])
+    assert "elbow.png already exists" in one_line_error(again, 1)
 
     result = invoke("sweep", data["url"], "--k", "2,3", "--no-plot", "--no-progress",
                     "--cluster", data["config"])
