@@ -55,16 +55,16 @@ def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None):
     return np.concatenate(parts)[None, :]
 
 
-def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments):
-    """Euclidean Lloyd partials of one chunk by Hamerly's algorithm (``_kernels.bounded_partials``).
+def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="euclidean"):
+    """Lloyd partials of one chunk by Hamerly's algorithm (``_kernels.bounded_partials``).
 
     Returns the packed (1, P) row of :func:`packed_chunk`, the rows' bounds
     for ``c`` and the number of rows compared with every centre.
     """
-    p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half)
+    p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric)
     parts = [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
     if with_moments:
-        parts.append(K.moments(x, "euclidean"))
+        parts.append(K.moments(x, metric))
     return np.concatenate(parts)[None, :], bounds, n_compared
 
 

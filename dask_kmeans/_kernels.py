@@ -166,15 +166,19 @@ class Bounds(NamedTuple):
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, arg1, drift2,
-                  s_half, full, eps, cmax2, sums, counts):
+                  s_half, full, eps, cmax2, sums, counts, cosine):
     """Hamerly's Lloyd pass over one chunk, accumulating the statistics as it goes.
 
     Each row's bounds move by the centres' drift; a row whose bounds prove its
     centre nearest is not compared with the others, the rest are compared with
     every centre by one small GEMM per block of such rows. With ``full`` every
     row is compared (read in place). Every row adds its weighted row to its
-    centre's sum and its exact squared distance to the inertia. Returns the
-    inertia and the number of rows compared.
+    centre's sum and its exact squared distance to the inertia. With
+    ``cosine`` rows are divided by their norm on the fly, as in
+    :func:`_fused_pass`: the bounds are Euclidean distances between unit
+    vectors, the inertia adds ``1 - cos = |x/|x| - c|^2 / 2``, and rows of zero
+    norm get label -1 and are only counted. Returns the inertia, the number of
+    rows compared and the number of zero-norm rows.
 
     Conservative throughout: the upper bound is an exact distance, the lower
     one the expanded-form distance minus its worst rounding error, so a row
@@ -188,6 +192,8 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
     which = np.empty(BLOCK_ROWS, dtype=np.int64)
     inertia = 0.0
     n_compared = 0
+    n_zero = 0
+    half = 0.5 if cosine else 1.0
     i = 0
     while i < n:
         m = 0
@@ -199,6 +205,16 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
             i += m
         while not full and i < n and m < BLOCK_ROWS:
             a = labels[i]
+            if a < 0:  # a zero-norm row (cosine): nobody's
+                n_zero += 1
+                i += 1
+                continue
+            scale = 1.0
+            if cosine:
+                norm = 0.0
+                for f in range(d):
+                    norm += np.float64(x[i, f]) * np.float64(x[i, f])
+                scale = 1.0 / np.sqrt(norm)
             u = upper[i] + drift[a]
             lo = lower[i] - (drift2 if a == arg1 else drift1)
             z = max(lo, s_half[a])
@@ -206,7 +222,7 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
             if u > z:
                 dist = 0.0  # tighten: the exact distance to its centre
                 for f in range(d):
-                    diff = np.float64(x[i, f]) - np.float64(c[a, f])
+                    diff = np.float64(x[i, f]) * scale - np.float64(c[a, f])
                     dist += diff * diff
                 u = np.sqrt(dist)
             upper[i] = u
@@ -215,13 +231,14 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
                 if dist < 0.0:
                     dist = 0.0
                     for f in range(d):
-                        diff = np.float64(x[i, f]) - np.float64(c[a, f])
+                        diff = np.float64(x[i, f]) * scale - np.float64(c[a, f])
                         dist += diff * diff
                 wi = w[i] if weighted else 1.0
-                inertia += wi * dist
+                inertia += wi * dist * half
                 counts[a] += wi
+                ws = wi * scale
                 for f in range(d):
-                    sums[a, f] += wi * x[i, f]
+                    sums[a, f] += ws * x[i, f]
                 i += 1
                 continue
             which[m] = i
@@ -235,6 +252,18 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
         db = buf[:m]
         np.dot(src, ct, db)
         for r in range(m):
+            row = which[r]
+            xx = 0.0
+            for f in range(d):
+                xf = np.float64(src[r, f])
+                xx += xf * xf
+            scale = 1.0
+            if cosine:
+                if xx == 0.0:
+                    n_zero += 1
+                    labels[row] = -1
+                    continue
+                scale = 1.0 / np.sqrt(xx)
             best = 0
             best_val = db[r, 0] - half_cnorm[0]
             second_val = -np.inf
@@ -246,26 +275,27 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
                     best = j
                 elif v > second_val:
                     second_val = v
-            xx = 0.0
             dist = 0.0
             for f in range(d):
-                xf = np.float64(src[r, f])
-                xx += xf * xf
-                diff = xf - np.float64(c[best, f])
+                diff = np.float64(src[r, f]) * scale - np.float64(c[best, f])
                 dist += diff * diff
-            row = which[r]
             labels[row] = best
             upper[row] = np.sqrt(dist)
-            # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2), less its rounding error.
-            sq2 = xx - 2.0 * np.float64(second_val) - eps * (xx + cmax2)
+            # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2), less its rounding error; for cosine
+            # |x/|x| - c|^2 = 2 - 2 x.c / |x| (unit centres, half_cnorm zero).
+            if cosine:
+                sq2 = 2.0 - 2.0 * np.float64(second_val) * scale - eps * 4.0
+            else:
+                sq2 = xx - 2.0 * np.float64(second_val) - eps * (xx + cmax2)
             lower[row] = np.sqrt(sq2) if sq2 > 0.0 else 0.0
             wi = w[row] if weighted else 1.0
-            inertia += wi * dist
+            inertia += wi * dist * half
             counts[best] += wi
+            ws = wi * scale
             for f in range(d):
-                sums[best, f] += wi * src[r, f]
+                sums[best, f] += ws * src[r, f]
         n_compared += m
-    return inertia, n_compared
+    return inertia, n_compared, n_zero
 
 
 def center_geometry(centers: np.ndarray, previous: np.ndarray | None):
@@ -288,8 +318,9 @@ def center_geometry(centers: np.ndarray, previous: np.ndarray | None):
 
 def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None,
                      bounds: Bounds | None, drift: np.ndarray | None,
-                     s_half: np.ndarray) -> tuple[Partials, Bounds, int]:
-    """:func:`lloyd_partials` (Euclidean) by Hamerly's algorithm, with per-row bounds.
+                     s_half: np.ndarray, metric: str = "euclidean",
+                     ) -> tuple[Partials, Bounds, int]:
+    """:func:`lloyd_partials` by Hamerly's algorithm, with per-row bounds.
 
     ``bounds`` are the rows' bounds for the previous centres and ``drift``
     how far each centre moved since (both None on a first pass: every row is
@@ -297,6 +328,8 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     nearest are not compared again; every row adds to the sums, counts and
     exact inertia of its centre. The same partials as :func:`lloyd_partials`
     up to the order of the additions (and rows equally near to two centres).
+    With ``metric="cosine"`` rows are normalised on the fly and the bounds are
+    distances between unit vectors, as :func:`lloyd_partials` measures them.
 
     Returns
     -------
@@ -304,7 +337,7 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
         The partials, the bounds for ``centers``, and how many rows were
         compared with every centre.
     """
-    x, c, ct, half = _prepare(x, centers, "euclidean")
+    x, c, ct, half = _prepare(x, centers, metric)
     n = x.shape[0]
     k, d = c.shape
     full = bounds is None or drift is None
@@ -320,11 +353,12 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     cmax2 = float(np.max(np.einsum("ij,ij->i", c, c, dtype=np.float64)))
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
-    inertia, n_compared = _bounded_pass(
+    inertia, n_compared, n_zero = _bounded_pass(
         x, ct, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
         np.asarray(drift, dtype=np.float64), drift1, int(order[0]), drift2,
-        np.asarray(s_half, dtype=np.float64), full, eps, cmax2, sums, counts)
-    return Partials(sums, counts, float(inertia), 0), bounds, int(n_compared)
+        np.asarray(s_half, dtype=np.float64), full, eps, cmax2, sums, counts,
+        metric == "cosine")
+    return Partials(sums, counts, float(inertia), int(n_zero)), bounds, int(n_compared)
 
 
 def assign(

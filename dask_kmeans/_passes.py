@@ -94,8 +94,9 @@ class ChunkGroup:
         return await self._each(lambda i, x, w: G.packed_chunk(
             x, centers, w, with_moments=with_moments, metric=metric, sizes=sizes))
 
-    async def lloyd_bounded(self, centers, with_moments, drift, s_half, previous, version):
-        """Euclidean Lloyd partials per chunk, skipping rows whose bounds prove their centre.
+    async def lloyd_bounded(self, centers, with_moments, metric, drift, s_half, previous,
+                            version):
+        """Lloyd partials per chunk, skipping rows whose bounds prove their centre.
 
         The bounds are used when they belong to the centres of pass ``previous``.
         A bounded pass that still compares more than :data:`BOUNDS_WORTH_IT` of a
@@ -109,11 +110,11 @@ class ChunkGroup:
             if self.wait[i] > 0:
                 self.wait[i] -= 1
                 self.bounds[i] = None
-                return G.packed_chunk(x, centers, w, with_moments=with_moments)
+                return G.packed_chunk(x, centers, w, with_moments=with_moments, metric=metric)
             bounded = usable and self.bounds[i] is not None
             packed, self.bounds[i], n_compared = G.bounded_chunk(
                 x, centers, w, self.bounds[i] if bounded else None,
-                drift if bounded else None, s_half, with_moments=with_moments)
+                drift if bounded else None, s_half, with_moments=with_moments, metric=metric)
             if bounded and n_compared > BOUNDS_WORTH_IT * len(x):
                 self.wait[i], self.backoff[i] = self.backoff[i], min(2 * self.backoff[i], 8)
             elif bounded:
@@ -267,15 +268,15 @@ class Passes:
                                      split_every=self.split_every, with_moments=with_moments,
                                      metric=self.metric, sizes=sizes)
             return compute(graph)[0]
-        if self.metric == "euclidean" and sizes is None:
+        if sizes is None:
             # Hamerly's algorithm on the actors, where each chunk's row bounds can stay.
             used = np.asarray(centers, dtype=self.X.dtype)
             previous = self._sent
             same = previous is not None and previous[1].shape == used.shape
             drift, s_half = K.center_geometry(used, previous[1] if same else None)
             version = (previous[0] + 1) if previous is not None else 0
-            parts = self._on_actors("lloyd_bounded", centers, with_moments, drift, s_half,
-                                    previous[0] if same else None, version)
+            parts = self._on_actors("lloyd_bounded", centers, with_moments, self.metric,
+                                    drift, s_half, previous[0] if same else None, version)
             self._sent = (version, used)
         else:
             parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes)

@@ -357,7 +357,7 @@ def test_actor_passes_add_chunks_in_order_wherever_they_live(client):
     futures = Passes(X, w, split_every=2)
     futures._groups = False  # as after a failed actor call
     np.testing.assert_array_equal(by_actors, futures.lloyd(centers, True))
-    # Cosine passes are not bounded: there the actors' sums equal the tasks' to the bit.
+    # The same for cosine (a first pass compares every row, adding them in row order).
     unit = centers / np.linalg.norm(centers, axis=1, keepdims=True)
     cos_actors, cos_futures = Passes(X, w, metric="cosine"), Passes(X, w, metric="cosine")
     cos_futures._groups = False

@@ -85,28 +85,32 @@ def test_moments():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted):
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted, metric):
     """Hamerly's bounds skip rows, never change the result: labels, sums, counts, inertia."""
     rng = np.random.default_rng(5)
     centres = rng.normal(scale=2.0, size=(12, 6))  # overlapping clusters: near-ties happen
     x = (centres[rng.integers(12, size=20_000)] + rng.normal(size=(20_000, 6))).astype(dtype)
     w = rng.uniform(0.2, 3.0, len(x)) if weighted else None
-    c = x[:12].copy()
+    cosine = metric == "cosine"
+    unit = K.normalize_rows if cosine else (lambda a: a)
+    c = unit(x[:12].copy())
     bounds, previous, compared = None, None, []
     for it in range(15):
         if it == 8:  # a relocated centre jumps far: its drift must cover it
             c = c.copy()
-            c[3] = x[rng.integers(len(x))] * 3
+            c[3] = unit(x[rng.integers(len(x))][None] * -3)[0]
         drift, s_half = K.center_geometry(c, previous)
-        p, bounds, n = K.bounded_partials(x, c, w, bounds, drift, s_half)
-        plain = K.lloyd_partials(x, c, w)
-        labels = K.assign(x, c)[0]
+        p, bounds, n = K.bounded_partials(x, c, w, bounds, drift, s_half, metric)
+        plain = K.lloyd_partials(x, c, w, metric)
+        labels = K.assign(x, c, metric=metric)[0]
         np.testing.assert_array_equal(bounds.labels, labels)
         np.testing.assert_allclose(p.sums, plain.sums, rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(p.counts, plain.counts, rtol=1e-12)
         assert p.inertia == pytest.approx(plain.inertia, rel=1e-12)
         # The bounds hold: exact distance to the own centre <= upper, to others >= lower.
-        diff = x.astype(np.float64)[:, None, :] - c.astype(dtype).astype(np.float64)[None]
+        rows = unit(x.astype(np.float64))
+        diff = rows[:, None, :] - c.astype(dtype).astype(np.float64)[None]
         d = np.sqrt((diff**2).sum(axis=2))  # exact, not the expanded form
         own = d[np.arange(len(x)), bounds.labels]
         assert np.all(own <= bounds.upper * (1 + 1e-9) + 1e-9)
@@ -114,7 +118,7 @@ def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted):
         assert np.all(d.min(axis=1) >= bounds.lower * (1 - 1e-9) - 1e-9)
         compared.append(n)
         previous = c
-        c = K.finalize_centers(p.sums, p.counts, c, "euclidean").astype(dtype)
+        c = K.finalize_centers(p.sums, p.counts, c, metric).astype(dtype)
     assert compared[0] == len(x), "no bounds yet: every row"
     assert min(compared[4:8]) < 0.5 * len(x), "most rows skipped once centres settle"
     assert compared[8] > compared[7], "the jump makes rows near the moved centre look again"
@@ -127,3 +131,20 @@ def test_center_geometry():
     np.testing.assert_allclose(s_half, [0.5, np.sqrt(18) / 2, 0.5], rtol=1e-8)
     assert K.center_geometry(c, None)[0] is None
     assert K.center_geometry(c[:1], None)[1][0] == np.inf
+
+
+def test_bounded_cosine_pass_counts_zero_norm_rows_and_leaves_them_out():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3000, 4))
+    x[[5, 700, 2999]] = 0.0
+    c = K.normalize_rows(x[10:14].copy())
+    drift, s_half = K.center_geometry(c, None)
+    p, bounds, _ = K.bounded_partials(x, c, None, None, drift, s_half, "cosine")
+    plain = K.lloyd_partials(x, c, None, "cosine")
+    assert p.n_zero == plain.n_zero == 3
+    assert set(np.flatnonzero(bounds.labels < 0)) == {5, 700, 2999}
+    np.testing.assert_allclose(p.sums, plain.sums, rtol=1e-12)
+    drift, s_half = K.center_geometry(c * 1.0, c)  # no movement: bounded pass, same rows out
+    p2, _, n = K.bounded_partials(x, c, None, bounds, drift, s_half, "cosine")
+    assert p2.n_zero == 3 and n < len(x)
+    assert p2.inertia == pytest.approx(plain.inertia, rel=1e-12)
