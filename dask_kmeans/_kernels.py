@@ -172,7 +172,9 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
     Each row's bounds move by the centres' drift; a row whose bounds prove its
     centre nearest is not compared with the others, the rest are compared with
     every centre by one small GEMM per block of such rows. With ``full`` every
-    row is compared (read in place). Every row adds its weighted row to its
+    row is compared (read in place); so is the rest of the chunk once more than
+    60% of the rows seen (after the first eighth) needed comparing. Every row
+    adds its weighted row to its
     centre's sum and its exact squared distance to the inertia. With
     ``cosine`` rows are divided by their norm on the fly, as in
     :func:`_fused_pass`: the bounds are Euclidean distances between unit
@@ -197,6 +199,10 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
     i = 0
     while i < n:
         m = 0
+        if not full and i >= n // 8 and n_compared > 0.6 * i:
+            # Most rows so far failed their bounds (the centres still move a lot): the rest
+            # of the chunk is cheaper compared outright, and gets fresh bounds.
+            full = True
         if full:  # every row of the block, read in place
             m = min(BLOCK_ROWS, n - i)
             for r in range(m):
@@ -254,11 +260,11 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
         for r in range(m):
             row = which[r]
             xx = 0.0
-            for f in range(d):
-                xf = np.float64(src[r, f])
-                xx += xf * xf
             scale = 1.0
             if cosine:
+                for f in range(d):
+                    xf = np.float64(src[r, f])
+                    xx += xf * xf
                 if xx == 0.0:
                     n_zero += 1
                     labels[row] = -1
@@ -266,19 +272,27 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
                 scale = 1.0 / np.sqrt(xx)
             best = 0
             best_val = db[r, 0] - half_cnorm[0]
-            second_val = -np.inf
             for j in range(1, k):
                 v = db[r, j] - half_cnorm[j]
                 if v > best_val:
-                    second_val = best_val
                     best_val = v
                     best = j
-                elif v > second_val:
-                    second_val = v
+            second_val = -np.inf
+            for j in range(k):
+                v = db[r, j] - half_cnorm[j]
+                if j != best:
+                    second_val = max(second_val, v)
             dist = 0.0
-            for f in range(d):
-                diff = np.float64(src[r, f]) * scale - np.float64(c[best, f])
-                dist += diff * diff
+            if cosine:
+                for f in range(d):
+                    diff = np.float64(src[r, f]) * scale - np.float64(c[best, f])
+                    dist += diff * diff
+            else:
+                for f in range(d):
+                    xf = np.float64(src[r, f])
+                    xx += xf * xf
+                    diff = xf - np.float64(c[best, f])
+                    dist += diff * diff
             labels[row] = best
             upper[row] = np.sqrt(dist)
             # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2), less its rounding error; for cosine

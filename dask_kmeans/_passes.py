@@ -43,10 +43,6 @@ from ._runtime import (
 
 #: Up to this many bytes (centres x chunks), the centres ride inside each task.
 INLINE_CENTERS_BYTES = 4 * 2**20
-#: A chunk whose last bounded Lloyd pass compared more than this share of its rows with
-#: every centre compares them all at the next (no bound checks, read in place): checking
-#: bounds pays only once most rows keep their centre.
-BOUNDS_WORTH_IT = 0.5
 
 logger = logging.getLogger("dask_kmeans")
 
@@ -72,11 +68,8 @@ class ChunkGroup:
         self.offsets = list(offsets)
         self.state = [None] * len(self.keys)
         # Lloyd by Hamerly's algorithm: each chunk's row bounds, for the centres of the
-        # pass numbered ``bounds_version``; after a bounded pass that compared most rows,
-        # ``wait`` plain passes before bounds are made again, ``backoff`` the next wait.
+        # pass numbered ``bounds_version``.
         self.bounds = [None] * len(self.keys)
-        self.wait = [0] * len(self.keys)
-        self.backoff = [1] * len(self.keys)
         self.bounds_version = None
 
     async def _each(self, func) -> list:
@@ -98,27 +91,16 @@ class ChunkGroup:
                             version):
         """Lloyd partials per chunk, skipping rows whose bounds prove their centre.
 
-        The bounds are used when they belong to the centres of pass ``previous``.
-        A bounded pass that still compares more than :data:`BOUNDS_WORTH_IT` of a
-        chunk's rows (early iterations, when many rows change centre) costs more
-        than the plain fused pass: the chunk then makes 1, 2, 4 or 8 plain passes
-        before it makes bounds again.
+        The bounds are used when they belong to the centres of pass ``previous``;
+        otherwise every row is compared (and bounds made for the next pass).
         """
         usable = drift is not None and self.bounds_version == previous
 
         def one(i, x, w):
-            if self.wait[i] > 0:
-                self.wait[i] -= 1
-                self.bounds[i] = None
-                return G.packed_chunk(x, centers, w, with_moments=with_moments, metric=metric)
             bounded = usable and self.bounds[i] is not None
-            packed, self.bounds[i], n_compared = G.bounded_chunk(
+            packed, self.bounds[i], _ = G.bounded_chunk(
                 x, centers, w, self.bounds[i] if bounded else None,
                 drift if bounded else None, s_half, with_moments=with_moments, metric=metric)
-            if bounded and n_compared > BOUNDS_WORTH_IT * len(x):
-                self.wait[i], self.backoff[i] = self.backoff[i], min(2 * self.backoff[i], 8)
-            elif bounded:
-                self.backoff[i] = 1
             return packed
 
         self.bounds_version = None  # until every chunk has its new bounds
