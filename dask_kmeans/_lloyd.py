@@ -21,6 +21,9 @@ class LloydResult(NamedTuple):
     centers: np.ndarray
     n_iter: int
     converged: bool
+    #: Inertia against the final ``centers``, when ``lloyd(final_inertia=True)`` made that
+    #: pass on the persisted chunks; else None.
+    inertia: float | None = None
 
 
 def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
@@ -77,6 +80,7 @@ def lloyd(
     start_iter: int = 0,
     tol_abs: float | None = None,
     on_iteration=None,
+    final_inertia: bool = False,
 ) -> LloydResult:
     """Run Lloyd iterations on a row-chunked dask array from ``centers``.
 
@@ -89,6 +93,10 @@ def lloyd(
     the tolerance computed then as ``tol_abs``. ``on_iteration(n_iter,
     centers, tol_abs, converged)`` is called after every iteration (for
     checkpoints).
+
+    With ``final_inertia`` and data persisted on a cluster, one more pass on
+    the persisted chunks (the per-worker actors) gives the inertia against the
+    final centres, which a dask graph would take several times longer to.
     """
     k, d = centers.shape
     dtype = centers.dtype
@@ -123,7 +131,12 @@ def lloyd(
             on_iteration(n_iter, centers, tol_abs, converged)
         if converged:
             break
-    return LloydResult(centers.astype(dtype, copy=False), n_iter, converged)
+    centers = centers.astype(dtype, copy=False)
+    inertia = None
+    if final_inertia and passes.on_futures:
+        partials, _ = G.unpack(passes.lloyd(centers, False), k, d, False)
+        inertia = partials.inertia
+    return LloydResult(centers, n_iter, converged, inertia)
 
 
 def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,

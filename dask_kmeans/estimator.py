@@ -291,11 +291,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 result = _lloyd.LloydResult(centers0, start, done)
             else:
                 result = _lloyd.lloyd(Xd, wd, centers0, max_iter=self.max_iter, tol=self.tol,
+                                      final_inertia=lazy and persisted,
                                       split_every=self.split_every,
                                       verbose=bool(self.verbose), metric=self.metric,
                                       start_iter=start, tol_abs=tol_abs,
                                       on_iteration=on_iteration)
-            labels, inertia = self._final_assignment(Xd, wd, result.centers, lazy, persisted)
+            labels, inertia = self._final_assignment(Xd, wd, result.centers, lazy, persisted,
+                                                     result.inertia)
             if best is None or inertia < best[2]:
                 best = (result, labels, inertia)
             if ckpt is not None:
@@ -320,18 +322,26 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                         result.n_iter, inertia, result.converged)
         return self
 
-    def _final_assignment(self, Xd, wd, centers, lazy: bool, persisted: bool):
-        """Labels and inertia against the final centres: one pass, as sklearn's last E-step."""
-        labels, _, inertia = G.assignment(Xd, G.centers_array(centers), wd,
-                                          split_every=self.split_every, metric=self.metric)
+    def _final_assignment(self, Xd, wd, centers, lazy: bool, persisted: bool,
+                          inertia: float | None = None):
+        """Labels and inertia against the final centres: one pass, as sklearn's last E-step.
+
+        For persisted dask input the labels are persisted and computed in the background;
+        ``inertia``, when the Lloyd driver already has it, spares waiting for them.
+        """
+        labels, _, total = G.assignment(Xd, G.centers_array(centers), wd,
+                                        split_every=self.split_every, metric=self.metric)
         if not lazy:
-            labels, inertia = R.compute(labels, inertia)
+            labels, inertia = R.compute(labels, total)
             labels = np.asarray(labels)
         elif persisted:
-            labels, inertia = R.dask_persist(labels, inertia)
-            (inertia,) = R.compute(inertia)
+            if inertia is not None:
+                (labels,) = R.dask_persist(labels)
+                return labels, float(inertia)
+            labels, total = R.dask_persist(labels, total)
+            (inertia,) = R.compute(total)
         else:
-            (inertia,) = R.compute(inertia)
+            (inertia,) = R.compute(total)
         return labels, float(inertia)
 
     def _standardized(self, Xv, weights, lazy: bool):
