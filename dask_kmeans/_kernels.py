@@ -165,8 +165,9 @@ class Bounds(NamedTuple):
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, arg1, drift2,
-                  s_half, full, eps, cmax2, sums, counts, cosine):
+def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, labels, upper,
+                  lower, drift, drift1, arg1, drift2, s_half, full, eps, cmax2, sums, counts,
+                  cosine):
     """Hamerly's Lloyd pass over one chunk, accumulating the statistics as it goes.
 
     Each row's bounds move by the centres' drift; a row whose bounds prove its
@@ -179,8 +180,10 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
     ``cosine`` rows are divided by their norm on the fly, as in
     :func:`_fused_pass`: the bounds are Euclidean distances between unit
     vectors, the inertia adds ``1 - cos = |x/|x| - c|^2 / 2``, and rows of zero
-    norm get label -1 and are only counted. Returns the inertia, the number of
-    rows compared and the number of zero-norm rows.
+    norm get label -1 and are only counted. The new bounds go to ``labels``,
+    ``upper`` and ``lower``; the ``old_`` ones are only read (unused when
+    ``full``). Returns the inertia, the number of rows compared and the
+    number of zero-norm rows.
 
     Conservative throughout: the upper bound is an exact distance, the lower
     one the expanded-form distance minus its worst rounding error, so a row
@@ -210,7 +213,8 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
             src = x[i:i + m]
             i += m
         while not full and i < n and m < BLOCK_ROWS:
-            a = labels[i]
+            a = old_labels[i]
+            labels[i] = a
             if a < 0:  # a zero-norm row (cosine): nobody's
                 n_zero += 1
                 i += 1
@@ -221,8 +225,8 @@ def _bounded_pass(x, ct, c, half_cnorm, w, labels, upper, lower, drift, drift1, 
                 for f in range(d):
                     norm += np.float64(x[i, f]) * np.float64(x[i, f])
                 scale = 1.0 / np.sqrt(norm)
-            u = upper[i] + drift[a]
-            lo = lower[i] - (drift2 if a == arg1 else drift1)
+            u = old_upper[i] + drift[a]
+            lo = old_lower[i] - (drift2 if a == arg1 else drift1)
             z = max(lo, s_half[a])
             dist = -1.0
             if u > z:
@@ -355,11 +359,10 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     n = x.shape[0]
     k, d = c.shape
     full = bounds is None or drift is None
+    new = Bounds(np.empty(n, dtype=np.int32), np.empty(n), np.empty(n))
     if full:
-        bounds = Bounds(np.zeros(n, dtype=np.int32), np.empty(n), np.empty(n))
+        bounds = new  # not read
         drift = np.zeros(k)
-    else:
-        bounds = Bounds(bounds.labels.copy(), bounds.upper.copy(), bounds.lower.copy())
     order = np.argsort(drift)[::-1]
     drift1 = float(drift[order[0]])
     drift2 = float(drift[order[1]]) if k > 1 else 0.0
@@ -369,10 +372,11 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     counts = np.zeros(k, dtype=np.float64)
     inertia, n_compared, n_zero = _bounded_pass(
         x, ct, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
-        np.asarray(drift, dtype=np.float64), drift1, int(order[0]), drift2,
+        new.labels, new.upper, new.lower, np.asarray(drift, dtype=np.float64), drift1,
+        int(order[0]), drift2,
         np.asarray(s_half, dtype=np.float64), full, eps, cmax2, sums, counts,
         metric == "cosine")
-    return Partials(sums, counts, float(inertia), int(n_zero)), bounds, int(n_compared)
+    return Partials(sums, counts, float(inertia), int(n_zero)), new, int(n_compared)
 
 
 def assign(
