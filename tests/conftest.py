@@ -31,8 +31,11 @@ def local_cluster_client():
     """A real 2-process LocalCluster with one thread per worker."""
     from distributed import Client, LocalCluster
 
+    # No dashboard; the scheduler's HTTP routes on a free loopback port, not 8787, which a
+    # cluster that a test or a docs example starts would then find taken.
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+                           dashboard_address=None,
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
     with cluster, Client(cluster, set_as_default=False) as client:
         yield client
 
