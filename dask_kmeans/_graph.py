@@ -44,12 +44,19 @@ def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None):
     giving each model's number of centres: the chunk is read once and serves
     every model.
     """
-    parts = []
+    partials = []
     start = 0
     for m in ((c.shape[0],) if sizes is None else sizes):
-        p = K.lloyd_partials(x, c[start : start + m], w, metric)
-        parts += [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
+        partials.append(K.lloyd_partials(x, c[start : start + m], w, metric))
         start += m
+    return _pack(partials, x, with_moments, metric)
+
+
+def _pack(partials, x, with_moments: bool, metric: str) -> np.ndarray:
+    """Partials of one chunk (one per model), and its moments if asked, as one (1, P) row."""
+    parts = []
+    for p in partials:
+        parts += [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
     if with_moments:
         parts.append(K.moments(x, metric))
     return np.concatenate(parts)[None, :]
@@ -62,10 +69,7 @@ def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="eucli
     for ``c`` and the number of rows compared with every centre.
     """
     p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric)
-    parts = [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
-    if with_moments:
-        parts.append(K.moments(x, metric))
-    return np.concatenate(parts)[None, :], bounds, n_compared
+    return _pack([p], x, with_moments, metric), bounds, n_compared
 
 
 def unpack_many(packed: np.ndarray, sizes, d: int, with_moments: bool):

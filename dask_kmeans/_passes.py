@@ -13,12 +13,14 @@ overhead with futures against ~55 ms for computing the equivalent dask-array
 graph, which the scheduler has to unpack every time. A Lloyd fit makes one
 pass per iteration, so that difference is most of the gap to scikit-learn.
 
-Lloyd passes over persisted data go one step further: one ``distributed``
-Actor per worker holds that worker's chunks (references, not copies), and a
-pass is one direct call to each actor, which runs the chunk kernel on every
-chunk it holds in the worker's own thread pool, adds the partials there and
-answers with one vector. That skips the scheduler: ~2 ms per pass instead of
-~12 ms. An actor dies with its worker, so any failure of an actor call drops
+Passes over persisted data go one step further: one ``distributed`` Actor
+per worker (:class:`ChunkGroup`) knows the keys of that worker's chunks, and a
+pass is one direct call to each actor, which runs the chunk function on every
+chunk in the worker's own thread pool and answers with the per-chunk results;
+the driver adds them in chunk order with the tree's grouping. That skips the
+scheduler: ~2.5 ms per pass instead of ~11 ms. The actors also keep per-row
+state next to the rows (k-means|| nearest candidates, Hamerly's bounds for
+Lloyd). An actor dies with its worker, so any failure of an actor call drops
 the actors for good and the pass is made again with futures, which the
 scheduler can recompute from lost chunks.
 """

@@ -174,6 +174,18 @@ def chunk_futures(client, X):
     return [held[k] for k in keys]
 
 
+def _levels(parts: list, split_every, combine) -> list:
+    """Combine ``parts`` by groups of ``split_every`` until at most that many remain.
+
+    The one grouping both :func:`tree_sum` (on the workers) and :func:`sum_in_order` (on
+    the driver) use, so that both add the same numbers in the same order.
+    """
+    fan_in = split_every or dask.config.get("split_every", 4)
+    while len(parts) > fan_in:
+        parts = [combine(*parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
+    return parts
+
+
 def tree_sum(client, futures, split_every=None) -> np.ndarray:
     """Tree reduction of partial futures with ``_kernels.combine``, gathered.
 
@@ -183,10 +195,8 @@ def tree_sum(client, futures, split_every=None) -> np.ndarray:
     """
     from ._kernels import combine
 
-    fan_in = split_every or dask.config.get("split_every", 4)
-    while len(futures) > fan_in:
-        futures = [client.submit(combine, *futures[i : i + fan_in], pure=False)
-                   for i in range(0, len(futures), fan_in)]
+    futures = _levels(futures, split_every,
+                      lambda *group: client.submit(combine, *group, pure=False))
     return combine(*client.gather(futures))
 
 
@@ -194,10 +204,7 @@ def sum_in_order(parts: list, split_every=None) -> np.ndarray:
     """The sum :func:`tree_sum` makes of ``parts``, grouped the same way, on the driver."""
     from ._kernels import combine
 
-    fan_in = split_every or dask.config.get("split_every", 4)
-    while len(parts) > fan_in:
-        parts = [combine(*parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
-    return combine(*parts)
+    return combine(*_levels(parts, split_every, combine))
 
 
 #: Bytes per row of the k-means|| state (squared distance and candidate index).
