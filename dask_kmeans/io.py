@@ -113,8 +113,24 @@ def strip_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _secret_values(storage_options: Mapping[str, Any] | None, url: str = "") -> tuple[str, ...]:
-    """The secret strings to keep out of messages: credential-named options and URL passwords."""
+def _url_secrets(url: str) -> list[str]:
+    """The password and the values of credential-named query parameters of a URL."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
+              if v and CREDENTIAL_KEY.search(k.replace("-", "_"))]
+    return found
+
+
+def secret_values(obj: Any, url: str = "", *, urls_in_values: bool = False) -> tuple[str, ...]:
+    """The secret strings to keep out of messages, longest first.
+
+    The values of keys named like credentials (``key``, ``secret``, ``token``,
+    ``password``...) at any depth of ``obj`` (mappings, lists; str or bytes), the
+    password and credential query values of ``url``, and, with ``urls_in_values``,
+    those of every URL among the other strings of ``obj`` (a job spec's URLs).
+    Longest first, so that a secret containing another is replaced whole.
+    """
     found: list[str] = []
 
     def walk(obj: Any, key: str = "") -> None:
@@ -124,20 +140,15 @@ def _secret_values(storage_options: Mapping[str, Any] | None, url: str = "") -> 
         elif isinstance(obj, list | tuple):
             for v in obj:
                 walk(v, key)
-        elif isinstance(obj, str | bytes) and key and CREDENTIAL_KEY.search(key):
-            text = obj.decode(errors="replace") if isinstance(obj, bytes) else obj
-            if text:
-                found.append(text)
+        elif isinstance(obj, str | bytes) and obj:
+            if key and CREDENTIAL_KEY.search(key):
+                found.append(obj.decode(errors="replace") if isinstance(obj, bytes) else obj)
+            elif urls_in_values and isinstance(obj, str) and "://" in obj:
+                found.extend(_url_secrets(obj))
 
-    walk(storage_options or {})
+    walk(obj or {})
     if "://" in url:
-        parts = urlsplit(url)
-        if parts.password:
-            found.append(parts.password)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True):
-            if v and CREDENTIAL_KEY.search(k.replace("-", "_")):
-                found.append(v)
-    # Longest first, so that a secret containing another is replaced whole.
+        found.extend(_url_secrets(url))
     return tuple(sorted(set(found), key=len, reverse=True))
 
 
@@ -184,7 +195,7 @@ def _resolve(url: str, storage_options: Mapping[str, Any] | None) -> _Location:
         raise TypeError("The 'storage_options' parameter must be a dict or None, got "
                         f"{type(storage_options).__name__}.")
     safe = strip_credentials(url)
-    secrets = _secret_values(storage_options, url)
+    secrets = secret_values(storage_options, url)
     try:
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     except ImportError as e:
@@ -383,7 +394,7 @@ def _task_secrets(filesystem) -> tuple[str, ...]:
     """Secrets of the file system a task holds, so they stay out of its messages."""
     if isinstance(filesystem, pafs.PyFileSystem):
         filesystem = filesystem.handler.fs
-    return _secret_values(getattr(filesystem, "storage_options", None))
+    return secret_values(getattr(filesystem, "storage_options", None))
 
 
 def _read_part(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,

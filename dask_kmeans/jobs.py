@@ -53,7 +53,7 @@ from .cluster import (
     load_cluster_config,
     validate_cluster_config,
 )
-from .io import CREDENTIAL_KEY, strip_credentials
+from .io import secret_values, strip_credentials
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -423,29 +423,7 @@ def secrets(spec: Mapping[str, Any]) -> tuple[str, ...]:
     Values of ``storage_options`` keys named like credentials (``key``, ``secret``,
     ``token``, ``password``...), at any depth, and passwords in URLs.
     """
-    found: list[str] = []
-
-    def walk(obj: Any, key: str = "") -> None:
-        if isinstance(obj, Mapping):
-            for k, v in obj.items():
-                walk(v, str(k))
-        elif isinstance(obj, list | tuple):
-            for v in obj:
-                walk(v, key)
-        elif isinstance(obj, str) and obj:
-            if key and CREDENTIAL_KEY.search(key):
-                found.append(obj)
-            elif "://" in obj and obj != strip_credentials(obj):
-                from urllib.parse import parse_qsl, urlsplit
-
-                parts = urlsplit(obj)
-                if parts.password:
-                    found.append(parts.password)
-                found.extend(v for k, v in parse_qsl(parts.query)
-                             if v and CREDENTIAL_KEY.search(k.replace("-", "_")))
-
-    walk(spec)
-    return tuple(sorted(set(found), key=len, reverse=True))
+    return secret_values(spec, urls_in_values=True)
 
 
 def scrub(text: str, values: Sequence[str]) -> str:
