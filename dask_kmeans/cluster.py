@@ -60,20 +60,8 @@ class ClusterError(Exception):
 class ClusterConfigError(ClusterError, S.SchemaError):
     """A cluster config does not follow the schema.
 
-    Parameters
-    ----------
-    errors : list of (str, str)
-        One ``(path, problem)`` pair per problem; ``path`` is dotted, like
-        ``cluster.local.n_workers``, and empty for the document as a whole.
-    source : str, optional
-        The file the config was read from, shown before the problems.
-
-    Attributes
-    ----------
-    errors : list of (str, str)
-        The ``(path, problem)`` pairs.
-    source : str or None
-        The file, if the config came from one.
+    Parameters and attributes as `dask_kmeans._schema.SchemaError`; paths are
+    dotted like ``cluster.local.n_workers``.
     """
 
     what = "cluster config"

@@ -90,13 +90,8 @@ logger = logging.getLogger("dask_kmeans.jobs")
 class JobSpecError(S.SchemaError):
     """A job spec does not follow the schema.
 
-    Parameters
-    ----------
-    errors : list of (str, str)
-        One ``(path, problem)`` pair per problem; ``path`` is dotted, like
-        ``job.params.n_clusters``, and empty for the document as a whole.
-    source : str, optional
-        The file the spec was read from, shown before the problems.
+    Parameters and attributes as `dask_kmeans._schema.SchemaError`; paths are
+    dotted like ``job.params.n_clusters``.
 
     Examples
     --------
