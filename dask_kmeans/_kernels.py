@@ -34,6 +34,20 @@ class Partials(NamedTuple):
 METRICS = ("euclidean", "cosine")
 
 
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _sq_dist(row, scale, centre):
+    """Exact squared distance from ``row * scale`` to ``centre``, in float64.
+
+    The expanded form |x|^2 - 2x.c + |c|^2 cancels badly when points sit
+    close to their centre, so the kernels recompute it this way.
+    """
+    dist = 0.0
+    for f in range(row.shape[0]):
+        diff = np.float64(row[f]) * scale - np.float64(centre[f])
+        dist += diff * diff
+    return dist
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     """Assign rows of ``x`` to the nearest centre and accumulate statistics.
@@ -79,12 +93,7 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
                 if v > best_val:
                     best_val = v
                     best = j
-            # Exact distance: the expanded form |x|^2 - 2x.c + |c|^2 cancels
-            # badly when points sit close to their centre.
-            dist = 0.0
-            for f in range(d):
-                diff = np.float64(xb[i, f]) * scale - np.float64(c[best, f])
-                dist += diff * diff
+            dist = _sq_dist(xb[i], scale, c[best])
             if cosine:
                 dist *= 0.5
             wi = w[start + i] if weighted else 1.0
@@ -229,20 +238,14 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             lo = old_lower[i] - (drift2 if a == arg1 else drift1)
             z = max(lo, s_half[a])
             dist = -1.0
-            if u > z:
-                dist = 0.0  # tighten: the exact distance to its centre
-                for f in range(d):
-                    diff = np.float64(x[i, f]) * scale - np.float64(c[a, f])
-                    dist += diff * diff
+            if u > z:  # tighten: the exact distance to its centre
+                dist = _sq_dist(x[i], scale, c[a])
                 u = np.sqrt(dist)
             upper[i] = u
             lower[i] = lo
             if u <= z:  # keeps its centre: add it now, while the row is in cache
                 if dist < 0.0:
-                    dist = 0.0
-                    for f in range(d):
-                        diff = np.float64(x[i, f]) * scale - np.float64(c[a, f])
-                        dist += diff * diff
+                    dist = _sq_dist(x[i], scale, c[a])
                 wi = w[i] if weighted else 1.0
                 inertia += wi * dist * half
                 counts[a] += wi
@@ -286,12 +289,10 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                 v = db[r, j] - half_cnorm[j]
                 if j != best:
                     second_val = max(second_val, v)
-            dist = 0.0
             if cosine:
-                for f in range(d):
-                    diff = np.float64(src[r, f]) * scale - np.float64(c[best, f])
-                    dist += diff * diff
+                dist = _sq_dist(src[r], scale, c[best])
             else:
+                dist = 0.0
                 for f in range(d):
                     xf = np.float64(src[r, f])
                     xx += xf * xf
