@@ -1,10 +1,27 @@
 from __future__ import annotations
 
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+def stop_processes(procs, timeout: float = 15) -> None:
+    """Terminate ``procs`` last-started first, killing any that outlive ``timeout`` seconds.
+
+    Workers are started after their scheduler, so they stop first: a worker whose
+    scheduler is gone keeps trying to reach it instead of exiting.
+    """
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def png_size(path) -> tuple[int, int]:

@@ -32,6 +32,7 @@ from dask_kmeans.cluster import (
     load_cluster_config,
     validate_cluster_config,
 )
+from tests.conftest import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "cluster-config").glob("*.yaml"))
@@ -75,15 +76,7 @@ def spawn(tmp_path):
         return proc, log
 
     yield start
-    # One at a time, workers first: a worker whose scheduler is gone first keeps trying to
-    # reach it instead of exiting.
-    for proc in reversed(procs):
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes(procs)
 
 
 def start_scheduler_and_worker(spawn, scheme: str = "tcp", tls: list[str] = ()) -> str:

@@ -22,7 +22,7 @@ import yaml
 
 import dask_kmeans as dk
 from dask_kmeans.cluster import connect
-from tests.conftest import blobs
+from tests.conftest import blobs, stop_processes
 from tests.test_cluster import free_port, make_tls_files, tls_config, wait_for_port
 
 BIN = Path(sys.executable).parent
@@ -73,14 +73,7 @@ class Cluster:
         return "\n".join(f"--- {log.name}\n{log.read_text()}" for log in self.logs)
 
     def stop(self) -> None:
-        # Workers first: a worker whose scheduler is gone keeps trying to reach it.
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, timeout=20)
 
 
 @pytest.fixture

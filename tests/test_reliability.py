@@ -27,7 +27,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 import dask_kmeans as dk
 from dask_kmeans import KMeans
-from tests.conftest import blobs
+from tests.conftest import blobs, stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = Path(sys.executable).with_name("dask")
@@ -112,15 +112,7 @@ class KillableCluster:
     def stop(self) -> None:
         if self.client is not None:
             self.client.close(timeout=10)
-        # Workers first: a worker whose scheduler is gone keeps trying to reach it.
-        for proc, _ in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes([proc for proc, _ in self.procs])
 
 
 @pytest.fixture
