@@ -48,6 +48,20 @@ def _sq_dist(row, scale, centre):
     return dist
 
 
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _nearest(dots, half_cnorm):
+    """Index of the nearest centre from one row of ``x . c^T``: the largest
+    ``x . c - |c|^2 / 2``, the first one on ties."""
+    best = 0
+    best_val = dots[0] - half_cnorm[0]
+    for j in range(1, dots.shape[0]):
+        v = dots[j] - half_cnorm[j]
+        if v > best_val:
+            best_val = v
+            best = j
+    return best
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     """Assign rows of ``x`` to the nearest centre and accumulate statistics.
@@ -86,13 +100,7 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
                     mind[start + i] = np.nan
                     continue
                 scale = 1.0 / np.sqrt(norm)
-            best = 0
-            best_val = db[i, 0] - half_cnorm[0]
-            for j in range(1, k):
-                v = db[i, j] - half_cnorm[j]
-                if v > best_val:
-                    best_val = v
-                    best = j
+            best = _nearest(db[i], half_cnorm)
             dist = _sq_dist(xb[i], scale, c[best])
             if cosine:
                 dist *= 0.5
@@ -277,13 +285,7 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                     labels[row] = -1
                     continue
                 scale = 1.0 / np.sqrt(xx)
-            best = 0
-            best_val = db[r, 0] - half_cnorm[0]
-            for j in range(1, k):
-                v = db[r, j] - half_cnorm[j]
-                if v > best_val:
-                    best_val = v
-                    best = j
+            best = _nearest(db[r], half_cnorm)
             second_val = -np.inf
             for j in range(k):
                 v = db[r, j] - half_cnorm[j]
