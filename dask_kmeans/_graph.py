@@ -62,13 +62,15 @@ def _pack(partials, x, with_moments: bool, metric: str) -> np.ndarray:
     return np.concatenate(parts)[None, :]
 
 
-def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="euclidean"):
+def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="euclidean",
+                  exact=True):
     """Lloyd partials of one chunk by Hamerly's algorithm (``_kernels.bounded_partials``).
 
     Returns the packed (1, P) row of :func:`packed_chunk`, the rows' bounds
-    for ``c`` and the number of rows compared with every centre.
+    for ``c`` and the number of rows compared with every centre. Without
+    ``exact`` the inertia of a pass with bounds comes from the clusters' moments.
     """
-    p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric)
+    p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact)
     return _pack([p], x, with_moments, metric), bounds, n_compared
 
 

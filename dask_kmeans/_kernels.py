@@ -174,33 +174,62 @@ class Bounds(NamedTuple):
     ``labels`` is each row's centre; ``upper`` bounds its distance (not
     squared) to that centre from above, ``lower`` its distance to every other
     centre from below. Valid for the centres of the pass that made them.
+    The chunk's per-cluster statistics for those labels ride along, so that
+    the next pass only moves the rows that change centre: ``sums`` and
+    ``counts`` (weighted, as in :class:`Partials`), ``sq`` (weighted squared
+    norms of the rows, unit rows for cosine) and ``members`` (rows, to know
+    exactly when a cluster empties).
     """
 
-    labels: np.ndarray  # int32
-    upper: np.ndarray  # float64
-    lower: np.ndarray  # float64
+    labels: np.ndarray  # (n,) int32
+    upper: np.ndarray  # (n,) float64
+    lower: np.ndarray  # (n,) float64
+    sums: np.ndarray  # (k, d) float64
+    counts: np.ndarray  # (k,) float64
+    sq: np.ndarray  # (k,) float64
+    members: np.ndarray  # (k,) int64
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _move(sums, counts, sq, members, x, i, scale, wi, label, sign):
+    """Add (``sign`` 1) or take away (-1) row ``i`` to or from cluster ``label``."""
+    ws = sign * wi * scale
+    rr = 0.0
+    for f in range(x.shape[1]):
+        xf = np.float64(x[i, f])
+        sums[label, f] += ws * xf
+        rr += xf * xf
+    counts[label] += sign * wi
+    sq[label] += sign * wi * rr * scale * scale
+    members[label] += 1 if sign > 0.0 else -1
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, labels, upper,
-                  lower, drift, drift1, arg1, drift2, s_half, full, eps, cmax2, sums, counts,
-                  cosine):
-    """Hamerly's Lloyd pass over one chunk, accumulating the statistics as it goes.
+                  lower, drift, drift1, arg1, drift2, s_half, has_old, full, exact, eps, cmax2,
+                  sums, counts, sq, members, cosine):
+    """Hamerly's Lloyd pass over one chunk.
 
     Each row's bounds move by the centres' drift; a row whose bounds prove its
     centre nearest is not compared with the others, the rest are compared with
     every centre by one small GEMM per block of such rows. With ``full`` every
-    row is compared (read in place); so is the rest of the chunk once more than
-    60% of the rows seen (after the first eighth) needed comparing. Every row
-    adds its weighted row to its
-    centre's sum and its exact squared distance to the inertia. With
-    ``cosine`` rows are divided by their norm on the fly, as in
+    row is compared; so is the rest of the chunk once more than 60% of the
+    rows seen (after the first eighth) needed comparing.
+
+    ``sums``, ``counts``, ``sq`` and ``members`` hold the chunk's statistics
+    for ``old_labels`` when ``has_old`` (zero otherwise) and are updated in
+    place: a row that changes centre moves from one to the other, a row that
+    keeps it is not even read, unless ``exact`` asks for every row's exact
+    distance. Returns the exact inertia (meaningful with ``exact``, or
+    without ``has_old``, when every row is measured), the number of rows
+    compared and the number of zero-norm rows.
+
+    With ``cosine`` rows are divided by their norm on the fly, as in
     :func:`_fused_pass`: the bounds are Euclidean distances between unit
     vectors, the inertia adds ``1 - cos = |x/|x| - c|^2 / 2``, and rows of zero
     norm get label -1 and are only counted. The new bounds go to ``labels``,
-    ``upper`` and ``lower``; the ``old_`` ones are only read (unused when
-    ``full``). Returns the inertia, the number of rows compared and the
-    number of zero-norm rows.
+    ``upper`` and ``lower``; the ``old_`` ones are only read (unused without
+    ``has_old``).
 
     Conservative throughout: the upper bound is an exact distance, the lower
     one the expanded-form distance minus its worst rounding error, so a row
@@ -236,30 +265,27 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                 n_zero += 1
                 i += 1
                 continue
+            u = old_upper[i] + drift[a]
+            lo = old_lower[i] - (drift2 if a == arg1 else drift1)
+            z = max(lo, s_half[a])
+            upper[i] = u
+            lower[i] = lo
+            if u <= z and not exact:  # keeps its centre, unread
+                i += 1
+                continue
             scale = 1.0
             if cosine:
                 norm = 0.0
                 for f in range(d):
                     norm += np.float64(x[i, f]) * np.float64(x[i, f])
                 scale = 1.0 / np.sqrt(norm)
-            u = old_upper[i] + drift[a]
-            lo = old_lower[i] - (drift2 if a == arg1 else drift1)
-            z = max(lo, s_half[a])
-            dist = -1.0
+            dist = _sq_dist(x[i], scale, c[a])
             if u > z:  # tighten: the exact distance to its centre
-                dist = _sq_dist(x[i], scale, c[a])
                 u = np.sqrt(dist)
-            upper[i] = u
-            lower[i] = lo
-            if u <= z:  # keeps its centre: add it now, while the row is in cache
-                if dist < 0.0:
-                    dist = _sq_dist(x[i], scale, c[a])
+                upper[i] = u
+            if u <= z:  # keeps its centre
                 wi = w[i] if weighted else 1.0
                 inertia += wi * dist * half
-                counts[a] += wi
-                ws = wi * scale
-                for f in range(d):
-                    sums[a, f] += ws * x[i, f]
                 i += 1
                 continue
             which[m] = i
@@ -311,10 +337,11 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             lower[row] = np.sqrt(sq2) if sq2 > 0.0 else 0.0
             wi = w[row] if weighted else 1.0
             inertia += wi * dist * half
-            counts[best] += wi
-            ws = wi * scale
-            for f in range(d):
-                sums[best, f] += ws * src[r, f]
+            a = old_labels[row] if has_old else -1
+            if best != a:
+                if a >= 0:
+                    _move(sums, counts, sq, members, x, row, scale, wi, a, -1.0)
+                _move(sums, counts, sq, members, x, row, scale, wi, best, 1.0)
         n_compared += m
     return inertia, n_compared, n_zero
 
@@ -339,18 +366,26 @@ def center_geometry(centers: np.ndarray, previous: np.ndarray | None):
 
 def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None,
                      bounds: Bounds | None, drift: np.ndarray | None,
-                     s_half: np.ndarray, metric: str = "euclidean",
+                     s_half: np.ndarray, metric: str = "euclidean", exact: bool = True,
                      ) -> tuple[Partials, Bounds, int]:
     """:func:`lloyd_partials` by Hamerly's algorithm, with per-row bounds.
 
-    ``bounds`` are the rows' bounds for the previous centres and ``drift``
-    how far each centre moved since (both None on a first pass: every row is
-    compared with every centre). Rows whose bounds prove their centre still
-    nearest are not compared again; every row adds to the sums, counts and
-    exact inertia of its centre. The same partials as :func:`lloyd_partials`
-    up to the order of the additions (and rows equally near to two centres).
-    With ``metric="cosine"`` rows are normalised on the fly and the bounds are
-    distances between unit vectors, as :func:`lloyd_partials` measures them.
+    ``bounds`` are the rows' bounds (and the chunk's statistics) for the
+    previous centres and ``drift`` how far each centre moved since (both None
+    on a first pass: every row is compared with every centre). Rows whose
+    bounds prove their centre still nearest are not compared again, and only
+    the rows that change centre move in the statistics. The same sums and
+    counts as :func:`lloyd_partials` up to the order of the additions (and
+    rows equally near to two centres). With ``metric="cosine"`` rows are
+    normalised on the fly and the bounds are distances between unit vectors,
+    as :func:`lloyd_partials` measures them.
+
+    The inertia is exact (every row's exact distance) with ``exact`` or on a
+    first pass. Otherwise rows that keep their centre are not read at all and
+    the inertia comes from the clusters' moments,
+    ``sum_j (sq_j - 2 c_j . sums_j + counts_j |c_j|^2)`` (halved for cosine),
+    which carries the expanded form's rounding: enough to follow a fit, not
+    for the fitted ``inertia_``.
 
     Returns
     -------
@@ -361,25 +396,36 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     x, c, ct, half = _prepare(x, centers, metric)
     n = x.shape[0]
     k, d = c.shape
-    full = bounds is None or drift is None
-    new = Bounds(np.empty(n, dtype=np.int32), np.empty(n), np.empty(n))
-    if full:
-        bounds = new  # not read
+    has_old = bounds is not None and drift is not None
+    if has_old:
+        new = Bounds(np.empty(n, dtype=np.int32), np.empty(n), np.empty(n), bounds.sums.copy(),
+                     bounds.counts.copy(), bounds.sq.copy(), bounds.members.copy())
+    else:
+        new = Bounds(np.empty(n, dtype=np.int32), np.empty(n), np.empty(n),
+                     np.zeros((k, d)), np.zeros(k), np.zeros(k), np.zeros(k, dtype=np.int64))
+        bounds = new  # its rows are not read
         drift = np.zeros(k)
     order = np.argsort(drift)[::-1]
     drift1 = float(drift[order[0]])
     drift2 = float(drift[order[1]]) if k > 1 else 0.0
     eps = 4.0 * float(np.finfo(x.dtype).eps) * (d + 2)
     cmax2 = float(np.max(np.einsum("ij,ij->i", c, c, dtype=np.float64)))
-    sums = np.zeros((k, d), dtype=np.float64)
-    counts = np.zeros(k, dtype=np.float64)
     inertia, n_compared, n_zero = _bounded_pass(
         x, ct, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
         new.labels, new.upper, new.lower, np.asarray(drift, dtype=np.float64), drift1,
-        int(order[0]), drift2,
-        np.asarray(s_half, dtype=np.float64), full, eps, cmax2, sums, counts,
-        metric == "cosine")
-    return Partials(sums, counts, float(inertia), int(n_zero)), new, int(n_compared)
+        int(order[0]), drift2, np.asarray(s_half, dtype=np.float64), has_old, not has_old,
+        exact, eps, cmax2, new.sums, new.counts, new.sq, new.members, metric == "cosine")
+    empty = new.members == 0  # exactly zero, whatever the additions left behind
+    new.sums[empty] = 0.0
+    new.counts[empty] = 0.0
+    new.sq[empty] = 0.0
+    if has_old and not exact:
+        c64 = c.astype(np.float64)
+        per_cluster = (new.sq - 2.0 * np.einsum("ij,ij->i", c64, new.sums)
+                       + new.counts * np.einsum("ij,ij->i", c64, c64))
+        inertia = float(np.maximum(per_cluster, 0.0).sum()) * (0.5 if metric == "cosine" else 1.0)
+    partials = Partials(new.sums.copy(), new.counts.copy(), float(inertia), int(n_zero))
+    return partials, new, int(n_compared)
 
 
 def assign(

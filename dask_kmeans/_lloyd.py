@@ -108,7 +108,10 @@ def lloyd(
     for it in range(start_iter, max_iter):
         t0 = time.perf_counter()
         with_moments = not known_tol and it == start_iter and tol > 0
-        packed = passes.lloyd(centers, with_moments)
+        # The inertia of each iteration is only shown (progress, log): a pass with bounds
+        # may take it from the clusters' moments and leave unread the rows that keep
+        # their centre. The fitted inertia comes from an exact pass.
+        packed = passes.lloyd(centers, with_moments, exact_inertia=False)
         partials, mom = G.unpack(packed, k, d, with_moments)
         _check_finite(partials.inertia)
         if partials.n_zero:

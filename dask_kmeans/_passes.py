@@ -90,11 +90,13 @@ class ChunkGroup:
             x, centers, w, with_moments=with_moments, metric=metric, sizes=sizes))
 
     async def lloyd_bounded(self, centers, with_moments, metric, drift, s_half, previous,
-                            version):
+                            version, exact):
         """Lloyd partials per chunk, skipping rows whose bounds prove their centre.
 
         The bounds are used when they belong to the centres of pass ``previous``;
         otherwise every row is compared (and bounds made for the next pass).
+        Without ``exact`` rows that keep their centre are not read and the
+        inertia comes from the clusters' moments.
         """
         usable = drift is not None and self.bounds_version == previous
 
@@ -102,7 +104,8 @@ class ChunkGroup:
             bounded = usable and self.bounds[i] is not None
             packed, self.bounds[i], _ = G.bounded_chunk(
                 x, centers, w, self.bounds[i] if bounded else None,
-                drift if bounded else None, s_half, with_moments=with_moments, metric=metric)
+                drift if bounded else None, s_half, with_moments=with_moments, metric=metric,
+                exact=exact)
             return packed
 
         self.bounds_version = None  # until every chunk has its new bounds
@@ -242,10 +245,15 @@ class Passes:
 
     # -- passes ----------------------------------------------------------------
 
-    def lloyd(self, centers: np.ndarray, with_moments: bool, sizes=None) -> np.ndarray:
+    def lloyd(self, centers: np.ndarray, with_moments: bool, sizes=None,
+              exact_inertia: bool = True) -> np.ndarray:
         """Summed Lloyd partials against ``centers`` (see ``_graph.unpack``).
 
         ``sizes`` splits stacked centres into several models served by one pass.
+        Without ``exact_inertia`` a pass with Hamerly's bounds (on the actors)
+        reads only the rows that may change centre, and its inertia comes from
+        the clusters' moments (the expanded form's rounding; for following a
+        fit, not for the fitted ``inertia_``).
         """
         if not self.on_futures:
             graph = G.lloyd_partials(self.X, G.centers_array(centers), self.sample_weight,
@@ -260,7 +268,8 @@ class Passes:
             drift, s_half = K.center_geometry(used, previous[1] if same else None)
             version = (previous[0] + 1) if previous is not None else 0
             parts = self._on_actors("lloyd_bounded", centers, with_moments, self.metric,
-                                    drift, s_half, previous[0] if same else None, version)
+                                    drift, s_half, previous[0] if same else None, version,
+                                    exact_inertia)
             self._sent = (version, used)
         else:
             parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes)

@@ -86,8 +86,15 @@ def test_moments():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted, metric):
-    """Hamerly's bounds skip rows, never change the result: labels, sums, counts, inertia."""
+@pytest.mark.parametrize("exact", [True, False])
+def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted, metric, exact):
+    """Hamerly's bounds skip rows, never change the result: labels, sums, counts, inertia.
+
+    Without ``exact`` the statistics are carried from pass to pass (only rows that change
+    centre move) and the inertia comes from the clusters' moments: still the same sums and
+    counts, exactly zero for an emptied cluster, and the inertia to the expanded form's
+    rounding (1e-10 relative here).
+    """
     rng = np.random.default_rng(5)
     centres = rng.normal(scale=2.0, size=(12, 6))  # overlapping clusters: near-ties happen
     x = (centres[rng.integers(12, size=20_000)] + rng.normal(size=(20_000, 6))).astype(dtype)
@@ -101,13 +108,16 @@ def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted, met
             c = c.copy()
             c[3] = unit(x[rng.integers(len(x))][None] * -3)[0]
         drift, s_half = K.center_geometry(c, previous)
-        p, bounds, n = K.bounded_partials(x, c, w, bounds, drift, s_half, metric)
+        p, bounds, n = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact)
         plain = K.lloyd_partials(x, c, w, metric)
         labels = K.assign(x, c, metric=metric)[0]
         np.testing.assert_array_equal(bounds.labels, labels)
         np.testing.assert_allclose(p.sums, plain.sums, rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(p.counts, plain.counts, rtol=1e-12)
-        assert p.inertia == pytest.approx(plain.inertia, rel=1e-12)
+        np.testing.assert_array_equal(p.counts == 0, plain.counts == 0)
+        np.testing.assert_array_equal(bounds.members, np.bincount(labels[labels >= 0],
+                                                                  minlength=len(c)))
+        assert p.inertia == pytest.approx(plain.inertia, rel=1e-12 if exact or it == 0 else 1e-10)
         # The bounds hold: exact distance to the own centre <= upper, to others >= lower.
         rows = unit(x.astype(np.float64))
         diff = rows[:, None, :] - c.astype(dtype).astype(np.float64)[None]
@@ -122,6 +132,36 @@ def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted, met
     assert compared[0] == len(x), "no bounds yet: every row"
     assert min(compared[4:8]) < 0.5 * len(x), "most rows skipped once centres settle"
     assert compared[8] > compared[7], "the jump makes rows near the moved centre look again"
+    if dtype == np.float64 and not weighted and metric == "euclidean":
+        assert exact or np.any(plain.counts == 0), "the jump empties a cluster"
+
+
+def test_bounded_pass_without_exact_inertia_leaves_rows_that_keep_their_centre_unread():
+    rng = np.random.default_rng(8)
+    centres = rng.normal(scale=4.0, size=(8, 5))
+    x = centres[rng.integers(8, size=5000)] + rng.normal(size=(5000, 5))
+    c = x[:8].copy()
+    drift, s_half = K.center_geometry(c, None)
+    p, bounds, _ = K.bounded_partials(x, c, None, None, drift, s_half)
+    c2 = K.finalize_centers(p.sums, p.counts, c, "euclidean")
+    # The rows whose bounds will prove their centre in the next pass, before reading them:
+    drift, s_half = K.center_geometry(c2, c)
+    order = np.argsort(drift)[::-1]
+    upper = bounds.upper + drift[bounds.labels]
+    lower = bounds.lower - np.where(bounds.labels == order[0], drift[order[1]], drift[order[0]])
+    kept = upper <= np.maximum(lower, s_half[bounds.labels])
+    assert 0.3 < kept.mean() < 1.0
+    poisoned = x.copy()
+    poisoned[kept] = np.nan  # any read of these rows would spread NaN
+    p2, _, n = K.bounded_partials(poisoned, c2, None, bounds, drift, s_half, exact=False)
+    plain = K.lloyd_partials(x, c2)
+    assert n < len(x)
+    np.testing.assert_allclose(p2.sums, plain.sums, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(p2.counts, plain.counts)
+    assert p2.inertia == pytest.approx(plain.inertia, rel=1e-10)
+    with pytest.raises(AssertionError):  # the exact inertia reads every row
+        p3 = K.bounded_partials(poisoned, c2, None, bounds, drift, s_half, exact=True)[0]
+        assert np.isfinite(p3.inertia)
 
 
 def test_center_geometry():
