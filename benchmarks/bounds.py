@@ -3,7 +3,8 @@
 Run with ``python benchmarks/bounds.py``. On one thread (one BLAS thread), one chunk of
 ``--rows`` rows of the Gaussian mixture of ``benchmarks/lloyd.py`` goes through
 ``--iterations`` Lloyd passes from the same initial centres, each pass made twice side by
-side: with the bounds (``_kernels.bounded_partials``) and with the plain fused kernel
+side: with the bounds (``_kernels.bounded_partials(..., exact=False)``, as a fit's iterations
+run it: rows that keep their centre are not read) and with the plain fused kernel
 (``_kernels.lloyd_partials``). It prints, per iteration, the share of rows the bounds could
 not skip and both times (median of ``--repeats``); the first pass also loads the compiled
 kernel from numba's cache.
