@@ -20,6 +20,9 @@ import numpy as np
 
 #: Rows per GEMM block: 256 x k distances stay in L1/L2 for any k we expect.
 BLOCK_ROWS = 256
+#: k-means|| state update: up to this many new candidates that may beat a row's previous
+#: one are measured directly; more, and the best score's candidate is found first.
+FEW_HITS = 4
 
 
 class Partials(NamedTuple):
@@ -635,6 +638,175 @@ class Nearest(NamedTuple):
     index: np.ndarray  # (n,) int64, into the list of all candidates so far
 
 
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _load_row(x, i, shift, cosine, dst):
+    """Row ``i`` of ``x`` less ``shift`` (divided by its norm for cosine) into the float32
+    row ``dst``. Returns the row's scale (0 for a zero-norm row with cosine) and the
+    squared norm of the shifted row, in float64."""
+    d = x.shape[1]
+    scale = 1.0
+    if cosine:
+        norm = 0.0
+        for f in range(d):
+            norm += np.float64(x[i, f]) * np.float64(x[i, f])
+        if norm == 0.0:
+            for f in range(d):
+                dst[f] = 0.0
+            return 0.0, 0.0
+        scale = 1.0 / np.sqrt(norm)
+    xx = 0.0
+    for f in range(d):
+        v = (np.float64(x[i, f]) - shift[f]) * scale
+        dst[f] = v
+        xx += v * v
+    return scale, xx
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _candidate_pass(x, ct, half, shift, err_row, err_const, c, base, prev_sq, prev_idx,
+                    has_prev, out_sq, out_idx, cosine):
+    """Nearest of the candidates ``c`` for every row, merged with the previous state.
+
+    The GEMM runs in float32 on rows and candidates less ``shift`` (``ct``:
+    the shifted candidates transposed, ``half``: their halved squared norms,
+    both float32): it only proposes a candidate. A score
+    ``x.c - |c|^2 / 2`` may be off by half of ``err_row * |x - shift| +
+    err_const``, so when another candidate scores within that of the best,
+    those candidates are measured exactly too; the exact float64 distance
+    decides (the first candidate on ties). So the result is the exact
+    nearest candidate, whatever the BLAS or the blocking. With ``has_prev``
+    a row keeps its previous candidate unless a new one is strictly closer;
+    a row whose scores all stay clear of that is not measured at all.
+    Rows of zero norm (cosine) and rows with NaN get distance 0 and keep
+    their previous candidate (``base`` without one).
+    """
+    n, d = x.shape
+    k = c.shape[0]
+    if k == 1:  # one candidate (the first round): its exact distance, no GEMM
+        for i in range(n):
+            keep = prev_idx[i] if has_prev else base
+            scale = 1.0
+            if cosine:
+                norm = 0.0
+                for f in range(d):
+                    norm += np.float64(x[i, f]) * np.float64(x[i, f])
+                scale = 1.0 / np.sqrt(norm) if norm > 0.0 else 0.0
+            dist = _sq_dist(x[i], scale, c[0]) * (0.5 if cosine else 1.0)
+            if dist != dist or (cosine and scale == 0.0):
+                dist = 0.0
+            if has_prev and not dist < prev_sq[i]:
+                out_sq[i] = prev_sq[i]
+                out_idx[i] = keep
+            else:
+                out_sq[i] = dist
+                out_idx[i] = base
+        return
+    buf = np.empty((BLOCK_ROWS, k), dtype=np.float32)
+    xs = np.empty((BLOCK_ROWS, d), dtype=np.float32)
+    scales = np.empty(BLOCK_ROWS)
+    norms = np.empty(BLOCK_ROWS)
+    for start in range(0, n, BLOCK_ROWS):
+        m = min(BLOCK_ROWS, n - start)
+        for r in range(m):
+            scales[r], norms[r] = _load_row(x, start + r, shift, cosine, xs[r])
+        db = buf[:m]
+        np.dot(xs[:m], ct, db)
+        for r in range(m):
+            for j in range(k):
+                db[r, j] -= half[j]
+        for r in range(m):
+            i = start + r
+            keep = prev_idx[i] if has_prev else base
+            scale = scales[r]
+            if cosine and scale == 0.0:
+                out_sq[i] = 0.0
+                out_idx[i] = keep
+                continue
+            score = db[r]
+            window = err_row * np.sqrt(norms[r]) + err_const
+            if has_prev:
+                # Closer than the previous candidate means a score above
+                # (|x|^2 - d_prev^2) / 2; most rows have none and keep it, unmeasured.
+                prev_full = prev_sq[i] * (2.0 if cosine else 1.0)
+                thr = 0.5 * (norms[r] - prev_full) - window
+                hits = 0
+                for j in range(k):  # branch-free: vectorises
+                    hits += 1 if np.float64(score[j]) >= thr else 0
+                if hits == 0:
+                    out_sq[i] = prev_sq[i]
+                    out_idx[i] = keep
+                    continue
+                if hits <= FEW_HITS:  # measure just those: no argmax over all of them
+                    best = -1
+                    dist = np.inf
+                    for j in range(k):
+                        if np.float64(score[j]) >= thr:
+                            dj = _sq_dist(x[i], scale, c[j])
+                            if dj < dist:
+                                dist = dj
+                                best = j
+                    if cosine:
+                        dist *= 0.5
+                    if dist < prev_sq[i]:
+                        out_sq[i] = dist
+                        out_idx[i] = best + base
+                    else:
+                        out_sq[i] = prev_sq[i]
+                        out_idx[i] = keep
+                    continue
+            best = 0
+            best_val = score[0]
+            for j in range(1, k):
+                if score[j] > best_val:
+                    best_val = score[j]
+                    best = j
+            low = np.float64(best_val) - window
+            near = 0
+            for j in range(k):  # branch-free: vectorises
+                near += 1 if np.float64(score[j]) >= low else 0
+            dist = _sq_dist(x[i], scale, c[best])
+            if near > 1 or not (low > -np.inf and low < np.inf):
+                check_all = not (low > -np.inf and low < np.inf)
+                proposed = best
+                for j in range(k):
+                    if j != proposed and (check_all or np.float64(score[j]) >= low):
+                        dj = _sq_dist(x[i], scale, c[j])
+                        if dj < dist or (dj == dist and j < best):
+                            dist = dj
+                            best = j
+            if cosine:
+                dist *= 0.5
+            if dist != dist:
+                dist = 0.0
+            if has_prev and not dist < prev_sq[i]:
+                out_sq[i] = prev_sq[i]
+                out_idx[i] = keep
+            else:
+                out_sq[i] = dist
+                out_idx[i] = best + base
+
+
+def _f32_scores(candidates: np.ndarray, metric: str):
+    """What :func:`_candidate_pass` needs of the candidates: the shift (their mean;
+    zero for cosine), the shifted candidates transposed and their halved squared norms
+    in float32, and the score error bound ``(err_row, err_const)``.
+
+    A float32 score of ``d`` terms, rows and candidates rounded to float32 first,
+    then the half norm taken away, is within ``(d + 5) * 2**-24 * (|x| cmax +
+    cmax**2 / 2)`` of the exact one (``cmax`` the largest shifted candidate
+    norm); two scores are compared, and twice that again is allowed.
+    """
+    c = np.asarray(candidates, dtype=np.float64)
+    d = c.shape[1]
+    shift = np.zeros(d) if metric == "cosine" else c.mean(axis=0)
+    cs = c - shift
+    sq = np.einsum("ij,ij->i", cs, cs)
+    cmax2 = float(sq.max())
+    unit = 4.0 * (d + 5) * 2.0**-24
+    return (shift, np.ascontiguousarray(cs.T, dtype=np.float32),
+            (0.5 * sq).astype(np.float32), unit * np.sqrt(cmax2), unit * 0.5 * cmax2)
+
+
 def nearest_update(
     x: np.ndarray, candidates: np.ndarray, base: int, previous: Nearest | None = None,
     metric: str = "euclidean",
@@ -642,24 +814,31 @@ def nearest_update(
     """Nearest candidate of every row once ``candidates[base:]`` join the candidates.
 
     ``previous`` is the state for ``candidates[:base]`` (None when ``base`` is
-    0). Only the new candidates are compared with the rows, by the fused GEMM
-    kernel; ties keep the earlier candidate.
+    0). Only the new candidates are compared with the rows, by a float32 GEMM
+    whose proposals are checked in float64 (:func:`_candidate_pass`): the
+    exact nearest candidate and exact squared distance (``1 - cos`` for
+    "cosine"), in about 0.65 of the time of a float64 GEMM pass; ties keep
+    the earlier candidate. Zero-norm rows (cosine) get distance 0, which
+    keeps them out of the sampling.
 
     (Skipping new candidates by the triangle inequality was tried: on
-    overlapping mixtures 14% of the distances remained and the scalar loop was
-    no faster than the GEMM over all of them.)
+    overlapping mixtures 13-35% of the distances remained and the scalar loop
+    was no faster than the GEMM over all of them.)
     """
     new = candidates[base:]
     if previous is not None and new.shape[0] == 0:
         return previous
-    labels, sq, _ = assign(x, new, metric=metric)
-    # Zero-norm rows (cosine) are nobody's: distance 0 keeps them out of sampling.
-    sq = np.nan_to_num(sq, nan=0.0)
-    index = np.maximum(labels, 0).astype(np.int64) + base
-    if previous is None:
-        return Nearest(sq, index)
-    closer = sq < previous.sq_dist
-    return Nearest(np.where(closer, sq, previous.sq_dist), np.where(closer, index, previous.index))
+    x = np.ascontiguousarray(x)
+    c = np.ascontiguousarray(new, dtype=x.dtype)
+    shift, ct, half, err_row, err_const = _f32_scores(c, metric)
+    n = x.shape[0]
+    has_prev = previous is not None
+    prev_sq = previous.sq_dist if has_prev else np.empty(0)
+    prev_idx = previous.index if has_prev else np.empty(0, dtype=np.int64)
+    out = Nearest(np.empty(n), np.empty(n, dtype=np.int64))
+    _candidate_pass(x, ct, half, shift, err_row, err_const, c, base, prev_sq, prev_idx,
+                    has_prev, out.sq_dist, out.index, metric == "cosine")
+    return out
 
 
 def oversample(

@@ -188,3 +188,83 @@ def test_bounded_cosine_pass_counts_zero_norm_rows_and_leaves_them_out():
     p2, _, n = K.bounded_partials(x, c, None, bounds, drift, s_half, "cosine")
     assert p2.n_zero == 3 and n < len(x)
     assert p2.inertia == pytest.approx(plain.inertia, rel=1e-12)
+
+
+def _nearest_reference(x, cands, base, previous, metric):
+    """Brute force in float64: every row against every new candidate, then the merge."""
+    c = np.asarray(cands[base:], dtype=x.dtype).astype(np.float64)  # as the kernel rounds them
+    x = np.asarray(x, dtype=np.float64)
+    if metric == "cosine":
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    d = ((x[:, None, :] - c[None]) ** 2).sum(axis=2) * (0.5 if metric == "cosine" else 1.0)
+    best = d.min(axis=1)
+    if previous is None:
+        return d, best
+    return d, np.minimum(best, previous.sq_dist)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(("metric", "offset"),
+                         [("euclidean", 0.0), ("euclidean", 1e6), ("cosine", 0.0)])
+def test_nearest_update_finds_the_exact_nearest_candidate(dtype, metric, offset):
+    """The float32 GEMM only proposes: the candidate and distance are the exact ones,
+    also far from the origin (offset 1e6, where float32 alone could not tell rows apart)
+    and with rows equally near two candidates."""
+    rng = np.random.default_rng(11)
+    centres = rng.normal(scale=1.5, size=(20, 8))
+    x = (offset + centres[rng.integers(20, size=6000)] + rng.normal(size=(6000, 8))).astype(dtype)
+    cands = x[rng.choice(len(x), 40, replace=False)].astype(np.float64)
+    if metric == "cosine":
+        cands = K.normalize_rows(cands)
+    cands[25] = cands[7]  # an exact tie: the earlier candidate keeps the rows
+    state = K.nearest_update(x, cands[:1], 0, metric=metric)
+    for base, stop in ((1, 12), (12, 40)):
+        new = K.nearest_update(x, cands[:stop], base, state, metric)
+        d, want = _nearest_reference(x, cands[:stop], base, state, metric)
+        np.testing.assert_allclose(new.sq_dist, want, rtol=1e-12, atol=1e-12 * (1 + offset**2))
+        moved = new.index != state.index
+        chosen = d[np.flatnonzero(moved), new.index[moved] - base]
+        np.testing.assert_allclose(chosen, d[moved].min(axis=1), rtol=1e-12,
+                                   atol=1e-12 * (1 + offset**2))
+        assert np.all(new.sq_dist[~moved] == state.sq_dist[~moved])
+        assert not np.any(new.index == 25), "ties keep the earlier candidate"
+        state = new
+    assert np.any(state.index == 7)
+
+
+def test_nearest_update_does_not_depend_on_the_blocks():
+    """Rows give the same state however the chunk is cut (blocks of 256 rows inside)."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(3000, 6)) + rng.normal(scale=3, size=(10, 6))[rng.integers(10, size=3000)]
+    cands = x[rng.choice(len(x), 30, replace=False)]
+    whole = K.nearest_update(x, cands, 5, K.nearest_update(x, cands[:5], 0))
+    cuts = [0, 1, 257, 1000, 1001, 3000]
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        part = K.nearest_update(x[a:b], cands, 5, K.nearest_update(x[a:b], cands[:5], 0))
+        np.testing.assert_array_equal(part.index, whole.index[a:b])
+        np.testing.assert_array_equal(part.sq_dist, whole.sq_dist[a:b])
+
+
+def test_nearest_update_gives_zero_norm_and_nan_rows_distance_zero():
+    x = np.random.default_rng(3).normal(size=(600, 4))
+    x[[3, 400]] = 0.0
+    state = K.nearest_update(x, K.normalize_rows(x[10:13]), 0, metric="cosine")
+    assert state.sq_dist[3] == state.sq_dist[400] == 0.0
+    x[7, 2] = np.nan
+    state = K.nearest_update(x, x[10:13], 0)
+    assert state.sq_dist[7] == 0.0 and np.isfinite(state.sq_dist).all()
+
+
+def test_nearest_update_resolves_what_float32_cannot_see():
+    """Rows 1e-9 (relative) nearer to one candidate than to another: float32 scores
+    prefer the wrong one for about an eighth of them (measured with the error window
+    set to zero); the float64 check must give every row the right one."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=3, size=(20_000, 8))
+    x[:, 0] = 0.0
+    right, wrong = np.zeros(8), np.zeros(8)
+    right[0], wrong[0] = 1.0, -(1 + 1e-9)
+    far = rng.normal(scale=50, size=(3, 8))  # moves the shift off the bisecting plane
+    state = K.nearest_update(x, np.vstack([far[:1], wrong, right, far[1:]]), 0)
+    assert np.all(state.index == 2)
