@@ -100,8 +100,11 @@ def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state,
 def _first_center(passes: Passes, random_state, seed: int) -> np.ndarray:
     X = passes.X
     if passes.sample_weight is None:
-        # Uniform: only the chunk holding this row is read.
-        return take_rows(X, np.array([random_state.randint(X.shape[0])]))[0]
+        # Uniform: one row, from the actors when the data is persisted on a cluster,
+        # else by reading only the chunk holding it.
+        index = np.array([random_state.randint(X.shape[0])])
+        row = passes.rows(index)
+        return take_rows(X, index)[0] if row is None else row
     keys = passes.weighted_choice(seed=seed, stream=0)
     return keys[np.argmax(keys[:, 0]), 2:][None, :].astype(X.dtype)
 

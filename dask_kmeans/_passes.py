@@ -130,6 +130,14 @@ class ChunkGroup:
         self.state = [None] * len(self.keys)
         return out
 
+    async def rows(self, index):
+        def one(i, x, w):
+            lo = self.offsets[i]
+            mine = index[(index >= lo) & (index < lo + x.shape[0])]
+            return mine, np.asarray(x[mine - lo])
+
+        return await self._each(one)
+
     async def weighted_choice(self, kw):
         return await self._each(lambda i, x, w: G.choice_chunk(x, self.offsets[i], w, **kw))
 
@@ -332,6 +340,20 @@ class Passes:
                               self._centers_arg(candidates), **kw)
             out = tree_sum(self._client, parts, self.split_every).ravel()
         self._state, self._state_on_actors = None, False
+        return out
+
+    def rows(self, index: np.ndarray) -> np.ndarray | None:
+        """Rows ``index`` (global, distinct) of persisted data, in that order, from the
+        actors (one call); None without actors, for the caller to read them otherwise."""
+        index = np.asarray(index, dtype=np.int64)
+        parts = self._on_actors("rows", index)
+        if parts is None:
+            return None
+        out = np.empty((len(index), self.X.shape[1]), dtype=self.X.dtype)
+        where = {int(r): j for j, r in enumerate(index)}
+        for found, values in parts:
+            for r, v in zip(found, values, strict=True):
+                out[where[int(r)]] = v
         return out
 
     def weighted_choice(self, *, seed: int, stream: int) -> np.ndarray:

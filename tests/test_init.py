@@ -189,11 +189,21 @@ def test_actors_give_the_futures_engines_centres(client, X, weighted, monkeypatc
 
     monkeypatch.setattr(_passes.Passes, "_on_actors", spy)
     on_actors = _init.kmeans_parallel(Xd, wd, 12, check_random_state(4), keep_state=True)
-    assert {m for m, used in calls if used} >= {"oversample", "candidate_weights"}
+    wanted = {"oversample", "candidate_weights", "weighted_choice" if weighted else "rows"}
+    assert {m for m, used in calls if used} >= wanted
     assert all(used for _, used in calls)
     monkeypatch.setattr(_passes.Passes, "_actors", lambda self: None)
     on_futures = _init.kmeans_parallel(Xd, wd, 12, check_random_state(4), keep_state=True)
     np.testing.assert_array_equal(on_actors, on_futures)
+
+
+def test_actors_fetch_rows_in_the_order_asked(client, X):
+    from dask_kmeans._passes import Passes
+
+    Xd = client.persist(da.from_array(X, chunks=6000))
+    index = np.array([len(X) - 1, 0, 6000, 5999, 12_345])
+    np.testing.assert_array_equal(Passes(Xd).rows(index), X[index])
+    assert Passes(da.from_array(X, chunks=6000)).rows(index) is None, "not persisted: no actors"
 
 
 class _DeadActor:
