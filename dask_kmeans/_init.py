@@ -121,6 +121,7 @@ def kmeans_parallel(
     split_every: int | None = None,
     metric: str = "euclidean",
     return_candidates: bool = False,
+    passes: Passes | None = None,
 ) -> np.ndarray:
     """k-means|| (Bahmani et al., "Scalable K-Means++", VLDB 2012) on a dask array.
 
@@ -143,6 +144,9 @@ def kmeans_parallel(
     stays on the workers between passes and a pass compares rows only with
     the candidates added by the previous one.
 
+    ``passes`` (over ``X`` and its weights, with this ``split_every`` and
+    ``metric``) lets a fit share one set of actors between its passes.
+
     Returns
     -------
     ndarray of shape (n_clusters, n_features), dtype of ``X``
@@ -151,8 +155,9 @@ def kmeans_parallel(
     """
     ell = float(oversampling_factor) * n_clusters
     seed = int(random_state.randint(0, 2**62, dtype=np.int64))
-    passes = Passes(X, sample_weight, split_every=split_every, keep_state=keep_state,
-                    metric=metric)
+    if passes is None:
+        passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
+    passes.keep_state = keep_state
     first = _first_center(passes, random_state, seed)
     candidates = [K.normalize_rows(first) if metric == "cosine" else first]
     n_cand, base, n_passes = 1, 0, 0

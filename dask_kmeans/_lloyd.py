@@ -81,6 +81,7 @@ def lloyd(
     tol_abs: float | None = None,
     on_iteration=None,
     final_inertia: bool = False,
+    passes: Passes | None = None,
 ) -> LloydResult:
     """Run Lloyd iterations on a row-chunked dask array from ``centers``.
 
@@ -97,6 +98,9 @@ def lloyd(
     With ``final_inertia`` and data persisted on a cluster, one more pass on
     the persisted chunks (the per-worker actors) gives the inertia against the
     final centres, which a dask graph would take several times longer to.
+
+    ``passes`` (over ``X`` and its weights, with this ``split_every`` and
+    ``metric``) lets a fit's initialisation and runs share one set of actors.
     """
     k, d = centers.shape
     dtype = centers.dtype
@@ -104,7 +108,8 @@ def lloyd(
     tol_abs = tol_abs if known_tol else 0.0
     converged = False
     n_iter = start_iter
-    passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
+    if passes is None:
+        passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
     for it in range(start_iter, max_iter):
         t0 = time.perf_counter()
         with_moments = not known_tol and it == start_iter and tol > 0
@@ -144,7 +149,7 @@ def lloyd(
 
 def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
                split_every: int | None = None, verbose: bool = False,
-               metric: str = "euclidean") -> list[LloydResult]:
+               metric: str = "euclidean", passes: Passes | None = None) -> list[LloydResult]:
     """Lloyd iterations of several models (a K sweep) sharing every pass over the data.
 
     Each pass stacks the centres of the models that have not converged yet; a
@@ -157,7 +162,8 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
     results: list[LloydResult | None] = [None] * len(centers)
     active = list(range(len(centers)))
     tol_abs = 0.0
-    passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
+    if passes is None:
+        passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
     for it in range(max_iter):
         if not active:
             break

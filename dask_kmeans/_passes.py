@@ -114,10 +114,12 @@ class ChunkGroup:
         return out
 
     async def oversample(self, candidates, keep_state, kw):
+        first = kw["base"] == 0  # a new initialisation: no state to build on
+
         def one(i, x, w):
             nearest, rows, phi = G.round_chunk(
-                x, self.offsets[i], w, self.state[i] if keep_state else None, candidates,
-                **kw)
+                x, self.offsets[i], w, self.state[i] if keep_state and not first else None,
+                candidates, **kw)
             if keep_state:
                 self.state[i] = nearest
             return rows, phi
@@ -154,7 +156,8 @@ class Passes:
         Fan-in of the tree reductions.
     keep_state : bool
         k-means|| keeps each row's nearest-candidate state on the workers
-        between passes (for data held in memory).
+        between passes (for data held in memory). May be set between
+        initialisations; the first round of each starts from no state.
     """
 
     def __init__(self, X, sample_weight=None, *, split_every=None, keep_state=False,
@@ -295,6 +298,8 @@ class Passes:
         the ones added since the previous pass; otherwise with all of them.
         """
         base = base if self.keep_state else 0
+        if base == 0:  # the first round of an initialisation starts from no state
+            self._state, self._state_on_actors = None, False
         kw = dict(base=base, seed=seed, stream=stream, ell=ell, metric=self.metric)
         if not self.on_futures:
             state, rows, phi = G.oversampling_round(

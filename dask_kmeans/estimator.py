@@ -21,6 +21,7 @@ from . import _kernels as K
 from . import _runtime as R
 from . import _validation as V
 from ._checkpoint import Checkpoint, data_fingerprint, params_fingerprint
+from ._passes import Passes
 from ._progress import emit
 
 logger = logging.getLogger("dask_kmeans")
@@ -187,7 +188,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return 10 if (self.init == "random" or callable(self.init)) else 1
         return self.n_init
 
-    def _initial_centers(self, data, random_state) -> np.ndarray:
+    def _initial_centers(self, data, random_state, passes=None) -> np.ndarray:
         (X, w), (Xd, wd), in_memory = data
         if not isinstance(self.init, str):
             centers = _init.user_centers(self.init, X, self.n_clusters, random_state)
@@ -198,7 +199,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 Xd, wd, self.n_clusters, random_state,
                 oversampling_factor=self.oversampling_factor, init_rounds=self.init_rounds,
                 keep_state=R.keep_row_state(Xd.shape[0], in_memory),
-                split_every=self.split_every, metric=self.metric)
+                split_every=self.split_every, metric=self.metric, passes=passes)
         elif self.init == "k-means++":
             centers = _init.kmeans_plusplus(X, w, self.n_clusters, random_state, self.metric)
         else:
@@ -255,6 +256,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             ckpt = Checkpoint(self.checkpoint, data_fingerprint(X, sample_weight),
                               params_fingerprint(params))
         state = ckpt.load() if (ckpt is not None and self.resume) else None
+        # One set of passes (and of per-worker actors) serves every initialisation and run.
+        passes = Passes(Xd, wd, split_every=self.split_every, metric=self.metric)
         best, first_run = None, 0
         if state is not None:
             first_run = state["run"]
@@ -274,7 +277,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 centers0 = state["centers"].astype(Xd.dtype)
                 start, tol_abs, done = state["n_iter"], state["tol_abs"], state["converged"]
             else:
-                centers0 = self._initial_centers(data, random_state)
+                centers0 = self._initial_centers(data, random_state, passes)
                 start, tol_abs, done = 0, None, False
             rng_after = random_state.get_state()
             best_saved = None if best is None else (best[0].centers, best[2], best[0].n_iter)
@@ -295,17 +298,24 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                                       split_every=self.split_every,
                                       verbose=bool(self.verbose), metric=self.metric,
                                       start_iter=start, tol_abs=tol_abs,
-                                      on_iteration=on_iteration)
-            labels, inertia = self._final_assignment(Xd, wd, result.centers, lazy, persisted,
-                                                     result.inertia)
+                                      on_iteration=on_iteration, passes=passes)
+            if result.inertia is not None:
+                # Persisted data: the exact inertia came with the run; only the best run's
+                # labels are computed, after the last run, so that no losing run's labels
+                # compete with the next runs for the workers.
+                labels, inertia = None, result.inertia
+            else:
+                labels, inertia = self._final_assignment(Xd, wd, result.centers, lazy,
+                                                         persisted)
             if best is None or inertia < best[2]:
                 best = (result, labels, inertia)
             if ckpt is not None:
                 ckpt.save(run=run + 1, rng_before=random_state.get_state(),
                           best=(best[0].centers, best[2], best[0].n_iter))
 
-        if best[1] is None:  # the best run finished before a resume: label its centres
-            best = (best[0], *self._final_assignment(Xd, wd, best[0].centers, lazy, persisted))
+        if best[1] is None:  # label the best run's centres (its inertia is known)
+            best = (best[0], *self._final_assignment(Xd, wd, best[0].centers, lazy, persisted,
+                                                     best[2]))
         result, labels, inertia = best
         n_distinct = len(np.unique(result.centers, axis=0))
         if n_distinct < self.n_clusters:
@@ -739,18 +749,16 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     if client is not None:
         R.prepare_client(client)
     Xd, wd, in_memory = R.place_data(Xv, weights, persist, client)
+    passes = Passes(Xd, wd, split_every=split_every, metric=metric)
     cands, cand_w = _init.kmeans_parallel(
         Xd, wd, max(ks), rng, oversampling_factor=oversampling_factor, init_rounds=init_rounds,
         keep_state=R.keep_row_state(Xd.shape[0], in_memory, client), split_every=split_every,
-        metric=metric, return_candidates=True)
+        metric=metric, return_candidates=True, passes=passes)
     starts = [_init.reduce_candidates(cands, cand_w, k, rng, metric) for k in ks]
     results = _lloyd.lloyd_many(Xd, wd, starts, max_iter=max_iter, tol=tol,
-                                split_every=split_every, metric=metric)
+                                split_every=split_every, metric=metric, passes=passes)
     finals = [r.centers for r in results]
-    from ._passes import Passes
-
-    packed = Passes(Xd, wd, split_every=split_every, metric=metric).lloyd(
-        np.vstack(finals), False, tuple(ks))
+    packed = passes.lloyd(np.vstack(finals), False, tuple(ks))
     parts, _ = G.unpack_many(packed, tuple(ks), Xd.shape[1], False)
     inertias = [p.inertia for p in parts]
 

@@ -364,6 +364,45 @@ def test_actor_passes_add_chunks_in_order_wherever_they_live(client):
     np.testing.assert_array_equal(cos_actors.lloyd(unit, False), cos_futures.lloyd(unit, False))
 
 
+def test_one_set_of_actors_serves_every_initialisation_and_run_of_a_fit(client, monkeypatch):
+    """n_init runs of k-means|| and Lloyd share one Passes (one ChunkGroup per worker),
+    and give what separate ones give: each initialisation starts from no state, and the
+    labels are the best run's."""
+    from distributed import wait
+
+    from dask_kmeans import _init, _passes
+
+    rng = np.random.default_rng(4)
+    X = da.from_array(rng.normal(size=(9000, 5)) + rng.normal(scale=3, size=(6, 5))[
+        rng.integers(6, size=9000)], chunks=(3000, 5))
+    X = client.persist(X)
+    wait(X)
+    made = []
+    original = _passes.Passes._actors
+
+    def spy(self):
+        if self._groups is None:
+            made.append(self)
+        return original(self)
+
+    monkeypatch.setattr(_passes.Passes, "_actors", spy)
+    shared = KMeans(6, n_init=3, random_state=5).fit(X)
+    assert len(made) == 1, "one set of actors for 3 initialisations and 3 Lloyd runs"
+    # The same three runs, each with fresh actors: the best of them is the shared fit's.
+    rs = np.random.RandomState(5)
+    runs = []
+    for _ in range(3):
+        centres = _init.kmeans_parallel(X, None, 6, rs, keep_state=True)
+        runs.append(KMeans(6, init=centres, n_init=1).fit(X))
+    best = min(runs, key=lambda m: m.inertia_)
+    np.testing.assert_allclose(shared.cluster_centers_, best.cluster_centers_, rtol=1e-10)
+    assert shared.inertia_ == pytest.approx(best.inertia_, rel=1e-12)
+    # Only the best run is labelled (after the last run): its labels, not the last run's.
+    assert len({round(m.inertia_, 6) for m in runs}) > 1, "the runs differ"
+    np.testing.assert_array_equal(shared.labels_.compute(), best.labels_.compute())
+    np.testing.assert_array_equal(shared.labels_.compute(), shared.predict(X).compute())
+
+
 def test_public_names_match_the_lazy_exports():
     import dask_kmeans
 
