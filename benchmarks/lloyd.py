@@ -3,7 +3,8 @@
 One Gaussian mixture (n=1,000,000, d=32, k=32 by default), the same initial
 centres for everyone, tol=0. The data is persisted on a LocalCluster of 2
 worker processes with 1 thread each for the Dask implementations;
-scikit-learn and FAISS run in this process with both cores.
+scikit-learn and FAISS run in this process with both cores, and so does
+dask_kmeans on the NumPy array without a cluster (dask's threaded scheduler).
 
 Per-iteration time is measured as (t(max_iter=21) - t(max_iter=1)) / 20, so
 set-up, initialisation and final assignment cancel out; each measurement is
@@ -66,6 +67,7 @@ def main():
 
         check_plotting()  # before minutes of measuring
 
+    import dask
     import dask.array as da
     from distributed import Client, LocalCluster, wait
     from sklearn.cluster import KMeans as SKKMeans
@@ -98,6 +100,13 @@ def main():
                 return lambda: wait(km.labels_)
 
             rows["dask_kmeans (2 workers)"] = per_iteration(ours, args.repeats)
+
+            def local(it, X=X, C0=C0):
+                # NumPy input without a cluster: passes in a local pool of 2 threads.
+                with dask.config.set(scheduler="threads", num_workers=2):
+                    KMeans(args.k, init=C0, max_iter=it, tol=0).fit(X)
+
+            rows["dask_kmeans NumPy, no cluster"] = per_iteration(local, args.repeats)
 
             if dtype == np.float64:
                 # Spherical k-means normalises rows inside the kernel; compare with the

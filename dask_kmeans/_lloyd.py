@@ -141,7 +141,7 @@ def lloyd(
             break
     centers = centers.astype(dtype, copy=False)
     inertia = None
-    if final_inertia and passes.on_futures:
+    if final_inertia and (passes.on_futures or passes.local):
         partials, _ = G.unpack(passes.lloyd(centers, False), k, d, False)
         inertia = partials.inertia
     return LloydResult(centers, n_iter, converged, inertia)

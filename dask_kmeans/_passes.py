@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -39,7 +40,9 @@ from ._runtime import (
     chunk_futures,
     compute,
     dask_persist,
+    single_blas_thread,
     sum_in_order,
+    total_threads,
     tree_sum,
 )
 
@@ -144,6 +147,45 @@ class ChunkGroup:
         return await self._each(lambda i, x, w: G.choice_chunk(x, self.offsets[i], w, **kw))
 
 
+class LocalChunks(ChunkGroup):
+    """The chunks of data held in this process, answering passes as a ChunkGroup.
+
+    For NumPy input (or a dask array persisted without a distributed client)
+    the chunks are arrays here already: each pass runs the same chunk
+    functions as the actors, one chunk per thread of a local pool (the kernels
+    release the GIL), and the per-chunk state (k-means|| nearest candidates,
+    Hamerly's bounds) stays in this object between passes. No dask graph per
+    pass, and the bounded Lloyd kernel serves a fit without a cluster too.
+    """
+
+    def __init__(self, blocks, weights, offsets, threads: int):
+        super().__init__([None] * len(blocks), weights, offsets)
+        self.blocks = list(blocks)
+        self.threads = max(1, min(int(threads), len(self.blocks)))
+
+    async def _each(self, func) -> list:
+        """``func(i, x, w)`` for every chunk, in a local thread pool. Never suspends:
+        the coroutine finishes at its first step (see :func:`_run_now`)."""
+        n = len(self.blocks)
+        with single_blas_thread():
+            if self.threads == 1:
+                return [func(i, self.blocks[i], self.weights[i]) for i in range(n)]
+            with ThreadPoolExecutor(self.threads) as pool:
+                return list(pool.map(lambda i: func(i, self.blocks[i], self.weights[i]),
+                                     range(n)))
+
+
+def _run_now(coro):
+    """The value of a coroutine that never suspends (LocalChunks' methods), without an
+    event loop, so that a fit also works inside one (a notebook)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a local pass was expected to finish without waiting")
+
+
 class Passes:
     """One-compute passes over ``X`` (a row-chunked dask array) and its weights.
 
@@ -158,10 +200,15 @@ class Passes:
         k-means|| keeps each row's nearest-candidate state on the workers
         between passes (for data held in memory). May be set between
         initialisations; the first round of each starts from no state.
+    in_memory : bool
+        ``X`` is held in memory in this process (NumPy input, or persisted
+        without a distributed client): its chunks are taken once and passes
+        run on them in a local thread pool (:class:`LocalChunks`) instead of
+        through dask graphs. Never set it for data read lazily from storage.
     """
 
     def __init__(self, X, sample_weight=None, *, split_every=None, keep_state=False,
-                 metric="euclidean"):
+                 metric="euclidean", in_memory=False):
         self.X = X
         self.metric = metric
         self.sample_weight = sample_weight
@@ -179,6 +226,14 @@ class Passes:
             self._offsets = [int(s) for s in starts]
         else:
             self._client = None
+        self._local = None
+        if self._client is None and in_memory and client is None:
+            blocks = compute(*X.to_delayed().ravel())
+            weights = ([None] * len(blocks) if sample_weight is None
+                       else compute(*sample_weight.to_delayed().ravel()))
+            starts = np.cumsum((0,) + X.chunks[0][:-1])
+            self._local = LocalChunks(blocks, weights, [int(s) for s in starts],
+                                      total_threads(None))
         self._groups = None  # ChunkGroup actors, made at the first pass; False: none
         self._group_futures = None
         self._state_on_actors = False
@@ -217,6 +272,8 @@ class Passes:
         a call failed (a worker died): the actors are then dropped for good and
         the caller makes the pass with futures.
         """
+        if self._local is not None:  # in this process: errors are errors, no fallback
+            return _run_now(getattr(self._local, method)(*args))
         if not self.on_futures or self._groups is False:
             return None
         try:
@@ -234,6 +291,16 @@ class Passes:
                         "(%s: %s)", type(exc).__name__, exc)
             self._groups, self._group_futures = False, None
             return None
+
+    @property
+    def _on_graphs(self) -> bool:
+        """Whether passes are dask graphs computed on the active scheduler."""
+        return self._client is None and self._local is None
+
+    @property
+    def local(self) -> bool:
+        """Whether passes run on chunks held in this process (:class:`LocalChunks`)."""
+        return self._local is not None
 
     @property
     def on_futures(self) -> bool:
@@ -266,7 +333,7 @@ class Passes:
         the clusters' moments (the expanded form's rounding; for following a
         fit, not for the fitted ``inertia_``).
         """
-        if not self.on_futures:
+        if self._on_graphs:
             graph = G.lloyd_partials(self.X, G.centers_array(centers), self.sample_weight,
                                      split_every=self.split_every, with_moments=with_moments,
                                      metric=self.metric, sizes=sizes)
@@ -301,7 +368,7 @@ class Passes:
         if base == 0:  # the first round of an initialisation starts from no state
             self._state, self._state_on_actors = None, False
         kw = dict(base=base, seed=seed, stream=stream, ell=ell, metric=self.metric)
-        if not self.on_futures:
+        if self._on_graphs:
             state, rows, phi = G.oversampling_round(
                 self.X, self.sample_weight, self._state, candidates,
                 split_every=self.split_every, **kw)
@@ -330,7 +397,7 @@ class Passes:
         """Total weight of the rows nearest to each candidate, shape (n_candidates,)."""
         base = base if self.keep_state else 0
         kw = dict(base=base, n_candidates=len(candidates), metric=self.metric)
-        if not self.on_futures:
+        if self._on_graphs:
             graph = G.candidate_weights(self.X, self.sample_weight, self._state, candidates,
                                         split_every=self.split_every, **kw)
             out = compute(graph)[0]
@@ -363,7 +430,7 @@ class Passes:
 
     def weighted_choice(self, *, seed: int, stream: int) -> np.ndarray:
         """Per-chunk best exponential keys and rows, shape (n_chunks, 2 + d)."""
-        if not self.on_futures:
+        if self._on_graphs:
             graph = G.weighted_choice(self.X, self.sample_weight, seed=seed, stream=stream)
             return compute(graph)[0]
         parts = self._on_actors("weighted_choice", dict(seed=seed, stream=stream))

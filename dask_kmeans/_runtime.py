@@ -68,6 +68,11 @@ def _local_blas_limit(client):
         yield
 
 
+def single_blas_thread():
+    """Context manager: one BLAS thread in this process (for local thread pools)."""
+    return _local_blas_limit(None)
+
+
 def compute(*args):
     """``dask.compute`` with one BLAS thread per worker thread."""
     with _local_blas_limit(active_client()):

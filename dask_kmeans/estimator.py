@@ -257,7 +257,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                               params_fingerprint(params))
         state = ckpt.load() if (ckpt is not None and self.resume) else None
         # One set of passes (and of per-worker actors) serves every initialisation and run.
-        passes = Passes(Xd, wd, split_every=self.split_every, metric=self.metric)
+        passes = Passes(Xd, wd, split_every=self.split_every, metric=self.metric,
+                        in_memory=persisted)
         best, first_run = None, 0
         if state is not None:
             first_run = state["run"]
@@ -749,7 +750,7 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     if client is not None:
         R.prepare_client(client)
     Xd, wd, in_memory = R.place_data(Xv, weights, persist, client)
-    passes = Passes(Xd, wd, split_every=split_every, metric=metric)
+    passes = Passes(Xd, wd, split_every=split_every, metric=metric, in_memory=in_memory)
     cands, cand_w = _init.kmeans_parallel(
         Xd, wd, max(ks), rng, oversampling_factor=oversampling_factor, init_rounds=init_rounds,
         keep_state=R.keep_row_state(Xd.shape[0], in_memory, client), split_every=split_every,

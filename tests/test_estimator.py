@@ -147,11 +147,10 @@ class _CountComputes(Callback):
         self.n += 1
 
 
-@pytest.mark.parametrize("lazy", [False, True])
-def test_exactly_one_compute_per_iteration(lazy):
+def test_exactly_one_compute_per_iteration():
     X = np.random.default_rng(0).normal(size=(4000, 6))  # no structure: converges slowly
     C0 = X[:5]
-    Xin = da.from_array(X, chunks=(500, 6)) if lazy else X
+    Xin = da.from_array(X, chunks=(500, 6))
     counts = {}
     for max_iter in (2, 6):
         with dask.config.set(scheduler="threads"), _CountComputes() as cc:
@@ -161,6 +160,38 @@ def test_exactly_one_compute_per_iteration(lazy):
     assert counts[6] - counts[2] == 4
     # init from an array: no compute; then one per iteration and one final assignment
     assert counts[2] == 2 + 1
+
+
+def test_numpy_input_makes_one_local_pass_per_iteration_and_no_graph(monkeypatch):
+    """Without a distributed client, NumPy input stays in this process: each iteration is
+    one pass over its chunks in a local thread pool (the bounded kernel), no dask graph,
+    and the same fit as the graph engine on the same chunks."""
+    from dask_kmeans import _passes
+
+    X = np.random.default_rng(0).normal(size=(4000, 6))
+    C0 = X[:5]
+    passes = []
+    original = _passes.LocalChunks._each
+
+    async def spy(self, func):
+        passes.append(func)
+        return await original(self, func)
+
+    monkeypatch.setattr(_passes.LocalChunks, "_each", spy)
+    counts = {}
+    for max_iter in (2, 6):
+        passes.clear()
+        with dask.config.set(scheduler="threads"), _CountComputes() as cc:
+            km = KMeans(5, init=C0, tol=0, max_iter=max_iter).fit(X)
+        counts[max_iter] = (cc.n, len(passes))
+    assert counts[6][1] - counts[2][1] == 4, "one local pass per iteration"
+    assert counts[6][0] == counts[2][0], "no dask compute per iteration"
+    on_graphs = KMeans(5, init=C0, tol=0, max_iter=6, persist=False).fit(
+        da.from_array(X, chunks=(2000, 6)))  # read lazily: dask graphs, the plain kernel
+    np.testing.assert_allclose(km.cluster_centers_, on_graphs.cluster_centers_, rtol=1e-12,
+                               atol=1e-14)
+    assert km.inertia_ == pytest.approx(on_graphs.inertia_, rel=1e-12)
+    np.testing.assert_array_equal(km.labels_, on_graphs.labels_.compute())
 
 
 def test_float32_close_to_float64(data):
