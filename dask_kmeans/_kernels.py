@@ -210,7 +210,7 @@ def _move(sums, counts, sq, members, x, i, scale, wi, label, sign):
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, labels, upper,
                   lower, drift, drift1, arg1, drift2, s_half, has_old, full, exact, eps, cmax2,
-                  sums, counts, sq, members, cosine):
+                  sums, counts, sq, members, row_dist, cosine):
     """Hamerly's Lloyd pass over one chunk.
 
     Each row's bounds move by the centres' drift; a row whose bounds prove its
@@ -223,9 +223,11 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
     for ``old_labels`` when ``has_old`` (zero otherwise) and are updated in
     place: a row that changes centre moves from one to the other, a row that
     keeps it is not even read, unless ``exact`` asks for every row's exact
-    distance. Returns the exact inertia (meaningful with ``exact``, or
-    without ``has_old``, when every row is measured), the number of rows
-    compared and the number of zero-norm rows.
+    distance: then each row's weighted distance goes to ``row_dist`` (length
+    ``n``, zeros), for a sum in row order whatever the bounds skipped. Returns
+    the inertia added as the rows come (meaningful without ``has_old``, when
+    every row is measured), the number of rows compared and the number of
+    zero-norm rows.
 
     With ``cosine`` rows are divided by their norm on the fly, as in
     :func:`_fused_pass`: the bounds are Euclidean distances between unit
@@ -289,6 +291,8 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             if u <= z:  # keeps its centre
                 wi = w[i] if weighted else 1.0
                 inertia += wi * dist * half
+                if exact:
+                    row_dist[i] = wi * dist * half
                 i += 1
                 continue
             which[m] = i
@@ -340,6 +344,8 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             lower[row] = np.sqrt(sq2) if sq2 > 0.0 else 0.0
             wi = w[row] if weighted else 1.0
             inertia += wi * dist * half
+            if exact:
+                row_dist[row] = wi * dist * half
             a = old_labels[row] if has_old else -1
             if best != a:
                 if a >= 0:
@@ -413,16 +419,25 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     drift2 = float(drift[order[1]]) if k > 1 else 0.0
     eps = 4.0 * float(np.finfo(x.dtype).eps) * (d + 2)
     cmax2 = float(np.max(np.einsum("ij,ij->i", c, c, dtype=np.float64)))
+    # With exact and bounds: every row's distance, summed after the pass, so that the
+    # inertia does not depend on which rows the bounds let through (a resumed fit, with
+    # fresh bounds, gives the uninterrupted fit's inertia to the bit). A first pass
+    # measures the rows in order and adds them as the plain kernel does.
+    by_row = exact and has_old
+    row_dist = np.zeros(n if by_row else 0)
     inertia, n_compared, n_zero = _bounded_pass(
         x, ct, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
         new.labels, new.upper, new.lower, np.asarray(drift, dtype=np.float64), drift1,
         int(order[0]), drift2, np.asarray(s_half, dtype=np.float64), has_old, not has_old,
-        exact, eps, cmax2, new.sums, new.counts, new.sq, new.members, metric == "cosine")
+        by_row, eps, cmax2, new.sums, new.counts, new.sq, new.members, row_dist,
+        metric == "cosine")
     empty = new.members == 0  # exactly zero, whatever the additions left behind
     new.sums[empty] = 0.0
     new.counts[empty] = 0.0
     new.sq[empty] = 0.0
-    if has_old and not exact:
+    if by_row:
+        inertia = float(row_dist.sum())
+    elif has_old and not exact:
         c64 = c.astype(np.float64)
         per_cluster = (new.sq - 2.0 * np.einsum("ij,ij->i", c64, new.sums)
                        + new.counts * np.einsum("ij,ij->i", c64, c64))

@@ -24,6 +24,9 @@ class LloydResult(NamedTuple):
     #: Inertia against the final ``centers``, when ``lloyd(final_inertia=True)`` made that
     #: pass on the persisted chunks; else None.
     inertia: float | None = None
+    #: Labels against the final ``centers`` (an ndarray), when that pass ran on chunks held
+    #: in this process: the bounds it leaves name every row's centre. Else None.
+    labels: np.ndarray | None = None
 
 
 def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
@@ -95,9 +98,11 @@ def lloyd(
     centers, tol_abs, converged)`` is called after every iteration (for
     checkpoints).
 
-    With ``final_inertia`` and data persisted on a cluster, one more pass on
-    the persisted chunks (the per-worker actors) gives the inertia against the
-    final centres, which a dask graph would take several times longer to.
+    With ``final_inertia`` and data persisted on a cluster (or held in this
+    process), one more pass on the persisted chunks (the per-worker actors, or
+    the local pool) gives the inertia against the final centres, which a dask
+    graph would take several times longer to; in this process it also gives
+    the labels.
 
     ``passes`` (over ``X`` and its weights, with this ``split_every`` and
     ``metric``) lets a fit's initialisation and runs share one set of actors.
@@ -140,11 +145,12 @@ def lloyd(
         if converged:
             break
     centers = centers.astype(dtype, copy=False)
-    inertia = None
+    inertia = labels = None
     if final_inertia and (passes.on_futures or passes.local):
         partials, _ = G.unpack(passes.lloyd(centers, False), k, d, False)
         inertia = partials.inertia
-    return LloydResult(centers, n_iter, converged, inertia)
+        labels = passes.local_labels()
+    return LloydResult(centers, n_iter, converged, inertia, labels)
 
 
 def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,

@@ -428,6 +428,14 @@ class Passes:
                 out[where[int(r)]] = v
         return out
 
+    def local_labels(self) -> np.ndarray | None:
+        """Every row's centre after the last bounded Lloyd pass on chunks held in this
+        process (its bounds name them), as one int32 array; None otherwise."""
+        group = self._local
+        if group is None or group.bounds_version is None or any(b is None for b in group.bounds):
+            return None
+        return np.concatenate([b.labels for b in group.bounds])
+
     def weighted_choice(self, *, seed: int, stream: int) -> np.ndarray:
         """Per-chunk best exponential keys and rows, shape (n_chunks, 2 + d)."""
         if self._on_graphs:

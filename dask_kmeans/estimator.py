@@ -295,7 +295,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 result = _lloyd.LloydResult(centers0, start, done)
             else:
                 result = _lloyd.lloyd(Xd, wd, centers0, max_iter=self.max_iter, tol=self.tol,
-                                      final_inertia=lazy and persisted,
+                                      final_inertia=persisted,
                                       split_every=self.split_every,
                                       verbose=bool(self.verbose), metric=self.metric,
                                       start_iter=start, tol_abs=tol_abs,
@@ -314,7 +314,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 ckpt.save(run=run + 1, rng_before=random_state.get_state(),
                           best=(best[0].centers, best[2], best[0].n_iter))
 
-        if best[1] is None:  # label the best run's centres (its inertia is known)
+        if best[1] is None and best[0].labels is not None:
+            # The last pass ran on chunks held in this process: its bounds are the labels.
+            labels = best[0].labels
+            if lazy:
+                labels = da.from_array(labels, chunks=(Xd.chunks[0],))
+            best = (best[0], labels, best[2])
+        elif best[1] is None:  # label the best run's centres (its inertia is known)
             best = (best[0], *self._final_assignment(Xd, wd, best[0].centers, lazy, persisted,
                                                      best[2]))
         result, labels, inertia = best
@@ -343,7 +349,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         labels, _, total = G.assignment(Xd, G.centers_array(centers), wd,
                                         split_every=self.split_every, metric=self.metric)
         if not lazy:
-            labels, inertia = R.compute(labels, total)
+            if inertia is None:
+                labels, inertia = R.compute(labels, total)
+            else:  # known already (the run's last pass): the same figure as before a resume
+                (labels,) = R.compute(labels)
             labels = np.asarray(labels)
         elif persisted:
             if inertia is not None:
