@@ -610,7 +610,8 @@ def kmeans_parallel_init(
                                  oversampling_factor=oversampling_factor,
                                  init_rounds=init_rounds,
                                  keep_state=R.keep_row_state(Xd.shape[0], in_memory, client),
-                                 metric=metric)
+                                 metric=metric,
+                                 passes=Passes(Xd, wd, metric=metric, in_memory=in_memory))
 
 
 def load(url: str, *, storage_options=None) -> KMeans:
