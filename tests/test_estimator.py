@@ -440,3 +440,16 @@ def test_public_names_match_the_lazy_exports():
     assert set(dask_kmeans.__all__) == set(dask_kmeans._EXPORTS) | {"__version__"}
     for name in dask_kmeans.__all__:
         assert getattr(dask_kmeans, name) is not None
+
+
+def test_numpy_fit_works_inside_a_running_event_loop():
+    """As in a notebook: the local passes need no event loop of their own."""
+    import asyncio
+
+    X = np.random.default_rng(5).normal(size=(3000, 3))
+
+    async def main():
+        return KMeans(4, random_state=0).fit(X)
+
+    km = asyncio.run(main())
+    np.testing.assert_array_equal(km.labels_, km.predict(X))
