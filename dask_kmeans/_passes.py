@@ -160,7 +160,8 @@ class LocalChunks(ChunkGroup):
 
     def __init__(self, blocks, weights, offsets, threads: int):
         super().__init__([None] * len(blocks), weights, offsets)
-        self.blocks = list(blocks)
+        # C order once (a copy only for other layouts, as scikit-learn makes), not per pass.
+        self.blocks = [np.ascontiguousarray(b) for b in blocks]
         self.threads = max(1, min(int(threads), len(self.blocks)))
 
     async def _each(self, func) -> list:
