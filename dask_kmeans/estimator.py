@@ -739,7 +739,8 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     >>> sweep(X, range(2, 7), random_state=0).suggested_k
     3
     """
-    from .report import silhouette_sample, suggest_k
+    from .report import silhouettes as silhouette_scores
+    from .report import suggest_k
 
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -792,8 +793,8 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         n = Xd.shape[0]
         idx = np.sort(rng.choice(n, size=min(n, silhouette_rows), replace=False))
         sample = _init.take_rows(Xd, idx)[0]
-        silhouettes = [silhouette_sample(sample, K.assign(sample, r.centers, metric=metric)[0])
-                       for r in results]
+        silhouettes = silhouette_scores(
+            sample, [K.assign(sample, r.centers, metric=metric)[0] for r in results])
     if len(ks) >= 3:
         suggested, reason = suggest_k(ks, inertias, silhouettes)
     else:

@@ -594,12 +594,40 @@ def silhouette_sample(data, labels=None, *, model=None, max_points: int = 5000,
     else:
         sample, sample_labels = _sample([X, _rows(labels, X.shape[0], "labels", X)], max_points,
                                         random_state)
-    n_labels = np.unique(sample_labels).size
-    if not 2 <= n_labels <= sample.shape[0] - 1:
-        raise ValueError(f"The silhouette needs from 2 to n_rows - 1 distinct clusters; the "
-                         f"{sample.shape[0]} sampled rows hold {n_labels}. Raise max_points "
-                         "or check the labels.")
+    _check_n_labels(sample_labels, sample.shape[0])
     return float(silhouette_score(sample, sample_labels))
+
+
+def _check_n_labels(labels: np.ndarray, n_rows: int) -> None:
+    n_labels = np.unique(labels).size
+    if not 2 <= n_labels <= n_rows - 1:
+        raise ValueError(f"The silhouette needs from 2 to n_rows - 1 distinct clusters; the "
+                         f"{n_rows} sampled rows hold {n_labels}. Raise max_points "
+                         "or check the labels.")
+
+
+#: Largest distance matrix :func:`silhouettes` keeps for all labelings at once.
+SHARED_DISTANCES_BYTES = 256 * 2**20
+
+
+def silhouettes(sample: np.ndarray, labelings: Sequence) -> list[float]:
+    """Silhouette scores of several labelings of the same rows (the models of a K sweep).
+
+    The rows' pairwise distances are computed once and shared by every
+    labeling when their matrix fits in :data:`SHARED_DISTANCES_BYTES` (5,000
+    rows: 200 MB); otherwise each score recomputes them in chunks, as
+    :func:`sklearn.metrics.silhouette_score` does. The same scores either way.
+    """
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    sample = np.asarray(sample)
+    labelings = [np.asarray(lab) for lab in labelings]
+    for lab in labelings:
+        _check_n_labels(lab, sample.shape[0])
+    if sample.shape[0] ** 2 * 8 > SHARED_DISTANCES_BYTES:
+        return [float(silhouette_score(sample, lab)) for lab in labelings]
+    dist = pairwise_distances(sample)
+    return [float(silhouette_score(dist, lab, metric="precomputed")) for lab in labelings]
 
 
 # --------------------------------------------------------------------------- choosing K

@@ -344,3 +344,21 @@ def test_sample_indices_are_uniform_distinct_and_bounded():
     counts = np.bincount(np.concatenate([_sample_indices(10, 3, rng) for _ in range(2000)]))
     assert np.allclose(counts / 2000, 0.3, atol=0.05)
 
+
+
+def test_silhouettes_of_several_labelings_share_the_distances(monkeypatch):
+    """One distance matrix for every labeling: the scores of separate silhouette_score
+    calls, also when the matrix would be too large and each score makes its own."""
+    from sklearn.metrics import silhouette_score
+
+    from dask_kmeans import report
+
+    rng = np.random.default_rng(3)
+    sample = rng.normal(size=(600, 4)) + rng.normal(scale=4, size=(5, 4))[rng.integers(5, size=600)]
+    labelings = [KMeans(k, random_state=0).fit(sample).labels_ for k in (2, 3, 5)]
+    want = [silhouette_score(sample, lab) for lab in labelings]
+    np.testing.assert_allclose(report.silhouettes(sample, labelings), want, rtol=1e-12)
+    monkeypatch.setattr(report, "SHARED_DISTANCES_BYTES", 0)
+    np.testing.assert_allclose(report.silhouettes(sample, labelings), want, rtol=1e-12)
+    with pytest.raises(ValueError, match="from 2 to n_rows - 1 distinct clusters"):
+        report.silhouettes(sample, [np.zeros(600, dtype=int)])
