@@ -49,10 +49,10 @@ def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None):
     for m in ((c.shape[0],) if sizes is None else sizes):
         partials.append(K.lloyd_partials(x, c[start : start + m], w, metric))
         start += m
-    return _pack(partials, x, with_moments, metric)
+    return pack(partials, x, with_moments, metric)
 
 
-def _pack(partials, x, with_moments: bool, metric: str) -> np.ndarray:
+def pack(partials, x, with_moments: bool, metric: str) -> np.ndarray:
     """Partials of one chunk (one per model), and its moments if asked, as one (1, P) row."""
     parts = []
     for p in partials:
@@ -71,7 +71,7 @@ def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="eucli
     ``exact`` the inertia of a pass with bounds comes from the clusters' moments.
     """
     p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact)
-    return _pack([p], x, with_moments, metric), bounds, n_compared
+    return pack([p], x, with_moments, metric), bounds, n_compared
 
 
 def unpack_many(packed: np.ndarray, sizes, d: int, with_moments: bool):

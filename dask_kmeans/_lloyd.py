@@ -176,7 +176,7 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
         t0 = time.perf_counter()
         with_moments = it == 0 and tol > 0
         sizes = tuple(centers[i].shape[0] for i in active)
-        packed = passes.lloyd(np.vstack([centers[i] for i in active]), with_moments, sizes)
+        packed = passes.lloyd_models({i: centers[i] for i in active}, with_moments)
         parts, mom = G.unpack_many(packed, sizes, d, with_moments)
         _check_finite(sum(p.inertia for p in parts))
         if parts[0].n_zero:

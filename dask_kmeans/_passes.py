@@ -40,6 +40,7 @@ from ._runtime import (
     chunk_futures,
     compute,
     dask_persist,
+    memory_budget,
     single_blas_thread,
     sum_in_order,
     total_threads,
@@ -48,6 +49,8 @@ from ._runtime import (
 
 #: Up to this many bytes (centres x chunks), the centres ride inside each task.
 INLINE_CENTERS_BYTES = 4 * 2**20
+#: Per row and model: Hamerly's bounds (label, upper and lower bound).
+BOUND_BYTES = 20
 
 logger = logging.getLogger("dask_kmeans")
 
@@ -76,6 +79,8 @@ class ChunkGroup:
         # pass numbered ``bounds_version``.
         self.bounds = [None] * len(self.keys)
         self.bounds_version = None
+        # The models of a K sweep: model -> (pass number, each chunk's bounds).
+        self.model_bounds = {}
 
     async def _each(self, func) -> list:
         """``func(i, x, w)`` for every chunk, in the worker's thread pool."""
@@ -114,6 +119,39 @@ class ChunkGroup:
         self.bounds_version = None  # until every chunk has its new bounds
         out = await self._each(one)
         self.bounds_version = version
+        return out
+
+    async def lloyd_models(self, models, with_moments, metric):
+        """Lloyd partials of several models per chunk (a K sweep), each by Hamerly's
+        algorithm with its own bounds, packed one model after the other.
+
+        ``models`` holds ``(model, centers, drift, s_half, previous, version)``
+        per model; a model's bounds are used when they belong to its pass
+        ``previous``. Rows that keep their centre are not read, and each
+        model's inertia comes from its clusters' moments. Models left out of
+        the call (converged) drop their bounds.
+        """
+        held, self.model_bounds = self.model_bounds, {}  # until every chunk has new ones
+        usable = {}
+        for mid, _centers, drift, _s_half, previous, _version in models:
+            version_and_bounds = held.get(mid)
+            if drift is not None and version_and_bounds is not None \
+                    and version_and_bounds[0] == previous:
+                usable[mid] = version_and_bounds[1]
+        new_bounds = {m[0]: [None] * len(self.keys) for m in models}
+
+        def one(i, x, w):
+            parts = []
+            for mid, centers, drift, s_half, _previous, _version in models:
+                old = usable[mid][i] if mid in usable else None
+                p, new_bounds[mid][i], _ = K.bounded_partials(
+                    x, centers, w, old, drift if old is not None else None, s_half, metric,
+                    exact=False)
+                parts.append(p)
+            return G.pack(parts, x, with_moments, metric)
+
+        out = await self._each(one)
+        self.model_bounds = {m[0]: (m[5], new_bounds[m[0]]) for m in models}
         return out
 
     async def oversample(self, candidates, keep_state, kw):
@@ -239,6 +277,8 @@ class Passes:
         self._group_futures = None
         self._state_on_actors = False
         self._sent = None  # (number, centres) of the last bounded Lloyd pass
+        self._sent_models = {}  # the same per model of a K sweep
+        self._bounds_budget = None
 
     def _actors(self):
         """One ChunkGroup actor per worker holding chunks (made once), or None."""
@@ -357,6 +397,44 @@ class Passes:
         parts = self._map(G.packed_chunk, self._centers_arg(centers), self._wf,
                           with_moments=with_moments, metric=self.metric, sizes=sizes)
         return tree_sum(self._client, parts, self.split_every).ravel()
+
+    def lloyd_models(self, centers_by_model: dict, with_moments: bool) -> np.ndarray:
+        """Summed Lloyd partials of several models in one pass (a K sweep), packed in the
+        order of ``centers_by_model`` (see ``_graph.unpack_many``).
+
+        On the actors or the local pool each model keeps its own Hamerly bounds
+        between passes, while all of them fit in a quarter of the memory budget
+        (20 bytes a row and model): rows that keep their centre are not read,
+        and each model's inertia comes from its clusters' moments. Otherwise
+        one plain pass against the stacked centres.
+        """
+        ids = list(centers_by_model)
+        if self._bounds_fit(len(ids)):
+            models, sent = [], {}
+            for mid in ids:
+                used = np.asarray(centers_by_model[mid], dtype=self.X.dtype)
+                prev = self._sent_models.get(mid)
+                same = prev is not None and prev[1].shape == used.shape
+                drift, s_half = K.center_geometry(used, prev[1] if same else None)
+                version = prev[0] + 1 if prev is not None else 0
+                models.append((mid, used, drift, s_half, prev[0] if same else None, version))
+                sent[mid] = (version, used)
+            parts = self._on_actors("lloyd_models", models, with_moments, self.metric)
+            if parts is not None:
+                self._sent_models = sent
+                return sum_in_order(parts, self.split_every).ravel()
+            self._sent_models = {}
+        stacked = np.vstack([centers_by_model[mid] for mid in ids])
+        sizes = tuple(len(centers_by_model[mid]) for mid in ids)
+        return self.lloyd(stacked, with_moments, sizes)
+
+    def _bounds_fit(self, n_models: int) -> bool:
+        """Whether ``n_models`` models' row bounds fit where the chunks are held."""
+        if self._local is None and not self.on_futures:
+            return False
+        if self._bounds_budget is None:
+            self._bounds_budget = 0.25 * memory_budget(self._client)
+        return self.X.shape[0] * BOUND_BYTES * n_models <= self._bounds_budget
 
     def oversample(self, candidates: np.ndarray, base: int, *,
                    seed: int, stream: int, ell: float) -> tuple[np.ndarray, float]:

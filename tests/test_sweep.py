@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dask
+import dask.array
 import numpy as np
 
 import dask_kmeans as dk
@@ -38,3 +39,52 @@ def test_sweep_reads_the_data_about_as_often_as_one_fit():
     # seven separate fits that would read it about 7 * single times
     assert swept <= 7 + max(res.n_iter) + 2
     assert swept < 2 * single + 10, (swept, single, km.n_iter_)
+
+
+def _sweep_both_ways(X, monkeypatch, **kw):
+    """A sweep with each model's bounds kept between passes, then with the stacked plain
+    passes (as when the bounds would not fit in memory), and the passes each one made."""
+    from dask_kmeans import _passes
+
+    calls = []
+    original = _passes.Passes._on_actors
+
+    def spy(self, method, *args):
+        calls.append(method)
+        return original(self, method, *args)
+
+    monkeypatch.setattr(_passes.Passes, "_on_actors", spy)
+    bounded = dk.sweep(X, range(2, 9), random_state=0, **kw)
+    bounded_calls, calls[:] = list(calls), []
+    monkeypatch.setattr(_passes.Passes, "_bounds_fit", lambda self, n: False)
+    plain = dk.sweep(X, range(2, 9), random_state=0, **kw)
+    return bounded, plain, bounded_calls, list(calls)
+
+
+def _same_models(a, b):
+    assert a.n_iter == b.n_iter
+    for ma, mb in zip(a.models, b.models, strict=True):
+        np.testing.assert_allclose(ma.cluster_centers_, mb.cluster_centers_, rtol=1e-12,
+                                   atol=1e-12)
+    np.testing.assert_allclose(a.inertias, b.inertias, rtol=1e-12)
+    assert a.suggested_k == b.suggested_k
+
+
+def test_sweep_keeps_each_models_bounds_in_this_process(monkeypatch):
+    """NumPy input without a cluster: the sweep's passes carry one set of bounds per model
+    (lloyd_models on the local pool) and give the stacked plain passes' models."""
+    X = blobs(n=6000, d=4, k=5, seed=2, spread=3.0)
+    bounded, plain, bounded_calls, plain_calls = _sweep_both_ways(X, monkeypatch)
+    assert "lloyd_models" in bounded_calls and "lloyd_models" not in plain_calls
+    _same_models(bounded, plain)
+
+
+def test_sweep_keeps_each_models_bounds_on_the_actors(client, monkeypatch):
+    from distributed import wait
+
+    X = client.persist(dask.array.from_array(blobs(n=6000, d=4, k=5, seed=2, spread=3.0),
+                                             chunks=(2000, 4)))
+    wait(X)
+    bounded, plain, bounded_calls, plain_calls = _sweep_both_ways(X, monkeypatch)
+    assert "lloyd_models" in bounded_calls and "lloyd_models" not in plain_calls
+    _same_models(bounded, plain)
