@@ -20,9 +20,15 @@ chunk in the worker's own thread pool and answers with the per-chunk results;
 the driver adds them in chunk order with the tree's grouping. That skips the
 scheduler: ~2.5 ms per pass instead of ~11 ms. The actors also keep per-row
 state next to the rows (k-means|| nearest candidates, Hamerly's bounds for
-Lloyd). An actor dies with its worker, so any failure of an actor call drops
-the actors for good and the pass is made again with futures, which the
-scheduler can recompute from lost chunks.
+Lloyd, one set per model of a K sweep). An actor dies with its worker, so any
+failure of an actor call drops the actors for good and the pass is made again
+with futures, which the scheduler can recompute from lost chunks.
+
+Without a distributed client, data held in this process (NumPy input, or
+persisted under the threaded scheduler) gets the same treatment from
+:class:`LocalChunks`: a ChunkGroup whose chunks are the arrays themselves,
+run in a local thread pool, with the same per-chunk state. Only data read
+lazily from its source goes through dask graphs on a local scheduler.
 """
 
 from __future__ import annotations
