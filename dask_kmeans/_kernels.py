@@ -23,6 +23,8 @@ BLOCK_ROWS = 256
 #: k-means|| state update: up to this many new candidates that may beat a row's previous
 #: one are measured directly; more, and the best score's candidate is found first.
 FEW_HITS = 4
+#: Squared norms from which float32 scores could overflow: such rows are measured exactly.
+F32_SAFE = 1e30
 
 
 class Partials(NamedTuple):
@@ -180,8 +182,9 @@ class Bounds(NamedTuple):
     The chunk's per-cluster statistics for those labels ride along, so that
     the next pass only moves the rows that change centre: ``sums`` and
     ``counts`` (weighted, as in :class:`Partials`), ``sq`` (weighted squared
-    norms of the rows, unit rows for cosine) and ``members`` (rows, to know
-    exactly when a cluster empties).
+    norms of the rows, unit rows for cosine) and ``members`` (rows of positive
+    weight, to know exactly when a cluster's weight is zero: then its
+    statistics are set back to exact zeros, as the plain kernel has them).
     """
 
     labels: np.ndarray  # (n,) int32
@@ -204,7 +207,8 @@ def _move(sums, counts, sq, members, x, i, scale, wi, label, sign):
         rr += xf * xf
     counts[label] += sign * wi
     sq[label] += sign * wi * rr * scale * scale
-    members[label] += 1 if sign > 0.0 else -1
+    if wi > 0.0:  # rows of zero weight leave the statistics as they are
+        members[label] += 1 if sign > 0.0 else -1
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
@@ -678,8 +682,8 @@ def _load_row(x, i, shift, cosine, dst):
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _candidate_pass(x, ct, half, shift, err_row, err_const, c, base, prev_sq, prev_idx,
-                    has_prev, out_sq, out_idx, cosine):
+def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, prev_sq,
+                    prev_idx, has_prev, out_sq, out_idx, cosine):
     """Nearest of the candidates ``c`` for every row, merged with the previous state.
 
     The GEMM runs in float32 on rows and candidates less ``shift`` (``ct``:
@@ -691,7 +695,10 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, c, base, prev_sq, pr
     decides (the first candidate on ties). So the result is the exact
     nearest candidate, whatever the BLAS or the blocking. With ``has_prev``
     a row keeps its previous candidate unless a new one is strictly closer;
-    a row whose scores all stay clear of that is not measured at all.
+    a row whose scores all stay clear of that is not measured at all. Rows
+    or candidates whose squared norms reach ``F32_SAFE`` (float32 products
+    would overflow; ``f32_ok`` False for the candidates) are measured against
+    every candidate.
     Rows of zero norm (cosine) and rows with NaN get distance 0 and keep
     their previous candidate (``base`` without one).
     """
@@ -739,7 +746,9 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, c, base, prev_sq, pr
                 continue
             score = db[r]
             window = err_row * np.sqrt(norms[r]) + err_const
-            if has_prev:
+            # Values too large for float32 products: every candidate is measured.
+            trusted = f32_ok and norms[r] < F32_SAFE
+            if has_prev and trusted:
                 # Closer than the previous candidate means a score above
                 # (|x|^2 - d_prev^2) / 2; most rows have none and keep it, unmeasured.
                 prev_full = prev_sq[i] * (2.0 if cosine else 1.0)
@@ -780,8 +789,8 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, c, base, prev_sq, pr
             for j in range(k):  # branch-free: vectorises
                 near += 1 if np.float64(score[j]) >= low else 0
             dist = _sq_dist(x[i], scale, c[best])
-            if near > 1 or not (low > -np.inf and low < np.inf):
-                check_all = not (low > -np.inf and low < np.inf)
+            if near > 1 or not trusted or not (low > -np.inf and low < np.inf):
+                check_all = not trusted or not (low > -np.inf and low < np.inf)
                 proposed = best
                 for j in range(k):
                     if j != proposed and (check_all or np.float64(score[j]) >= low):
@@ -818,8 +827,17 @@ def _f32_scores(candidates: np.ndarray, metric: str):
     sq = np.einsum("ij,ij->i", cs, cs)
     cmax2 = float(sq.max())
     unit = 4.0 * (d + 5) * 2.0**-24
-    return (shift, np.ascontiguousarray(cs.T, dtype=np.float32),
-            (0.5 * sq).astype(np.float32), unit * np.sqrt(cmax2), unit * 0.5 * cmax2)
+    # Below float32's normal range, products and their roundings lose relative
+    # precision (or flush to zero): allow an absolute error of the smallest normal
+    # number per term, in proportion to the factors' sizes.
+    tiny = 4.0 * (d + 2) * float(np.finfo(np.float32).tiny)
+    cmax = np.sqrt(cmax2)
+    f32_ok = cmax2 < F32_SAFE
+    with np.errstate(over="ignore"):  # such candidates are measured in float64 anyway
+        ct = np.ascontiguousarray(cs.T, dtype=np.float32)
+        half = (0.5 * sq).astype(np.float32)
+    return (shift, ct, half, unit * cmax + tiny, unit * 0.5 * cmax2 + tiny * (1.0 + cmax),
+            f32_ok)
 
 
 def nearest_update(
@@ -845,14 +863,14 @@ def nearest_update(
         return previous
     x = np.ascontiguousarray(x)
     c = np.ascontiguousarray(new, dtype=x.dtype)
-    shift, ct, half, err_row, err_const = _f32_scores(c, metric)
+    shift, ct, half, err_row, err_const, f32_ok = _f32_scores(c, metric)
     n = x.shape[0]
     has_prev = previous is not None
     prev_sq = previous.sq_dist if has_prev else np.empty(0)
     prev_idx = previous.index if has_prev else np.empty(0, dtype=np.int64)
     out = Nearest(np.empty(n), np.empty(n, dtype=np.int64))
-    _candidate_pass(x, ct, half, shift, err_row, err_const, c, base, prev_sq, prev_idx,
-                    has_prev, out.sq_dist, out.index, metric == "cosine")
+    _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, prev_sq,
+                    prev_idx, has_prev, out.sq_dist, out.index, metric == "cosine")
     return out
 
 

@@ -440,7 +440,8 @@ class Passes:
             return False
         if self._bounds_budget is None:
             self._bounds_budget = 0.25 * memory_budget(self._client)
-        return self.X.shape[0] * BOUND_BYTES * n_models <= self._bounds_budget
+        # Twice: during a pass each model's old and new bounds are both alive.
+        return 2 * self.X.shape[0] * BOUND_BYTES * n_models <= self._bounds_budget
 
     def oversample(self, candidates: np.ndarray, base: int, *,
                    seed: int, stream: int, ell: float) -> tuple[np.ndarray, float]:
@@ -508,9 +509,14 @@ class Passes:
             return None
         out = np.empty((len(index), self.X.shape[1]), dtype=self.X.dtype)
         where = {int(r): j for j, r in enumerate(index)}
+        filled = 0
         for found, values in parts:
             for r, v in zip(found, values, strict=True):
                 out[where[int(r)]] = v
+                filled += 1
+        if filled != len(where):
+            raise IndexError(f"rows {sorted(where)} are not all within the {self.X.shape[0]} "
+                             "rows of the data")
         return out
 
     def local_labels(self) -> np.ndarray | None:

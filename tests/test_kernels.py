@@ -268,3 +268,38 @@ def test_nearest_update_resolves_what_float32_cannot_see():
     far = rng.normal(scale=50, size=(3, 8))  # moves the shift off the bisecting plane
     state = K.nearest_update(x, np.vstack([far[:1], wrong, right, far[1:]]), 0)
     assert np.all(state.index == 2)
+
+
+def test_a_cluster_left_with_rows_of_zero_weight_has_exactly_zero_weight():
+    """Carried statistics: the rounding left by rows that moved out must not make a
+    cluster holding only zero-weight rows look non-empty (the plain kernel gives 0)."""
+    x = np.array([[0.0], [4.0], [4.0]])
+    w = np.array([0.0, 0.1, 0.2])
+    c = np.array([[0.0], [10.0]])
+    drift, s_half = K.center_geometry(c, None)
+    _, bounds, _ = K.bounded_partials(x, c, w, None, drift, s_half)
+    c2 = np.array([[0.0], [5.0]])
+    drift, s_half = K.center_geometry(c2, c)
+    p, _, _ = K.bounded_partials(x, c2, w, bounds, drift, s_half, exact=False)
+    plain = K.lloyd_partials(x, c2, w)
+    np.testing.assert_array_equal(p.counts, plain.counts)
+    assert p.counts[0] == 0.0 and np.all(p.sums[0] == 0.0)
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e20])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_nearest_update_is_exact_beyond_float32s_range(scale, with_state):
+    """Values whose float32 products underflow (1e-22) or overflow (1e20): the float64
+    check still gives the exact nearest candidate."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2000, 4)) * scale
+    cands = x[rng.choice(len(x), 30, replace=False)]
+    state = K.nearest_update(x, cands[:1], 0) if with_state else None
+    base = 1 if with_state else 0
+    with np.errstate(over="raise"):  # no overflow warning escapes either
+        new = K.nearest_update(x, cands, base, state)
+    d, want = _nearest_reference(x, cands, base, state, "euclidean")
+    np.testing.assert_allclose(new.sq_dist, want, rtol=1e-12, atol=0)
+    moved = np.flatnonzero(new.index != (state.index if with_state else -1))
+    np.testing.assert_allclose(d[moved, new.index[moved] - base], d[moved].min(axis=1),
+                               rtol=1e-12)
