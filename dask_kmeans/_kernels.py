@@ -54,6 +54,18 @@ def _sq_dist(row, scale, centre):
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _unit_scale(row):
+    """``1 / |row|`` in float64, what divides a row into a unit vector (cosine); 0 for a
+    row of zero norm (NaN for a row holding NaN)."""
+    norm = 0.0
+    for f in range(row.shape[0]):
+        norm += np.float64(row[f]) * np.float64(row[f])
+    if norm == 0.0:
+        return 0.0
+    return 1.0 / np.sqrt(norm)
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _nearest(dots, half_cnorm):
     """Index of the nearest centre from one row of ``x . c^T``: the largest
     ``x . c - |c|^2 / 2``, the first one on ties."""
@@ -96,15 +108,12 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
         for i in range(m):
             scale = 1.0
             if cosine:
-                norm = 0.0
-                for f in range(d):
-                    norm += np.float64(xb[i, f]) * np.float64(xb[i, f])
-                if norm == 0.0:
+                scale = _unit_scale(xb[i])
+                if scale == 0.0:
                     n_zero += 1
                     labels[start + i] = -1
                     mind[start + i] = np.nan
                     continue
-                scale = 1.0 / np.sqrt(norm)
             best = _nearest(db[i], half_cnorm)
             dist = _sq_dist(xb[i], scale, c[best])
             if cosine:
@@ -282,12 +291,7 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             if u <= z and not exact:  # keeps its centre, unread
                 i += 1
                 continue
-            scale = 1.0
-            if cosine:
-                norm = 0.0
-                for f in range(d):
-                    norm += np.float64(x[i, f]) * np.float64(x[i, f])
-                scale = 1.0 / np.sqrt(norm)
+            scale = _unit_scale(x[i]) if cosine else 1.0
             dist = _sq_dist(x[i], scale, c[a])
             if u > z:  # tighten: the exact distance to its centre
                 u = np.sqrt(dist)
@@ -314,14 +318,11 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             xx = 0.0
             scale = 1.0
             if cosine:
-                for f in range(d):
-                    xf = np.float64(src[r, f])
-                    xx += xf * xf
-                if xx == 0.0:
+                scale = _unit_scale(src[r])
+                if scale == 0.0:
                     n_zero += 1
                     labels[row] = -1
                     continue
-                scale = 1.0 / np.sqrt(xx)
             best = _nearest(db[r], half_cnorm)
             second_val = -np.inf
             for j in range(k):
@@ -665,20 +666,31 @@ def _load_row(x, i, shift, cosine, dst):
     d = x.shape[1]
     scale = 1.0
     if cosine:
-        norm = 0.0
-        for f in range(d):
-            norm += np.float64(x[i, f]) * np.float64(x[i, f])
-        if norm == 0.0:
+        scale = _unit_scale(x[i])
+        if scale == 0.0:
             for f in range(d):
                 dst[f] = 0.0
             return 0.0, 0.0
-        scale = 1.0 / np.sqrt(norm)
     xx = 0.0
     for f in range(d):
         v = (np.float64(x[i, f]) - shift[f]) * scale
         dst[f] = v
         xx += v * v
     return scale, xx
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _settle(out_sq, out_idx, i, dist, index, prev_sq, keep, has_prev):
+    """Row ``i``'s new state: candidate ``index`` at ``dist`` (NaN counts as 0), unless
+    its previous candidate ``keep`` is at most as far."""
+    if dist != dist:
+        dist = 0.0
+    if has_prev and not dist < prev_sq[i]:
+        out_sq[i] = prev_sq[i]
+        out_idx[i] = keep
+    else:
+        out_sq[i] = dist
+        out_idx[i] = index
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
@@ -707,21 +719,11 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
     if k == 1:  # one candidate (the first round): its exact distance, no GEMM
         for i in range(n):
             keep = prev_idx[i] if has_prev else base
-            scale = 1.0
-            if cosine:
-                norm = 0.0
-                for f in range(d):
-                    norm += np.float64(x[i, f]) * np.float64(x[i, f])
-                scale = 1.0 / np.sqrt(norm) if norm > 0.0 else 0.0
+            scale = _unit_scale(x[i]) if cosine else 1.0
             dist = _sq_dist(x[i], scale, c[0]) * (0.5 if cosine else 1.0)
-            if dist != dist or (cosine and scale == 0.0):
+            if cosine and scale == 0.0:
                 dist = 0.0
-            if has_prev and not dist < prev_sq[i]:
-                out_sq[i] = prev_sq[i]
-                out_idx[i] = keep
-            else:
-                out_sq[i] = dist
-                out_idx[i] = base
+            _settle(out_sq, out_idx, i, dist, base, prev_sq, keep, has_prev)
         return
     buf = np.empty((BLOCK_ROWS, k), dtype=np.float32)
     xs = np.empty((BLOCK_ROWS, d), dtype=np.float32)
@@ -771,12 +773,7 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
                                 best = j
                     if cosine:
                         dist *= 0.5
-                    if dist < prev_sq[i]:
-                        out_sq[i] = dist
-                        out_idx[i] = best + base
-                    else:
-                        out_sq[i] = prev_sq[i]
-                        out_idx[i] = keep
+                    _settle(out_sq, out_idx, i, dist, best + base, prev_sq, keep, True)
                     continue
             best = 0
             best_val = score[0]
@@ -800,14 +797,7 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
                             best = j
             if cosine:
                 dist *= 0.5
-            if dist != dist:
-                dist = 0.0
-            if has_prev and not dist < prev_sq[i]:
-                out_sq[i] = prev_sq[i]
-                out_idx[i] = keep
-            else:
-                out_sq[i] = dist
-                out_idx[i] = best + base
+            _settle(out_sq, out_idx, i, dist, best + base, prev_sq, keep, has_prev)
 
 
 def _f32_scores(candidates: np.ndarray, metric: str):
