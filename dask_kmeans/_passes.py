@@ -387,14 +387,9 @@ class Passes:
             return compute(graph)[0]
         if sizes is None:
             # Hamerly's algorithm on the actors, where each chunk's row bounds can stay.
-            used = np.asarray(centers, dtype=self.X.dtype)
-            previous = self._sent
-            same = previous is not None and previous[1].shape == used.shape
-            drift, s_half = K.center_geometry(used, previous[1] if same else None)
-            version = (previous[0] + 1) if previous is not None else 0
+            used, drift, s_half, previous, version = self._bounded_step(centers, self._sent)
             parts = self._on_actors("lloyd_bounded", centers, with_moments, self.metric,
-                                    drift, s_half, previous[0] if same else None, version,
-                                    exact_inertia)
+                                    drift, s_half, previous, version, exact_inertia)
             self._sent = (version, used)
         else:
             parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes)
@@ -418,12 +413,9 @@ class Passes:
         if self._bounds_fit(len(ids)):
             models, sent = [], {}
             for mid in ids:
-                used = np.asarray(centers_by_model[mid], dtype=self.X.dtype)
-                prev = self._sent_models.get(mid)
-                same = prev is not None and prev[1].shape == used.shape
-                drift, s_half = K.center_geometry(used, prev[1] if same else None)
-                version = prev[0] + 1 if prev is not None else 0
-                models.append((mid, used, drift, s_half, prev[0] if same else None, version))
+                used, drift, s_half, previous, version = self._bounded_step(
+                    centers_by_model[mid], self._sent_models.get(mid))
+                models.append((mid, used, drift, s_half, previous, version))
                 sent[mid] = (version, used)
             parts = self._on_actors("lloyd_models", models, with_moments, self.metric)
             if parts is not None:
@@ -433,6 +425,17 @@ class Passes:
         stacked = np.vstack([centers_by_model[mid] for mid in ids])
         sizes = tuple(len(centers_by_model[mid]) for mid in ids)
         return self.lloyd(stacked, with_moments, sizes)
+
+    def _bounded_step(self, centers, sent):
+        """What a bounded pass against ``centers`` needs, given ``sent`` = (number, centres)
+        of the previous one (or None): the centres in the data's dtype, their drift since
+        then (None when there are no bounds to move) and half-separations, the number of
+        the pass whose bounds may be used (None) and this pass's number."""
+        used = np.asarray(centers, dtype=self.X.dtype)
+        same = sent is not None and sent[1].shape == used.shape
+        drift, s_half = K.center_geometry(used, sent[1] if same else None)
+        version = sent[0] + 1 if sent is not None else 0
+        return used, drift, s_half, sent[0] if same else None, version
 
     def _bounds_fit(self, n_models: int) -> bool:
         """Whether ``n_models`` models' row bounds fit where the chunks are held."""
