@@ -12,8 +12,10 @@ from functools import partial
 
 import dask.array as da
 import numpy as np
+from dask import delayed
 
 from . import _kernels as K
+from ._runtime import tree_levels
 
 
 def centers_array(centers: np.ndarray) -> da.Array:
@@ -298,6 +300,11 @@ def _scalar_part(t, i):
     return np.array([t[i]], dtype=np.float64)
 
 
+def proposal(t):
+    """The candidate rows and cost of one chunk's ``round_chunk`` result."""
+    return t[1], t[2]
+
+
 def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base: int,
                        seed: int, stream: int, ell: float, split_every=None,
                        metric="euclidean"):
@@ -308,11 +315,17 @@ def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base:
     :class:`~dask_kmeans._kernels.Nearest`), or ``None`` to compare every row
     with all ``candidates`` from scratch (``base`` = 0).
 
+    The chunks' proposals meet in a tree of ``split_every`` (as the sums of
+    ``sum_in_order``) that keeps, at each node, only the rows chosen for the
+    cost so far (:func:`~dask_kmeans._kernels.merge_proposals`): the root, and
+    so the driver, holds about ``ell`` rows whatever the number of chunks.
+
     Returns
     -------
     state : dask array with one ``Nearest`` per chunk
-    rows : dask array of shape (nan, 3 + n_features), the possible candidates
-    phi : dask array of shape (), the cost against the candidates so far
+    chosen : Delayed
+        ``(rows, phi)``: the rows that join the candidates, shape (m, 3 + n_features)
+        (columns of ``_kernels.oversample``), and the cost against the candidates so far.
     """
     res = da.blockwise(
         partial(_with_offset, round_chunk), "i", *_row_args(X, sample_weight, state),
@@ -320,14 +333,11 @@ def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base:
         meta=np.empty((0,), dtype=object), base=base, seed=seed, stream=stream, ell=ell,
         metric=metric,
     )
-    nb = X.numblocks[0]
-    width = 3 + X.shape[1]
     state = res.map_blocks(part, 0, dtype=object, meta=np.empty((0,), dtype=object))
-    rows = res.map_blocks(part, 1, new_axis=1, chunks=((np.nan,) * nb, (width,)),
-                          dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64))
-    phi = res.map_blocks(_scalar_part, 2, chunks=(1,), dtype=np.float64,
-                         meta=np.empty((0,), np.float64)).sum(split_every=split_every)
-    return state, rows, phi
+    merge = delayed(partial(K.merge_proposals, ell=ell), pure=True)
+    parts = tree_levels([delayed(proposal, pure=True)(b) for b in res.to_delayed().ravel()],
+                        split_every, merge)
+    return state, merge(*parts)
 
 
 def candidate_weights(X, sample_weight, state, candidates: np.ndarray, *, base: int,

@@ -172,8 +172,7 @@ def kmeans_parallel(
                              "Drop or impute the missing values before fitting.")
         if phi <= 0:  # every row sits on a candidate: nothing left to sample
             break
-        chosen = rows[rows[:, 1] * phi < ell * rows[:, 2]]
-        chosen = chosen[np.argsort(chosen[:, 0], kind="stable")]
+        chosen = rows[np.argsort(rows[:, 0], kind="stable")]  # in row order
         new = chosen[:, 3:].astype(X.dtype)
         base = n_cand
         n_cand += len(new)

@@ -880,8 +880,9 @@ def oversample(
     A row joins with probability ``min(1, ell * w * d^2 / phi)`` where ``phi``
     is the cost over *all* chunks, known only after the pass. Since
     ``phi >= phi_chunk``, every row with ``u < ell * w * d^2 / phi_chunk`` is
-    returned (about ``ell`` rows at most, in expectation) and the driver keeps
-    those with ``u < ell * w * d^2 / phi``.
+    returned (about ``ell`` rows at most, in expectation), and the rows
+    :func:`chosen` for the total cost join the candidates (see
+    :func:`merge_proposals`).
 
     Returns
     -------
@@ -899,6 +900,26 @@ def oversample(
     rows[:, 2] = wd2[keep]
     rows[:, 3:] = np.asarray(x)[keep]
     return rows, phi
+
+
+def chosen(rows: np.ndarray, phi: float, ell: float) -> np.ndarray:
+    """The rows of :func:`oversample` that join the candidates when the cost over all
+    chunks is ``phi``: ``u * phi < ell * w * d^2`` (none when ``phi`` is 0)."""
+    if not phi > 0:
+        return rows[:0]
+    return rows[rows[:, 1] * phi < ell * rows[:, 2]]
+
+
+def merge_proposals(*parts: tuple[np.ndarray, float], ell: float) -> tuple[np.ndarray, float]:
+    """The rows and cost of several chunks' :func:`oversample`, as one.
+
+    The cost is their sum, and only the rows :func:`chosen` for that cost are
+    kept: about ``ell`` rows, however many chunks. A tree of merges loses no row
+    the root keeps, since a subtree's cost is at most the root's (a sum of
+    non-negative numbers never decreases, in floating point too).
+    """
+    phi = sum(p for _, p in parts)
+    return chosen(np.concatenate([r for r, _ in parts]), phi, ell), phi
 
 
 def candidate_weights(

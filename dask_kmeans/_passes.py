@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
@@ -50,6 +51,8 @@ from ._runtime import (
     single_blas_thread,
     sum_in_order,
     total_threads,
+    tree_levels,
+    tree_merge,
     tree_sum,
 )
 
@@ -81,6 +84,7 @@ class ChunkGroup:
         self.weights = list(weights)  # small: held, copied here if they lived elsewhere
         self.offsets = list(offsets)
         self.state = [None] * len(self.keys)
+        self.proposals = [None] * len(self.keys)  # k-means|| rows awaiting the total cost
         # Lloyd by Hamerly's algorithm: each chunk's row bounds, for the centres of the
         # pass numbered ``bounds_version``.
         self.bounds = [None] * len(self.keys)
@@ -161,17 +165,26 @@ class ChunkGroup:
         return out
 
     async def oversample(self, candidates, keep_state, kw):
+        """A k-means|| pass over every chunk: each chunk's cost; its proposed rows stay
+        here until :meth:`chosen` says which join the candidates."""
         first = kw["base"] == 0  # a new initialisation: no state to build on
 
         def one(i, x, w):
-            nearest, rows, phi = G.round_chunk(
+            nearest, self.proposals[i], phi = G.round_chunk(
                 x, self.offsets[i], w, self.state[i] if keep_state and not first else None,
                 candidates, **kw)
             if keep_state:
                 self.state[i] = nearest
-            return rows, phi
+            return phi
 
+        self.proposals = [None] * len(self.keys)
         return await self._each(one)
+
+    async def chosen(self, phi, ell):
+        """Each chunk's proposed rows that join the candidates for the total cost ``phi``."""
+        out = [K.chosen(rows, phi, ell) for rows in self.proposals]
+        self.proposals = [None] * len(self.keys)
+        return out
 
     async def candidate_weights(self, candidates, keep_state, kw):
         out = await self._each(lambda i, x, w: G.weights_chunk(
@@ -448,39 +461,49 @@ class Passes:
 
     def oversample(self, candidates: np.ndarray, base: int, *,
                    seed: int, stream: int, ell: float) -> tuple[np.ndarray, float]:
-        """One k-means|| round: the possible candidate rows and the cost ``phi``.
+        """One k-means|| round: the rows that join the candidates, and the cost ``phi``.
 
         With ``keep_state`` rows are compared only with ``candidates[base:]``,
         the ones added since the previous pass; otherwise with all of them.
+        Rows come back in chunk order, as columns of ``_kernels.oversample``
+        (global index, ``u``, ``w * d^2``, the row). The chunks' proposed rows
+        are narrowed down to those chosen on the workers: the driver receives
+        about ``ell`` rows, whatever the number of chunks. The cost is added
+        in the tree of ``sum_in_order`` on every engine.
         """
         base = base if self.keep_state else 0
         if base == 0:  # the first round of an initialisation starts from no state
             self._state, self._state_on_actors = None, False
         kw = dict(base=base, seed=seed, stream=stream, ell=ell, metric=self.metric)
         if self._on_graphs:
-            state, rows, phi = G.oversampling_round(
+            state, chosen = G.oversampling_round(
                 self.X, self.sample_weight, self._state, candidates,
                 split_every=self.split_every, **kw)
             if self.keep_state:
-                state, rows, phi = dask_persist(state, rows, phi)
+                state, chosen = dask_persist(state, chosen)
                 self._state = state
-            rows, phi = compute(rows, phi)
+            (rows, phi), = compute(chosen)
             return rows, float(phi)
-        out = self._on_actors("oversample", candidates, self.keep_state, kw)
-        if out is not None:
-            self._state_on_actors = self.keep_state
-            return _rows_and_cost(out, self.X.shape[1])
+        costs = self._on_actors("oversample", candidates, self.keep_state, kw)
+        if costs is not None:
+            # Added as the merges of the other engines add them (same tree, same order).
+            phi = float(sum(tree_levels(list(costs), self.split_every, lambda *g: sum(g))))
+            rows = self._on_actors("chosen", phi, ell)
+            if rows is not None:
+                self._state_on_actors = self.keep_state
+                return np.concatenate(rows), phi
         if self._state_on_actors:  # lost with an actor: compare with every candidate again
             kw["base"], self._state, self._state_on_actors = 0, None, False
         prev = self._state if self._state is not None else [None] * len(self._xf)
         res = self._map(G.round_chunk, self._offsets, self._wf, prev,
                         self._centers_arg(candidates), **kw)
-        small = self._client.map(_rows_and_phi, res, pure=False)
+        props = self._client.map(G.proposal, res, pure=False)
         if self.keep_state:
             self._state = self._client.map(G.part, res, [0] * len(res), pure=False)
-        out = self._client.gather(small)
+        rows, phi = tree_merge(self._client, props, self.split_every,
+                               partial(K.merge_proposals, ell=ell))
         del res
-        return _rows_and_cost(out, self.X.shape[1])
+        return rows, float(phi)
 
     def candidate_weights(self, candidates: np.ndarray, base: int) -> np.ndarray:
         """Total weight of the rows nearest to each candidate, shape (n_candidates,)."""
@@ -540,13 +563,3 @@ class Passes:
             parts = self._client.gather(self._map(G.choice_chunk, self._offsets, self._wf,
                                                   seed=seed, stream=stream))
         return np.concatenate(parts)
-
-
-def _rows_and_phi(t):
-    return t[1], t[2]
-
-
-def _rows_and_cost(out: list, d: int) -> tuple[np.ndarray, float]:
-    """Candidate rows of every chunk, in chunk order, and the total cost."""
-    rows = np.concatenate([r for r, _ in out]) if out else np.empty((0, 3 + d))
-    return rows, float(sum(p for _, p in out))

@@ -179,7 +179,7 @@ def chunk_futures(client, X):
     return [held[k] for k in keys]
 
 
-def _levels(parts: list, split_every, combine) -> list:
+def tree_levels(parts: list, split_every, combine) -> list:
     """Combine ``parts`` by groups of ``split_every`` until at most that many remain.
 
     The one grouping both :func:`tree_sum` (on the workers) and :func:`sum_in_order` (on
@@ -200,16 +200,26 @@ def tree_sum(client, futures, split_every=None) -> np.ndarray:
     """
     from ._kernels import combine
 
-    futures = _levels(futures, split_every,
-                      lambda *group: client.submit(combine, *group, pure=False))
+    futures = tree_levels(futures, split_every,
+                          lambda *group: client.submit(combine, *group, pure=False))
     return combine(*client.gather(futures))
+
+
+def tree_merge(client, futures, split_every, merge):
+    """``merge`` of ``futures`` by the tree of :func:`tree_levels`, the root on a worker
+    too, gathered: the driver receives only the root's result."""
+    futures = tree_levels(futures, split_every,
+                          lambda *group: client.submit(merge, *group, pure=False))
+    if len(futures) > 1:
+        futures = [client.submit(merge, *futures, pure=False)]
+    return client.gather(futures[0])
 
 
 def sum_in_order(parts: list, split_every=None) -> np.ndarray:
     """The sum :func:`tree_sum` makes of ``parts``, grouped the same way, on the driver."""
     from ._kernels import combine
 
-    return combine(*_levels(parts, split_every, combine))
+    return combine(*tree_levels(parts, split_every, combine))
 
 
 #: Bytes per row of the k-means|| state (squared distance and candidate index).

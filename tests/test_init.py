@@ -254,3 +254,93 @@ def test_an_actor_lost_between_rounds_costs_a_full_comparison_not_the_result(cli
     assert phi2 == pytest.approx(ref_phi2, rel=1e-12)
     np.testing.assert_allclose(weights, healthy.candidate_weights(both, 8), rtol=1e-12)
     assert weights.sum() == len(X)
+
+
+def test_a_tree_of_merges_keeps_the_rows_chosen_for_the_total_cost():
+    """Each merge keeps the rows chosen for its subtree's cost; the root's are those chosen
+    for the total, whatever the grouping (no row the root keeps is lost on the way)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4000, 3))
+    ell = 10.0
+    parts = []
+    for start in range(0, len(x), 250):
+        near = K.Nearest(rng.exponential(size=250), np.zeros(250, dtype=np.int64))
+        parts.append(K.oversample(x[start : start + 250], near, None, rng.random(250), start,
+                                  ell))
+    flat_rows = np.concatenate([r for r, _ in parts])
+    phi = sum(p for _, p in parts)
+    wanted = K.chosen(flat_rows, phi, ell)
+    assert 0 < len(wanted) < 3 * ell < len(flat_rows) / 3  # proposals: ~ell per chunk
+    for fan_in in (2, 3, 16):
+        level = parts
+        while len(level) > 1:
+            level = [K.merge_proposals(*level[i : i + fan_in], ell=ell)
+                     for i in range(0, len(level), fan_in)]
+        rows, root_phi = level[0]
+        assert root_phi == pytest.approx(phi, rel=1e-13)
+        np.testing.assert_array_equal(rows, wanted)
+
+
+def _expected_candidates(X, candidates, seed, stream, ell):
+    """Global indices of the rows one k-means|| round chooses, in NumPy."""
+    d2 = np.min(((X[:, None, :] - candidates[None]) ** 2).sum(-1), axis=1)
+    u = K.row_uniforms(seed, stream, 0, len(X))
+    return np.flatnonzero(u * d2.sum() < ell * d2)
+
+
+@pytest.mark.parametrize("engine", ["graph", "local", "actors", "futures"])
+def test_the_driver_receives_only_the_rows_chosen(engine, X, request):
+    """With 200 chunks a round proposes about l rows per chunk; only the ~l chosen ones
+    come back, on every engine."""
+    from dask_kmeans._passes import Passes
+
+    ell, seed = 8.0, 3
+    candidates = X[[10, 5000, 15000]]
+    expected = _expected_candidates(X, candidates, seed, 1, ell)
+    Xd = da.from_array(X, chunks=100)
+    if engine in ("actors", "futures"):
+        client = request.getfixturevalue("client")
+        passes = Passes(client.persist(Xd))
+        if engine == "futures":
+            passes._groups = False
+        rows, phi = passes.oversample(candidates, 0, seed=seed, stream=1, ell=ell)
+        assert (passes._groups is False) == (engine == "futures")
+    else:
+        with dask.config.set(scheduler="threads"):
+            passes = Passes(Xd, in_memory=engine == "local")
+            assert (passes._local is not None) == (engine == "local")
+            rows, phi = passes.oversample(candidates, 0, seed=seed, stream=1, ell=ell)
+    np.testing.assert_array_equal(rows[:, 0], expected)
+    np.testing.assert_array_equal(rows[:, 3:], X[expected])
+    assert len(expected) < 3 * ell
+
+
+class _DiesBeforeChoosing:
+    """An actor whose worker dies after the pass, before the rows are chosen."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def __getattr__(self, name):
+        if name == "chosen":
+            return _DeadActor().chosen
+        return getattr(self.actor, name)
+
+
+def test_an_actor_lost_before_choosing_makes_the_round_again(client, X):
+    from dask_kmeans._passes import Passes
+
+    Xd = client.persist(da.from_array(X, chunks=6000))
+    first = X[[3, 9000]]
+    kw = dict(seed=2, stream=1, ell=8.0)
+    broken = Passes(Xd, keep_state=True)
+    broken._actors()
+    broken._groups = [(_DiesBeforeChoosing(actor), idx) for actor, idx in broken._groups]
+    rows, phi = broken.oversample(first, 0, **kw)
+    assert broken._groups is False
+    healthy = Passes(Xd, keep_state=True)
+    ref_rows, ref_phi = healthy.oversample(first, 0, **kw)
+    assert healthy._groups
+    np.testing.assert_array_equal(rows, ref_rows)
+    assert phi == ref_phi
+    np.testing.assert_array_equal(rows[:, 0], _expected_candidates(X, first, 2, 1, 8.0))
