@@ -20,7 +20,8 @@ logger = logging.getLogger("dask_kmeans")
 KMEANS_PP_MAX_ROWS = 200_000
 #: Weighted Lloyd steps that refine the k-means++ seeding of the k-means|| candidates.
 REFINE_ITER = 10
-#: Extra k-means|| rounds allowed when the rounds asked for found fewer than k candidates.
+#: Extra k-means|| rounds allowed when the rounds asked for found fewer than k candidates
+#: (each oversampling at least twice the number missing).
 MAX_EXTRA_ROUNDS = 10
 
 
@@ -164,8 +165,10 @@ def kmeans_parallel(
     for rnd in range(1, init_rounds + MAX_EXTRA_ROUNDS + 1):
         if rnd > init_rounds and n_cand >= n_clusters:
             break
+        # An extra round (fewer than k candidates so far) expects twice the missing number.
+        ell_round = ell if rnd <= init_rounds else max(ell, 2.0 * (n_clusters - n_cand))
         rows, phi = passes.oversample(np.vstack(candidates), base, seed=seed, stream=rnd,
-                                      ell=ell)
+                                      ell=ell_round)
         n_passes = rnd
         if not np.isfinite(phi):
             raise ValueError("Input X contains NaN or infinity: the k-means|| cost is not finite. "

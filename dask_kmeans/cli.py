@@ -436,6 +436,11 @@ def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_it
               default=_DEFAULTS["init"], show_default=True, help="Initialisation.")
 @click.option("--n-init", type=click.IntRange(min=1), default=None,
               help="Number of initialisations, the best kept. Default: 10 for random, else 1.")
+@click.option("--oversampling-factor", type=click.FloatRange(min=0, min_open=True),
+              default=None, metavar="X",
+              help="k-means||: rows sampled per round, as a multiple of K. Default: 2.")
+@click.option("--init-rounds", type=click.IntRange(min=1), default=None, metavar="N",
+              help="k-means||: sampling rounds (passes over the data). Default: 5.")
 @_data_options
 @click.option("--output", "-o", "model_url", metavar="MODEL_URL",
               help="Where to save the model (a directory, local or fsspec URL).")
@@ -452,9 +457,10 @@ def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_it
               help="Replace a model, labels or plot already there.")
 @_json_option
 @_cluster_options
-def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed, metric,
-        standardize, dtype, missing, storage_options, model_url, labels_url, profile, plot_url,
-        plot_features, overwrite, as_json, progress, cluster_file, scheduler, timeout):
+def fit(input_url, n_clusters, keys, init, n_init, oversampling_factor, init_rounds, columns,
+        max_iter, tol, seed, metric, standardize, dtype, missing, storage_options, model_url,
+        labels_url, profile, plot_url, plot_features, overwrite, as_json, progress,
+        cluster_file, scheduler, timeout):
     """Fit K-means on the Parquet data at INPUT_URL; save the model and labels.
 
     Prints each cluster's size, share, feature means and a description, and writes them
@@ -467,8 +473,10 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
     inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
                              max_iter, tol, seed, metric, standardize)
     params.update(n_clusters=n_clusters, init=init)
-    if n_init is not None:
-        params["n_init"] = n_init
+    for name, value in (("n_init", n_init), ("oversampling_factor", oversampling_factor),
+                        ("init_rounds", init_rounds)):
+        if value is not None:
+            params[name] = value
     spec = {"job": {
         "kind": "fit", "input": inp, "params": params,
         "output": {"model": model_url, "labels": labels_url, "profile": profile,

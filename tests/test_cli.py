@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -193,6 +194,26 @@ def test_fit_shows_progress_bars_and_a_summary_on_stderr(data):
 
     result = invoke("fit", data["url"], "--k", 3, "--no-progress", "--cluster", data["config"])
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_fit_passes_the_kmeans_parallel_options_on(data):
+    result = invoke("fit", data["url"], "--k", 3, "--seed", 0, "--init-rounds", 2,
+                    "--oversampling-factor", 0.5, "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    (init,) = [line for line in result.stderr.splitlines() if line.startswith("k-means||  ")]
+    assert " 3/3 " in init, init  # 2 rounds + the weights pass
+    # l = 0.5 k = 1.5 rows a round: a handful of candidates, not the ~13 of l = 2k.
+    assert int(re.search(r"(\d+) candidates", init).group(1)) <= 6, init
+
+
+@pytest.mark.parametrize("args, wanted", [
+    (("--oversampling-factor", 0), "Invalid value for '--oversampling-factor': 0.0 is not in "
+                                   "the range x>0."),
+    (("--init-rounds", 0), "Invalid value for '--init-rounds': 0 is not in the range x>=1."),
+])
+def test_fit_refuses_bad_kmeans_parallel_options(data, args, wanted):
+    result = invoke("fit", data["url"], "--k", 3, *args, "--cluster", data["config"])
+    assert result.exit_code == 2 and wanted in result.stderr, result.stderr
 
 
 def test_fit_refuses_a_bad_plot_before_any_work(data, tmp_path, monkeypatch):

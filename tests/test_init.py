@@ -117,10 +117,27 @@ def test_never_persisted_input_takes_at_most_rounds_plus_two_passes(X, weighted)
 def test_candidate_weights_sum_to_total_weight(X):
     w = np.random.default_rng(0).uniform(0, 3, size=len(X))
     Xd = da.from_array(X, chunks=5000)
-    C = _init.kmeans_parallel(Xd, da.from_array(w, chunks=5000), 12, check_random_state(0))
+    wd = da.from_array(w, chunks=5000)
+    cand, weights = _init.kmeans_parallel(Xd, wd, 12, check_random_state(0),
+                                          return_candidates=True)
+    assert weights.sum() == pytest.approx(w.sum(), rel=1e-12)
+    # Each candidate weighs the rows nearest to it (the first on ties), exactly.
+    d2 = ((X[:, None, :] - cand[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(weights, np.bincount(d2.argmin(1), w, len(cand)), rtol=1e-9)
+    C = _init.kmeans_parallel(Xd, wd, 12, check_random_state(0))
     assert np.all(np.isfinite(C))
     # weighting changes the result
     assert not np.array_equal(C, _init.kmeans_parallel(Xd, None, 12, check_random_state(0)))
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0, 10.0])
+def test_oversampling_factor_sets_the_candidates_per_round(X, factor):
+    """About l = factor * k rows join per round: 1 + rounds * l candidates in all."""
+    cand, _ = _init.kmeans_parallel(da.from_array(X, chunks=5000), None, 12,
+                                    check_random_state(1), oversampling_factor=factor,
+                                    init_rounds=4, return_candidates=True)
+    expected = 4 * factor * 12
+    assert 0.6 * expected < len(cand) - 1 < 1.3 * expected
 
 
 def test_too_few_candidates_triggers_extra_rounds():
@@ -128,6 +145,26 @@ def test_too_few_candidates_triggers_extra_rounds():
     C = _init.kmeans_parallel(da.from_array(X, chunks=1000), None, 10, check_random_state(0),
                               oversampling_factor=0.1, init_rounds=1)
     assert len(np.unique(C, axis=0)) == 10
+
+
+def test_extra_rounds_oversample_what_is_missing(monkeypatch):
+    """l = 0.1 expects half a candidate in five rounds: the extra round samples twice the
+    number missing, so one extra pass suffices and k distinct centres come out."""
+    from dask_kmeans._passes import Passes
+
+    X = blobs(n=5000, d=4, k=10, seed=3)
+    ells = []
+    original = Passes.oversample
+
+    def spy(self, *args, ell, **kw):
+        ells.append(ell)
+        return original(self, *args, ell=ell, **kw)
+
+    monkeypatch.setattr(Passes, "oversample", spy)
+    C = _init.kmeans_parallel(da.from_array(X, chunks=1000), None, 10, check_random_state(0),
+                              oversampling_factor=0.01)
+    assert len(np.unique(C, axis=0)) == 10
+    assert ells[:5] == [0.1] * 5 and len(ells) == 6 and ells[5] >= 2 * 8
 
 
 def test_kmeans_plusplus_samples_large_dask_input_with_a_warning(X, monkeypatch):

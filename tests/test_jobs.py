@@ -81,6 +81,8 @@ BAD = [
      "job.params.persist", "expected 'auto' or true or false, got 'yes'"),
     ("oversampling", fit_spec("d", params={"n_clusters": 2, "oversampling_factor": 0}),
      "job.params.oversampling_factor", "expected a number > 0, got 0"),
+    ("init_rounds", fit_spec("d", params={"n_clusters": 2, "init_rounds": 0}),
+     "job.params.init_rounds", "expected an int >= 1, got 0"),
     ("columns not a list", fit_spec("d", input={"url": "d", "columns": "a,b"}),
      "job.input.columns", "expected a non-empty list of strings or null, got 'a,b'"),
     ("labels key for sweep", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
