@@ -269,7 +269,8 @@ def round_chunk(x, offset: int, w, state, centers, *, base, seed, stream, ell,
 
 def weights_chunk(x, offset: int, w, state, centers, *, base, n_candidates,
                   metric="euclidean"):
-    """One chunk's weight per candidate, as a (1, n_candidates) row."""
+    """One chunk's weight per candidate and its rows nearest to none (zero norm, cosine),
+    as a (1, n_candidates + 1) row."""
     nearest = K.nearest_update(x, centers, base, state, metric)
     return K.candidate_weights(nearest, w, n_candidates)[None, :]
 
@@ -342,10 +343,11 @@ def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base:
 
 def candidate_weights(X, sample_weight, state, candidates: np.ndarray, *, base: int,
                       n_candidates: int, split_every=None, metric="euclidean") -> da.Array:
-    """Total weight of the rows nearest to each candidate: a fixed-size tree sum."""
+    """Total weight of the rows nearest to each candidate, then the number of rows
+    nearest to none (zero norm, cosine): a fixed-size tree sum."""
     parts = da.blockwise(
         partial(_with_offset, weights_chunk), "ip", *_row_args(X, sample_weight, state),
-        centers_array(candidates), "kj", new_axes={"p": n_candidates},
+        centers_array(candidates), "kj", new_axes={"p": n_candidates + 1},
         adjust_chunks={"i": 1}, align_arrays=False, concatenate=True, dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64), base=base, n_candidates=n_candidates,
         metric=metric,

@@ -9,6 +9,7 @@ import dask.array as da
 import numpy as np
 
 from . import _kernels as K
+from ._lloyd import raise_zero_norm
 from ._passes import Passes
 from ._progress import emit
 from ._runtime import compute
@@ -183,7 +184,9 @@ def kmeans_parallel(
         logger.debug("k-means|| round %d: cost %.6g, %d new candidates", rnd, phi, len(new))
         emit("init", n_passes, max(init_rounds, n_passes) + 1, candidates=n_cand)
     all_candidates = np.vstack(candidates)
-    weights = passes.candidate_weights(all_candidates, base)
+    weights, n_zero = passes.candidate_weights(all_candidates, base)
+    if n_zero:
+        raise_zero_norm(X, n_zero)
     emit("init", n_passes + 1, n_passes + 1, candidates=n_cand)
     if return_candidates:
         return all_candidates, weights

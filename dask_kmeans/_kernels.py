@@ -714,8 +714,9 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
     or candidates whose squared norms reach ``F32_SAFE`` (float32 products
     would overflow; ``f32_ok`` False for the candidates) are measured against
     every candidate.
-    Rows of zero norm (cosine) and rows with NaN get distance 0 and keep
-    their previous candidate (``base`` without one).
+    Rows of zero norm (cosine) get distance 0 and candidate -1 (none stands
+    for a row without direction); rows with NaN get distance 0 and keep their
+    previous candidate (``base`` without one).
     """
     n, d = x.shape
     k = c.shape[0]
@@ -723,9 +724,11 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
         for i in range(n):
             keep = prev_idx[i] if has_prev else base
             scale = _unit_scale(x[i]) if cosine else 1.0
+            if cosine and scale == 0.0:  # no direction: no candidate stands for it
+                out_sq[i] = 0.0
+                out_idx[i] = -1
+                continue
             dist = _sq_dist(x[i], scale, c[0]) * (0.5 if cosine else 1.0)
-            if cosine and scale == 0.0:
-                dist = 0.0
             _settle(out_sq, out_idx, i, dist, base, prev_sq, keep, has_prev)
         return
     buf = np.empty((BLOCK_ROWS, k), dtype=np.float32)
@@ -747,7 +750,7 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
             scale = scales[r]
             if cosine and scale == 0.0:
                 out_sq[i] = 0.0
-                out_idx[i] = keep
+                out_idx[i] = -1
                 continue
             score = db[r]
             window = err_row * np.sqrt(norms[r]) + err_const
@@ -845,7 +848,7 @@ def nearest_update(
     exact nearest candidate and exact squared distance (``1 - cos`` for
     "cosine"), in about 0.65 of the time of a float64 GEMM pass; ties keep
     the earlier candidate. Zero-norm rows (cosine) get distance 0, which
-    keeps them out of the sampling.
+    keeps them out of the sampling, and candidate -1.
 
     (Skipping new candidates by the triangle inequality was tried: on
     overlapping mixtures 13-35% of the distances remained and the scalar loop
@@ -925,10 +928,18 @@ def merge_proposals(*parts: tuple[np.ndarray, float], ell: float) -> tuple[np.nd
 def candidate_weights(
     nearest: Nearest, sample_weight: np.ndarray | None, n_candidates: int
 ) -> np.ndarray:
-    """Total weight of the rows nearest to each candidate, shape (n_candidates,)."""
-    return np.bincount(nearest.index, weights=sample_weight, minlength=n_candidates).astype(
-        np.float64
-    )
+    """Total weight of the rows nearest to each candidate, then the number of rows
+    nearest to none (zero norm, cosine): shape (n_candidates + 1,)."""
+    none = nearest.index < 0
+    n_none = int(np.count_nonzero(none))
+    index, w = nearest.index, sample_weight
+    if n_none:
+        index = index[~none]
+        w = None if w is None else np.asarray(w)[~none]
+    out = np.empty(n_candidates + 1)
+    out[:-1] = np.bincount(index, weights=w, minlength=n_candidates)
+    out[-1] = n_none
+    return out
 
 
 def weighted_choice_key(

@@ -505,8 +505,10 @@ class Passes:
         del res
         return rows, float(phi)
 
-    def candidate_weights(self, candidates: np.ndarray, base: int) -> np.ndarray:
-        """Total weight of the rows nearest to each candidate, shape (n_candidates,)."""
+    def candidate_weights(self, candidates: np.ndarray,
+                          base: int) -> tuple[np.ndarray, int]:
+        """Total weight of the rows nearest to each candidate, shape (n_candidates,), and
+        the number of rows nearest to none (zero norm, for "cosine")."""
         base = base if self.keep_state else 0
         kw = dict(base=base, n_candidates=len(candidates), metric=self.metric)
         if self._on_graphs:
@@ -524,7 +526,7 @@ class Passes:
                               self._centers_arg(candidates), **kw)
             out = tree_sum(self._client, parts, self.split_every).ravel()
         self._state, self._state_on_actors = None, False
-        return out
+        return out[:-1], int(out[-1])
 
     def rows(self, index: np.ndarray) -> np.ndarray | None:
         """Rows ``index`` (global, distinct) of persisted data, in that order, from the

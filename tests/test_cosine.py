@@ -119,6 +119,10 @@ def test_zero_norm_rows_are_named(data):
         KMeans(5, init=C0, metric="cosine").fit(bad)
     with pytest.raises(ValueError, match=r"rows 7, 1234"):
         KMeans(5, random_state=0, metric="cosine").fit(da.from_array(bad, chunks=1000))
+    for seed in range(3):  # k-means|| alone: the same error, whichever first centre
+        with pytest.raises(ValueError, match=r"2 row\(s\).*zero norm.*rows 7, 1234"):
+            dk.kmeans_parallel_init(da.from_array(bad, chunks=1000), 5, metric="cosine",
+                                    random_state=seed)
     km = KMeans(5, init=C0, metric="cosine").fit(X)
     with pytest.raises(ValueError, match="zero norm"):
         km.predict(bad)

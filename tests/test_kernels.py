@@ -251,6 +251,13 @@ def test_nearest_update_gives_zero_norm_and_nan_rows_distance_zero():
     x[[3, 400]] = 0.0
     state = K.nearest_update(x, K.normalize_rows(x[10:13]), 0, metric="cosine")
     assert state.sq_dist[3] == state.sq_dist[400] == 0.0
+    assert set(np.flatnonzero(state.index < 0)) == {3, 400}, "no candidate stands for them"
+    for first in (x[10:11], x[10:14]):  # one candidate (no GEMM), several, with a state
+        again = K.nearest_update(x, K.normalize_rows(np.vstack([x[10:13], first])), 3,
+                                 state, metric="cosine")
+        assert set(np.flatnonzero(again.index < 0)) == {3, 400}
+    weights = K.candidate_weights(state, None, 3)
+    assert weights[-1] == 2 and weights[:-1].sum() == 598
     x[7, 2] = np.nan
     state = K.nearest_update(x, x[10:13], 0)
     assert state.sq_dist[7] == 0.0 and np.isfinite(state.sq_dist).all()
