@@ -159,7 +159,7 @@ def main():
     p.add_argument("--d", type=int, default=32)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--peer-seeds", type=int, default=3, help="seeds for sklearn and dask-ml")
+    p.add_argument("--peer-seeds", type=int, default=5, help="seeds for sklearn and dask-ml")
     p.add_argument("--markdown", help="also write the tables to this Markdown file")
     args = p.parse_args()
 
