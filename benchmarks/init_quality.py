@@ -33,6 +33,11 @@ def mixture(n, d, k, spread, seed=0):
     return centers[rng.integers(0, k, size=n)] + rng.normal(size=(n, d))
 
 
+def _cell(text):
+    """A Markdown table cell: ``|`` escaped (k-means||)."""
+    return text.replace("|", "\\|")
+
+
 def one_dataset(client, label, spread, args):
     """The Markdown table for one mixture."""
     import dask.array as da
@@ -144,12 +149,12 @@ def one_dataset(client, label, spread, args):
              "| init time (full Lloyd passes) | init + Lloyd (s) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, cost, inertia, n_iter, t_init, t_total in table:
-        lines.append(f"| {name} | {cost:.4e} | {inertia:.4e} | {n_iter:.0f} | "
+        lines.append(f"| {_cell(name)} | {cost:.4e} | {inertia:.4e} | {n_iter:.0f} | "
                      f"{t_init:.2f} | {t_init / pass_s:.1f} | {t_total:.2f} |")
     lines += ["", "| peer | final inertia | Lloyd iterations | fit time (s) |",
               "|---|---:|---:|---:|"]
     for name, inertia, n_iter, t_fit in peers:
-        lines.append(f"| {name} | {inertia:.4e} | {n_iter:.0f} | {t_fit:.2f} |")
+        lines.append(f"| {_cell(name)} | {inertia:.4e} | {n_iter:.0f} | {t_fit:.2f} |")
     return "\n".join(lines)
 
 
