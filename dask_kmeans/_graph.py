@@ -12,7 +12,9 @@ from functools import partial
 
 import dask.array as da
 import numpy as np
-from dask import delayed
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from . import _kernels as K
 from ._runtime import tree_levels
@@ -297,18 +299,14 @@ def part(t, i):
     return t[i]
 
 
-def _scalar_part(t, i):
-    return np.array([t[i]], dtype=np.float64)
-
-
-def proposal(t):
-    """The candidate rows and cost of one chunk's ``round_chunk`` result."""
-    return t[1], t[2]
+def merge_round_results(*parts, ell):
+    """``merge_proposals`` of ``round_chunk`` results or of earlier merges (their last
+    two items are the rows and the cost)."""
+    return K.merge_proposals(*(p[-2:] for p in parts), ell=ell)
 
 
 def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base: int,
-                       seed: int, stream: int, ell: float, split_every=None,
-                       metric="euclidean"):
+                       seed: int, stream: int, ell: float, metric="euclidean") -> da.Array:
     """One k-means|| pass: update each row's nearest candidate, then oversample.
 
     ``state`` is the previous pass's per-row state for ``candidates[:base]``
@@ -316,29 +314,49 @@ def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base:
     :class:`~dask_kmeans._kernels.Nearest`), or ``None`` to compare every row
     with all ``candidates`` from scratch (``base`` = 0).
 
-    The chunks' proposals meet in a tree of ``split_every`` (as the sums of
-    ``sum_in_order``) that keeps, at each node, only the rows chosen for the
-    cost so far (:func:`~dask_kmeans._kernels.merge_proposals`): the root, and
-    so the driver, holds about ``ell`` rows whatever the number of chunks.
-
     Returns
     -------
-    state : dask array with one ``Nearest`` per chunk
-    chosen : Delayed
-        ``(rows, phi)``: the rows that join the candidates, shape (m, 3 + n_features)
-        (columns of ``_kernels.oversample``), and the cost against the candidates so far.
+    dask array with one ``round_chunk`` result per chunk: ``(Nearest, rows, phi)``.
+    Take the next state with :func:`round_state` and the rows that join the
+    candidates with :func:`chosen_rows`, from this array persisted when both
+    are wanted (each would otherwise run the pass).
     """
-    res = da.blockwise(
+    return da.blockwise(
         partial(_with_offset, round_chunk), "i", *_row_args(X, sample_weight, state),
         centers_array(candidates), "kj", align_arrays=False, concatenate=True, dtype=object,
         meta=np.empty((0,), dtype=object), base=base, seed=seed, stream=stream, ell=ell,
         metric=metric,
     )
-    state = res.map_blocks(part, 0, dtype=object, meta=np.empty((0,), dtype=object))
-    merge = delayed(partial(K.merge_proposals, ell=ell), pure=True)
-    parts = tree_levels([delayed(proposal, pure=True)(b) for b in res.to_delayed().ravel()],
-                        split_every, merge)
-    return state, merge(*parts)
+
+
+def round_state(results: da.Array) -> da.Array:
+    """The per-chunk ``Nearest`` state of :func:`oversampling_round` results."""
+    return results.map_blocks(part, 0, dtype=object, meta=np.empty((0,), dtype=object))
+
+
+def chosen_rows(results: da.Array, ell: float, split_every=None) -> Delayed:
+    """``(rows, phi)`` of a k-means|| round: the rows that join the candidates (columns of
+    ``_kernels.oversample``, in chunk order) and the cost against the candidates so far.
+
+    The chunks' proposals meet in the tree of ``_runtime.tree_levels`` (the grouping
+    of the other engines), each node keeping only the rows chosen for its cost so far
+    (:func:`~dask_kmeans._kernels.merge_proposals`), the root too: the root, and so the
+    driver, holds about ``ell`` rows whatever the number of chunks. One task per node,
+    written straight into the graph.
+    """
+    name = "kmeans-chosen-" + tokenize(results.name, ell, split_every)
+    merge = partial(merge_round_results, ell=ell)
+    dsk = {}
+
+    def node(*group):
+        key = (name, len(dsk))
+        dsk[key] = (merge, *group)
+        return key
+
+    node(*tree_levels([(results.name, i) for i in range(results.numblocks[0])],
+                      split_every, node))
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[results])
+    return Delayed((name, len(dsk) - 1), graph, layer=name)
 
 
 def candidate_weights(X, sample_weight, state, candidates: np.ndarray, *, base: int,

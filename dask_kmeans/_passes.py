@@ -476,13 +476,12 @@ class Passes:
             self._state, self._state_on_actors = None, False
         kw = dict(base=base, seed=seed, stream=stream, ell=ell, metric=self.metric)
         if self._on_graphs:
-            state, chosen = G.oversampling_round(
-                self.X, self.sample_weight, self._state, candidates,
-                split_every=self.split_every, **kw)
-            if self.keep_state:
-                state, chosen = dask_persist(state, chosen)
-                self._state = state
-            (rows, phi), = compute(chosen)
+            res = G.oversampling_round(self.X, self.sample_weight, self._state, candidates,
+                                       **kw)
+            if self.keep_state:  # the pass runs once, for the state and the rows both
+                (res,) = dask_persist(res)
+                self._state = G.round_state(res)
+            (rows, phi), = compute(G.chosen_rows(res, ell, self.split_every))
             return rows, float(phi)
         costs = self._on_actors("oversample", candidates, self.keep_state, kw)
         if costs is not None:
@@ -497,11 +496,10 @@ class Passes:
         prev = self._state if self._state is not None else [None] * len(self._xf)
         res = self._map(G.round_chunk, self._offsets, self._wf, prev,
                         self._centers_arg(candidates), **kw)
-        props = self._client.map(G.proposal, res, pure=False)
         if self.keep_state:
             self._state = self._client.map(G.part, res, [0] * len(res), pure=False)
-        rows, phi = tree_merge(self._client, props, self.split_every,
-                               partial(K.merge_proposals, ell=ell))
+        rows, phi = tree_merge(self._client, res, self.split_every,
+                               partial(G.merge_round_results, ell=ell))
         del res
         return rows, float(phi)
 

@@ -206,13 +206,12 @@ def tree_sum(client, futures, split_every=None) -> np.ndarray:
 
 
 def tree_merge(client, futures, split_every, merge):
-    """``merge`` of ``futures`` by the tree of :func:`tree_levels`, the root on a worker
-    too, gathered: the driver receives only the root's result."""
+    """``merge`` of ``futures`` by the tree of :func:`tree_levels`, then of what remains
+    at a root (a worker too, even over one part), gathered: the driver receives only the
+    root's result."""
     futures = tree_levels(futures, split_every,
                           lambda *group: client.submit(merge, *group, pure=False))
-    if len(futures) > 1:
-        futures = [client.submit(merge, *futures, pure=False)]
-    return client.gather(futures[0])
+    return client.submit(merge, *futures, pure=False).result()
 
 
 def sum_in_order(parts: list, split_every=None) -> np.ndarray:

@@ -112,17 +112,24 @@ class _CountingSource:
         return self.X[start:stop].copy()
 
 
+@pytest.mark.parametrize("keep_state", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_never_persisted_input_takes_at_most_rounds_plus_two_passes(X, weighted):
+def test_never_persisted_input_takes_at_most_rounds_plus_two_passes(X, weighted, keep_state,
+                                                                    monkeypatch):
     src = _CountingSource(X, rows=2500)
     w = da.from_array(np.linspace(0.5, 2, len(X)), chunks=(src.array.chunks[0],)) \
         if weighted else None
+    compared = []  # chunk comparisons with candidates: once per chunk and pass
+    original = K.nearest_update
+    monkeypatch.setattr(K, "nearest_update",
+                        lambda x, *a, **kw: compared.append(len(x)) or original(x, *a, **kw))
     with dask.config.set(scheduler="threads"):
         C = _init.kmeans_parallel(src.array, w, 12, check_random_state(0), init_rounds=3,
-                                  keep_state=False)
+                                  keep_state=keep_state)
     assert C.shape == (12, 5)
     assert len(src.reads) == 8
     assert max(src.reads.values()) <= 3 + 2
+    assert len(compared) == 8 * (3 + 1) and sum(compared) == 4 * len(X)
     # Same candidates for another chunking; weighted candidate weights are sums
     # of floats in another order, so the refined centres agree to rounding.
     other = _init.kmeans_parallel(da.from_array(X, chunks=3000),
