@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -383,6 +384,12 @@ def main() -> None:
 _DEFAULTS = jobs.param_defaults()
 
 
+def _finite(ctx, param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value!r}")
+    return value
+
+
 def _data_options(f: Callable) -> Callable:
     """Options shared by fit and sweep: the features, how they are read, the K-means params."""
     options = [
@@ -409,6 +416,11 @@ def _data_options(f: Callable) -> Callable:
         click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
                      help="fsspec option for the input (and outputs on the same storage); "
                           "repeat. Dotted keys nest: client_kwargs.region_name=eu-west-1."),
+        click.option("--oversampling-factor", type=click.FloatRange(min=0, min_open=True),
+                     callback=_finite, default=None, metavar="X",
+                     help="k-means||: rows sampled per round, as a multiple of K. Default: 2."),
+        click.option("--init-rounds", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="k-means||: sampling rounds (passes over the data). Default: 5."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -416,13 +428,17 @@ def _data_options(f: Callable) -> Callable:
 
 
 def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_iter, tol, seed,
-               metric, standardize) -> tuple[dict, dict]:
+               metric, standardize, oversampling_factor, init_rounds) -> tuple[dict, dict]:
     """The ``input`` and ``params`` entries of a job spec from :func:`_data_options`."""
     inp = {"url": input_url, "columns": _names(columns), "key_columns": _names(keys) or [],
            "dtype": dtype, "missing": missing,
            "storage_options": _storage_options(storage_options)}
     params = {"max_iter": max_iter, "tol": tol, "random_state": seed, "metric": metric,
               "standardize": standardize}
+    for name, value in (("oversampling_factor", oversampling_factor),
+                        ("init_rounds", init_rounds)):
+        if value is not None:  # else the job's default
+            params[name] = value
     return inp, params
 
 
@@ -436,11 +452,6 @@ def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_it
               default=_DEFAULTS["init"], show_default=True, help="Initialisation.")
 @click.option("--n-init", type=click.IntRange(min=1), default=None,
               help="Number of initialisations, the best kept. Default: 10 for random, else 1.")
-@click.option("--oversampling-factor", type=click.FloatRange(min=0, min_open=True),
-              default=None, metavar="X",
-              help="k-means||: rows sampled per round, as a multiple of K. Default: 2.")
-@click.option("--init-rounds", type=click.IntRange(min=1), default=None, metavar="N",
-              help="k-means||: sampling rounds (passes over the data). Default: 5.")
 @_data_options
 @click.option("--output", "-o", "model_url", metavar="MODEL_URL",
               help="Where to save the model (a directory, local or fsspec URL).")
@@ -457,9 +468,9 @@ def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_it
               help="Replace a model, labels or plot already there.")
 @_json_option
 @_cluster_options
-def fit(input_url, n_clusters, keys, init, n_init, oversampling_factor, init_rounds, columns,
-        max_iter, tol, seed, metric, standardize, dtype, missing, storage_options, model_url,
-        labels_url, profile, plot_url, plot_features, overwrite, as_json, progress,
+def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed, metric,
+        standardize, dtype, missing, storage_options, oversampling_factor, init_rounds,
+        model_url, labels_url, profile, plot_url, plot_features, overwrite, as_json, progress,
         cluster_file, scheduler, timeout):
     """Fit K-means on the Parquet data at INPUT_URL; save the model and labels.
 
@@ -471,12 +482,11 @@ def fit(input_url, n_clusters, keys, init, n_init, oversampling_factor, init_rou
         --seed 0 --output models/k5 --labels labels/k5 --plot k5.png
     """
     inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
-                             max_iter, tol, seed, metric, standardize)
+                             max_iter, tol, seed, metric, standardize, oversampling_factor,
+                             init_rounds)
     params.update(n_clusters=n_clusters, init=init)
-    for name, value in (("n_init", n_init), ("oversampling_factor", oversampling_factor),
-                        ("init_rounds", init_rounds)):
-        if value is not None:
-            params[name] = value
+    if n_init is not None:
+        params["n_init"] = n_init
     spec = {"job": {
         "kind": "fit", "input": inp, "params": params,
         "output": {"model": model_url, "labels": labels_url, "profile": profile,
@@ -553,8 +563,8 @@ def _k_values(ctx, param, value):
 @_json_option
 @_cluster_options
 def sweep(input_url, ks, columns, max_iter, tol, seed, metric, standardize, dtype, missing,
-          storage_options, plot_url, no_plot, table_url, overwrite, as_json, progress,
-          cluster_file, scheduler, timeout):
+          storage_options, oversampling_factor, init_rounds, plot_url, no_plot, table_url,
+          overwrite, as_json, progress, cluster_file, scheduler, timeout):
     """Fit every K at once on the Parquet data at INPUT_URL and suggest one.
 
     Prints the inertia and the silhouette (on a sample of rows) of each K, the suggested K
@@ -566,7 +576,8 @@ def sweep(input_url, ks, columns, max_iter, tol, seed, metric, standardize, dtyp
     dask-kmeans sweep data/customers/ --k 2,4,8,16 --plot k.png --table k.csv
     """
     inp, params = _data_spec(input_url, columns, None, dtype, missing, storage_options,
-                             max_iter, tol, seed, metric, standardize)
+                             max_iter, tol, seed, metric, standardize, oversampling_factor,
+                             init_rounds)
     spec = {"job": {
         "kind": "sweep", "input": inp, "k": ks, "params": params,
         "output": {"table": table_url, "plot": None if no_plot else plot_url,

@@ -209,11 +209,25 @@ def test_fit_passes_the_kmeans_parallel_options_on(data):
 @pytest.mark.parametrize("args, wanted", [
     (("--oversampling-factor", 0), "Invalid value for '--oversampling-factor': 0.0 is not in "
                                    "the range x>0."),
+    (("--oversampling-factor", "inf"), "Invalid value for '--oversampling-factor': expected a "
+                                       "finite number, got inf"),
     (("--init-rounds", 0), "Invalid value for '--init-rounds': 0 is not in the range x>=1."),
 ])
-def test_fit_refuses_bad_kmeans_parallel_options(data, args, wanted):
-    result = invoke("fit", data["url"], "--k", 3, *args, "--cluster", data["config"])
+@pytest.mark.parametrize("command", ["fit", "sweep"])
+def test_bad_kmeans_parallel_options_are_refused(data, command, args, wanted):
+    k = ("--k", 3) if command == "fit" else ("--k", "2..3")
+    result = invoke(command, data["url"], *k, *args, "--cluster", data["config"])
     assert result.exit_code == 2 and wanted in result.stderr, result.stderr
+
+
+def test_sweep_passes_the_kmeans_parallel_options_on(data):
+    result = invoke("sweep", data["url"], "--k", "2..3", "--no-plot", "--seed", 0,
+                    "--init-rounds", 2, "--oversampling-factor", 1, "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    (init,) = [line for line in result.stderr.splitlines() if line.startswith("k-means||  ")]
+    assert " 3/3 " in init, init  # 2 rounds + the weights pass
+    # l = 1 * 3 rows a round for the largest K: about 7 candidates, not the ~13 of l = 2k.
+    assert int(re.search(r"(\d+) candidates", init).group(1)) <= 9, init
 
 
 def test_fit_refuses_a_bad_plot_before_any_work(data, tmp_path, monkeypatch):
