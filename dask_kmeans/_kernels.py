@@ -56,13 +56,31 @@ def _sq_dist(row, scale, centre):
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _unit_scale(row):
     """``1 / |row|`` in float64, what divides a row into a unit vector (cosine); 0 for a
-    row of zero norm (NaN for a row holding NaN)."""
+    row of zero norm (NaN for a row holding NaN).
+
+    A row whose squared norm underflows to 0 or overflows (float64 values below about
+    1e-154 or above 1e154) is measured again divided by its largest value, so that
+    only rows of zeros, and rows too small for ``1 / |row|`` (below about 1e-308) or
+    holding an infinity, have zero norm. ``zero_norm_rows`` uses this same test.
+    """
     norm = 0.0
     for f in range(row.shape[0]):
         norm += np.float64(row[f]) * np.float64(row[f])
-    if norm == 0.0:
+    if norm > 0.0 and norm < np.inf:
+        return 1.0 / np.sqrt(norm)
+    if norm != norm:
+        return norm
+    big = 0.0
+    for f in range(row.shape[0]):
+        big = max(big, abs(np.float64(row[f])))
+    if big == 0.0 or big == np.inf:
         return 0.0
-    return 1.0 / np.sqrt(norm)
+    norm = 0.0
+    for f in range(row.shape[0]):
+        v = np.float64(row[f]) / big
+        norm += v * v
+    scale = 1.0 / (big * np.sqrt(norm))
+    return scale if scale < np.inf else 0.0
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
@@ -208,14 +226,14 @@ class Bounds(NamedTuple):
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _move(sums, counts, sq, members, x, i, scale, wi, label, sign):
     """Add (``sign`` 1) or take away (-1) row ``i`` to or from cluster ``label``."""
-    ws = sign * wi * scale
+    ws = sign * wi
     rr = 0.0
     for f in range(x.shape[1]):
-        xf = np.float64(x[i, f])
-        sums[label, f] += ws * xf
-        rr += xf * xf
+        v = np.float64(x[i, f]) * scale  # scaled first: |x|^2 alone may overflow (cosine)
+        sums[label, f] += ws * v
+        rr += v * v
     counts[label] += sign * wi
-    sq[label] += sign * wi * rr * scale * scale
+    sq[label] += ws * rr
     if wi > 0.0:  # rows of zero weight leave the statistics as they are
         members[label] += 1 if sign > 0.0 else -1
 
@@ -480,11 +498,27 @@ def assign(
     return labels, mind, float(inertia)
 
 
+@numba.njit(nogil=True, cache=True)
+def _unit_scales(x, out):
+    for i in range(x.shape[0]):
+        out[i] = _unit_scale(x[i])
+
+
+def unit_scales(x: np.ndarray) -> np.ndarray:
+    """Every row's ``1 / |row|`` (0 for zero norm, NaN with NaN), float64: the kernels' test."""
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape[0])
+    _unit_scales(x, out)
+    return out
+
+
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their Euclidean norm (zero rows stay zero); a new array."""
+    """Rows divided by their Euclidean norm (rows of zero norm, as the kernels see it, stay
+    as they are); a new array."""
     x = np.asarray(x)
-    norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    return (x / np.where(norm > 0, norm, 1.0)[:, None]).astype(x.dtype, copy=False)
+    scale = unit_scales(x)
+    scale = np.where(scale > 0, scale, 1.0)
+    return (x * scale[:, None]).astype(x.dtype, copy=False)
 
 
 def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
@@ -520,9 +554,9 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
 
 
 def zero_norm_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:
-    """Global indices of the first ``limit`` rows of zero norm in a chunk, as int64."""
-    x = np.asarray(x)
-    zero = np.flatnonzero(~np.any(x != 0, axis=1))[:limit]
+    """Global indices of the first ``limit`` rows of zero norm in a chunk (as the cosine
+    kernels count them, see ``_unit_scale``), as int64."""
+    zero = np.flatnonzero(unit_scales(x) == 0)[:limit]
     return (zero + offset).astype(np.int64)
 
 

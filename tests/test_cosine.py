@@ -62,6 +62,27 @@ def test_rescaling_rows_changes_nothing(data):
     np.testing.assert_allclose(b.inertia_, a.inertia_, rtol=1e-7)
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_rows_too_small_or_too_large_to_square_keep_their_direction(data, lazy):
+    """Rows scaled by 1e-170 or 1e170 (their squared norms underflow or overflow in float64)
+    cluster as the unscaled rows do, k-means|| included."""
+    X, _ = data
+    scale = np.ones((len(X), 1))
+    scale[::3], scale[1::3] = 1e-170, 1e170
+    a = KMeans(5, random_state=0, metric="cosine").fit(X)
+    Y = X * scale
+    b = KMeans(5, random_state=0, metric="cosine").fit(da.from_array(Y, chunks=700) if lazy
+                                                       else Y)
+    np.testing.assert_allclose(b.cluster_centers_, a.cluster_centers_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(np.asarray(b.labels_), a.labels_)
+    np.testing.assert_allclose(b.inertia_, a.inertia_, rtol=1e-7)
+    np.testing.assert_array_equal(b.predict(Y), a.labels_)
+    # Below float64's reach for 1 / |row| (subnormal values) a row has zero norm, named.
+    Y[[4, 9]] = 1e-320
+    with pytest.raises(ValueError, match=r"2 row\(s\).*zero norm.*rows 4, 9"):
+        KMeans(5, random_state=0, metric="cosine").fit(Y)
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cuts=st.lists(st.integers(min_value=1, max_value=2999), max_size=6, unique=True))
 def test_any_chunking_gives_the_same_result(data, cuts):
