@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 
 import dask
 import dask.array as da
@@ -99,6 +100,7 @@ class _CountingSource:
 
     def __init__(self, X, rows):
         self.X, self.reads, self.lock = X, {}, threading.Lock()
+        self.live = self.peak = 0  # chunks read and not yet freed: now, at most
         nb = -(-len(X) // rows)
         chunks = tuple(min(rows, len(X) - i * rows) for i in range(nb))
         self.array = da.map_blocks(self._read, dtype=X.dtype,
@@ -107,9 +109,17 @@ class _CountingSource:
 
     def _read(self, block_info=None):
         (start, stop), _ = block_info[None]["array-location"]
+        chunk = self.X[start:stop].copy()
         with self.lock:
             self.reads[start] = self.reads.get(start, 0) + 1
-        return self.X[start:stop].copy()
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+        weakref.finalize(chunk, self._freed)
+        return chunk
+
+    def _freed(self):
+        with self.lock:
+            self.live -= 1
 
 
 @pytest.mark.parametrize("keep_state", [False, True])
@@ -130,12 +140,26 @@ def test_never_persisted_input_takes_at_most_rounds_plus_two_passes(X, weighted,
     assert len(src.reads) == 8
     assert max(src.reads.values()) <= 3 + 2
     assert len(compared) == 8 * (3 + 1) and sum(compared) == 4 * len(X)
+    assert src.live == 0
     # Same candidates for another chunking; weighted candidate weights are sums
     # of floats in another order, so the refined centres agree to rounding.
     other = _init.kmeans_parallel(da.from_array(X, chunks=3000),
                                   None if w is None else w.rechunk(3000), 12,
                                   check_random_state(0), init_rounds=3)
     np.testing.assert_allclose(C, other, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("keep_state", [False, True])
+def test_never_persisted_input_is_held_a_few_chunks_at_a_time(X, keep_state):
+    """Out of core: each pass re-reads the source and frees each chunk once compared, so
+    no more chunks are alive at once than the scheduler runs tasks (2 threads here)."""
+    src = _CountingSource(X, rows=500)  # 40 chunks
+    with dask.config.set(scheduler="threads", num_workers=2):
+        _init.kmeans_parallel(src.array, None, 12, check_random_state(0), init_rounds=3,
+                              keep_state=keep_state)
+    assert len(src.reads) == 40 and min(src.reads.values()) >= 4
+    assert src.peak <= 4, src.peak
+    assert src.live == 0
 
 
 def test_candidate_weights_sum_to_total_weight(X):
