@@ -232,6 +232,19 @@ def test_each_init_runs_on_numpy_and_dask(X, init):
         np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7, atol=1e-7)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeans_plusplus_is_scikit_learns_greedy_kmeans_plusplus(X, weighted):
+    """The same seed picks the same centres as sklearn.cluster.kmeans_plusplus (greedy,
+    2 + log(k) local trials), with and without sample weights."""
+    from sklearn.cluster import kmeans_plusplus
+
+    w = np.random.default_rng(0).uniform(0.1, 3, size=len(X)) if weighted else None
+    for seed in range(3):
+        ours = K.kmeans_plusplus(X, 12, check_random_state(seed), w)
+        theirs, _ = kmeans_plusplus(X, 12, sample_weight=w, random_state=seed)
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_kmeans_plusplus_kernel_picks_distinct_rows_with_positive_weight():
     X = blobs(n=500, d=2, k=4, seed=1)
     w = np.ones(500)
