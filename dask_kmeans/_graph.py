@@ -67,14 +67,16 @@ def pack(partials, x, with_moments: bool, metric: str) -> np.ndarray:
 
 
 def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="euclidean",
-                  exact=True):
+                  exact=True, out=None):
     """Lloyd partials of one chunk by Hamerly's algorithm (``_kernels.bounded_partials``).
 
     Returns the packed (1, P) row of :func:`packed_chunk`, the rows' bounds
     for ``c`` and the number of rows compared with every centre. Without
     ``exact`` the inertia of a pass with bounds comes from the clusters' moments.
+    ``out``: bounds no longer needed, whose row arrays the new ones reuse.
     """
-    p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact)
+    p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact,
+                                               out)
     return pack([p], x, with_moments, metric), bounds, n_compared
 
 

@@ -88,9 +88,12 @@ class ChunkGroup:
         # Lloyd by Hamerly's algorithm: each chunk's row bounds, for the centres of the
         # pass numbered ``bounds_version``.
         self.bounds = [None] * len(self.keys)
+        self.spare = [None] * len(self.keys)  # bounds of the pass before, to write over
         self.bounds_version = None
-        # The models of a K sweep: model -> (pass number, each chunk's bounds).
+        # The models of a K sweep: model -> (pass number, each chunk's bounds), and the
+        # bounds of each model's pass before, to write over.
         self.model_bounds = {}
+        self.model_spare = {}
 
     async def _each(self, func) -> list:
         """``func(i, x, w)`` for every chunk, in the worker's thread pool."""
@@ -120,10 +123,12 @@ class ChunkGroup:
 
         def one(i, x, w):
             bounded = usable and self.bounds[i] is not None
-            packed, self.bounds[i], _ = G.bounded_chunk(
+            packed, new, _ = G.bounded_chunk(
                 x, centers, w, self.bounds[i] if bounded else None,
                 drift if bounded else None, s_half, with_moments=with_moments, metric=metric,
-                exact=exact)
+                exact=exact, out=self.spare[i])
+            # The bounds before these are free: the next pass writes its bounds into them.
+            self.spare[i], self.bounds[i] = self.bounds[i], new
             return packed
 
         self.bounds_version = None  # until every chunk has its new bounds
@@ -142,6 +147,7 @@ class ChunkGroup:
         the call (converged) drop their bounds.
         """
         held, self.model_bounds = self.model_bounds, {}  # until every chunk has new ones
+        spare, self.model_spare = self.model_spare, {}
         usable = {}
         for mid, _centers, drift, _s_half, previous, _version in models:
             version_and_bounds = held.get(mid)
@@ -156,12 +162,14 @@ class ChunkGroup:
                 old = usable[mid][i] if mid in usable else None
                 p, new_bounds[mid][i], _ = K.bounded_partials(
                     x, centers, w, old, drift if old is not None else None, s_half, metric,
-                    exact=False)
+                    exact=False, out=spare[mid][i] if mid in spare else None)
                 parts.append(p)
             return G.pack(parts, x, with_moments, metric)
 
         out = await self._each(one)
         self.model_bounds = {m[0]: (m[5], new_bounds[m[0]]) for m in models}
+        # Each model's bounds before these: the next pass writes its bounds into them.
+        self.model_spare = {m[0]: held[m[0]][1] for m in models if m[0] in held}
         return out
 
     async def oversample(self, candidates, keep_state, kw):

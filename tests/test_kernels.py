@@ -103,12 +103,19 @@ def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted, met
     unit = K.normalize_rows if cosine else (lambda a: a)
     c = unit(x[:12].copy())
     bounds, previous, compared = None, None, []
+    spare = None  # without exact, as a fit's passes: each pass writes over the one before last
     for it in range(15):
         if it == 8:  # a relocated centre jumps far: its drift must cover it
             c = c.copy()
             c[3] = unit(x[rng.integers(len(x))][None] * -3)[0]
         drift, s_half = K.center_geometry(c, previous)
-        p, bounds, n = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact)
+        before = bounds
+        p, bounds, n = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact,
+                                          out=None if exact else spare)
+        if not exact:
+            if spare is not None:  # the rows' arrays of the pass before last, written over
+                assert bounds.labels is spare.labels and bounds.upper is spare.upper
+            spare = before
         plain = K.lloyd_partials(x, c, w, metric)
         labels = K.assign(x, c, metric=metric)[0]
         np.testing.assert_array_equal(bounds.labels, labels)
@@ -134,6 +141,20 @@ def test_bounded_partials_equal_plain_lloyd_pass_after_pass(dtype, weighted, met
     assert compared[8] > compared[7], "the jump makes rows near the moved centre look again"
     if dtype == np.float64 and not weighted and metric == "euclidean":
         assert exact or np.any(plain.counts == 0), "the jump empties a cluster"
+
+
+def test_bounded_pass_never_writes_over_the_bounds_it_reads():
+    x = blobs(n=2000, d=3, k=4, seed=2)
+    c = x[:4].copy()
+    drift, s_half = K.center_geometry(c, None)
+    _, first, _ = K.bounded_partials(x, c, None, None, drift, s_half)
+    kept = first.labels.copy(), first.upper.copy(), first.lower.copy()
+    c2 = c + 0.01
+    drift, s_half = K.center_geometry(c2, c)
+    _, second, _ = K.bounded_partials(x, c2, None, first, drift, s_half, out=first)
+    assert second.labels is not first.labels, "out holds the bounds read: not used"
+    for a, b in zip(kept, (first.labels, first.upper, first.lower), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_bounded_pass_without_exact_inertia_leaves_rows_that_keep_their_centre_unread():
