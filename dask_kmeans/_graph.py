@@ -261,9 +261,10 @@ def farthest(X: da.Array, C: da.Array, sample_weight, n_far: int,
 
 
 def round_chunk(x, offset: int, w, state, centers, *, base, seed, stream, ell,
-                metric="euclidean"):
-    """One chunk of a k-means|| round: (new ``Nearest`` state, candidate rows, cost)."""
-    nearest = K.nearest_update(x, centers, base, state, metric)
+                metric="euclidean", out=None):
+    """One chunk of a k-means|| round: (new ``Nearest`` state, candidate rows, cost).
+    ``out``: a state no longer needed, written over."""
+    nearest = K.nearest_update(x, centers, base, state, metric, out)
     u = K.row_uniforms(seed, stream, offset, x.shape[0])
     rows, phi = K.oversample(x, nearest, w, u, offset, ell)
     if metric == "cosine":
@@ -272,10 +273,10 @@ def round_chunk(x, offset: int, w, state, centers, *, base, seed, stream, ell,
 
 
 def weights_chunk(x, offset: int, w, state, centers, *, base, n_candidates,
-                  metric="euclidean"):
+                  metric="euclidean", out=None):
     """One chunk's weight per candidate and its rows nearest to none (zero norm, cosine),
-    as a (1, n_candidates + 1) row."""
-    nearest = K.nearest_update(x, centers, base, state, metric)
+    as a (1, n_candidates + 1) row. ``out``: a state no longer needed, written over."""
+    nearest = K.nearest_update(x, centers, base, state, metric, out)
     return K.candidate_weights(nearest, w, n_candidates)[None, :]
 
 

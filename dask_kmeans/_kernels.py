@@ -885,7 +885,7 @@ def _f32_scores(candidates: np.ndarray, metric: str):
 
 def nearest_update(
     x: np.ndarray, candidates: np.ndarray, base: int, previous: Nearest | None = None,
-    metric: str = "euclidean",
+    metric: str = "euclidean", out: Nearest | None = None,
 ) -> Nearest:
     """Nearest candidate of every row once ``candidates[base:]`` join the candidates.
 
@@ -896,6 +896,10 @@ def nearest_update(
     "cosine"), in about 0.65 of the time of a float64 GEMM pass; ties keep
     the earlier candidate. Zero-norm rows (cosine) get distance 0, which
     keeps them out of the sampling, and candidate -1.
+
+    ``out``, a state no longer needed (not ``previous``), is written over
+    instead of allocating a new one (see :func:`bounded_partials` on why
+    that matters in dask workers).
 
     (Skipping new candidates by the triangle inequality was tried: on
     overlapping mixtures 13-35% of the distances remained and the scalar loop
@@ -911,7 +915,9 @@ def nearest_update(
     has_prev = previous is not None
     prev_sq = previous.sq_dist if has_prev else np.empty(0)
     prev_idx = previous.index if has_prev else np.empty(0, dtype=np.int64)
-    out = Nearest(np.empty(n), np.empty(n, dtype=np.int64))
+    if out is None or out.sq_dist.shape != (n,) \
+            or (has_prev and out.sq_dist is previous.sq_dist):
+        out = Nearest(np.empty(n), np.empty(n, dtype=np.int64))  # every row is written
     _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, prev_sq,
                     prev_idx, has_prev, out.sq_dist, out.index, metric == "cosine")
     return out

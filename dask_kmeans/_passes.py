@@ -84,6 +84,7 @@ class ChunkGroup:
         self.weights = list(weights)  # small: held, copied here if they lived elsewhere
         self.offsets = list(offsets)
         self.state = [None] * len(self.keys)
+        self.spare_state = [None] * len(self.keys)  # k-means|| state of the pass before, to reuse
         self.proposals = [None] * len(self.keys)  # k-means|| rows awaiting the total cost
         # Lloyd by Hamerly's algorithm: each chunk's row bounds, for the centres of the
         # pass numbered ``bounds_version``.
@@ -180,9 +181,12 @@ class ChunkGroup:
         def one(i, x, w):
             nearest, self.proposals[i], phi = G.round_chunk(
                 x, self.offsets[i], w, self.state[i] if keep_state and not first else None,
-                candidates, **kw)
-            if keep_state:
-                self.state[i] = nearest
+                candidates, out=self.spare_state[i], **kw)
+            # The state before is free: the next pass writes its state into it.
+            if not keep_state:
+                self.spare_state[i] = nearest
+            elif nearest is not self.state[i]:  # (the same when no candidate was new)
+                self.spare_state[i], self.state[i] = self.state[i], nearest
             return phi
 
         self.proposals = [None] * len(self.keys)
@@ -196,8 +200,10 @@ class ChunkGroup:
 
     async def candidate_weights(self, candidates, keep_state, kw):
         out = await self._each(lambda i, x, w: G.weights_chunk(
-            x, self.offsets[i], w, self.state[i] if keep_state else None, candidates, **kw))
-        self.state = [None] * len(self.keys)
+            x, self.offsets[i], w, self.state[i] if keep_state else None, candidates,
+            out=self.spare_state[i], **kw))
+        self.state = [None] * len(self.keys)  # the initialisation is over: free the rows'
+        self.spare_state = [None] * len(self.keys)
         return out
 
     async def rows(self, index):
