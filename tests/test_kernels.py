@@ -267,6 +267,23 @@ def test_nearest_update_does_not_depend_on_the_blocks():
         np.testing.assert_array_equal(part.sq_dist, whole.sq_dist[a:b])
 
 
+def test_nearest_update_writes_over_a_spare_state_never_the_previous_one():
+    x = blobs(n=3000, d=4, k=6, seed=4)
+    cand = x[[1, 500, 900, 1700, 2500]]
+    first = K.nearest_update(x, cand[:2], 0)
+    spare = K.Nearest(np.full(len(x), -7.0), np.full(len(x), -7, dtype=np.int64))
+    kept = first.sq_dist.copy(), first.index.copy()
+    again = K.nearest_update(x, cand, 2, first, out=spare)
+    assert again.sq_dist is spare.sq_dist and again.index is spare.index
+    fresh = K.nearest_update(x, cand, 2, first)
+    np.testing.assert_array_equal(again.sq_dist, fresh.sq_dist)
+    np.testing.assert_array_equal(again.index, fresh.index)
+    refused = K.nearest_update(x, cand, 2, first, out=first)
+    assert refused.sq_dist is not first.sq_dist
+    np.testing.assert_array_equal(first.sq_dist, kept[0])
+    np.testing.assert_array_equal(first.index, kept[1])
+
+
 def test_nearest_update_gives_zero_norm_and_nan_rows_distance_zero():
     x = np.random.default_rng(3).normal(size=(600, 4))
     x[[3, 400]] = 0.0
