@@ -104,7 +104,9 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     ``ct`` is ``c.T`` made contiguous. ``w`` has length 0 for unit weights.
     ``sums``/``counts`` have length 0 when only labels are wanted. ``labels``
     and ``mind`` are filled in place (they are fresh buffers owned by the
-    caller). With ``cosine`` the centres are unit vectors, ``half_cnorm`` is
+    caller), or have length 0 when only the statistics are wanted: no memory
+    in proportion to the rows (fresh pages in dask workers, see
+    :func:`bounded_partials`). With ``cosine`` the centres are unit vectors, ``half_cnorm`` is
     zero, and each row is divided by its norm on the fly: the distance is
     ``1 - cos = |x/|x| - c|^2 / 2`` and the sums add unit rows. Rows of zero
     norm get label -1 and distance NaN and are counted, not accumulated.
@@ -113,6 +115,7 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     n, d = x.shape
     k = c.shape[0]
     want_stats = sums.shape[0] > 0
+    want_rows = labels.shape[0] > 0
     weighted = w.shape[0] > 0
     buf = np.empty((BLOCK_ROWS, k), dtype=x.dtype)
     inertia = 0.0
@@ -129,16 +132,18 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
                 scale = _unit_scale(xb[i])
                 if scale == 0.0:
                     n_zero += 1
-                    labels[start + i] = -1
-                    mind[start + i] = np.nan
+                    if want_rows:
+                        labels[start + i] = -1
+                        mind[start + i] = np.nan
                     continue
             best = _nearest(db[i], half_cnorm)
             dist = _sq_dist(xb[i], scale, c[best])
             if cosine:
                 dist *= 0.5
             wi = w[start + i] if weighted else 1.0
-            labels[start + i] = best
-            mind[start + i] = dist
+            if want_rows:
+                labels[start + i] = best
+                mind[start + i] = dist
             inertia += wi * dist
             if want_stats:
                 counts[best] += wi
@@ -189,14 +194,12 @@ def lloyd_partials(
         (n_clusters,), both float64, and the float ``inertia``.
     """
     x, c, ct, half = _prepare(x, centers, metric)
-    n = x.shape[0]
     k, d = c.shape
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
-    labels = np.empty(n, dtype=np.int32)
-    mind = np.empty(n, dtype=np.float64)
-    inertia, n_zero = _fused_pass(x, ct, c, half, _weights(sample_weight), labels, mind, sums,
-                                  counts, metric == "cosine")
+    inertia, n_zero = _fused_pass(x, ct, c, half, _weights(sample_weight),
+                                  np.empty(0, dtype=np.int32), np.empty(0), sums, counts,
+                                  metric == "cosine")
     return Partials(sums, counts, float(inertia), int(n_zero))
 
 
