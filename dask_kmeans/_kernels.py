@@ -106,10 +106,11 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     and ``mind`` are filled in place (they are fresh buffers owned by the
     caller), or have length 0 when only the statistics are wanted: no memory
     in proportion to the rows (fresh pages in dask workers, see
-    :func:`bounded_partials`). With ``cosine`` the centres are unit vectors, ``half_cnorm`` is
-    zero, and each row is divided by its norm on the fly: the distance is
-    ``1 - cos = |x/|x| - c|^2 / 2`` and the sums add unit rows. Rows of zero
-    norm get label -1 and distance NaN and are counted, not accumulated.
+    :func:`bounded_partials`). With ``cosine`` the centres are unit vectors,
+    ``half_cnorm`` is zero, and each row is divided by its norm on the fly:
+    the distance is ``1 - cos = |x/|x| - c|^2 / 2`` and the sums add unit
+    rows. Rows of zero norm get label -1 and distance NaN and are counted,
+    not accumulated.
     Returns the weighted inertia and the number of zero-norm rows.
     """
     n, d = x.shape

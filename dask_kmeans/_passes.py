@@ -482,8 +482,8 @@ class Passes:
         Rows come back in chunk order, as columns of ``_kernels.oversample``
         (global index, ``u``, ``w * d^2``, the row). The chunks' proposed rows
         are narrowed down to those chosen on the workers: the driver receives
-        about ``ell`` rows, whatever the number of chunks. The cost is added
-        in the tree of ``sum_in_order`` on every engine.
+        about ``ell`` rows, whatever the number of chunks. The costs are added
+        in the tree of ``tree_levels``, the same on every engine.
         """
         base = base if self.keep_state else 0
         if base == 0:  # the first round of an initialisation starts from no state
