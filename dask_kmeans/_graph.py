@@ -265,8 +265,7 @@ def round_chunk(x, offset: int, w, state, centers, *, base, seed, stream, ell,
     """One chunk of a k-means|| round: (new ``Nearest`` state, candidate rows, cost).
     ``out``: a state no longer needed, written over."""
     nearest = K.nearest_update(x, centers, base, state, metric, out)
-    u = K.row_uniforms(seed, stream, offset, x.shape[0])
-    rows, phi = K.oversample(x, nearest, w, u, offset, ell)
+    rows, phi = K.oversample(x, nearest, w, K.row_draws(seed, stream, offset), offset, ell)
     if metric == "cosine":
         rows[:, 3:] = K.normalize_rows(rows[:, 3:])
     return nearest, rows, phi

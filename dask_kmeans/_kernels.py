@@ -25,6 +25,8 @@ BLOCK_ROWS = 256
 FEW_HITS = 4
 #: Squared norms from which float32 scores could overflow: such rows are measured exactly.
 F32_SAFE = 1e30
+#: k-means|| oversampling draws and tests this many rows at a time (64 KB of draws).
+OVERSAMPLE_BLOCK = 8192
 
 
 class Partials(NamedTuple):
@@ -686,23 +688,31 @@ def finalize_centers(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray,
 # -- k-means|| ---------------------------------------------------------------
 
 
-def row_uniforms(seed: int, stream: int, offset: int, n: int) -> np.ndarray:
-    """Uniform draws in [0, 1) for global rows ``offset .. offset + n - 1``.
+def row_draws(seed: int, stream: int, offset: int) -> np.random.Generator:
+    """A generator whose uniform draws (``.random``) are those of global rows
+    ``offset, offset + 1, ...`` in turn.
 
     Counter-based (Philox): the draw of a row depends only on ``seed``,
     ``stream`` and the row's global index, never on how rows are chunked or
     which worker runs the chunk. Row ``r`` is lane ``r % 4`` of block ``r // 4``.
-
-    Returns
-    -------
-    ndarray of shape (n,), float64
     """
     bitgen = np.random.Philox(key=[seed, stream], counter=[offset // 4, 0, 0, 0])
     if offset % 4:
         bitgen.random_raw(offset % 4)  # the lanes of the rows before ``offset``
     # Each double is the top 53 bits of one 64-bit output, as ``(raw >> 11) / 2**53``,
     # drawn by NumPy's own loop: three times faster than ``random_raw`` and a shift.
-    return np.random.Generator(bitgen).random(n)
+    return np.random.Generator(bitgen)
+
+
+def row_uniforms(seed: int, stream: int, offset: int, n: int) -> np.ndarray:
+    """Uniform draws in [0, 1) for global rows ``offset .. offset + n - 1``
+    (see :func:`row_draws`).
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+    """
+    return row_draws(seed, stream, offset).random(n)
 
 
 class Nearest(NamedTuple):
@@ -745,6 +755,14 @@ def _settle(out_sq, out_idx, i, dist, index, prev_sq, keep, has_prev):
     else:
         out_sq[i] = dist
         out_idx[i] = index
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _float32_below(v):
+    """A float32 at most ``v`` (float64, within float32's range), at most seven float32
+    steps below it: a threshold float32 scores can be compared with (8 lanes at a
+    time) that lets through every score the float64 one would."""
+    return np.float32(v - abs(v) * 2.0**-22 - 2.0**-148)
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
@@ -791,10 +809,7 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
         for r in range(m):
             scales[r], norms[r] = _load_row(x, start + r, shift, cosine, xs[r])
         db = buf[:m]
-        np.dot(xs[:m], ct, db)
-        for r in range(m):
-            for j in range(k):
-                db[r, j] -= half[j]
+        np.dot(xs[:m], ct, db)  # x.c; the scores below take the half norms away
         for r in range(m):
             i = start + r
             keep = prev_idx[i] if has_prev else base
@@ -811,19 +826,24 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
                 # Closer than the previous candidate means a score above
                 # (|x|^2 - d_prev^2) / 2; most rows have none and keep it, unmeasured.
                 prev_full = prev_sq[i] * (2.0 if cosine else 1.0)
-                thr = 0.5 * (norms[r] - prev_full) - window
-                hits = 0
-                for j in range(k):  # branch-free: vectorises
-                    hits += 1 if np.float64(score[j]) >= thr else 0
+                thr = _float32_below(0.5 * (norms[r] - prev_full) - window)
+                # How many new candidates may be nearer, and the first of them
+                # (float32 and int32, branch-free: vectorises).
+                hits = np.int32(0)
+                first = np.int32(k)
+                for j in range(k):
+                    hit = score[j] - half[j] >= thr
+                    hits += np.int32(1) if hit else np.int32(0)
+                    first = min(first, np.int32(j) if hit else np.int32(k))
                 if hits == 0:
                     out_sq[i] = prev_sq[i]
                     out_idx[i] = keep
                     continue
                 if hits <= FEW_HITS:  # measure just those: no argmax over all of them
-                    best = -1
-                    dist = np.inf
-                    for j in range(k):
-                        if np.float64(score[j]) >= thr:
+                    best = first
+                    dist = _sq_dist(x[i], scale, c[first])
+                    for j in range(first + 1, k if hits > 1 else first + 1):
+                        if score[j] - half[j] >= thr:
                             dj = _sq_dist(x[i], scale, c[j])
                             if dj < dist:
                                 dist = dj
@@ -833,21 +853,23 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
                     _settle(out_sq, out_idx, i, dist, best + base, prev_sq, keep, True)
                     continue
             best = 0
-            best_val = score[0]
+            best_val = score[0] - half[0]
             for j in range(1, k):
-                if score[j] > best_val:
-                    best_val = score[j]
+                v = score[j] - half[j]
+                if v > best_val:
+                    best_val = v
                     best = j
             low = np.float64(best_val) - window
-            near = 0
-            for j in range(k):  # branch-free: vectorises
-                near += 1 if np.float64(score[j]) >= low else 0
+            low32 = _float32_below(low) if low > -np.inf and low < np.inf else np.float32(low)
+            near = np.int32(0)
+            for j in range(k):  # float32, branch-free: vectorises
+                near += np.int32(1) if score[j] - half[j] >= low32 else np.int32(0)
             dist = _sq_dist(x[i], scale, c[best])
             if near > 1 or not trusted or not (low > -np.inf and low < np.inf):
                 check_all = not trusted or not (low > -np.inf and low < np.inf)
                 proposed = best
                 for j in range(k):
-                    if j != proposed and (check_all or np.float64(score[j]) >= low):
+                    if j != proposed and (check_all or score[j] - half[j] >= low32):
                         dj = _sq_dist(x[i], scale, c[j])
                         if dj < dist or (dj == dist and j < best):
                             dist = dj
@@ -931,7 +953,7 @@ def oversample(
     x: np.ndarray,
     nearest: Nearest,
     sample_weight: np.ndarray | None,
-    u: np.ndarray,
+    draws: np.random.Generator,
     offset: int,
     ell: float,
 ) -> tuple[np.ndarray, float]:
@@ -942,7 +964,11 @@ def oversample(
     ``phi >= phi_chunk``, every row with ``u < ell * w * d^2 / phi_chunk`` is
     returned (about ``ell`` rows at most, in expectation), and the rows
     :func:`chosen` for the total cost join the candidates (see
-    :func:`merge_proposals`).
+    :func:`merge_proposals`). ``u`` is the row's next draw from ``draws``
+    (:func:`row_draws` at the chunk's first row), taken
+    :data:`OVERSAMPLE_BLOCK` rows at a time into one small buffer: no memory
+    in proportion to the rows (fresh pages in dask workers, see
+    :func:`bounded_partials`).
 
     Returns
     -------
@@ -953,10 +979,20 @@ def oversample(
     """
     wd2 = nearest.sq_dist if sample_weight is None else nearest.sq_dist * sample_weight
     phi = float(wd2.sum())
-    keep = np.flatnonzero(u * phi < ell * wd2) if phi > 0 else np.empty(0, dtype=np.int64)
+    n = wd2.shape[0]
+    keep, u_keep = [np.empty(0, dtype=np.int64)], [np.empty(0)]
+    if phi > 0:
+        u = np.empty(min(n, OVERSAMPLE_BLOCK))
+        for start in range(0, n, OVERSAMPLE_BLOCK):
+            m = min(OVERSAMPLE_BLOCK, n - start)
+            ub = draws.random(out=u[:m])
+            hit = np.flatnonzero(ub * phi < ell * wd2[start : start + m])
+            keep.append(hit + start)
+            u_keep.append(ub[hit])
+    keep = np.concatenate(keep)
     rows = np.empty((len(keep), 3 + x.shape[1]), dtype=np.float64)
     rows[:, 0] = keep + offset
-    rows[:, 1] = u[keep]
+    rows[:, 1] = np.concatenate(u_keep)
     rows[:, 2] = wd2[keep]
     rows[:, 3:] = np.asarray(x)[keep]
     return rows, phi

@@ -43,6 +43,28 @@ def test_row_uniforms_are_the_top_bits_of_philox_lanes():
                                       expected[offset : offset + 6])
 
 
+@pytest.mark.parametrize("n", [0, 5, K.OVERSAMPLE_BLOCK, 2 * K.OVERSAMPLE_BLOCK + 7])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_oversample_draws_each_row_its_own_uniform(n, weighted):
+    """Drawn a block at a time, a chunk's draws are still those of its global rows:
+    the proposals equal the test written out over ``row_uniforms``."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(n, 3))
+    near = K.Nearest(rng.exponential(size=n), np.zeros(n, dtype=np.int64))
+    w = rng.uniform(0.5, 2.0, size=n) if weighted else None
+    offset, ell = 4001, 30.0
+    rows, phi = K.oversample(x, near, w, K.row_draws(9, 2, offset), offset, ell)
+    wd2 = near.sq_dist * (1.0 if w is None else w)
+    u = K.row_uniforms(9, 2, offset, n)
+    keep = np.flatnonzero(u * wd2.sum() < ell * wd2)
+    assert phi == wd2.sum()
+    np.testing.assert_array_equal(rows[:, 0], keep + offset)
+    np.testing.assert_array_equal(rows[:, 1], u[keep])
+    np.testing.assert_array_equal(rows[:, 2], wd2[keep])
+    np.testing.assert_array_equal(rows[:, 3:], x[keep])
+    assert n < 100 or len(keep) > ell / 2  # about ell rows proposed (at least ell / 2)
+
+
 @pytest.mark.parametrize("keep_state", [True, False])
 def test_same_seed_same_centres_for_any_chunking(X, keep_state):
     results = []
@@ -367,8 +389,7 @@ def test_a_tree_of_merges_keeps_the_rows_chosen_for_the_total_cost():
     parts = []
     for start in range(0, len(x), 250):
         near = K.Nearest(rng.exponential(size=250), np.zeros(250, dtype=np.int64))
-        parts.append(K.oversample(x[start : start + 250], near, None, rng.random(250), start,
-                                  ell))
+        parts.append(K.oversample(x[start : start + 250], near, None, rng, start, ell))
     flat_rows = np.concatenate([r for r, _ in parts])
     phi = sum(p for _, p in parts)
     wanted = K.chosen(flat_rows, phi, ell)

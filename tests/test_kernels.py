@@ -315,6 +315,40 @@ def test_nearest_update_resolves_what_float32_cannot_see():
     assert np.all(state.index == 2)
 
 
+def test_nearest_update_with_state_switches_only_to_a_strictly_nearer_candidate():
+    """With a previous state, the float32 threshold that lets rows skip the new
+    candidates must still let through a candidate 1e-9 (relative) nearer, and a
+    candidate 1e-9 farther must not take the row."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=3, size=(20_000, 8))
+    x[:, 0] = 0.0
+    near, far_side = np.zeros(8), np.zeros(8)
+    near[0], far_side[0] = 1.0, -(1 + 1e-9)
+    others = rng.normal(scale=50, size=(3, 8))
+    for first, second, expected in ((far_side, near, 4), (near, far_side, 0)):
+        state = K.nearest_update(x, first[None, :], 0)
+        new = K.nearest_update(x, np.vstack([first, others, second]), 1, state)
+        assert np.all(new.index == expected)
+        exact = ((x - (near if expected == 4 else first)) ** 2).sum(axis=1)
+        np.testing.assert_array_equal(new.sq_dist[new.index == expected] > 0, exact > 0)
+
+
+def test_float32_below_is_never_above_its_float64():
+    rng = np.random.default_rng(0)
+    tiny = float(np.finfo(np.float32).tiny)
+    v = np.concatenate([rng.normal(size=2000) * 10.0 ** rng.uniform(-44, 37, 2000),
+                        [0.0, -0.0, tiny, -tiny, 1e-45, -1e-45, 1.0, -1.0, 3e38, -3e38]])
+    got64 = np.array([K._float32_below(t) for t in v])  # numba returns float32 as float
+    got = got64.astype(np.float32)
+    np.testing.assert_array_equal(got.astype(np.float64), got64)  # a float32 value
+    assert np.all(got.astype(np.float64) <= v)
+    # ... and a few float32 steps below it: at most 7 (4.5 + 2 near the smallest normal)
+    up = got
+    for _ in range(7):
+        up = np.nextafter(up, np.float32(np.inf))
+    assert np.all((up.astype(np.float64) >= v) | (np.abs(v) < 2.0**-140))
+
+
 def test_a_cluster_left_with_rows_of_zero_weight_has_exactly_zero_weight():
     """Carried statistics: the rounding left by rows that moved out must not make a
     cluster holding only zero-weight rows look non-empty (the plain kernel gives 0)."""
