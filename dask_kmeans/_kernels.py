@@ -760,8 +760,8 @@ def _settle(out_sq, out_idx, i, dist, index, prev_sq, keep, has_prev):
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _float32_below(v):
     """A float32 at most ``v`` (float64, within float32's range), at most seven float32
-    steps below it: a threshold float32 scores can be compared with (8 lanes at a
-    time) that lets through every score the float64 one would."""
+    steps below it: a threshold float32 scores can be compared with (vectorised)
+    that lets through every score the float64 one would."""
     return np.float32(v - abs(v) * 2.0**-22 - 2.0**-148)
 
 
