@@ -767,7 +767,7 @@ def _float32_below(v):
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, prev_sq,
-                    prev_idx, has_prev, out_sq, out_idx, cosine):
+                    prev_idx, has_prev, count_hits, out_sq, out_idx, cosine):
     """Nearest of the candidates ``c`` for every row, merged with the previous state.
 
     The GEMM runs in float32 on rows and candidates less ``shift`` (``ct``:
@@ -779,7 +779,11 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
     decides (the first candidate on ties). So the result is the exact
     nearest candidate, whatever the BLAS or the blocking. With ``has_prev``
     a row keeps its previous candidate unless a new one is strictly closer;
-    a row whose scores all stay clear of that is not measured at all. Rows
+    with ``count_hits`` too, a row whose scores all stay clear of that is not
+    measured at all, and one with up to ``FEW_HITS`` candidates that may be
+    closer has just those measured. Without it (where almost every row has
+    many, as after the one candidate of the first round) each row goes
+    straight to its best score: the same result, without the count. Rows
     or candidates whose squared norms reach ``F32_SAFE`` (float32 products
     would overflow; ``f32_ok`` False for the candidates) are measured against
     every candidate.
@@ -822,7 +826,7 @@ def _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, pre
             window = err_row * np.sqrt(norms[r]) + err_const
             # Values too large for float32 products: every candidate is measured.
             trusted = f32_ok and norms[r] < F32_SAFE
-            if has_prev and trusted:
+            if count_hits and trusted:
                 # Closer than the previous candidate means a score above
                 # (|x|^2 - d_prev^2) / 2; most rows have none and keep it, unmeasured.
                 prev_full = prev_sq[i] * (2.0 if cosine else 1.0)
@@ -944,8 +948,12 @@ def nearest_update(
     if out is None or out.sq_dist.shape != (n,) \
             or (has_prev and out.sq_dist is previous.sq_dist):
         out = Nearest(np.empty(n), np.empty(n, dtype=np.int64))  # every row is written
+    # After one candidate (the first k-means|| round) almost every row has many new
+    # ones nearer: counting them would cost more than it saves.
+    count_hits = has_prev and base > 1
     _candidate_pass(x, ct, half, shift, err_row, err_const, f32_ok, c, base, prev_sq,
-                    prev_idx, has_prev, out.sq_dist, out.index, metric == "cosine")
+                    prev_idx, has_prev, count_hits, out.sq_dist, out.index,
+                    metric == "cosine")
     return out
 
 

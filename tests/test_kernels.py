@@ -315,19 +315,23 @@ def test_nearest_update_resolves_what_float32_cannot_see():
     assert np.all(state.index == 2)
 
 
-def test_nearest_update_with_state_switches_only_to_a_strictly_nearer_candidate():
+@pytest.mark.parametrize("n_previous", [1, 2])
+def test_nearest_update_with_state_switches_only_to_a_strictly_nearer_candidate(n_previous):
     """With a previous state, the float32 threshold that lets rows skip the new
     candidates must still let through a candidate 1e-9 (relative) nearer, and a
-    candidate 1e-9 farther must not take the row."""
+    candidate 1e-9 farther must not take the row. After one candidate rows go
+    straight to their best score instead (no threshold): the same must hold."""
     rng = np.random.default_rng(0)
     x = rng.normal(scale=3, size=(20_000, 8))
     x[:, 0] = 0.0
     near, far_side = np.zeros(8), np.zeros(8)
     near[0], far_side[0] = 1.0, -(1 + 1e-9)
     others = rng.normal(scale=50, size=(3, 8))
-    for first, second, expected in ((far_side, near, 4), (near, far_side, 0)):
-        state = K.nearest_update(x, first[None, :], 0)
-        new = K.nearest_update(x, np.vstack([first, others, second]), 1, state)
+    remote = np.full((n_previous - 1, 8), 1e3)  # a previous candidate no row is near
+    for first, second, expected in ((far_side, near, n_previous + 3), (near, far_side, 0)):
+        previous = np.vstack([first, remote])
+        state = K.nearest_update(x, previous, 0)
+        new = K.nearest_update(x, np.vstack([previous, others, second]), n_previous, state)
         assert np.all(new.index == expected)
         # Either way the row's candidate is ``near``, at its exact distance.
         np.testing.assert_allclose(new.sq_dist, ((x - near) ** 2).sum(axis=1), rtol=1e-12)
@@ -366,15 +370,16 @@ def test_a_cluster_left_with_rows_of_zero_weight_has_exactly_zero_weight():
 
 
 @pytest.mark.parametrize("scale", [1e-22, 1e20])
-@pytest.mark.parametrize("with_state", [False, True])
-def test_nearest_update_is_exact_beyond_float32s_range(scale, with_state):
+@pytest.mark.parametrize("base", [0, 1, 2])
+def test_nearest_update_is_exact_beyond_float32s_range(scale, base):
     """Values whose float32 products underflow (1e-22) or overflow (1e20): the float64
-    check still gives the exact nearest candidate."""
+    check still gives the exact nearest candidate, from no state or from the state of
+    ``base`` candidates."""
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2000, 4)) * scale
     cands = x[rng.choice(len(x), 30, replace=False)]
-    state = K.nearest_update(x, cands[:1], 0) if with_state else None
-    base = 1 if with_state else 0
+    with_state = base > 0
+    state = K.nearest_update(x, cands[:base], 0) if with_state else None
     with np.errstate(over="raise"):  # no overflow warning escapes either
         new = K.nearest_update(x, cands, base, state)
     d, want = _nearest_reference(x, cands, base, state, "euclidean")
