@@ -6,7 +6,9 @@ chunk work of a k-means|| initialisation, as a worker runs it with the state kep
 (``_graph.round_chunk`` for each of ``--rounds`` rounds, then ``_graph.weights_chunk``),
 each pass timed side by side with a plain Lloyd pass over the same rows against ``k``
 centres (``_kernels.lloyd_partials``), medians of ``--repeats``. One chunk's cost is the
-whole cost, so every row sampled for a round joins the candidates.
+whole cost, so every row sampled for a round joins the candidates. Columns: the candidates
+the pass compares rows with (``new``), the share of rows that found a nearer one among them
+(``changed``), the pass's time, the Lloyd pass's and their ratio.
 
 It also times the two GEMMs the passes are made of, in blocks of 256 rows as the kernels
 run them: the rows in float32 against ``oversampling * k`` candidates (a k-means|| round
