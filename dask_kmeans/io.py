@@ -370,6 +370,89 @@ def _null_counts(metadata: pq.FileMetaData, columns: Sequence[str]) -> dict[str,
     return {k: v for k, v in counts.items() if v}
 
 
+def _merged_schema(schemas: Sequence[pa.Schema], urls: Sequence[str]):
+    """One schema for parts whose types may differ (int64 in one file, double in the
+    next where pandas met a NaN; null in an empty file): each column's types promoted
+    to one that holds them all, in order of first appearance. Returns the schema and,
+    for columns whose types cannot be promoted (string and double), the first two
+    types with a part of each."""
+    fields: dict[str, tuple[pa.Field, str]] = {}
+    conflicts: dict[str, tuple[pa.DataType, str, pa.DataType, str]] = {}
+    for schema, url in zip(schemas, urls, strict=True):
+        for field in schema:
+            name = field.name
+            if name in conflicts:
+                continue
+            if name not in fields:
+                fields[name] = (field, url)
+                continue
+            held, held_url = fields[name]
+            if held.type.equals(field.type):
+                continue
+            try:
+                merged = pa.unify_schemas([pa.schema([held]), pa.schema([field])],
+                                          promote_options="permissive").field(0)
+            except (pa.ArrowTypeError, pa.ArrowInvalid, NotImplementedError):
+                conflicts[name] = (held.type, held_url, field.type, url)
+                continue
+            fields[name] = (merged, held_url)
+    return pa.schema([f for name, (f, _) in fields.items() if name not in conflicts]), conflicts
+
+
+def _check_conflicts(conflicts, columns: list[str] | None, keys: list[str], url: str) -> None:
+    """Refuse a column whose types differ beyond promotion between parts when it is used:
+    named in ``columns`` or ``keys``, or numeric somewhere when features are chosen by type."""
+    for name, (type_a, url_a, type_b, url_b) in conflicts.items():
+        named = name in (columns or []) or name in keys
+        if named or (columns is None and (_is_numeric(type_a) or _is_numeric(type_b))):
+            raise ValueError(f"Column '{name}' is {type_a} in part {url_a} but {type_b} in part "
+                             f"{url_b}: the parts of {url} must agree on the type of every "
+                             "column used. Convert it in the files that differ"
+                             + ("." if named else ", or name the feature columns with "
+                                "'columns=' without it."))
+
+
+#: Integer and boolean key columns that hold nulls become these pandas types, which keep
+#: the values exact (NumPy's would turn them into floats).
+_NULLABLE_KEY_TYPES = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
+                       pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
+                       pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+                       pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(),
+                       pa.bool_(): pd.BooleanDtype()}
+
+
+def _nullable_keys(metadata: Sequence[pq.FileMetaData], schema: pa.Schema,
+                   keys: Sequence[str], partition_fields: set[str]) -> list[str]:
+    """The integer or boolean key columns that may hold nulls: some part counts nulls in
+    them, or does not say (no statistics)."""
+    out = []
+    for name in keys:
+        if name in partition_fields or schema.field(name).type not in _NULLABLE_KEY_TYPES:
+            continue
+        for md in metadata:
+            counted = 0
+            for r in range(md.num_row_groups):
+                group = md.row_group(r)
+                for j in range(group.num_columns):
+                    chunk = group.column(j)
+                    stats = chunk.statistics
+                    if chunk.path_in_schema == name and stats is not None \
+                            and stats.has_null_count and stats.null_count == 0:
+                        counted += 1
+            if md.num_rows and counted < md.num_row_groups:
+                out.append(name)
+                break
+    return out
+
+
+def _keys_frame(table: pa.Table, nullable: Sequence[str]) -> pd.DataFrame:
+    """Key columns as pandas; those in ``nullable`` as pandas' nullable types."""
+    return pd.DataFrame({
+        name: table.column(name).to_pandas(
+            types_mapper=_NULLABLE_KEY_TYPES.get if name in nullable else None)
+        for name in table.column_names})
+
+
 def _missing_message(counts: Mapping[str, int], part_url: str, what: str) -> str:
     detail = ", ".join(f"column '{c}' has {n} {what} value(s)" for c, n in counts.items())
     return (f"Missing or non-finite feature values in part {part_url}: {detail}. "
@@ -388,6 +471,7 @@ class _Part(NamedTuple):
     partition_expression: Any  # pyarrow Expression with the hive partition values
     rows: int  # rows expected (after dropping, for missing="drop")
     offset: int  # row number of the part's first row in the dataset
+    schema: pa.Schema | None  # the part's own types of the columns read (None: no rows)
 
 
 def _task_secrets(filesystem) -> tuple[str, ...]:
@@ -399,10 +483,15 @@ def _task_secrets(filesystem) -> tuple[str, ...]:
 
 def _read_part(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                columns: Sequence[str]) -> pa.Table:
+    target = pa.schema([schema.field(c) for c in columns])
+    if part.schema is None:  # a file without rows
+        return target.empty_table()
     fragment = ds.ParquetFileFormat().make_fragment(
         part.path, filesystem=filesystem, partition_expression=part.partition_expression)
     with _fs_errors(part.url, _task_secrets(filesystem), "reading"):
-        return fragment.to_table(columns=list(columns), schema=schema)
+        table = fragment.to_table(columns=list(columns), schema=part.schema)
+    # Unsafe, as _to_matrix: an int64 beyond 2**53 in a part where the others hold doubles.
+    return table if table.schema.equals(target) else table.cast(target, safe=False)
 
 
 def _to_matrix(table: pa.Table, columns: Sequence[str], dtype: np.dtype) -> np.ndarray:
@@ -471,7 +560,7 @@ def _count_valid(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
 
 def _load_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                key_columns: Sequence[str], feature_columns: Sequence[str],
-               out_dtype: np.dtype, missing: str,
+               out_dtype: np.dtype, missing: str, nullable: Sequence[str] = (),
                drop_zero_norm: bool = False) -> pd.DataFrame:
     """The key columns of one part, indexed by row number in the dataset."""
     if missing == "drop":
@@ -484,7 +573,7 @@ def _load_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
     else:
         table = _read_part(part, filesystem=filesystem, schema=schema, columns=key_columns)
         index = pd.RangeIndex(part.offset, part.offset + table.num_rows)
-    frame = table.to_pandas()
+    frame = _keys_frame(table, nullable)
     frame.index = index
     _check_rows(len(frame), part)
     return frame
@@ -699,8 +788,15 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         raise
     fragments = list(dataset.get_fragments())
     metadata = _load_metadata(fragments, part_urls, loc.secrets)
-    schema = dataset.schema
-    partition_fields = set(schema.names) - set(fragments[0].physical_schema.names)
+    physical_schemas = [f.physical_schema for f in fragments]
+    partition_fields = set(dataset.schema.names) - set(physical_schemas[0].names)
+    # Types promoted across the parts (the dataset's are the first part's alone). Parts
+    # without rows say little (pandas writes an empty text column as double): left out.
+    filled = [i for i, md in enumerate(metadata) if md.num_rows] or list(range(len(paths)))
+    merged, conflicts = _merged_schema([physical_schemas[i] for i in filled],
+                                       [part_urls[i] for i in filled])
+    schema = pa.schema([*merged, *(f for f in dataset.schema if f.name in partition_fields)])
+    _check_conflicts(conflicts, columns, keys, loc.url)
     feature_names = _select_features(schema, columns, keys, partition_fields, loc.url)
 
     needed = list(dict.fromkeys([*feature_names, *keys]))
@@ -709,7 +805,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         absent = [c for c in physical if c not in fragment.physical_schema.names]
         if absent:
             raise ValueError(f"Column(s) {absent} missing from part {part_url} (present in "
-                             f"the first part of {loc.url}). All parts must have the same "
+                             f"other parts of {loc.url}). All parts must have the same "
                              "columns.")
     if missing == "error":
         for md, part_url in zip(metadata, part_urls, strict=True):
@@ -729,7 +825,13 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     common = {"filesystem": filesystem, "schema": read_schema}
 
     offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(int).tolist()
-    parts = [_Part(i, u, f.path, f.partition_expression, n, off)
+    def part_schema(i: int) -> pa.Schema | None:
+        if not metadata[i].num_rows:
+            return None  # nothing to read: an empty table of the dataset's types
+        return pa.schema([physical_schemas[i].field(c) if c not in partition_fields
+                          else schema.field(c) for c in needed])
+
+    parts = [_Part(i, u, f.path, f.partition_expression, n, off, part_schema(i))
              for i, (u, f, n, off) in enumerate(zip(part_urls, fragments, rows, offsets,
                                                     strict=True))]
     if missing == "drop":
@@ -756,11 +858,13 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
 
     key_frame = None
     if keys:
-        meta = read_schema.empty_table().select(keys).to_pandas()
+        nullable = _nullable_keys(metadata, schema, keys, partition_fields)
+        meta = _keys_frame(read_schema.empty_table().select(keys), nullable)
         meta.index = pd.RangeIndex(0)
         key_frame = dd.from_map(_load_keys, parts, meta=meta, label="read-parquet-keys",
                                 key_columns=keys, feature_columns=feature_names,
-                                out_dtype=dtype, missing=missing, enforce_metadata=False,
+                                out_dtype=dtype, missing=missing, nullable=nullable,
+                                enforce_metadata=False,
                                 drop_zero_norm=drop_zero_norm, **common)
     return ParquetSource(features=features, feature_names=feature_names, keys=key_frame,
                          key_columns=keys, url=loc.url, parts=part_urls,

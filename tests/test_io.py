@@ -201,6 +201,74 @@ def test_missing_column_names_it_and_lists_available(store):
         open_parquet(url, key_columns="ghost", storage_options=store.storage_options)
 
 
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_parts_whose_types_differ_are_read_in_the_promoted_type(local_store, order):
+    """pandas writes an integer column as double once it meets a NaN, an empty frame's
+    object column as null: the parts are read in one type that holds them all, whatever
+    the files' order (the dataset's own schema is its first file's)."""
+    big = 2**40
+    tables = [pa.table({"x": pa.array([1, big], pa.int64()), "y": pa.array([1, 2], pa.int32()),
+                        "e": pa.array([None, None], pa.null())}),
+              pa.table({"x": pa.array([1.5, 2.5]), "y": pa.array([3, big], pa.int64()),
+                        "e": pa.array([0.5, 0.25])})]
+    for name, i in zip("ab", order, strict=True):
+        local_store.write_parquet(f"mixed/{name}.parquet", tables[i])
+    src = open_parquet(local_store.url("mixed"), ["x", "y"])
+    want = np.vstack([np.column_stack([t.column("x").to_numpy().astype(float),
+                                       t.column("y").to_numpy().astype(float)])
+                      for t in (tables[order[0]], tables[order[1]])])
+    np.testing.assert_array_equal(src.features.compute(), want)
+    # The all-null column of one part takes the other part's type: numeric, so a feature.
+    assert open_parquet(local_store.url("mixed")).feature_names == ["x", "y", "e"]
+
+
+def test_parts_whose_types_cannot_be_promoted_name_the_column_and_parts(local_store):
+    local_store.write_parquet("clash/a.parquet", pa.table({"x": [1.0], "note": ["n"]}))
+    local_store.write_parquet("clash/b.parquet", pa.table({"x": ["one"], "note": [2.0]}))
+    with pytest.raises(ValueError, match=r"Column 'x' is double in part .*a\.parquet but "
+                                         r"(large_)?string in part .*b\.parquet"):
+        open_parquet(local_store.url("clash"), ["x"])
+    # Chosen by type, a column numeric in one part is refused too...
+    local_store.write_parquet("clash2/a.parquet", pa.table({"x": [1.0], "note": ["n"]}))
+    local_store.write_parquet("clash2/b.parquet", pa.table({"x": [2.0], "note": [2.0]}))
+    with pytest.raises(ValueError, match=r"Column 'note' is (large_)?string .* but double.*"
+                                         r"name the feature columns"):
+        open_parquet(local_store.url("clash2"))
+    # ... and one that is not used is left alone.
+    local_store.write_parquet("ok/a.parquet", pa.table({"x": [1.0], "note": ["n"]}))
+    local_store.write_parquet("ok/b.parquet", pa.table({"x": [2.0], "note": [b"raw"]}))
+    np.testing.assert_array_equal(open_parquet(local_store.url("ok"), ["x"]).features.compute(),
+                                  [[1.0], [2.0]])
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_a_column_missing_from_some_parts_is_refused_in_any_order(local_store, order):
+    tables = [pa.table({"x": [1.0]}), pa.table({"x": [2.0], "extra": [3.0]})]
+    for name, i in zip("ab", order, strict=True):
+        local_store.write_parquet(f"cols/{name}.parquet", tables[i])
+    with pytest.raises(ValueError, match=r"\['extra'\] missing from part .*present in other"):
+        open_parquet(local_store.url("cols"))
+
+
+def test_nullable_integer_keys_stay_exact(local_store):
+    """An integer key column with nulls must not go through float (2**53 + 1 would change
+    and the labels could no longer be joined back to the input)."""
+    ids = pa.array([2**53 + 1, 2**53 + 3, None], pa.int64())
+    local_store.write_parquet("nk/a.parquet", pa.table({"id": ids, "plain": [1, 2, 3],
+                                                        "x": [0.5, 1.5, 2.5]}))
+    src = open_parquet(local_store.url("nk"), ["x"], key_columns=["id", "plain"])
+    keys = src.keys.compute()
+    assert keys["id"].dtype == pd.Int64Dtype()
+    assert keys["id"].tolist()[:2] == [2**53 + 1, 2**53 + 3] and keys["id"].isna().tolist()[2]
+    assert keys["plain"].dtype == np.int64  # no nulls counted: a plain NumPy column
+    out = local_store.url("nk-labels")
+    write_labels(src, np.zeros(3, dtype=int), np.zeros(3), out)
+    import pyarrow.parquet as pq
+    got = pq.read_table(local_store.path("nk-labels/part-00000.parquet"))
+    assert got.schema.field("id").type == pa.int64()
+    assert got.column("id").to_pylist() == ids.to_pylist()
+
+
 def test_non_numeric_column(local_store):
     url, _ = write_dir(local_store, [3])
     with pytest.raises(ValueError, match=r"'name' \((large_)?string\)"):
