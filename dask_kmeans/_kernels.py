@@ -159,12 +159,20 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
 def _prepare(x: np.ndarray, centers: np.ndarray, metric: str):
     x = np.ascontiguousarray(x)
     c = np.ascontiguousarray(centers, dtype=x.dtype)
-    ct = np.ascontiguousarray(c.T)
-    if metric == "cosine":
-        half_cnorm = np.zeros(c.shape[0], dtype=x.dtype)
-    else:
-        half_cnorm = 0.5 * np.einsum("ij,ij->i", c, c, dtype=np.float64).astype(x.dtype)
-    return x, c, ct, half_cnorm
+    if metric == "cosine":  # unit rows and centres: nothing far from the origin
+        shift = np.zeros(c.shape[1])
+        return x, c, np.ascontiguousarray(c.T), np.zeros(c.shape[0], dtype=x.dtype), shift
+    # Scores x.c' - (s.c' + |c'|^2 / 2) with c' = c - s, s the centres' mean: the same
+    # order as x.c - |c|^2 / 2 (they differ by x.s - |s|^2 / 2, the same for every centre),
+    # but rounded in proportion to |x| |c'| instead of |x| |c|, so that data far from the
+    # origin (float32 near 1e4, float64 near 1e9) is still told apart. x is not shifted:
+    # the GEMM reads it in place.
+    c64 = c.astype(np.float64)
+    shift = c64.mean(axis=0)
+    cs = c64 - shift
+    ct = np.ascontiguousarray(cs.T, dtype=x.dtype)
+    half_cnorm = (cs @ shift + 0.5 * np.einsum("ij,ij->i", cs, cs)).astype(x.dtype)
+    return x, c, ct, half_cnorm, shift
 
 
 def _weights(sample_weight: np.ndarray | None) -> np.ndarray:
@@ -196,7 +204,7 @@ def lloyd_partials(
         ``sums`` of shape (n_clusters, n_features) and ``counts`` of shape
         (n_clusters,), both float64, and the float ``inertia``.
     """
-    x, c, ct, half = _prepare(x, centers, metric)
+    x, c, ct, half, _ = _prepare(x, centers, metric)
     k, d = c.shape
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
@@ -247,8 +255,8 @@ def _move(sums, counts, sq, members, x, i, scale, wi, label, sign):
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, labels, upper,
-                  lower, drift, drift1, arg1, drift2, s_half, has_old, full, exact, eps, cmax2,
-                  sums, counts, sq, members, row_dist, cosine):
+                  lower, drift, drift1, arg1, drift2, s_half, has_old, full, exact, eps, cmax,
+                  snorm, shift, sums, counts, sq, members, row_dist, cosine):
     """Hamerly's Lloyd pass over one chunk.
 
     Each row's bounds move by the centres' drift; a row whose bounds prove its
@@ -354,6 +362,7 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                 v = db[r, j] - half_cnorm[j]
                 if j != best:
                     second_val = max(second_val, v)
+            xs = 0.0
             if cosine:
                 dist = _sq_dist(src[r], scale, c[best])
             else:
@@ -363,14 +372,19 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                     xx += xf * xf
                     diff = xf - np.float64(c[best, f])
                     dist += diff * diff
+                    v = xf - shift[f]
+                    xs += v * v
             labels[row] = best
             upper[row] = np.sqrt(dist)
-            # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2), less its rounding error; for cosine
-            # |x/|x| - c|^2 = 2 - 2 x.c / |x| (unit centres, half_cnorm zero).
+            # With c' = c - s (see _prepare): |x - c|^2 = |x - s|^2 - 2 (x.c' - s.c' -
+            # |c'|^2 / 2), less its rounding error (the GEMM's is within
+            # eps |x| |c'| / 2, the offsets' within eps (|s| |c'| + |c'|^2) / 4);
+            # for cosine |x/|x| - c|^2 = 2 - 2 x.c / |x| (unit centres, half_cnorm zero).
             if cosine:
                 sq2 = 2.0 - 2.0 * np.float64(second_val) * scale - eps * 4.0
             else:
-                sq2 = xx - 2.0 * np.float64(second_val) - eps * (xx + cmax2)
+                sq2 = xs - 2.0 * np.float64(second_val) \
+                    - eps * (cmax * (2.0 * np.sqrt(xx) + snorm + cmax) + xs)
             lower[row] = np.sqrt(sq2) if sq2 > 0.0 else 0.0
             wi = w[row] if weighted else 1.0
             inertia += wi * dist * half
@@ -439,7 +453,7 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
         The partials, the bounds for ``centers``, and how many rows were
         compared with every centre.
     """
-    x, c, ct, half = _prepare(x, centers, metric)
+    x, c, ct, half, shift = _prepare(x, centers, metric)
     n = x.shape[0]
     k, d = c.shape
     has_old = bounds is not None and drift is not None
@@ -460,7 +474,9 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     drift1 = float(drift[order[0]])
     drift2 = float(drift[order[1]]) if k > 1 else 0.0
     eps = 4.0 * float(np.finfo(x.dtype).eps) * (d + 2)
-    cmax2 = float(np.max(np.einsum("ij,ij->i", c, c, dtype=np.float64)))
+    # Sizes for the scores' rounding error: the largest shifted centre and the shift.
+    cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", ct.T, ct.T, dtype=np.float64))))
+    snorm = float(np.sqrt(shift @ shift))
     # With exact and bounds: every row's distance, summed after the pass, so that the
     # inertia does not depend on which rows the bounds let through (a resumed fit, with
     # fresh bounds, gives the uninterrupted fit's inertia to the bit). A first pass
@@ -471,7 +487,7 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
         x, ct, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
         new.labels, new.upper, new.lower, np.asarray(drift, dtype=np.float64), drift1,
         int(order[0]), drift2, np.asarray(s_half, dtype=np.float64), has_old, not has_old,
-        by_row, eps, cmax2, new.sums, new.counts, new.sq, new.members, row_dist,
+        by_row, eps, cmax, snorm, shift, new.sums, new.counts, new.sq, new.members, row_dist,
         metric == "cosine")
     empty = new.members == 0  # exactly zero, whatever the additions left behind
     new.sums[empty] = 0.0
@@ -504,7 +520,7 @@ def assign(
     inertia : float
         ``sum(sample_weight * sq_dist)`` (over rows of non-zero norm).
     """
-    x, c, ct, half = _prepare(x, centers, metric)
+    x, c, ct, half, _ = _prepare(x, centers, metric)
     n = x.shape[0]
     labels = np.empty(n, dtype=np.int32)
     mind = np.empty(n, dtype=np.float64)
@@ -545,8 +561,10 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
     """Distances of every row to every centre: squared Euclidean, or ``1 - cos``.
 
     Computed block by block with BLAS so temporaries stay bounded; clipped at
-    zero because the expanded form can go slightly negative. For "cosine"
-    the centres must be unit vectors; rows are normalised block by block.
+    zero because the expanded form can go slightly negative. Euclidean
+    distances are taken between rows and centres less the centres' mean, so
+    that data far from the origin keeps its precision. For "cosine" the
+    centres must be unit vectors; rows are normalised block by block.
 
     Returns
     -------
@@ -554,6 +572,9 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
     """
     x = np.asarray(x)
     c = np.asarray(centers, dtype=x.dtype)
+    if metric != "cosine" and c.shape[0]:
+        shift = c.mean(axis=0, dtype=np.float64)
+        c = (c - shift).astype(x.dtype)
     cnorm = np.einsum("ij,ij->i", c, c)
     out = np.empty((x.shape[0], c.shape[0]), dtype=x.dtype)
     step = 8192
@@ -564,6 +585,7 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
             np.dot(normalize_rows(xb), c.T, out=block)
             np.subtract(1, block, out=block)
         else:
+            xb = (xb - shift).astype(x.dtype)
             np.dot(xb, c.T, out=block)
             block *= -2
             block += cnorm

@@ -51,6 +51,24 @@ def test_matches_reference_and_sklearn(data, dtype):
     assert isinstance(ours.labels_, np.ndarray)
 
 
+@pytest.mark.parametrize(("dtype", "offset"), [(np.float32, 1e4), (np.float64, 1e9)])
+def test_data_far_from_the_origin_matches_sklearn(data, dtype, offset):
+    """Features in the thousands (float32) or billions (float64, unix times in ns...)
+    around a spread of a few units: the same fit as scikit-learn's, which centres the
+    data first, and predict gives labels_ back (the scores once rounded in proportion to
+    |x|^2, which left rows on the wrong centre and fits running to max_iter)."""
+    X, C0 = data
+    X, C0 = (X + offset).astype(dtype), (C0 + offset).astype(dtype)
+    ours = KMeans(5, init=C0, tol=1e-4).fit(X)
+    sk = SKKMeans(5, init=C0, n_init=1, algorithm="lloyd", tol=1e-4).fit(X)
+    np.testing.assert_allclose(ours.cluster_centers_ - offset, sk.cluster_centers_ - offset,
+                               atol=1e-2 if dtype == np.float32 else 1e-5)
+    np.testing.assert_allclose(ours.inertia_, sk.inertia_, rtol=1e-3)
+    assert ours.n_iter_ == sk.n_iter_
+    np.testing.assert_array_equal(ours.labels_, sk.labels_)
+    np.testing.assert_array_equal(ours.predict(X), ours.labels_)
+
+
 def test_dask_input_gives_dask_labels_matching_numpy(data):
     X, C0 = data
     ours = KMeans(5, init=C0).fit(da.from_array(X, chunks=(700, 3)))  # columns split too

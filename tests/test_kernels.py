@@ -24,6 +24,43 @@ def test_lloyd_partials_match_reference(dtype, weighted):
     np.testing.assert_allclose(got.inertia, inertia, rtol=rtol)
 
 
+@pytest.mark.parametrize(("dtype", "offset"), [(np.float32, 1e4), (np.float64, 1e9)])
+def test_kernels_keep_their_precision_far_from_the_origin(dtype, offset):
+    """Far from the origin x.c - |c|^2 / 2 in the input's dtype cannot tell the centres
+    apart (float32 near 1e4: errors of ~100 against gaps of ~10): the kernels score
+    against the centres less their mean, so every row whose two nearest centres are
+    clearly apart gets the nearer, in the plain and the bounded pass, and the bounds
+    still prune once the centres settle. Distances too are taken about the centres."""
+    X = (blobs(n=3000, d=4, k=5, spread=3.0) + offset).astype(dtype)
+    C = X[np.random.default_rng(1).choice(len(X), 5, replace=False)].astype(np.float64)
+
+    def rounding(C):  # the scores' rounding, |x| |c - mean| eps (d + 2), with room
+        spread = np.sqrt(((C - C.mean(axis=0)) ** 2).sum(axis=1)).max()
+        return 8 * float(np.finfo(dtype).eps) * 6 * np.abs(X).max() * spread
+
+    def check(labels, C):
+        d = ref.sq_distances(X, C)
+        two = np.sort(d, axis=1)[:, :2]
+        clear = two[:, 1] - two[:, 0] > rounding(C)
+        assert clear.mean() > 0.95
+        np.testing.assert_array_equal(labels[clear], d.argmin(axis=1)[clear])
+
+    labels, mind, _ = K.assign(X, C)
+    check(labels, C)
+    # Each row's distance is the exact one to its centre.
+    np.testing.assert_allclose(mind, ref.sq_distances(X, C)[np.arange(len(X)), labels],
+                               rtol=1e-12)
+    np.testing.assert_allclose(K.pairwise_sq_distances(X, C), ref.sq_distances(X, C),
+                               rtol=0, atol=rounding(C))
+    bounds, previous = None, None
+    for _ in range(8):
+        drift, s_half = K.center_geometry(C, previous)
+        partials, bounds, compared = K.bounded_partials(X, C, None, bounds, drift, s_half)
+        check(bounds.labels, C)
+        previous, C = C, K.finalize_centers(partials.sums, partials.counts, C, "euclidean")
+    assert compared < 0.5 * len(X)
+
+
 def test_inputs_are_not_modified():
     X = blobs(n=300, d=3, k=3)
     C = X[:3].copy()
