@@ -53,16 +53,20 @@ def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None):
     for m in ((c.shape[0],) if sizes is None else sizes):
         partials.append(K.lloyd_partials(x, c[start : start + m], w, metric))
         start += m
-    return pack(partials, x, with_moments, metric)
+    return pack(partials, x, with_moments, metric, c)
 
 
-def pack(partials, x, with_moments: bool, metric: str) -> np.ndarray:
-    """Partials of one chunk (one per model), and its moments if asked, as one (1, P) row."""
+def pack(partials, x, with_moments: bool, metric: str, centers) -> np.ndarray:
+    """Partials of one chunk (one per model), and its moments if asked, as one (1, P) row.
+
+    The moments are taken about the mean of ``centers`` (the same in every chunk of a
+    pass; unit rows for cosine need no shift)."""
     parts = []
     for p in partials:
         parts += [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
     if with_moments:
-        parts.append(K.moments(x, metric))
+        shift = None if metric == "cosine" else np.asarray(centers, np.float64).mean(axis=0)
+        parts.append(K.moments(x, metric, shift))
     return np.concatenate(parts)[None, :]
 
 
@@ -77,7 +81,7 @@ def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="eucli
     """
     p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact,
                                                out)
-    return pack([p], x, with_moments, metric), bounds, n_compared
+    return pack([p], x, with_moments, metric, c), bounds, n_compared
 
 
 def unpack_many(packed: np.ndarray, sizes, d: int, with_moments: bool):

@@ -601,10 +601,15 @@ def zero_norm_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:
     return (zero + offset).astype(np.int64)
 
 
-def moments(x: np.ndarray, metric: str = "euclidean") -> np.ndarray:
-    """Unweighted row count, per-feature sums and sums of squares, in float64.
+def moments(x: np.ndarray, metric: str = "euclidean",
+            shift: np.ndarray | None = None) -> np.ndarray:
+    """Unweighted row count, per-feature sums and sums of squares of ``x - shift``, in
+    float64.
 
     For "cosine", of the rows divided by their norms (the space the centres live in).
+    Every chunk of a pass takes the same ``shift`` (near the data: the centres' mean),
+    so that the variance ``E[(x - s)^2] - E[x - s]^2`` does not cancel away for data
+    far from the origin, as it does about 0 (a column of unix times in seconds).
 
     Returns
     -------
@@ -613,6 +618,8 @@ def moments(x: np.ndarray, metric: str = "euclidean") -> np.ndarray:
     x64 = np.asarray(x, dtype=np.float64)
     if metric == "cosine":
         x64 = normalize_rows(x64)
+    if shift is not None:
+        x64 = x64 - shift
     return np.concatenate([[x64.shape[0]], x64.sum(axis=0), np.einsum("ij,ij->j", x64, x64)])
 
 

@@ -30,7 +30,8 @@ class LloydResult(NamedTuple):
 
 
 def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
-    """scikit-learn's tolerance: ``tol`` times the mean feature variance."""
+    """scikit-learn's tolerance: ``tol`` times the mean feature variance (``mom`` as from
+    ``_kernels.moments``, about any shift)."""
     n = mom[0]
     d = (len(mom) - 1) // 2
     mean = mom[1 : 1 + d] / n

@@ -165,7 +165,7 @@ class ChunkGroup:
                     x, centers, w, old, drift if old is not None else None, s_half, metric,
                     exact=False, out=spare[mid][i] if mid in spare else None)
                 parts.append(p)
-            return G.pack(parts, x, with_moments, metric)
+            return G.pack(parts, x, with_moments, metric, models[0][1])
 
         out = await self._each(one)
         self.model_bounds = {m[0]: (m[5], new_bounds[m[0]]) for m in models}

@@ -371,16 +371,18 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         wd = weights
         if weights is not None and not isinstance(weights, da.Array):
             wd = da.from_array(weights, chunks=(Xd.chunks[0],))
-        x64 = Xd.astype(np.float64)
+        # Moments about the first row, which is near the data: about 0, E[x^2] - E[x]^2
+        # cancels away for features far from the origin (unix times in seconds).
+        x64 = Xd.astype(np.float64) - Xd[0].astype(np.float64)
         if wd is None:
             mean, sq = x64.mean(axis=0), (x64**2).mean(axis=0)
         else:
             total = wd.sum()
             mean = (x64 * wd[:, None]).sum(axis=0) / total
             sq = (x64**2 * wd[:, None]).sum(axis=0) / total
-        mean, sq = R.compute(mean, sq)  # one pass for both
+        first, mean, sq = R.compute(Xd[0], mean, sq)  # one pass for all
         std = np.sqrt(np.maximum(sq - mean**2, 0.0))
-        self.feature_mean_ = mean
+        self.feature_mean_ = first.astype(np.float64) + mean
         self.feature_scale_ = np.where(std > 0, std, 1.0)
         scaled = self._scale(Xd)
         # NumPy input on local threads: scale chunk by chunk at every pass

@@ -118,6 +118,22 @@ def test_moments():
     assert m[0] == 100
     np.testing.assert_allclose(m[1:4], X.sum(axis=0))
     np.testing.assert_allclose(m[4:], (X**2).sum(axis=0))
+    shift = np.array([1.0, -2.0, 3.0])
+    m = K.moments(X, shift=shift)
+    np.testing.assert_allclose(m[1:4], (X - shift).sum(axis=0))
+    np.testing.assert_allclose(m[4:], ((X - shift) ** 2).sum(axis=0))
+
+
+def test_tolerance_from_moments_far_from_the_origin():
+    """Unix times in seconds spread over a minute: the variance about 0 cancels away
+    (E[x^2] - E[x]^2 near 1e18), about the centres' mean it is the variance."""
+    from dask_kmeans._lloyd import tolerance_from_moments
+
+    X = np.column_stack([1.7e9 + np.random.default_rng(0).uniform(0, 60, 5000),
+                         np.random.default_rng(1).normal(size=5000)])
+    want = 1e-4 * np.var(X, axis=0).mean()
+    got = tolerance_from_moments(K.moments(X, shift=X[:7].mean(axis=0)), 1e-4)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

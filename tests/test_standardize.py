@@ -74,3 +74,20 @@ def test_constant_feature_gets_unit_scale():
     km = dk.KMeans(2, random_state=0, standardize=True).fit(X)
     assert km.feature_scale_[2] == 1.0
     np.testing.assert_allclose(km.cluster_centers_[:, 2], 7.0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_scaling_far_from_the_origin(weighted):
+    """A column of unix times over a minute and a constant 0.1: the variance about 0,
+    E[x^2] - E[x]^2, cancels away (a scale of 22.6 instead of 17.1, and ~1e-9 instead of
+    1 for the constant); the moments are taken about the first row instead."""
+    rng = np.random.default_rng(0)
+    X = np.column_stack([1.7e9 + rng.uniform(0, 60, 2000), rng.normal(size=2000),
+                         np.full(2000, 0.1)])
+    w = rng.uniform(0.5, 2, len(X)) if weighted else None
+    km = dk.KMeans(2, random_state=0, standardize=True).fit(X, sample_weight=w)
+    mean = np.average(X, axis=0, weights=w)
+    std = np.sqrt(np.average((X - mean) ** 2, axis=0, weights=w))
+    np.testing.assert_allclose(km.feature_mean_, mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(km.feature_scale_[:2], std[:2], rtol=1e-9)
+    assert km.feature_scale_[2] == 1.0
