@@ -648,7 +648,14 @@ def farthest(
     m = min(n_far, x.shape[0])
     if m == 0:
         return np.empty((0, 4 + x.shape[1]), dtype=np.float64)
-    idx = np.argpartition(-mind, m - 1)[:m] if m < x.shape[0] else np.arange(x.shape[0])
+    if m < x.shape[0]:
+        # The m largest, ties at the m-th by lower row index (argpartition takes any of
+        # them), so that the chunking cannot change which rows are offered.
+        cut = mind[np.argpartition(-mind, m - 1)[m - 1]]
+        above = np.flatnonzero(mind > cut)
+        idx = np.concatenate([above, np.flatnonzero(mind == cut)[: m - len(above)]])
+    else:
+        idx = np.arange(x.shape[0])
     w = np.ones(len(idx)) if sample_weight is None else np.asarray(sample_weight)[idx]
     out = np.empty((len(idx), 4 + x.shape[1]), dtype=np.float64)
     out[:, 0] = mind[idx]

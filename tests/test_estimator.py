@@ -69,6 +69,21 @@ def test_data_far_from_the_origin_matches_sklearn(data, dtype, offset):
     np.testing.assert_array_equal(ours.predict(X), ours.labels_)
 
 
+def test_empty_cluster_relocation_does_not_depend_on_the_chunking():
+    """Rows equally far from their centre: the one that refills an empty cluster is the
+    lowest global row, whatever the chunks (each chunk offered any of its tied rows)."""
+    X = np.concatenate([np.zeros(20),
+                        np.random.default_rng(0).choice([10.0, -10.0], 80)])[:, None]
+    init = np.array([[0.0], [0.0]])  # the second cluster is empty from the start
+    want = KMeans(2, init=init, max_iter=1).fit(X).cluster_centers_
+    first_far = X[np.flatnonzero(np.abs(X[:, 0]) == 10)[0], 0]
+    assert want[1, 0] == first_far
+    for rows in (30, 7, 1):
+        got = KMeans(2, init=init, max_iter=1, persist=False).fit(
+            da.from_array(X, chunks=(rows, 1))).cluster_centers_
+        np.testing.assert_array_equal(got, want)
+
+
 def test_dask_input_gives_dask_labels_matching_numpy(data):
     X, C0 = data
     ours = KMeans(5, init=C0).fit(da.from_array(X, chunks=(700, 3)))  # columns split too
