@@ -189,10 +189,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return self.n_init
 
     def _initial_centers(self, data, random_state, passes=None) -> np.ndarray:
-        (X, w), (Xd, wd), in_memory = data
+        (X, w), (Xd, wd), in_memory, (X0, w0) = data
         if not isinstance(self.init, str):
-            centers = _init.user_centers(self.init, X, self.n_clusters, random_state)
-            # Given in original units; the fit works in standardised ones.
+            # A callable sees the validated input, not the standardised one, and like an
+            # array gives centres in original units; the fit works in standardised ones.
+            centers = _init.user_centers(self.init, X0, self.n_clusters, random_state)
             centers = self._working_centers(centers)
         elif self.init == "k-means||":
             centers = _init.kmeans_parallel(
@@ -201,6 +202,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 keep_state=R.keep_row_state(Xd.shape[0], in_memory),
                 split_every=self.split_every, metric=self.metric, passes=passes)
         elif self.init == "k-means++":
+            if self.standardize and not isinstance(X0, da.Array):
+                X, w = self._scale(X0), w0  # NumPy input is used whole, scaled or not
             centers = _init.kmeans_plusplus(X, w, self.n_clusters, random_state, self.metric)
         else:
             centers = _init.random_rows(X, w, self.n_clusters, random_state)
@@ -234,6 +237,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         random_state = check_random_state(self.random_state)
         n_init = self._n_init()
         persist = self.persist
+        original = (Xv, weights)
         if self.standardize:
             Xv, weights, persist = self._standardized(Xv, weights, lazy)
         elif hasattr(self, "feature_mean_"):
@@ -248,7 +252,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
         # Samplers that run on the driver read NumPy input directly.
         direct = (Xv, weights) if not isinstance(Xv, da.Array) else (Xd, wd)
-        data = ((Xd, wd) if lazy else direct, (Xd, wd), persisted)
+        data = ((Xd, wd) if lazy else direct, (Xd, wd), persisted, original)
         ckpt = None
         if self.checkpoint is not None:
             params = {k: v for k, v in self.get_params().items()

@@ -91,3 +91,30 @@ def test_scaling_far_from_the_origin(weighted):
     np.testing.assert_allclose(km.feature_mean_, mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(km.feature_scale_[:2], std[:2], rtol=1e-9)
     assert km.feature_scale_[2] == 1.0
+
+
+def test_a_callable_init_sees_the_input_and_gives_original_units():
+    """Like an array init, a callable's centres are in original units, and it is called
+    with the validated input (NumPy here), not the standardised dask array."""
+    X = customers(n=1000)
+    idx = [0, 999]
+    seen = []
+
+    def init(data, k, random_state):
+        seen.append(type(data))
+        return data[idx]
+
+    by_array = dk.KMeans(2, init=X[idx], standardize=True).fit(X)
+    by_callable = dk.KMeans(2, init=init, n_init=1, standardize=True).fit(X)
+    assert seen == [np.ndarray]
+    np.testing.assert_array_equal(by_callable.cluster_centers_, by_array.cluster_centers_)
+    assert by_callable.n_iter_ == by_array.n_iter_
+
+
+def test_kmeans_plusplus_uses_all_rows_of_numpy_input(recwarn):
+    """Standardising turns NumPy input into a dask array inside the fit; k-means++ must
+    still use every row (and not warn of a sample, which is for dask input)."""
+    X = np.random.default_rng(0).normal(size=(200_001, 2))
+    km = dk.KMeans(2, init="k-means++", standardize=True, random_state=0, max_iter=2).fit(X)
+    assert not [w for w in recwarn if "sample" in str(w.message)]
+    assert km.cluster_centers_.shape == (2, 2)
