@@ -36,6 +36,7 @@ import io as _stdio
 import json
 import logging
 import os
+import posixpath
 import re
 import time
 import uuid
@@ -490,6 +491,52 @@ def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: 
                               "location.")
 
 
+def _where(url: str, options: Mapping, values: Sequence[str]) -> tuple[str, str]:
+    """A URL's file system and normalised absolute path, to compare locations."""
+    import fsspec
+
+    with _io_errors(url, values, "checking"):
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, posixpath.normpath("/" + path.strip("/"))
+
+
+def _refuse_overlaps(job: Mapping, outputs: Mapping[str, str | None],
+                     inputs: Mapping[str, str | None], values: Sequence[str]) -> None:
+    """Stop before any work when two outputs, or an output and an input, are the same
+    location or one holds the other: writing one would replace or damage the other (a
+    fit with the same model and labels directory left neither usable, and exited 0)."""
+    places = []
+    for kind, named in (("output", outputs), ("input", inputs)):
+        for name, url in named.items():
+            if url:
+                options = _output_options(url, job) if kind == "output" \
+                    else _input_options(url, job)
+                places.append((kind, name, url, _where(url, options, values)))
+    for i, (kind_a, name_a, url_a, (proto_a, path_a)) in enumerate(places):
+        for kind_b, name_b, url_b, (proto_b, path_b) in places[i + 1:]:
+            if kind_a == kind_b == "input" or proto_a != proto_b:
+                continue
+            if path_a == path_b or path_a.startswith(path_b.rstrip("/") + "/") \
+                    or path_b.startswith(path_a.rstrip("/") + "/"):
+                raise ValueError(
+                    f"{kind_a} {name_a} ({strip_credentials(url_a)}) and {kind_b} {name_b} "
+                    f"({strip_credentials(url_b)}) are the same location or one is inside "
+                    "the other: writing one would replace or damage the other. Choose "
+                    "separate locations.")
+
+
+def _refuse_key_clash(src, out_labels: str | None) -> None:
+    """Before any work: key columns named as the labels' own columns cannot be written."""
+    from .io import DISTANCE_COLUMN, LABEL_COLUMN
+
+    clash = {LABEL_COLUMN, DISTANCE_COLUMN} & set(src.key_columns)
+    if out_labels and clash:
+        raise ValueError(f"Key column(s) {sorted(clash)} clash with the labels' columns "
+                         f"'{LABEL_COLUMN}' and '{DISTANCE_COLUMN}': rename them or leave "
+                         "them out of input.key_columns.")
+
+
 def _open(job: Mapping, *, columns=None, dtype=None):
     from .io import open_parquet
 
@@ -521,12 +568,15 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     from .io import write_labels
 
     out = job["output"]
+    _refuse_overlaps(job, {n: out[n] for n in ("model", "labels", "plot")},
+                     {"url": job["input"]["url"]}, values)
     for name in ("model", "labels"):
         if out[name]:
             _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
                              directory=True, values=values)
     _check_plot(out["plot"], job, values)
     src = _open(job)
+    _refuse_key_clash(src, out["labels"])
     if out["plot_features"]:
         unknown = [f for f in out["plot_features"] if f not in src.feature_names]
         if unknown:
@@ -574,12 +624,15 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     from .io import write_labels
 
     out = job["output"]
+    _refuse_overlaps(job, {"labels": out["labels"]},
+                     {"url": job["input"]["url"], "model": job["model"]}, values)
     _refuse_existing(out["labels"], _output_options(out["labels"], job), out["overwrite"],
                      directory=True, values=values)
     km = load(job["model"], storage_options=_input_options(job["model"], job))
     names = getattr(km, "feature_names_in_", None)
     src = _open(job, columns=None if names is None else [str(n) for n in names],
                 dtype=km.cluster_centers_.dtype.name)
+    _refuse_key_clash(src, out["labels"])
     logger.info("predict: %d rows of %s with the model at %s", src.n_rows, src.url,
                 strip_credentials(job["model"]))
     labels, distances = km.predict(src, return_distance=True)
@@ -626,6 +679,8 @@ def _write_table(url: str, rows: list[dict], options: Mapping, overwrite: bool,
 
 def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     out = job["output"]
+    _refuse_overlaps(job, {"table": out["table"], "plot": out["plot"]},
+                     {"url": job["input"]["url"]}, values)
     if out["table"]:
         _refuse_existing(out["table"], _output_options(out["table"], job), out["overwrite"],
                          directory=False, values=values)

@@ -378,6 +378,42 @@ def test_existing_outputs_are_refused_before_any_work(local_store, client):
         run_job(table)
 
 
+def test_outputs_that_would_overwrite_each_other_or_the_input_are_refused_first(local_store):
+    """Same directory for the model and the labels (the labels' commit replaced the model,
+    and the job said it succeeded), labels inside the input, a predict into its model: all
+    refused before anything is read or written. No client: nothing may get that far."""
+    url, _ = write_dataset(local_store, n=300)
+    same = local_store.url("out")
+    cases = [
+        (fit_spec(url, output={"model": same, "labels": same, "overwrite": True}),
+         r"output model .*out\) and output labels .*out\) are the same location"),
+        (fit_spec(url, output={"model": local_store.url("m"),
+                               "labels": local_store.url("train", "labels")}),
+         r"output labels .* and input url .*train\) .*one is inside the other"),
+        (fit_spec(url, output={"model": same, "plot": local_store.url("out", "c.png")}),
+         r"output model .* and output plot"),
+        ({"job": {"kind": "predict", "model": same, "input": {"url": url},
+                  "output": {"labels": local_store.url("out", "labels")}}},
+         r"output labels .* and input model"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run_job(spec)
+    assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["train"]
+
+
+def test_key_columns_named_as_the_label_columns_are_refused_before_the_fit(local_store):
+    url, df = write_dataset(local_store, n=300)
+    renamed = df.rename(columns={"customer_id": "distance"})
+    local_store.write_parquet("renamed/part-0.parquet", renamed)
+    spec = fit_spec(local_store.url("renamed"),
+                    input={"url": local_store.url("renamed"), "key_columns": ["distance"]},
+                    output={"model": local_store.url("m"), "labels": local_store.url("l")})
+    with pytest.raises(ValueError, match=r"\['distance'\] clash with the labels' columns"):
+        run_job(spec)
+    assert not Path(local_store.url("m")).exists() and not Path(local_store.url("l")).exists()
+
+
 def test_errors_name_the_problem_without_credentials(store, client):
     url, _ = write_dataset(store, n=300)
     opts = store.storage_options
