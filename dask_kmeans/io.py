@@ -251,7 +251,12 @@ def _hidden(relative: str) -> bool:
 def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]:
     """Data files under ``loc`` in natural order, their infos, and the partition base dir."""
     fs = loc.fs
-    if glob.has_magic(loc.path):
+    literal = False
+    if glob.has_magic(loc.path):  # unless a file or directory has that very name (run[1])
+        with _fs_errors(loc.url, loc.secrets, "opening"):
+            fs.invalidate_cache()
+            literal = fs.exists(loc.path)
+    if glob.has_magic(loc.path) and not literal:
         with _fs_errors(loc.url, loc.secrets, "listing"):
             fs.invalidate_cache()
             found = fs.glob(loc.path, detail=True)
@@ -708,6 +713,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         URL. Files and directories whose name starts with ``_`` or ``.`` are
         skipped (``_SUCCESS``, ``_temporary``...). A glob pattern
         (``data/*.parquet``) selects files; hive partitions are then not parsed.
+        A path that exists is taken as it is, even with glob characters (``run[1]``).
     columns : str or list of str, optional
         The feature columns, in order. By default every numeric column of the
         files (integer, floating or decimal), except the key columns and the

@@ -113,6 +113,18 @@ def test_glob(store):
         read_parquet(store.url("data", "*.nothing"), storage_options=store.storage_options)
 
 
+def test_an_existing_path_with_glob_characters_is_taken_literally(store):
+    """A directory or file named like a glob (run[1]) is opened as it is; a pattern that
+    matches nothing by that name is still a glob."""
+    url, df = write_dir(store, [2, 3], prefix="run[1]")
+    src = open_parquet(url, ["x"], storage_options=store.storage_options)
+    np.testing.assert_array_equal(src.features.compute()[:, 0], df["x"])
+    one = open_parquet(f"{url}/part-0.parquet", ["x"], storage_options=store.storage_options)
+    np.testing.assert_array_equal(one.features.compute()[:, 0], df["x"][:2])
+    assert len(open_parquet(store.url("run[[]1]/*.parquet"), ["x"],
+                            storage_options=store.storage_options).parts) == 2
+
+
 def test_hive_partitioned(store):
     for region, year, n in [("eu", 2020, 3), ("eu", 2021, 0), ("us", 2020, 2)]:
         df = pd.DataFrame({"a": np.arange(n, dtype=float), "b": np.full(n, year * 1.0)})
