@@ -799,7 +799,7 @@ def _for_cluster(spec: Mapping[str, Any]) -> dict[str, Any]:
     job["input"]["url"] = absolute(job["input"]["url"])
     if "model" in job:
         job["model"] = absolute(job["model"])
-    for key in ("model", "labels", "table"):
+    for key in ("model", "labels", "table", "plot"):
         if job["output"].get(key):
             job["output"][key] = absolute(job["output"][key])
     if job.get("params", {}).get("checkpoint"):

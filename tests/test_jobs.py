@@ -467,6 +467,27 @@ def test_the_s3_example_runs_with_credentials_from_the_environment(s3_bucket, cl
 # --------------------------------------------------------------------------- submitted jobs
 
 
+def test_a_submitted_job_gets_every_local_output_path_absolute(tmp_path, monkeypatch):
+    """Workers have their own current directory: the model, labels, table and plot paths
+    (and the input and checkpoint) are resolved where the job was submitted."""
+    from dask_kmeans.jobs import _for_cluster
+
+    monkeypatch.chdir(tmp_path)
+    fit = validate_job(fit_spec("in", params={"n_clusters": 2, "checkpoint": "ck"},
+                                output={"model": "m", "labels": "l", "plot": "c.png"}))
+    sweep = validate_job({"job": {"kind": "sweep", "input": {"url": "s3://b/in"}, "k": [2],
+                                  "output": {"table": "t.csv", "plot": "e.png"}}})
+    job = _for_cluster(fit)["job"]
+    assert [job["output"][k] for k in ("model", "labels", "plot")] == \
+        [str(tmp_path / n) for n in ("m", "l", "c.png")]
+    assert job["input"]["url"] == str(tmp_path / "in")
+    assert job["params"]["checkpoint"] == str(tmp_path / "ck")
+    job = _for_cluster(sweep)["job"]
+    assert [job["output"][k] for k in ("table", "plot")] == \
+        [str(tmp_path / "t.csv"), str(tmp_path / "e.png")]
+    assert job["input"]["url"] == "s3://b/in"
+
+
 def wait_for(job_id, client, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
