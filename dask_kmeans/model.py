@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -144,6 +145,10 @@ def _centers_bytes(centers: np.ndarray, names: list[str]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+#: Files a replaced model leaves behind that describe it: removed when it is replaced.
+_OLD_MODEL_FILES = re.compile(r"profile\.(csv|md)$")
+
+
 def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
                 storage_options: Mapping[str, Any] | None = None,
                 overwrite: bool = False) -> str:
@@ -167,7 +172,9 @@ def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
     storage_options : dict, optional
         Passed to the fsspec file system; never written.
     overwrite : bool, default=False
-        Replace an existing model at ``url``; otherwise FileExistsError.
+        Replace an existing model at ``url``; otherwise FileExistsError. The
+        profile files written next to the old model (``profile.csv``,
+        ``profile.md``) describe its clusters, so they go with it.
 
     Returns
     -------
@@ -205,7 +212,7 @@ def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
         with _fs_errors(loc.url, loc.secrets, "writing"):
             loc.fs.pipe_file(commit.path(CENTERS_FILE), centers_data)
             loc.fs.pipe_file(commit.path(METADATA_FILE), metadata_data)
-        commit.commit([CENTERS_FILE, METADATA_FILE], marker)
+        commit.commit([CENTERS_FILE, METADATA_FILE], marker, stale=_OLD_MODEL_FILES)
     return loc.url
 
 

@@ -56,9 +56,14 @@ def test_overwrite(local_store):
     write_model(url, centers, metadata)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         write_model(url, centers + 1, metadata)
+    # The old model's profile describes clusters that are gone: it goes with the model;
+    # other files stay.
+    for name in ("profile.csv", "profile.md", "notes.txt"):
+        local_store.put_bytes(f"model/{name}", b"old")
     write_model(url, centers + 1, metadata, overwrite=True)
     np.testing.assert_array_equal(read_model(url)[0], centers + 1)
-    assert local_store.listdir("model") == ["_SUCCESS", "centers.parquet", "metadata.json"]
+    assert local_store.listdir("model") == ["_SUCCESS", "centers.parquet", "metadata.json",
+                                            "notes.txt"]
 
 
 def tamper_centers(store):
