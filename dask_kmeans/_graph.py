@@ -137,8 +137,17 @@ def lloyd_partials(
     return parts.sum(axis=0, split_every=split_every)
 
 
-def _assign_chunk(x, c, w=None, *, metric="euclidean"):
-    return K.assign(x, c, w, metric)
+def _assign_chunk(x, c, offset, w=None, *, metric="euclidean", refuse_zero_norm=False):
+    out = K.assign(x, c, w, metric)
+    if refuse_zero_norm and metric == "cosine":
+        _refuse_zero_norm(out[0] < 0, int(offset[0]))
+    return out
+
+
+def _refuse_zero_norm(zero: np.ndarray, offset: int) -> None:
+    """Raise the zero-norm error for a chunk whose rows ``zero`` have no direction."""
+    if zero.any():
+        raise K.zero_norm_error(int(zero.sum()), np.flatnonzero(zero)[:5] + offset)
 
 
 def _labels_of(t):
@@ -154,8 +163,11 @@ def _distances_of(t):
 
 
 def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None,
-               metric="euclidean"):
+               metric="euclidean", refuse_zero_norm=False):
     """Labels, squared distances and inertia from one shared pass.
+
+    With ``refuse_zero_norm`` (cosine), a chunk holding rows of zero norm raises the
+    error naming them instead of labelling them -1 (new data: ``predict``, ``score``).
 
     Returns
     -------
@@ -172,6 +184,8 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
         "ij",
         C,
         "kj",
+        row_offsets(X),
+        "i",
         *_weights_args(sample_weight),
         align_arrays=False,
         concatenate=True,
@@ -179,6 +193,7 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
         meta=np.empty((0,), dtype=object),
         name=f"assign-{uuid.uuid4().hex}",
         metric=metric,
+        refuse_zero_norm=refuse_zero_norm,
     )
     labels = res.map_blocks(_labels_of, dtype=np.int32, meta=np.empty((0,), np.int32))
     sq_dist = res.map_blocks(_distances_of, dtype=np.float64, meta=np.empty((0,), np.float64))
@@ -188,8 +203,11 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
     return labels, sq_dist, inertia
 
 
-def transform_chunk(x, c, *, metric="euclidean"):
-    """Distances of a chunk's rows to every centre: Euclidean, or ``1 - cos``."""
+def transform_chunk(x, c, offset=(0,), *, metric="euclidean"):
+    """Distances of a chunk's rows to every centre: Euclidean, or ``1 - cos`` (rows of
+    zero norm are refused, naming them by global index from ``offset``)."""
+    if metric == "cosine":
+        _refuse_zero_norm(K.unit_scales(x) == 0, int(offset[0]))
     d = K.pairwise_sq_distances(x, c, metric)
     return d if metric == "cosine" else np.sqrt(d)
 
@@ -204,6 +222,8 @@ def distances(X: da.Array, C: da.Array, *, metric="euclidean") -> da.Array:
         "ij",
         C,
         "kj",
+        row_offsets(X),
+        "i",
         align_arrays=False,
         concatenate=True,
         dtype=X.dtype,

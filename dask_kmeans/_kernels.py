@@ -594,6 +594,17 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
     return out
 
 
+def zero_norm_error(n_zero: int, rows) -> ValueError:
+    """The error for rows of zero norm under ``metric="cosine"``: how many, and the first
+    few global row indices."""
+    shown = ", ".join(str(int(r)) for r in np.sort(np.asarray(rows))[:5])
+    more = ", ..." if n_zero > 5 else ""
+    return ValueError(
+        f"{n_zero} row(s) of X have zero norm (rows {shown}{more}); metric='cosine' gives "
+        "them no direction. Drop them first (dask_kmeans.open_parquet(..., missing='drop', "
+        "drop_zero_norm=True) does) or use metric='euclidean'.")
+
+
 def zero_norm_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:
     """Global indices of the first ``limit`` rows of zero norm in a chunk (as the cosine
     kernels count them, see ``_unit_scale``), as int64."""

@@ -63,12 +63,7 @@ def _step(X, sample_weight, centers, partials, metric):
 def raise_zero_norm(X, n_zero: int):
     """Raise the error for rows of zero norm under ``metric="cosine"``, saying where they are."""
     (where,) = compute(G.zero_norm_rows(X))
-    rows = ", ".join(str(int(r)) for r in np.sort(where)[:5])
-    more = ", ..." if n_zero > 5 else ""
-    raise ValueError(
-        f"{n_zero} row(s) of X have zero norm (rows {rows}{more}); metric='cosine' gives them "
-        "no direction. Drop them first (dask_kmeans.open_parquet(..., missing='drop', "
-        "drop_zero_norm=True) does) or use metric='euclidean'.")
+    raise K.zero_norm_error(n_zero, where)
 
 
 def lloyd(

@@ -467,7 +467,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         cosine = self.metric == "cosine"
         if isinstance(Xv, da.Array):
             labels, sq, _ = G.assignment(Xv, G.centers_array(self._working_centers()),
-                                         metric=self.metric)
+                                         metric=self.metric, refuse_zero_norm=True)
             return (labels, sq if cosine else da.sqrt(sq)) if return_distance else labels
         labels, sq, _ = K.assign(Xv, self._working_centers(), metric=self.metric)
         if cosine and np.any(labels < 0):
@@ -497,10 +497,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         weights = V.check_sample_weight(sample_weight, Xv)
         if isinstance(Xv, da.Array):
             _, _, inertia = G.assignment(Xv, G.centers_array(self._working_centers()), weights,
-                                         split_every=self.split_every, metric=self.metric)
+                                         split_every=self.split_every, metric=self.metric,
+                                         refuse_zero_norm=True)
             (inertia,) = R.compute(inertia)
             return -float(inertia)
-        return -K.assign(Xv, self._working_centers(), weights, self.metric)[2]
+        labels, _, inertia = K.assign(Xv, self._working_centers(), weights, self.metric)
+        if self.metric == "cosine" and np.any(labels < 0):
+            _lloyd.raise_zero_norm(da.from_array(Xv), int(np.sum(labels < 0)))
+        return -inertia
 
     # -- model files -------------------------------------------------------------
 

@@ -145,8 +145,16 @@ def test_zero_norm_rows_are_named(data):
             dk.kmeans_parallel_init(da.from_array(bad, chunks=1000), 5, metric="cosine",
                                     random_state=seed)
     km = KMeans(5, init=C0, metric="cosine").fit(X)
-    with pytest.raises(ValueError, match="zero norm"):
-        km.predict(bad)
+    # New data too, NumPy or dask, whatever the method (dask predict labelled them -1,
+    # score left them out and transform gave 1): the rows are named, by global index.
+    lazy = da.from_array(bad, chunks=1000)
+    calls = [lambda: km.predict(bad), lambda: km.score(bad), lambda: km.transform(bad),
+             lambda: km.predict(lazy).compute(), lambda: km.score(lazy),
+             lambda: km.transform(lazy).compute(),
+             lambda: km.predict(lazy, return_distance=True)[1].compute()]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"zero norm \(rows (7|1234)"):
+            call()
 
 
 def test_saved_model_keeps_the_metric(data, local_store):
