@@ -978,7 +978,7 @@ class _Commit:
         self.loc = loc
         self.overwrite = overwrite
         self.tmp = loc.join(f"_temporary-{uuid.uuid4().hex}")
-        self.created_root = False
+        self.created: list[str] = []  # directories this commit makes, deepest first
 
     def __enter__(self) -> _Commit:
         _check_writable(self.loc, self.overwrite)
@@ -986,7 +986,11 @@ class _Commit:
         if self.loc.is_local:
             # Object stores have no directories; there, makedirs would create a missing bucket.
             with _fs_errors(self.loc.url, self.loc.secrets, "writing"):
-                self.created_root = not fs.exists(self.loc.path)
+                path = self.loc.path.rstrip("/")
+                while path and not fs.exists(path):
+                    self.created.append(path)
+                    parent = path.rsplit("/", 1)[0]
+                    path = parent if parent != path else ""
                 fs.makedirs(self.tmp, exist_ok=True)
         return self
 
@@ -1018,8 +1022,10 @@ class _Commit:
         loc = self.loc
         with contextlib.suppress(Exception):
             _remove_quietly(loc, self.tmp)
-            if self.created_root and not loc.fs.ls(loc.path, detail=False):
-                loc.fs.rmdir(loc.path)
+            for path in self.created:  # the output and the parents made for it, if empty
+                if loc.fs.ls(path, detail=False):
+                    break
+                loc.fs.rmdir(path)
             loc.fs.invalidate_cache(loc.path)
 
 

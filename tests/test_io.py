@@ -529,6 +529,12 @@ def test_write_labels_failure_leaves_nothing(store):
     assert store.listdir("out") == []
     with pytest.raises(FileNotFoundError):
         read_labels(out, storage_options=so)
+    # Nor the parent directories made for it.
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        write_labels(src, failing_labels(src), distances, store.url("sub", "deeper", "out"),
+                     storage_options=so)
+    store.fs.invalidate_cache()
+    assert not store.fs.exists(store.path("sub"))
 
 
 def test_failed_overwrite_keeps_previous_output(store):
