@@ -552,6 +552,9 @@ def _k_values(ctx, param, value):
 @click.argument("input_url")
 @click.option("--k", "ks", required=True, metavar="LO..HI", callback=_k_values,
               help="The values of K: an inclusive range like 2..12 or a list like 2,4,8.")
+@click.option("--key", "keys", multiple=True, metavar="COLUMN",
+              help="Identifier column, left out of the default features; repeat or "
+                   "comma-separate.")
 @_data_options
 @click.option("--plot", "plot_url", default="elbow.png", show_default=True,
               metavar="FILE.png", help="Where to save the elbow plot (needs matplotlib).")
@@ -562,9 +565,9 @@ def _k_values(ctx, param, value):
 @click.option("--overwrite", is_flag=True, help="Replace a plot or table already there.")
 @_json_option
 @_cluster_options
-def sweep(input_url, ks, columns, max_iter, tol, seed, metric, standardize, dtype, missing,
-          storage_options, oversampling_factor, init_rounds, plot_url, no_plot, table_url,
-          overwrite, as_json, progress, cluster_file, scheduler, timeout):
+def sweep(input_url, ks, keys, columns, max_iter, tol, seed, metric, standardize, dtype,
+          missing, storage_options, oversampling_factor, init_rounds, plot_url, no_plot,
+          table_url, overwrite, as_json, progress, cluster_file, scheduler, timeout):
     """Fit every K at once on the Parquet data at INPUT_URL and suggest one.
 
     Prints the inertia and the silhouette (on a sample of rows) of each K, the suggested K
@@ -572,10 +575,10 @@ def sweep(input_url, ks, columns, max_iter, tol, seed, metric, standardize, dtyp
     sweep reads the data about as often as one fit.
 
     \b
-    dask-kmeans sweep data/customers/ --k 2..12 --standardize --seed 0
+    dask-kmeans sweep data/customers/ --k 2..12 --standardize --key customer_id --seed 0
     dask-kmeans sweep data/customers/ --k 2,4,8,16 --plot k.png --table k.csv
     """
-    inp, params = _data_spec(input_url, columns, None, dtype, missing, storage_options,
+    inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
                              max_iter, tol, seed, metric, standardize, oversampling_factor,
                              init_rounds)
     spec = {"job": {

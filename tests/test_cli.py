@@ -230,6 +230,18 @@ def test_sweep_passes_the_kmeans_parallel_options_on(data):
     assert int(re.search(r"(\d+) candidates", init).group(1)) <= 9, init
 
 
+def test_sweep_leaves_key_columns_out_of_the_features(data):
+    """Without --key the integer id column is clustered as a feature, as in fit."""
+    def features(*extra):
+        result = invoke("sweep", data["url"], "--k", "2", "--no-plot", "--seed", 0, "--json",
+                        *extra, "--cluster", data["config"])
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)["features"]
+
+    assert features("--key", "customer_id") == FEATURES
+    assert features() == ["customer_id", *FEATURES]
+
+
 def test_fit_refuses_a_bad_plot_before_any_work(data, tmp_path, monkeypatch):
     common = ["--output", tmp_path / "model", "--cluster", data["config"]]
     line = one_line_error(invoke("fit", data["url"], "--k", 2, "--plot", tmp_path / "p.png",
