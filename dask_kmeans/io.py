@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import glob
 import json
+import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -188,9 +189,12 @@ class _Location:
         return isinstance(self.fs, LocalFileSystem)
 
 
-def _resolve(url: str, storage_options: Mapping[str, Any] | None) -> _Location:
+def _resolve(url: str | os.PathLike, storage_options: Mapping[str, Any] | None) -> _Location:
+    if isinstance(url, os.PathLike):  # a pathlib.Path: a local path
+        url = os.fspath(url)
     if not isinstance(url, str) or not url:
-        raise TypeError(f"Expected a URL or path as a non-empty str, got {type(url).__name__}.")
+        raise TypeError("Expected a URL or path as a non-empty str or os.PathLike, got "
+                        f"{type(url).__name__}.")
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise TypeError("The 'storage_options' parameter must be a dict or None, got "
                         f"{type(storage_options).__name__}.")
@@ -706,9 +710,9 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
 
     Parameters
     ----------
-    url : str
+    url : str or os.PathLike
         A file, a directory of files or a hive-partitioned directory
-        (``region=eu/part-0.parquet``): a local path, ``file://``, ``s3://``
+        (``region=eu/part-0.parquet``): a local path (a ``pathlib.Path`` too), ``file://``, ``s3://``
         (needs s3fs), ``gs://`` (gcsfs), ``abfs://`` (adlfs) or any other fsspec
         URL. Files and directories whose name starts with ``_`` or ``.`` are
         skipped (``_SUCCESS``, ``_temporary``...). A glob pattern

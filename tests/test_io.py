@@ -642,3 +642,22 @@ def test_missing_protocol_package(url, package):
         pytest.skip(f"{package} is installed")
     with pytest.raises(ImportError, match=f"{package}"):
         open_parquet(url)
+
+
+def test_pathlib_paths_are_accepted(tmp_path):
+    """A pathlib.Path works wherever a local path does: reading, labels, models, profiles."""
+    import dask_kmeans as dk
+    from dask_kmeans.report import profile, write_profile
+
+    frame(40).to_parquet(tmp_path / "a.parquet", index=False)
+    src = open_parquet(tmp_path / "a.parquet", ["x", "y"], key_columns="id")
+    km = dk.KMeans(2, random_state=0).fit(src)
+    assert km.save(tmp_path / "m") == str(tmp_path / "m")
+    np.testing.assert_array_equal(dk.load(tmp_path / "m").cluster_centers_, km.cluster_centers_)
+    labels, distances = km.predict(src, return_distance=True)
+    assert write_labels(src, labels, distances, tmp_path / "l") == str(tmp_path / "l")
+    assert len(read_labels(tmp_path / "l").compute()) == 40
+    write_profile(profile(km, src), tmp_path / "m")
+    assert (tmp_path / "m" / "profile.csv").exists()
+    with pytest.raises(TypeError, match=r"non-empty str or os\.PathLike, got int"):
+        open_parquet(3)
