@@ -8,6 +8,7 @@ per Dask worker thread, set once per worker or once per call, never per task.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import dask
@@ -49,6 +50,25 @@ class SingleBlasThread(WorkerPlugin):
 
     def setup(self, worker):
         ThreadpoolController().limit(limits=1, user_api="blas")
+
+
+def _not_a_task_failure(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Compute Failed")
+
+
+class QuietTaskFailures(WorkerPlugin):
+    """Worker plugin for the local cluster the command line starts: its workers write to
+    the same terminal, and a task's error reaches the command as an exception (printed as
+    one line), so the workers' own "Compute Failed" reports, with a traceback, are left
+    out."""
+
+    name = "dask-kmeans-quiet-task-failures"
+
+    def setup(self, worker):
+        logging.getLogger("distributed.worker").addFilter(_not_a_task_failure)
+
+    def teardown(self, worker):
+        logging.getLogger("distributed.worker").removeFilter(_not_a_task_failure)
 
 
 def prepare_client(client) -> None:

@@ -263,7 +263,11 @@ def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
         kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
     cluster = _start("local", lambda: LocalCluster(
         dashboard_address=opts["dashboard_address"], **kwargs), stack)
-    return _client(cluster, cluster.scheduler_address, timeout, stack)
+    client = _client(cluster, cluster.scheduler_address, timeout, stack)
+    from ._runtime import QuietTaskFailures
+
+    client.register_plugin(QuietTaskFailures())
+    return client
 
 
 def _connect_scheduler(opts: dict, timeout, stack: ExitStack) -> Client:

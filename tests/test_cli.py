@@ -499,6 +499,24 @@ def test_unreachable_scheduler_in_a_real_process(data):
     no_marker(out.stderr)
 
 
+def test_a_data_error_in_worker_processes_is_one_line(tmp_path):
+    """A NaN found by a task in a worker process (the default local cluster): the workers
+    share the terminal, and their "Compute Failed" report with its traceback must not
+    come before the one-line error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": pa.array([1.0, np.nan, 3.0, 4.0], from_pandas=False),
+                             "y": [1.0, 2.0, 3.0, 4.0]}), tmp_path / "nan.parquet")
+    out = subprocess.run(
+        [str(BIN / "dask-kmeans"), "fit", str(tmp_path / "nan.parquet"), "--k", "2",
+         "--no-progress"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: Missing or non-finite feature "
+                                                   "values"), out.stderr
+
+
 def test_the_installed_script_fits(data, tmp_path):
     out = subprocess.run(
         [str(BIN / "dask-kmeans"), "fit", data["url"], "--k", "3", "--seed", "0",
