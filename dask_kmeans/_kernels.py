@@ -572,8 +572,8 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
     """
     x = np.asarray(x)
     c = np.asarray(centers, dtype=x.dtype)
-    if metric != "cosine" and c.shape[0]:
-        shift = c.mean(axis=0, dtype=np.float64)
+    if metric != "cosine":
+        shift = c.mean(axis=0, dtype=np.float64) if c.shape[0] else np.zeros(c.shape[1])
         c = (c - shift).astype(x.dtype)
     cnorm = np.einsum("ij,ij->i", c, c)
     out = np.empty((x.shape[0], c.shape[0]), dtype=x.dtype)

@@ -52,6 +52,7 @@ def test_kernels_keep_their_precision_far_from_the_origin(dtype, offset):
                                rtol=1e-12)
     np.testing.assert_allclose(K.pairwise_sq_distances(X, C), ref.sq_distances(X, C),
                                rtol=0, atol=rounding(C))
+    assert K.pairwise_sq_distances(X, C[:0]).shape == (len(X), 0)  # no centres, no mean
     bounds, previous = None, None
     for _ in range(8):
         drift, s_half = K.center_geometry(C, previous)
