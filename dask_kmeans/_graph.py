@@ -140,14 +140,8 @@ def lloyd_partials(
 def _assign_chunk(x, c, offset, w=None, *, metric="euclidean", refuse_zero_norm=False):
     out = K.assign(x, c, w, metric)
     if refuse_zero_norm and metric == "cosine":
-        _refuse_zero_norm(out[0] < 0, int(offset[0]))
+        K.refuse_zero_norm(out[0] < 0, int(offset[0]))
     return out
-
-
-def _refuse_zero_norm(zero: np.ndarray, offset: int) -> None:
-    """Raise the zero-norm error for a chunk whose rows ``zero`` have no direction."""
-    if zero.any():
-        raise K.zero_norm_error(int(zero.sum()), np.flatnonzero(zero)[:5] + offset)
 
 
 def _labels_of(t):
@@ -207,7 +201,7 @@ def transform_chunk(x, c, offset=(0,), *, metric="euclidean"):
     """Distances of a chunk's rows to every centre: Euclidean, or ``1 - cos`` (rows of
     zero norm are refused, naming them by global index from ``offset``)."""
     if metric == "cosine":
-        _refuse_zero_norm(K.unit_scales(x) == 0, int(offset[0]))
+        K.refuse_zero_norm(K.unit_scales(x) == 0, int(offset[0]))
     d = K.pairwise_sq_distances(x, c, metric)
     return d if metric == "cosine" else np.sqrt(d)
 

@@ -605,6 +605,13 @@ def zero_norm_error(n_zero: int, rows) -> ValueError:
         "drop_zero_norm=True) does) or use metric='euclidean'.")
 
 
+def refuse_zero_norm(zero: np.ndarray, offset: int = 0) -> None:
+    """Raise :func:`zero_norm_error` when any of a chunk's rows is marked in ``zero``
+    (rows named by global index, from ``offset``)."""
+    if zero.any():
+        raise zero_norm_error(int(zero.sum()), np.flatnonzero(zero)[:5] + offset)
+
+
 def zero_norm_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:
     """Global indices of the first ``limit`` rows of zero norm in a chunk (as the cosine
     kernels count them, see ``_unit_scale``), as int64."""

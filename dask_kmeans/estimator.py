@@ -470,8 +470,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                                          metric=self.metric, refuse_zero_norm=True)
             return (labels, sq if cosine else da.sqrt(sq)) if return_distance else labels
         labels, sq, _ = K.assign(Xv, self._working_centers(), metric=self.metric)
-        if cosine and np.any(labels < 0):
-            _lloyd.raise_zero_norm(da.from_array(Xv), int(np.sum(labels < 0)))
+        if cosine:
+            K.refuse_zero_norm(labels < 0)
         return (labels, sq if cosine else np.sqrt(sq)) if return_distance else labels
 
     def transform(self, X):
@@ -502,8 +502,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             (inertia,) = R.compute(inertia)
             return -float(inertia)
         labels, _, inertia = K.assign(Xv, self._working_centers(), weights, self.metric)
-        if self.metric == "cosine" and np.any(labels < 0):
-            _lloyd.raise_zero_norm(da.from_array(Xv), int(np.sum(labels < 0)))
+        if self.metric == "cosine":
+            K.refuse_zero_norm(labels < 0)
         return -inertia
 
     # -- model files -------------------------------------------------------------

@@ -364,10 +364,12 @@ def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[st
     return columns
 
 
-def _null_counts(metadata: pq.FileMetaData, columns: Sequence[str]) -> dict[str, int]:
-    """Nulls per column from the Parquet statistics (columns without statistics are skipped)."""
+def _null_stats(metadata: pq.FileMetaData,
+                columns: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Per column: the nulls the Parquet statistics count, and in how many row groups
+    they count them (columns no row group counts are left out)."""
     wanted = set(columns)
-    counts: dict[str, int] = {}
+    stats_of: dict[str, tuple[int, int]] = {}
     for r in range(metadata.num_row_groups):
         group = metadata.row_group(r)
         for j in range(group.num_columns):
@@ -375,8 +377,14 @@ def _null_counts(metadata: pq.FileMetaData, columns: Sequence[str]) -> dict[str,
             name = chunk.path_in_schema
             stats = chunk.statistics
             if name in wanted and stats is not None and stats.has_null_count:
-                counts[name] = counts.get(name, 0) + int(stats.null_count)
-    return {k: v for k, v in counts.items() if v}
+                nulls, groups = stats_of.get(name, (0, 0))
+                stats_of[name] = (nulls + int(stats.null_count), groups + 1)
+    return stats_of
+
+
+def _null_counts(metadata: pq.FileMetaData, columns: Sequence[str]) -> dict[str, int]:
+    """Nulls per column from the Parquet statistics (columns without statistics are skipped)."""
+    return {k: nulls for k, (nulls, _) in _null_stats(metadata, columns).items() if nulls}
 
 
 def _merged_schema(schemas: Sequence[pa.Schema], urls: Sequence[str]):
@@ -434,24 +442,16 @@ def _nullable_keys(metadata: Sequence[pq.FileMetaData], schema: pa.Schema,
                    keys: Sequence[str], partition_fields: set[str]) -> list[str]:
     """The integer or boolean key columns that may hold nulls: some part counts nulls in
     them, or does not say (no statistics)."""
-    out = []
-    for name in keys:
-        if name in partition_fields or schema.field(name).type not in _NULLABLE_KEY_TYPES:
-            continue
-        for md in metadata:
-            counted = 0
-            for r in range(md.num_row_groups):
-                group = md.row_group(r)
-                for j in range(group.num_columns):
-                    chunk = group.column(j)
-                    stats = chunk.statistics
-                    if chunk.path_in_schema == name and stats is not None \
-                            and stats.has_null_count and stats.null_count == 0:
-                        counted += 1
-            if md.num_rows and counted < md.num_row_groups:
-                out.append(name)
-                break
-    return out
+    candidates = [name for name in keys if name not in partition_fields
+                  and schema.field(name).type in _NULLABLE_KEY_TYPES]
+    out = set()
+    for md in metadata:
+        stats_of = _null_stats(md, candidates)
+        for name in candidates:
+            nulls, groups = stats_of.get(name, (0, 0))
+            if md.num_rows and (nulls or groups < md.num_row_groups):
+                out.add(name)
+    return [name for name in candidates if name in out]
 
 
 def _keys_frame(table: pa.Table, nullable: Sequence[str]) -> pd.DataFrame:
@@ -1069,6 +1069,15 @@ def _as_chunked(values, chunks: tuple[int, ...], name: str) -> da.Array:
     return values if values.chunks[0] == chunks else values.rechunk((chunks,))
 
 
+def check_label_keys(key_columns: Sequence[str]) -> None:
+    """Refuse key columns named as the labels' own columns (they could not be written)."""
+    clash = {LABEL_COLUMN, DISTANCE_COLUMN} & set(key_columns)
+    if clash:
+        raise ValueError(f"Key column(s) {sorted(clash)} clash with the labels' columns "
+                         f"'{LABEL_COLUMN}' and '{DISTANCE_COLUMN}': rename them or leave "
+                         "them out of the key columns.")
+
+
 def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
                  storage_options: Mapping[str, Any] | None = None,
                  overwrite: bool = False) -> str:
@@ -1122,10 +1131,7 @@ def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
                         f"{type(source).__name__}.")
     if storage_options is None and _same_protocol(source, out_url):
         storage_options = source._storage_options
-    clash = {LABEL_COLUMN, DISTANCE_COLUMN} & set(source.key_columns)
-    if clash:
-        raise ValueError(f"Key column(s) {sorted(clash)} clash with the output columns "
-                         f"'{LABEL_COLUMN}' and '{DISTANCE_COLUMN}'; rename them.")
+    check_label_keys(source.key_columns)
     chunks = source.features.chunks[0]
     labels = _as_chunked(labels, chunks, "labels")
     distances = _as_chunked(distances, chunks, "distances")

@@ -54,7 +54,7 @@ from .cluster import (
     load_cluster_config,
     validate_cluster_config,
 )
-from .io import secret_values, strip_credentials
+from .io import check_label_keys, secret_values, strip_credentials
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -526,17 +526,6 @@ def _refuse_overlaps(job: Mapping, outputs: Mapping[str, str | None],
                     "separate locations.")
 
 
-def _refuse_key_clash(src, out_labels: str | None) -> None:
-    """Before any work: key columns named as the labels' own columns cannot be written."""
-    from .io import DISTANCE_COLUMN, LABEL_COLUMN
-
-    clash = {LABEL_COLUMN, DISTANCE_COLUMN} & set(src.key_columns)
-    if out_labels and clash:
-        raise ValueError(f"Key column(s) {sorted(clash)} clash with the labels' columns "
-                         f"'{LABEL_COLUMN}' and '{DISTANCE_COLUMN}': rename them or leave "
-                         "them out of input.key_columns.")
-
-
 def _open(job: Mapping, *, columns=None, dtype=None):
     from .io import open_parquet
 
@@ -576,7 +565,8 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
                              directory=True, values=values)
     _check_plot(out["plot"], job, values)
     src = _open(job)
-    _refuse_key_clash(src, out["labels"])
+    if out["labels"]:  # before any work, as write_labels would only after the fit
+        check_label_keys(src.key_columns)
     if out["plot_features"]:
         unknown = [f for f in out["plot_features"] if f not in src.feature_names]
         if unknown:
@@ -632,7 +622,8 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     names = getattr(km, "feature_names_in_", None)
     src = _open(job, columns=None if names is None else [str(n) for n in names],
                 dtype=km.cluster_centers_.dtype.name)
-    _refuse_key_clash(src, out["labels"])
+    if out["labels"]:  # before any work, as write_labels would only after the fit
+        check_label_keys(src.key_columns)
     logger.info("predict: %d rows of %s with the model at %s", src.n_rows, src.url,
                 strip_credentials(job["model"]))
     labels, distances = km.predict(src, return_distance=True)
