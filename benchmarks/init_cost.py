@@ -29,13 +29,11 @@ from functools import partial
 import numpy as np
 
 
-def _median_ms(func, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
+def _ms(func) -> float:
+    """One call's time, in milliseconds."""
+    t0 = time.perf_counter()
+    func()
+    return 1000 * (time.perf_counter() - t0)
 
 
 def _blocked_gemm():
@@ -66,6 +64,7 @@ def main():
     args = p.parse_args()
 
     from init_quality import mixture
+    from round_trip import median_ms
     from threadpoolctl import threadpool_limits
 
     from dask_kmeans import _graph as G
@@ -94,9 +93,7 @@ def main():
     print(f"{'pass':>7}  {'new':>4}  {'changed':>7}  {'pass ms':>7}  {'Lloyd ms':>8}  "
           f"{'in Lloyd passes':>15}")
     with threadpool_limits(1):
-        gemm(x32, cand_t, out32)  # compiled (or loaded from numba's cache) before timing
-        gemm(x, cent_t, out64)
-        lloyd()
+        lloyd()  # compiled (or loaded from numba's cache) before timing
         candidates, base, state, total, all_lloyd = first, 0, None, 0.0, []
         # The state the pass before wrote, which the next one writes over (as the workers do).
         spare = K.Nearest(np.empty(len(x)), np.empty(len(x), dtype=np.int64))
@@ -112,8 +109,8 @@ def main():
             one()  # the first call of a kernel loads it from numba's cache: not timed
             t_pass, t_lloyd = [], []
             for _ in range(args.repeats):  # side by side: the machine's noise hits both
-                t_pass.append(_median_ms(one, 1))
-                t_lloyd.append(_median_ms(lloyd, 1))
+                t_pass.append(_ms(one))
+                t_lloyd.append(_ms(lloyd))
             ms, lloyd_ms = float(np.median(t_pass)), float(np.median(t_lloyd))
             all_lloyd += t_lloyd
             if rnd == 1:  # one candidate: reading the rows and one distance each
@@ -135,8 +132,8 @@ def main():
                   f"{ms / lloyd_ms:>15.2f}")
         print(f"chunk work of the initialisation: {total:.2f} plain Lloyd passes "
               f"({len(candidates)} candidates)")
-        g32 = _median_ms(lambda: gemm(x32, cand_t, out32), args.repeats)
-        g64 = _median_ms(lambda: gemm(x, cent_t, out64), args.repeats)
+        g32 = median_ms(lambda: gemm(x32, cand_t, out32), args.repeats)  # warmed up first
+        g64 = median_ms(lambda: gemm(x, cent_t, out64), args.repeats)
         flops = 2.0 * args.rows * args.d
         print(f"GEMM, blocks of {K.BLOCK_ROWS} rows: float32 x {n_new} candidates {g32:.1f} ms "
               f"({flops * n_new / g32 / 1e6:.0f} GFLOP/s), float64 x {args.k} centres "
