@@ -659,10 +659,15 @@ def farthest(
     -------
     ndarray of shape (m, 4 + n_features), float64, m <= n_far
         Columns: distance, global row index, label, weight, then the row
-        (normalised for "cosine"). Zero-norm rows are never candidates.
+        (normalised for "cosine"). Zero-norm rows and rows of zero weight are
+        never candidates: a row of weight 0 counts as absent everywhere, so it
+        cannot refill a cluster either.
     """
     labels, mind, _ = assign(x, centers, metric=metric)
-    mind = np.where(np.isnan(mind), -np.inf, mind)
+    absent = np.isnan(mind)
+    if sample_weight is not None:
+        absent |= np.asarray(sample_weight) <= 0
+    mind = np.where(absent, -np.inf, mind)
     m = min(n_far, x.shape[0])
     if m == 0:
         return np.empty((0, 4 + x.shape[1]), dtype=np.float64)

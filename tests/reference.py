@@ -53,7 +53,8 @@ def lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
     for it in range(max_iter):
         sums, counts, _, labels, mind = partials(X, C, w)
         # Farthest rows first, lower row index first on ties.
-        order = np.lexsort((np.arange(len(X)), -mind))
+        # (rows of weight 0 count as absent: they never refill a cluster)
+        order = np.lexsort((np.arange(len(X)), -np.where(w > 0, mind, -np.inf)))
         for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
             old = labels[far]
             sums[old] -= w[far] * X[far]
@@ -97,7 +98,7 @@ def spherical_lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
         for j in range(len(C)):
             sums[j] = (w[labels == j, None] * U[labels == j]).sum(axis=0)
             counts[j] = w[labels == j].sum()
-        order = np.lexsort((np.arange(len(U)), -dist))
+        order = np.lexsort((np.arange(len(U)), -np.where(w > 0, dist, -np.inf)))
         for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
             sums[labels[far]] -= w[far] * U[far]
             counts[labels[far]] -= w[far]
