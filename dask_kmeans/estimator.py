@@ -10,7 +10,12 @@ from typing import Literal
 
 import dask.array as da
 import numpy as np
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -27,7 +32,7 @@ from ._progress import emit
 logger = logging.getLogger("dask_kmeans")
 
 
-class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
     """K-means clustering whose Lloyd iterations are map-reduces over Dask chunks.
 
     Each iteration sends the current centres to every chunk once; every chunk
@@ -437,6 +442,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         distances : ndarray or dask array of shape (n_samples, n_clusters)
         """
         return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    @property
+    def _n_features_out(self):
+        # get_feature_names_out (ClassNamePrefixFeaturesOutMixin): transform's
+        # columns are "kmeans0" .. "kmeans{k-1}", as scikit-learn names them.
+        return self.cluster_centers_.shape[0]
 
     # -- using a fitted model -------------------------------------------------
 

@@ -155,6 +155,32 @@ def test_empty_cluster_is_relocated_to_far_point(lazy):
     np.testing.assert_allclose(full.inertia_, inertia, rtol=1e-7)
 
 
+@pytest.mark.parametrize("persist", [None, "auto", False])
+def test_rows_of_zero_weight_never_refill_an_empty_cluster(persist):
+    """A row of weight 0 counts as absent: the farthest row has weight 0 here, and the
+    empty cluster goes to the farthest row of positive weight instead (it kept its
+    centre before; scikit-learn moves it to the origin)."""
+    X = blobs(n=300, d=2, k=2, seed=3)
+    X[7] = [40.0, -40.0]  # farthest from every centre, but weightless
+    w = np.ones(len(X))
+    w[7] = 0.0
+    C0 = np.vstack([X[:2], [[1e3, 1e3]]])  # the third centre attracts nobody
+    Xin = X if persist is None else da.from_array(X, chunks=(64, 2))
+    kw = {} if persist is None else {"persist": persist}
+    ours = KMeans(3, init=C0, tol=0, max_iter=1, **kw).fit(Xin, sample_weight=w)
+    kept = w > 0
+    without = KMeans(3, init=C0, tol=0, max_iter=1).fit(X[kept])
+    _close(ours.cluster_centers_, without.cluster_centers_, np.float64)
+    assert not np.allclose(ours.cluster_centers_[2], C0[2])
+    C, _, _, _ = ref.lloyd(X, C0, w, tol=0, max_iter=1)
+    _close(ours.cluster_centers_, C, np.float64)
+    full = KMeans(3, init=C0, tol=0, **kw).fit(Xin, sample_weight=w)
+    C, _, inertia, n_iter = ref.lloyd(X, C0, w, tol=0)
+    _close(full.cluster_centers_, C, np.float64)
+    np.testing.assert_allclose(full.inertia_, inertia, rtol=1e-7)
+    assert full.n_iter_ == n_iter
+
+
 def test_predict_transform_score_agree_with_fit(data):
     X, C0 = data
     km = KMeans(5, init=C0).fit(X)
@@ -178,6 +204,29 @@ class _CountComputes(Callback):
 
     def _start(self, dsk):
         self.n += 1
+
+
+def test_transform_columns_are_named_and_pandas_output_works_in_a_pipeline(data):
+    """get_feature_names_out names transform's columns as scikit-learn does, so
+    set_output(transform="pandas") works alone and in a Pipeline."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, C0 = data
+    df = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])],
+                      index=np.arange(len(X)) + 100)
+    km = KMeans(5, init=C0)
+    pipe = make_pipeline(StandardScaler(), km).set_output(transform="pandas")
+    out = pipe.fit_transform(df)
+    names = [f"kmeans{j}" for j in range(5)]
+    assert list(out.columns) == names
+    assert list(km.get_feature_names_out()) == names
+    pd.testing.assert_index_equal(out.index, df.index)
+    np.testing.assert_allclose(out.to_numpy(), km.transform(pipe[0].transform(df)))
+    sk = SKKMeans(5, init=C0, n_init=1).fit(X)
+    assert list(sk.get_feature_names_out()) == names
+    alone = KMeans(5, init=C0).set_output(transform="pandas").fit(df).transform(df)
+    assert list(alone.columns) == names
 
 
 def test_exactly_one_compute_per_iteration():
