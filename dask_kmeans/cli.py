@@ -21,15 +21,15 @@ from dask.utils import parse_timedelta
 from . import __version__, jobs
 from ._progress import listening
 from ._schema import SchemaError
-from .cluster import ClusterError, connect, load_cluster_config
+from .cluster import ClusterConfigUnreadable, ClusterError, connect, load_cluster_config
 
 #: What each exit code means.
 EXIT_CODES = {
     0: "success (for status: the job finished or is still running)",
     1: "the job failed: bad input data, an output that exists, an I/O error (for status: the "
        "job failed or was lost)",
-    2: "bad usage: a job spec or cluster config that does not follow its schema, conflicting "
-       "options (for status: no job with that id)",
+    2: "bad usage: a job spec or cluster config that is missing or does not follow its schema, "
+       "conflicting options (for status: no job with that id)",
     3: "the cluster could not be reached or started",
 }
 _SECRETS = "dask_kmeans.secrets"
@@ -63,7 +63,7 @@ class _Group(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Abort,
                 click.exceptions.Exit):
             raise
-        except (SchemaError, jobs.UnknownJobError) as exc:
+        except (SchemaError, jobs.UnknownJobError, ClusterConfigUnreadable) as exc:
             raise self._error(ctx, exc, 2) from None
         except ClusterError as exc:
             raise self._error(ctx, exc, 3) from None

@@ -57,6 +57,11 @@ class ClusterError(Exception):
     """A cluster could not be started or reached, or its configuration is wrong."""
 
 
+class ClusterConfigUnreadable(ClusterError):
+    """The cluster-config file is missing or cannot be read: a usage mistake (exit code 2
+    on the command line, as for a job spec naming such a file), not a cluster out of reach."""
+
+
 class ClusterConfigError(ClusterError, S.SchemaError):
     """A cluster config does not follow the schema.
 
@@ -163,8 +168,8 @@ def load_cluster_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises
     ------
-    ClusterError
-        If the file cannot be read.
+    ClusterConfigUnreadable
+        If the file is missing or cannot be read (a `ClusterError`).
     ClusterConfigError
         If it is not valid YAML or does not follow the schema; the message starts with the
         file name.
@@ -184,9 +189,9 @@ def load_cluster_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ClusterError(f"cluster config file not found: {p}") from None
+        raise ClusterConfigUnreadable(f"cluster config file not found: {p}") from None
     except OSError as exc:
-        raise ClusterError(f"cannot read the cluster config {p}: {exc}") from None
+        raise ClusterConfigUnreadable(f"cannot read the cluster config {p}: {exc}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -473,7 +473,7 @@ def test_errors_are_one_line_with_an_exit_code(data, tmp_path):
     assert "status needs a scheduler that keeps running" in line
 
     line = one_line_error(invoke("fit", data["url"], "--k", 2, "--cluster",
-                                 tmp_path / "no-cluster.yaml"), 3)
+                                 tmp_path / "no-cluster.yaml"), 2)
     assert "cluster config file not found" in line
     no_marker(line, root=tmp_path)
 
