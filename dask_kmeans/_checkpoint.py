@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from typing import Any
 
 import fsspec
 import numpy as np
+
+from .io import write_bytes_atomic
 
 FORMAT = "dask_kmeans.checkpoint/1"
 FILE = "checkpoint.json"
@@ -134,6 +135,4 @@ class Checkpoint:
         }
         data = json.dumps(state).encode()
         self._fs.makedirs(self._root, exist_ok=True)
-        tmp = f"{self._root}/.{FILE}.{uuid.uuid4().hex}.tmp"
-        self._fs.pipe_file(tmp, data)
-        self._fs.mv(tmp, self._path)
+        write_bytes_atomic(self._fs, self._path, data)

@@ -22,6 +22,7 @@ import datetime
 import glob
 import json
 import os
+import posixpath
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -181,7 +182,10 @@ class _Location:
         return "/".join([self.path.rstrip("/"), *names])
 
     def display(self, path: str) -> str:
-        """A printable URL for a path of this file system (no credentials)."""
+        """A printable URL for a path of this file system (no credentials); local paths
+        without ``..`` or ``.`` segments."""
+        if self.is_local:
+            path = posixpath.normpath(path)
         return strip_credentials(self.fs.unstrip_protocol(path))
 
     @property
@@ -954,15 +958,20 @@ def _check_writable(loc: _Location, overwrite: bool) -> None:
                               "or choose another URL.")
 
 
-def _write_bytes_atomic(loc: _Location, path: str, data: bytes) -> None:
-    """One object written whole: rename on local disks, a single PUT on object stores."""
-    fs = loc.fs
-    if loc.is_local:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """One object written whole or not at all: a rename on local disks, a single PUT on
+    object stores. A failed local write leaves no temporary file behind."""
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.rm(tmp)
+        raise
 
 
 def _remove_quietly(loc: _Location, path: str) -> None:
@@ -1017,7 +1026,7 @@ class _Commit:
                 fs.mv(self.path(name), loc.join(name))
             _remove_quietly(loc, self.tmp)
             data = json.dumps(marker, indent=2, sort_keys=True).encode()
-            _write_bytes_atomic(loc, loc.join(SUCCESS_MARKER), data)
+            write_bytes_atomic(loc.fs, loc.join(SUCCESS_MARKER), data)
             fs.invalidate_cache(loc.path)
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -653,18 +653,15 @@ def _write_table(url: str, rows: list[dict], options: Mapping, overwrite: bool,
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
 
+    from .io import write_bytes_atomic
+
     _refuse_existing(url, options, overwrite, directory=False, values=values)
     data = _table_bytes(url, rows)
     with _io_errors(url, values, "writing"):
         fs, path = fsspec.core.url_to_fs(url, **options)
         if isinstance(fs, LocalFileSystem):
-            # Written whole or not at all: a rename on a local disk, one PUT on object stores.
             fs.makedirs(fs._parent(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, path)
-        else:
-            fs.pipe_file(path, data)
+        write_bytes_atomic(fs, path, data)
     return strip_credentials(url)
 
 

@@ -26,7 +26,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from .io import ParquetSource, _fs_errors, _resolve, _write_bytes_atomic
+from .io import ParquetSource, _fs_errors, _resolve, write_bytes_atomic
 
 __all__ = [
     "format_profile",
@@ -507,7 +507,7 @@ def write_profile(df: pd.DataFrame, directory_or_url: str, *,
             # Object stores have no directories; there, makedirs would create a missing bucket.
             loc.fs.makedirs(loc.path, exist_ok=True)
         for name, data in files.items():
-            _write_bytes_atomic(loc, loc.join(name), data)
+            write_bytes_atomic(loc.fs, loc.join(name), data)
     return [f"{loc.url.rstrip('/')}/{name}" for name in files]
 
 
@@ -756,7 +756,7 @@ def _save_png(fig, path: str, storage_options: Mapping[str, Any] | None) -> str:
     with _fs_errors(loc.url, loc.secrets, "writing"):
         if loc.is_local:
             loc.fs.makedirs(posixpath.dirname(loc.path), exist_ok=True)
-        _write_bytes_atomic(loc, loc.path, buffer.getvalue())
+        write_bytes_atomic(loc.fs, loc.path, buffer.getvalue())
     return loc.url
 
 

@@ -661,3 +661,29 @@ def test_pathlib_paths_are_accepted(tmp_path):
     assert (tmp_path / "m" / "profile.csv").exists()
     with pytest.raises(TypeError, match=r"non-empty str or os\.PathLike, got int"):
         open_parquet(3)
+
+
+def test_local_part_urls_are_shown_without_dot_segments(tmp_path):
+    """A path through ``..`` names its parts by their plain path in messages."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "e").mkdir()
+    pd.DataFrame({"x": [1.0, 2.0], "y": [1.0, None]}).to_parquet(tmp_path / "a" / "p0.parquet")
+    with pytest.raises(ValueError) as info:
+        open_parquet(str(tmp_path / "e" / ".." / "a"))
+    assert f"part file://{tmp_path}/a/p0.parquet: column 'y'" in str(info.value)
+
+
+def test_a_failed_local_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """write_bytes_atomic (models, labels' markers, profiles, sweep tables, checkpoints):
+    when the final rename fails, the temporary copy is removed and the error goes on."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from dask_kmeans.io import write_bytes_atomic
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError("rename refused")
+
+    monkeypatch.setattr(LocalFileSystem, "mv", refuse)
+    with pytest.raises(PermissionError, match="rename refused"):
+        write_bytes_atomic(LocalFileSystem(), str(tmp_path / "table.csv"), b"k,inertia\n")
+    assert list(tmp_path.iterdir()) == []
