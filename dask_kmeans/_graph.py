@@ -200,9 +200,11 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
 def transform_chunk(x, c, offset=(0,), *, metric="euclidean"):
     """Distances of a chunk's rows to every centre: Euclidean, or ``1 - cos`` (rows of
     zero norm are refused, naming them by global index from ``offset``)."""
-    if metric == "cosine":
-        K.refuse_zero_norm(K.unit_scales(x) == 0, int(offset[0]))
-    d = K.pairwise_sq_distances(x, c, metric)
+    scales = None
+    if metric == "cosine":  # the norms serve the check and the distances
+        scales = K.unit_scales(x)
+        K.refuse_zero_norm(scales == 0, int(offset[0]))
+    d = K.pairwise_sq_distances(x, c, metric, scales)
     return d if metric == "cosine" else np.sqrt(d)
 
 

@@ -551,20 +551,25 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Rows divided by their Euclidean norm (rows of zero norm, as the kernels see it, stay
     as they are); a new array."""
     x = np.asarray(x)
-    scale = unit_scales(x)
-    scale = np.where(scale > 0, scale, 1.0)
-    return (x * scale[:, None]).astype(x.dtype, copy=False)
+    return _scaled(x, unit_scales(x))
+
+
+def _scaled(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Rows times their :func:`unit_scales` (rows of zero norm as they are), in ``x``'s dtype."""
+    return (x * np.where(scale > 0, scale, 1.0)[:, None]).astype(x.dtype, copy=False)
 
 
 def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
-                          metric: str = "euclidean") -> np.ndarray:
+                          metric: str = "euclidean", scales: np.ndarray | None = None,
+                          ) -> np.ndarray:
     """Distances of every row to every centre: squared Euclidean, or ``1 - cos``.
 
     Computed block by block with BLAS so temporaries stay bounded; clipped at
     zero because the expanded form can go slightly negative. Euclidean
     distances are taken between rows and centres less the centres' mean, so
     that data far from the origin keeps its precision. For "cosine" the
-    centres must be unit vectors; rows are normalised block by block.
+    centres must be unit vectors; rows are normalised block by block, by
+    ``scales`` (their :func:`unit_scales`) when the caller has them already.
 
     Returns
     -------
@@ -582,7 +587,8 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
         xb = x[s : s + step]
         block = out[s : s + step]
         if metric == "cosine":
-            np.dot(normalize_rows(xb), c.T, out=block)
+            unit = normalize_rows(xb) if scales is None else _scaled(xb, scales[s : s + step])
+            np.dot(unit, c.T, out=block)
             np.subtract(1, block, out=block)
         else:
             xb = (xb - shift).astype(x.dtype)
