@@ -265,8 +265,7 @@ def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]
             fs.invalidate_cache()
             literal = fs.exists(loc.path)
     if glob.has_magic(loc.path) and not literal:
-        with _fs_errors(loc.url, loc.secrets, "listing"):
-            fs.invalidate_cache()
+        with _fs_errors(loc.url, loc.secrets, "listing"):  # the cache was emptied just above
             found = fs.glob(loc.path, detail=True)
         infos = {p: i for p, i in found.items()
                  if i.get("type", "file") == "file" and not _hidden(p.rsplit("/", 1)[-1])}
