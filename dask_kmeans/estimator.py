@@ -705,7 +705,9 @@ class SweepResult:
         Weighted inertia of each model against its final centres.
     n_iter : list of int
     silhouettes : list of float or None
-        Silhouette score of each model on a uniform sample of rows.
+        Silhouette score of each model on a uniform sample of rows (``1 - cos``
+        distances for "cosine"); None for a model whose sampled rows fall in
+        fewer than 2 or more than ``n - 1`` clusters. None when not computed.
     models : list of KMeans
         Fitted models (``labels_`` is lazy). Each one's ``init`` is the centres
         its run started from, so refitting it alone repeats the run.
@@ -814,12 +816,16 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         n = Xd.shape[0]
         idx = np.sort(rng.choice(n, size=min(n, silhouette_rows), replace=False))
         sample = _init.take_rows(Xd, idx)[0]
-        silhouettes = silhouette_scores(
-            sample, [K.assign(sample, r.centers, metric=metric)[0] for r in results])
+        labelings = [K.assign(sample, r.centers, metric=metric)[0] for r in results]
+        if metric == "cosine":  # rows without a direction belong to no cluster
+            keep = labelings[0] >= 0
+            sample, labelings = sample[keep], [lab[keep] for lab in labelings]
+        silhouettes = silhouette_scores(sample, labelings, metric)
     if len(ks) >= 3:
         suggested, reason = suggest_k(ks, inertias, silhouettes)
     else:
-        suggested = ks[int(np.argmax(silhouettes))] if silhouettes else ks[-1]
+        scored = [(s, k) for k, s in zip(ks, silhouettes or [], strict=False) if s is not None]
+        suggested = max(scored)[1] if scored else ks[-1]
         reason = "fewer than three values of K: no elbow to find"
     return SweepResult(ks, [float(v) for v in inertias], [r.n_iter for r in results],
                        silhouettes, models, int(suggested), reason)

@@ -693,7 +693,7 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     res = sweep(src, ks, **{k: params[k] for k in shared if k in params})
     seconds = round(time.perf_counter() - start, 3)
     rows = [{"k": k, "inertia": inertia, "n_iter": n_iter,
-             "silhouette": None if res.silhouettes is None else float(sil)}
+             "silhouette": None if sil is None else float(sil)}
             for k, inertia, n_iter, sil in zip(
                 res.ks, res.inertias, res.n_iter,
                 res.silhouettes or [None] * len(res.ks), strict=True)]

@@ -543,7 +543,7 @@ def _sample(arrays: Sequence, max_points: int, random_state) -> list[np.ndarray]
 
 
 def silhouette_sample(data, labels=None, *, model=None, max_points: int = 5000,
-                      random_state=0) -> float:
+                      random_state=0, metric: str | None = None) -> float:
     """Silhouette score of a bounded uniform sample of rows.
 
     The silhouette costs O(n²) distances, so it is computed on at most
@@ -564,6 +564,10 @@ def silhouette_sample(data, labels=None, *, model=None, max_points: int = 5000,
         Largest number of rows used.
     random_state : int, RandomState instance or None, default=0
         Seeds the sample.
+    metric : {"euclidean", "cosine"} or None, default=None
+        The distance between rows: the model's metric (``1 - cos`` for a
+        cosine model, whose clusters ignore the rows' lengths), else
+        "euclidean".
 
     Returns
     -------
@@ -594,40 +598,53 @@ def silhouette_sample(data, labels=None, *, model=None, max_points: int = 5000,
     else:
         sample, sample_labels = _sample([X, _rows(labels, X.shape[0], "labels", X)], max_points,
                                         random_state)
-    _check_n_labels(sample_labels, sample.shape[0])
-    return float(silhouette_score(sample, sample_labels))
-
-
-def _check_n_labels(labels: np.ndarray, n_rows: int) -> None:
-    n_labels = np.unique(labels).size
-    if not 2 <= n_labels <= n_rows - 1:
+    if metric is None:
+        metric = getattr(model, "metric", "euclidean")
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}.")
+    n_labels = np.unique(sample_labels).size
+    if not _scorable(n_labels, sample.shape[0]):
         raise ValueError(f"The silhouette needs from 2 to n_rows - 1 distinct clusters; the "
-                         f"{n_rows} sampled rows hold {n_labels}. Raise max_points "
+                         f"{sample.shape[0]} sampled rows hold {n_labels}. Raise max_points "
                          "or check the labels.")
+    return float(silhouette_score(sample, sample_labels, metric=metric))
+
+
+def _scorable(n_labels: int, n_rows: int) -> bool:
+    """Whether a silhouette is defined: from 2 to ``n_rows - 1`` distinct clusters."""
+    return 2 <= n_labels <= n_rows - 1
 
 
 #: Largest distance matrix :func:`silhouettes` keeps for all labelings at once.
 SHARED_DISTANCES_BYTES = 256 * 2**20
 
 
-def silhouettes(sample: np.ndarray, labelings: Sequence) -> list[float]:
+def silhouettes(sample: np.ndarray, labelings: Sequence,
+                metric: str = "euclidean") -> list[float | None]:
     """Silhouette scores of several labelings of the same rows (the models of a K sweep).
 
-    The rows' pairwise distances are computed once and shared by every
-    labeling when their matrix fits in :data:`SHARED_DISTANCES_BYTES` (5,000
-    rows: 200 MB); otherwise each score recomputes them in chunks, as
-    :func:`sklearn.metrics.silhouette_score` does. The same scores either way.
+    The rows' pairwise distances (Euclidean, or ``1 - cos`` for "cosine")
+    are computed once and shared by every labeling when their matrix fits in
+    :data:`SHARED_DISTANCES_BYTES` (5,000 rows: 200 MB); otherwise each score
+    recomputes them in chunks, as :func:`sklearn.metrics.silhouette_score`
+    does. The same scores either way. A labeling without a silhouette on
+    these rows (fewer than 2 or more than ``n_rows - 1`` distinct clusters
+    among them: a K as large as the sample, or the sample missing a small
+    cluster) scores None, and the others are still scored.
     """
     from sklearn.metrics import pairwise_distances, silhouette_score
 
     sample = np.asarray(sample)
     labelings = [np.asarray(lab) for lab in labelings]
-    for lab in labelings:
-        _check_n_labels(lab, sample.shape[0])
+    ok = [_scorable(np.unique(lab).size, sample.shape[0]) for lab in labelings]
+    if not any(ok):
+        return [None] * len(labelings)
     if sample.shape[0] ** 2 * 8 > SHARED_DISTANCES_BYTES:
-        return [float(silhouette_score(sample, lab)) for lab in labelings]
-    dist = pairwise_distances(sample)
-    return [float(silhouette_score(dist, lab, metric="precomputed")) for lab in labelings]
+        return [float(silhouette_score(sample, lab, metric=metric)) if good else None
+                for lab, good in zip(labelings, ok, strict=True)]
+    dist = pairwise_distances(sample, metric=metric)
+    return [float(silhouette_score(dist, lab, metric="precomputed")) if good else None
+            for lab, good in zip(labelings, ok, strict=True)]
 
 
 # --------------------------------------------------------------------------- choosing K

@@ -360,5 +360,13 @@ def test_silhouettes_of_several_labelings_share_the_distances(monkeypatch):
     np.testing.assert_allclose(report.silhouettes(sample, labelings), want, rtol=1e-12)
     monkeypatch.setattr(report, "SHARED_DISTANCES_BYTES", 0)
     np.testing.assert_allclose(report.silhouettes(sample, labelings), want, rtol=1e-12)
-    with pytest.raises(ValueError, match="from 2 to n_rows - 1 distinct clusters"):
-        report.silhouettes(sample, [np.zeros(600, dtype=int)])
+    # A labeling without a silhouette on these rows scores None; the others are scored.
+    got = report.silhouettes(sample, [np.zeros(600, dtype=int), labelings[1]])
+    assert got[0] is None and got[1] == pytest.approx(want[1], rel=1e-12)
+    assert report.silhouettes(sample, [np.arange(600)]) == [None]
+    cosine = [silhouette_score(sample, lab, metric="cosine") for lab in labelings]
+    np.testing.assert_allclose(report.silhouettes(sample, labelings, "cosine"), cosine,
+                               rtol=1e-12)
+    monkeypatch.setattr(report, "SHARED_DISTANCES_BYTES", 2**40)
+    np.testing.assert_allclose(report.silhouettes(sample, labelings, "cosine"), cosine,
+                               rtol=1e-12)

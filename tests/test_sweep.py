@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask
 import dask.array
 import numpy as np
+import pytest
 
 import dask_kmeans as dk
 from tests.conftest import blobs
@@ -24,6 +25,41 @@ def test_sweep_matches_separate_fits_and_suggests_the_true_k():
         assert alone.n_iter_ == n_iter
         np.testing.assert_array_equal(model.labels_.compute(), alone.labels_)
     assert all(a >= b for a, b in zip(res.inertias, res.inertias[1:], strict=False))
+
+
+def test_a_k_without_a_silhouette_scores_none_and_the_sweep_goes_on():
+    """K equal to the rows, or a cluster the silhouette's sample misses, left one K
+    without a silhouette: that raised after every model was fitted."""
+    X = blobs(n=6, d=2, k=2, seed=1)
+    res = dk.sweep(X, [2, 3, 6], random_state=0)
+    assert res.silhouettes[2] is None and all(s is not None for s in res.silhouettes[:2])
+    assert res.suggested_k in (2, 3)
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(2000, 2)), [[1e4, 1e4]]])  # K=2 isolates the far row
+    res = dk.sweep(X, [2, 3], random_state=0, silhouette_rows=100)
+    assert res.models[0].labels_.compute()[-1] != res.models[0].labels_.compute()[0]
+    assert res.silhouettes[0] is None and res.silhouettes[1] is not None
+    assert res.suggested_k == 3
+
+
+def test_a_cosine_sweep_scores_silhouettes_with_cosine_distances():
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(2)
+    directions = rng.normal(size=(3, 4))
+    X = directions[rng.integers(3, size=600)] + 0.2 * rng.normal(size=(600, 4))
+    X *= rng.uniform(0.1, 20.0, size=(600, 1))  # lengths that spherical k-means ignores
+    res = dk.sweep(X, [2, 3, 4], metric="cosine", random_state=0, silhouette_rows=600)
+    want = [silhouette_score(X, m.labels_.compute(), metric="cosine") for m in res.models]
+    np.testing.assert_allclose(res.silhouettes, want, rtol=1e-10)
+    assert res.suggested_k == 3
+    # silhouette_sample takes the model's metric too
+    from dask_kmeans.report import silhouette_sample
+
+    assert silhouette_sample(X, model=res.models[1], max_points=600) == \
+        pytest.approx(want[1], rel=1e-10)
+    assert silhouette_sample(X, res.models[1].labels_, max_points=600) == \
+        pytest.approx(silhouette_score(X, res.models[1].labels_.compute()), rel=1e-10)
 
 
 def test_sweep_reads_the_data_about_as_often_as_one_fit():
