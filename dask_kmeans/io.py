@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import glob
 import json
 import os
@@ -42,6 +43,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from fsspec.implementations.local import LocalFileSystem
 
 __all__ = [
@@ -859,15 +861,22 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         raise ValueError(f"The Parquet data at {loc.url} has no rows{detail} "
                          f"({len(paths)} file(s)).")
 
-    # One object per chunk, so that every task carries only its own part.
-    part_array = np.empty(len(parts), dtype=object)
-    part_array[:] = parts
+    # One task per part, carrying only its own part, with no task before it: a chain
+    # (parts -> read) is fused by some graphs and not by others, and a scheduler that
+    # still knows the key from one warns of a "different run_spec" (which can
+    # deadlock) when the other comes (a fit's rechunked persist, then the profile).
     d = len(feature_names)
-    features = da.from_array(part_array, chunks=1, name=f"parquet-parts-{token}").map_blocks(
-        _load_features, chunks=(tuple(rows), (d,)), new_axis=1, dtype=dtype,
-        meta=np.empty((0, d), dtype=dtype), name=f"read-parquet-{token}",
-        columns=feature_names, out_dtype=dtype, missing=missing,
-        drop_zero_norm=drop_zero_norm, **common)
+    name = f"read-parquet-{token}"
+    load = functools.partial(_load_features, columns=feature_names, out_dtype=dtype,
+                             missing=missing, drop_zero_norm=drop_zero_norm, **common)
+    layer = {}
+    for i, part in enumerate(parts):
+        one = np.empty(1, dtype=object)  # an array: a literal in the task, not a tuple
+        one[0] = part
+        layer[(name, i, 0)] = (load, one)
+    features = da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()), name,
+                        chunks=(tuple(rows), (d,)), dtype=dtype,
+                        meta=np.empty((0, d), dtype=dtype))
 
     key_frame = None
     if keys:

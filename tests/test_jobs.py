@@ -593,3 +593,20 @@ def test_the_demo_jobs_run_on_the_demo_data(tmp_path, client, monkeypatch):
     sweep = run_job(load_job(ROOT / "jobs" / "sweep.yaml", ["k=[2, 5]"]))
     assert sweep["results"][1]["inertia"] == pytest.approx(fit["inertia"], rel=1e-3)  # shared seeds
     assert pd.read_csv(tmp_path / "demo-output" / "sweep.csv")["k"].tolist() == [2, 5]
+
+
+def test_a_fit_with_labels_and_profile_sends_each_task_one_way(local_store, client, caplog):
+    """The fit persists the parts merged into larger chunks, then the labels and the
+    profile read them again: each part's read task must be the same in every graph, or
+    the scheduler warns of a "different run_spec" (which can deadlock), as every
+    command-line fit printed."""
+    url, df = write_dataset(local_store, parts=12)
+    caplog.set_level(logging.WARNING, logger="distributed.scheduler")
+    fit = run_job({"job": {"kind": "fit",
+                           "input": {"url": url, "columns": FEATURES,
+                                     "key_columns": ["customer_id"]},
+                           "params": {"n_clusters": 3, "random_state": 0},
+                           "output": {"model": local_store.url("model"),
+                                      "labels": local_store.url("labels")}}})
+    assert fit["profile"] and fit["n_rows"] == len(df)
+    assert "run_spec" not in caplog.text
