@@ -956,14 +956,89 @@ def _exists(loc: _Location, path: str, doing: str) -> bool:
         return loc.fs.exists(path)
 
 
-def _check_writable(loc: _Location, overwrite: bool) -> None:
-    """Refuse to replace committed output unless ``overwrite``."""
+_OVERWRITE_HINT = "pass overwrite=True to replace it"
+
+
+def check_output(url: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *,
+                 overwrite: bool = False, directory: bool = True,
+                 hint: str = _OVERWRITE_HINT) -> None:
+    """Refuse, before any work, an output location that writing would damage or fail on.
+
+    A directory output (labels, a model) may go where nothing is, into an
+    empty directory, or over committed output (a ``_SUCCESS`` marker) with
+    ``overwrite``; a directory holding anything else is refused even with
+    ``overwrite``, since committing there would replace or delete files that
+    are not ours. A file output (a plot, a table) may replace a file with
+    ``overwrite``, never a directory. On a local disk, a file in the way of
+    the path, or a directory that cannot be written, is refused too. ``hint``
+    says how to allow the replacement (the command line's own words).
+
+    Raises
+    ------
+    FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError
+    """
+    _check_writable(_resolve(url, storage_options), overwrite, directory=directory, hint=hint)
+
+
+def _local_blocker(path: str) -> str | None:
+    """Why a local ``path`` cannot be written (a file where a directory must be, or a
+    directory without write permission), or None."""
+    here = path.rstrip("/") or "/"
+    if os.path.exists(here):
+        return None if os.access(here, os.W_OK) else f"{here} is not writable"
+    parent = os.path.dirname(here)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not parent:
+        return None
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, so {here} cannot be made"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
+
+
+def _check_writable(loc: _Location, overwrite: bool, *, directory: bool = True,
+                    hint: str = _OVERWRITE_HINT) -> None:
+    """See :func:`check_output`."""
+    fs = loc.fs
+    blocker = _local_blocker(loc.path) if loc.is_local else None
+    if blocker:
+        error = PermissionError if "writable" in blocker else NotADirectoryError
+        raise error(f"Cannot write {loc.url}: {blocker}.")
     with _fs_errors(loc.url, loc.secrets, "checking"):
-        loc.fs.invalidate_cache(loc.path)
-    if _exists(loc, loc.join(SUCCESS_MARKER), "checking") and not overwrite:
-        raise FileExistsError(f"{loc.url} already holds committed output (it has a "
-                              f"{SUCCESS_MARKER} marker). Pass overwrite=True to replace it, "
-                              "or choose another URL.")
+        fs.invalidate_cache()
+        try:
+            info = fs.info(loc.path)
+        except FileNotFoundError:
+            info = None
+        is_dir = info is not None and info.get("type") == "directory"
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1]
+                       for p in fs.ls(loc.path, detail=False)) if is_dir and directory else []
+    if info is None:
+        return
+    if not directory:
+        if is_dir:
+            raise IsADirectoryError(f"{loc.url} is a directory; the output is a file: "
+                                    "choose a file name.")
+        if not overwrite:
+            raise FileExistsError(f"{loc.url} already exists: {hint}, or choose another "
+                                  "location.")
+        return
+    if not is_dir:
+        raise NotADirectoryError(f"{loc.url} is a file; the output is a directory: "
+                                 "choose another location.")
+    if SUCCESS_MARKER in names:
+        if not overwrite:
+            raise FileExistsError(f"{loc.url} already exists: {hint}, or choose another "
+                                  "location.")
+        return
+    foreign = [n for n in names if not n.startswith("_temporary-")]  # interrupted writes
+    if foreign:
+        raise FileExistsError(
+            f"{loc.url} holds files that are not dask_kmeans output (no {SUCCESS_MARKER} "
+            f"marker), such as {foreign[0]!r}: writing there would replace or delete some of "
+            "them, even with overwrite. Choose an empty or new location.")
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

@@ -473,22 +473,14 @@ def _output_options(url: str, job: Mapping) -> dict:
     return dict(given) if given is not None else _input_options(url, job)
 
 
-def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: bool,
-                     values: Sequence[str]) -> None:
-    """Stop before any work when an output is already there and may not be replaced."""
-    if overwrite:
-        return
-    import fsspec
+def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: bool) -> None:
+    """Stop before any work when an output is already there and may not be replaced, or
+    cannot be written there at all (see :func:`dask_kmeans.io.check_output`)."""
+    from .io import check_output
 
-    safe = strip_credentials(url)
-    with _io_errors(url, values, "checking"):
-        fs, path = fsspec.core.url_to_fs(url, **options)
-        fs.invalidate_cache()
-        exists = fs.exists(f"{path.rstrip('/')}/_SUCCESS" if directory else path)
-    if exists:
-        raise FileExistsError(f"{safe} already exists: set output.overwrite: true (--overwrite "
-                              "or --set output.overwrite=true) to replace it, or choose another "
-                              "location.")
+    check_output(url, options, overwrite=overwrite, directory=directory,
+                 hint="set output.overwrite: true (--overwrite or --set output.overwrite=true) "
+                      "to replace it")
 
 
 def _where(url: str, options: Mapping, values: Sequence[str]) -> tuple[str, str]:
@@ -550,7 +542,7 @@ def _check_plot(url: str | None, job: Mapping, values: Sequence[str]) -> None:
 
         check_plotting()
         _refuse_existing(url, _output_options(url, job), job["output"]["overwrite"],
-                         directory=False, values=values)
+                         directory=False)
 
 
 def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
@@ -562,7 +554,7 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     for name in ("model", "labels"):
         if out[name]:
             _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
-                             directory=True, values=values)
+                             directory=True)
     _check_plot(out["plot"], job, values)
     src = _open(job)
     if out["labels"]:  # before any work, as write_labels would only after the fit
@@ -617,7 +609,7 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     _refuse_overlaps(job, {"labels": out["labels"]},
                      {"url": job["input"]["url"], "model": job["model"]}, values)
     _refuse_existing(out["labels"], _output_options(out["labels"], job), out["overwrite"],
-                     directory=True, values=values)
+                     directory=True)
     km = load(job["model"], storage_options=_input_options(job["model"], job))
     names = getattr(km, "feature_names_in_", None)
     src = _open(job, columns=None if names is None else [str(n) for n in names],
@@ -655,7 +647,7 @@ def _write_table(url: str, rows: list[dict], options: Mapping, overwrite: bool,
 
     from .io import write_bytes_atomic
 
-    _refuse_existing(url, options, overwrite, directory=False, values=values)
+    _refuse_existing(url, options, overwrite, directory=False)
     data = _table_bytes(url, rows)
     with _io_errors(url, values, "writing"):
         fs, path = fsspec.core.url_to_fs(url, **options)
@@ -671,7 +663,7 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
                      {"url": job["input"]["url"]}, values)
     if out["table"]:
         _refuse_existing(out["table"], _output_options(out["table"], job), out["overwrite"],
-                         directory=False, values=values)
+                         directory=False)
     _check_plot(out["plot"], job, values)
     ks = parse_k(job["k"])
     src = _open(job)

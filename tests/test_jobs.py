@@ -610,3 +610,39 @@ def test_a_fit_with_labels_and_profile_sends_each_task_one_way(local_store, clie
                                       "labels": local_store.url("labels")}}})
     assert fit["profile"] and fit["n_rows"] == len(df)
     assert "run_spec" not in caplog.text
+
+
+def test_outputs_that_cannot_be_written_or_would_clobber_files_are_refused_first(local_store):
+    """Found before any work, nothing written: a labels directory holding files that are
+    not our output (its commit replaced and deleted the user's part-N.parquet files, and
+    exited 0), even with overwrite; a file where an output directory or a parent must be
+    (the fit ran, committed the model and labels, then failed on the plot)."""
+    url, _ = write_dataset(local_store, n=300)
+    root = Path(local_store.url(""))
+    theirs = root / "theirs"
+    theirs.mkdir()
+    for i in range(3):
+        (theirs / f"part-{i}.parquet").write_bytes(b"user data")
+    blocker = root / "f"
+    blocker.write_text("a file")
+    cases = [
+        ({"labels": str(theirs)}, FileExistsError, r"holds files that are not dask_kmeans"),
+        ({"labels": str(theirs), "overwrite": True}, FileExistsError,
+         r"such as 'part-0\.parquet'"),
+        ({"model": str(root / "m"), "plot": str(blocker / "k3.png")}, NotADirectoryError,
+         r"f is a file, so .*k3\.png cannot be made"),
+        ({"model": str(root / "m"), "labels": str(blocker)}, NotADirectoryError,
+         r"f is a file; the output is a directory"),
+        ({"model": str(blocker / "m")}, NotADirectoryError, r"f is a file, so"),
+        ({"model": str(root / "m"), "plot": str(theirs)}, IsADirectoryError,
+         r"theirs is a directory; the output is a file"),
+    ]
+    for output, error, message in cases:
+        spec = fit_spec(url, params={"n_clusters": 2, "random_state": 0}, output=output)
+        with pytest.raises(error, match=message):
+            run_job(spec)  # no client: nothing may get as far as the fit
+        assert not (root / "m").exists()
+    assert sorted(p.name for p in theirs.iterdir()) == [f"part-{i}.parquet" for i in range(3)]
+    assert all(p.read_bytes() == b"user data" for p in theirs.iterdir())
+    with pytest.raises(FileExistsError, match="not dask_kmeans output"):
+        dk.KMeans(2, random_state=0).fit(np.eye(3)).save(theirs, overwrite=True)
