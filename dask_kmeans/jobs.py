@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import glob
 import io as _stdio
 import json
 import logging
@@ -490,7 +491,12 @@ def _where(url: str, options: Mapping, values: Sequence[str]) -> tuple[str, str]
     with _io_errors(url, values, "checking"):
         fs, path = fsspec.core.url_to_fs(url, **options)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol, posixpath.normpath("/" + path.strip("/"))
+    # A glob stands for the directory before its first wildcard: what it may match.
+    segments = path.strip("/").split("/")
+    magic = [i for i, seg in enumerate(segments) if glob.has_magic(seg)]
+    if magic:
+        segments = segments[:magic[0]]
+    return protocol, posixpath.normpath("/" + "/".join(segments))
 
 
 def _refuse_overlaps(job: Mapping, outputs: Mapping[str, str | None],
@@ -549,7 +555,8 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     from .io import write_labels
 
     out = job["output"]
-    _refuse_overlaps(job, {n: out[n] for n in ("model", "labels", "plot")},
+    _refuse_overlaps(job, {**{n: out[n] for n in ("model", "labels", "plot")},
+                           "checkpoint": job["params"].get("checkpoint")},
                      {"url": job["input"]["url"]}, values)
     for name in ("model", "labels"):
         if out[name]:

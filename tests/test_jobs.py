@@ -395,6 +395,14 @@ def test_outputs_that_would_overwrite_each_other_or_the_input_are_refused_first(
         ({"job": {"kind": "predict", "model": same, "input": {"url": url},
                   "output": {"labels": local_store.url("out", "labels")}}},
          r"output labels .* and input model"),
+        # a glob input stands for its directory; a checkpoint is an output too (its
+        # checkpoint.json in the input made every later read of it fail)
+        (fit_spec(url + "/*.parquet", output={"labels": local_store.url("train", "labels")}),
+         r"output labels .* and input url .*one is inside the other"),
+        (fit_spec(url, params={"n_clusters": 2, "checkpoint": url}, output={}),
+         r"output checkpoint .* and input url .*same location"),
+        (fit_spec(url, params={"n_clusters": 2, "checkpoint": same}, output={"model": same}),
+         r"output model .* and output checkpoint"),
     ]
     for spec, message in cases:
         with pytest.raises(ValueError, match=message):
