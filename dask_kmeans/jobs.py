@@ -71,6 +71,7 @@ __all__ = [
     "param_defaults",
     "parse_assignment",
     "parse_k",
+    "parse_value",
     "run_job",
     "scrub",
     "secrets",
@@ -128,6 +129,61 @@ _Loader.add_implicit_resolver(
 
 def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+
+
+# Command-line values (``--set``, ``--storage-option``) are read conservatively: YAML 1.1
+# turned password=0123 into 83 (octal), 12:30:00 into 45000 (base 60), 2024_01 into 202401,
+# 'ab #cd' into 'ab' (a comment) and no into False, silently. Only these forms change type.
+_BOOL = re.compile(r"(?i:true|false)")
+_NULL = re.compile(r"(?i:null)")
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+class _FlowLoader(yaml.SafeLoader):
+    """YAML for a ``[...]`` or ``{...}`` value: plain scalars typed by :func:`parse_value`'s
+    rule only (and empty ones as null), never YAML 1.1's octal, base 60, yes/no or dates."""
+
+    yaml_implicit_resolvers: dict = {}  # none of SafeLoader's
+
+
+for _tag, _pattern, _first in (
+        ("bool", _BOOL, "tTfF"), ("null", _NULL, "nN"), ("null", re.compile(""), [""]),
+        ("int", _INT, "-+0123456789"), ("float", _FLOAT, "-+0123456789.")):
+    _FlowLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}",
+                                      re.compile(rf"^(?:{_pattern.pattern})$"), list(_first))
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value, typed conservatively.
+
+    ``true``/``false`` (any case) are bools, ``null`` (any case) is None, plain decimal
+    integers without leading zeros are ints, plain decimal floats (``1.5``, ``1e-4``) are
+    floats, and a value starting with ``[`` or ``{`` is a YAML flow list or mapping (whose
+    items follow the same rule). Anything else is the exact string given: ``0123``,
+    ``12:30:00``, ``2024_01``, ``ab #cd``, ``no`` and ``""`` stay strings.
+
+    Raises
+    ------
+    yaml.YAMLError
+        If a value starting with ``[`` or ``{`` is not a YAML flow collection.
+
+    Examples
+    --------
+    >>> [parse_value(v) for v in ["True", "null", "5", "-1e-4", "0123", "no", "[2, 4]"]]
+    [True, None, 5, -0.0001, '0123', 'no', [2, 4]]
+    """
+    if _BOOL.fullmatch(text):
+        return text.lower() == "true"
+    if _NULL.fullmatch(text):
+        return None
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text) and any(c.isdigit() for c in text):
+        return float(text)
+    if text.lstrip().startswith(("[", "{")):
+        return yaml.load(text, Loader=_FlowLoader)  # a SafeLoader subclass
+    return text
 
 
 # --------------------------------------------------------------------------- validation
@@ -273,7 +329,7 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
 
 
 def parse_assignment(text: str, option: str = "--set") -> tuple[list[str], Any]:
-    """Split ``"key.path=value"`` into its keys and its value read as YAML.
+    """Split ``"key.path=value"`` into its keys and its value (see :func:`parse_value`).
 
     Parameters
     ----------
@@ -285,8 +341,9 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[list[str], Any]:
     Raises
     ------
     JobSpecError
-        If there is no ``=``, a key is empty, or the value is not YAML (the message does not
-        repeat the value: it may be a credential).
+        If there is no ``=``, a key is empty, or a value starting with ``[`` or ``{`` is
+        not a YAML flow collection (the message does not repeat the value: it may be a
+        credential).
 
     Examples
     --------
@@ -294,6 +351,8 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[list[str], Any]:
     (['client_kwargs', 'region_name'], 'eu-west-1')
     >>> parse_assignment("params.tol=1e-4")
     (['params', 'tol'], 0.0001)
+    >>> parse_assignment("password=0123", "--storage-option")
+    (['password'], '0123')
     """
     what = f"{option} {text.split('=', 1)[0].strip()}"
     key, sep, raw = text.partition("=")
@@ -301,10 +360,11 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise JobSpecError([(what, "expected key.path=value, like params.n_clusters=5")])
     try:
-        value = _yaml(raw) if raw.strip() else None
+        value = parse_value(raw)
     except yaml.YAMLError:
         # The value is not echoed: it may be a credential.
-        raise JobSpecError([(key, f"the value given by {what} is not valid YAML")]) from None
+        raise JobSpecError([(key, f"the value given by {what} starts with [ or {{ but is not "
+                                  "valid YAML (a flow list or mapping)")]) from None
     return key.split("."), value
 
 
@@ -312,8 +372,8 @@ def apply_overrides(spec: Mapping[str, Any], overrides: Sequence[str] = ()) -> d
     """A copy of ``spec`` with ``key.path=value`` assignments applied.
 
     Paths are relative to ``job`` (a leading ``job.`` is allowed); missing mappings on the
-    way are created. Values are read as YAML: ``5`` is an int, ``1e-4`` a float, ``true`` a
-    bool, ``[2, 4]`` a list, ``null`` None.
+    way are created. Values are typed by :func:`parse_value`: ``5`` is an int, ``1e-4`` a
+    float, ``true`` a bool, ``[2, 4]`` a list, ``null`` None, and anything else a string.
 
     Examples
     --------

@@ -21,6 +21,7 @@ from dask_kmeans.jobs import (
     job_status,
     load_job,
     param_defaults,
+    parse_assignment,
     parse_k,
     run_job,
     secrets,
@@ -212,6 +213,30 @@ def test_overrides_are_applied_before_validation(tmp_path):
     with pytest.raises(JobSpecError, match="not valid YAML") as info:
         load_job(path, ["input.storage_options.token=[unclosed-s3cr3t"])
     assert "s3cr3t" not in str(info.value)
+
+
+def test_command_line_values_are_typed_conservatively(tmp_path):
+    """--set and --storage-option values went through YAML 1.1, which silently turned
+    password=0123 into 83 (octal), 12:30:00 into 45000 (base 60), 2024_01 into 202401,
+    'ab #cd' into 'ab' (a comment) and no into False."""
+    kept = ["0123", "12:30:00", "2024_01", "ab #cd", "no", "yes", "on", "off", "~", "",
+            " 5", "0x1f", "1_000", "00.5", ".inf", "nan", "2024-01-01", "'quoted'", "a: b"]
+    for text in kept:
+        assert parse_assignment(f"password={text}", "--storage-option") == (
+            ["password"], text), text
+    typed = {"true": True, "False": False, "TRUE": True, "null": None, "Null": None,
+             "0": 0, "42": 42, "-7": -7, "+3": 3, "1.5": 1.5, "-0.25": -0.25, ".5": 0.5,
+             "1e-4": 1e-4, "2.5E3": 2500.0, "[2, 4, 8]": [2, 4, 8],
+             "[id, 0123, no, '7']": ["id", "0123", "no", "7"],
+             "{region_name: eu-west-1, retries: 3, anon: }":
+                 {"region_name": "eu-west-1", "retries": 3, "anon": None}}
+    for text, value in typed.items():
+        got = parse_assignment(f"a.b={text}")
+        assert got == (["a", "b"], value) and type(got[1]) is type(value), text
+    spec = apply_overrides(fit_spec("data"), ["input.storage_options.profile=2024_01",
+                                              "input.storage_options.secret=12:30:00"])
+    assert spec["job"]["input"]["storage_options"] == {"profile": "2024_01",
+                                                       "secret": "12:30:00"}
 
 
 def test_apply_overrides_copies():
