@@ -11,7 +11,7 @@ schema node has a ``type`` and, depending on it:
 ``list``
     ``items`` (node), ``min_items``, ``max_items``.
 ``int``, ``number``
-    ``min`` (inclusive) or ``gt`` (exclusive).
+    ``min`` (inclusive) or ``gt`` (exclusive); ``max`` (inclusive).
 ``str``
     ``choices``; ``nonempty: true`` refuses ""; ``pattern`` (a regular expression the whole
     string must match) with ``pattern_doc`` (how to say it in a message).
@@ -113,7 +113,8 @@ def valid_leaf(node: dict, v: Any) -> bool:
         return isinstance(v, bool)
     if kind in ("int", "number"):
         ok = is_int(v) if kind == "int" else is_number(v)
-        return ok and v >= node.get("min", v) and ("gt" not in node or v > node["gt"])
+        return (ok and node.get("min", v) <= v <= node.get("max", v)
+                and ("gt" not in node or v > node["gt"]))
     if kind == "scalar":
         return isinstance(v, str) or is_number(v)
     if kind == "address":
@@ -140,6 +141,8 @@ def expected(node: dict) -> str:
             text += f" >= {node['min']}"
         if "gt" in node:
             text += f" > {node['gt']}"
+        if "max" in node:
+            text += f" and <= {node['max']}"
     elif kind == "str":
         if len(node.get("choices", ())) == 1:
             text = repr(node["choices"][0])

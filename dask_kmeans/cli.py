@@ -400,8 +400,9 @@ def _data_options(f: Callable) -> Callable:
         click.option("--tol", type=click.FloatRange(min=0), default=_DEFAULTS["tol"],
                      show_default=True,
                      help="Convergence tolerance (relative to the variance)."),
-        click.option("--seed", type=click.IntRange(min=0), default=None,
-                     help="Random seed: the same seed gives the same centres."),
+        click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=None,
+                     help="Random seed from 0 to 2**32 - 1: the same seed gives the same "
+                          "centres."),
         click.option("--metric", type=click.Choice(["euclidean", "cosine"]),
                      default=_DEFAULTS["metric"], show_default=True,
                      help="cosine: spherical k-means, for direction-only data."),

@@ -729,7 +729,8 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
           tol: float = 1e-4, metric: Literal["euclidean", "cosine"] = "euclidean",
           oversampling_factor: float = 2.0, init_rounds: int = 5,
           silhouette_rows: int | None = 5000, split_every: int | None = None,
-          standardize: bool = False) -> SweepResult:
+          standardize: bool = False,
+          persist: Literal["auto"] | bool = "auto") -> SweepResult:
     """Fit K-means for every K in ``ks`` at once, sharing the passes over the data.
 
     One k-means|| pass sequence oversamples candidates for the largest K; each
@@ -748,6 +749,11 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     standardize : bool, default=False
         As in :class:`KMeans`: every K clusters standardised features; the
         models' centres are in original units, inertias in standardised ones.
+    persist : "auto", True or False, default="auto"
+        As in :class:`KMeans`: for dask input, hold the data in the cluster's
+        memory between the shared passes (True), read it again at every pass
+        (False), or hold it when it fits in half of the memory ("auto"). The
+        same results either way.
 
     Returns
     -------
@@ -770,14 +776,14 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         raise ValueError(f"ks must hold integers >= 1, got {ks!r}.")
     est = KMeans(max(ks), max_iter=max_iter, tol=tol, random_state=random_state,
                  oversampling_factor=oversampling_factor, init_rounds=init_rounds,
-                 metric=metric, split_every=split_every, standardize=standardize)
+                 metric=metric, split_every=split_every, standardize=standardize,
+                 persist=persist)
     V.check_params(est)
     Xv = V.check_X(est, X, reset=True)
     if Xv.shape[0] < max(ks):
         raise ValueError(f"n_samples={Xv.shape[0]} should be >= the largest K={max(ks)}.")
     weights = V.check_sample_weight(sample_weight, Xv)
     rng = check_random_state(random_state)
-    persist = "auto"
     if standardize:
         Xv, weights, persist = est._standardized(Xv, weights, isinstance(Xv, da.Array))
     client = R.active_client()
@@ -802,7 +808,8 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         # ``init`` holds the model's starting centres (original units): refitting it
         # alone repeats its run.
         km = KMeans(k, init=est._to_original_units(start), n_init=1, max_iter=max_iter,
-                    tol=tol, metric=metric, split_every=split_every, standardize=standardize)
+                    tol=tol, metric=metric, split_every=split_every, standardize=standardize,
+                    persist=persist)
         for attr in ("n_features_in_", "feature_names_in_", "feature_mean_", "feature_scale_"):
             if hasattr(est, attr):
                 setattr(km, attr, getattr(est, attr))

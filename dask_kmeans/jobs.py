@@ -273,6 +273,15 @@ def _check_cluster_entry(value: Any, base_dir: Path | None, errors: list) -> Any
     return None
 
 
+# Params of a fit that a sweep has no use for: said why, not only "unknown key".
+_SWEEP_REFUSES = {
+    f"job.params.{name}": (f"a sweep does not take {name}: every K starts from one shared "
+                           "k-means|| candidate set and is fitted once; remove it (or run a "
+                           "fit job for each K)")
+    for name in ("init", "n_init")
+}
+
+
 def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None,
                  source: str | None = None) -> dict[str, Any]:
     """Check a job spec against the schema and fill in the defaults.
@@ -305,14 +314,18 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
     >>> from dask_kmeans.jobs import validate_job
     >>> spec = validate_job({"job": {"kind": "sweep", "input": {"url": "data/"},
     ...                              "k": "2..4", "output": {"table": "sweep.csv"}}})
-    >>> spec["job"]["params"]["init"], spec["job"]["output"]["overwrite"]
-    ('k-means||', False)
+    >>> spec["job"]["params"]["max_iter"], spec["job"]["output"]["overwrite"]
+    (300, False)
     """
     errors: list[tuple[str, str]] = []
     if spec is None:
         raise JobSpecError([("", "the job spec is empty; it needs a 'job' mapping with a "
                                  "'kind', like {job: {kind: fit, ...}}")], source)
     out = S.walk(_schema(), spec, "", errors)
+    if isinstance(spec, Mapping) and isinstance(spec.get("job"), Mapping) \
+            and spec["job"].get("kind") == "sweep":
+        errors = [(path, _SWEEP_REFUSES[path]) if path in _SWEEP_REFUSES else (path, problem)
+                  for path, problem in errors]
     job = (out or {}).get("job")
     if isinstance(job, dict):
         base = Path(base_dir) if base_dir is not None else None
@@ -737,19 +750,11 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     if max(ks) > src.n_rows:
         raise ValueError(f"k={max(ks)} is more than the {src.n_rows} rows of {src.url}: every "
                          "cluster needs at least one row; lower the largest K.")
-    from .estimator import KMeans, sweep
+    from .estimator import sweep
 
-    params = dict(job["params"])
-    shared = ("random_state", "max_iter", "tol", "metric", "oversampling_factor", "init_rounds",
-              "split_every", "standardize")
-    defaults = KMeans().get_params()
-    unsupported = sorted(k for k, v in params.items() if k not in shared and k != "n_clusters"
-                         and v != defaults.get(k) and not (k == "init" and v == "k-means||"))
-    if unsupported:
-        raise ValueError(f"A sweep fits every K at once from one k-means|| candidate set; "
-                         f"it does not take these params: {', '.join(unsupported)}.")
     start = time.perf_counter()
-    res = sweep(src, ks, **{k: params[k] for k in shared if k in params})
+    # The schema lets through only the params that sweep takes (validate_job).
+    res = sweep(src, ks, **job["params"])
     seconds = round(time.perf_counter() - start, 3)
     rows = [{"k": k, "inertia": inertia, "n_iter": n_iter,
              "silhouette": None if sil is None else float(sil)}

@@ -399,6 +399,33 @@ def test_run_a_job_file_with_overrides(data, tmp_path):
     no_marker(result.stdout, result.stderr, root=out)
 
 
+def test_sweep_params_are_checked_by_validate_and_persist_runs(data, tmp_path):
+    """validate accepted a sweep's init, n_init and persist and an out-of-range seed; run
+    then refused them with exit code 1 ("does not take these params"), after the cluster
+    had started and the data was opened."""
+    job = tmp_path / "sweep.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "sweep", "input": {"url": data["url"], "columns": FEATURES}, "k": "2..3",
+        "params": {"random_state": 0, "persist": False}}}))
+    assert invoke("validate", job).exit_code == 0
+    result = invoke("run", job, "--json", "--no-progress", "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    ref = dk.sweep(dk.open_parquet(data["url"], FEATURES), [2, 3], random_state=0)
+    assert [r["inertia"] for r in json.loads(result.stdout)["results"]] == pytest.approx(
+        ref.inertias, rel=1e-9)
+    for command in ("validate", "run"):
+        for setting in ("init=random", "init=k-means||", "n_init=3"):
+            line = one_line_error(invoke(command, job, "--set", f"params.{setting}"), 2)
+            name = setting.split("=")[0]
+            assert f"job.params.{name}: a sweep does not take {name}" in line
+        line = one_line_error(invoke(command, job, "--set", "params.random_state=99999999999"),
+                              2)
+        assert "job.params.random_state: expected an int >= 0 and <= 4294967295" in line
+    for command, k in (("fit", "3"), ("sweep", "2..3")):
+        result = invoke(command, data["url"], "--k", k, "--seed", 2**32)
+        assert result.exit_code == 2 and "Invalid value for '--seed'" in result.stderr
+
+
 def test_validate(data, tmp_path):
     root = Path(__file__).resolve().parents[1]
     result = invoke("validate", root / "jobs" / "demo.yaml")

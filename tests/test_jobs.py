@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -93,6 +94,20 @@ BAD = [
                                        "params": {"n_clusters": 3},
                                        "output": {"table": "t.csv"}}},
      "job.params.n_clusters", "unknown key 'n_clusters'"),
+    # init and n_init passed validate, then run refused them with exit code 1.
+    *[(f"{name} in a sweep", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
+                                      "params": {name: value}}},
+       f"job.params.{name}", f"a sweep does not take {name}: every K starts from one shared "
+                             "k-means|| candidate set")
+      for name, value in (("init", "k-means||"), ("init", "random"), ("n_init", 1),
+                          ("n_init", "auto"))],
+    # A seed numpy refuses passed validation and failed after the data was opened.
+    ("seed too large", fit_spec("d", params={"n_clusters": 2, "random_state": 2**32}),
+     "job.params.random_state", "expected an int >= 0 and <= 4294967295 or null, got "
+                                "4294967296"),
+    ("sweep seed too large", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
+                                      "params": {"random_state": 99999999999}}},
+     "job.params.random_state", "<= 4294967295"),
     ("k item", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2, 0],
                         "output": {"table": "t"}}}, "job.k[1]", "expected an int >= 1, got 0"),
     ("k text", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": "two to five",
@@ -140,8 +155,12 @@ def test_defaults_are_kmeans_own_and_filled_in():
     expected = {k: v for k, v in params.items() if k not in ("n_clusters", "verbose")}
     assert param_defaults() == expected, "job_schema.yaml's params are out of step with KMeans"
     variants = SCHEMA["keys"]["job"]["variants"]
-    # One checkpoint for several K cannot work: each fit would refuse the other's.
-    sweep = {k: v for k, v in expected.items() if k not in ("checkpoint", "resume")}
+    # One checkpoint for several K cannot work: each fit would refuse the other's. Every K
+    # starts from one k-means|| candidate set, once: no init, no n_init.
+    sweep = {k: v for k, v in expected.items()
+             if k not in ("checkpoint", "resume", "init", "n_init")}
+    assert set(sweep) | {"X", "ks", "sample_weight", "silhouette_rows"} == set(
+        inspect.signature(dk.sweep).parameters), "sweep's params are out of step with sweep"
     assert set(variants["sweep"]["keys"]["params"]["keys"]) == set(sweep)
 
     spec = validate_job({"job": {"kind": "sweep", "input": {"url": "d"}, "k": "2..3",

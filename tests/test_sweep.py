@@ -124,3 +124,23 @@ def test_sweep_keeps_each_models_bounds_on_the_actors(client, monkeypatch):
     bounded, plain, bounded_calls, plain_calls = _sweep_both_ways(X, monkeypatch)
     assert "lloyd_models" in bounded_calls and "lloyd_models" not in plain_calls
     _same_models(bounded, plain)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_persist_false_gives_the_result_of_auto(standardize):
+    """sweep took no persist (it was always "auto"), so a sweep job's params.persist passed
+    validation and then failed the run."""
+    X = dask.array.from_array(blobs(n=3000, d=3, k=4, seed=3), chunks=(500, 3))
+    runs = {p: dk.sweep(X, [2, 3, 4, 5], random_state=0, persist=p, standardize=standardize)
+            for p in ("auto", False, True)}
+    auto = runs["auto"]
+    for persist, res in runs.items():
+        assert res.ks == auto.ks and res.n_iter == auto.n_iter
+        assert res.suggested_k == auto.suggested_k
+        np.testing.assert_allclose(res.inertias, auto.inertias, rtol=1e-9)
+        np.testing.assert_allclose(res.silhouettes, auto.silhouettes, rtol=1e-9)
+        for a, b in zip(res.models, auto.models, strict=True):
+            np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-9)
+            assert a.persist == persist
+    with pytest.raises(ValueError, match="persist"):
+        dk.sweep(X, [2, 3], persist="always")
