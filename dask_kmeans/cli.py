@@ -538,9 +538,9 @@ def predict(model_url, input_url, labels_url, keys, columns, missing, storage_op
 def _k_values(ctx, param, value):
     try:
         if ".." in value:
-            jobs.parse_k(value)
+            jobs.parse_k(value)  # checks the size before building the list
             return value
-        ks = [int(v) for v in value.split(",") if v.strip()]
+        ks = jobs.parse_k([int(v) for v in value.split(",") if v.strip()])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if not ks or min(ks) < 1:

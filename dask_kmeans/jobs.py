@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "MAX_K_VALUES",
     "JobSpecError",
     "UnknownJobError",
     "apply_overrides",
@@ -86,6 +87,9 @@ STATES: tuple[str, ...] = ("submitted", "running", "finished", "failed", "lost")
 METADATA_KEY = "dask-kmeans-jobs"
 _TASK_PREFIX = "dask-kmeans-job-"
 _K_RANGE = re.compile(r"\s*(\d+)\s*\.\.\s*(\d+)\s*")
+#: Most values of K one sweep takes: a range like 2..2000000000 was expanded into a list
+#: until memory ran out, before any check.
+MAX_K_VALUES = 1000
 
 logger = logging.getLogger("dask_kmeans.jobs")
 
@@ -209,6 +213,12 @@ def param_defaults() -> dict[str, Any]:
 def parse_k(k: str | Sequence[int]) -> list[int]:
     """The values of K of a sweep: a list as given, or an inclusive range ``"lo..hi"``.
 
+    Raises
+    ------
+    ValueError
+        If the range is malformed or empty, or there would be more than
+        :data:`MAX_K_VALUES` values (checked before any list is built).
+
     Examples
     --------
     >>> parse_k("2..5")
@@ -224,7 +234,14 @@ def parse_k(k: str | Sequence[int]) -> list[int]:
         if not 1 <= lo <= hi:
             raise ValueError(f"the range {k!r} is empty or starts below 1: write it as "
                              "'lo..hi' with 1 <= lo <= hi")
+        if hi - lo + 1 > MAX_K_VALUES:
+            raise ValueError(f"the range {k.strip()!r} holds {hi - lo + 1:,} values of K; a "
+                             f"sweep takes at most {MAX_K_VALUES:,}: narrow the range, or list "
+                             "a few values to try")
         return list(range(lo, hi + 1))
+    if len(k) > MAX_K_VALUES:
+        raise ValueError(f"{len(k):,} values of K are given; a sweep takes at most "
+                         f"{MAX_K_VALUES:,}")
     return [int(v) for v in k]
 
 
@@ -331,7 +348,9 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
         base = Path(base_dir) if base_dir is not None else None
         job["cluster"] = _check_cluster_entry(job.get("cluster"), base, errors)
         k = job.get("k")
-        if isinstance(k, str):
+        # A list's items were checked above; only its length is left (and None marks an
+        # item that was wrong).
+        if isinstance(k, str) or (isinstance(k, list) and len(k) > MAX_K_VALUES):
             try:
                 parse_k(k)
             except ValueError as exc:

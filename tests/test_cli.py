@@ -230,6 +230,15 @@ def test_sweep_passes_the_kmeans_parallel_options_on(data):
     assert int(re.search(r"(\d+) candidates", init).group(1)) <= 9, init
 
 
+@pytest.mark.parametrize("k", ["2..2000000000", ",".join(map(str, range(1, 1002)))])
+def test_sweep_refuses_too_many_values_of_k_at_once(data, k):
+    """--k 2..2000000000 was expanded into a Python list until memory ran out."""
+    result = invoke("sweep", data["url"], "--k", k, "--no-plot")
+    assert result.exit_code == 2, result.stderr
+    assert "Invalid value for '--k'" in result.stderr
+    assert "a sweep takes at most 1,000" in result.stderr
+
+
 def test_sweep_leaves_key_columns_out_of_the_features(data):
     """Without --key the integer id column is clustered as a feature, as in fit."""
     def features(*extra):

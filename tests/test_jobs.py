@@ -15,6 +15,7 @@ import yaml
 
 import dask_kmeans as dk
 from dask_kmeans.jobs import (
+    MAX_K_VALUES,
     JobSpecError,
     UnknownJobError,
     apply_overrides,
@@ -198,6 +199,26 @@ def test_parse_k():
     assert parse_k([8, 4]) == [8, 4]
     with pytest.raises(ValueError, match="empty or starts below 1"):
         parse_k("0..3")
+    assert len(parse_k(f"1..{MAX_K_VALUES}")) == MAX_K_VALUES == 1000
+
+
+@pytest.mark.parametrize("k", ["2..3000000000", "1..1001", [2] * 1001])
+def test_too_many_k_values_are_refused_before_any_list_is_built(k, monkeypatch):
+    """k: 2..3000000000 was expanded into a list until memory ran out, before any check."""
+    import dask_kmeans.jobs
+
+    def small_range(*args):
+        values = range(*args)
+        assert len(values) <= MAX_K_VALUES, f"a range of {len(values):,} values was made"
+        return values
+
+    # Fail instead of filling this machine's memory when the range is built first.
+    monkeypatch.setattr(dask_kmeans.jobs, "range", small_range, raising=False)
+    with pytest.raises(ValueError, match="a sweep takes at most 1,000"):
+        parse_k(k)
+    with pytest.raises(JobSpecError) as info:
+        validate_job({"job": {"kind": "sweep", "input": {"url": "d"}, "k": k}})
+    assert "at most 1,000" in dict(info.value.errors)["job.k"]
 
 
 # --------------------------------------------------------------------------- files, overrides
