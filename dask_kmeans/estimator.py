@@ -707,7 +707,8 @@ class SweepResult:
     silhouettes : list of float or None
         Silhouette score of each model on a uniform sample of rows (``1 - cos``
         distances for "cosine"); None for a model whose sampled rows fall in
-        fewer than 2 or more than ``n - 1`` clusters. None when not computed.
+        fewer than 2 or more than ``n - 1`` clusters (always for K=1). None
+        when not computed (``silhouette_rows`` 0 or None, or a single K).
     models : list of KMeans
         Fitted models (``labels_`` is lazy). Each one's ``init`` is the centres
         its run started from, so refitting it alone repeats the run.
@@ -818,8 +819,9 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         km.labels_ = G.assignment(Xd, G.centers_array(r.centers), metric=metric)[0]
         models.append(km)
 
+    # K=1 has no silhouette: report.silhouettes scores it None, and the other K still count.
     silhouettes = None
-    if silhouette_rows and len(ks) > 1 and ks[0] >= 2:
+    if silhouette_rows and len(ks) > 1:
         n = Xd.shape[0]
         idx = np.sort(rng.choice(n, size=min(n, silhouette_rows), replace=False))
         sample = _init.take_rows(Xd, idx)[0]

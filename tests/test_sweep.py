@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import dask_kmeans as dk
+from dask_kmeans.report import suggest_k
 from tests.conftest import blobs
 from tests.test_init import _CountingSource
 
@@ -40,6 +41,30 @@ def test_a_k_without_a_silhouette_scores_none_and_the_sweep_goes_on():
     assert res.models[0].labels_.compute()[-1] != res.models[0].labels_.compute()[0]
     assert res.silhouettes[0] is None and res.silhouettes[1] is not None
     assert res.suggested_k == 3
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_a_sweep_from_k_1_scores_every_other_k(metric):
+    """A sweep that included K=1 dropped the silhouette of every K."""
+    X = blobs(n=2000, d=3, k=4, seed=8, spread=5.0)
+    with_one = dk.sweep(X, range(1, 8), random_state=0, metric=metric)
+    without = dk.sweep(X, range(2, 8), random_state=0, metric=metric)
+    assert with_one.silhouettes[0] is None
+    assert all(s is not None for s in with_one.silhouettes[1:])
+    for k, sil in zip(with_one.ks[1:], with_one.silhouettes[1:], strict=True):
+        model = with_one.models[k - 1]
+        # Each K's silhouette is that of its model, on the sweep's sample of rows.
+        assert -1 <= sil <= 1 and model.n_clusters == k
+    best = with_one.ks[1 + int(np.argmax(with_one.silhouettes[1:]))]
+    assert best == without.ks[int(np.argmax(without.silhouettes))]
+    k, reason = suggest_k(with_one.ks, with_one.inertias, with_one.silhouettes)
+    assert (k, reason) == (with_one.suggested_k, with_one.reason)
+    if metric == "euclidean":
+        assert with_one.suggested_k == 4 and "silhouette" in with_one.reason
+    # Two values of K, one of them 1: the other is suggested.
+    two = dk.sweep(X, [1, 4], random_state=0, metric=metric)
+    assert two.silhouettes[0] is None and two.silhouettes[1] is not None
+    assert two.suggested_k == 4
 
 
 def test_a_cosine_sweep_scores_silhouettes_with_cosine_distances():
