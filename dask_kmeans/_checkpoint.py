@@ -14,6 +14,7 @@ import hashlib
 import json
 from typing import Any
 
+import dask.array as da
 import fsspec
 import numpy as np
 
@@ -38,9 +39,14 @@ def data_fingerprint(X, sample_weight=None) -> dict[str, Any]:
             return None
         if hasattr(obj, "fingerprint") and hasattr(obj, "feature_names"):
             return {"parquet": obj.fingerprint(), "features": list(obj.feature_names)}
-        if hasattr(obj, "dask"):  # dask array or DataFrame: the graph's deterministic name
-            return {"dask": str(getattr(obj, "name", None) or obj._name),
-                    "shape": [None if s != s else int(s) for s in getattr(obj, "shape", ())]}
+        if isinstance(obj, da.Array):  # the graph's deterministic name
+            return {"dask": obj.name, "shape": [None if s != s else int(s) for s in obj.shape]}
+        if hasattr(obj, "dask"):
+            # A DataFrame or Series: not ``obj.name``, which is a column called "name" if
+            # there is one, or a Series' label, which other Series share; nor ``obj.shape``,
+            # whose length is lazy.
+            return {"dask": str(obj._name), "shape": [None, *([len(obj.columns)]
+                                                           if obj.ndim == 2 else [])]}
         arr = np.asarray(obj)
         return {"sha256": _hash_array(arr)}
     return {"X": one(X), "sample_weight": one(sample_weight)}

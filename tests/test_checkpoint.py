@@ -113,3 +113,22 @@ def test_parquet_fingerprint_detects_a_changed_file(local_store):
                                                           columns=["a", "b"]))
     with pytest.raises(ValueError, match="other data"):
         dk.KMeans(2, random_state=0, checkpoint=ckpt, resume=True).fit(dk.open_parquet(url))
+
+
+def test_dask_frame_with_a_column_called_name(tmp_path):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from dask_kmeans._checkpoint import data_fingerprint
+
+    pdf = pd.DataFrame({"name": [1.0, 2, 10, 11, 3, 12], "b": [1.0, 2, 10, 11, 1.5, 9]})
+    ddf = dd.from_pandas(pdf, npartitions=2)
+    url = str(tmp_path / "c")
+    a = dk.KMeans(2, random_state=0, checkpoint=url).fit(ddf)
+    b = dk.KMeans(2, random_state=0, checkpoint=url, resume=True).fit(ddf)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert a.inertia_ == b.inertia_
+    # Two weight Series of one label are different data.
+    w1 = dd.from_pandas(pd.Series([1.0] * 6, name="w"), npartitions=2)
+    w2 = dd.from_pandas(pd.Series([2.0] * 6, name="w"), npartitions=2)
+    assert data_fingerprint(ddf, w1) != data_fingerprint(ddf, w2)
