@@ -184,6 +184,9 @@ def check_sample_weight(sample_weight, X):
         w = sample_weight
         if not isinstance(w, da.Array):
             w = w.to_dask_array(lengths=True)
+        if w.ndim == 1 and any(np.isnan(c) for c in w.chunks[0]):
+            # Filtered by a mask, as X may be (whose chunk sizes are computed the same way).
+            w = w.compute_chunk_sizes()
         if w.ndim != 1 or w.shape[0] != n:
             raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},)!")
         w = w.astype(np.float64)
