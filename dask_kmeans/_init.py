@@ -13,7 +13,7 @@ from ._lloyd import raise_zero_norm
 from ._passes import Passes
 from ._progress import emit
 from ._runtime import compute
-from ._validation import check_init_array
+from ._validation import check_init_array, check_weight_total
 
 logger = logging.getLogger("dask_kmeans")
 
@@ -59,6 +59,7 @@ def random_rows(X, sample_weight, n_clusters: int, random_state) -> np.ndarray:
     else:
         (w,) = compute(sample_weight) if isinstance(sample_weight, da.Array) else (sample_weight,)
         positive = int(np.count_nonzero(w > 0))
+        check_weight_total(positive)
         if positive < n_clusters:
             raise ValueError(f"Only {positive} rows have a positive sample_weight; init='random' "
                              f"needs at least n_clusters={n_clusters}.")
@@ -96,6 +97,8 @@ def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state,
             X, w = take_rows(X, idx, sample_weight)
         else:
             X, w = compute(X, sample_weight)
+            if w is not None:
+                check_weight_total(np.any(w > 0))
     return K.kmeans_plusplus(X, n_clusters, random_state, w, metric=metric)
 
 
@@ -108,6 +111,7 @@ def _first_center(passes: Passes, random_state, seed: int) -> np.ndarray:
         row = passes.rows(index)
         return take_rows(X, index)[0] if row is None else row
     keys = passes.weighted_choice(seed=seed, stream=0)
+    check_weight_total(np.max(keys[:, 0]) > -np.inf)  # a row of weight 0 has key -inf
     return keys[np.argmax(keys[:, 0]), 2:][None, :].astype(X.dtype)
 
 

@@ -13,6 +13,7 @@ from . import _kernels as K
 from ._passes import Passes
 from ._progress import emit
 from ._runtime import compute
+from ._validation import check_weight_total
 
 logger = logging.getLogger("dask_kmeans")
 
@@ -122,6 +123,9 @@ def lloyd(
         _check_finite(partials.inertia)
         if partials.n_zero:
             raise_zero_norm(X, partials.n_zero)
+        if it == start_iter and sample_weight is not None:
+            # The counts add up to the total weight: dask weights are first seen whole here.
+            check_weight_total(partials.counts.any())
         if with_moments:
             tol_abs = tolerance_from_moments(mom, tol)
         new_centers, shift, n_empty = _step(X, sample_weight, centers, partials, metric)
@@ -177,6 +181,8 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
         _check_finite(sum(p.inertia for p in parts))
         if parts[0].n_zero:
             raise_zero_norm(X, parts[0].n_zero)
+        if it == 0 and sample_weight is not None:
+            check_weight_total(parts[0].counts.any())
         if with_moments:
             tol_abs = tolerance_from_moments(mom, tol)
         still = []

@@ -173,8 +173,49 @@ def check_X(est, X, *, reset: bool):
                          accept_large_sparse=False)
 
 
+ZERO_WEIGHTS = "Sample weights must contain at least one non-zero number."
+
+
+def check_weight_total(any_positive) -> None:
+    """Raise the error for weights that are all zero, given whether any is positive."""
+    if not any_positive:
+        raise ValueError(ZERO_WEIGHTS)
+
+
+def _check_weight_values(w: np.ndarray, start: int | None = None) -> None:
+    """The checks that the weights, or a chunk of them starting at global row ``start``,
+    can make on their own."""
+    chunk = start is not None
+    start = start or 0
+    finite = np.isfinite(w)
+    if not finite.all():
+        first = start + int(np.argmin(finite))
+        raise ValueError(f"sample_weight contains NaN or infinity (first at row {first}).")
+    negative = w < 0
+    if negative.any():
+        where = (f"the {w.shape[0]} rows from row {start}" if chunk else f"{w.shape[0]} rows")
+        raise ValueError(f"Negative values in sample_weight: {int(negative.sum())} of {where} "
+                         f"(first at row {start + int(np.argmax(negative))}).")
+
+
+def checked_weights_block(w: np.ndarray, block_info=None) -> np.ndarray:
+    """``w`` itself, once it is found finite and non-negative (a chunk of dask weights,
+    checked when a pass reads it)."""
+    _check_weight_values(w, 0 if block_info is None
+                         else int(block_info[0]["array-location"][0][0]))
+    return w
+
+
 def check_sample_weight(sample_weight, X):
-    """``None``, or float64 weights aligned with ``X`` (same row chunks for dask)."""
+    """``None``, or float64 weights aligned with ``X`` (same row chunks for dask).
+
+    Weights must be finite and non-negative, and not all zero. NumPy weights (and
+    dask weights for NumPy ``X``, computed here) are checked now. Dask weights for
+    dask ``X`` are checked chunk by chunk when a pass reads them, at no extra pass;
+    that not all are zero is checked where their total is at hand (the first pass
+    of the initialisation or of Lloyd, the standardisation's moments, ``score``),
+    see :func:`check_weight_total`.
+    """
     if sample_weight is None:
         return None
     n = X.shape[0]
@@ -190,18 +231,18 @@ def check_sample_weight(sample_weight, X):
         if w.ndim != 1 or w.shape[0] != n:
             raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},)!")
         w = w.astype(np.float64)
-        return w.rechunk((X.chunks[0],)) if isinstance(X, da.Array) else w.compute()
+        if not isinstance(X, da.Array):
+            return check_sample_weight(w.compute(), X)
+        w = w.rechunk((X.chunks[0],))
+        return w.map_blocks(checked_weights_block, dtype=np.float64,
+                            meta=np.empty((0,), dtype=np.float64))
     w = np.asarray(sample_weight, dtype=np.float64)
     if w.ndim != 1:
         raise ValueError("Sample weights must be 1D array or scalar")
     if w.shape[0] != n:
         raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},)!")
-    if not np.all(np.isfinite(w)):
-        raise ValueError("sample_weight contains NaN or infinity.")
-    if np.any(w < 0):
-        raise ValueError(f"Negative values in sample_weight: {int(np.sum(w < 0))} of {n} rows.")
-    if not np.any(w > 0):
-        raise ValueError("Sample weights must contain at least one non-zero number.")
+    _check_weight_values(w)
+    check_weight_total(np.any(w > 0))
     if isinstance(X, da.Array):
         return da.from_array(w, chunks=(X.chunks[0],))
     return w

@@ -389,7 +389,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             total = wd.sum()
             mean = (x64 * wd[:, None]).sum(axis=0) / total
             sq = (x64**2 * wd[:, None]).sum(axis=0) / total
-        first, mean, sq = R.compute(Xd[0], mean, sq)  # one pass for all
+        if wd is None:
+            first, mean, sq = R.compute(Xd[0], mean, sq)  # one pass for all
+        else:
+            first, mean, sq, total = R.compute(Xd[0], mean, sq, total)
+            V.check_weight_total(total > 0)
         std = np.sqrt(np.maximum(sq - mean**2, 0.0))
         self.feature_mean_ = first.astype(np.float64) + mean
         self.feature_scale_ = np.where(std > 0, std, 1.0)
@@ -510,7 +514,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             _, _, inertia = G.assignment(Xv, G.centers_array(self._working_centers()), weights,
                                          split_every=self.split_every, metric=self.metric,
                                          refuse_zero_norm=True)
-            (inertia,) = R.compute(inertia)
+            if weights is None:
+                (inertia,) = R.compute(inertia)
+            else:  # the weights are read by the same pass
+                inertia, positive = R.compute(inertia, (weights > 0).any())
+                V.check_weight_total(positive)
             return -float(inertia)
         labels, _, inertia = K.assign(Xv, self._working_centers(), weights, self.metric)
         if self.metric == "cosine":

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
+import dask
 import dask.array as da
 import numpy as np
+import pytest
 
-from dask_kmeans import KMeans
+from dask_kmeans import KMeans, sweep
 from tests.conftest import blobs
+from tests.test_estimator import _CountComputes
 
 
 def test_weights_filtered_by_the_mask_of_x_are_accepted():
@@ -19,3 +24,66 @@ def test_weights_filtered_by_the_mask_of_x_are_accepted():
     b = KMeans(2, init=X[keep][:2], n_init=1).fit(X[keep], sample_weight=w[keep])
     np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
     np.testing.assert_allclose(a.inertia_, b.inertia_, rtol=1e-7)
+
+
+def _weights_cases():
+    rng = np.random.default_rng(7)
+    w = rng.uniform(0.5, 2, 300)
+    negative, nan = w.copy(), w.copy()
+    negative[100] = -50.0
+    nan[160] = np.nan
+    return [
+        (negative, r"Negative values in sample_weight: 1 of the 70 rows from row 70 "
+                   r"\(first at row 100\)"),
+        (nan, r"sample_weight contains NaN or infinity \(first at row 160\)"),
+        (np.zeros(300), "Sample weights must contain at least one non-zero number"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("params", [
+    dict(init="array"), dict(init="array", persist=True), dict(init="array", standardize=True),
+    dict(init="k-means||"), dict(init="k-means++"), dict(init="random"),
+])
+def test_dask_weights_are_checked_as_numpy_weights_are(case, params):
+    w, match = _weights_cases()[case]
+    X = blobs(n=300, d=2, k=3)
+    params = {**params, "init": X[[0, 150, 299]]} if params["init"] == "array" else params
+    Xd = da.from_array(X, chunks=70)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ValueError, match=match):
+            KMeans(3, random_state=0, **params).fit(Xd, sample_weight=da.from_array(w, chunks=70))
+    # NumPy X with dask weights: checked at once, with NumPy's messages
+    with pytest.raises(ValueError, match=match.replace("the 70 rows from row 70", "300 rows")):
+        KMeans(3, random_state=0, **params).fit(X, sample_weight=da.from_array(w, chunks=70))
+    with pytest.raises(ValueError, match=match.replace("the 70 rows from row 70", "300 rows")):
+        KMeans(3, random_state=0, **params).fit(X, sample_weight=w)
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_dask_weights_are_checked_by_score_and_sweep(case):
+    w, match = _weights_cases()[case]
+    X = blobs(n=300, d=2, k=3)
+    Xd, wd = da.from_array(X, chunks=70), da.from_array(w, chunks=70)
+    km = KMeans(3, init=X[[0, 150, 299]]).fit(X)
+    with pytest.raises(ValueError, match=match):
+        km.score(Xd, sample_weight=wd)
+    with pytest.raises(ValueError, match=match):
+        sweep(Xd, [2, 3], sample_weight=wd, random_state=0)
+
+
+def test_valid_dask_weights_cost_no_extra_compute():
+    X = blobs(n=300, d=2, k=3)
+    w = np.random.default_rng(0).uniform(0.5, 2, 300)
+    Xd, wd = da.from_array(X, chunks=70), da.from_array(w, chunks=70)
+    counts = []
+    for weights in (None, wd):
+        with dask.config.set(scheduler="threads"), _CountComputes() as cc:
+            KMeans(3, init=X[[0, 150, 299]], tol=0, max_iter=3, persist=False).fit(
+                Xd, sample_weight=weights)
+        counts.append(cc.n)
+    assert counts[0] == counts[1]
+    a = KMeans(3, init=X[[0, 150, 299]]).fit(Xd, sample_weight=wd)
+    b = KMeans(3, init=X[[0, 150, 299]]).fit(X, sample_weight=w)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
