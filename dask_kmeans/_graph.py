@@ -137,8 +137,11 @@ def lloyd_partials(
     return parts.sum(axis=0, split_every=split_every)
 
 
-def _assign_chunk(x, c, offset, w=None, *, metric="euclidean", refuse_zero_norm=False):
+def _assign_chunk(x, c, offset, w=None, *, metric="euclidean", refuse_zero_norm=False,
+                  refuse_nonfinite=False):
     out = K.assign(x, c, w, metric)
+    if refuse_nonfinite:  # first: rows holding an infinity have zero norm too
+        K.refuse_nonfinite(x, out[1], int(offset[0]))
     if refuse_zero_norm and metric == "cosine":
         K.refuse_zero_norm(out[0] < 0, int(offset[0]))
     return out
@@ -157,11 +160,14 @@ def _distances_of(t):
 
 
 def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None,
-               metric="euclidean", refuse_zero_norm=False):
+               metric="euclidean", refuse_zero_norm=False, refuse_nonfinite=False):
     """Labels, squared distances and inertia from one shared pass.
 
     With ``refuse_zero_norm`` (cosine), a chunk holding rows of zero norm raises the
     error naming them instead of labelling them -1 (new data: ``predict``, ``score``).
+    With ``refuse_nonfinite``, a chunk holding rows with NaN or infinity raises the error
+    naming them, found from the rows' distances without another pass (new data: dask
+    input is not scanned in advance; ``fit`` finds them from its first pass's inertia).
 
     Returns
     -------
@@ -188,6 +194,7 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
         name=f"assign-{uuid.uuid4().hex}",
         metric=metric,
         refuse_zero_norm=refuse_zero_norm,
+        refuse_nonfinite=refuse_nonfinite,
     )
     labels = res.map_blocks(_labels_of, dtype=np.int32, meta=np.empty((0,), np.int32))
     sq_dist = res.map_blocks(_distances_of, dtype=np.float64, meta=np.empty((0,), np.float64))

@@ -618,6 +618,32 @@ def refuse_zero_norm(zero: np.ndarray, offset: int = 0) -> None:
         raise zero_norm_error(int(zero.sum()), np.flatnonzero(zero)[:5] + offset)
 
 
+def nonfinite_rows_error(n_bad: int, rows) -> ValueError:
+    """The error for rows of new data holding NaN or infinity: how many, and the first few
+    global row indices."""
+    shown = ", ".join(str(int(r)) for r in np.sort(np.asarray(rows))[:5])
+    more = ", ..." if n_bad > 5 else ""
+    return ValueError(
+        f"Input X contains NaN or infinity: {n_bad} row(s) (rows {shown}{more}). Drop or "
+        "impute the missing values first (dask_kmeans.open_parquet(..., missing='drop') "
+        "drops them).")
+
+
+def refuse_nonfinite(x: np.ndarray, sq_dist: np.ndarray, offset: int = 0) -> None:
+    """Raise :func:`nonfinite_rows_error` when rows of a chunk hold NaN or infinity (named
+    by global index, from ``offset``).
+
+    Such rows, and only such rows or rows of zero norm (cosine) or too far for their
+    squared distance (above about 1e154), have a non-finite distance to their centre
+    (``assign``'s ``sq_dist``): only those few rows of ``x`` are read again.
+    """
+    suspect = np.flatnonzero(~np.isfinite(sq_dist))
+    if suspect.size:
+        bad = suspect[~np.isfinite(x[suspect]).all(axis=1)]
+        if bad.size:
+            raise nonfinite_rows_error(bad.size, bad[:5] + offset)
+
+
 def zero_norm_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:
     """Global indices of the first ``limit`` rows of zero norm in a chunk (as the cosine
     kernels count them, see ``_unit_scale``), as int64."""

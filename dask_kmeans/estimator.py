@@ -482,7 +482,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         cosine = self.metric == "cosine"
         if isinstance(Xv, da.Array):
             labels, sq, _ = G.assignment(Xv, G.centers_array(self._working_centers()),
-                                         metric=self.metric, refuse_zero_norm=True)
+                                         metric=self.metric, refuse_zero_norm=True,
+                                         refuse_nonfinite=True)
             return (labels, sq if cosine else da.sqrt(sq)) if return_distance else labels
         labels, sq, _ = K.assign(Xv, self._working_centers(), metric=self.metric)
         if cosine:
@@ -513,7 +514,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         if isinstance(Xv, da.Array):
             _, _, inertia = G.assignment(Xv, G.centers_array(self._working_centers()), weights,
                                          split_every=self.split_every, metric=self.metric,
-                                         refuse_zero_norm=True)
+                                         refuse_zero_norm=True, refuse_nonfinite=True)
             if weights is None:
                 (inertia,) = R.compute(inertia)
             else:  # the weights are read by the same pass

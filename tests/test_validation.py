@@ -87,3 +87,27 @@ def test_valid_dask_weights_cost_no_extra_compute():
     a = KMeans(3, init=X[[0, 150, 299]]).fit(Xd, sample_weight=wd)
     b = KMeans(3, init=X[[0, 150, 299]]).fit(X, sample_weight=w)
     np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_predict_and_score_refuse_dask_rows_with_nan_or_inf(metric, bad):
+    X = blobs(n=200, d=3, k=2) + 1.0
+    km = KMeans(2, random_state=0, metric=metric).fit(X)
+    Xn = X.copy()
+    Xn[73, 1] = bad
+    Xn[75] = bad
+    Xd = da.from_array(Xn, chunks=30)  # rows 73 and 75 are in the third chunk
+    match = r"Input X contains NaN or infinity: 2 row\(s\) \(rows 73, 75\)"
+    with pytest.raises(ValueError, match=match):
+        km.predict(Xd).compute()
+    with pytest.raises(ValueError, match=match):
+        km.predict(Xd, return_distance=True)[1].compute()
+    with pytest.raises(ValueError, match=match):
+        km.score(Xd)
+    with pytest.raises(ValueError, match="NaN|infinity"):  # as NumPy input is refused
+        km.predict(Xn)
+    # finite rows far enough for their squared distance to overflow are still labelled
+    far = np.full((4, 3), 1e200)
+    np.testing.assert_array_equal(km.predict(da.from_array(far, chunks=2)).compute(),
+                                  km.predict(far))
