@@ -317,7 +317,7 @@ def test_sweep_prints_inertia_silhouette_and_a_suggestion_and_saves_the_elbow(da
     for bad in ("5..2", "two", "0,3", "2.."):
         result = invoke("sweep", data["url"], "--k", bad)  # click's usage error
         assert result.exit_code == 2 and "Invalid value for '--k'" in result.stderr, bad
-    line = one_line_error(invoke("sweep", data["url"], "--k", "2..1300", "--no-plot",
+    line = one_line_error(invoke("sweep", data["url"], "--k", "2,1300", "--no-plot",
                                  "--cluster", data["config"]), 1)
     assert "k=1300 is more than the 1200 rows" in line
 
