@@ -41,7 +41,8 @@ from typing import Any
 
 from dask.utils import parse_bytes, parse_timedelta
 
-__all__ = ["SchemaError", "expected", "is_int", "is_number", "parses", "show", "walk"]
+__all__ = ["SchemaError", "expected", "is_int", "is_number", "not_utf8", "parses", "show",
+           "walk"]
 
 ADDRESS = re.compile(r"^(?P<scheme>[a-z]+)://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)$")
 
@@ -187,6 +188,13 @@ def expected(node: dict) -> str:
         if kind == "address":
             text = "an address like " + text
     return text + (" or null" if node.get("nullable") else "")
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Why a document's file could not be decoded, without repeating its contents (which
+    may hold a credential)."""
+    return (f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): save "
+            "it as UTF-8")
 
 
 def show(v: Any) -> str:

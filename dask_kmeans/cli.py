@@ -677,8 +677,10 @@ def validate(file, overrides):
             raw = yaml.safe_load(f)
     except FileNotFoundError:
         raise CommandError(f"{file}: no such file", 2) from None
-    except yaml.YAMLError:
-        raw = None  # the loaders below report where
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        # A directory, an unreadable or non-UTF-8 file, bad YAML: the job loader below
+        # reports it, naming the file, with exit code 2 as `run` does.
+        raw = None
     top = set(raw) if isinstance(raw, dict) else set()
     if "cluster" in top and "job" not in top:
         if overrides:

@@ -192,6 +192,9 @@ def load_cluster_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ClusterConfigUnreadable(f"cluster config file not found: {p}") from None
     except OSError as exc:
         raise ClusterConfigUnreadable(f"cannot read the cluster config {p}: {exc}") from None
+    except UnicodeDecodeError as exc:  # a ValueError, which would read as a failed job
+        raise ClusterConfigUnreadable(
+            f"cannot read the cluster config {p}: {S.not_utf8(exc)}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

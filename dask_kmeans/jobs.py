@@ -455,8 +455,8 @@ def load_job(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> dic
     Raises
     ------
     JobSpecError
-        If the file cannot be read, is not YAML, or the spec does not follow the schema;
-        the message starts with the file name.
+        If the file cannot be read (missing, a directory, not UTF-8), is not YAML, or the
+        spec does not follow the schema; the message starts with the file name.
 
     Examples
     --------
@@ -475,6 +475,8 @@ def load_job(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> dic
         raise JobSpecError([("", "no such file")], str(p)) from None
     except OSError as exc:
         raise JobSpecError([("", f"cannot read it: {exc.strerror or exc}")], str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise JobSpecError([("", S.not_utf8(exc))], str(p)) from None
     try:
         raw = _yaml(text)
     except yaml.YAMLError as exc:

@@ -466,6 +466,27 @@ def test_validate(data, tmp_path):
 # --------------------------------------------------------------------------- failures
 
 
+def test_a_spec_that_cannot_be_read_is_exit_2_naming_the_file(data, tmp_path):
+    """validate on a directory or an unreadable file exited 1 where run exited 2, and a
+    file that is not UTF-8 exited 1 with a codec message that did not name it."""
+    folder = tmp_path / "dir.yaml"
+    folder.mkdir()
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)  # unreadable for root too: too many levels of symbolic links
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("job:\n  kind: fit\n  input: {url: caf\u00e9}\n".encode("latin-1"))
+    for path, problem in ((folder, "cannot read it"), (loop, "cannot read it"),
+                          (latin1, "not UTF-8 text (byte 0xe9 at offset 35)")):
+        for command in ("validate", "run"):
+            line = one_line_error(invoke(command, path, "--cluster", data["config"])
+                                  if command == "run" else invoke(command, path), 2)
+            assert line.startswith(f"Error: {path}: ") and problem in line, line
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--cluster", latin1), 2)
+    assert f"cannot read the cluster config {latin1}: not UTF-8 text" in line
+
+
+
+
 def test_errors_are_one_line_with_an_exit_code(data, tmp_path):
     common = ["--storage-option", SECRET_OPTION, "--cluster", data["config"]]
     missing = tmp_path / "nothing-here"

@@ -299,6 +299,14 @@ def test_load_job_file_errors(tmp_path):
     broken.write_text("job:\n  kind: fit\n   input: {}\n")
     with pytest.raises(JobSpecError, match=r"broken\.yaml: line 3: not valid YAML"):
         load_job(broken)
+    # A UnicodeDecodeError (a ValueError: exit code 1) that did not name the file.
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"job:\n  kind: fit  # caf\xe9\n")
+    with pytest.raises(JobSpecError, match=r"latin1\.yaml: .*not UTF-8 text \(byte 0xe9 at "
+                                           r"offset 23\)"):
+        load_job(latin1)
+    with pytest.raises(JobSpecError, match=r": \(top level\): cannot read it: Is a directory"):
+        load_job(tmp_path)
 
 
 def test_cluster_entry_forms(tmp_path):
