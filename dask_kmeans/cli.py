@@ -10,6 +10,7 @@ never with a credential in them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -84,6 +85,8 @@ def _remember_secrets(spec: dict) -> None:
 
 
 def _check_timeout(ctx, param, value):
+    if value is None:  # not given: the cluster config's timeout, else 10s (connect's rule)
+        return None
     try:
         if parse_timedelta(value) > 0:
             return value
@@ -93,8 +96,10 @@ def _check_timeout(ctx, param, value):
 
 
 def _cluster_options(f: Callable) -> Callable:
-    f = click.option("--timeout", default="10s", show_default=True, callback=_check_timeout,
-                     help="How long to try to reach the scheduler, like 10s or 1min.")(f)
+    f = click.option("--timeout", default=None, callback=_check_timeout, metavar="DURATION",
+                     help="How long to try to reach the scheduler, like 10s or 1min; wins "
+                          "over a cluster config's timeout. Default: the config's timeout, "
+                          "else 10s.")(f)
     f = click.option("--scheduler", metavar="ADDRESS",
                      help="Address of a running scheduler, like tcp://10.0.0.5:8786.")(f)
     f = click.option("--cluster", "cluster_file", metavar="FILE.yaml",
@@ -140,9 +145,27 @@ def _require_persistent(target: dict[str, Any], command: str) -> None:
             f"(a '{kind}' cluster started here would stop with it)", 2)
 
 
+def _explicit_timeout(target: dict[str, Any]) -> dict[str, Any]:
+    """``target`` with the cluster config's own timeout cleared, so that connect uses the
+    one given on the command line (connect lets a config's timeout win over its argument)."""
+    config = target.get("config_or_path")
+    if config is None:
+        return target
+    config = copy.deepcopy(config if isinstance(config, dict) else load_cluster_config(config))
+    opts = config["cluster"][config["cluster"]["kind"]]
+    if opts.get("timeout") is not None:
+        opts["timeout"] = None
+    return {**target, "config_or_path": config}
+
+
 @contextlib.contextmanager
-def _connected(target: dict[str, Any], timeout: str) -> Iterator[Any]:
-    with connect(**target, timeout=timeout) as client:
+def _connected(target: dict[str, Any], timeout: str | None) -> Iterator[Any]:
+    """Connect to ``target``; an explicit ``timeout`` (--timeout) wins over a config's."""
+    if timeout is None:
+        context = connect(**target)  # the config's timeout, else connect's default (10s)
+    else:
+        context = connect(**_explicit_timeout(target), timeout=timeout)
+    with context as client:
         yield client
 
 
@@ -482,6 +505,15 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
     dask-kmeans fit data/customers/ --k 5 --standardize --key customer_id \\
         --seed 0 --output models/k5 --labels labels/k5 --plot k5.png
     """
+    if plot_features and not plot_url:
+        raise click.UsageError("--plot-features chooses the axes of the --plot scatter: give "
+                               "--plot FILE.png too, or leave --plot-features out")
+    if init != "k-means||":
+        for option, value in (("--oversampling-factor", oversampling_factor),
+                              ("--init-rounds", init_rounds)):
+            if value is not None:
+                raise click.UsageError(f"{option} applies to --init k-means|| only; with "
+                                       f"--init {init} it would be ignored: leave it out")
     inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
                              max_iter, tol, seed, metric, standardize, oversampling_factor,
                              init_rounds)
@@ -601,7 +633,8 @@ def _set_option(f: Callable) -> Callable:
 @click.argument("job_file", metavar="JOB.yaml")
 @_set_option
 @click.option("--resume", is_flag=True,
-              help="Continue from the job's checkpoint (params.checkpoint) if there is one.")
+              help="Continue from the checkpoint in the job's params.checkpoint, if one was "
+                   "written there (the same as --set params.resume=true).")
 @_json_option
 @_cluster_options
 def run(job_file, overrides, resume, as_json, progress, cluster_file, scheduler, timeout):
@@ -611,10 +644,18 @@ def run(job_file, overrides, resume, as_json, progress, cluster_file, scheduler,
     dask-kmeans run jobs/demo.yaml --set params.n_clusters=6
     dask-kmeans run job.yaml --set params.checkpoint=ckpt/ --resume
     """
+    spec = jobs.load_job(job_file, overrides)
     if resume:
-        overrides = (*overrides, "params.resume=true")
-    _run(jobs.load_job(job_file, overrides), cluster_file, scheduler, timeout, as_json,
-         progress)
+        job = spec["job"]
+        if job["kind"] != "fit" or job["params"]["checkpoint"] is None:
+            what = "it has no params.checkpoint" if job["kind"] == "fit" else \
+                f"it is a {job['kind']} job, which keeps no checkpoint"
+            raise click.UsageError(f"--resume continues a fit job from its params.checkpoint, "
+                                   f"but {what}: set params.checkpoint in {job_file} or with "
+                                   "--set params.checkpoint=DIR, or leave --resume out")
+        spec = jobs.validate_job({**spec, "job": {**job, "params": {**job["params"],
+                                                                     "resume": True}}})
+    _run(spec, cluster_file, scheduler, timeout, as_json, progress)
 
 
 @main.command()

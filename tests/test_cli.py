@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -539,6 +540,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, named", [
+    (("fit", "--k", 2, "--plot-features", "age,income"), ("--plot-features", "--plot")),
+    (("fit", "--k", 2, "--init", "random", "--oversampling-factor", 1),
+     ("--oversampling-factor", "--init random")),
+    (("fit", "--k", 2, "--init", "k-means++", "--init-rounds", 2),
+     ("--init-rounds", "--init k-means++")),
+])
+def test_options_that_would_be_ignored_are_refused(data, args, named):
+    """These were accepted, then ignored: no scatter, and a random or k-means++ init never
+    reads the k-means|| options."""
+    command, *rest = args
+    result = invoke(command, data["url"], *rest, "--cluster", data["config"])
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("Usage: ") and "Traceback" not in result.stderr
+    for name in named:
+        assert name in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_resume_without_a_checkpoint_is_refused(data, tmp_path):
+    """run --resume on a job without params.checkpoint resumed nothing and said nothing."""
+    fit = tmp_path / "fit.yaml"
+    fit.write_text(yaml.safe_dump({"job": {
+        "kind": "fit", "input": {"url": data["url"]}, "params": {"n_clusters": 2},
+        "output": {}}}))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"job": {
+        "kind": "sweep", "input": {"url": data["url"]}, "k": [2, 3]}}))
+    for job, what in ((fit, "it has no params.checkpoint"),
+                      (sweep, "it is a sweep job, which keeps no checkpoint")):
+        result = invoke("run", job, "--resume", "--cluster", data["config"])
+        assert result.exit_code == 2, (result.stdout, result.stderr)
+        assert "--resume" in result.stderr and "params.checkpoint" in result.stderr
+        assert what in result.stderr and result.stdout == ""
+
+
+def test_an_explicit_timeout_wins_over_the_cluster_configs(data, tmp_path):
+    """A cluster config's timeout silently replaced --timeout."""
+    address = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
+    config = tmp_path / "scheduler.yaml"
+    config.write_text(yaml.safe_dump({"cluster": {"kind": "scheduler", "scheduler": {
+        "address": address, "timeout": "2s"}}}))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "fit", "cluster": {"kind": "scheduler", "scheduler": {
+            "address": address, "timeout": "40s"}},
+        "input": {"url": data["url"]}, "params": {"n_clusters": 2}, "output": {}}}))
+    for args, shown in ((("fit", data["url"], "--k", 2, "--cluster", config), "2s"),
+                        (("fit", data["url"], "--k", 2, "--cluster", config,
+                          "--timeout", "1s"), "1s"),
+                        (("run", job, "--timeout", "1s"), "1s")):
+        start = time.monotonic()
+        line = one_line_error(invoke(*args), 3)
+        assert f"at {address} (timeout {shown}): " in line, line
+        assert time.monotonic() - start < 20
 
 
 def test_unreachable_scheduler_in_a_real_process(data):
