@@ -577,6 +577,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         if hasattr(self, "feature_mean_"):
             metadata["feature_mean"] = [float(v) for v in self.feature_mean_]
             metadata["feature_scale"] = [float(v) for v in self.feature_scale_]
+        if not isinstance(self.init, str) and not callable(self.init):
+            # The initial centres themselves, so that the loaded model's parameters are the
+            # saved one's (JSON floats are written with repr: float64 round-trips exactly).
+            init = np.asarray(self.init)
+            metadata["init_array"] = init.astype(np.float64).tolist()
+            metadata["init_dtype"] = init.dtype.name if init.dtype.kind in "fiu" else "float64"
         return write_model(url, self.cluster_centers_, metadata,
                            storage_options=storage_options, overwrite=overwrite)
 
@@ -663,13 +669,23 @@ def load(url: str, *, storage_options=None) -> KMeans:
     KMeans
         Fitted: ``cluster_centers_``, ``inertia_``, ``n_iter_``,
         ``n_features_in_`` and, when the model was fitted with names,
-        ``feature_names_in_``. ``labels_`` is not stored.
+        ``feature_names_in_``. ``labels_`` is not stored. Its parameters are the
+        saved model's, an ``init`` array too; a callable ``init`` (which is not
+        stored) is replaced by the fitted centres.
     """
     from .model import read_model
 
     centers, meta = read_model(url, storage_options=storage_options)
     params = dict(meta.get("params", {}))
-    if params.get("init") == "array":
+    if params.get("init") == "array" and "init_array" in meta:
+        init = np.asarray(meta["init_array"], dtype=np.float64)
+        if init.shape != centers.shape:
+            raise ValueError(f"The model's metadata['init_array'] has shape {init.shape} but "
+                             f"the centres have shape {centers.shape}.")
+        params["init"] = init.astype(meta.get("init_dtype", "float64"))
+    elif params.get("init") == "array":
+        # A callable init, or a model saved by a version that did not store the init
+        # array: the fitted centres stand for it.
         params["init"] = centers.copy()
     known = KMeans().get_params()
     unknown = sorted(set(params) - set(known))

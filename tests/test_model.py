@@ -176,3 +176,40 @@ def test_write_into_missing_bucket(s3_bucket):
     with pytest.raises(FileNotFoundError, match=url):
         write_model(url, *fitted(), storage_options=s3_bucket.storage_options)
     assert not s3_bucket.fs.exists("no-such-bucket-dask-kmeans")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_loaded_model_keeps_an_explicit_init_array(tmp_path, dtype):
+    import dask_kmeans as dk
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 2))
+    X[:100] += 4
+    init = (X[[0, 1, 2]] + rng.normal(size=(3, 2)) * 1e-3).astype(dtype)
+    km = dk.KMeans(3, init=init).fit(X)
+    km.save(str(tmp_path / "m"))
+    loaded = dk.load(str(tmp_path / "m"))
+    assert loaded.init.dtype == dtype
+    np.testing.assert_array_equal(loaded.init, init)  # exactly, not the final centres
+    assert set(loaded.get_params()) == set(km.get_params())
+    refit = dk.KMeans(**loaded.get_params()).fit(X)
+    assert refit.n_iter_ == km.n_iter_
+    np.testing.assert_array_equal(refit.cluster_centers_, km.cluster_centers_)
+
+    # A model saved without the init array (by an earlier version) loads as before: the
+    # fitted centres stand for the init.
+    centers, meta = read_model(str(tmp_path / "m"))
+    del meta["init_array"], meta["init_dtype"]
+    write_model(str(tmp_path / "old"), centers, meta)
+    old = dk.load(str(tmp_path / "old"))
+    np.testing.assert_array_equal(old.init, km.cluster_centers_)
+    np.testing.assert_array_equal(old.predict(X), km.predict(X))
+
+
+def test_loaded_model_of_a_callable_init_has_the_centres_as_init(tmp_path):
+    import dask_kmeans as dk
+
+    X = np.random.default_rng(1).normal(size=(200, 2))
+    km = dk.KMeans(2, init=lambda X, k, rs: X[:k]).fit(X)
+    km.save(str(tmp_path / "m"))
+    np.testing.assert_array_equal(dk.load(str(tmp_path / "m")).init, km.cluster_centers_)
