@@ -1,7 +1,9 @@
 """Checkpoints of a running fit: JSON on any fsspec URL, written atomically, no pickle.
 
-A checkpoint records what a killed driver needs to finish the fit exactly as an
-uninterrupted one would: the run of ``n_init`` in progress, the random state
+A checkpoint records what a killed driver needs to finish the fit as an
+uninterrupted one would (to the bit when every pass reads the data again; to
+rounding on data held in memory, whose passes keep incremental sums and bounds
+that a resume starts afresh): the run of ``n_init`` in progress, the random state
 before and after its initialisation, the current centres (float64 written with
 ``repr``, so they round-trip bit for bit), the iteration count, the convergence
 tolerance, the best finished run so far, and a fingerprint of the data and of

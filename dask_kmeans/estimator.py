@@ -104,9 +104,15 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         modification times for Parquet; content or graph for arrays) and of
         the parameters. JSON only, no pickle.
     resume : bool, default=False
-        With ``checkpoint``: continue from the checkpoint if there is one, so a
-        fit whose driver was killed ends with exactly the centres and total
-        ``n_iter_`` of an uninterrupted fit. A checkpoint written for other
+        With ``checkpoint``: continue from the checkpoint if there is one. A
+        fit whose driver was killed then ends with exactly the centres,
+        inertia and total ``n_iter_`` of an uninterrupted fit on dask input
+        read again by every pass (``persist=False``); on data held in memory
+        (NumPy input, persisted dask input), whose passes update the cluster
+        sums and bounds incrementally and start them afresh on resume, only to
+        rounding (about 1e-14 relative), which can rarely change the
+        convergence iteration or, with ``n_init > 1``, which of two runs of
+        nearly equal inertia is kept. A checkpoint written for other
         data or parameters is refused with a ``ValueError`` naming what
         differs. Without ``resume`` an existing checkpoint is overwritten.
     verbose : bool or int, default=False
