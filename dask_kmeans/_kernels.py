@@ -600,13 +600,17 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
     return out
 
 
+def _first_rows(n: int, rows) -> str:
+    """``"rows 3, 17, ..."``: the first five of ``rows`` (global indices) out of ``n``."""
+    shown = ", ".join(str(int(r)) for r in np.sort(np.asarray(rows))[:5])
+    return f"rows {shown}{', ...' if n > 5 else ''}"
+
+
 def zero_norm_error(n_zero: int, rows) -> ValueError:
     """The error for rows of zero norm under ``metric="cosine"``: how many, and the first
     few global row indices."""
-    shown = ", ".join(str(int(r)) for r in np.sort(np.asarray(rows))[:5])
-    more = ", ..." if n_zero > 5 else ""
     return ValueError(
-        f"{n_zero} row(s) of X have zero norm (rows {shown}{more}); metric='cosine' gives "
+        f"{n_zero} row(s) of X have zero norm ({_first_rows(n_zero, rows)}); metric='cosine' gives "
         "them no direction. Drop them first (dask_kmeans.open_parquet(..., missing='drop', "
         "drop_zero_norm=True) does) or use metric='euclidean'.")
 
@@ -621,10 +625,8 @@ def refuse_zero_norm(zero: np.ndarray, offset: int = 0) -> None:
 def nonfinite_rows_error(n_bad: int, rows) -> ValueError:
     """The error for rows of new data holding NaN or infinity: how many, and the first few
     global row indices."""
-    shown = ", ".join(str(int(r)) for r in np.sort(np.asarray(rows))[:5])
-    more = ", ..." if n_bad > 5 else ""
     return ValueError(
-        f"Input X contains NaN or infinity: {n_bad} row(s) (rows {shown}{more}). Drop or "
+        f"Input X contains NaN or infinity: {n_bad} row(s) ({_first_rows(n_bad, rows)}). Drop or "
         "impute the missing values first (dask_kmeans.open_parquet(..., missing='drop') "
         "drops them).")
 
