@@ -391,13 +391,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         x64 = Xd.astype(np.float64) - Xd[0].astype(np.float64)
         if wd is None:
             mean, sq = x64.mean(axis=0), (x64**2).mean(axis=0)
+            first, mean, sq = R.compute(Xd[0], mean, sq)  # one pass for all
         else:
             total = wd.sum()
             mean = (x64 * wd[:, None]).sum(axis=0) / total
             sq = (x64**2 * wd[:, None]).sum(axis=0) / total
-        if wd is None:
-            first, mean, sq = R.compute(Xd[0], mean, sq)  # one pass for all
-        else:
             first, mean, sq, total = R.compute(Xd[0], mean, sq, total)
             V.check_weight_total(total > 0)
         std = np.sqrt(np.maximum(sq - mean**2, 0.0))

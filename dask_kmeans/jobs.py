@@ -635,7 +635,7 @@ def _kmeans(params: Mapping, n_clusters: int):
                                             if k != "n_clusters"})
 
 
-def _check_plot(url: str | None, job: Mapping, values: Sequence[str]) -> None:
+def _check_plot(url: str | None, job: Mapping) -> None:
     """Before any work: matplotlib is there and the PNG may be written."""
     if url:
         from .report import check_plotting
@@ -656,7 +656,7 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         if out[name]:
             _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
                              directory=True)
-    _check_plot(out["plot"], job, values)
+    _check_plot(out["plot"], job)
     src = _open(job)
     if out["labels"]:  # before any work, as write_labels would only after the fit
         check_label_keys(src.key_columns)
@@ -715,7 +715,7 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     names = getattr(km, "feature_names_in_", None)
     src = _open(job, columns=None if names is None else [str(n) for n in names],
                 dtype=km.cluster_centers_.dtype.name)
-    if out["labels"]:  # before any work, as write_labels would only after the fit
+    if out["labels"]:  # before any work, as write_labels would only after the pass
         check_label_keys(src.key_columns)
     logger.info("predict: %d rows of %s with the model at %s", src.n_rows, src.url,
                 strip_credentials(job["model"]))
@@ -765,7 +765,7 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     if out["table"]:
         _refuse_existing(out["table"], _output_options(out["table"], job), out["overwrite"],
                          directory=False)
-    _check_plot(out["plot"], job, values)
+    _check_plot(out["plot"], job)
     ks = parse_k(job["k"])
     src = _open(job)
     if max(ks) > src.n_rows:

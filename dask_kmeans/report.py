@@ -640,10 +640,10 @@ def silhouettes(sample: np.ndarray, labelings: Sequence,
     if not any(ok):
         return [None] * len(labelings)
     if sample.shape[0] ** 2 * 8 > SHARED_DISTANCES_BYTES:
-        return [float(silhouette_score(sample, lab, metric=metric)) if good else None
-                for lab, good in zip(labelings, ok, strict=True)]
-    dist = pairwise_distances(sample, metric=metric)
-    return [float(silhouette_score(dist, lab, metric="precomputed")) if good else None
+        rows, how = sample, metric
+    else:
+        rows, how = pairwise_distances(sample, metric=metric), "precomputed"
+    return [float(silhouette_score(rows, lab, metric=how)) if good else None
             for lab, good in zip(labelings, ok, strict=True)]
 
 
