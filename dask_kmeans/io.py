@@ -951,11 +951,6 @@ def _compute_all(tasks: Sequence) -> tuple:
     return dask.compute(*tasks)
 
 
-def _exists(loc: _Location, path: str, doing: str) -> bool:
-    with _fs_errors(loc.url, loc.secrets, doing):
-        return loc.fs.exists(path)
-
-
 _OVERWRITE_HINT = "pass overwrite=True to replace it"
 
 
@@ -980,32 +975,38 @@ def check_output(url: str | os.PathLike, storage_options: Mapping[str, Any] | No
     _check_writable(_resolve(url, storage_options), overwrite, directory=directory, hint=hint)
 
 
-def _local_blocker(path: str) -> str | None:
-    """Why a local ``path`` cannot be written (a file where a directory must be, or a
-    directory without write permission), or None."""
-    here = path.rstrip("/") or "/"
-    if os.path.exists(here):
-        return None if os.access(here, os.W_OK) else f"{here} is not writable"
-    parent = os.path.dirname(here)
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not parent:
-        return None
-    if not os.path.isdir(parent):
-        return f"{parent} is a file, so {here} cannot be made"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{parent} is not writable"
-    return None
+def _missing_dirs(path: str) -> list[str]:
+    """A local ``path`` and its parents that do not exist, deepest first."""
+    missing = []
+    here = path.rstrip("/")
+    while here and not os.path.exists(here):
+        missing.append(here)
+        parent = os.path.dirname(here)
+        here = parent if parent != here else ""
+    return missing
+
+
+def _refuse_blocked_local(loc: _Location) -> None:
+    """Refuse a local output path that cannot be written: a file where a directory must be
+    made, or a directory without write permission."""
+    here = loc.path.rstrip("/") or "/"
+    missing = _missing_dirs(here)
+    nearest = os.path.dirname(missing[-1]) if missing else here  # what exists of the path
+    if not nearest:
+        return
+    if missing and not os.path.isdir(nearest):
+        raise NotADirectoryError(f"Cannot write {loc.url}: {nearest} is a file, so {here} "
+                                 "cannot be made.")
+    if not os.access(nearest, os.W_OK | os.X_OK if missing else os.W_OK):
+        raise PermissionError(f"Cannot write {loc.url}: {nearest} is not writable.")
 
 
 def _check_writable(loc: _Location, overwrite: bool, *, directory: bool = True,
                     hint: str = _OVERWRITE_HINT) -> None:
     """See :func:`check_output`."""
     fs = loc.fs
-    blocker = _local_blocker(loc.path) if loc.is_local else None
-    if blocker:
-        error = PermissionError if "writable" in blocker else NotADirectoryError
-        raise error(f"Cannot write {loc.url}: {blocker}.")
+    if loc.is_local:
+        _refuse_blocked_local(loc)
     with _fs_errors(loc.url, loc.secrets, "checking"):
         fs.invalidate_cache()
         try:
@@ -1082,11 +1083,7 @@ class _Commit:
         if self.loc.is_local:
             # Object stores have no directories; there, makedirs would create a missing bucket.
             with _fs_errors(self.loc.url, self.loc.secrets, "writing"):
-                path = self.loc.path.rstrip("/")
-                while path and not fs.exists(path):
-                    self.created.append(path)
-                    parent = path.rsplit("/", 1)[0]
-                    path = parent if parent != path else ""
+                self.created = _missing_dirs(self.loc.path)
                 fs.makedirs(self.tmp, exist_ok=True)
         return self
 
