@@ -205,13 +205,22 @@ def assignment(X: da.Array, C: da.Array, sample_weight=None, *, split_every=None
 
 
 def transform_chunk(x, c, offset=(0,), *, metric="euclidean"):
-    """Distances of a chunk's rows to every centre: Euclidean, or ``1 - cos`` (rows of
-    zero norm are refused, naming them by global index from ``offset``)."""
+    """Distances of a chunk's rows to every centre: Euclidean, or ``1 - cos``. Rows with
+    NaN or infinity, and rows of zero norm for cosine, are refused, named by global index
+    from ``offset`` (dask input is not scanned in advance)."""
+    first = int(offset[0])
     scales = None
-    if metric == "cosine":  # the norms serve the check and the distances
+    if metric == "cosine":  # the norms serve the checks and the distances
         scales = K.unit_scales(x)
-        K.refuse_zero_norm(scales == 0, int(offset[0]))
-    d = K.pairwise_sq_distances(x, c, metric, scales)
+        # Rows with NaN or infinity have a scale of 0 or NaN: name them as such first.
+        K.refuse_nonfinite(x, np.where(scales > 0, 0.0, np.nan), first)
+        K.refuse_zero_norm(scales == 0, first)
+    with np.errstate(invalid="ignore", over="ignore"):  # such rows are refused below
+        d = K.pairwise_sq_distances(x, c, metric, scales)
+    if metric != "cosine" and d.shape[1]:
+        # A row's distances are all non-finite exactly when it holds NaN or infinity
+        # (or is too far for float64 squares, which refuse_nonfinite lets through).
+        K.refuse_nonfinite(x, d[:, 0], first)
     return d if metric == "cosine" else np.sqrt(d)
 
 

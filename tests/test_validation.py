@@ -91,7 +91,7 @@ def test_valid_dask_weights_cost_no_extra_compute():
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_predict_and_score_refuse_dask_rows_with_nan_or_inf(metric, bad):
+def test_predict_score_transform_refuse_dask_rows_with_nan_or_inf(metric, bad):
     X = blobs(n=200, d=3, k=2) + 1.0
     km = KMeans(2, random_state=0, metric=metric).fit(X)
     Xn = X.copy()
@@ -105,8 +105,12 @@ def test_predict_and_score_refuse_dask_rows_with_nan_or_inf(metric, bad):
         km.predict(Xd, return_distance=True)[1].compute()
     with pytest.raises(ValueError, match=match):
         km.score(Xd)
+    with pytest.raises(ValueError, match=match):
+        km.transform(Xd).compute()
     with pytest.raises(ValueError, match="NaN|infinity"):  # as NumPy input is refused
         km.predict(Xn)
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        km.transform(Xn)
     # finite rows far enough for their squared distance to overflow are still labelled
     far = np.full((4, 3), 1e200)
     np.testing.assert_array_equal(km.predict(da.from_array(far, chunks=2)).compute(),
