@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -76,24 +77,64 @@ def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:
     return check_init_array(init, n_clusters, X.shape[1], X.dtype)
 
 
+def _count_positive(w):
+    return np.array([np.count_nonzero(w > 0)], dtype=np.int64)
+
+
+def _positive_at(w, ranks, offset):
+    return np.flatnonzero(w > 0)[ranks] + offset
+
+
+def positive_rows(sample_weight: da.Array, size: int, random_state) -> tuple[np.ndarray, int]:
+    """Global indices of the rows of positive weight, or of a uniform sample of ``size`` of
+    them when there are more, sorted; and how many there are. Two passes over the weights
+    alone: their counts per chunk, then the indices; memory in proportion to ``size``.
+
+    Raises
+    ------
+    ValueError
+        If no weight is positive.
+    """
+    nblocks = sample_weight.numblocks[0]
+    (counts,) = compute(sample_weight.map_blocks(
+        _count_positive, chunks=((1,) * nblocks,), dtype=np.int64))
+    total = int(counts.sum())
+    check_weight_total(total)
+    ranks = np.arange(total) if total <= size else K.sample_indices(total, size, random_state)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    offsets = np.concatenate([[0], np.cumsum(sample_weight.chunks[0])])
+    cuts = np.searchsorted(ranks, starts)
+    pieces = [dask.delayed(_positive_at)(block, ranks[cuts[i]:cuts[i + 1]] - starts[i],
+                                         int(offsets[i]))
+              for i, block in enumerate(sample_weight.to_delayed()) if cuts[i + 1] > cuts[i]]
+    return np.concatenate(compute(*pieces)), total
+
+
 def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state,
                     metric: str = "euclidean") -> np.ndarray:
     """Exact greedy k-means++ on the driver; large dask input is sampled first.
 
     k-means++ is sequential (k passes), so it runs in memory on the driver. Dask
     input with more than :data:`KMEANS_PP_MAX_ROWS` rows is reduced to a
-    uniform sample of that many rows, with a warning; ``init="k-means||"``
-    uses every row.
+    uniform sample of that many rows, with a warning; with sample weights, of
+    that many of the rows of positive weight (all of them when there are no
+    more: rows of weight 0 take no part). ``init="k-means||"`` uses every row.
     """
     w = sample_weight
     if isinstance(X, da.Array):
         n = X.shape[0]
         if n > KMEANS_PP_MAX_ROWS:
-            warnings.warn(
-                f"init='k-means++' runs on the driver: it uses a uniform sample of "
-                f"{KMEANS_PP_MAX_ROWS} of the {n} rows. init='k-means||' seeds from all rows "
-                "in a few passes.", UserWarning, stacklevel=4)
-            idx = np.sort(random_state.choice(n, size=KMEANS_PP_MAX_ROWS, replace=False))
+            if w is None:
+                idx, among = K.sample_indices(n, KMEANS_PP_MAX_ROWS, random_state), n
+            else:
+                idx, among = positive_rows(w, KMEANS_PP_MAX_ROWS, random_state)
+            if among > KMEANS_PP_MAX_ROWS:
+                of = f"the {among} rows" if w is None else \
+                    f"the {among} rows of positive sample_weight"
+                warnings.warn(
+                    f"init='k-means++' runs on the driver: it uses a uniform sample of "
+                    f"{KMEANS_PP_MAX_ROWS} of {of}. init='k-means||' seeds from all rows "
+                    "in a few passes.", UserWarning, stacklevel=4)
             X, w = take_rows(X, idx, sample_weight)
         else:
             X, w = compute(X, sample_weight)

@@ -778,6 +778,20 @@ def finalize_centers(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray,
     return new.astype(previous.dtype, copy=False)
 
 
+def sample_indices(n: int, size: int, random_state: np.random.RandomState) -> np.ndarray:
+    """Sorted indices of a uniform sample of ``size`` of ``n`` rows without replacement
+    (``size <= n``), in O(size) memory whatever ``n`` (``RandomState.choice`` without
+    replacement permutes all ``n``)."""
+    if size > n // 4:
+        return np.sort(random_state.choice(n, size=size, replace=False))
+    # Draw with replacement until there are enough distinct rows, then keep a random
+    # subset of them: every subset of `size` rows is equally likely.
+    distinct = np.unique(random_state.randint(0, n, size=size + size // 8 + 16))
+    while distinct.size < size:
+        distinct = np.union1d(distinct, random_state.randint(0, n, size=size))
+    return np.sort(random_state.choice(distinct, size=size, replace=False))
+
+
 # -- k-means|| ---------------------------------------------------------------
 
 

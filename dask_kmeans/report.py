@@ -519,17 +519,11 @@ def _sample_indices(n: int, size: int, random_state) -> np.ndarray | None:
     or None when every row is kept. Memory is O(size), whatever ``n``."""
     from sklearn.utils import check_random_state
 
+    from ._kernels import sample_indices
+
     if size >= n:
         return None
-    rng = check_random_state(random_state)
-    if size > n // 4:
-        return np.sort(rng.choice(n, size=size, replace=False))
-    # Draw with replacement until there are enough distinct rows, then keep a random
-    # subset of them: every subset of `size` rows is equally likely.
-    distinct = np.unique(rng.randint(0, n, size=size + size // 8 + 16))
-    while distinct.size < size:
-        distinct = np.union1d(distinct, rng.randint(0, n, size=size))
-    return np.sort(rng.choice(distinct, size=size, replace=False))
+    return sample_indices(n, size, check_random_state(random_state))
 
 
 def _sample(arrays: Sequence, max_points: int, random_state) -> list[np.ndarray]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 
 import dask
@@ -243,6 +244,55 @@ def test_kmeans_plusplus_samples_large_dask_input_with_a_warning(X, monkeypatch)
         km = KMeans(12, init="k-means++", random_state=0, max_iter=2).fit(
             da.from_array(X, chunks=4000))
     assert km.cluster_centers_.shape == (12, 5)
+
+
+def test_kmeans_plusplus_on_large_weighted_dask_input_samples_rows_of_positive_weight(
+        X, monkeypatch):
+    """Rows of weight 0 take no part: when no more than the sample's size have a positive
+    weight, all of them are used, no warning, and the centres are NumPy's; weights all 0
+    get the clear error (a uniform sample used to hold no row of positive weight and fail
+    with "probabilities contain NaN")."""
+    monkeypatch.setattr(_init, "KMEANS_PP_MAX_ROWS", 5000)
+    w = np.zeros(len(X))
+    w[np.random.default_rng(3).choice(len(X), 300, replace=False)] = 2.5
+    Xd, wd = da.from_array(X, chunks=3000), da.from_array(w, chunks=4000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        C = _init.kmeans_plusplus(Xd, wd, 12, check_random_state(0))
+    np.testing.assert_array_equal(C, K.kmeans_plusplus(X, 12, check_random_state(0), w))
+    with pytest.raises(ValueError, match="at least one non-zero"):
+        KMeans(12, init="k-means++", random_state=0).fit(Xd, sample_weight=np.zeros(len(X)))
+    with pytest.raises(ValueError, match="at least one non-zero"):
+        _init.kmeans_plusplus(Xd, da.zeros(len(X), chunks=4000), 12, check_random_state(0))
+    w[:6000] = 1.0  # more rows of positive weight than the sample holds
+    match = f"sample of 5000 of the {np.count_nonzero(w)} rows of positive sample_weight"
+    with pytest.warns(UserWarning, match=match):
+        C = _init.kmeans_plusplus(Xd, da.from_array(w, chunks=4000), 12, check_random_state(0))
+    assert C.shape == (12, 5) and {tuple(r) for r in C} <= {tuple(r) for r in X[w > 0]}
+
+
+def test_positive_rows_sample_is_uniform_and_bounded():
+    w = np.zeros(10_000)
+    w[::3] = 1.0
+    idx, total = _init.positive_rows(da.from_array(w, chunks=700), 500, check_random_state(1))
+    assert total == 3334 and idx.shape == (500,) and np.all(np.diff(idx) > 0)
+    assert np.all(w[idx] > 0)
+    idx, total = _init.positive_rows(da.from_array(w, chunks=700), 5000, check_random_state(1))
+    np.testing.assert_array_equal(idx, np.flatnonzero(w))
+    # memory in proportion to the sample, not to the rows (choice without replacement
+    # would permute all 10**12)
+    big = K.sample_indices(10**12, 1000, check_random_state(0))
+    assert big.shape == (1000,) and np.all(np.diff(big) > 0) and big[-1] < 10**12
+    # uniform: every row of positive weight is about as likely (n=200 samples of 10 of 40)
+    w2 = np.zeros(60)
+    w2[::3] = 1.0
+    w2[:10] = 1.0
+    wd2 = da.from_array(w2, chunks=7)
+    hits = np.zeros(len(w2))
+    for seed in range(200):
+        hits[_init.positive_rows(wd2, 6, check_random_state(seed))[0]] += 1
+    # 24 rows of positive weight, 6 drawn 200 times: each row ~50 times
+    assert hits[w2 == 0].sum() == 0 and 25 < hits[w2 > 0].min() and hits[w2 > 0].max() < 80
 
 
 @pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
