@@ -393,11 +393,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             mean, sq = x64.mean(axis=0), (x64**2).mean(axis=0)
             first, mean, sq = R.compute(Xd[0], mean, sq)  # one pass for all
         else:
-            total = wd.sum()
-            mean = (x64 * wd[:, None]).sum(axis=0) / total
-            sq = (x64**2 * wd[:, None]).sum(axis=0) / total
-            first, mean, sq, total = R.compute(Xd[0], mean, sq, total)
+            # Divided on the driver once the total is known to be positive (no warning
+            # from the workers before the error when every weight is 0).
+            first, s1, s2, total = R.compute(Xd[0], (x64 * wd[:, None]).sum(axis=0),
+                                             (x64**2 * wd[:, None]).sum(axis=0), wd.sum())
             V.check_weight_total(total > 0)
+            mean, sq = s1 / total, s2 / total
         std = np.sqrt(np.maximum(sq - mean**2, 0.0))
         self.feature_mean_ = first.astype(np.float64) + mean
         self.feature_scale_ = np.where(std > 0, std, 1.0)

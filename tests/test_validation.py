@@ -51,7 +51,7 @@ def test_dask_weights_are_checked_as_numpy_weights_are(case, params):
     params = {**params, "init": X[[0, 150, 299]]} if params["init"] == "array" else params
     Xd = da.from_array(X, chunks=70)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("error", RuntimeWarning)  # the error alone, no warning first
         with pytest.raises(ValueError, match=match):
             KMeans(3, random_state=0, **params).fit(Xd, sample_weight=da.from_array(w, chunks=70))
     # NumPy X with dask weights: checked at once, with NumPy's messages
