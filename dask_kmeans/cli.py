@@ -10,7 +10,6 @@ never with a credential in them.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -145,27 +144,10 @@ def _require_persistent(target: dict[str, Any], command: str) -> None:
             f"(a '{kind}' cluster started here would stop with it)", 2)
 
 
-def _explicit_timeout(target: dict[str, Any]) -> dict[str, Any]:
-    """``target`` with the cluster config's own timeout cleared, so that connect uses the
-    one given on the command line (connect lets a config's timeout win over its argument)."""
-    config = target.get("config_or_path")
-    if config is None:
-        return target
-    config = copy.deepcopy(config if isinstance(config, dict) else load_cluster_config(config))
-    opts = config["cluster"][config["cluster"]["kind"]]
-    if opts.get("timeout") is not None:
-        opts["timeout"] = None
-    return {**target, "config_or_path": config}
-
-
 @contextlib.contextmanager
 def _connected(target: dict[str, Any], timeout: str | None) -> Iterator[Any]:
     """Connect to ``target``; an explicit ``timeout`` (--timeout) wins over a config's."""
-    if timeout is None:
-        context = connect(**target)  # the config's timeout, else connect's default (10s)
-    else:
-        context = connect(**_explicit_timeout(target), timeout=timeout)
-    with context as client:
+    with connect(**target, timeout=timeout) as client:
         yield client
 
 

@@ -356,7 +356,8 @@ def _config_for(config_or_path, scheduler) -> dict:
 
 @contextmanager
 def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = None, *,
-            scheduler: str | None = None, timeout: str | float = "10s") -> Iterator[Client]:
+            scheduler: str | None = None, timeout: str | float | None = None,
+            ) -> Iterator[Client]:
     """Start or reach a Dask cluster and yield a `distributed.Client` connected to it.
 
     On exit the client is closed, and so is the cluster if this call started it (a local,
@@ -371,10 +372,10 @@ def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = 
     scheduler : str, optional
         Address of a running scheduler, like ``"tcp://10.0.0.5:8786"``; the same as a
         config of kind ``scheduler``.
-    timeout : str or float, default="10s"
+    timeout : str, float or None, default=None
         How long the client tries to reach the scheduler, as a duration string or seconds.
-        The ``timeout`` option of a ``scheduler`` or ``tls`` config, when set, takes
-        precedence.
+        None: the ``timeout`` option of a ``scheduler`` or ``tls`` config when it sets one,
+        else ``"10s"``. Given here, it wins over the config's.
 
     Yields
     ------
@@ -399,14 +400,14 @@ def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = 
     ...     client.submit(sum, [1, 2, 3]).result()
     6
     """
-    if not ((isinstance(timeout, str) or S.is_number(timeout))
-            and S.parses(parse_timedelta, timeout)):
+    if timeout is not None and not ((isinstance(timeout, str) or S.is_number(timeout))
+                                    and S.parses(parse_timedelta, timeout)):
         raise ValueError(f"timeout must be a duration like '10s' or a number of seconds > 0, "
                          f"got {timeout!r}")
     config = _config_for(config_or_path, scheduler)
     kind = config["cluster"]["kind"]
     opts = config["cluster"][kind]
-    if opts.get("timeout") is not None:
-        timeout = opts["timeout"]
+    if timeout is None:
+        timeout = "10s" if opts.get("timeout") is None else opts["timeout"]
     with ExitStack() as stack:
         yield _CONNECT[kind](opts, timeout, stack)

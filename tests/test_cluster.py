@@ -495,16 +495,18 @@ def test_throwaway_certificates_load(make, tmp_path):
     ctx.load_cert_chain(str(files["cert"]), str(files["key"]))
 
 
-@pytest.mark.parametrize("via", ["argument", "config"])
+@pytest.mark.parametrize("via", ["argument", "config", "both"])
 def test_unreachable_scheduler_fails_within_the_timeout(via, tmp_path):
+    """The timeout given to connect wins; else the config's; else 10 s."""
     address = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
     if via == "argument":
         context, timeout = connect(scheduler=address, timeout="1.5s"), "1.5s"
     else:
         path = tmp_path / "scheduler.yaml"
         path.write_text(yaml.safe_dump({"cluster": {"kind": "scheduler", "scheduler": {
-            "address": address, "timeout": 1}}}))
-        context, timeout = connect(path, timeout="60s"), "1 s"
+            "address": address, "timeout": 1 if via == "config" else 60}}}))
+        context, timeout = ((connect(path), "1 s") if via == "config"
+                            else (connect(path, timeout="1.5s"), "1.5s"))
     start = time.monotonic()
     with pytest.raises(ClusterError) as info:
         with context:
