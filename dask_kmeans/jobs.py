@@ -299,6 +299,42 @@ _SWEEP_REFUSES = {
 }
 
 
+def _refuse_ignored(job: Mapping[str, Any], errors: list) -> None:
+    """Refuse a fit's keys that another key's value would leave without effect.
+
+    Checked on the validated values, so a value equal to the default passes (it changes
+    nothing, and a spec validated once, defaults filled in, validates again); keys
+    already reported as wrong are left to that report.
+    """
+    if job.get("kind") != "fit":
+        return
+    bad = {path for path, _ in errors}
+    params = job.get("params") if isinstance(job.get("params"), dict) else {}
+    out = job.get("output") if isinstance(job.get("output"), dict) else {}
+    defaults = param_defaults()
+    init = params.get("init")
+    if init is not None and init != "k-means||" and "job.params.init" not in bad:
+        for name in ("oversampling_factor", "init_rounds"):
+            path = f"job.params.{name}"
+            if path not in bad and params.get(name, defaults[name]) != defaults[name]:
+                errors.append((path, f"applies to init k-means|| only; with init {init} it "
+                                     f"would be ignored: remove {name}, or use init "
+                                     "k-means||"))
+    if (params.get("resume") and params.get("checkpoint") is None
+            and not {"job.params.resume", "job.params.checkpoint"} & bad):
+        errors.append(("job.params.resume", "continues a fit from params.checkpoint, but "
+                                            "params.checkpoint is null, so it would be "
+                                            "ignored: set params.checkpoint to a directory, "
+                                            "or remove resume"))
+    if (out.get("plot_features") is not None and out.get("plot") is None
+            and not {"job.output.plot_features", "job.output.plot"} & bad):
+        errors.append(("job.output.plot_features", "chooses the axes of the output.plot "
+                                                   "scatter, but output.plot is null, so it "
+                                                   "would be ignored: set output.plot to a "
+                                                   "PNG file, or remove "
+                                                   "output.plot_features"))
+
+
 def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None,
                  source: str | None = None) -> dict[str, Any]:
     """Check a job spec against the schema and fill in the defaults.
@@ -324,7 +360,11 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
     ------
     JobSpecError
         Listing every problem with the dotted path of the key at fault, like
-        ``job.params.n_clusters: expected an int >= 1, got 'eight'``.
+        ``job.params.n_clusters: expected an int >= 1, got 'eight'``. A fit's key that
+        another key would leave without effect is a problem too: ``output.plot_features``
+        without ``output.plot``, ``params.resume: true`` without ``params.checkpoint``, and
+        an ``oversampling_factor`` or ``init_rounds`` other than the default with an
+        ``init`` other than ``k-means||``.
 
     Examples
     --------
@@ -355,6 +395,8 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
                 parse_k(k)
             except ValueError as exc:
                 errors.append(("job.k", str(exc)))
+        # No parameter accepted and ignored: the same rule as the fit command's options.
+        _refuse_ignored(job, errors)
     if errors:
         raise JobSpecError(errors, source)
     return out

@@ -561,6 +561,33 @@ def test_options_that_would_be_ignored_are_refused(data, args, named):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_job_keys_that_would_be_ignored_are_refused(data, tmp_path, command):
+    """A job's output.plot_features without output.plot was accepted and the fit drew no
+    scatter, where fit --plot-features without --plot is refused; so were params.resume
+    without a checkpoint and the k-means|| options with another init."""
+    out = tmp_path / "out"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "fit", "input": {"url": data["url"], "columns": FEATURES},
+        "params": {"n_clusters": 2}, "output": {"model": str(out / "model"),
+                                                "plot_features": ["age", "income"]}}}))
+    line = one_line_error(invoke(command, job, "--cluster", data["config"])
+                          if command == "run" else invoke(command, job), 2)
+    assert line == (f"Error: {job}: job.output.plot_features: chooses the axes of the "
+                    "output.plot scatter, but output.plot is null, so it would be ignored: "
+                    "set output.plot to a PNG file, or remove output.plot_features")
+    for setting, named in (("params.resume=true", ("job.params.resume", "params.checkpoint")),
+                           ("params.init=random", ("job.params.init_rounds", "init random"))):
+        extra = ["--set", "params.init_rounds=3"] if "init" in setting else []
+        result = invoke(command, job, "--set", "output.plot_features=null", "--set", setting,
+                        *extra)
+        line = one_line_error(result, 2)
+        for name in named:
+            assert name in line, line
+    assert not out.exists() and result.stdout == ""
+
+
 def test_resume_without_a_checkpoint_is_refused(data, tmp_path):
     """run --resume on a job without params.checkpoint resumed nothing and said nothing."""
     fit = tmp_path / "fit.yaml"

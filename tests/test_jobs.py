@@ -109,6 +109,19 @@ BAD = [
     ("sweep seed too large", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
                                       "params": {"random_state": 99999999999}}},
      "job.params.random_state", "<= 4294967295"),
+    # Accepted, then ignored: no scatter, no resume, and random or k-means++ never reads
+    # the k-means|| options (the fit command refused the same as options already).
+    ("plot_features without plot", fit_spec("d", output={"plot_features": ["a", "b"]}),
+     "job.output.plot_features", "chooses the axes of the output.plot scatter, but "
+                                 "output.plot is null, so it would be ignored"),
+    ("resume without checkpoint", fit_spec("d", params={"n_clusters": 2, "resume": True}),
+     "job.params.resume", "params.checkpoint is null, so it would be ignored"),
+    *[(f"{name} with init {init}", fit_spec("d", params={"n_clusters": 2, "init": init,
+                                                         name: value}),
+       f"job.params.{name}", f"applies to init k-means|| only; with init {init} it would be "
+                             f"ignored: remove {name}")
+      for name, value, init in (("oversampling_factor", 4, "random"),
+                                ("init_rounds", 2, "k-means++"))],
     ("k item", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2, 0],
                         "output": {"table": "t"}}}, "job.k[1]", "expected an int >= 1, got 0"),
     ("k text", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": "two to five",
@@ -139,6 +152,37 @@ def test_bad_spec_names_the_path(spec, path, message):
     assert path in problems, info.value.errors
     assert message in problems[path]
     assert f"{path}: {problems[path]}" in str(info.value)
+
+
+def test_keys_that_matter_only_with_another_are_accepted_with_it():
+    """The refusals of keys that would be ignored (see BAD) leave alone the same keys where
+    they take effect, a default value (it changes nothing), and a spec validated once,
+    whose defaults are filled in, when it is validated again."""
+    specs = [
+        fit_spec("d", output={"plot": "c.png", "plot_features": ["a", "b"]}),
+        fit_spec("d", params={"n_clusters": 2, "checkpoint": "ck", "resume": True}),
+        fit_spec("d", params={"n_clusters": 2, "checkpoint": "ck", "resume": False}),
+        fit_spec("d", params={"n_clusters": 2, "resume": False}),
+        fit_spec("d", params={"n_clusters": 2, "oversampling_factor": 4, "init_rounds": 2}),
+        fit_spec("d", params={"n_clusters": 2, "init": "random", "oversampling_factor": 2,
+                              "init_rounds": 5}),
+        fit_spec("d", params={"n_clusters": 2, "init": "k-means++"}),
+        {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
+                 "params": {"oversampling_factor": 4, "init_rounds": 2}}},
+    ]
+    for spec in specs:
+        once = validate_job(spec)
+        assert validate_job(once) == once
+
+
+def test_a_key_that_would_be_ignored_is_reported_with_the_other_problems():
+    spec = fit_spec("d", params={"n_clusters": "two", "init": "random", "init_rounds": 3},
+                    output={"plot": 5, "plot_features": ["a", "b"]})
+    with pytest.raises(JobSpecError) as info:
+        validate_job(spec)
+    # output.plot is wrong already: plot_features is not blamed for it.
+    assert [p for p, _ in info.value.errors] == [
+        "job.params.n_clusters", "job.output.plot", "job.params.init_rounds"]
 
 
 def test_every_problem_is_reported_at_once():
