@@ -169,6 +169,12 @@ def _connected(target: dict[str, Any], timeout: str | None) -> Iterator[Any]:
         yield client
 
 
+#: How --set and --storage-option type a value (jobs.parse_value), for their --help.
+_VALUE_HELP = ("true/false, null and plain numbers are typed, [a, b] is a list; a value in "
+               "quotes is the exact text inside, like '2024' (for the shell: "
+               "\"KEY='2024'\").")
+
+
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for text in pairs:
@@ -439,7 +445,8 @@ def _data_options(f: Callable) -> Callable:
                      help="Rows with NaN, inf or null features: stop, or skip them."),
         click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
                      help="fsspec option for the input (and outputs on the same storage); "
-                          "repeat. Dotted keys nest: client_kwargs.region_name=eu-west-1."),
+                          "repeat. Dotted keys nest: client_kwargs.region_name=eu-west-1. "
+                          + _VALUE_HELP),
         click.option("--oversampling-factor", type=click.FloatRange(min=0, min_open=True),
                      callback=_finite, default=None, metavar="X",
                      help="k-means||: rows sampled per round, as a multiple of K. Default: 2."),
@@ -543,7 +550,7 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
               show_default=True, help="Rows with NaN, inf or null features: stop, or skip them.")
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
               help="fsspec option for the input (and the model and output on the same "
-                   "storage); repeat.")
+                   "storage); repeat. " + _VALUE_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace labels already there.")
 @_json_option
 @_cluster_options
@@ -626,7 +633,8 @@ def sweep(input_url, ks, keys, columns, max_iter, tol, seed, metric, standardize
 
 def _set_option(f: Callable) -> Callable:
     return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                        help="Override a key of the job, like params.n_clusters=5; repeat.")(f)
+                        help="Override a key of the job, like params.n_clusters=5; repeat. "
+                             + _VALUE_HELP)(f)
 
 
 @main.command()

@@ -161,11 +161,16 @@ for _tag, _pattern, _first in (
 def parse_value(text: str) -> Any:
     """A command-line value, typed conservatively.
 
-    ``true``/``false`` (any case) are bools, ``null`` (any case) is None, plain decimal
-    integers without leading zeros are ints, plain decimal floats (``1.5``, ``1e-4``) are
-    floats, and a value starting with ``[`` or ``{`` is a YAML flow list or mapping (whose
-    items follow the same rule). Anything else is the exact string given: ``0123``,
-    ``12:30:00``, ``2024_01``, ``ab #cd``, ``no`` and ``""`` stay strings.
+    A value wrapped in a matching pair of single or double quotes (``'2024'``,
+    ``"true"``) is the exact string inside, typed no further: the way to give text that
+    would otherwise be a number, a bool or null (``''x''`` is ``'x'``; no escapes).
+    Otherwise ``true``/``false`` (any case) are bools, ``null`` (any case) is None, plain
+    decimal integers without leading zeros are ints, plain decimal floats (``1.5``,
+    ``1e-4``) are floats, and a value starting with ``[`` or ``{`` is a YAML flow list or
+    mapping, whose items follow the same rule, except that a quoted item is YAML's quoted
+    scalar (in ``"..."`` a backslash starts an escape; in ``'...'`` write ``''`` for
+    ``'``). Anything else is the exact string given: ``0123``, ``12:30:00``, ``2024_01``,
+    ``ab #cd``, ``no`` and an empty value stay strings.
 
     Raises
     ------
@@ -176,7 +181,11 @@ def parse_value(text: str) -> Any:
     --------
     >>> [parse_value(v) for v in ["True", "null", "5", "-1e-4", "0123", "no", "[2, 4]"]]
     [True, None, 5, -0.0001, '0123', 'no', [2, 4]]
+    >>> [parse_value(v) for v in ["'2024'", '"true"', "''", "['2024', ' sp', 'a,b', c]"]]
+    ['2024', 'true', '', ['2024', ' sp', 'a,b', 'c']]
     """
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
     if _BOOL.fullmatch(text):
         return text.lower() == "true"
     if _NULL.fullmatch(text):
@@ -427,6 +436,8 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[list[str], Any]:
     (['params', 'tol'], 0.0001)
     >>> parse_assignment("password=0123", "--storage-option")
     (['password'], '0123')
+    >>> parse_assignment("profile='2024'", "--storage-option")
+    (['profile'], '2024')
     """
     what = f"{option} {text.split('=', 1)[0].strip()}"
     key, sep, raw = text.partition("=")
@@ -447,7 +458,8 @@ def apply_overrides(spec: Mapping[str, Any], overrides: Sequence[str] = ()) -> d
 
     Paths are relative to ``job`` (a leading ``job.`` is allowed); missing mappings on the
     way are created. Values are typed by :func:`parse_value`: ``5`` is an int, ``1e-4`` a
-    float, ``true`` a bool, ``[2, 4]`` a list, ``null`` None, and anything else a string.
+    float, ``true`` a bool, ``[2, 4]`` a list, ``null`` None, a quoted value like ``'5'``
+    the string inside, and anything else a string.
 
     Examples
     --------

@@ -684,6 +684,32 @@ def test_dask_kmeans_is_a_dask_subcommand():
                                       text=True, timeout=120).stdout
 
 
+def test_a_quoted_value_of_set_or_storage_option_is_text(data, tmp_path):
+    """profile=2024 or output.model=2024 became the int 2024, with no way to say text."""
+    from dask_kmeans.cli import _storage_options
+
+    assert _storage_options(["profile='2024'", 'region="1"', "retries=3", "anon=true",
+                             "client_kwargs.region_name='eu-west-1'"]) == {
+        "profile": "2024", "region": "1", "retries": 3, "anon": True,
+        "client_kwargs": {"region_name": "eu-west-1"}}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "fit", "input": {"url": data["url"]}, "params": {"n_clusters": 2},
+        "output": {}}}))
+    line = one_line_error(invoke("validate", job, "--set", "output.model=2024"), 2)
+    assert line == (f"Error: {job}: job.output.model: expected a non-empty string or null, "
+                    "got 2024; to give it as text, write it in quotes: '2024'")
+    result = invoke("validate", job, "--set", "output.model='2024'",
+                    "--set", "input.storage_options.profile=\"2024\"")
+    assert result.exit_code == 0, result.stderr
+    for command, option in (("fit", "--storage-option"), ("predict", "--storage-option"),
+                            ("sweep", "--storage-option"), ("run", "--set"),
+                            ("submit", "--set"), ("validate", "--set")):
+        text = " ".join(invoke(command, "--help").stdout.split())
+        assert "a value in quotes is the exact text inside, like '2024'" in text, command
+        assert option in text
+
+
 def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"dask-kmeans, version {dk.__version__}"
     assert "--storage-option KEY=VALUE" in invoke("fit", "--help").stdout
