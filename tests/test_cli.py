@@ -379,6 +379,80 @@ def test_dashboard_link_only_when_a_dashboard_answers():
         assert client.dashboard_link and dashboard_link(client) is None
 
 
+def test_column_names_with_a_comma_or_spaces_at_the_ends(data, tmp_path):
+    """--columns, --key and --plot-features split on commas and strip spaces, so the
+    columns " sp" and "a,b" could not be named (" sp" silently became "sp")."""
+    X = blobs(n=600, d=3, k=2, seed=3)
+    frame = pd.DataFrame({"id, region": np.arange(600), " sp": X[:, 0], "a,b": X[:, 1],
+                          "sp": X[:, 2]})
+    (tmp_path / "in").mkdir()
+    frame.to_parquet(tmp_path / "in" / "part-0.parquet", index=False)
+    url, out, names = str(tmp_path / "in"), tmp_path / "out", [" sp", "a,b"]
+    cluster = ("--cluster", data["config"], "--json", "--no-progress")
+
+    result = invoke("fit", url, "--k", 2, "--seed", 0, "--columns", "[' sp', 'a,b']",
+                    "--key", "'id, region'", "--output", out / "model",
+                    "--labels", out / "labels", "--plot", out / "k2.png",
+                    "--plot-features", '["a,b", " sp"]', *cluster)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["features"] == names
+    ref = dk.KMeans(2, random_state=0).fit(dk.open_parquet(url, names))
+    np.testing.assert_allclose(dk.load(str(out / "model")).cluster_centers_,
+                               ref.cluster_centers_, rtol=1e-7)
+    labels = dk.read_labels(str(out / "labels")).compute()
+    assert list(labels.columns) == ["id, region", "cluster", "distance"]
+    np.testing.assert_array_equal(labels["cluster"], ref.labels_)
+    png_size(out / "k2.png")
+
+    result = invoke("predict", out / "model", url, "--output", out / "predicted",
+                    "--key", "['id, region']", "--columns", '[" sp", "a,b"]',
+                    *cluster)
+    assert result.exit_code == 0, result.stderr
+    again = dk.read_labels(str(out / "predicted")).compute()
+    assert list(again.columns) == ["id, region", "cluster", "distance"]
+    np.testing.assert_array_equal(again["cluster"], labels["cluster"])
+
+    result = invoke("sweep", url, "--k", "2,3", "--columns", "[' sp', 'a,b']", "--no-plot",
+                    "--key", "'id, region'", *cluster)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["features"] == names
+    # Plain names, comma-separated, as before: the spaces around a name are dropped.
+    result = invoke("sweep", url, "--k", "2", "--columns", " sp ,", "--no-plot", *cluster)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["features"] == ["sp"]
+
+
+def test_column_options_read_commas_quotes_and_lists():
+    from dask_kmeans.cli import _names
+
+    assert _names(None) is None and _names(()) is None and _names("") is None
+    assert _names(" age, income ,") == ["age", "income"]
+    assert _names(("id", "a, b")) == ["id", "a", "b"]
+    assert _names(("' sp'", '"a,b"', "['c, d', ' e ', f]", "g,h")) == [
+        " sp", "a,b", "c, d", " e ", "f", "g", "h"]
+    assert _names("['2024', 'true', \"null\"]") == ["2024", "true", "null"]
+    assert _names("[]") is None
+    assert _names("'a,b") == ["'a", "b"], "no matching pair: plain names"
+
+
+@pytest.mark.parametrize("option, value, wanted", [
+    ("--columns", "[age, 2024]", "holds 2024, which is not text: give names, quoting one "
+                                 "that looks like a number"),
+    ("--columns", "[age, null]", "holds null, which is not text"),
+    ("--key", "[[a, b]]", "holds a list"),
+    ("--columns", "['']", "holds an empty name"),
+    ("--columns", "[age, income", "starts with [ but is not a YAML flow list"),
+    ("--plot-features", "[age, true]", "holds true, which is not text"),
+])
+def test_a_bad_list_of_column_names_is_a_usage_error(data, option, value, wanted):
+    extra = ("--plot", "p.png") if option == "--plot-features" else ()
+    result = invoke("fit", data["url"], "--k", 2, option, value, *extra,
+                    "--cluster", data["config"])
+    assert result.exit_code == 2 and result.stdout == "", result.stderr
+    text = " ".join(result.stderr.split())
+    assert f"Invalid value for '{option}'" in text and wanted in text, text
+
+
 # --------------------------------------------------------------------------- run, validate
 
 
