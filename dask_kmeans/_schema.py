@@ -252,6 +252,12 @@ def walk(node: dict, value: Any, path: str, errors: list) -> Any:
             and valid_leaf(node, value):
         return value
     hint = suggest(value, node["choices"]) if isinstance(value, str) and "choices" in node else ""
+    if kind == "str" and "choices" not in node and "pattern" not in node \
+            and (is_number(value) or isinstance(value, bool)):
+        # YAML and the command line read 2024 or true as a number or a bool. Turning it
+        # back into text is not always what was written (YAML's 0123 is 83, 1.50 is 1.5),
+        # so it is refused, saying how to write text.
+        hint = f"; to give it as text, write it in quotes: '{show(value)}'"
     errors.append((path, f"expected {expected(node)}, got {show(value)}{hint}"))
     return None
 

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
+import yaml
 from dask.utils import parse_timedelta
 
 from . import __version__, jobs
 from ._progress import listening
-from ._schema import SchemaError
+from ._schema import SchemaError, show
 from .cluster import ClusterConfigUnreadable, ClusterError, connect, load_cluster_config
 
 #: What each exit code means.
@@ -151,6 +152,12 @@ def _connected(target: dict[str, Any], timeout: str | None) -> Iterator[Any]:
         yield client
 
 
+#: How --set and --storage-option type a value (jobs.parse_value), for their --help.
+_VALUE_HELP = ("true/false, null and plain numbers are typed, [a, b] is a list; a value in "
+               "quotes is the exact text inside, like '2024' (for the shell: "
+               "\"KEY='2024'\").")
+
+
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for text in pairs:
@@ -165,12 +172,48 @@ def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _names(values: Sequence[str] | str | None) -> list[str] | None:
+#: How --columns, --key and --plot-features take a name that a comma list cannot hold.
+_NAMES_HELP = ("A name with a comma or spaces at its ends goes in quotes (\"'a,b'\" for "
+               "the shell), or the value is a list like \"[' sp', 'a,b', c]\".")
+
+
+def _names(values: Sequence[str] | str | None, option: str = "--columns") -> list[str] | None:
+    """Column names from the occurrences of a column option, None when there are none.
+
+    An occurrence is names separated by commas, spaces around each dropped; or, read by
+    `dask_kmeans.jobs.parse_value`, one name in quotes (``'a,b'``, exact) or a YAML flow
+    list (``[' sp', 'a,b', age]``), whose items are exact names.
+    """
     if not values:
         return None
     items = [values] if isinstance(values, str) else list(values)
-    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    names: list[str] = []
+    for item in items:
+        quoted = len(item) >= 2 and item[0] == item[-1] and item[0] in "'\""
+        if not (quoted or item.lstrip().startswith("[")):
+            names.extend(n.strip() for n in item.split(",") if n.strip())
+            continue
+        try:
+            value = jobs.parse_value(item)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise click.BadParameter(f"{item!r} starts with [ but is not a YAML flow list of "
+                                     f"names ({problem}), like \"[' sp', 'a,b']\"",
+                                     param_hint=f"'{option}'") from None
+        for name in [value] if isinstance(value, str) else value:
+            if not isinstance(name, str) or not name:
+                what = ("an empty name" if name == "" else "a list" if isinstance(name, list)
+                        else "a mapping" if isinstance(name, dict) else
+                        f"{show(name)}, which is not text")
+                raise click.BadParameter(f"{item!r} holds {what}: give names, quoting one "
+                                         "that looks like a number, true, false or null, "
+                                         "like '2024'", param_hint=f"'{option}'")
+            names.append(name)
     return names or None
+
+
+def _column_names(ctx, param, value):
+    return _names(value, param.opts[0])
 
 
 # --------------------------------------------------------------------------- output
@@ -398,8 +441,9 @@ def _finite(ctx, param, value):
 def _data_options(f: Callable) -> Callable:
     """Options shared by fit and sweep: the features, how they are read, the K-means params."""
     options = [
-        click.option("--columns", help="Comma-separated feature columns. Default: every "
-                                       "numeric column that is not a key."),
+        click.option("--columns", callback=_column_names, metavar="A,B,...",
+                     help="Comma-separated feature columns. Default: every numeric column "
+                          "that is not a key. " + _NAMES_HELP),
         click.option("--max-iter", type=click.IntRange(min=1), default=_DEFAULTS["max_iter"],
                      show_default=True, help="Maximum Lloyd iterations."),
         click.option("--tol", type=click.FloatRange(min=0), default=_DEFAULTS["tol"],
@@ -421,7 +465,8 @@ def _data_options(f: Callable) -> Callable:
                      help="Rows with NaN, inf or null features: stop, or skip them."),
         click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
                      help="fsspec option for the input (and outputs on the same storage); "
-                          "repeat. Dotted keys nest: client_kwargs.region_name=eu-west-1."),
+                          "repeat. Dotted keys nest: client_kwargs.region_name=eu-west-1. "
+                          + _VALUE_HELP),
         click.option("--oversampling-factor", type=click.FloatRange(min=0, min_open=True),
                      callback=_finite, default=None, metavar="X",
                      help="k-means||: rows sampled per round, as a multiple of K. Default: 2."),
@@ -436,7 +481,7 @@ def _data_options(f: Callable) -> Callable:
 def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_iter, tol, seed,
                metric, standardize, oversampling_factor, init_rounds) -> tuple[dict, dict]:
     """The ``input`` and ``params`` entries of a job spec from :func:`_data_options`."""
-    inp = {"url": input_url, "columns": _names(columns), "key_columns": _names(keys) or [],
+    inp = {"url": input_url, "columns": columns, "key_columns": keys or [],
            "dtype": dtype, "missing": missing,
            "storage_options": _storage_options(storage_options)}
     params = {"max_iter": max_iter, "tol": tol, "random_state": seed, "metric": metric,
@@ -452,8 +497,9 @@ def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_it
 @click.argument("input_url")
 @click.option("--k", "n_clusters", type=click.IntRange(min=1), required=True,
               help="Number of clusters.")
-@click.option("--key", "keys", multiple=True, metavar="COLUMN",
-              help="Key column copied next to each label; repeat or comma-separate.")
+@click.option("--key", "keys", multiple=True, metavar="COLUMN", callback=_column_names,
+              help="Key column copied next to each label; repeat or comma-separate. "
+                   + _NAMES_HELP)
 @click.option("--init", type=click.Choice(["k-means||", "k-means++", "random"]),
               default=_DEFAULTS["init"], show_default=True, help="Initialisation.")
 @click.option("--n-init", type=click.IntRange(min=1), default=None,
@@ -468,8 +514,9 @@ def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_it
                    "written as profile.csv and profile.md into the model directory.")
 @click.option("--plot", "plot_url", metavar="FILE.png",
               help="Write a scatter of a sample of rows coloured by cluster (needs matplotlib).")
-@click.option("--plot-features", metavar="X,Y",
-              help="The two features on the scatter's axes. Default: a PCA projection.")
+@click.option("--plot-features", metavar="X,Y", callback=_column_names,
+              help="The two features on the scatter's axes. Default: a PCA projection. "
+                   + _NAMES_HELP)
 @click.option("--overwrite", is_flag=True,
               help="Replace a model, labels or plot already there.")
 @_json_option
@@ -505,7 +552,7 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
     spec = {"job": {
         "kind": "fit", "input": inp, "params": params,
         "output": {"model": model_url, "labels": labels_url, "profile": profile,
-                   "plot": plot_url, "plot_features": _names(plot_features),
+                   "plot": plot_url, "plot_features": plot_features,
                    "overwrite": overwrite},
     }}
     _remember_secrets(spec)
@@ -518,14 +565,16 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
 @click.argument("input_url")
 @click.option("--output", "-o", "labels_url", metavar="URL", required=True,
               help="Where to write each row's cluster and distance, next to its keys.")
-@click.option("--key", "keys", multiple=True, metavar="COLUMN",
-              help="Key column copied next to each label; repeat or comma-separate.")
-@click.option("--columns", help="Comma-separated feature columns. Default: the model's.")
+@click.option("--key", "keys", multiple=True, metavar="COLUMN", callback=_column_names,
+              help="Key column copied next to each label; repeat or comma-separate. "
+                   + _NAMES_HELP)
+@click.option("--columns", callback=_column_names, metavar="A,B,...",
+              help="Comma-separated feature columns. Default: the model's. " + _NAMES_HELP)
 @click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
               show_default=True, help="Rows with NaN, inf or null features: stop, or skip them.")
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
               help="fsspec option for the input (and the model and output on the same "
-                   "storage); repeat.")
+                   "storage); repeat. " + _VALUE_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace labels already there.")
 @_json_option
 @_cluster_options
@@ -540,7 +589,7 @@ def predict(model_url, input_url, labels_url, keys, columns, missing, storage_op
     spec = {"job": {
         "kind": "predict",
         "model": model_url,
-        "input": {"url": input_url, "columns": _names(columns), "key_columns": _names(keys) or [],
+        "input": {"url": input_url, "columns": columns, "key_columns": keys or [],
                   "missing": missing, "storage_options": _storage_options(storage_options)},
         "output": {"labels": labels_url, "overwrite": overwrite},
     }}
@@ -567,9 +616,9 @@ def _k_values(ctx, param, value):
 @click.argument("input_url")
 @click.option("--k", "ks", required=True, metavar="LO..HI", callback=_k_values,
               help="The values of K: an inclusive range like 2..12 or a list like 2,4,8.")
-@click.option("--key", "keys", multiple=True, metavar="COLUMN",
+@click.option("--key", "keys", multiple=True, metavar="COLUMN", callback=_column_names,
               help="Identifier column, left out of the default features; repeat or "
-                   "comma-separate.")
+                   "comma-separate. " + _NAMES_HELP)
 @_data_options
 @click.option("--plot", "plot_url", default="elbow.png", show_default=True,
               metavar="FILE.png", help="Where to save the elbow plot (needs matplotlib).")
@@ -608,7 +657,8 @@ def sweep(input_url, ks, keys, columns, max_iter, tol, seed, metric, standardize
 
 def _set_option(f: Callable) -> Callable:
     return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                        help="Override a key of the job, like params.n_clusters=5; repeat.")(f)
+                        help="Override a key of the job, like params.n_clusters=5; repeat. "
+                             + _VALUE_HELP)(f)
 
 
 @main.command()
@@ -693,8 +743,6 @@ def validate(file, overrides):
     dask-kmeans validate jobs/demo.yaml
     dask-kmeans validate cluster-config/tls.yaml
     """
-    import yaml
-
     try:
         with open(file, encoding="utf-8") as f:
             raw = yaml.safe_load(f)

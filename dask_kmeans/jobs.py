@@ -161,11 +161,16 @@ for _tag, _pattern, _first in (
 def parse_value(text: str) -> Any:
     """A command-line value, typed conservatively.
 
-    ``true``/``false`` (any case) are bools, ``null`` (any case) is None, plain decimal
-    integers without leading zeros are ints, plain decimal floats (``1.5``, ``1e-4``) are
-    floats, and a value starting with ``[`` or ``{`` is a YAML flow list or mapping (whose
-    items follow the same rule). Anything else is the exact string given: ``0123``,
-    ``12:30:00``, ``2024_01``, ``ab #cd``, ``no`` and ``""`` stay strings.
+    A value wrapped in a matching pair of single or double quotes (``'2024'``,
+    ``"true"``) is the exact string inside, typed no further: the way to give text that
+    would otherwise be a number, a bool or null (``''x''`` is ``'x'``; no escapes).
+    Otherwise ``true``/``false`` (any case) are bools, ``null`` (any case) is None, plain
+    decimal integers without leading zeros are ints, plain decimal floats (``1.5``,
+    ``1e-4``) are floats, and a value starting with ``[`` or ``{`` is a YAML flow list or
+    mapping, whose items follow the same rule, except that a quoted item is YAML's quoted
+    scalar (in ``"..."`` a backslash starts an escape; in ``'...'`` write ``''`` for
+    ``'``). Anything else is the exact string given: ``0123``, ``12:30:00``, ``2024_01``,
+    ``ab #cd``, ``no`` and an empty value stay strings.
 
     Raises
     ------
@@ -176,7 +181,11 @@ def parse_value(text: str) -> Any:
     --------
     >>> [parse_value(v) for v in ["True", "null", "5", "-1e-4", "0123", "no", "[2, 4]"]]
     [True, None, 5, -0.0001, '0123', 'no', [2, 4]]
+    >>> [parse_value(v) for v in ["'2024'", '"true"', "''", "['2024', ' sp', 'a,b', c]"]]
+    ['2024', 'true', '', ['2024', ' sp', 'a,b', 'c']]
     """
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
     if _BOOL.fullmatch(text):
         return text.lower() == "true"
     if _NULL.fullmatch(text):
@@ -299,6 +308,42 @@ _SWEEP_REFUSES = {
 }
 
 
+def _refuse_ignored(job: Mapping[str, Any], errors: list) -> None:
+    """Refuse a fit's keys that another key's value would leave without effect.
+
+    Checked on the validated values, so a value equal to the default passes (it changes
+    nothing, and a spec validated once, defaults filled in, validates again); keys
+    already reported as wrong are left to that report.
+    """
+    if job.get("kind") != "fit":
+        return
+    bad = {path for path, _ in errors}
+    params = job.get("params") if isinstance(job.get("params"), dict) else {}
+    out = job.get("output") if isinstance(job.get("output"), dict) else {}
+    defaults = param_defaults()
+    init = params.get("init")
+    if init is not None and init != "k-means||" and "job.params.init" not in bad:
+        for name in ("oversampling_factor", "init_rounds"):
+            path = f"job.params.{name}"
+            if path not in bad and params.get(name, defaults[name]) != defaults[name]:
+                errors.append((path, f"applies to init k-means|| only; with init {init} it "
+                                     f"would be ignored: remove {name}, or use init "
+                                     "k-means||"))
+    if (params.get("resume") and params.get("checkpoint") is None
+            and not {"job.params.resume", "job.params.checkpoint"} & bad):
+        errors.append(("job.params.resume", "continues a fit from params.checkpoint, but "
+                                            "params.checkpoint is null, so it would be "
+                                            "ignored: set params.checkpoint to a directory, "
+                                            "or remove resume"))
+    if (out.get("plot_features") is not None and out.get("plot") is None
+            and not {"job.output.plot_features", "job.output.plot"} & bad):
+        errors.append(("job.output.plot_features", "chooses the axes of the output.plot "
+                                                   "scatter, but output.plot is null, so it "
+                                                   "would be ignored: set output.plot to a "
+                                                   "PNG file, or remove "
+                                                   "output.plot_features"))
+
+
 def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None,
                  source: str | None = None) -> dict[str, Any]:
     """Check a job spec against the schema and fill in the defaults.
@@ -324,7 +369,11 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
     ------
     JobSpecError
         Listing every problem with the dotted path of the key at fault, like
-        ``job.params.n_clusters: expected an int >= 1, got 'eight'``.
+        ``job.params.n_clusters: expected an int >= 1, got 'eight'``. A fit's key that
+        another key would leave without effect is a problem too: ``output.plot_features``
+        without ``output.plot``, ``params.resume: true`` without ``params.checkpoint``, and
+        an ``oversampling_factor`` or ``init_rounds`` other than the default with an
+        ``init`` other than ``k-means||``.
 
     Examples
     --------
@@ -355,6 +404,8 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
                 parse_k(k)
             except ValueError as exc:
                 errors.append(("job.k", str(exc)))
+        # No parameter accepted and ignored: the same rule as the fit command's options.
+        _refuse_ignored(job, errors)
     if errors:
         raise JobSpecError(errors, source)
     return out
@@ -385,6 +436,8 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[list[str], Any]:
     (['params', 'tol'], 0.0001)
     >>> parse_assignment("password=0123", "--storage-option")
     (['password'], '0123')
+    >>> parse_assignment("profile='2024'", "--storage-option")
+    (['profile'], '2024')
     """
     what = f"{option} {text.split('=', 1)[0].strip()}"
     key, sep, raw = text.partition("=")
@@ -405,7 +458,8 @@ def apply_overrides(spec: Mapping[str, Any], overrides: Sequence[str] = ()) -> d
 
     Paths are relative to ``job`` (a leading ``job.`` is allowed); missing mappings on the
     way are created. Values are typed by :func:`parse_value`: ``5`` is an int, ``1e-4`` a
-    float, ``true`` a bool, ``[2, 4]`` a list, ``null`` None, and anything else a string.
+    float, ``true`` a bool, ``[2, 4]`` a list, ``null`` None, a quoted value like ``'5'``
+    the string inside, and anything else a string.
 
     Examples
     --------

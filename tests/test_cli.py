@@ -379,6 +379,80 @@ def test_dashboard_link_only_when_a_dashboard_answers():
         assert client.dashboard_link and dashboard_link(client) is None
 
 
+def test_column_names_with_a_comma_or_spaces_at_the_ends(data, tmp_path):
+    """--columns, --key and --plot-features split on commas and strip spaces, so the
+    columns " sp" and "a,b" could not be named (" sp" silently became "sp")."""
+    X = blobs(n=600, d=3, k=2, seed=3)
+    frame = pd.DataFrame({"id, region": np.arange(600), " sp": X[:, 0], "a,b": X[:, 1],
+                          "sp": X[:, 2]})
+    (tmp_path / "in").mkdir()
+    frame.to_parquet(tmp_path / "in" / "part-0.parquet", index=False)
+    url, out, names = str(tmp_path / "in"), tmp_path / "out", [" sp", "a,b"]
+    cluster = ("--cluster", data["config"], "--json", "--no-progress")
+
+    result = invoke("fit", url, "--k", 2, "--seed", 0, "--columns", "[' sp', 'a,b']",
+                    "--key", "'id, region'", "--output", out / "model",
+                    "--labels", out / "labels", "--plot", out / "k2.png",
+                    "--plot-features", '["a,b", " sp"]', *cluster)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["features"] == names
+    ref = dk.KMeans(2, random_state=0).fit(dk.open_parquet(url, names))
+    np.testing.assert_allclose(dk.load(str(out / "model")).cluster_centers_,
+                               ref.cluster_centers_, rtol=1e-7)
+    labels = dk.read_labels(str(out / "labels")).compute()
+    assert list(labels.columns) == ["id, region", "cluster", "distance"]
+    np.testing.assert_array_equal(labels["cluster"], ref.labels_)
+    png_size(out / "k2.png")
+
+    result = invoke("predict", out / "model", url, "--output", out / "predicted",
+                    "--key", "['id, region']", "--columns", '[" sp", "a,b"]',
+                    *cluster)
+    assert result.exit_code == 0, result.stderr
+    again = dk.read_labels(str(out / "predicted")).compute()
+    assert list(again.columns) == ["id, region", "cluster", "distance"]
+    np.testing.assert_array_equal(again["cluster"], labels["cluster"])
+
+    result = invoke("sweep", url, "--k", "2,3", "--columns", "[' sp', 'a,b']", "--no-plot",
+                    "--key", "'id, region'", *cluster)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["features"] == names
+    # Plain names, comma-separated, as before: the spaces around a name are dropped.
+    result = invoke("sweep", url, "--k", "2", "--columns", " sp ,", "--no-plot", *cluster)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["features"] == ["sp"]
+
+
+def test_column_options_read_commas_quotes_and_lists():
+    from dask_kmeans.cli import _names
+
+    assert _names(None) is None and _names(()) is None and _names("") is None
+    assert _names(" age, income ,") == ["age", "income"]
+    assert _names(("id", "a, b")) == ["id", "a", "b"]
+    assert _names(("' sp'", '"a,b"', "['c, d', ' e ', f]", "g,h")) == [
+        " sp", "a,b", "c, d", " e ", "f", "g", "h"]
+    assert _names("['2024', 'true', \"null\"]") == ["2024", "true", "null"]
+    assert _names("[]") is None
+    assert _names("'a,b") == ["'a", "b"], "no matching pair: plain names"
+
+
+@pytest.mark.parametrize("option, value, wanted", [
+    ("--columns", "[age, 2024]", "holds 2024, which is not text: give names, quoting one "
+                                 "that looks like a number"),
+    ("--columns", "[age, null]", "holds null, which is not text"),
+    ("--key", "[[a, b]]", "holds a list"),
+    ("--columns", "['']", "holds an empty name"),
+    ("--columns", "[age, income", "starts with [ but is not a YAML flow list"),
+    ("--plot-features", "[age, true]", "holds true, which is not text"),
+])
+def test_a_bad_list_of_column_names_is_a_usage_error(data, option, value, wanted):
+    extra = ("--plot", "p.png") if option == "--plot-features" else ()
+    result = invoke("fit", data["url"], "--k", 2, option, value, *extra,
+                    "--cluster", data["config"])
+    assert result.exit_code == 2 and result.stdout == "", result.stderr
+    text = " ".join(result.stderr.split())
+    assert f"Invalid value for '{option}'" in text and wanted in text, text
+
+
 # --------------------------------------------------------------------------- run, validate
 
 
@@ -561,6 +635,33 @@ def test_options_that_would_be_ignored_are_refused(data, args, named):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_job_keys_that_would_be_ignored_are_refused(data, tmp_path, command):
+    """A job's output.plot_features without output.plot was accepted and the fit drew no
+    scatter, where fit --plot-features without --plot is refused; so were params.resume
+    without a checkpoint and the k-means|| options with another init."""
+    out = tmp_path / "out"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "fit", "input": {"url": data["url"], "columns": FEATURES},
+        "params": {"n_clusters": 2}, "output": {"model": str(out / "model"),
+                                                "plot_features": ["age", "income"]}}}))
+    line = one_line_error(invoke(command, job, "--cluster", data["config"])
+                          if command == "run" else invoke(command, job), 2)
+    assert line == (f"Error: {job}: job.output.plot_features: chooses the axes of the "
+                    "output.plot scatter, but output.plot is null, so it would be ignored: "
+                    "set output.plot to a PNG file, or remove output.plot_features")
+    for setting, named in (("params.resume=true", ("job.params.resume", "params.checkpoint")),
+                           ("params.init=random", ("job.params.init_rounds", "init random"))):
+        extra = ["--set", "params.init_rounds=3"] if "init" in setting else []
+        result = invoke(command, job, "--set", "output.plot_features=null", "--set", setting,
+                        *extra)
+        line = one_line_error(result, 2)
+        for name in named:
+            assert name in line, line
+    assert not out.exists() and result.stdout == ""
+
+
 def test_resume_without_a_checkpoint_is_refused(data, tmp_path):
     """run --resume on a job without params.checkpoint resumed nothing and said nothing."""
     fit = tmp_path / "fit.yaml"
@@ -655,6 +756,32 @@ def test_dask_kmeans_is_a_dask_subcommand():
         assert f"  {command} " in out.stdout
     assert "kmeans" in subprocess.run([str(BIN / "dask"), "--help"], capture_output=True,
                                       text=True, timeout=120).stdout
+
+
+def test_a_quoted_value_of_set_or_storage_option_is_text(data, tmp_path):
+    """profile=2024 or output.model=2024 became the int 2024, with no way to say text."""
+    from dask_kmeans.cli import _storage_options
+
+    assert _storage_options(["profile='2024'", 'region="1"', "retries=3", "anon=true",
+                             "client_kwargs.region_name='eu-west-1'"]) == {
+        "profile": "2024", "region": "1", "retries": 3, "anon": True,
+        "client_kwargs": {"region_name": "eu-west-1"}}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "fit", "input": {"url": data["url"]}, "params": {"n_clusters": 2},
+        "output": {}}}))
+    line = one_line_error(invoke("validate", job, "--set", "output.model=2024"), 2)
+    assert line == (f"Error: {job}: job.output.model: expected a non-empty string or null, "
+                    "got 2024; to give it as text, write it in quotes: '2024'")
+    result = invoke("validate", job, "--set", "output.model='2024'",
+                    "--set", "input.storage_options.profile=\"2024\"")
+    assert result.exit_code == 0, result.stderr
+    for command, option in (("fit", "--storage-option"), ("predict", "--storage-option"),
+                            ("sweep", "--storage-option"), ("run", "--set"),
+                            ("submit", "--set"), ("validate", "--set")):
+        text = " ".join(invoke(command, "--help").stdout.split())
+        assert "a value in quotes is the exact text inside, like '2024'" in text, command
+        assert option in text
 
 
 def test_version_and_help():

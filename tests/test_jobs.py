@@ -109,6 +109,19 @@ BAD = [
     ("sweep seed too large", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
                                       "params": {"random_state": 99999999999}}},
      "job.params.random_state", "<= 4294967295"),
+    # Accepted, then ignored: no scatter, no resume, and random or k-means++ never reads
+    # the k-means|| options (the fit command refused the same as options already).
+    ("plot_features without plot", fit_spec("d", output={"plot_features": ["a", "b"]}),
+     "job.output.plot_features", "chooses the axes of the output.plot scatter, but "
+                                 "output.plot is null, so it would be ignored"),
+    ("resume without checkpoint", fit_spec("d", params={"n_clusters": 2, "resume": True}),
+     "job.params.resume", "params.checkpoint is null, so it would be ignored"),
+    *[(f"{name} with init {init}", fit_spec("d", params={"n_clusters": 2, "init": init,
+                                                         name: value}),
+       f"job.params.{name}", f"applies to init k-means|| only; with init {init} it would be "
+                             f"ignored: remove {name}")
+      for name, value, init in (("oversampling_factor", 4, "random"),
+                                ("init_rounds", 2, "k-means++"))],
     ("k item", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2, 0],
                         "output": {"table": "t"}}}, "job.k[1]", "expected an int >= 1, got 0"),
     ("k text", {"job": {"kind": "sweep", "input": {"url": "d"}, "k": "two to five",
@@ -139,6 +152,37 @@ def test_bad_spec_names_the_path(spec, path, message):
     assert path in problems, info.value.errors
     assert message in problems[path]
     assert f"{path}: {problems[path]}" in str(info.value)
+
+
+def test_keys_that_matter_only_with_another_are_accepted_with_it():
+    """The refusals of keys that would be ignored (see BAD) leave alone the same keys where
+    they take effect, a default value (it changes nothing), and a spec validated once,
+    whose defaults are filled in, when it is validated again."""
+    specs = [
+        fit_spec("d", output={"plot": "c.png", "plot_features": ["a", "b"]}),
+        fit_spec("d", params={"n_clusters": 2, "checkpoint": "ck", "resume": True}),
+        fit_spec("d", params={"n_clusters": 2, "checkpoint": "ck", "resume": False}),
+        fit_spec("d", params={"n_clusters": 2, "resume": False}),
+        fit_spec("d", params={"n_clusters": 2, "oversampling_factor": 4, "init_rounds": 2}),
+        fit_spec("d", params={"n_clusters": 2, "init": "random", "oversampling_factor": 2,
+                              "init_rounds": 5}),
+        fit_spec("d", params={"n_clusters": 2, "init": "k-means++"}),
+        {"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2],
+                 "params": {"oversampling_factor": 4, "init_rounds": 2}}},
+    ]
+    for spec in specs:
+        once = validate_job(spec)
+        assert validate_job(once) == once
+
+
+def test_a_key_that_would_be_ignored_is_reported_with_the_other_problems():
+    spec = fit_spec("d", params={"n_clusters": "two", "init": "random", "init_rounds": 3},
+                    output={"plot": 5, "plot_features": ["a", "b"]})
+    with pytest.raises(JobSpecError) as info:
+        validate_job(spec)
+    # output.plot is wrong already: plot_features is not blamed for it.
+    assert [p for p, _ in info.value.errors] == [
+        "job.params.n_clusters", "job.output.plot", "job.params.init_rounds"]
 
 
 def test_every_problem_is_reported_at_once():
@@ -260,7 +304,7 @@ def test_command_line_values_are_typed_conservatively(tmp_path):
     password=0123 into 83 (octal), 12:30:00 into 45000 (base 60), 2024_01 into 202401,
     'ab #cd' into 'ab' (a comment) and no into False."""
     kept = ["0123", "12:30:00", "2024_01", "ab #cd", "no", "yes", "on", "off", "~", "",
-            " 5", "0x1f", "1_000", "00.5", ".inf", "nan", "2024-01-01", "'quoted'", "a: b"]
+            " 5", "0x1f", "1_000", "00.5", ".inf", "nan", "2024-01-01", "a: b"]
     for text in kept:
         assert parse_assignment(f"password={text}", "--storage-option") == (
             ["password"], text), text
@@ -277,6 +321,54 @@ def test_command_line_values_are_typed_conservatively(tmp_path):
                                               "input.storage_options.secret=12:30:00"])
     assert spec["job"]["input"]["storage_options"] == {"profile": "2024_01",
                                                        "secret": "12:30:00"}
+
+
+def test_a_quoted_command_line_value_is_the_exact_text_inside():
+    """--storage-option profile=2024 and --set output.model=2024 gave the int 2024, and
+    no value could be forced to be text."""
+    quoted = {"'2024'": "2024", '"2024"': "2024", "'true'": "true", '"null"': "null",
+              "'1e-4'": "1e-4", "''": "", '""': "", "'[2, 4]'": "[2, 4]", "' sp '": " sp ",
+              "''x''": "'x'", "'a'b'": "a'b", '"it\'s"': "it's", "'\\n'": "\\n"}
+    not_quoted = ["'", '"', "'abc\"", "\"abc'", " '2024'", "'2024' ", "'2024", "2024'"]
+    for text, value in [*quoted.items(), *((t, t) for t in not_quoted)]:
+        assert parse_assignment(f"profile={text}", "--storage-option") == (
+            ["profile"], value), text
+    # Items of a list or mapping are quoted by YAML's rules.
+    assert parse_assignment("input.columns=['2024', ' sp', 'a,b', \"x\\ty\"]")[1] == [
+        "2024", " sp", "a,b", "x\ty"]
+    spec = apply_overrides(fit_spec("data"), ["input.storage_options.profile='2024'",
+                                              "output.model=\"2024\""])
+    assert spec["job"]["input"]["storage_options"] == {"profile": "2024"}
+    assert validate_job(spec)["job"]["output"]["model"] == "2024"
+
+
+@pytest.mark.parametrize("override, path, shown", [
+    ("output.model=2024", "job.output.model", "2024"),
+    ("output.labels=true", "job.output.labels", "true"),
+    ("input.url=1.5", "job.input.url", "1.5"),
+    ("input.columns=[age, 2024]", "job.input.columns[1]", "2024"),
+    ("input.key_columns=[false]", "job.input.key_columns[0]", "false"),
+])
+def test_a_number_for_a_text_key_is_refused_with_a_hint_to_quote_it(tmp_path, override, path,
+                                                                    shown):
+    """Accepted as its text, 0123 in a YAML file would have named the column '83': so a
+    number or a bool where the schema wants text is refused, saying how to write text."""
+    job = write_job(tmp_path, fit_spec("data"))
+    with pytest.raises(JobSpecError) as info:
+        load_job(job, [override])
+    problem = dict(info.value.errors)[path]
+    assert problem.endswith(f", got {shown}; to give it as text, write it in quotes: "
+                            f"'{shown}'"), problem
+    key, _, value = override.partition("=")
+    quoted = value.replace(shown, f"'{shown}'")
+    assert load_job(job, [f"{key}={quoted}"])  # and quoted, it is taken
+
+
+def test_a_number_for_a_key_of_choices_gets_no_quoting_hint():
+    with pytest.raises(JobSpecError) as info:
+        validate_job(fit_spec("d", input={"url": "d", "dtype": 64}))
+    assert dict(info.value.errors)["job.input.dtype"] == (
+        "expected one of float64, float32 or null, got 64")
 
 
 def test_apply_overrides_copies():
