@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -53,6 +54,31 @@ def check_params(est) -> None:
     _require(est.checkpoint is None or isinstance(est.checkpoint, str), "checkpoint",
              est.checkpoint, "None or a URL string")
     _require(isinstance(est.resume, bool | np.bool_), "resume", est.resume, "True or False")
+
+
+def check_param_combinations(est) -> None:
+    """Parameters that another one's value leaves without effect, at the start of ``fit``.
+
+    ``resume=True`` without a ``checkpoint`` is refused; ``oversampling_factor`` or
+    ``init_rounds`` other than the default with an ``init`` other than "k-means||" warn,
+    as ``n_init`` does with an array ``init`` (scikit-learn's way: a grid over ``init``
+    keeps working).
+    """
+    if est.resume and est.checkpoint is None:
+        raise ValueError("The 'resume' parameter of KMeans continues a fit from its "
+                         "checkpoint, but checkpoint is None: set checkpoint to a directory "
+                         "URL, or leave resume=False.")
+    init = est.init
+    if isinstance(init, str) and init == "k-means||":
+        return
+    changed = [f"{name}={getattr(est, name)!r}"
+               for name, default in (("oversampling_factor", 2.0), ("init_rounds", 5))
+               if getattr(est, name) != default]
+    if changed:
+        shown = repr(init) if isinstance(init, str) else \
+            "a callable" if callable(init) else "an array"
+        warnings.warn(f"{' and '.join(changed)} only apply to init='k-means||': ignored with "
+                      f"init={shown}.", RuntimeWarning, stacklevel=3)
 
 
 def is_lazy(X) -> bool:

@@ -70,9 +70,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Seeds the initialisation.
     oversampling_factor : float, default=2.0
         k-means|| only: each round samples about ``oversampling_factor * k``
-        candidates.
+        candidates. Another value with another ``init`` warns that it is ignored.
     init_rounds : int, default=5
-        k-means|| only: number of sampling rounds.
+        k-means|| only: number of sampling rounds (a warning, as above, with
+        another ``init``).
     split_every : int or None, default=None
         Fan-in of the tree reduction that adds the per-chunk statistics
         (dask's default when None).
@@ -114,7 +115,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         convergence iteration or, with ``n_init > 1``, which of two runs of
         nearly equal inertia is kept. A checkpoint written for other
         data or parameters is refused with a ``ValueError`` naming what
-        differs. Without ``resume`` an existing checkpoint is overwritten.
+        differs. Without ``resume`` an existing checkpoint is overwritten;
+        ``resume=True`` without ``checkpoint`` is a ``ValueError``.
     verbose : bool or int, default=False
         Log one line per iteration to the ``dask_kmeans`` logger (a stderr
         handler is added when logging is not configured).
@@ -238,6 +240,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self : KMeans
         """
         V.check_params(self)
+        V.check_param_combinations(self)
         Xv = V.check_X(self, X, reset=True)
         self._input_url = X.url if V.is_parquet_source(X) else None
         lazy = isinstance(Xv, da.Array)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import dask
@@ -115,3 +116,25 @@ def test_predict_score_transform_refuse_dask_rows_with_nan_or_inf(metric, bad):
     far = np.full((4, 3), 1e200)
     np.testing.assert_array_equal(km.predict(da.from_array(far, chunks=2)).compute(),
                                   km.predict(far))
+
+
+def test_parameters_another_leaves_without_effect_are_refused_or_warned():
+    """resume without a checkpoint cannot resume anything: refused. k-means|| options with
+    another init warn that they are ignored (as n_init with an array init does), and the
+    defaults never warn."""
+    X = blobs(n=200, d=2, k=3)
+    with pytest.raises(ValueError, match="'resume' .* checkpoint is None"):
+        KMeans(3, resume=True, random_state=0).fit(X)
+    for init, shown in (("random", "'random'"), ("k-means++", "'k-means++'"),
+                        (X[[0, 100, 199]], "an array")):
+        with pytest.warns(RuntimeWarning, match=rf"oversampling_factor=3.0 and init_rounds=2 "
+                                                rf"only apply to init='k-means\|\|': ignored "
+                                                rf"with init={re.escape(shown)}"):
+            KMeans(3, init=init, oversampling_factor=3.0, init_rounds=2, n_init=1,
+                   random_state=0).fit(X)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            KMeans(3, init=init, n_init=1, random_state=0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        KMeans(3, oversampling_factor=3.0, init_rounds=2, random_state=0).fit(X)
