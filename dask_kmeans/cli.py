@@ -441,9 +441,9 @@ def _finite(ctx, param, value):
 def _data_options(f: Callable) -> Callable:
     """Options shared by fit and sweep: the features, how they are read, the K-means params."""
     options = [
-        click.option("--columns", callback=_column_names, metavar="A,B,...",
-                     help="Comma-separated feature columns. Default: every numeric column "
-                          "that is not a key. " + _NAMES_HELP),
+        click.option("--columns", multiple=True, callback=_column_names, metavar="A,B,...",
+                     help="Feature columns; repeat or comma-separate. Default: every numeric "
+                          "column that is not a key. " + _NAMES_HELP),
         click.option("--max-iter", type=click.IntRange(min=1), default=_DEFAULTS["max_iter"],
                      show_default=True, help="Maximum Lloyd iterations."),
         click.option("--tol", type=click.FloatRange(min=0), default=_DEFAULTS["tol"],
@@ -568,8 +568,9 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
 @click.option("--key", "keys", multiple=True, metavar="COLUMN", callback=_column_names,
               help="Key column copied next to each label; repeat or comma-separate. "
                    + _NAMES_HELP)
-@click.option("--columns", callback=_column_names, metavar="A,B,...",
-              help="Comma-separated feature columns. Default: the model's. " + _NAMES_HELP)
+@click.option("--columns", multiple=True, callback=_column_names, metavar="A,B,...",
+              help="Feature columns; repeat or comma-separate. Default: the model's. "
+                   + _NAMES_HELP)
 @click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
               show_default=True, help="Rows with NaN, inf or null features: stop, or skip them.")
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",

@@ -116,6 +116,14 @@ def test_fit_then_predict(data, tmp_path):
     no_marker(result.stdout, result.stderr, root=out)
 
 
+def test_columns_may_be_repeated(data):
+    """--columns given twice adds up, as --key does (click kept only the last one)."""
+    result = invoke("fit", data["url"], "--k", 2, "--seed", 1, "--columns", "age",
+                    "--columns", "income,score", "--json", "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["features"] == ["age", "income", "score"]
+
+
 def test_fit_without_output_prints_the_centres(data):
     result = invoke("fit", data["url"], "--k", 2, "--seed", 1, "--columns", "age",
                     "--cluster", data["config"])
