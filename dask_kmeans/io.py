@@ -340,8 +340,27 @@ def _describe(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name} ({f.type})" for f in schema)
 
 
+_PANDAS_INDEX_NAME = re.compile(r"^__index_level_\d+__$")
+
+
+def _pandas_index_columns(schemas: Sequence[pa.Schema]) -> set[str]:
+    """The columns that pandas (or dask) wrote as a DataFrame's index in any of ``schemas``:
+    ``__index_level_0__`` for an unnamed index that is not a RangeIndex (the index of a
+    filtered frame), or the index's own name (``set_index("customer_id")``)."""
+    out = set()
+    for schema in schemas:
+        out.update(name for name in schema.names if _PANDAS_INDEX_NAME.match(name))
+        try:
+            meta = schema.pandas_metadata or {}
+        except ValueError:  # metadata that is not JSON: no index to learn from it
+            continue
+        out.update(c for c in meta.get("index_columns", []) if isinstance(c, str))
+    return out
+
+
 def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[str],
-                     partition_fields: set[str], url: str) -> list[str]:
+                     partition_fields: set[str], url: str,
+                     index_columns: set[str]) -> list[str]:
     available = schema.names
     for label, names in (("columns", columns or []), ("key_columns", keys)):
         missing = [c for c in names if c not in available]
@@ -349,13 +368,17 @@ def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[st
             raise ValueError(f"Column(s) {missing} requested by '{label}' not found in {url}. "
                              f"Available columns: {_describe(schema)}.")
     if columns is None:
+        # A pandas index holds row labels (row numbers, for a filtered frame), not features.
         columns = [f.name for f in schema
                    if f.name not in partition_fields and f.name not in keys
-                   and _is_numeric(f.type)]
+                   and f.name not in index_columns and _is_numeric(f.type)]
         if not columns:
+            skipped = sorted(index_columns & set(available))
+            note = (f" The pandas index column(s) {skipped} are not used unless named."
+                    if skipped else "")
             raise ValueError(f"No numeric columns to use as features in {url}. "
-                             f"Available columns: {_describe(schema)}. Name the feature columns "
-                             "with 'columns=' after converting them to numbers.")
+                             f"Available columns: {_describe(schema)}.{note} Name the feature "
+                             "columns with 'columns=' after converting them to numbers.")
         return columns
     if not columns:
         raise ValueError("The 'columns' parameter is empty: name at least one feature column.")
@@ -725,9 +748,11 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         A path that exists is taken as it is, even with glob characters (``run[1]``).
     columns : str or list of str, optional
         The feature columns, in order. By default every numeric column of the
-        files (integer, floating or decimal), except the key columns and the
-        hive partition columns. A partition column is used only when named
-        here, and must then be numeric.
+        files (integer, floating or decimal), except the key columns, the
+        hive partition columns and the columns that hold a pandas index
+        (``__index_level_0__``, written for a frame whose index is not a
+        RangeIndex, or a named index). Those are used only when named here,
+        and must then be numeric.
     dtype : {"float64", "float32"}, default="float64"
         The dtype of the feature array.
     storage_options : dict, optional
@@ -812,7 +837,8 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                                        [part_urls[i] for i in filled])
     schema = pa.schema([*merged, *(f for f in dataset.schema if f.name in partition_fields)])
     _check_conflicts(conflicts, columns, keys, loc.url)
-    feature_names = _select_features(schema, columns, keys, partition_fields, loc.url)
+    feature_names = _select_features(schema, columns, keys, partition_fields, loc.url,
+                                     _pandas_index_columns(physical_schemas))
 
     needed = list(dict.fromkeys([*feature_names, *keys]))
     physical = [c for c in needed if c not in partition_fields]

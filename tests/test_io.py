@@ -144,6 +144,26 @@ def test_hive_partitioned(store):
         open_parquet(url, ["a", "region"], storage_options=so)
 
 
+def test_pandas_index_columns_are_not_features_by_default(local_store):
+    """pandas writes the index of a filtered frame as __index_level_0__, and a named index
+    under its name: row labels, not features, unless named (they were used, before)."""
+    df = pd.DataFrame({"age": [30.0, 20.0, 50.0, 70.0], "income": [1.0, 2.0, 3.0, 4.0]})
+    df[df.age > 25].to_parquet(local_store.path("filtered.parquet"))
+    src = open_parquet(local_store.url("filtered.parquet"))
+    assert src.feature_names == ["age", "income"]
+    np.testing.assert_array_equal(src.features.compute(), [[30, 1], [50, 3], [70, 4]])
+    named = df.assign(rid=[7, 3, 9, 1]).set_index("rid")
+    named.to_parquet(local_store.path("named.parquet"))
+    assert open_parquet(local_store.url("named.parquet")).feature_names == ["age", "income"]
+    # Named, an index column is a feature or a key like any other.
+    src = open_parquet(local_store.url("named.parquet"), ["age", "rid"], key_columns="rid")
+    np.testing.assert_array_equal(src.features.compute()[:, 1], [7, 3, 9, 1])
+    assert list(src.keys.compute()["rid"]) == [7, 3, 9, 1]
+    named[["age"]].astype(str).to_parquet(local_store.path("text.parquet"))
+    with pytest.raises(ValueError, match=r"No numeric columns.*index column\(s\) \['rid'\]"):
+        open_parquet(local_store.url("text.parquet"))
+
+
 @pytest.mark.parametrize("dtype", ["float32", np.float64])
 def test_columns_by_name_and_dtype(store, dtype):
     url, df = write_dir(store, [3, 4])
