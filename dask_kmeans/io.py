@@ -482,11 +482,33 @@ def _nullable_keys(metadata: Sequence[pq.FileMetaData], schema: pa.Schema,
     return [name for name in candidates if name in out]
 
 
+def _has_numpy_type(t: pa.DataType) -> bool:
+    """Arrow types that pandas holds in a NumPy (or categorical, or string) column of their
+    own rather than as Python objects."""
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_timestamp(t) or pa.types.is_duration(t)
+            or pa.types.is_dictionary(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+
+
+def _key_type_mapper(nullable: bool):
+    def mapper(t: pa.DataType):
+        if nullable and t in _NULLABLE_KEY_TYPES:
+            return _NULLABLE_KEY_TYPES[t]
+        # Decimals, dates, times, binary, lists: pandas would hold Python objects, which dask
+        # turns into text (convert-string), so that an 18-digit decimal id or a date would be
+        # written next to the labels as a string, and bytes would not decode. pandas'
+        # Arrow-backed types keep the values and the Parquet type as they are.
+        return None if _has_numpy_type(t) else pd.ArrowDtype(t)
+
+    return mapper
+
+
 def _keys_frame(table: pa.Table, nullable: Sequence[str]) -> pd.DataFrame:
-    """Key columns as pandas; those in ``nullable`` as pandas' nullable types."""
+    """Key columns as pandas: those in ``nullable`` as pandas' nullable types, those that
+    NumPy cannot hold as pandas' Arrow-backed types."""
     return pd.DataFrame({
-        name: table.column(name).to_pandas(
-            types_mapper=_NULLABLE_KEY_TYPES.get if name in nullable else None)
+        name: table.column(name).to_pandas(types_mapper=_key_type_mapper(name in nullable))
         for name in table.column_names})
 
 
@@ -634,7 +656,9 @@ class ParquetSource:
     keys : dask.dataframe.DataFrame or None
         The key columns, one partition per chunk of ``features`` (partition ``i``
         holds the rows of chunk ``i``). Its index is the row number in the
-        dataset before any rows were dropped (``missing="drop"``).
+        dataset before any rows were dropped (``missing="drop"``). Integer and
+        boolean columns that may hold nulls come as pandas' nullable types;
+        decimal, date, time, binary and nested ones as ``pd.ArrowDtype``.
     key_columns : list of str
         The names of the key columns (empty when ``keys`` is None).
     url : str
@@ -1302,10 +1326,16 @@ def _read_marker(loc: _Location, kind: str) -> dict[str, Any]:
                          "JSON: the output is incomplete or has been modified.") from None
 
 
+def _labels_frame(table: pa.Table) -> pd.DataFrame:
+    """A labels part as pandas: the key columns in the types they were read in (see
+    :func:`_keys_frame`; the pandas metadata cannot name every Arrow-backed type)."""
+    return table.to_pandas(types_mapper=_key_type_mapper(False))
+
+
 def _read_labels_part(item: tuple[str, str], *, fs: fsspec.AbstractFileSystem) -> pd.DataFrame:
     path, part_url = item
     with _fs_errors(part_url, _task_secrets(fs), "reading"), fs.open(path, "rb") as f:
-        return pq.read_table(f).to_pandas()
+        return _labels_frame(pq.read_table(f))
 
 
 def read_labels(url: str, storage_options: Mapping[str, Any] | None = None) -> dd.DataFrame:
@@ -1351,6 +1381,6 @@ def read_labels(url: str, storage_options: Mapping[str, Any] | None = None) -> d
                          "is incomplete or has been modified.")
     items = [(loc.join(p["name"]), loc.display(loc.join(p["name"]))) for p in parts]
     with _fs_errors(items[0][1], loc.secrets, "reading"), loc.fs.open(items[0][0], "rb") as f:
-        meta = pq.read_schema(f).empty_table().to_pandas()
+        meta = _labels_frame(pq.read_schema(f).empty_table())
     return dd.from_map(_read_labels_part, items, meta=meta, label="read-labels",
                        enforce_metadata=False, fs=loc.fs)

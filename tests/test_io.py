@@ -301,6 +301,36 @@ def test_nullable_integer_keys_stay_exact(local_store):
     assert got.column("id").to_pylist() == ids.to_pylist()
 
 
+def test_keys_of_any_type_are_written_back_in_their_type(local_store):
+    """Decimal ids, dates, times, bytes, lists: pandas holds them as Python objects, which
+    dask turned into text, so the labels carried '123456789012345678' for a decimal id and
+    a date as a string (no longer joinable to the input), and bytes that are not UTF-8
+    failed with a UnicodeDecodeError."""
+    import datetime
+    import decimal
+
+    import pyarrow.parquet as pq
+
+    keys = pa.table({
+        "dec": pa.array([decimal.Decimal("123456789012345678"), None], pa.decimal128(18, 0)),
+        "day": pa.array([datetime.date(2024, 2, 29), None]),
+        "at": pa.array([datetime.time(1, 2), datetime.time(3, 4)]),
+        "raw": pa.array([b"\x00\x01", b"\xff"]),
+        "fixed": pa.array([b"ab", b"\xfe\xff"], pa.binary(2)),
+        "tags": pa.array([[1, 2], None]),
+    })
+    local_store.write_parquet("kt/a.parquet", keys.append_column("x", pa.array([0.5, 1.5])))
+    src = open_parquet(local_store.url("kt"), ["x"], key_columns=keys.column_names)
+    got = src.keys.compute()
+    for name in keys.column_names:
+        assert got[name].dtype == pd.ArrowDtype(keys.schema.field(name).type), name
+    write_labels(src, np.array([0, 1]), np.array([0.1, 0.2]), local_store.url("kt-labels"))
+    written = pq.read_table(local_store.path("kt-labels/part-00000.parquet"))
+    assert written.select(keys.column_names).equals(keys)
+    back = read_labels(local_store.url("kt-labels")).compute()
+    assert pa.Table.from_pandas(back[keys.column_names], preserve_index=False).equals(keys)
+
+
 def test_non_numeric_column(local_store):
     url, _ = write_dir(local_store, [3])
     with pytest.raises(ValueError, match=r"'name' \((large_)?string\)"):
