@@ -415,6 +415,22 @@ def _null_counts(metadata: pq.FileMetaData, columns: Sequence[str]) -> dict[str,
     return {k: nulls for k, (nulls, _) in _null_stats(metadata, columns).items() if nulls}
 
 
+def _promote(a: pa.Field, b: pa.Field) -> pa.Field:
+    """Arrow's permissive promotion of two types, except where it loses values: uint64 with
+    a signed integer is int64 for Arrow (values from 2**63 would wrap to negative ones),
+    here decimal128(20, 0), which holds both; a decimal with a float16 or float32 is that
+    float for Arrow (12345678.91 would read 12345679), here float64."""
+    merged = pa.unify_schemas([pa.schema([a]), pa.schema([b])],
+                              promote_options="permissive").field(0)
+    types = (_value_type(a.type), _value_type(b.type))
+    if (any(pa.types.is_uint64(t) for t in types)
+            and any(pa.types.is_signed_integer(t) for t in types)):
+        return merged.with_type(pa.decimal128(20, 0))
+    if pa.types.is_floating(merged.type) and any(pa.types.is_decimal(t) for t in types):
+        return merged.with_type(pa.float64())
+    return merged
+
+
 def _merged_schema(schemas: Sequence[pa.Schema], urls: Sequence[str]):
     """One schema for parts whose types may differ (int64 in one file, double in the
     next where pandas met a NaN; null in an empty file): each column's types promoted
@@ -435,8 +451,7 @@ def _merged_schema(schemas: Sequence[pa.Schema], urls: Sequence[str]):
             if held.type.equals(field.type):
                 continue
             try:
-                merged = pa.unify_schemas([pa.schema([held]), pa.schema([field])],
-                                          promote_options="permissive").field(0)
+                merged = _promote(held, field)
             except (pa.ArrowTypeError, pa.ArrowInvalid, NotImplementedError):
                 conflicts[name] = (held.type, held_url, field.type, url)
                 continue

@@ -254,6 +254,29 @@ def test_parts_whose_types_differ_are_read_in_the_promoted_type(local_store, ord
     assert open_parquet(local_store.url("mixed")).feature_names == ["x", "y", "e"]
 
 
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_promotion_between_parts_loses_no_values(local_store, order):
+    """Arrow promotes uint64 with int64 to int64, and a decimal with float32 to float32:
+    2**63 + 5 was read as -9.2e18 (a key too), 12345678.91 as 12345679, and a decimal with
+    float16 failed with a bare ArrowNotImplementedError."""
+    import decimal
+
+    big = 2**63 + 5
+    tables = [pa.table({"u": pa.array([big], pa.uint64()), "id": pa.array([big], pa.uint64()),
+                        "d": pa.array([decimal.Decimal("12345678.91")], pa.decimal128(10, 2)),
+                        "h": pa.array([decimal.Decimal("1234.5")], pa.decimal128(5, 1))}),
+              pa.table({"u": pa.array([-1], pa.int64()), "id": pa.array([-1], pa.int64()),
+                        "d": pa.array([0.5], pa.float32()),
+                        "h": pa.array(np.array([0.5], np.float16))})]
+    for name, i in zip("ab", order, strict=True):
+        local_store.write_parquet(f"mixed/{name}.parquet", tables[i])
+    src = open_parquet(local_store.url("mixed"), ["u", "d", "h"], key_columns="id")
+    rows = {0: [float(big), 12345678.91, 1234.5], 1: [-1.0, 0.5, 0.5]}
+    np.testing.assert_array_equal(src.features.compute(), [rows[i] for i in order])
+    ids = {0: big, 1: -1}
+    assert [int(v) for v in src.keys.compute()["id"]] == [ids[i] for i in order]
+
+
 def test_parts_whose_types_cannot_be_promoted_name_the_column_and_parts(local_store):
     local_store.write_parquet("clash/a.parquet", pa.table({"x": [1.0], "note": ["n"]}))
     local_store.write_parquet("clash/b.parquet", pa.table({"x": ["one"], "note": [2.0]}))
