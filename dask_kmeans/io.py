@@ -733,6 +733,19 @@ class ParquetSource:
                 f"{keys}, n_parts={len(self.parts)}, missing={self.missing!r})")
 
 
+def _refuse_repeated_names(schemas: Sequence[pa.Schema], urls: Sequence[str],
+                           used: Sequence[str] | None = None) -> None:
+    """Refuse a column name that a part holds twice (among ``used``, if given)."""
+    for schema, url in zip(schemas, urls, strict=True):
+        names = schema.names
+        repeated = sorted({n for n in names if names.count(n) > 1
+                           and (used is None or n in used)})
+        if repeated:
+            raise ValueError(f"Column name(s) {repeated} appear more than once in part {url}: "
+                             "columns of one name cannot be told apart. Rename them in that "
+                             "file.")
+
+
 def _check_dtype(dtype) -> np.dtype:
     try:
         # np.dtype(None) is float64: None is refused rather than silently read as that.
@@ -861,9 +874,11 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
             dataset = ds.dataset(paths, filesystem=filesystem, format="parquet",
                                  partitioning=partitioning, partition_base_dir=base)
     except ValueError:
-        # Name the file that cannot be read rather than the dataset.
-        _load_metadata([ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem)
-                        for p in paths], part_urls, loc.secrets)
+        # Name the file that cannot be read, or the column, rather than the dataset.
+        schemas = [md.schema.to_arrow_schema() for md in _load_metadata(
+            [ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem) for p in paths],
+            part_urls, loc.secrets)]
+        _refuse_repeated_names(schemas, part_urls)
         raise
     fragments = list(dataset.get_fragments())
     metadata = _load_metadata(fragments, part_urls, loc.secrets)
@@ -881,6 +896,8 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
 
     needed = list(dict.fromkeys([*feature_names, *keys]))
     physical = [c for c in needed if c not in partition_fields]
+    # The dataset checked the first part's names only.
+    _refuse_repeated_names(physical_schemas, part_urls, physical)
     for fragment, part_url in zip(fragments, part_urls, strict=True):
         absent = [c for c in physical if c not in fragment.physical_schema.names]
         if absent:

@@ -305,6 +305,26 @@ def test_a_column_missing_from_some_parts_is_refused_in_any_order(local_store, o
         open_parquet(local_store.url("cols"))
 
 
+def test_a_repeated_column_name_is_named_with_its_part(local_store):
+    """pyarrow writes tables with two columns of one name; opening one said only "Can't
+    unify schema with duplicate field names" (first part) or KeyError 'Column y does not
+    exist in schema' (a later part)."""
+    twice = pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0]), pa.array([3.0])],
+                                 names=["x", "y", "y"])
+    local_store.write_parquet("dup1/a.parquet", twice)
+    with pytest.raises(ValueError, match=r"\['y'\] appear more than once in part .*dup1/a"):
+        open_parquet(local_store.url("dup1"), ["x"])
+    local_store.write_parquet("dup2/a.parquet", pa.table({"x": [0.0], "y": [0.5]}))
+    local_store.write_parquet("dup2/b.parquet", twice)
+    for kwargs in ({}, {"columns": ["y"]}, {"columns": ["x"], "key_columns": "y"}):
+        with pytest.raises(ValueError, match=r"\['y'\] appear more than once in part "
+                                             r".*dup2/b\.parquet"):
+            open_parquet(local_store.url("dup2"), **kwargs)
+    # In a later part and not used, it is left alone.
+    np.testing.assert_array_equal(
+        open_parquet(local_store.url("dup2"), ["x"]).features.compute(), [[0.0], [1.0]])
+
+
 def test_nullable_integer_keys_stay_exact(local_store):
     """An integer key column with nulls must not go through float (2**53 + 1 would change
     and the labels could no longer be joined back to the input)."""
