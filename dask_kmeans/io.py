@@ -746,6 +746,23 @@ def _refuse_repeated_names(schemas: Sequence[pa.Schema], urls: Sequence[str],
                              "file.")
 
 
+def _refuse_partition_clash(schemas: Sequence[pa.Schema], paths: Sequence[str],
+                            urls: Sequence[str], base: str, url: str) -> None:
+    """Refuse a hive partition key that is also a column of the files, in another type
+    (Arrow cannot merge the two): name it, the file, and the ways out."""
+    for schema, path, part_url in zip(schemas, paths, urls, strict=True):
+        dirs = path[len(base):].strip("/").split("/")[:-1]
+        for segment in dirs:
+            name = segment.split("=", 1)[0]
+            if "=" in segment and name in schema.names:
+                glob_url = url.rstrip("/") + "/" + "*/" * len(dirs) + "*.parquet"
+                raise ValueError(
+                    f"Column '{name}' of part {part_url} ({schema.field(name).type}) is also a "
+                    f"hive partition of {url} (the directory {segment}), in another type. "
+                    "Remove the column from the files, or open them with a glob such as "
+                    f"{glob_url} to read the files' column without the partitions.")
+
+
 def _check_dtype(dtype) -> np.dtype:
     try:
         # np.dtype(None) is float64: None is refused rather than silently read as that.
@@ -873,12 +890,17 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         with _fs_errors(loc.url, loc.secrets, "opening"):
             dataset = ds.dataset(paths, filesystem=filesystem, format="parquet",
                                  partitioning=partitioning, partition_base_dir=base)
-    except ValueError:
+    except (ValueError, pa.ArrowTypeError) as e:
         # Name the file that cannot be read, or the column, rather than the dataset.
         schemas = [md.schema.to_arrow_schema() for md in _load_metadata(
             [ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem) for p in paths],
             part_urls, loc.secrets)]
         _refuse_repeated_names(schemas, part_urls)
+        if base is not None:
+            _refuse_partition_clash(schemas, paths, part_urls, base, loc.url)
+        if isinstance(e, pa.ArrowTypeError):
+            raise ValueError(f"Cannot open {loc.url} as one dataset: "
+                             f"{_scrub(str(e), loc.secrets)}") from None
         raise
     fragments = list(dataset.get_fragments())
     metadata = _load_metadata(fragments, part_urls, loc.secrets)

@@ -164,6 +164,21 @@ def test_pandas_index_columns_are_not_features_by_default(local_store):
         open_parquet(local_store.url("text.parquet"))
 
 
+def test_a_hive_partition_also_stored_in_the_files_is_named(local_store):
+    """Files that still hold their partition column (pandas writes int64 and large_string,
+    the directories read as int32 and string) failed with a bare ArrowTypeError "Unable to
+    merge: Field year has incompatible types"."""
+    for year in (2020, 2021):
+        local_store.write_parquet(f"hd/year={year}/part-0.parquet",
+                                  pd.DataFrame({"a": [1.0], "year": [year]}))
+    with pytest.raises(ValueError, match=r"Column 'year' of part .*year=2020/part-0\.parquet "
+                                         r"\(int64\) is also a hive partition .*year=2020.* "
+                                         r"glob such as .*hd/\*/\*\.parquet"):
+        open_parquet(local_store.url("hd"))
+    src = open_parquet(local_store.url("hd", "*", "*.parquet"), ["a", "year"])
+    np.testing.assert_array_equal(src.features.compute(), [[1, 2020], [1, 2021]])
+
+
 @pytest.mark.parametrize("dtype", ["float32", np.float64])
 def test_columns_by_name_and_dtype(store, dtype):
     url, df = write_dir(store, [3, 4])
