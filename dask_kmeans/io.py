@@ -482,17 +482,24 @@ _NULLABLE_KEY_TYPES = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
 
 
 def _nullable_keys(metadata: Sequence[pq.FileMetaData], schema: pa.Schema,
-                   keys: Sequence[str], partition_fields: set[str]) -> list[str]:
+                   keys: Sequence[str], partition_fields: set[str],
+                   partition_values: Sequence[Mapping[str, Any]]) -> list[str]:
     """The integer or boolean key columns that may hold nulls: some part counts nulls in
-    them, or does not say (no statistics)."""
-    candidates = [name for name in keys if name not in partition_fields
-                  and schema.field(name).type in _NULLABLE_KEY_TYPES]
+    them, or does not say (no statistics); for a hive partition key, some part with rows
+    has no value for it (``k=__HIVE_DEFAULT_PARTITION__``, or no ``k=`` directory)."""
+    candidates = [name for name in keys if schema.field(name).type in _NULLABLE_KEY_TYPES]
     out = set()
-    for md in metadata:
+    for md, values in zip(metadata, partition_values, strict=True):
+        if not md.num_rows:
+            continue
         stats_of = _null_stats(md, candidates)
         for name in candidates:
+            if name in partition_fields:
+                if values.get(name) is None:
+                    out.add(name)
+                continue
             nulls, groups = stats_of.get(name, (0, 0))
-            if md.num_rows and (nulls or groups < md.num_row_groups):
+            if nulls or groups < md.num_row_groups:
                 out.add(name)
     return [name for name in candidates if name in out]
 
@@ -984,7 +991,9 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
 
     key_frame = None
     if keys:
-        nullable = _nullable_keys(metadata, schema, keys, partition_fields)
+        nullable = _nullable_keys(metadata, schema, keys, partition_fields,
+                                  [ds.get_partition_keys(f.partition_expression)
+                                   for f in fragments])
         meta = _keys_frame(read_schema.empty_table().select(keys), nullable)
         meta.index = pd.RangeIndex(0)
         key_frame = dd.from_map(_load_keys, parts, meta=meta, label="read-parquet-keys",

@@ -144,6 +144,26 @@ def test_hive_partitioned(store):
         open_parquet(url, ["a", "region"], storage_options=so)
 
 
+def test_a_null_hive_partition_keeps_an_integer_key_exact(local_store):
+    """Spark writes a null partition value as k=__HIVE_DEFAULT_PARTITION__: that integer key
+    came as float64 (1.0, NaN), and the labels carried it as double."""
+    import pyarrow.parquet as pq
+
+    for k in ("1", "__HIVE_DEFAULT_PARTITION__", "3"):
+        local_store.write_parquet(f"hn/k={k}/part-0.parquet", pd.DataFrame({"a": [1.0]}))
+    src = open_parquet(local_store.url("hn"), key_columns="k")
+    keys = src.keys.compute()["k"]
+    assert keys.dtype == pd.Int32Dtype() and keys.tolist()[:2] == [1, 3] and keys.isna().tolist()[2]
+    write_labels(src, np.zeros(3, dtype=int), np.zeros(3), local_store.url("hn-labels"))
+    written = pq.read_table(local_store.path("hn-labels/part-00002.parquet")).column("k")
+    assert written.type == pa.int32() and written.to_pylist() == [None]
+    # Without nulls, the key stays a NumPy column.
+    for k in ("1", "3"):
+        local_store.write_parquet(f"hn2/k={k}/part-0.parquet", pd.DataFrame({"a": [1.0]}))
+    src = open_parquet(local_store.url("hn2"), key_columns="k")
+    assert src.keys.compute()["k"].dtype == np.int32
+
+
 def test_pandas_index_columns_are_not_features_by_default(local_store):
     """pandas writes the index of a filtered frame as __index_level_0__, and a named index
     under its name: row labels, not features, unless named (they were used, before)."""
