@@ -340,8 +340,27 @@ def _describe(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name} ({f.type})" for f in schema)
 
 
+_PANDAS_INDEX_NAME = re.compile(r"^__index_level_\d+__$")
+
+
+def _pandas_index_columns(schemas: Sequence[pa.Schema]) -> set[str]:
+    """The columns that pandas (or dask) wrote as a DataFrame's index in any of ``schemas``:
+    ``__index_level_0__`` for an unnamed index that is not a RangeIndex (the index of a
+    filtered frame), or the index's own name (``set_index("customer_id")``)."""
+    out = set()
+    for schema in schemas:
+        out.update(name for name in schema.names if _PANDAS_INDEX_NAME.match(name))
+        try:
+            meta = schema.pandas_metadata or {}
+        except ValueError:  # metadata that is not JSON: no index to learn from it
+            continue
+        out.update(c for c in meta.get("index_columns", []) if isinstance(c, str))
+    return out
+
+
 def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[str],
-                     partition_fields: set[str], url: str) -> list[str]:
+                     partition_fields: set[str], url: str,
+                     index_columns: set[str]) -> list[str]:
     available = schema.names
     for label, names in (("columns", columns or []), ("key_columns", keys)):
         missing = [c for c in names if c not in available]
@@ -349,13 +368,17 @@ def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[st
             raise ValueError(f"Column(s) {missing} requested by '{label}' not found in {url}. "
                              f"Available columns: {_describe(schema)}.")
     if columns is None:
+        # A pandas index holds row labels (row numbers, for a filtered frame), not features.
         columns = [f.name for f in schema
                    if f.name not in partition_fields and f.name not in keys
-                   and _is_numeric(f.type)]
+                   and f.name not in index_columns and _is_numeric(f.type)]
         if not columns:
+            skipped = sorted(index_columns & set(available))
+            note = (f" The pandas index column(s) {skipped} are not used unless named."
+                    if skipped else "")
             raise ValueError(f"No numeric columns to use as features in {url}. "
-                             f"Available columns: {_describe(schema)}. Name the feature columns "
-                             "with 'columns=' after converting them to numbers.")
+                             f"Available columns: {_describe(schema)}.{note} Name the feature "
+                             "columns with 'columns=' after converting them to numbers.")
         return columns
     if not columns:
         raise ValueError("The 'columns' parameter is empty: name at least one feature column.")
@@ -392,6 +415,22 @@ def _null_counts(metadata: pq.FileMetaData, columns: Sequence[str]) -> dict[str,
     return {k: nulls for k, (nulls, _) in _null_stats(metadata, columns).items() if nulls}
 
 
+def _promote(a: pa.Field, b: pa.Field) -> pa.Field:
+    """Arrow's permissive promotion of two types, except where it loses values: uint64 with
+    a signed integer is int64 for Arrow (values from 2**63 would wrap to negative ones),
+    here decimal128(20, 0), which holds both; a decimal with a float16 or float32 is that
+    float for Arrow (12345678.91 would read 12345679), here float64."""
+    merged = pa.unify_schemas([pa.schema([a]), pa.schema([b])],
+                              promote_options="permissive").field(0)
+    types = (_value_type(a.type), _value_type(b.type))
+    if (any(pa.types.is_uint64(t) for t in types)
+            and any(pa.types.is_signed_integer(t) for t in types)):
+        return merged.with_type(pa.decimal128(20, 0))
+    if pa.types.is_floating(merged.type) and any(pa.types.is_decimal(t) for t in types):
+        return merged.with_type(pa.float64())
+    return merged
+
+
 def _merged_schema(schemas: Sequence[pa.Schema], urls: Sequence[str]):
     """One schema for parts whose types may differ (int64 in one file, double in the
     next where pandas met a NaN; null in an empty file): each column's types promoted
@@ -412,8 +451,7 @@ def _merged_schema(schemas: Sequence[pa.Schema], urls: Sequence[str]):
             if held.type.equals(field.type):
                 continue
             try:
-                merged = pa.unify_schemas([pa.schema([held]), pa.schema([field])],
-                                          promote_options="permissive").field(0)
+                merged = _promote(held, field)
             except (pa.ArrowTypeError, pa.ArrowInvalid, NotImplementedError):
                 conflicts[name] = (held.type, held_url, field.type, url)
                 continue
@@ -444,26 +482,55 @@ _NULLABLE_KEY_TYPES = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
 
 
 def _nullable_keys(metadata: Sequence[pq.FileMetaData], schema: pa.Schema,
-                   keys: Sequence[str], partition_fields: set[str]) -> list[str]:
+                   keys: Sequence[str], partition_fields: set[str],
+                   partition_values: Sequence[Mapping[str, Any]]) -> list[str]:
     """The integer or boolean key columns that may hold nulls: some part counts nulls in
-    them, or does not say (no statistics)."""
-    candidates = [name for name in keys if name not in partition_fields
-                  and schema.field(name).type in _NULLABLE_KEY_TYPES]
+    them, or does not say (no statistics); for a hive partition key, some part with rows
+    has no value for it (``k=__HIVE_DEFAULT_PARTITION__``, or no ``k=`` directory)."""
+    candidates = [name for name in keys if schema.field(name).type in _NULLABLE_KEY_TYPES]
     out = set()
-    for md in metadata:
+    for md, values in zip(metadata, partition_values, strict=True):
+        if not md.num_rows:
+            continue
         stats_of = _null_stats(md, candidates)
         for name in candidates:
+            if name in partition_fields:
+                if values.get(name) is None:
+                    out.add(name)
+                continue
             nulls, groups = stats_of.get(name, (0, 0))
-            if md.num_rows and (nulls or groups < md.num_row_groups):
+            if nulls or groups < md.num_row_groups:
                 out.add(name)
     return [name for name in candidates if name in out]
 
 
+def _has_numpy_type(t: pa.DataType) -> bool:
+    """Arrow types that pandas holds in a NumPy (or categorical, or string) column of their
+    own rather than as Python objects."""
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_timestamp(t) or pa.types.is_duration(t)
+            or pa.types.is_dictionary(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+
+
+def _key_type_mapper(nullable: bool):
+    def mapper(t: pa.DataType):
+        if nullable and t in _NULLABLE_KEY_TYPES:
+            return _NULLABLE_KEY_TYPES[t]
+        # Decimals, dates, times, binary, lists: pandas would hold Python objects, which dask
+        # turns into text (convert-string), so that an 18-digit decimal id or a date would be
+        # written next to the labels as a string, and bytes would not decode. pandas'
+        # Arrow-backed types keep the values and the Parquet type as they are.
+        return None if _has_numpy_type(t) else pd.ArrowDtype(t)
+
+    return mapper
+
+
 def _keys_frame(table: pa.Table, nullable: Sequence[str]) -> pd.DataFrame:
-    """Key columns as pandas; those in ``nullable`` as pandas' nullable types."""
+    """Key columns as pandas: those in ``nullable`` as pandas' nullable types, those that
+    NumPy cannot hold as pandas' Arrow-backed types."""
     return pd.DataFrame({
-        name: table.column(name).to_pandas(
-            types_mapper=_NULLABLE_KEY_TYPES.get if name in nullable else None)
+        name: table.column(name).to_pandas(types_mapper=_key_type_mapper(name in nullable))
         for name in table.column_names})
 
 
@@ -611,7 +678,9 @@ class ParquetSource:
     keys : dask.dataframe.DataFrame or None
         The key columns, one partition per chunk of ``features`` (partition ``i``
         holds the rows of chunk ``i``). Its index is the row number in the
-        dataset before any rows were dropped (``missing="drop"``).
+        dataset before any rows were dropped (``missing="drop"``). Integer and
+        boolean columns that may hold nulls come as pandas' nullable types;
+        decimal, date, time, binary and nested ones as ``pd.ArrowDtype``.
     key_columns : list of str
         The names of the key columns (empty when ``keys`` is None).
     url : str
@@ -671,6 +740,36 @@ class ParquetSource:
                 f"{keys}, n_parts={len(self.parts)}, missing={self.missing!r})")
 
 
+def _refuse_repeated_names(schemas: Sequence[pa.Schema], urls: Sequence[str],
+                           used: Sequence[str] | None = None) -> None:
+    """Refuse a column name that a part holds twice (among ``used``, if given)."""
+    for schema, url in zip(schemas, urls, strict=True):
+        names = schema.names
+        repeated = sorted({n for n in names if names.count(n) > 1
+                           and (used is None or n in used)})
+        if repeated:
+            raise ValueError(f"Column name(s) {repeated} appear more than once in part {url}: "
+                             "columns of one name cannot be told apart. Rename them in that "
+                             "file.")
+
+
+def _refuse_partition_clash(schemas: Sequence[pa.Schema], paths: Sequence[str],
+                            urls: Sequence[str], base: str, url: str) -> None:
+    """Refuse a hive partition key that is also a column of the files, in another type
+    (Arrow cannot merge the two): name it, the file, and the ways out."""
+    for schema, path, part_url in zip(schemas, paths, urls, strict=True):
+        dirs = path[len(base):].strip("/").split("/")[:-1]
+        for segment in dirs:
+            name = segment.split("=", 1)[0]
+            if "=" in segment and name in schema.names:
+                glob_url = url.rstrip("/") + "/" + "*/" * len(dirs) + "*.parquet"
+                raise ValueError(
+                    f"Column '{name}' of part {part_url} ({schema.field(name).type}) is also a "
+                    f"hive partition of {url} (the directory {segment}), in another type. "
+                    "Remove the column from the files, or open them with a glob such as "
+                    f"{glob_url} to read the files' column without the partitions.")
+
+
 def _check_dtype(dtype) -> np.dtype:
     try:
         # np.dtype(None) is float64: None is refused rather than silently read as that.
@@ -725,9 +824,11 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         A path that exists is taken as it is, even with glob characters (``run[1]``).
     columns : str or list of str, optional
         The feature columns, in order. By default every numeric column of the
-        files (integer, floating or decimal), except the key columns and the
-        hive partition columns. A partition column is used only when named
-        here, and must then be numeric.
+        files (integer, floating or decimal), except the key columns, the
+        hive partition columns and the columns that hold a pandas index
+        (``__index_level_0__``, written for a frame whose index is not a
+        RangeIndex, or a named index). Those are used only when named here,
+        and must then be numeric.
     dtype : {"float64", "float32"}, default="float64"
         The dtype of the feature array.
     storage_options : dict, optional
@@ -796,10 +897,17 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         with _fs_errors(loc.url, loc.secrets, "opening"):
             dataset = ds.dataset(paths, filesystem=filesystem, format="parquet",
                                  partitioning=partitioning, partition_base_dir=base)
-    except ValueError:
-        # Name the file that cannot be read rather than the dataset.
-        _load_metadata([ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem)
-                        for p in paths], part_urls, loc.secrets)
+    except (ValueError, pa.ArrowTypeError) as e:
+        # Name the file that cannot be read, or the column, rather than the dataset.
+        schemas = [md.schema.to_arrow_schema() for md in _load_metadata(
+            [ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem) for p in paths],
+            part_urls, loc.secrets)]
+        _refuse_repeated_names(schemas, part_urls)
+        if base is not None:
+            _refuse_partition_clash(schemas, paths, part_urls, base, loc.url)
+        if isinstance(e, pa.ArrowTypeError):
+            raise ValueError(f"Cannot open {loc.url} as one dataset: "
+                             f"{_scrub(str(e), loc.secrets)}") from None
         raise
     fragments = list(dataset.get_fragments())
     metadata = _load_metadata(fragments, part_urls, loc.secrets)
@@ -812,10 +920,13 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                                        [part_urls[i] for i in filled])
     schema = pa.schema([*merged, *(f for f in dataset.schema if f.name in partition_fields)])
     _check_conflicts(conflicts, columns, keys, loc.url)
-    feature_names = _select_features(schema, columns, keys, partition_fields, loc.url)
+    feature_names = _select_features(schema, columns, keys, partition_fields, loc.url,
+                                     _pandas_index_columns(physical_schemas))
 
     needed = list(dict.fromkeys([*feature_names, *keys]))
     physical = [c for c in needed if c not in partition_fields]
+    # The dataset checked the first part's names only.
+    _refuse_repeated_names(physical_schemas, part_urls, physical)
     for fragment, part_url in zip(fragments, part_urls, strict=True):
         absent = [c for c in physical if c not in fragment.physical_schema.names]
         if absent:
@@ -880,7 +991,9 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
 
     key_frame = None
     if keys:
-        nullable = _nullable_keys(metadata, schema, keys, partition_fields)
+        nullable = _nullable_keys(metadata, schema, keys, partition_fields,
+                                  [ds.get_partition_keys(f.partition_expression)
+                                   for f in fragments])
         meta = _keys_frame(read_schema.empty_table().select(keys), nullable)
         meta.index = pd.RangeIndex(0)
         key_frame = dd.from_map(_load_keys, parts, meta=meta, label="read-parquet-keys",
@@ -1276,10 +1389,16 @@ def _read_marker(loc: _Location, kind: str) -> dict[str, Any]:
                          "JSON: the output is incomplete or has been modified.") from None
 
 
+def _labels_frame(table: pa.Table) -> pd.DataFrame:
+    """A labels part as pandas: the key columns in the types they were read in (see
+    :func:`_keys_frame`; the pandas metadata cannot name every Arrow-backed type)."""
+    return table.to_pandas(types_mapper=_key_type_mapper(False))
+
+
 def _read_labels_part(item: tuple[str, str], *, fs: fsspec.AbstractFileSystem) -> pd.DataFrame:
     path, part_url = item
     with _fs_errors(part_url, _task_secrets(fs), "reading"), fs.open(path, "rb") as f:
-        return pq.read_table(f).to_pandas()
+        return _labels_frame(pq.read_table(f))
 
 
 def read_labels(url: str, storage_options: Mapping[str, Any] | None = None) -> dd.DataFrame:
@@ -1325,6 +1444,6 @@ def read_labels(url: str, storage_options: Mapping[str, Any] | None = None) -> d
                          "is incomplete or has been modified.")
     items = [(loc.join(p["name"]), loc.display(loc.join(p["name"]))) for p in parts]
     with _fs_errors(items[0][1], loc.secrets, "reading"), loc.fs.open(items[0][0], "rb") as f:
-        meta = pq.read_schema(f).empty_table().to_pandas()
+        meta = _labels_frame(pq.read_schema(f).empty_table())
     return dd.from_map(_read_labels_part, items, meta=meta, label="read-labels",
                        enforce_metadata=False, fs=loc.fs)

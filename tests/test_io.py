@@ -144,6 +144,61 @@ def test_hive_partitioned(store):
         open_parquet(url, ["a", "region"], storage_options=so)
 
 
+def test_a_null_hive_partition_keeps_an_integer_key_exact(local_store):
+    """Spark writes a null partition value as k=__HIVE_DEFAULT_PARTITION__: that integer key
+    came as float64 (1.0, NaN), and the labels carried it as double."""
+    import pyarrow.parquet as pq
+
+    for k in ("1", "__HIVE_DEFAULT_PARTITION__", "3"):
+        local_store.write_parquet(f"hn/k={k}/part-0.parquet", pd.DataFrame({"a": [1.0]}))
+    src = open_parquet(local_store.url("hn"), key_columns="k")
+    keys = src.keys.compute()["k"]
+    assert keys.dtype == pd.Int32Dtype() and keys.tolist()[:2] == [1, 3] and keys.isna().tolist()[2]
+    write_labels(src, np.zeros(3, dtype=int), np.zeros(3), local_store.url("hn-labels"))
+    written = pq.read_table(local_store.path("hn-labels/part-00002.parquet")).column("k")
+    assert written.type == pa.int32() and written.to_pylist() == [None]
+    # Without nulls, the key stays a NumPy column.
+    for k in ("1", "3"):
+        local_store.write_parquet(f"hn2/k={k}/part-0.parquet", pd.DataFrame({"a": [1.0]}))
+    src = open_parquet(local_store.url("hn2"), key_columns="k")
+    assert src.keys.compute()["k"].dtype == np.int32
+
+
+def test_pandas_index_columns_are_not_features_by_default(local_store):
+    """pandas writes the index of a filtered frame as __index_level_0__, and a named index
+    under its name: row labels, not features, unless named (they were used, before)."""
+    df = pd.DataFrame({"age": [30.0, 20.0, 50.0, 70.0], "income": [1.0, 2.0, 3.0, 4.0]})
+    df[df.age > 25].to_parquet(local_store.path("filtered.parquet"))
+    src = open_parquet(local_store.url("filtered.parquet"))
+    assert src.feature_names == ["age", "income"]
+    np.testing.assert_array_equal(src.features.compute(), [[30, 1], [50, 3], [70, 4]])
+    named = df.assign(rid=[7, 3, 9, 1]).set_index("rid")
+    named.to_parquet(local_store.path("named.parquet"))
+    assert open_parquet(local_store.url("named.parquet")).feature_names == ["age", "income"]
+    # Named, an index column is a feature or a key like any other.
+    src = open_parquet(local_store.url("named.parquet"), ["age", "rid"], key_columns="rid")
+    np.testing.assert_array_equal(src.features.compute()[:, 1], [7, 3, 9, 1])
+    assert list(src.keys.compute()["rid"]) == [7, 3, 9, 1]
+    named[["age"]].astype(str).to_parquet(local_store.path("text.parquet"))
+    with pytest.raises(ValueError, match=r"No numeric columns.*index column\(s\) \['rid'\]"):
+        open_parquet(local_store.url("text.parquet"))
+
+
+def test_a_hive_partition_also_stored_in_the_files_is_named(local_store):
+    """Files that still hold their partition column (pandas writes int64 and large_string,
+    the directories read as int32 and string) failed with a bare ArrowTypeError "Unable to
+    merge: Field year has incompatible types"."""
+    for year in (2020, 2021):
+        local_store.write_parquet(f"hd/year={year}/part-0.parquet",
+                                  pd.DataFrame({"a": [1.0], "year": [year]}))
+    with pytest.raises(ValueError, match=r"Column 'year' of part .*year=2020/part-0\.parquet "
+                                         r"\(int64\) is also a hive partition .*year=2020.* "
+                                         r"glob such as .*hd/\*/\*\.parquet"):
+        open_parquet(local_store.url("hd"))
+    src = open_parquet(local_store.url("hd", "*", "*.parquet"), ["a", "year"])
+    np.testing.assert_array_equal(src.features.compute(), [[1, 2020], [1, 2021]])
+
+
 @pytest.mark.parametrize("dtype", ["float32", np.float64])
 def test_columns_by_name_and_dtype(store, dtype):
     url, df = write_dir(store, [3, 4])
@@ -234,6 +289,29 @@ def test_parts_whose_types_differ_are_read_in_the_promoted_type(local_store, ord
     assert open_parquet(local_store.url("mixed")).feature_names == ["x", "y", "e"]
 
 
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_promotion_between_parts_loses_no_values(local_store, order):
+    """Arrow promotes uint64 with int64 to int64, and a decimal with float32 to float32:
+    2**63 + 5 was read as -9.2e18 (a key too), 12345678.91 as 12345679, and a decimal with
+    float16 failed with a bare ArrowNotImplementedError."""
+    import decimal
+
+    big = 2**63 + 5
+    tables = [pa.table({"u": pa.array([big], pa.uint64()), "id": pa.array([big], pa.uint64()),
+                        "d": pa.array([decimal.Decimal("12345678.91")], pa.decimal128(10, 2)),
+                        "h": pa.array([decimal.Decimal("1234.5")], pa.decimal128(5, 1))}),
+              pa.table({"u": pa.array([-1], pa.int64()), "id": pa.array([-1], pa.int64()),
+                        "d": pa.array([0.5], pa.float32()),
+                        "h": pa.array(np.array([0.5], np.float16))})]
+    for name, i in zip("ab", order, strict=True):
+        local_store.write_parquet(f"mixed/{name}.parquet", tables[i])
+    src = open_parquet(local_store.url("mixed"), ["u", "d", "h"], key_columns="id")
+    rows = {0: [float(big), 12345678.91, 1234.5], 1: [-1.0, 0.5, 0.5]}
+    np.testing.assert_array_equal(src.features.compute(), [rows[i] for i in order])
+    ids = {0: big, 1: -1}
+    assert [int(v) for v in src.keys.compute()["id"]] == [ids[i] for i in order]
+
+
 def test_parts_whose_types_cannot_be_promoted_name_the_column_and_parts(local_store):
     local_store.write_parquet("clash/a.parquet", pa.table({"x": [1.0], "note": ["n"]}))
     local_store.write_parquet("clash/b.parquet", pa.table({"x": ["one"], "note": [2.0]}))
@@ -262,6 +340,26 @@ def test_a_column_missing_from_some_parts_is_refused_in_any_order(local_store, o
         open_parquet(local_store.url("cols"))
 
 
+def test_a_repeated_column_name_is_named_with_its_part(local_store):
+    """pyarrow writes tables with two columns of one name; opening one said only "Can't
+    unify schema with duplicate field names" (first part) or KeyError 'Column y does not
+    exist in schema' (a later part)."""
+    twice = pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0]), pa.array([3.0])],
+                                 names=["x", "y", "y"])
+    local_store.write_parquet("dup1/a.parquet", twice)
+    with pytest.raises(ValueError, match=r"\['y'\] appear more than once in part .*dup1/a"):
+        open_parquet(local_store.url("dup1"), ["x"])
+    local_store.write_parquet("dup2/a.parquet", pa.table({"x": [0.0], "y": [0.5]}))
+    local_store.write_parquet("dup2/b.parquet", twice)
+    for kwargs in ({}, {"columns": ["y"]}, {"columns": ["x"], "key_columns": "y"}):
+        with pytest.raises(ValueError, match=r"\['y'\] appear more than once in part "
+                                             r".*dup2/b\.parquet"):
+            open_parquet(local_store.url("dup2"), **kwargs)
+    # In a later part and not used, it is left alone.
+    np.testing.assert_array_equal(
+        open_parquet(local_store.url("dup2"), ["x"]).features.compute(), [[0.0], [1.0]])
+
+
 def test_nullable_integer_keys_stay_exact(local_store):
     """An integer key column with nulls must not go through float (2**53 + 1 would change
     and the labels could no longer be joined back to the input)."""
@@ -279,6 +377,36 @@ def test_nullable_integer_keys_stay_exact(local_store):
     got = pq.read_table(local_store.path("nk-labels/part-00000.parquet"))
     assert got.schema.field("id").type == pa.int64()
     assert got.column("id").to_pylist() == ids.to_pylist()
+
+
+def test_keys_of_any_type_are_written_back_in_their_type(local_store):
+    """Decimal ids, dates, times, bytes, lists: pandas holds them as Python objects, which
+    dask turned into text, so the labels carried '123456789012345678' for a decimal id and
+    a date as a string (no longer joinable to the input), and bytes that are not UTF-8
+    failed with a UnicodeDecodeError."""
+    import datetime
+    import decimal
+
+    import pyarrow.parquet as pq
+
+    keys = pa.table({
+        "dec": pa.array([decimal.Decimal("123456789012345678"), None], pa.decimal128(18, 0)),
+        "day": pa.array([datetime.date(2024, 2, 29), None]),
+        "at": pa.array([datetime.time(1, 2), datetime.time(3, 4)]),
+        "raw": pa.array([b"\x00\x01", b"\xff"]),
+        "fixed": pa.array([b"ab", b"\xfe\xff"], pa.binary(2)),
+        "tags": pa.array([[1, 2], None]),
+    })
+    local_store.write_parquet("kt/a.parquet", keys.append_column("x", pa.array([0.5, 1.5])))
+    src = open_parquet(local_store.url("kt"), ["x"], key_columns=keys.column_names)
+    got = src.keys.compute()
+    for name in keys.column_names:
+        assert got[name].dtype == pd.ArrowDtype(keys.schema.field(name).type), name
+    write_labels(src, np.array([0, 1]), np.array([0.1, 0.2]), local_store.url("kt-labels"))
+    written = pq.read_table(local_store.path("kt-labels/part-00000.parquet"))
+    assert written.select(keys.column_names).equals(keys)
+    back = read_labels(local_store.url("kt-labels")).compute()
+    assert pa.Table.from_pandas(back[keys.column_names], preserve_index=False).equals(keys)
 
 
 def test_non_numeric_column(local_store):
