@@ -189,8 +189,7 @@ def _names(values: Sequence[str] | str | None, option: str = "--columns") -> lis
     items = [values] if isinstance(values, str) else list(values)
     names: list[str] = []
     for item in items:
-        quoted = len(item) >= 2 and item[0] == item[-1] and item[0] in "'\""
-        if not (quoted or item.lstrip().startswith("[")):
+        if not (jobs.is_quoted(item) or item.lstrip().startswith("[")):
             names.extend(n.strip() for n in item.split(",") if n.strip())
             continue
         try:

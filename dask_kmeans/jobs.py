@@ -158,6 +158,12 @@ for _tag, _pattern, _first in (
                                       re.compile(rf"^(?:{_pattern.pattern})$"), list(_first))
 
 
+def is_quoted(text: str) -> bool:
+    """Whether a command-line value is wrapped in a matching pair of single or double
+    quotes, which :func:`parse_value` reads as the exact text inside."""
+    return len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+
+
 def parse_value(text: str) -> Any:
     """A command-line value, typed conservatively.
 
@@ -184,7 +190,7 @@ def parse_value(text: str) -> Any:
     >>> [parse_value(v) for v in ["'2024'", '"true"', "''", "['2024', ' sp', 'a,b', c]"]]
     ['2024', 'true', '', ['2024', ' sp', 'a,b', 'c']]
     """
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    if is_quoted(text):
         return text[1:-1]
     if _BOOL.fullmatch(text):
         return text.lower() == "true"
