@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import warnings
 
@@ -71,9 +72,9 @@ def check_param_combinations(est) -> None:
     init = est.init
     if isinstance(init, str) and init == "k-means||":
         return
-    changed = [f"{name}={getattr(est, name)!r}"
-               for name, default in (("oversampling_factor", 2.0), ("init_rounds", 5))
-               if getattr(est, name) != default]
+    defaults = inspect.signature(type(est)).parameters
+    changed = [f"{name}={getattr(est, name)!r}" for name in ("oversampling_factor", "init_rounds")
+               if getattr(est, name) != defaults[name].default]
     if changed:
         shown = repr(init) if isinstance(init, str) else \
             "a callable" if callable(init) else "an array"
