@@ -315,10 +315,11 @@ def weights_chunk(x, offset: int, w, state, centers, *, base, n_candidates,
     return K.candidate_weights(nearest, w, n_candidates)[None, :]
 
 
-def choice_chunk(x, offset: int, w, *, seed, stream):
-    """One chunk's best exponential key, its row index and the row, as a (1, 2 + d) row."""
+def choice_chunk(x, offset: int, w, *, seed, stream, size=1):
+    """One chunk's ``size`` best exponential keys, their row indices and the rows,
+    as (min(size, n), 2 + d) rows (see :func:`K.weighted_choice_keys`)."""
     u = K.row_uniforms(seed, stream, offset, x.shape[0])
-    return K.weighted_choice_key(x, w, u, offset)[None, :]
+    return K.weighted_choice_keys(x, w, u, offset, size)
 
 
 def _with_offset(func, x, offset_block, *args, **kwargs):
@@ -411,11 +412,13 @@ def candidate_weights(X, sample_weight, state, candidates: np.ndarray, *, base: 
     return parts.sum(axis=0, split_every=split_every)
 
 
-def weighted_choice(X, sample_weight, *, seed: int, stream: int) -> da.Array:
-    """Per-chunk best exponential key, its row index and the row: (n_chunks, 2 + d)."""
+def weighted_choice(X, sample_weight, *, seed: int, stream: int, size: int = 1) -> da.Array:
+    """Per chunk, the ``size`` best exponential keys, their row indices and the rows:
+    (sum of min(size, chunk rows), 2 + d)."""
     return da.blockwise(
         partial(_with_offset, choice_chunk), "ip", X, "ij", row_offsets(X), "i",
-        sample_weight, "i", new_axes={"p": 2 + X.shape[1]}, adjust_chunks={"i": 1},
+        sample_weight, "i", new_axes={"p": 2 + X.shape[1]},
+        adjust_chunks={"i": lambda rows: min(rows, size)},
         align_arrays=False, concatenate=True, dtype=np.float64,
-        meta=np.empty((0, 0), dtype=np.float64), seed=seed, stream=stream,
+        meta=np.empty((0, 0), dtype=np.float64), seed=seed, stream=stream, size=size,
     )

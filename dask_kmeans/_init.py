@@ -52,20 +52,29 @@ def take_rows(X, idx: np.ndarray, sample_weight=None):
     return out, w
 
 
-def random_rows(X, sample_weight, n_clusters: int, random_state) -> np.ndarray:
-    """``n_clusters`` distinct rows drawn at random (weighted by ``sample_weight``)."""
+def random_rows(X, sample_weight, n_clusters: int, random_state,
+                passes: Passes | None) -> np.ndarray:
+    """``n_clusters`` distinct rows drawn at random (weighted by ``sample_weight``).
+
+    Unweighted: a uniform sample of row indices in O(n_clusters) memory, and
+    only the chunks holding them are read. Weighted: one pass over the data
+    keeps each chunk's ``n_clusters`` rows of largest exponential key (see
+    :func:`K.weighted_choice_keys`); the driver keeps the largest of those, so
+    no weight reaches it. The same ``random_state`` gives the same rows for
+    NumPy and dask input, however chunked. ``passes`` runs over ``X`` (as a dask
+    array) and its weights; unweighted draws do not use it.
+    """
     n = X.shape[0]
     if sample_weight is None:
-        idx = random_state.choice(n, size=n_clusters, replace=False)
-    else:
-        (w,) = compute(sample_weight) if isinstance(sample_weight, da.Array) else (sample_weight,)
-        positive = int(np.count_nonzero(w > 0))
-        check_weight_total(positive)
-        if positive < n_clusters:
-            raise ValueError(f"Only {positive} rows have a positive sample_weight; init='random' "
-                             f"needs at least n_clusters={n_clusters}.")
-        idx = random_state.choice(n, size=n_clusters, replace=False, p=w / w.sum())
-    return take_rows(X, idx)[0]
+        return take_rows(X, K.sample_indices(n, n_clusters, random_state))[0]
+    seed = int(random_state.randint(0, 2**62, dtype=np.int64))
+    chosen = K.best_keys(passes.weighted_choice(seed=seed, stream=0, size=n_clusters),
+                         n_clusters)
+    check_weight_total(len(chosen))
+    if len(chosen) < n_clusters:  # every row of positive weight was kept
+        raise ValueError(f"Only {len(chosen)} rows have a positive sample_weight; "
+                         f"init='random' needs at least n_clusters={n_clusters}.")
+    return chosen[:, 2:].astype(X.dtype)
 
 
 def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:
@@ -151,9 +160,9 @@ def _first_center(passes: Passes, random_state, seed: int) -> np.ndarray:
         index = np.array([random_state.randint(X.shape[0])])
         row = passes.rows(index)
         return take_rows(X, index)[0] if row is None else row
-    keys = passes.weighted_choice(seed=seed, stream=0)
-    check_weight_total(np.max(keys[:, 0]) > -np.inf)  # a row of weight 0 has key -inf
-    return keys[np.argmax(keys[:, 0]), 2:][None, :].astype(X.dtype)
+    best = K.best_keys(passes.weighted_choice(seed=seed, stream=0), 1)
+    check_weight_total(len(best))  # a row of weight 0 has key -inf
+    return best[:, 2:].astype(X.dtype)
 
 
 def kmeans_parallel(

@@ -1150,23 +1150,45 @@ def candidate_weights(
     return out
 
 
-def weighted_choice_key(
-    x: np.ndarray, sample_weight: np.ndarray, u: np.ndarray, offset: int
+def weighted_choice_keys(
+    x: np.ndarray, sample_weight: np.ndarray, u: np.ndarray, offset: int, size: int = 1
 ) -> np.ndarray:
-    """The chunk's best row for drawing one row with probability proportional to weight.
+    """The chunk's best rows for drawing ``size`` rows without replacement with
+    probabilities proportional to weight.
 
-    Uses exponential keys ``log(u) / w`` (Efraimidis and Spirakis): the row
-    with the largest key over all chunks is a weighted draw.
+    Uses exponential keys ``log(u) / w`` (Efraimidis and Spirakis): the
+    ``size`` rows with the largest keys over all chunks are a weighted draw
+    without replacement (the same law as drawing one row at a time, each in
+    proportion to its weight among the rows left). A row of weight 0 has key
+    ``-inf``.
 
     Returns
     -------
-    ndarray of shape (2 + n_features,)
-        The best key, its global row index, then the row itself.
+    ndarray of shape (min(size, n_rows), 2 + n_features)
+        Per row, largest key first: the key, the global row index, then the row itself.
     """
     with np.errstate(divide="ignore"):
         keys = np.where(sample_weight > 0, np.log(u) / sample_weight, -np.inf)
-    best = int(np.argmax(keys))
-    return np.concatenate([[keys[best], best + offset], np.asarray(x[best], dtype=np.float64)])
+    size = min(size, keys.shape[0])
+    if size == 1:
+        best = np.array([np.argmax(keys)])
+    else:
+        best = np.argpartition(-keys, size - 1)[:size] if size < keys.shape[0] else \
+            np.arange(keys.shape[0])
+        best = best[np.lexsort((best, -keys[best]))]
+    out = np.empty((size, 2 + x.shape[1]), dtype=np.float64)
+    out[:, 0] = keys[best]
+    out[:, 1] = best + offset
+    out[:, 2:] = x[best]
+    return out
+
+
+def best_keys(parts: np.ndarray, size: int) -> np.ndarray:
+    """The ``size`` rows of largest finite key among per-chunk
+    :func:`weighted_choice_keys` results (fewer when fewer keys are finite),
+    ties to the lower row index: the same rows however the data is chunked."""
+    parts = parts[np.isfinite(parts[:, 0])]
+    return parts[np.lexsort((parts[:, 1], -parts[:, 0]))[:size]]
 
 
 def kmeans_plusplus(

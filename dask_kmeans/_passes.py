@@ -567,13 +567,13 @@ class Passes:
             return None
         return np.concatenate([b.labels for b in group.bounds])
 
-    def weighted_choice(self, *, seed: int, stream: int) -> np.ndarray:
-        """Per-chunk best exponential keys and rows, shape (n_chunks, 2 + d)."""
+    def weighted_choice(self, *, seed: int, stream: int, size: int = 1) -> np.ndarray:
+        """Per chunk, the ``size`` best exponential keys, their row indices and the
+        rows, shape (sum of min(size, chunk rows), 2 + d); see :func:`K.best_keys`."""
+        kw = dict(seed=seed, stream=stream, size=size)
         if self._on_graphs:
-            graph = G.weighted_choice(self.X, self.sample_weight, seed=seed, stream=stream)
-            return compute(graph)[0]
-        parts = self._on_actors("weighted_choice", dict(seed=seed, stream=stream))
+            return compute(G.weighted_choice(self.X, self.sample_weight, **kw))[0]
+        parts = self._on_actors("weighted_choice", kw)
         if parts is None:
-            parts = self._client.gather(self._map(G.choice_chunk, self._offsets, self._wf,
-                                                  seed=seed, stream=stream))
+            parts = self._client.gather(self._map(G.choice_chunk, self._offsets, self._wf, **kw))
         return np.concatenate(parts)

@@ -219,7 +219,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 X, w = self._scale(X0), w0  # NumPy input is used whole, scaled or not
             centers = _init.kmeans_plusplus(X, w, self.n_clusters, random_state, self.metric)
         else:
-            centers = _init.random_rows(X, w, self.n_clusters, random_state)
+            centers = _init.random_rows(X, w, self.n_clusters, random_state, passes)
         # Spherical k-means keeps unit centres from the start.
         return K.normalize_rows(centers) if self.metric == "cosine" else centers
 

@@ -114,7 +114,7 @@ def test_seeding_cost_close_to_kmeans_plusplus(X):
         pp.append(_cost(X, K.kmeans_plusplus(X, 12, check_random_state(seed))))
     # Bahmani et al.: k-means|| with l = 2k and 5 rounds seeds as well as k-means++.
     assert np.median(par) <= 1.1 * np.median(pp)
-    rand = [_cost(X, _init.random_rows(X, None, 12, check_random_state(s))) for s in range(5)]
+    rand = [_cost(X, _init.random_rows(X, None, 12, check_random_state(s), None)) for s in range(5)]
     assert np.median(par) < np.median(rand)
 
 
@@ -517,3 +517,99 @@ def test_an_actor_lost_before_choosing_makes_the_round_again(client, X):
     np.testing.assert_array_equal(rows, ref_rows)
     assert phi == ref_phi
     np.testing.assert_array_equal(rows[:, 0], _expected_candidates(X, first, 2, 1, 8.0))
+
+
+# -- init="random" -------------------------------------------------------------------------
+
+
+def test_weighted_random_rows_follow_successive_sampling():
+    """Exponential keys merged across chunks draw k rows without replacement, each in
+    proportion to its weight among the rows left (numpy's choice(replace=False, p=...))."""
+    from dask_kmeans import _graph as G
+
+    w = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 0.0, 2.0])
+    x = np.arange(len(w), dtype=np.float64)[:, None]
+    p = w / w.sum()
+    # P(i among 2 draws) = p_i + sum_j p_j * p_i / (1 - p_j)
+    inclusion = p + np.array([sum(p[j] * p[i] / (1 - p[j]) for j in range(len(w)) if j != i)
+                              for i in range(len(w))])
+    seeds = 4000
+    hits = np.zeros(len(w))
+    for seed in range(seeds):
+        parts = np.concatenate([G.choice_chunk(x[a:b], a, w[a:b], seed=seed, stream=0, size=2)
+                                for a, b in ((0, 3), (3, 4), (4, 7))])
+        best = K.best_keys(parts, 2)
+        assert len(best) == 2 and len(set(best[:, 1])) == 2
+        np.testing.assert_array_equal(best[:, 2], best[:, 1])  # each row comes with its index
+        hits[best[:, 1].astype(int)] += 1
+    sigma = np.sqrt(seeds * inclusion * (1 - inclusion))
+    assert hits[w == 0].sum() == 0
+    assert np.all(np.abs(hits - seeds * inclusion) < 4 * sigma + 1)
+
+
+@pytest.mark.parametrize("engine", ["graph", "local", "actors", "futures"])
+def test_weighted_random_rows_are_the_largest_keys_on_every_engine(engine, X, request):
+    """The same rows as the largest keys log(u) / w over the whole array, whatever the
+    engine and chunking, and no larger array than k rows per chunk reaches the driver
+    (the weights stay on the workers)."""
+    from dask_kmeans import _passes
+    from dask_kmeans._passes import Passes
+
+    w = np.random.default_rng(2).uniform(0, 3, len(X))
+    w[::3] = 0
+    k, seed_of = 7, check_random_state(9).randint(0, 2**62, dtype=np.int64)
+    with np.errstate(divide="ignore"):
+        keys = np.log(K.row_uniforms(int(seed_of), 0, 0, len(X))) / w
+    expected = np.argsort(-keys, kind="stable")[:k]
+    Xd, wd = da.from_array(X, chunks=100), da.from_array(w, chunks=100)
+    largest = []
+    for module in (_init, _passes):
+        original = module.compute
+
+        def spy(*args, _original=original, **kwargs):
+            out = _original(*args, **kwargs)
+            largest.extend(np.shape(o)[0] for o in out if np.ndim(o))
+            return out
+
+        request.getfixturevalue("monkeypatch").setattr(module, "compute", spy)
+    if engine in ("actors", "futures"):
+        client = request.getfixturevalue("client")
+        passes = Passes(client.persist(Xd), client.persist(wd))
+        if engine == "futures":
+            passes._groups = False
+        rows = _init.random_rows(X, w, k, check_random_state(9), passes)
+    else:
+        with dask.config.set(scheduler="threads"):
+            passes = Passes(Xd, wd, in_memory=engine == "local")
+            rows = _init.random_rows(Xd, wd, k, check_random_state(9), passes)
+    np.testing.assert_array_equal(rows, X[expected])
+    assert max(largest, default=0) <= 200 * k < len(X)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_random_init_same_rows_for_numpy_and_any_chunking(X, weighted):
+    w = np.random.default_rng(3).uniform(0, 2, len(X)) if weighted else None
+    fits = [KMeans(6, init="random", n_init=1, max_iter=1, random_state=5).fit(X, sample_weight=w)]
+    for chunks in (20000, 3001, 640):
+        fits.append(KMeans(6, init="random", n_init=1, max_iter=1, random_state=5).fit(
+            da.from_array(X, chunks=chunks),
+            sample_weight=None if w is None else da.from_array(w, chunks=chunks)))
+    for other in fits[1:]:
+        np.testing.assert_allclose(other.cluster_centers_, fits[0].cluster_centers_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dask_input", [False, True])
+def test_random_init_needs_k_rows_of_positive_weight(dask_input):
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    w = np.zeros(40)
+    w[[3, 17, 33]] = 1.0
+    wrap = (lambda a: da.from_array(a, chunks=7)) if dask_input else (lambda a: a)
+    km = KMeans(4, init="random", n_init=1, random_state=0)
+    with pytest.raises(ValueError, match=r"Only 3 rows have a positive sample_weight; "
+                                         r"init='random' needs at least n_clusters=4"):
+        km.fit(wrap(X), sample_weight=wrap(w))
+    with pytest.raises(ValueError, match="Sample weights must contain at least one non-zero"):
+        km.fit(wrap(X), sample_weight=wrap(np.zeros(40)))
+    centres = KMeans(3, init="random", n_init=1, max_iter=1, random_state=0).fit(
+        wrap(X), sample_weight=wrap(w)).cluster_centers_
+    assert {tuple(c) for c in centres} == {tuple(r) for r in X[[3, 17, 33]]}
