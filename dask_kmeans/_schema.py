@@ -39,12 +39,84 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import yaml
 from dask.utils import parse_bytes, parse_timedelta
 
-__all__ = ["SchemaError", "expected", "is_int", "is_number", "not_utf8", "parses", "show",
-           "walk"]
+__all__ = ["SchemaError", "expected", "is_int", "is_number", "load_yaml", "not_utf8", "parses",
+           "show", "walk"]
 
 ADDRESS = re.compile(r"^(?P<scheme>[a-z]+)://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)$")
+
+
+# --------------------------------------------------------------------------- YAML
+
+# Plain scalars are typed conservatively, in job and cluster files as on the command line,
+# so that a password or a profile name arrives exactly as written: YAML 1.1 (PyYAML) turns
+# 0123 into 83 (octal), 12:30:00 into 45000 (base 60), 2024_01 into 202401, no into False
+# and 2024-01-01 into a date, silently. Only these forms change type.
+BOOL = re.compile(r"(?i:true|false)")
+NULL = re.compile(r"(?i:null)")
+INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+FLOAT = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+#: YAML 1.1's other booleans: read as text they would turn ``anon: no`` into a true value
+#: (a non-empty string), read as booleans they break the rule above; so they are refused.
+AMBIGUOUS_BOOL = re.compile(r"yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF")
+AMBIGUOUS_HINT = ("which YAML 1.1 reads as a boolean: write true or false for a boolean, "
+                  "or put it in quotes for text")
+
+
+class AmbiguousBool(yaml.constructor.ConstructorError):
+    """A plain ``yes``, ``no``, ``on`` or ``off`` (see :data:`AMBIGUOUS_BOOL`)."""
+
+
+def _refuse_ambiguous(loader, node):
+    raise AmbiguousBool(None, None, f"{node.value!r} is ambiguous, {AMBIGUOUS_HINT}",
+                        node.start_mark)
+
+
+def _conservative_loader(name: str, *, files: bool) -> type[yaml.SafeLoader]:
+    """A SafeLoader whose plain scalars are bools, nulls, ints and floats only by the
+    patterns above (and empty ones null); a plain yes/no/on/off is refused
+    (:class:`AmbiguousBool`); everything else is a string. With ``files``, ``~`` is null
+    too and ``<<`` merges a mapping, as YAML files commonly use them."""
+    loader = type(name, (yaml.SafeLoader,), {"yaml_implicit_resolvers": {}})
+    loader.add_constructor("tag:dask-kmeans:ambiguous-bool", _refuse_ambiguous)
+    rules = [("bool", BOOL.pattern, "tTfF"), ("null", NULL.pattern, "nN"), ("null", "", [""]),
+             ("int", INT.pattern, "-+0123456789"), ("float", FLOAT.pattern, "-+0123456789."),
+             ("ambiguous-bool", AMBIGUOUS_BOOL.pattern, "yYnNoO")]
+    if files:
+        rules += [("null", "~", "~"), ("merge", "<<", "<")]
+    for tag, pattern, first in rules:
+        prefix = "tag:dask-kmeans:" if tag == "ambiguous-bool" else "tag:yaml.org,2002:"
+        loader.add_implicit_resolver(prefix + tag,
+                                     re.compile(rf"^(?:{pattern})$"), list(first))
+    return loader
+
+
+#: Job and cluster files.
+FileLoader = _conservative_loader("FileLoader", files=True)
+#: A ``[...]`` or ``{...}`` value given on the command line.
+FlowLoader = _conservative_loader("FlowLoader", files=False)
+
+
+def load_yaml(text) -> Any:
+    """A job or cluster file's YAML (text or a stream), plain scalars typed conservatively:
+    ``true``/``false`` and ``null`` in any case, ``~`` and empty values are bools and null,
+    decimal integers without leading zeros are ints, decimal numbers (``0.5``, ``1e-4``)
+    floats; a plain ``yes``, ``no``, ``on`` or ``off`` is refused; anything else
+    (``0123``, ``2024_01``, ``2024-01-01``, ``12:30:00``, ``'yes'``) is a string.
+
+    Raises
+    ------
+    yaml.YAMLError
+        If the text is not YAML, or holds a plain yes/no/on/off (:class:`AmbiguousBool`).
+
+    Examples
+    --------
+    >>> load_yaml("a: 0123\nb: 1e-4\nc: 'yes'\nd: ~\ne: [2024-01-01, 7, TRUE]")
+    {'a': '0123', 'b': 0.0001, 'c': 'yes', 'd': None, 'e': ['2024-01-01', 7, True]}
+    """
+    return yaml.load(text, Loader=FileLoader)  # a SafeLoader subclass
 
 
 class SchemaError(ValueError):
@@ -226,8 +298,8 @@ def walk(node: dict, value: Any, path: str, errors: list) -> Any:
     Problems are appended to ``errors`` as ``(path, problem)``; where a value is wrong,
     the copy holds None.
     """
-    if value is None and node.get("nullable"):
-        return None
+    if value is None and (node.get("nullable") or node["type"] == "any"):
+        return None  # "any" is anything, null too (known_hosts: null, region_name: null)
     kind = node["type"]
     if kind == "mapping" and isinstance(value, Mapping):
         if "variants" in node:

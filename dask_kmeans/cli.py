@@ -21,7 +21,7 @@ from dask.utils import parse_timedelta
 
 from . import __version__, jobs
 from ._progress import listening
-from ._schema import SchemaError, show
+from ._schema import SchemaError, load_yaml, show
 from .cluster import ClusterConfigUnreadable, ClusterError, connect, load_cluster_config
 
 #: What each exit code means.
@@ -153,9 +153,9 @@ def _connected(target: dict[str, Any], timeout: str | None) -> Iterator[Any]:
 
 
 #: How --set and --storage-option type a value (jobs.parse_value), for their --help.
-_VALUE_HELP = ("true/false, null and plain numbers are typed, [a, b] is a list; a value in "
-               "quotes is the exact text inside, like '2024' (for the shell: "
-               "\"KEY='2024'\").")
+_VALUE_HELP = ("true/false, null and plain numbers are typed, [a, b] is a list, yes/no/on/off "
+               "are refused; a value in quotes is the exact text inside, like '2024' (for "
+               "the shell: \"KEY='2024'\").")
 
 
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -745,7 +745,7 @@ def validate(file, overrides):
     """
     try:
         with open(file, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = load_yaml(f)
     except FileNotFoundError:
         raise CommandError(f"{file}: no such file", 2) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError):

@@ -196,7 +196,7 @@ def load_cluster_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ClusterConfigUnreadable(
             f"cannot read the cluster config {p}: {S.not_utf8(exc)}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = S.load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""

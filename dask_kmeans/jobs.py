@@ -120,44 +120,6 @@ class UnknownJobError(LookupError):
 # --------------------------------------------------------------------------- YAML
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 as PyYAML reads it, except that ``1e-4`` is a float (as in YAML 1.2)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-
-
-# Command-line values (``--set``, ``--storage-option``) are read conservatively: YAML 1.1
-# turned password=0123 into 83 (octal), 12:30:00 into 45000 (base 60), 2024_01 into 202401,
-# 'ab #cd' into 'ab' (a comment) and no into False, silently. Only these forms change type.
-_BOOL = re.compile(r"(?i:true|false)")
-_NULL = re.compile(r"(?i:null)")
-_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-
-
-class _FlowLoader(yaml.SafeLoader):
-    """YAML for a ``[...]`` or ``{...}`` value: plain scalars typed by :func:`parse_value`'s
-    rule only (and empty ones as null), never YAML 1.1's octal, base 60, yes/no or dates."""
-
-    yaml_implicit_resolvers: dict = {}  # none of SafeLoader's
-
-
-for _tag, _pattern, _first in (
-        ("bool", _BOOL, "tTfF"), ("null", _NULL, "nN"), ("null", re.compile(""), [""]),
-        ("int", _INT, "-+0123456789"), ("float", _FLOAT, "-+0123456789.")):
-    _FlowLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}",
-                                      re.compile(rf"^(?:{_pattern.pattern})$"), list(_first))
-
-
 def is_quoted(text: str) -> bool:
     """Whether a command-line value is wrapped in a matching pair of single or double
     quotes, which :func:`parse_value` reads as the exact text inside."""
@@ -175,33 +137,38 @@ def parse_value(text: str) -> Any:
     ``1e-4``) are floats, and a value starting with ``[`` or ``{`` is a YAML flow list or
     mapping, whose items follow the same rule, except that a quoted item is YAML's quoted
     scalar (in ``"..."`` a backslash starts an escape; in ``'...'`` write ``''`` for
-    ``'``). Anything else is the exact string given: ``0123``, ``12:30:00``, ``2024_01``,
-    ``ab #cd``, ``no`` and an empty value stay strings.
+    ``'``). A plain ``yes``, ``no``, ``on`` or ``off`` (YAML 1.1's other booleans, as
+    job files spell them) is refused: quote it for text. Anything else is the exact
+    string given: ``0123``, ``12:30:00``, ``2024_01``, ``ab #cd`` and an empty value stay
+    strings. Job files type their plain values by the same rule (:func:`_schema.load_yaml`).
 
     Raises
     ------
     yaml.YAMLError
-        If a value starting with ``[`` or ``{`` is not a YAML flow collection.
+        If a value starting with ``[`` or ``{`` is not a YAML flow collection, or the value
+        (or an item) is a plain yes/no/on/off (``_schema.AmbiguousBool``).
 
     Examples
     --------
-    >>> [parse_value(v) for v in ["True", "null", "5", "-1e-4", "0123", "no", "[2, 4]"]]
+    >>> [parse_value(v) for v in ["True", "null", "5", "-1e-4", "0123", "'no'", "[2, 4]"]]
     [True, None, 5, -0.0001, '0123', 'no', [2, 4]]
     >>> [parse_value(v) for v in ["'2024'", '"true"', "''", "['2024', ' sp', 'a,b', c]"]]
     ['2024', 'true', '', ['2024', ' sp', 'a,b', 'c']]
     """
     if is_quoted(text):
         return text[1:-1]
-    if _BOOL.fullmatch(text):
+    if S.BOOL.fullmatch(text):
         return text.lower() == "true"
-    if _NULL.fullmatch(text):
+    if S.NULL.fullmatch(text):
         return None
-    if _INT.fullmatch(text):
+    if S.INT.fullmatch(text):
         return int(text)
-    if _FLOAT.fullmatch(text) and any(c.isdigit() for c in text):
+    if S.FLOAT.fullmatch(text):
         return float(text)
+    if S.AMBIGUOUS_BOOL.fullmatch(text):
+        raise S.AmbiguousBool(None, None, f"{text!r} is ambiguous, {S.AMBIGUOUS_HINT}")
     if text.lstrip().startswith(("[", "{")):
-        return yaml.load(text, Loader=_FlowLoader)  # a SafeLoader subclass
+        return yaml.load(text, Loader=S.FlowLoader)  # a SafeLoader subclass
     return text
 
 
@@ -452,6 +419,8 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[list[str], Any]:
         raise JobSpecError([(what, "expected key.path=value, like params.n_clusters=5")])
     try:
         value = parse_value(raw)
+    except S.AmbiguousBool as exc:
+        raise JobSpecError([(key, f"the value given by {what}: {exc.problem}")]) from None
     except yaml.YAMLError:
         # The value is not echoed: it may be a credential.
         raise JobSpecError([(key, f"the value given by {what} starts with [ or {{ but is not "
@@ -538,7 +507,7 @@ def load_job(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> dic
     except UnicodeDecodeError as exc:
         raise JobSpecError([("", S.not_utf8(exc))], str(p)) from None
     try:
-        raw = _yaml(text)
+        raw = S.load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""

@@ -24,6 +24,7 @@ import psutil
 import pytest
 import yaml
 
+from dask_kmeans._schema import load_yaml
 from dask_kmeans.cluster import (
     KINDS,
     ClusterConfigError,
@@ -181,7 +182,7 @@ def no_traceback_noise(exc: BaseException) -> bool:
 
 
 def section_keys(path: Path) -> tuple[str, dict]:
-    raw = yaml.safe_load(path.read_text())
+    raw = load_yaml(path.read_text())
     kind = raw["cluster"]["kind"]
     return kind, raw["cluster"][kind]
 
@@ -244,7 +245,7 @@ def test_docs_explain_every_kind_and_option():
 
 def test_docs_yaml_examples_validate():
     blocks = doc_yaml_blocks()
-    kinds = [validate_cluster_config(yaml.safe_load(b))["cluster"]["kind"] for b in blocks]
+    kinds = [validate_cluster_config(load_yaml(b))["cluster"]["kind"] for b in blocks]
     assert set(kinds) == set(KINDS)
 
 
@@ -350,6 +351,26 @@ def test_load_names_the_file_and_resolves_tls_paths(tmp_path):
     broken.write_text("cluster:\n  kind: local\n   local: {}\n")
     with pytest.raises(ClusterConfigError, match=r"broken\.yaml: line 3: not valid YAML"):
         load_cluster_config(broken)
+
+    # Plain values are typed as in job files: YAML 1.1 read 0800 as 512 (octal) and
+    # refused it as an env value; yes/no/on/off are refused unquoted.
+    kube = tmp_path / "kube.yaml"
+    kube.write_text("cluster:\n  kind: kubernetes\n  kubernetes:\n    name: k\n"
+                    "    image: img:2024.1\n"
+                    "    env: {TZ_OFFSET: 0800, SINCE: 2024-01-01, FLAG: 'on'}\n")
+    assert load_cluster_config(kube)["cluster"]["kubernetes"]["env"] == {
+        "TZ_OFFSET": "0800", "SINCE": "2024-01-01", "FLAG": "on"}
+    ambiguous = tmp_path / "ambiguous.yaml"
+    ambiguous.write_text("cluster:\n  kind: local\n  local:\n    processes: yes\n")
+    with pytest.raises(ClusterConfigError, match=r"ambiguous\.yaml: line 4: not valid YAML: "
+                                                 r"'yes' is ambiguous, which YAML 1\.1"):
+        load_cluster_config(ambiguous)
+    # A null in a free-form mapping is a value like any other (it crashed the validator).
+    ssh = tmp_path / "ssh.yaml"
+    ssh.write_text("cluster:\n  kind: ssh\n  ssh:\n    hosts: [a, b]\n"
+                   "    connect_options: {known_hosts: ~, port: 22}\n")
+    assert load_cluster_config(ssh)["cluster"]["ssh"]["connect_options"] == {
+        "known_hosts": None, "port": 22}
 
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing\n")

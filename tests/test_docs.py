@@ -72,12 +72,11 @@ YAML = [(path, line, code) for path in DOCS for line, code in python_blocks(path
     ids=[f"{path.relative_to(ROOT)}:{line}" for path, line, _ in YAML],
 )
 def test_yaml_block_is_a_valid_spec_or_config(path, line, code):
-    import yaml
-
+    from dask_kmeans._schema import load_yaml
     from dask_kmeans.cluster import validate_cluster_config
     from dask_kmeans.jobs import validate_job
 
-    doc = yaml.safe_load(code)
+    doc = load_yaml(code)
     assert isinstance(doc, dict) and ({"job"} <= set(doc) or {"cluster"} <= set(doc)), (
         f"{path.name}:{line}: neither a job spec nor a cluster config")
     if "job" in doc:

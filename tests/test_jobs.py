@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import dask_kmeans as dk
+from dask_kmeans._schema import load_yaml
 from dask_kmeans.jobs import (
     MAX_K_VALUES,
     JobSpecError,
@@ -303,7 +304,7 @@ def test_command_line_values_are_typed_conservatively(tmp_path):
     """--set and --storage-option values went through YAML 1.1, which silently turned
     password=0123 into 83 (octal), 12:30:00 into 45000 (base 60), 2024_01 into 202401,
     'ab #cd' into 'ab' (a comment) and no into False."""
-    kept = ["0123", "12:30:00", "2024_01", "ab #cd", "no", "yes", "on", "off", "~", "",
+    kept = ["0123", "12:30:00", "2024_01", "ab #cd", "yEs", "y", "n", "~", "",
             " 5", "0x1f", "1_000", "00.5", ".inf", "nan", "2024-01-01", "a: b"]
     for text in kept:
         assert parse_assignment(f"password={text}", "--storage-option") == (
@@ -311,7 +312,7 @@ def test_command_line_values_are_typed_conservatively(tmp_path):
     typed = {"true": True, "False": False, "TRUE": True, "null": None, "Null": None,
              "0": 0, "42": 42, "-7": -7, "+3": 3, "1.5": 1.5, "-0.25": -0.25, ".5": 0.5,
              "1e-4": 1e-4, "2.5E3": 2500.0, "[2, 4, 8]": [2, 4, 8],
-             "[id, 0123, no, '7']": ["id", "0123", "no", "7"],
+             "[id, 0123, 'no', '7']": ["id", "0123", "no", "7"],
              "{region_name: eu-west-1, retries: 3, anon: }":
                  {"region_name": "eu-west-1", "retries": 3, "anon": None}}
     for text, value in typed.items():
@@ -321,6 +322,50 @@ def test_command_line_values_are_typed_conservatively(tmp_path):
                                               "input.storage_options.secret=12:30:00"])
     assert spec["job"]["input"]["storage_options"] == {"profile": "2024_01",
                                                        "secret": "12:30:00"}
+
+
+@pytest.mark.parametrize("text", ["no", "yes", "On", "OFF", "[a, no]", "{anon: yes}"])
+def test_a_plain_yes_no_on_off_value_is_refused(text):
+    """--storage-option anon=no was the text 'no', which s3fs takes as true; YAML 1.1 would
+    read it as false. Neither is safe to guess: quote it for text, or write true/false."""
+    with pytest.raises(JobSpecError) as info:
+        parse_assignment(f"anon={text}", "--storage-option")
+    (path, problem), = info.value.errors
+    assert path == "anon" and problem.startswith("the value given by --storage-option anon: ")
+    assert "is ambiguous, which YAML 1.1 reads as a boolean: write true or false for a " \
+           "boolean, or put it in quotes for text" in problem
+    assert parse_assignment("anon='no'", "--storage-option")[1] == "no"
+    assert parse_assignment("x=[a, 'no']")[1] == ["a", "no"]
+
+
+def test_job_files_type_plain_values_as_the_command_line_does(tmp_path):
+    """Job files were read as YAML 1.1: in storage_options, password: 0123 arrived as 83,
+    profile: 2024_01 as 202401, secret: 12:30:00 as 45000 and a date as a datetime.date,
+    silently; anon: no as False, which is now refused unquoted."""
+    path = tmp_path / "job.yaml"
+    head = "job:\n  kind: fit\n  input:\n    url: data\n    storage_options:\n"
+    tail = ("  params: {n_clusters: 3, tol: 1e-4, random_state: ~}\n"
+            "  output: {model: model}\n")
+    options = ("      password: 0123\n      profile: 2024_01\n      secret: 12:30:00\n"
+               "      since: 2024-01-01\n      retries: 3\n      ratio: 0.5\n"
+               "      anon: FALSE\n      region:\n      flag: 'no'\n      zone: ~\n")
+    path.write_text(head + options + tail)
+    job = load_job(path)["job"]
+    assert job["input"]["storage_options"] == {
+        "password": "0123", "profile": "2024_01", "secret": "12:30:00", "since": "2024-01-01",
+        "retries": 3, "ratio": 0.5, "anon": False, "region": None, "flag": "no", "zone": None}
+    assert job["params"]["tol"] == 1e-4 and job["params"]["random_state"] is None
+    path.write_text(head + "      anon: no\n" + tail)
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert info.value.errors == [("line 6", "not valid YAML: 'no' is ambiguous, which YAML 1.1 "
+                                  "reads as a boolean: write true or false for a boolean, or "
+                                  "put it in quotes for text")]
+    # Anchors and merge keys still work.
+    path.write_text("base: &io {url: data}\njob:\n  kind: fit\n  input: {<<: *io}\n"
+                    "  params: {n_clusters: 3}\n  output: {model: model}\n")
+    with pytest.raises(JobSpecError, match="unknown key 'base'"):
+        load_job(path)
 
 
 def test_a_quoted_command_line_value_is_the_exact_text_inside():
@@ -719,7 +764,7 @@ def doc_yaml_blocks() -> list[str]:
 
 def test_docs_yaml_examples_are_valid_job_specs():
     blocks = doc_yaml_blocks()
-    kinds = [validate_job(yaml.safe_load(b), base_dir=DOC.parent)["job"]["kind"]
+    kinds = [validate_job(load_yaml(b), base_dir=DOC.parent)["job"]["kind"]
              for b in blocks]
     assert set(kinds) == {"fit", "predict", "sweep"}
 
