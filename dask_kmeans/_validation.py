@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import uuid
 import warnings
 
 import dask.array as da
@@ -261,8 +262,12 @@ def check_sample_weight(sample_weight, X):
         if not isinstance(X, da.Array):
             return check_sample_weight(w.compute(), X)
         w = w.rechunk((X.chunks[0],))
+        # A fresh name per call: a persisted fit fuses this layer into other tasks under
+        # the same keys, which the scheduler keeps (the fit's labels depend on them); the
+        # same weights fitted again must not submit those keys with another task.
         return w.map_blocks(checked_weights_block, dtype=np.float64,
-                            meta=np.empty((0,), dtype=np.float64))
+                            meta=np.empty((0,), dtype=np.float64),
+                            name=f"checked-weights-{uuid.uuid4().hex}")
     w = np.asarray(sample_weight, dtype=np.float64)
     if w.ndim != 1:
         raise ValueError("Sample weights must be 1D array or scalar")

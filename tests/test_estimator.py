@@ -412,6 +412,37 @@ def test_on_a_process_local_cluster(client, data):
     _close(on_cluster.cluster_centers_, local.cluster_centers_, np.float64)
 
 
+def test_refitting_the_same_weighted_data_submits_no_key_twice(client):
+    """A persisted fit's labels keep its weight keys on the scheduler, fused into other
+    tasks; fitting the same dask weights again (not persisted, or scoring them) sent the
+    same keys with other tasks: distributed's "Detected different `run_spec`" warning,
+    which it says "can cause failures and deadlocks"."""
+    seen = []
+
+    class Spy(logging.Handler):
+        def emit(self, record):
+            if "run_spec" in record.getMessage():
+                seen.append(record.getMessage()[:200])
+
+    X = blobs(n=3000, d=3, k=4, seed=2)
+    w = np.random.default_rng(2).uniform(0, 2, len(X))
+    spy = Spy()
+    logger = logging.getLogger("distributed.scheduler")
+    logger.addHandler(spy)
+    try:
+        models = []
+        for persist in (True, False, True):
+            Xd, wd = da.from_array(X, chunks=500), da.from_array(w, chunks=500)
+            km = KMeans(4, n_init=1, max_iter=3, random_state=3, standardize=True,
+                        persist=persist).fit(Xd, sample_weight=wd)
+            km.score(Xd, sample_weight=wd)
+            models.append(km)  # their labels stay on the cluster
+        assert np.allclose(models[0].cluster_centers_, models[1].cluster_centers_)
+    finally:
+        logger.removeHandler(spy)
+    assert seen == []
+
+
 def test_one_exchange_per_iteration_on_a_cluster(client, monkeypatch):
     """Persisted data: one round of actor calls per iteration (or, without actors, one gather)."""
     from dask_kmeans import _passes
