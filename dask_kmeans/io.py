@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import dask
 import dask.array as da
@@ -753,15 +753,64 @@ def _refuse_repeated_names(schemas: Sequence[pa.Schema], urls: Sequence[str],
                              "file.")
 
 
+#: How Hive and Spark write a null partition value (pyarrow's ``null_fallback``).
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def _partition_dirs(path: str, base: str) -> list[str]:
+    """The directory names between the partition base dir ``base`` and the file ``path``."""
+    return path[len(base):].strip("/").split("/")[:-1]
+
+
+def _hive_key(segment: str) -> tuple[str, str | None] | None:
+    """The key and value of a ``key=value`` directory name, URI-decoded as pyarrow decodes
+    them (None for a null value); None for a directory name that is not one."""
+    if "=" not in segment:
+        return None
+    name, value = (unquote(s) for s in segment.split("=", 1))
+    return name, None if value == _HIVE_NULL else value
+
+
+def _round_trips_as_int32(value: str) -> bool:
+    try:
+        number = int(value)
+    except ValueError:
+        return False
+    return str(number) == value and -(2**31) <= number < 2**31
+
+
+def _hive_partitioning(paths: Sequence[str], base: str) -> ds.Partitioning:
+    """The hive partitioning of ``paths``, typed from their directory names.
+
+    A key is int32 when every value of it is an integer written as int32 prints it
+    (``year=2020``, ``k=-5``), as pyarrow's discovery would type it; otherwise it is text,
+    so that its values arrive exactly as written: pyarrow's discovery reads every value
+    that parses as an integer as int32, so ``zip=02134`` would be 2134 and ``code=007``
+    7. A key without any non-null value is text too (discovery refuses it). Keys come in
+    order of first appearance, as discovery orders them.
+    """
+    values: dict[str, list[str]] = {}
+    for path in paths:
+        for segment in _partition_dirs(path, base):
+            key = _hive_key(segment)
+            if key is not None:
+                name, value = key
+                values.setdefault(name, []).extend([] if value is None else [value])
+    return ds.partitioning(pa.schema([
+        (name, pa.int32() if found and all(map(_round_trips_as_int32, found)) else pa.string())
+        for name, found in values.items()]), flavor="hive")
+
+
 def _refuse_partition_clash(schemas: Sequence[pa.Schema], paths: Sequence[str],
                             urls: Sequence[str], base: str, url: str) -> None:
     """Refuse a hive partition key that is also a column of the files, in another type
     (Arrow cannot merge the two): name it, the file, and the ways out."""
     for schema, path, part_url in zip(schemas, paths, urls, strict=True):
-        dirs = path[len(base):].strip("/").split("/")[:-1]
+        dirs = _partition_dirs(path, base)
         for segment in dirs:
-            name = segment.split("=", 1)[0]
-            if "=" in segment and name in schema.names:
+            key = _hive_key(segment)
+            if key is not None and key[0] in schema.names:
+                name = key[0]
                 glob_url = url.rstrip("/") + "/" + "*/" * len(dirs) + "*.parquet"
                 raise ValueError(
                     f"Column '{name}' of part {part_url} ({schema.field(name).type}) is also a "
@@ -822,6 +871,8 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         skipped (``_SUCCESS``, ``_temporary``...). A glob pattern
         (``data/*.parquet``) selects files; hive partitions are then not parsed.
         A path that exists is taken as it is, even with glob characters (``run[1]``).
+        A hive partition key is int32 when all its values are integers written as int32
+        prints them (``year=2020``), else text exactly as written (``zip=02134``).
     columns : str or list of str, optional
         The feature columns, in order. By default every numeric column of the
         files (integer, floating or decimal), except the key columns, the
@@ -892,7 +943,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                          "'.' are skipped).")
 
     filesystem = _arrow_fs(loc.fs)
-    partitioning = ds.HivePartitioning.discover() if base is not None else None
+    partitioning = _hive_partitioning(paths, base) if base is not None else None
     try:
         with _fs_errors(loc.url, loc.secrets, "opening"):
             dataset = ds.dataset(paths, filesystem=filesystem, format="parquet",
