@@ -46,6 +46,8 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from fsspec.implementations.local import LocalFileSystem
 
+from ._schema import closest, suggest
+
 __all__ = [
     "ParquetSource",
     "open_parquet",
@@ -336,8 +338,26 @@ def _as_name_list(value, name: str) -> list[str] | None:
     return names
 
 
-def _describe(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name} ({f.type})" for f in schema)
+#: How many columns a message lists: a dataset may have thousands.
+_LISTED_COLUMNS = 20
+
+
+def _describe(schema: pa.Schema, limit: int = _LISTED_COLUMNS) -> str:
+    """The first ``limit`` columns of ``schema`` with their types, and how many more there are."""
+    shown = ", ".join(f"{f.name} ({f.type})" for f in list(schema)[:limit])
+    more = len(schema) - limit
+    return f"{shown}, ... and {more} more" if more > 0 else shown
+
+
+def _did_you_mean(missing: Sequence[str], available: Sequence[str]) -> str:
+    """The hint "; did you mean 'age'?" naming the closest existing name to each missing
+    one that has one (and which missing one it is for, when there are several); "" if
+    none is close."""
+    if len(missing) == 1:
+        return suggest(missing[0], available)
+    close = [(name, closest(name, available)) for name in missing]
+    hints = [f"'{match}' for '{name}'" for name, match in close if match is not None]
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
 _PANDAS_INDEX_NAME = re.compile(r"^__index_level_\d+__$")
@@ -365,8 +385,9 @@ def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[st
     for label, names in (("columns", columns or []), ("key_columns", keys)):
         missing = [c for c in names if c not in available]
         if missing:
-            raise ValueError(f"Column(s) {missing} requested by '{label}' not found in {url}. "
-                             f"Available columns: {_describe(schema)}.")
+            raise ValueError(f"Column(s) {missing} requested by '{label}' not found in {url}"
+                             f"{_did_you_mean(missing, available) or '.'} Available columns: "
+                             f"{_describe(schema)}.")
     if columns is None:
         # A pandas index holds row labels (row numbers, for a filtered frame), not features.
         columns = [f.name for f in schema

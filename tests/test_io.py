@@ -316,6 +316,34 @@ def test_missing_column_names_it_and_lists_available(store):
         open_parquet(url, key_columns="ghost", storage_options=store.storage_options)
 
 
+def test_missing_column_suggests_the_closest_and_lists_a_bounded_number(local_store):
+    """With 1,000 columns the message listed every one of them (about 15,000 characters);
+    it names the closest existing column now, even one beyond those listed."""
+    wide = pd.DataFrame({**{f"feature_{i:03d}": [0.0] for i in range(998)},
+                         "age": [30.0], "income": [1.0]})
+    url = local_store.write_parquet("wide.parquet", wide)
+    with pytest.raises(ValueError) as e:
+        open_parquet(url, ["agee"])
+    message = str(e.value)
+    assert message.startswith(f"Column(s) ['agee'] requested by 'columns' not found in {url}; "
+                              "did you mean 'age'? Available columns: feature_000 (double), ")
+    assert message.endswith("feature_019 (double), ... and 980 more.")
+    assert len(message) < 800
+    with pytest.raises(ValueError, match=r"\['incme', 'zzz', 'agee'\] requested by "
+                                         r"'key_columns' not found in .*wide\.parquet; did you "
+                                         r"mean 'income' for 'incme', 'age' for 'agee'\? "
+                                         r"Available columns: feature_000"):
+        open_parquet(url, key_columns=["incme", "zzz", "agee"])
+    with pytest.raises(ValueError, match=r"\['zzz'\] requested by 'columns' not found in "
+                                         r".*wide\.parquet\. Available columns: feature_000"):
+        open_parquet(url, ["zzz"])
+    # The message for a dataset without numeric columns lists a bounded number too.
+    url = local_store.write_parquet("text.parquet", wide.astype(str))
+    with pytest.raises(ValueError, match=r"No numeric columns .*feature_019 \((large_)?string\), "
+                                         r"\.\.\. and 980 more\. Name the feature"):
+        open_parquet(url)
+
+
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 def test_parts_whose_types_differ_are_read_in_the_promoted_type(local_store, order):
     """pandas writes an integer column as double once it meets a NaN, an empty frame's
