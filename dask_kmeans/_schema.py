@@ -287,9 +287,15 @@ def join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def suggest(word: str, options) -> str:
+def closest(word: str, options) -> str | None:
+    """The option most like ``word`` (difflib's similarity of at least 0.6), or None."""
     close = difflib.get_close_matches(word, list(options), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return close[0] if close else None
+
+
+def suggest(word: str, options) -> str:
+    close = closest(word, options)
+    return f"; did you mean '{close}'?" if close is not None else ""
 
 
 def walk(node: dict, value: Any, path: str, errors: list) -> Any:

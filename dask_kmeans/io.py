@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import dask
 import dask.array as da
@@ -45,6 +45,8 @@ import pyarrow.parquet as pq
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from fsspec.implementations.local import LocalFileSystem
+
+from ._schema import closest, suggest
 
 __all__ = [
     "ParquetSource",
@@ -336,8 +338,26 @@ def _as_name_list(value, name: str) -> list[str] | None:
     return names
 
 
-def _describe(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name} ({f.type})" for f in schema)
+#: How many columns a message lists: a dataset may have thousands.
+_LISTED_COLUMNS = 20
+
+
+def _describe(schema: pa.Schema, limit: int = _LISTED_COLUMNS) -> str:
+    """The first ``limit`` columns of ``schema`` with their types, and how many more there are."""
+    shown = ", ".join(f"{f.name} ({f.type})" for f in list(schema)[:limit])
+    more = len(schema) - limit
+    return f"{shown}, ... and {more} more" if more > 0 else shown
+
+
+def _did_you_mean(missing: Sequence[str], available: Sequence[str]) -> str:
+    """The hint "; did you mean 'age'?" naming the closest existing name to each missing
+    one that has one (and which missing one it is for, when there are several); "" if
+    none is close."""
+    if len(missing) == 1:
+        return suggest(missing[0], available)
+    close = [(name, closest(name, available)) for name in missing]
+    hints = [f"'{match}' for '{name}'" for name, match in close if match is not None]
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
 _PANDAS_INDEX_NAME = re.compile(r"^__index_level_\d+__$")
@@ -365,8 +385,9 @@ def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[st
     for label, names in (("columns", columns or []), ("key_columns", keys)):
         missing = [c for c in names if c not in available]
         if missing:
-            raise ValueError(f"Column(s) {missing} requested by '{label}' not found in {url}. "
-                             f"Available columns: {_describe(schema)}.")
+            raise ValueError(f"Column(s) {missing} requested by '{label}' not found in {url}"
+                             f"{_did_you_mean(missing, available) or '.'} Available columns: "
+                             f"{_describe(schema)}.")
     if columns is None:
         # A pandas index holds row labels (row numbers, for a filtered frame), not features.
         columns = [f.name for f in schema
@@ -753,15 +774,64 @@ def _refuse_repeated_names(schemas: Sequence[pa.Schema], urls: Sequence[str],
                              "file.")
 
 
+#: How Hive and Spark write a null partition value (pyarrow's ``null_fallback``).
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def _partition_dirs(path: str, base: str) -> list[str]:
+    """The directory names between the partition base dir ``base`` and the file ``path``."""
+    return path[len(base):].strip("/").split("/")[:-1]
+
+
+def _hive_key(segment: str) -> tuple[str, str | None] | None:
+    """The key and value of a ``key=value`` directory name, URI-decoded as pyarrow decodes
+    them (None for a null value); None for a directory name that is not one."""
+    if "=" not in segment:
+        return None
+    name, value = (unquote(s) for s in segment.split("=", 1))
+    return name, None if value == _HIVE_NULL else value
+
+
+def _round_trips_as_int32(value: str) -> bool:
+    try:
+        number = int(value)
+    except ValueError:
+        return False
+    return str(number) == value and -(2**31) <= number < 2**31
+
+
+def _hive_partitioning(paths: Sequence[str], base: str) -> ds.Partitioning:
+    """The hive partitioning of ``paths``, typed from their directory names.
+
+    A key is int32 when every value of it is an integer written as int32 prints it
+    (``year=2020``, ``k=-5``), as pyarrow's discovery would type it; otherwise it is text,
+    so that its values arrive exactly as written: pyarrow's discovery reads every value
+    that parses as an integer as int32, so ``zip=02134`` would be 2134 and ``code=007``
+    7. A key without any non-null value is text too (discovery refuses it). Keys come in
+    order of first appearance, as discovery orders them.
+    """
+    values: dict[str, list[str]] = {}
+    for path in paths:
+        for segment in _partition_dirs(path, base):
+            key = _hive_key(segment)
+            if key is not None:
+                name, value = key
+                values.setdefault(name, []).extend([] if value is None else [value])
+    return ds.partitioning(pa.schema([
+        (name, pa.int32() if found and all(map(_round_trips_as_int32, found)) else pa.string())
+        for name, found in values.items()]), flavor="hive")
+
+
 def _refuse_partition_clash(schemas: Sequence[pa.Schema], paths: Sequence[str],
                             urls: Sequence[str], base: str, url: str) -> None:
     """Refuse a hive partition key that is also a column of the files, in another type
     (Arrow cannot merge the two): name it, the file, and the ways out."""
     for schema, path, part_url in zip(schemas, paths, urls, strict=True):
-        dirs = path[len(base):].strip("/").split("/")[:-1]
+        dirs = _partition_dirs(path, base)
         for segment in dirs:
-            name = segment.split("=", 1)[0]
-            if "=" in segment and name in schema.names:
+            key = _hive_key(segment)
+            if key is not None and key[0] in schema.names:
+                name = key[0]
                 glob_url = url.rstrip("/") + "/" + "*/" * len(dirs) + "*.parquet"
                 raise ValueError(
                     f"Column '{name}' of part {part_url} ({schema.field(name).type}) is also a "
@@ -822,6 +892,8 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         skipped (``_SUCCESS``, ``_temporary``...). A glob pattern
         (``data/*.parquet``) selects files; hive partitions are then not parsed.
         A path that exists is taken as it is, even with glob characters (``run[1]``).
+        A hive partition key is int32 when all its values are integers written as int32
+        prints them (``year=2020``), else text exactly as written (``zip=02134``).
     columns : str or list of str, optional
         The feature columns, in order. By default every numeric column of the
         files (integer, floating or decimal), except the key columns, the
@@ -892,7 +964,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                          "'.' are skipped).")
 
     filesystem = _arrow_fs(loc.fs)
-    partitioning = ds.HivePartitioning.discover() if base is not None else None
+    partitioning = _hive_partitioning(paths, base) if base is not None else None
     try:
         with _fs_errors(loc.url, loc.secrets, "opening"):
             dataset = ds.dataset(paths, filesystem=filesystem, format="parquet",

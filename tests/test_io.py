@@ -164,6 +164,54 @@ def test_a_null_hive_partition_keeps_an_integer_key_exact(local_store):
     assert src.keys.compute()["k"].dtype == np.int32
 
 
+def test_hive_partition_values_arrive_as_written(local_store):
+    """pyarrow's discovery typed every partition value that parses as an integer as int32:
+    zip=02134 came as 2134 and code=007 as 7, in the keys and in the labels written with
+    them. Such a key is text now, on every path that reads it."""
+    import pyarrow.parquet as pq
+
+    for i, (zip_code, code) in enumerate([("02134", "007"), ("10001", "12")]):
+        local_store.write_parquet(f"hz/zip={zip_code}/code={code}/part-0.parquet",
+                                  pd.DataFrame({"a": [float(i), np.nan]}))
+    url = local_store.url("hz")
+    src = open_parquet(url, key_columns=["zip", "code"], missing="drop")
+    assert src.feature_names == ["a"]
+    np.testing.assert_array_equal(src.features.compute(), [[0.0], [1.0]])
+    keys = src.keys.compute()
+    assert keys["zip"].tolist() == ["02134", "10001"] and keys["code"].tolist() == ["007", "12"]
+    write_labels(src, np.zeros(2, dtype=int), np.zeros(2), local_store.url("hz-labels"))
+    labels = read_labels(local_store.url("hz-labels")).compute()
+    assert labels["zip"].tolist() == ["02134", "10001"] and labels["code"].tolist() == ["007", "12"]
+    written = pq.read_table(local_store.path("hz-labels/part-00000.parquet"))
+    assert written.column("zip").to_pylist() == ["02134"]
+    # Text is not a feature, rather than 2134.
+    with pytest.raises(ValueError, match=r"'zip' \(string\)"):
+        open_parquet(url, ["a", "zip"], missing="drop")
+
+
+@pytest.mark.parametrize("values, want", [
+    (["2020", "-5", "0"], [2020, -5, 0]),  # plain integers stay int32, as before
+    (["007", "12"], ["007", "12"]),
+    (["-0", "1"], ["-0", "1"]),
+    (["-007", "1"], ["-007", "1"]),
+    (["+5", "1_000"], ["+5", "1_000"]),
+    (["%2B5", "2147483648"], ["+5", "2147483648"]),  # URI-decoded; beyond int32
+    (["__HIVE_DEFAULT_PARTITION__", "3"], [None, 3]),
+    (["__HIVE_DEFAULT_PARTITION__", "03"], [None, "03"]),
+    (["__HIVE_DEFAULT_PARTITION__"], [None]),  # pyarrow's discovery refused it
+])
+def test_hive_partition_is_an_integer_only_when_every_value_reads_back(local_store, values,
+                                                                      want):
+    for i, v in enumerate(values):
+        local_store.write_parquet(f"hk/k={v}/part-{i}.parquet", pd.DataFrame({"a": [1.0]}))
+    src = open_parquet(local_store.url("hk"), key_columns="k")
+    got = src.keys.compute()["k"]
+    assert pd.api.types.is_integer_dtype(got.dtype) == any(isinstance(w, int) for w in want)
+    # One row per part-<i>.parquet, whose value is values[i]; the parts come in path order.
+    order = [int(p.rsplit("-", 1)[-1].split(".")[0]) for p in src.parts]
+    assert [None if pd.isna(g) else g for g in got.tolist()] == [want[i] for i in order]
+
+
 def test_pandas_index_columns_are_not_features_by_default(local_store):
     """pandas writes the index of a filtered frame as __index_level_0__, and a named index
     under its name: row labels, not features, unless named (they were used, before)."""
@@ -266,6 +314,34 @@ def test_missing_column_names_it_and_lists_available(store):
     assert_clean(str(e.value), store)
     with pytest.raises(ValueError, match=r"\['ghost'\] requested by 'key_columns'"):
         open_parquet(url, key_columns="ghost", storage_options=store.storage_options)
+
+
+def test_missing_column_suggests_the_closest_and_lists_a_bounded_number(local_store):
+    """With 1,000 columns the message listed every one of them (about 15,000 characters);
+    it names the closest existing column now, even one beyond those listed."""
+    wide = pd.DataFrame({**{f"feature_{i:03d}": [0.0] for i in range(998)},
+                         "age": [30.0], "income": [1.0]})
+    url = local_store.write_parquet("wide.parquet", wide)
+    with pytest.raises(ValueError) as e:
+        open_parquet(url, ["agee"])
+    message = str(e.value)
+    assert message.startswith(f"Column(s) ['agee'] requested by 'columns' not found in {url}; "
+                              "did you mean 'age'? Available columns: feature_000 (double), ")
+    assert message.endswith("feature_019 (double), ... and 980 more.")
+    assert len(message) < 800
+    with pytest.raises(ValueError, match=r"\['incme', 'zzz', 'agee'\] requested by "
+                                         r"'key_columns' not found in .*wide\.parquet; did you "
+                                         r"mean 'income' for 'incme', 'age' for 'agee'\? "
+                                         r"Available columns: feature_000"):
+        open_parquet(url, key_columns=["incme", "zzz", "agee"])
+    with pytest.raises(ValueError, match=r"\['zzz'\] requested by 'columns' not found in "
+                                         r".*wide\.parquet\. Available columns: feature_000"):
+        open_parquet(url, ["zzz"])
+    # The message for a dataset without numeric columns lists a bounded number too.
+    url = local_store.write_parquet("text.parquet", wide.astype(str))
+    with pytest.raises(ValueError, match=r"No numeric columns .*feature_019 \((large_)?string\), "
+                                         r"\.\.\. and 980 more\. Name the feature"):
+        open_parquet(url)
 
 
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
