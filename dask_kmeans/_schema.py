@@ -100,7 +100,7 @@ FlowLoader = _conservative_loader("FlowLoader", files=False)
 
 
 def load_yaml(text) -> Any:
-    """A job or cluster file's YAML (text or a stream), plain scalars typed conservatively:
+    r"""A job or cluster file's YAML (text or a stream), plain scalars typed conservatively:
     ``true``/``false`` and ``null`` in any case, ``~`` and empty values are bools and null,
     decimal integers without leading zeros are ints, decimal numbers (``0.5``, ``1e-4``)
     floats; a plain ``yes``, ``no``, ``on`` or ``off`` is refused; anything else
