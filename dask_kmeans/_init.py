@@ -68,13 +68,25 @@ def random_rows(X, sample_weight, n_clusters: int, random_state,
     if sample_weight is None:
         return take_rows(X, K.sample_indices(n, n_clusters, random_state))[0]
     seed = int(random_state.randint(0, 2**62, dtype=np.int64))
-    chosen = K.best_keys(passes.weighted_choice(seed=seed, stream=0, size=n_clusters),
-                         n_clusters)
-    check_weight_total(len(chosen))
-    if len(chosen) < n_clusters:  # every row of positive weight was kept
-        raise ValueError(f"Only {len(chosen)} rows have a positive sample_weight; "
+    rows = _weighted_rows(passes, seed, n_clusters, X.dtype)
+    if len(rows) < n_clusters:  # every row of positive weight was kept
+        raise ValueError(f"Only {len(rows)} rows have a positive sample_weight; "
                          f"init='random' needs at least n_clusters={n_clusters}.")
-    return chosen[:, 2:].astype(X.dtype)
+    return rows
+
+
+def _weighted_rows(passes: Passes, seed: int, size: int, dtype) -> np.ndarray:
+    """``size`` rows drawn without replacement in proportion to their weights, in one
+    pass (all rows of positive weight when there are fewer), as ``dtype``.
+
+    Raises
+    ------
+    ValueError
+        If no weight is positive.
+    """
+    chosen = K.best_keys(passes.weighted_choice(seed=seed, stream=0, size=size), size)
+    check_weight_total(len(chosen))  # a row of weight 0 has key -inf
+    return chosen[:, 2:].astype(dtype)
 
 
 def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:
@@ -160,9 +172,7 @@ def _first_center(passes: Passes, random_state, seed: int) -> np.ndarray:
         index = np.array([random_state.randint(X.shape[0])])
         row = passes.rows(index)
         return take_rows(X, index)[0] if row is None else row
-    best = K.best_keys(passes.weighted_choice(seed=seed, stream=0), 1)
-    check_weight_total(len(best))  # a row of weight 0 has key -inf
-    return best[:, 2:].astype(X.dtype)
+    return _weighted_rows(passes, seed, 1, X.dtype)
 
 
 def kmeans_parallel(

@@ -1170,12 +1170,8 @@ def weighted_choice_keys(
     with np.errstate(divide="ignore"):
         keys = np.where(sample_weight > 0, np.log(u) / sample_weight, -np.inf)
     size = min(size, keys.shape[0])
-    if size == 1:
-        best = np.array([np.argmax(keys)])
-    else:
-        best = np.argpartition(-keys, size - 1)[:size] if size < keys.shape[0] else \
-            np.arange(keys.shape[0])
-        best = best[np.lexsort((best, -keys[best]))]
+    best = np.argpartition(-keys, size - 1)[:size] if size else np.arange(0)
+    best = best[np.lexsort((best, -keys[best]))]
     out = np.empty((size, 2 + x.shape[1]), dtype=np.float64)
     out[:, 0] = keys[best]
     out[:, 1] = best + offset
