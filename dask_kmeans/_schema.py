@@ -61,17 +61,21 @@ FLOAT = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]
 #: YAML 1.1's other booleans: read as text they would turn ``anon: no`` into a true value
 #: (a non-empty string), read as booleans they break the rule above; so they are refused.
 AMBIGUOUS_BOOL = re.compile(r"yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF")
-AMBIGUOUS_HINT = ("which YAML 1.1 reads as a boolean: write true or false for a boolean, "
-                  "or put it in quotes for text")
+_AMBIGUOUS_TAG = "tag:dask-kmeans:ambiguous-bool"
 
 
 class AmbiguousBool(yaml.constructor.ConstructorError):
-    """A plain ``yes``, ``no``, ``on`` or ``off`` (see :data:`AMBIGUOUS_BOOL`)."""
+    """A plain ``yes``, ``no``, ``on`` or ``off`` (see :data:`AMBIGUOUS_BOOL`), at
+    ``mark`` in a YAML document (None for a command-line value)."""
+
+    def __init__(self, value: str, mark=None):
+        super().__init__(None, None, f"{value!r} is ambiguous, which YAML 1.1 reads as a "
+                         "boolean: write true or false for a boolean, or put it in quotes "
+                         "for text", mark)
 
 
 def _refuse_ambiguous(loader, node):
-    raise AmbiguousBool(None, None, f"{node.value!r} is ambiguous, {AMBIGUOUS_HINT}",
-                        node.start_mark)
+    raise AmbiguousBool(node.value, node.start_mark)
 
 
 def _conservative_loader(name: str, *, files: bool) -> type[yaml.SafeLoader]:
@@ -80,16 +84,16 @@ def _conservative_loader(name: str, *, files: bool) -> type[yaml.SafeLoader]:
     (:class:`AmbiguousBool`); everything else is a string. With ``files``, ``~`` is null
     too and ``<<`` merges a mapping, as YAML files commonly use them."""
     loader = type(name, (yaml.SafeLoader,), {"yaml_implicit_resolvers": {}})
-    loader.add_constructor("tag:dask-kmeans:ambiguous-bool", _refuse_ambiguous)
-    rules = [("bool", BOOL.pattern, "tTfF"), ("null", NULL.pattern, "nN"), ("null", "", [""]),
-             ("int", INT.pattern, "-+0123456789"), ("float", FLOAT.pattern, "-+0123456789."),
-             ("ambiguous-bool", AMBIGUOUS_BOOL.pattern, "yYnNoO")]
+    loader.add_constructor(_AMBIGUOUS_TAG, _refuse_ambiguous)
+    core = "tag:yaml.org,2002:"
+    rules = [(core + "bool", BOOL.pattern, "tTfF"), (core + "null", NULL.pattern, "nN"),
+             (core + "null", "", [""]), (core + "int", INT.pattern, "-+0123456789"),
+             (core + "float", FLOAT.pattern, "-+0123456789."),
+             (_AMBIGUOUS_TAG, AMBIGUOUS_BOOL.pattern, "yYnNoO")]
     if files:
-        rules += [("null", "~", "~"), ("merge", "<<", "<")]
+        rules += [(core + "null", "~", "~"), (core + "merge", "<<", "<")]
     for tag, pattern, first in rules:
-        prefix = "tag:dask-kmeans:" if tag == "ambiguous-bool" else "tag:yaml.org,2002:"
-        loader.add_implicit_resolver(prefix + tag,
-                                     re.compile(rf"^(?:{pattern})$"), list(first))
+        loader.add_implicit_resolver(tag, re.compile(rf"^(?:{pattern})$"), list(first))
     return loader
 
 

@@ -166,7 +166,7 @@ def parse_value(text: str) -> Any:
     if S.FLOAT.fullmatch(text):
         return float(text)
     if S.AMBIGUOUS_BOOL.fullmatch(text):
-        raise S.AmbiguousBool(None, None, f"{text!r} is ambiguous, {S.AMBIGUOUS_HINT}")
+        raise S.AmbiguousBool(text)
     if text.lstrip().startswith(("[", "{")):
         return yaml.load(text, Loader=S.FlowLoader)  # a SafeLoader subclass
     return text
