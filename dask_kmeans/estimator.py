@@ -856,7 +856,7 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     silhouettes = None
     if silhouette_rows and len(ks) > 1:
         n = Xd.shape[0]
-        idx = np.sort(rng.choice(n, size=min(n, silhouette_rows), replace=False))
+        idx = K.sample_indices(n, min(n, silhouette_rows), rng)  # O(rows drawn) memory
         sample = _init.take_rows(Xd, idx)[0]
         labelings = [K.assign(sample, r.centers, metric=metric)[0] for r in results]
         if metric == "cosine":  # rows without a direction belong to no cluster

@@ -87,6 +87,28 @@ def test_a_cosine_sweep_scores_silhouettes_with_cosine_distances():
         pytest.approx(silhouette_score(X, res.models[1].labels_.compute()), rel=1e-10)
 
 
+class _ChoiceSpy(np.random.RandomState):
+    """A RandomState that records the size of every population ``choice`` draws from."""
+
+    def __init__(self, seed):
+        super().__init__(seed)
+        self.populations = []
+
+    def choice(self, a, *args, **kwargs):
+        self.populations.append(a if np.ndim(a) == 0 else len(a))
+        return super().choice(a, *args, **kwargs)
+
+
+def test_the_silhouette_sample_is_drawn_without_permuting_every_row():
+    """The sweep drew its silhouette rows with ``choice(n_rows, size, replace=False)``,
+    which permutes every row index on the driver: 8 GB for 10**9 rows."""
+    X = blobs(n=40_000, d=2, k=3, seed=4, spread=5.0)
+    spy = _ChoiceSpy(0)
+    res = dk.sweep(X, [2, 3, 4], random_state=spy, silhouette_rows=500)
+    assert all(s is not None for s in res.silhouettes)
+    assert spy.populations and max(spy.populations) < 2 * 500, spy.populations
+
+
 def test_sweep_reads_the_data_about_as_often_as_one_fit():
     X = blobs(n=20000, d=3, k=4, seed=3, spread=5.0)
     with dask.config.set(scheduler="threads"):
