@@ -30,7 +30,8 @@ EXIT_CODES = {
     1: "the job failed: bad input data, an output that exists, an I/O error (for status: the "
        "job failed or was lost)",
     2: "bad usage: a job spec or cluster config that is missing or does not follow its schema, "
-       "conflicting options (for status: no job with that id)",
+       "a bad dask-kmeans setting, conflicting options (for status: no job with that id, or "
+       "one forgotten)",
     3: "the cluster could not be reached or started",
 }
 _SECRETS = "dask_kmeans.secrets"
@@ -719,7 +720,8 @@ def status(job_id, cluster_file, scheduler, timeout):
     """Print the state and result of a submitted job as JSON.
 
     Exit code 0 when the job finished or is still running, 1 when it failed, 2 when the
-    scheduler has no job of that id.
+    scheduler has no job of that id (the scheduler keeps the records of the most recently
+    finished jobs only: the Dask setting dask-kmeans.jobs.keep-finished, 100 by default).
 
     \b
     dask-kmeans status fit-3f2c9a1b7d4e --scheduler tcp://10.0.0.5:8786

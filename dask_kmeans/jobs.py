@@ -46,6 +46,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask.config
 import yaml
 
 from . import _schema as S
@@ -61,8 +62,10 @@ if TYPE_CHECKING:
     from distributed import Client
 
 __all__ = [
+    "KEEP_FINISHED",
     "KINDS",
     "MAX_K_VALUES",
+    "JobConfigError",
     "JobSpecError",
     "UnknownJobError",
     "apply_overrides",
@@ -85,6 +88,11 @@ KINDS: tuple[str, ...] = ("fit", "predict", "sweep")
 STATES: tuple[str, ...] = ("submitted", "running", "finished", "failed", "lost")
 #: Top-level key of the scheduler's metadata under which submitted jobs are recorded.
 METADATA_KEY = "dask-kmeans-jobs"
+#: Metadata key of what the scheduler has forgotten: ``count``, ``keep`` and ``newest``
+#: (when the newest forgotten job finished).
+FORGOTTEN_KEY = "dask-kmeans-jobs-forgotten"
+#: Dask config key: how many records of finished or failed jobs the scheduler keeps.
+KEEP_FINISHED = "dask-kmeans.jobs.keep-finished"
 _TASK_PREFIX = "dask-kmeans-job-"
 _K_RANGE = re.compile(r"\s*(\d+)\s*\.\.\s*(\d+)\s*")
 #: Most values of K one sweep takes: a range like 2..2000000000 was expanded into a list
@@ -114,7 +122,26 @@ class JobSpecError(S.SchemaError):
 
 
 class UnknownJobError(LookupError):
-    """No job with this id was submitted to this scheduler (or it restarted since)."""
+    """No job with this id was submitted to this scheduler (or it restarted since, or it
+    finished long enough ago to be forgotten)."""
+
+
+class JobConfigError(S.SchemaError):
+    """A ``dask-kmeans`` setting of the Dask configuration is not valid.
+
+    Parameters and attributes as `dask_kmeans._schema.SchemaError`; paths are config keys.
+    """
+
+    what = "Dask configuration"
+
+
+def _config_defaults() -> None:
+    """Add this package's defaults (``dask-kmeans.yaml``) beneath the user's settings."""
+    text = Path(__file__).with_name("dask-kmeans.yaml").read_text(encoding="utf-8")
+    dask.config.update_defaults(S.load_yaml(text))
+
+
+_config_defaults()
 
 
 # --------------------------------------------------------------------------- YAML
@@ -914,8 +941,71 @@ def _one_line(exc: BaseException, values: Sequence[str]) -> str:
     return f"{type(exc).__name__}: {scrub(text, values)}"
 
 
-def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any]) -> None:
-    """The job task: run the job on this worker and record its progress on the scheduler."""
+def _keep_finished() -> int | None:
+    """The setting :data:`KEEP_FINISHED`, checked: an int >= 1, or None to keep every record.
+
+    Raises
+    ------
+    JobConfigError
+        If it is anything else.
+    """
+    value = dask.config.get(KEEP_FINISHED, 100)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise JobConfigError([(KEEP_FINISHED, f"expected an int >= 1 or null, got {value!r}")])
+
+
+def _forgetter(keep: int, job_id: str):
+    """The function the scheduler runs (``Client.run_on_scheduler``) to forget the records of
+    finished or failed jobs beyond the ``keep`` most recently finished, ``job_id`` (the job
+    that just ended) counting as the most recent.
+
+    It runs in the scheduler's event loop, so no record changes while it works. Records of
+    submitted or running jobs are kept. Defined in here so that it is pickled by value: the
+    scheduler need not import dask_kmeans.
+    """
+
+    def forget(dask_scheduler, root=METADATA_KEY, info_key=FORGOTTEN_KEY, keep=keep,
+               job_id=job_id) -> int:
+        records = dask_scheduler.task_metadata.get(root)
+        if not isinstance(records, dict):
+            return 0
+        # Oldest first; the job that just ended counts as the newest, whatever the clocks.
+        done = sorted((jid == job_id, str(r.get("finished") or ""), jid)
+                      for jid, r in records.items()
+                      if isinstance(r, dict) and r.get("state") in ("finished", "failed"))
+        drop = done[:max(0, len(done) - keep)]
+        if not drop:
+            return 0
+        for _, _, jid in drop:
+            del records[jid]
+        info = dask_scheduler.task_metadata.get(info_key)
+        info = info if isinstance(info, dict) else {}
+        newest = max([when for _, when, _ in drop] + [str(info.get("newest") or "")])
+        dask_scheduler.task_metadata[info_key] = {
+            "count": int(info.get("count") or 0) + len(drop), "keep": keep, "newest": newest}
+        return len(drop)
+
+    return forget
+
+
+def _forget_old_records(client: Client, keep: int | None, job_id: str) -> int:
+    """Have the scheduler forget old job records (see :func:`_forgetter`); how many it
+    forgot. A scheduler that refuses to run it keeps them, with a warning in the log."""
+    if keep is None:
+        return 0
+    try:
+        return int(client.run_on_scheduler(_forgetter(keep, job_id)))
+    except Exception as exc:
+        logger.warning("the scheduler keeps every job record: forgetting old ones failed "
+                       "(%s)", _one_line(exc, ()))
+        return 0
+
+
+def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
+                   keep: int | None = None) -> None:
+    """The job task: run the job on this worker and record its progress on the scheduler;
+    then the scheduler forgets records of finished jobs beyond the ``keep`` most recent."""
     from distributed import get_worker, worker_client
 
     values = secrets(spec)
@@ -934,6 +1024,7 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any]) ->
         else:
             record = {**record, "state": "finished", "finished": _now(), "result": result}
         client.set_metadata([METADATA_KEY, job_id], record)
+        _forget_old_records(client, keep, job_id)
 
 
 def _task_state(client: Client, key: str) -> tuple[str | None, str | None] | None:
@@ -954,7 +1045,10 @@ def submit_job(spec: Mapping[str, Any], client: Client, *, timeout: float = 30) 
     """Run a job as a task on ``client``'s cluster, which carries on when this process exits.
 
     The job's progress and result are recorded on the scheduler under its id, where
-    :func:`job_status` finds them from any client of the same scheduler. Inside the task the
+    :func:`job_status` finds them from any client of the same scheduler. When it ends, the
+    scheduler forgets the records of finished or failed jobs beyond the most recent
+    ``dask-kmeans.jobs.keep-finished`` (a Dask setting, read in this process; 100 by
+    default). Inside the task the
     job runs with the worker's own client (the fit's tasks go to the same cluster).
 
     Parameters
@@ -972,10 +1066,18 @@ def submit_job(spec: Mapping[str, Any], client: Client, *, timeout: float = 30) 
     -------
     str
         The job id, like ``"fit-3f2c9a1b7d4e"``.
+
+    Raises
+    ------
+    JobSpecError
+        If the spec does not follow the schema.
+    JobConfigError
+        If ``dask-kmeans.jobs.keep-finished`` is not an int >= 1 or null.
     """
     from distributed import fire_and_forget
 
     spec = validate_job(spec)
+    keep = _keep_finished()
     job = spec["job"]
     job_id = f"{job['kind']}-{uuid.uuid4().hex[:12]}"
     payload = _for_cluster(spec)
@@ -983,7 +1085,7 @@ def submit_job(spec: Mapping[str, Any], client: Client, *, timeout: float = 30) 
               "submitted": _now(), "input": strip_credentials(payload["job"]["input"]["url"])}
     client.set_metadata([METADATA_KEY, job_id], record)
     key = _TASK_PREFIX + job_id
-    future = client.submit(_run_submitted, payload, job_id, record, key=key, pure=False)
+    future = client.submit(_run_submitted, payload, job_id, record, keep, key=key, pure=False)
     fire_and_forget(future)
     # Wait until the scheduler holds the task, so that this process may exit at once.
     deadline = time.monotonic() + timeout
@@ -1019,13 +1121,21 @@ def job_status(job_id: str, client: Client) -> dict[str, Any]:
     Raises
     ------
     UnknownJobError
-        If the scheduler has no job of that id.
+        If the scheduler has no job of that id: it never had, it restarted since, or the job
+        finished before the most recent ``dask-kmeans.jobs.keep-finished`` jobs and its record
+        was forgotten (the message says how many it forgot).
     """
     record = client.get_metadata([METADATA_KEY, job_id], None)
     if record is None:
+        forgotten = client.get_metadata([FORGOTTEN_KEY], None)
+        why = ""
+        if isinstance(forgotten, dict) and forgotten.get("count"):
+            why = (f"; it keeps the records of the {forgotten['keep']} most recently finished "
+                   f"jobs ({KEEP_FINISHED}) and has forgotten {forgotten['count']} older "
+                   f"ones, which finished by {forgotten['newest']}")
         raise UnknownJobError(f"no job {job_id!r} on the scheduler at {client.scheduler.address}"
                               ": check the id and the scheduler (a restarted scheduler forgets "
-                              "its jobs)")
+                              f"its jobs){why}")
     record = dict(record)
     if record.get("state") in ("submitted", "running"):
         state = _task_state(client, _TASK_PREFIX + job_id)

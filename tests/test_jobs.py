@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
 
+import cloudpickle
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -745,6 +748,64 @@ def test_submit_runs_the_job_on_the_cluster(local_store, client, monkeypatch):
 
     with pytest.raises(UnknownJobError, match="no job 'fit-000000000000'"):
         job_status("fit-000000000000", client)
+
+
+def test_the_scheduler_forgets_the_oldest_finished_job_records():
+    """Records of finished jobs, each with its result summary, were kept until the scheduler
+    restarted. The scheduler-side function forgets those beyond the newest ``keep``."""
+    from types import SimpleNamespace
+
+    from dask_kmeans.jobs import FORGOTTEN_KEY, METADATA_KEY, _forgetter
+
+    def rec(state, finished=None):
+        return {"state": state, **({"finished": finished} if finished else {})}
+
+    records = {"a": rec("finished", "2026-01-01T00:00:03+00:00"),
+               "b": rec("failed", "2026-01-01T00:00:01+00:00"),
+               "c": rec("running"), "d": rec("submitted"),
+               "e": rec("finished", "2026-01-01T00:00:02+00:00"),
+               "f": rec("finished", "2026-01-01T00:00:04+00:00")}
+    scheduler = SimpleNamespace(task_metadata={METADATA_KEY: records})
+    forget = pickle.loads(cloudpickle.dumps(_forgetter(2, "f")))  # as the scheduler gets it
+    assert forget(scheduler) == 2
+    assert sorted(records) == ["a", "c", "d", "f"]  # running and submitted jobs stay
+    assert scheduler.task_metadata[FORGOTTEN_KEY] == {
+        "count": 2, "keep": 2, "newest": "2026-01-01T00:00:02+00:00"}
+    assert forget(scheduler) == 0
+    # The job that just ended counts as the newest, even when its worker's clock is behind.
+    records["g"] = rec("failed", "2026-01-01T00:00:00+00:00")
+    assert _forgetter(1, "g")(scheduler) == 2
+    assert sorted(records) == ["c", "d", "g"]
+    assert scheduler.task_metadata[FORGOTTEN_KEY] == {
+        "count": 4, "keep": 1, "newest": "2026-01-01T00:00:04+00:00"}
+    assert _forgetter(1, "x")(SimpleNamespace(task_metadata={})) == 0
+
+
+def test_a_scheduler_that_cannot_forget_records_keeps_them_with_a_warning(caplog):
+    from dask_kmeans.jobs import _forget_old_records
+
+    class Refusing:
+        def run_on_scheduler(self, function):
+            raise RuntimeError("run_on_scheduler is not allowed here")
+
+    with caplog.at_level("WARNING", logger="dask_kmeans.jobs"):
+        assert _forget_old_records(Refusing(), 5, "fit-1") == 0
+    assert "the scheduler keeps every job record: forgetting old ones failed (RuntimeError: " \
+        "run_on_scheduler is not allowed here)" in caplog.text
+    assert _forget_old_records(Refusing(), None, "fit-1") == 0  # null: nothing to forget
+
+
+@pytest.mark.parametrize("value", [0, -3, "ten", 2.5, True])
+def test_keep_finished_must_be_a_positive_int_or_null(value):
+    from dask_kmeans.jobs import JobConfigError, _keep_finished
+
+    assert _keep_finished() == 100
+    with dask.config.set({"dask-kmeans.jobs.keep-finished": value}):
+        with pytest.raises(JobConfigError, match=r"^dask-kmeans\.jobs\.keep-finished: "
+                           r"expected an int >= 1 or null, got "):
+            _keep_finished()
+    with dask.config.set({"dask-kmeans.jobs.keep-finished": None}):
+        assert _keep_finished() is None
 
 
 def no_secret(record) -> bool:

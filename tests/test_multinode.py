@@ -22,6 +22,7 @@ import yaml
 
 import dask_kmeans as dk
 from dask_kmeans.cluster import connect
+from dask_kmeans.jobs import METADATA_KEY
 from tests.conftest import blobs, stop_processes
 from tests.test_cluster import free_port, make_tls_files, tls_config, wait_for_port
 
@@ -123,9 +124,11 @@ def write_job(client_dir: Path) -> pd.DataFrame:
     return df
 
 
-def cli(client_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(client_dir: Path, *args: str, timeout: float = 300,
+        env: dict | None = None) -> subprocess.CompletedProcess:
     out = subprocess.run([str(BIN / "dask-kmeans"), *args], cwd=client_dir,
-                         capture_output=True, text=True, timeout=timeout)
+                         capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
     assert MARKER not in out.stdout + out.stderr
     return out
 
@@ -177,7 +180,7 @@ def run_and_submit(client_dir: Path, cluster: Cluster, *where: str) -> str:
 def test_run_and_submit_on_separate_processes(tcp_cluster, tmp_path):
     client_dir = tmp_path / "client"
     where = ("--scheduler", tcp_cluster.address, "--timeout", "30s")
-    run_and_submit(client_dir, tcp_cluster, *where)
+    first = run_and_submit(client_dir, tcp_cluster, *where)
 
     # The same outputs again, without overwrite: the job fails on the cluster, and says why.
     submitted = cli(client_dir, "submit", "job.yaml", *where)
@@ -191,6 +194,23 @@ def test_run_and_submit_on_separate_processes(tcp_cluster, tmp_path):
     assert unknown.stderr.strip().splitlines() == [
         f"Error: no job 'fit-000000000000' on the scheduler at {tcp_cluster.address}: check "
         "the id and the scheduler (a restarted scheduler forgets its jobs)"]
+
+    # A bad setting is refused before anything reaches the scheduler.
+    setting = "DASK_DASK_KMEANS__JOBS__KEEP_FINISHED"
+    bad = cli(client_dir, "submit", "job.yaml", *where, env={setting: "0"})
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "Error: dask-kmeans.jobs.keep-finished: expected an int >= 1 or null, got 0")
+    # Keeping one record, the job that ends next makes the scheduler forget the two before.
+    last = cli(client_dir, "submit", "job.yaml", *where, env={setting: "1"}).stdout.strip()
+    assert poll_status(client_dir, last, *where)[1]["state"] == "failed"
+    gone = cli(client_dir, "status", first, *where)
+    assert gone.returncode == 2
+    assert gone.stderr.strip().startswith(f"Error: no job {first!r} on the scheduler")
+    assert ("it keeps the records of the 1 most recently finished jobs "
+            "(dask-kmeans.jobs.keep-finished) and has forgotten 2 older ones, which finished by "
+            "20") in gone.stderr
+    with connect(scheduler=tcp_cluster.address, timeout="30s") as client:
+        assert list(client.get_metadata([METADATA_KEY])) == [last]
     assert MARKER not in tcp_cluster.log_text()
 
 
