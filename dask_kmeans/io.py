@@ -218,11 +218,12 @@ def _resolve(url: str | os.PathLike, storage_options: Mapping[str, Any] | None) 
 
 
 @contextlib.contextmanager
-def _fs_errors(url: str, secrets: Sequence[str], doing: str) -> Iterator[None]:
+def _fs_errors(url: str, secrets: Sequence[str], doing: str, hint: str = "") -> Iterator[None]:
     """Re-raise file-system errors with a message naming ``url`` and no credentials.
 
     The original exception is not chained: its text, which we do not control,
-    is included only after scrubbing the secrets out of it.
+    is included only after scrubbing the secrets out of it. ``hint`` ends the message
+    of data that Arrow cannot read.
     """
     try:
         yield
@@ -239,7 +240,7 @@ def _fs_errors(url: str, secrets: Sequence[str], doing: str) -> Iterator[None]:
         ) from None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise ValueError(f"Invalid Parquet data while {doing} {url}: "
-                         f"{_scrub(str(e), secrets)}") from None
+                         f"{_scrub(str(e), secrets)}{hint}") from None
     except OSError as e:
         raise OSError(f"I/O error while {doing} {url}: {type(e).__name__}: "
                       f"{_scrub(str(e), secrets)}") from None
@@ -858,9 +859,37 @@ def _check_missing(missing) -> str:
     return missing
 
 
-def _load_metadata(fragments: list, urls: list[str], secrets: Sequence[str]) -> list:
+#: File name endings of Parquet data, for :func:`_stray_file_hints`.
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
+def _stray_file_hints(paths: Sequence[str], base: str | None, url: str) -> list[str]:
+    """For each file of a directory that also holds files named like Parquet: what to say
+    when it cannot be read as Parquet, if its name is not one (a README, a CSV export)."""
+    named = [p.lower().endswith(PARQUET_SUFFIXES) for p in paths]
+    if base is None or all(named) or not any(named):
+        return [""] * len(paths)
+    parquet = [p for p, ok in zip(paths, named, strict=True) if ok]
+    suffix = "." + parquet[0].rsplit(".", 1)[-1]
+    depths = {len(_partition_dirs(p, base)) for p in parquet}
+    glob_url = url.rstrip("/") + "/" + ("*/" * depths.pop() if len(depths) == 1 else "**/") \
+        + "*" + suffix
+    partitioned = any(_hive_key(d) is not None for p in parquet for d in _partition_dirs(p, base))
+    hints = []
+    for path, ok in zip(paths, named, strict=True):
+        name = path.rsplit("/", 1)[-1]
+        hints.append("" if ok else (
+            f". {name} is not named like a Parquet file: move it out of {url}, or open a glob "
+            f"that matches the Parquet files only, such as {glob_url}"
+            + (" (a glob reads no hive partition columns)" if partitioned else "")))
+    return hints
+
+
+def _load_metadata(fragments: list, urls: list[str], secrets: Sequence[str],
+                   hints: Sequence[str] | None = None) -> list:
     def load(i: int) -> pq.FileMetaData:
-        with _fs_errors(urls[i], secrets, "reading the Parquet footer of"):
+        with _fs_errors(urls[i], secrets, "reading the Parquet footer of",
+                        hints[i] if hints else ""):
             return fragments[i].metadata
 
     if len(fragments) == 1:
@@ -964,6 +993,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                          "'.' are skipped).")
 
     filesystem = _arrow_fs(loc.fs)
+    hints = _stray_file_hints(paths, base, loc.url)
     partitioning = _hive_partitioning(paths, base) if base is not None else None
     try:
         with _fs_errors(loc.url, loc.secrets, "opening"):
@@ -973,7 +1003,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         # Name the file that cannot be read, or the column, rather than the dataset.
         schemas = [md.schema.to_arrow_schema() for md in _load_metadata(
             [ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem) for p in paths],
-            part_urls, loc.secrets)]
+            part_urls, loc.secrets, hints)]
         _refuse_repeated_names(schemas, part_urls)
         if base is not None:
             _refuse_partition_clash(schemas, paths, part_urls, base, loc.url)
@@ -982,7 +1012,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                              f"{_scrub(str(e), loc.secrets)}") from None
         raise
     fragments = list(dataset.get_fragments())
-    metadata = _load_metadata(fragments, part_urls, loc.secrets)
+    metadata = _load_metadata(fragments, part_urls, loc.secrets, hints)
     physical_schemas = [f.physical_schema for f in fragments]
     partition_fields = set(dataset.schema.names) - set(physical_schemas[0].names)
     # Types promoted across the parts (the dataset's are the first part's alone). Parts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import dask
 import dask.array as da
@@ -590,6 +591,38 @@ def test_corrupted_file_names_it(store):
     store.write_parquet("bad-first/part-1.parquet", frame(2))
     with pytest.raises(ValueError, match=r"bad-first/part-0\.parquet"):
         open_parquet(store.url("bad-first"), storage_options=store.storage_options)
+
+
+def test_a_stray_file_in_a_directory_gets_a_glob_hint(store):
+    """A README or CSV next to the Parquet parts failed with Arrow's footer error alone."""
+    url, _ = write_dir(store, [3, 3])
+    so = store.storage_options
+    store.put_bytes("data/NOTES.txt", b"made by hand")  # sorts before the parts too
+    with pytest.raises(ValueError) as e:
+        open_parquet(url, storage_options=so)
+    message = str(e.value)
+    assert re.match(r"Invalid Parquet data while reading the Parquet footer of \S+/data/"
+                    r"NOTES\.txt: ", message), message
+    assert message.endswith(f". NOTES.txt is not named like a Parquet file: move it out of "
+                            f"{url}, or open a glob that matches the Parquet files only, such "
+                            f"as {url}/*.parquet")
+    assert_clean(message, store)
+    assert open_parquet(f"{url}/*.parquet", storage_options=so).n_rows == 6
+    # Partitioned: the glob goes as deep as the parts, and reads no partition columns.
+    for region in ("eu", "us"):
+        store.write_parquet(f"hive/region={region}/part-0.parquet", frame(2))
+    store.put_bytes("hive/region=eu/export.csv", b"a,b\n1,2\n")
+    with pytest.raises(ValueError, match=re.escape(
+            f"export.csv is not named like a Parquet file: move it out of {store.url('hive')}, "
+            f"or open a glob that matches the Parquet files only, such as "
+            f"{store.url('hive')}/*/*.parquet (a glob reads no hive partition columns)")):
+        open_parquet(store.url("hive"), storage_options=so)
+    assert open_parquet(store.url("hive/*/*.parquet"), storage_options=so).n_rows == 4
+    # A part named like Parquet that is not: no hint, the name is not the problem.
+    store.put_bytes("data/part-2.parquet", b"garbage")
+    with pytest.raises(ValueError, match=r"part-2\.parquet") as e:
+        open_parquet(f"{url}/*.parquet", storage_options=so)
+    assert "not named like" not in str(e.value)
 
 
 def test_truncated_file_names_it(store):
