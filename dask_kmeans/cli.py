@@ -708,6 +708,7 @@ def submit(job_file, overrides, cluster_file, scheduler, timeout):
     _remember_secrets(spec)
     target = _target(cluster_file, scheduler, spec)
     _require_persistent(target, "submit")
+    jobs.keep_finished()  # a bad setting is bad usage, whether the scheduler answers or not
     with _connected(target, timeout) as client:
         job_id = jobs.submit_job(spec, client)
     click.echo(job_id)

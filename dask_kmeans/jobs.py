@@ -71,6 +71,7 @@ __all__ = [
     "apply_overrides",
     "cluster_target",
     "job_status",
+    "keep_finished",
     "load_job",
     "param_defaults",
     "parse_assignment",
@@ -88,8 +89,10 @@ KINDS: tuple[str, ...] = ("fit", "predict", "sweep")
 STATES: tuple[str, ...] = ("submitted", "running", "finished", "failed", "lost")
 #: Top-level key of the scheduler's metadata under which submitted jobs are recorded.
 METADATA_KEY = "dask-kmeans-jobs"
-#: Metadata key of what the scheduler has forgotten: ``count``, ``keep`` and ``newest``
-#: (when the newest forgotten job finished).
+#: Metadata key of the bookkeeping of ended jobs: ``seq`` (jobs ended so far), ``order``
+#: (the number of each kept job's end) and, once some are forgotten, ``count``, ``keep`` (as
+#: the job that last made the scheduler forget) and ``newest`` (when the newest forgotten job
+#: finished).
 FORGOTTEN_KEY = "dask-kmeans-jobs-forgotten"
 #: Dask config key: how many records of finished or failed jobs the scheduler keeps.
 KEEP_FINISHED = "dask-kmeans.jobs.keep-finished"
@@ -941,7 +944,7 @@ def _one_line(exc: BaseException, values: Sequence[str]) -> str:
     return f"{type(exc).__name__}: {scrub(text, values)}"
 
 
-def _keep_finished() -> int | None:
+def keep_finished() -> int | None:
     """The setting :data:`KEEP_FINISHED`, checked: an int >= 1, or None to keep every record.
 
     Raises
@@ -955,51 +958,60 @@ def _keep_finished() -> int | None:
     raise JobConfigError([(KEEP_FINISHED, f"expected an int >= 1 or null, got {value!r}")])
 
 
-def _forgetter(keep: int, job_id: str):
-    """The function the scheduler runs (``Client.run_on_scheduler``) to forget the records of
-    finished or failed jobs beyond the ``keep`` most recently finished, ``job_id`` (the job
-    that just ended) counting as the most recent.
+def _ender(job_id: str, record: dict[str, Any], keep: int | None):
+    """The function the scheduler runs (``Client.run_on_scheduler``) when a job ends: it
+    stores the job's final ``record``, numbered after every job that ended before it, then
+    forgets the records of ended (finished or failed) jobs beyond the ``keep`` most recent.
 
-    It runs in the scheduler's event loop, so no record changes while it works. Records of
-    submitted or running jobs are kept. Defined in here so that it is pickled by value: the
-    scheduler need not import dask_kmeans.
+    It runs in the scheduler's event loop, so no other record changes meanwhile, and jobs
+    ending together are numbered in the order the scheduler sees them, whatever the workers'
+    clocks. Records of submitted or running jobs are kept. Returns how many it forgot.
+    Defined in here so that it is pickled by value: the scheduler need not import dask_kmeans.
     """
 
-    def forget(dask_scheduler, root=METADATA_KEY, info_key=FORGOTTEN_KEY, keep=keep,
-               job_id=job_id) -> int:
-        records = dask_scheduler.task_metadata.get(root)
-        if not isinstance(records, dict):
-            return 0
-        # Oldest first; the job that just ended counts as the newest, whatever the clocks.
-        done = sorted((jid == job_id, str(r.get("finished") or ""), jid)
-                      for jid, r in records.items()
-                      if isinstance(r, dict) and r.get("state") in ("finished", "failed"))
-        drop = done[:max(0, len(done) - keep)]
-        if not drop:
-            return 0
+    def end(dask_scheduler, root=METADATA_KEY, info_key=FORGOTTEN_KEY, job_id=job_id,
+            record=record, keep=keep) -> int:
+        meta = dask_scheduler.task_metadata
+        if not isinstance(meta.get(root), dict):
+            meta[root] = {}
+        records = meta[root]
+        info = meta.get(info_key)
+        info = dict(info) if isinstance(info, dict) else {}
+        order = dict(info.get("order") or {})  # job id -> number of its end
+        info["seq"] = int(info.get("seq") or 0) + 1
+        order[job_id] = info["seq"]
+        records[job_id] = record
+        drop = []
+        if keep is not None:
+            # Oldest first: by number; records ended without one (a scheduler that refused
+            # this function then) before, by their own clocks.
+            ended = sorted((order.get(jid, 0), str(r.get("finished") or ""), jid)
+                           for jid, r in records.items()
+                           if isinstance(r, dict) and r.get("state") in ("finished", "failed"))
+            drop = ended[:max(0, len(ended) - keep)]
         for _, _, jid in drop:
             del records[jid]
-        info = dask_scheduler.task_metadata.get(info_key)
-        info = info if isinstance(info, dict) else {}
-        newest = max([when for _, when, _ in drop] + [str(info.get("newest") or "")])
-        dask_scheduler.task_metadata[info_key] = {
-            "count": int(info.get("count") or 0) + len(drop), "keep": keep, "newest": newest}
+            order.pop(jid, None)
+        if drop:
+            info["count"] = int(info.get("count") or 0) + len(drop)
+            info["keep"] = keep
+            info["newest"] = max([when for _, when, _ in drop] + [str(info.get("newest") or "")])
+        info["order"] = {jid: n for jid, n in order.items() if jid in records}
+        meta[info_key] = info
         return len(drop)
 
-    return forget
+    return end
 
 
-def _forget_old_records(client: Client, keep: int | None, job_id: str) -> int:
-    """Have the scheduler forget old job records (see :func:`_forgetter`); how many it
-    forgot. A scheduler that refuses to run it keeps them, with a warning in the log."""
-    if keep is None:
-        return 0
+def _record_end(client: Client, job_id: str, record: dict[str, Any], keep: int | None) -> None:
+    """Store a job's final record through :func:`_ender`; where the scheduler refuses to run
+    it, store the record plainly and forget nothing, with a warning in the log."""
     try:
-        return int(client.run_on_scheduler(_forgetter(keep, job_id)))
+        client.run_on_scheduler(_ender(job_id, record, keep))
     except Exception as exc:
         logger.warning("the scheduler keeps every job record: forgetting old ones failed "
                        "(%s)", _one_line(exc, ()))
-        return 0
+        client.set_metadata([METADATA_KEY, job_id], record)
 
 
 def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
@@ -1023,8 +1035,7 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
                       "error": _one_line(exc, values)}
         else:
             record = {**record, "state": "finished", "finished": _now(), "result": result}
-        client.set_metadata([METADATA_KEY, job_id], record)
-        _forget_old_records(client, keep, job_id)
+        _record_end(client, job_id, record, keep)
 
 
 def _task_state(client: Client, key: str) -> tuple[str | None, str | None] | None:
@@ -1077,7 +1088,7 @@ def submit_job(spec: Mapping[str, Any], client: Client, *, timeout: float = 30) 
     from distributed import fire_and_forget
 
     spec = validate_job(spec)
-    keep = _keep_finished()
+    keep = keep_finished()
     job = spec["job"]
     job_id = f"{job['kind']}-{uuid.uuid4().hex[:12]}"
     payload = _for_cluster(spec)
@@ -1130,9 +1141,10 @@ def job_status(job_id: str, client: Client) -> dict[str, Any]:
         forgotten = client.get_metadata([FORGOTTEN_KEY], None)
         why = ""
         if isinstance(forgotten, dict) and forgotten.get("count"):
-            why = (f"; it keeps the records of the {forgotten['keep']} most recently finished "
-                   f"jobs ({KEEP_FINISHED}) and has forgotten {forgotten['count']} older "
-                   f"ones, which finished by {forgotten['newest']}")
+            why = (f"; it has forgotten the records of {forgotten['count']} ended jobs, which "
+                   f"finished by {forgotten['newest']}, keeping the {forgotten['keep']} most "
+                   f"recent ({KEEP_FINISHED} where the job that last made it forget was "
+                   "submitted)")
         raise UnknownJobError(f"no job {job_id!r} on the scheduler at {client.scheduler.address}"
                               ": check the id and the scheduler (a restarted scheduler forgets "
                               f"its jobs){why}")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -609,6 +610,11 @@ def test_errors_are_one_line_with_an_exit_code(data, tmp_path):
                         "  params: {n_clusters: 2}\n  output: {}\n")
     line = one_line_error(invoke("submit", good_job), 2)
     assert "submit needs a scheduler that keeps running" in line
+    with dask.config.set({"dask-kmeans.jobs.keep-finished": "all"}):  # before connecting
+        line = one_line_error(invoke("submit", good_job, "--scheduler",
+                                     f"tcp://127.0.0.1:{free_port()}"), 2)
+    assert line == ("Error: dask-kmeans.jobs.keep-finished: expected an int >= 1 or null, "
+                    "got 'all'")
     line = one_line_error(invoke("status", "fit-0", "--cluster", data["config"]), 2)
     assert "status needs a scheduler that keeps running" in line
 

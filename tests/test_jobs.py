@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import pickle
 import time
 from pathlib import Path
 
@@ -750,62 +749,86 @@ def test_submit_runs_the_job_on_the_cluster(local_store, client, monkeypatch):
         job_status("fit-000000000000", client)
 
 
-def test_the_scheduler_forgets_the_oldest_finished_job_records():
+def test_the_scheduler_keeps_the_most_recently_ended_job_records():
     """Records of finished jobs, each with its result summary, were kept until the scheduler
-    restarted. The scheduler-side function forgets those beyond the newest ``keep``."""
+    restarted. A job's end now stores its record on the scheduler and forgets those of ended
+    jobs beyond the newest ``keep``, in the order the scheduler saw them end."""
     from types import SimpleNamespace
 
-    from dask_kmeans.jobs import FORGOTTEN_KEY, METADATA_KEY, _forgetter
+    from dask_kmeans.jobs import FORGOTTEN_KEY, METADATA_KEY, _ender
 
-    def rec(state, finished=None):
-        return {"state": state, **({"finished": finished} if finished else {})}
+    def rec(state, second=None):
+        return {"state": state,
+                **({"finished": f"2026-01-01T00:00:{second:02d}+00:00"} if second else {})}
 
-    records = {"a": rec("finished", "2026-01-01T00:00:03+00:00"),
-               "b": rec("failed", "2026-01-01T00:00:01+00:00"),
-               "c": rec("running"), "d": rec("submitted"),
-               "e": rec("finished", "2026-01-01T00:00:02+00:00"),
-               "f": rec("finished", "2026-01-01T00:00:04+00:00")}
+    records = {"c": rec("running"), "d": rec("submitted"),
+               "old": rec("finished", 9)}  # stored plainly, without a number
     scheduler = SimpleNamespace(task_metadata={METADATA_KEY: records})
-    forget = pickle.loads(cloudpickle.dumps(_forgetter(2, "f")))  # as the scheduler gets it
-    assert forget(scheduler) == 2
-    assert sorted(records) == ["a", "c", "d", "f"]  # running and submitted jobs stay
-    assert scheduler.task_metadata[FORGOTTEN_KEY] == {
-        "count": 2, "keep": 2, "newest": "2026-01-01T00:00:02+00:00"}
-    assert forget(scheduler) == 0
-    # The job that just ended counts as the newest, even when its worker's clock is behind.
-    records["g"] = rec("failed", "2026-01-01T00:00:00+00:00")
-    assert _forgetter(1, "g")(scheduler) == 2
-    assert sorted(records) == ["c", "d", "g"]
-    assert scheduler.task_metadata[FORGOTTEN_KEY] == {
-        "count": 4, "keep": 1, "newest": "2026-01-01T00:00:04+00:00"}
-    assert _forgetter(1, "x")(SimpleNamespace(task_metadata={})) == 0
+    assert _ender("a", rec("finished", 5), 2)(scheduler) == 0
+    # b's worker clock is behind: b still counts as newer than a.
+    assert _ender("b", rec("failed", 1), 2)(scheduler) == 1
+    assert sorted(records) == ["a", "b", "c", "d"]  # running and submitted jobs stay
+    info = scheduler.task_metadata[FORGOTTEN_KEY]
+    assert (info["count"], info["keep"], info["newest"]) == (1, 2, "2026-01-01T00:00:09+00:00")
+    assert _ender("e", rec("finished", 3), 1)(scheduler) == 2
+    assert sorted(records) == ["c", "d", "e"] and records["e"] == rec("finished", 3)
+    info = scheduler.task_metadata[FORGOTTEN_KEY]
+    assert (info["count"], info["keep"], info["seq"], info["order"]) == (3, 1, 3, {"e": 3})
+    assert _ender("f", rec("failed", 4), None)(scheduler) == 0  # null keeps every record
+    assert sorted(records) == ["c", "d", "e", "f"]
+    fresh = SimpleNamespace(task_metadata={METADATA_KEY: "not a mapping"})
+    assert _ender("g", rec("finished", 2), 1)(fresh) == 0
+    assert fresh.task_metadata[METADATA_KEY] == {"g": rec("finished", 2)}
 
 
-def test_a_scheduler_that_cannot_forget_records_keeps_them_with_a_warning(caplog):
-    from dask_kmeans.jobs import _forget_old_records
+def test_the_scheduler_runs_the_job_end_without_importing_dask_kmeans(tmp_path):
+    """The function travels pickled by value: a scheduler without dask_kmeans runs it."""
+    import subprocess
+    import sys
+
+    from dask_kmeans.jobs import _ender
+
+    (tmp_path / "end.pkl").write_bytes(cloudpickle.dumps(_ender("a", {"state": "failed"}, 1)))
+    script = ("import pickle, sys, types; sys.modules['dask_kmeans'] = None\n"
+              "end = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+              "s = types.SimpleNamespace(task_metadata={})\n"
+              "end(s); print(sorted(s.task_metadata['dask-kmeans-jobs']))")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "end.pkl")],
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "['a']"), out.stderr
+
+
+def test_a_scheduler_that_refuses_the_job_end_keeps_every_record_with_a_warning(caplog):
+    from dask_kmeans.jobs import METADATA_KEY, _record_end
 
     class Refusing:
+        stored = {}
+
         def run_on_scheduler(self, function):
             raise RuntimeError("run_on_scheduler is not allowed here")
 
+        def set_metadata(self, keys, value):
+            self.stored[tuple(keys)] = value
+
+    client = Refusing()
     with caplog.at_level("WARNING", logger="dask_kmeans.jobs"):
-        assert _forget_old_records(Refusing(), 5, "fit-1") == 0
+        _record_end(client, "fit-1", {"state": "finished"}, 5)
     assert "the scheduler keeps every job record: forgetting old ones failed (RuntimeError: " \
         "run_on_scheduler is not allowed here)" in caplog.text
-    assert _forget_old_records(Refusing(), None, "fit-1") == 0  # null: nothing to forget
+    assert client.stored == {(METADATA_KEY, "fit-1"): {"state": "finished"}}
 
 
 @pytest.mark.parametrize("value", [0, -3, "ten", 2.5, True])
 def test_keep_finished_must_be_a_positive_int_or_null(value):
-    from dask_kmeans.jobs import JobConfigError, _keep_finished
+    from dask_kmeans.jobs import JobConfigError, keep_finished
 
-    assert _keep_finished() == 100
+    assert keep_finished() == 100
     with dask.config.set({"dask-kmeans.jobs.keep-finished": value}):
         with pytest.raises(JobConfigError, match=r"^dask-kmeans\.jobs\.keep-finished: "
                            r"expected an int >= 1 or null, got "):
-            _keep_finished()
+            keep_finished()
     with dask.config.set({"dask-kmeans.jobs.keep-finished": None}):
-        assert _keep_finished() is None
+        assert keep_finished() is None
 
 
 def no_secret(record) -> bool:
