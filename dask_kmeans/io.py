@@ -26,7 +26,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -218,12 +218,11 @@ def _resolve(url: str | os.PathLike, storage_options: Mapping[str, Any] | None) 
 
 
 @contextlib.contextmanager
-def _fs_errors(url: str, secrets: Sequence[str], doing: str, hint: str = "") -> Iterator[None]:
+def _fs_errors(url: str, secrets: Sequence[str], doing: str) -> Iterator[None]:
     """Re-raise file-system errors with a message naming ``url`` and no credentials.
 
     The original exception is not chained: its text, which we do not control,
-    is included only after scrubbing the secrets out of it. ``hint`` ends the message
-    of data that Arrow cannot read.
+    is included only after scrubbing the secrets out of it.
     """
     try:
         yield
@@ -240,7 +239,7 @@ def _fs_errors(url: str, secrets: Sequence[str], doing: str, hint: str = "") -> 
         ) from None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise ValueError(f"Invalid Parquet data while {doing} {url}: "
-                         f"{_scrub(str(e), secrets)}{hint}") from None
+                         f"{_scrub(str(e), secrets)}") from None
     except OSError as e:
         raise OSError(f"I/O error while {doing} {url}: {type(e).__name__}: "
                       f"{_scrub(str(e), secrets)}") from None
@@ -261,6 +260,22 @@ def _hidden(relative: str) -> bool:
     return any(seg.startswith(("_", ".")) for seg in relative.split("/") if seg)
 
 
+def _glob_root(pattern: str) -> str:
+    """The folders of a glob pattern before its first segment with wildcards."""
+    segments = pattern.split("/")
+    for i, segment in enumerate(segments):
+        if glob.has_magic(segment):
+            return "/".join(segments[:i])
+    return pattern
+
+
+def _glob_under(url: str, depth: int | None, suffix: str = ".parquet") -> str:
+    """A glob of the files ending with ``suffix`` ``depth`` folders below the directory
+    ``url`` (None: at any depth), the directory's own name escaped (``run[1]``)."""
+    return (glob.escape(url.rstrip("/")) + "/" + ("**/" if depth is None else "*/" * depth)
+            + "*" + suffix)
+
+
 def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]:
     """Data files under ``loc`` in natural order, their infos, and the partition base dir."""
     fs = loc.fs
@@ -272,8 +287,12 @@ def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]
     if glob.has_magic(loc.path) and not literal:
         with _fs_errors(loc.url, loc.secrets, "listing"):  # the cache was emptied just above
             found = fs.glob(loc.path, detail=True)
+        # Hidden names below the pattern's fixed folders are skipped, files and folders
+        # (data/*/*.parquet skips data/_delta_log/...), as in a directory.
+        root = _glob_root(loc.path)
         infos = {p: i for p, i in found.items()
-                 if i.get("type", "file") == "file" and not _hidden(p.rsplit("/", 1)[-1])}
+                 if i.get("type", "file") == "file"
+                 and not _hidden(p[len(root):] if p.startswith(root) else p.rsplit("/", 1)[-1])}
         if not found:
             raise FileNotFoundError(f"No files match {loc.url}.")
         return sorted(infos, key=_natural_key), infos, None
@@ -833,7 +852,7 @@ def _refuse_partition_clash(schemas: Sequence[pa.Schema], paths: Sequence[str],
             key = _hive_key(segment)
             if key is not None and key[0] in schema.names:
                 name = key[0]
-                glob_url = url.rstrip("/") + "/" + "*/" * len(dirs) + "*.parquet"
+                glob_url = _glob_under(url, len(dirs))
                 raise ValueError(
                     f"Column '{name}' of part {part_url} ({schema.field(name).type}) is also a "
                     f"hive partition of {url} (the directory {segment}), in another type. "
@@ -859,38 +878,51 @@ def _check_missing(missing) -> str:
     return missing
 
 
-#: File name endings of Parquet data, for :func:`_stray_file_hints`.
+#: File name endings of Parquet data, for :func:`_stray_file_hint`.
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 
 
-def _stray_file_hints(paths: Sequence[str], base: str | None, url: str) -> list[str]:
-    """For each file of a directory that also holds files named like Parquet: what to say
-    when it cannot be read as Parquet, if its name is not one (a README, a CSV export)."""
+def _stray_file_hint(loc: _Location, paths: Sequence[str], base: str | None, i: int) -> str:
+    """What to add when part ``i`` of the directory ``loc`` cannot be read as Parquet and
+    its name is not one (a README, a CSV export) while other parts' names are: move it, or
+    open a glob, offered only when it lists exactly the Parquet-named parts."""
     named = [p.lower().endswith(PARQUET_SUFFIXES) for p in paths]
-    if base is None or all(named) or not any(named):
-        return [""] * len(paths)
+    if base is None or named[i] or not any(named):
+        return ""
+    name = paths[i].rsplit("/", 1)[-1]
+    hint = f". {name} is not named like a Parquet file: move it out of {loc.url}"
     parquet = [p for p, ok in zip(paths, named, strict=True) if ok]
-    suffix = "." + parquet[0].rsplit(".", 1)[-1]
+    suffixes = {"." + p.rsplit(".", 1)[-1] for p in parquet}
     depths = {len(_partition_dirs(p, base)) for p in parquet}
-    glob_url = url.rstrip("/") + "/" + ("*/" * depths.pop() if len(depths) == 1 else "**/") \
-        + "*" + suffix
-    partitioned = any(_hive_key(d) is not None for p in parquet for d in _partition_dirs(p, base))
-    hints = []
-    for path, ok in zip(paths, named, strict=True):
-        name = path.rsplit("/", 1)[-1]
-        hints.append("" if ok else (
-            f". {name} is not named like a Parquet file: move it out of {url}, or open a glob "
-            f"that matches the Parquet files only, such as {glob_url}"
-            + (" (a glob reads no hive partition columns)" if partitioned else "")))
-    return hints
+    if len(suffixes) == 1:  # one glob can list them all
+        depth = depths.pop() if len(depths) == 1 else None
+        suffix = suffixes.pop()
+        glob_url = _glob_under(loc.url, depth, suffix)
+        try:  # the glob as open_parquet would list it, on the same file system
+            matched, _, _ = _list_parts(_Location(loc.fs, _glob_under(base, depth, suffix),
+                                                  glob_url, loc.secrets))
+        except (OSError, ValueError):
+            matched = []
+        if sorted(matched) == sorted(parquet):
+            partitioned = any(_hive_key(d) is not None
+                              for p in parquet for d in _partition_dirs(p, base))
+            hint += (", or open a glob that matches the Parquet files only, such as "
+                     f"{glob_url}" + (" (a glob reads no hive partition columns)"
+                                      if partitioned else ""))
+    return _scrub(hint, loc.secrets)
 
 
 def _load_metadata(fragments: list, urls: list[str], secrets: Sequence[str],
-                   hints: Sequence[str] | None = None) -> list:
+                   hint: Callable[[int], str] | None = None) -> list:
     def load(i: int) -> pq.FileMetaData:
-        with _fs_errors(urls[i], secrets, "reading the Parquet footer of",
-                        hints[i] if hints else ""):
-            return fragments[i].metadata
+        try:
+            with _fs_errors(urls[i], secrets, "reading the Parquet footer of"):
+                return fragments[i].metadata
+        except ValueError as e:
+            extra = hint(i) if hint is not None else ""
+            if not extra:
+                raise
+            raise ValueError(f"{e}{extra}") from None
 
     if len(fragments) == 1:
         return [load(0)]
@@ -993,7 +1025,10 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                          "'.' are skipped).")
 
     filesystem = _arrow_fs(loc.fs)
-    hints = _stray_file_hints(paths, base, loc.url)
+
+    def stray_hint(i: int) -> str:
+        return _stray_file_hint(loc, paths, base, i)
+
     partitioning = _hive_partitioning(paths, base) if base is not None else None
     try:
         with _fs_errors(loc.url, loc.secrets, "opening"):
@@ -1003,7 +1038,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         # Name the file that cannot be read, or the column, rather than the dataset.
         schemas = [md.schema.to_arrow_schema() for md in _load_metadata(
             [ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem) for p in paths],
-            part_urls, loc.secrets, hints)]
+            part_urls, loc.secrets, stray_hint)]
         _refuse_repeated_names(schemas, part_urls)
         if base is not None:
             _refuse_partition_clash(schemas, paths, part_urls, base, loc.url)
@@ -1012,7 +1047,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                              f"{_scrub(str(e), loc.secrets)}") from None
         raise
     fragments = list(dataset.get_fragments())
-    metadata = _load_metadata(fragments, part_urls, loc.secrets, hints)
+    metadata = _load_metadata(fragments, part_urls, loc.secrets, stray_hint)
     physical_schemas = [f.physical_schema for f in fragments]
     partition_fields = set(dataset.schema.names) - set(physical_schemas[0].names)
     # Types promoted across the parts (the dataset's are the first part's alone). Parts

@@ -618,11 +618,41 @@ def test_a_stray_file_in_a_directory_gets_a_glob_hint(store):
             f"{store.url('hive')}/*/*.parquet (a glob reads no hive partition columns)")):
         open_parquet(store.url("hive"), storage_options=so)
     assert open_parquet(store.url("hive/*/*.parquet"), storage_options=so).n_rows == 4
+    # The glob is escaped where the directory's name holds glob characters: run[1]/*.parquet
+    # would read run1/.
+    store.write_parquet("run[1]/part-0.parquet", frame(2))
+    store.write_parquet("run1/part-0.parquet", frame(5))
+    store.put_bytes("run[1]/notes.txt", b"by hand")
+    escaped = store.url("run[[]1]/*.parquet")
+    with pytest.raises(ValueError, match=re.escape(f"such as {escaped}")):
+        open_parquet(store.url("run[1]"), storage_options=so)
+    assert open_parquet(escaped, storage_options=so).n_rows == 2
+    # Parts with two suffixes: no one glob lists them all, so none is offered.
+    store.write_parquet("mixed/a.parquet", frame(2))
+    store.write_parquet("mixed/b.pq", frame(3))
+    store.put_bytes("mixed/notes.txt", b"by hand")
+    with pytest.raises(ValueError) as e:
+        open_parquet(store.url("mixed"), storage_options=so)
+    assert str(e.value).endswith(f"notes.txt is not named like a Parquet file: move it out of "
+                                 f"{store.url('mixed')}")
     # A part named like Parquet that is not: no hint, the name is not the problem.
     store.put_bytes("data/part-2.parquet", b"garbage")
     with pytest.raises(ValueError, match=r"part-2\.parquet") as e:
         open_parquet(f"{url}/*.parquet", storage_options=so)
     assert "not named like" not in str(e.value)
+
+
+def test_a_glob_skips_hidden_folders_below_its_fixed_part(store):
+    """data/*/*.parquet read a Delta log's checkpoints and staging files, which opening the
+    directory skips."""
+    so = store.storage_options
+    store.write_parquet("hv/region=eu/part-0.parquet", frame(2))
+    store.write_parquet("hv/_delta_log/0.checkpoint.parquet", frame(5))
+    store.write_parquet("hv/.staging/part-0.parquet", frame(7))
+    assert open_parquet(store.url("hv"), storage_options=so).n_rows == 2
+    assert open_parquet(store.url("hv/*/*.parquet"), storage_options=so).n_rows == 2
+    # A hidden folder named before the wildcards is read: the user chose it.
+    assert open_parquet(store.url("hv/_delta_log/*.parquet"), storage_options=so).n_rows == 5
 
 
 def test_truncated_file_names_it(store):
