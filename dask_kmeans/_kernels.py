@@ -725,6 +725,38 @@ def farthest(
     return out[np.isfinite(out[:, 0])]
 
 
+def count_distinct(centers: np.ndarray) -> int:
+    """How many of ``centers`` are distinct, those that differ only by rounding counting
+    once: a centre that is the mean of many copies of a point and another that is the
+    point itself (an empty cluster relocated onto a duplicate) are the same centre.
+
+    Two centres are the same when they are within ``max(16 eps, 1e-10)`` times the largest
+    centre norm of each other (``eps`` of their dtype), far below any separation of clusters
+    that the data's precision could tell apart. Compared block by block, k x 1024 at most.
+    """
+    centers = np.asarray(centers)
+    k = centers.shape[0]
+    if k < 2:
+        return k
+    eps = np.finfo(centers.dtype).eps if centers.dtype.kind == "f" else np.finfo(float).eps
+    c = centers.astype(np.float64)
+    tol = max(16 * eps, 1e-10) * np.sqrt(np.einsum("ij,ij->i", c, c).max())
+    cs = c - c.mean(axis=0)
+    sq = np.einsum("ij,ij->i", cs, cs)
+    same = np.zeros(k, dtype=bool)  # a copy of a centre before it
+    for start in range(0, k, 1024):
+        block = slice(start, min(start + 1024, k))
+        # Expanded distances (rounding up to a few eps of the norms) pick the candidate
+        # pairs; their exact differences decide.
+        d2 = sq[block, None] + sq[None, :] - 2.0 * (cs[block] @ cs.T)
+        slack = tol**2 + 8 * np.finfo(float).eps * (sq[block, None] + sq[None, :])
+        for i, j in zip(*np.nonzero(d2 <= slack), strict=True):
+            i += start
+            if j < i and not same[j] and np.sqrt(((c[i] - c[j]) ** 2).sum()) <= tol:
+                same[i] = True
+    return int(k - same.sum())
+
+
 def relocate_empty(
     sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -233,12 +234,30 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         y : Ignored
         sample_weight : array-like or dask array of shape (n_samples,), default=None
             Weights of the rows: weighted means and a weighted inertia.
-            Weighting a row by 2 is the same as repeating it.
+            Weighting a row by 2 is the same as repeating it (from the same initial
+            centres, with ``tol=0``: the tolerance uses the unweighted variance).
 
         Returns
         -------
         self : KMeans
+
+        A fit that raises leaves the estimator as it was: a fitted model still predicts as
+        before, with its own scaling.
         """
+        before = self._fitted_state()
+        try:
+            return self._fit(X, sample_weight)
+        except BaseException:
+            for name in self._fitted_state():
+                delattr(self, name)
+            self.__dict__.update(before)
+            raise
+
+    def _fitted_state(self) -> dict:
+        """The attributes a fit sets (scikit-learn's trailing underscore)."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
+    def _fit(self, X, sample_weight):
         V.check_params(self)
         V.check_param_combinations(self)
         Xv = V.check_X(self, X, reset=True)
@@ -342,7 +361,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             best = (best[0], *self._final_assignment(Xd, wd, best[0].centers, lazy, persisted,
                                                      best[2]))
         result, labels, inertia = best
-        n_distinct = len(np.unique(result.centers, axis=0))
+        n_distinct = K.count_distinct(result.centers)
         if n_distinct < self.n_clusters:
             warnings.warn(
                 f"Number of distinct clusters ({n_distinct}) found smaller than "
@@ -567,8 +586,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                  else [f"x{i}" for i in range(self.n_features_in_)])
         params = {k: v for k, v in self.get_params().items() if k != "init"}
         params["init"] = self.init if isinstance(self.init, str) else "array"
-        if not isinstance(params.get("random_state"), int | type(None)):
-            params["random_state"] = None
+        seed = params.get("random_state")
+        # A RandomState instance cannot be saved (its state moves); an int of any kind can.
+        params["random_state"] = (int(seed) if isinstance(seed, numbers.Integral)
+                                  and not isinstance(seed, bool | np.bool_) else None)
         metadata = {
             "format": "dask_kmeans.model/1",
             "library_version": __version__,
@@ -805,9 +826,12 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     from .report import silhouettes as silhouette_scores
     from .report import suggest_k
 
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must hold integers >= 1, got {ks!r}.")
+    given = list(ks) if not isinstance(ks, str) else [ks]
+    if not given or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool | np.bool_)
+                            and k >= 1 for k in given):
+        # int(2.9) would be 2: a K that was not asked for.
+        raise ValueError(f"ks must hold integers >= 1, got {given!r}.")
+    ks = sorted({int(k) for k in given})
     est = KMeans(max(ks), max_iter=max_iter, tol=tol, random_state=random_state,
                  oversampling_factor=oversampling_factor, init_rounds=init_rounds,
                  metric=metric, split_every=split_every, standardize=standardize,

@@ -390,6 +390,53 @@ def test_fewer_distinct_points_than_clusters_warns_and_stays_finite():
     assert np.all(np.isfinite(km.cluster_centers_))
 
 
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_duplicate_points_warn_although_the_means_round(init, dtype, lazy):
+    """With points whose mean of 50 copies is not the point to the last bit, the empty
+    cluster's centre differed from its twin by ~1e-16 and the warning was not given."""
+    X = np.repeat(np.random.default_rng(0).normal(size=(2, 3)), 50, axis=0).astype(dtype)
+    with pytest.warns(ConvergenceWarning, match=r"distinct clusters \(2\) found smaller than "
+                                                r"n_clusters \(3\)"):
+        km = KMeans(3, init=init, random_state=0).fit(da.from_array(X, chunks=30) if lazy
+                                                      else X)
+    assert np.all(np.isfinite(km.cluster_centers_))
+
+
+def test_count_distinct_tells_rounding_from_separation():
+    from dask_kmeans._kernels import count_distinct
+
+    rng = np.random.default_rng(1)
+    c = rng.normal(size=(3000, 4)) * 1e4
+    assert count_distinct(c) == 3000
+    twins = np.vstack([c, c[:5] * (1 + 1e-15), c[7:8]])
+    assert count_distinct(twins) == 3000
+    # float32 centres far from the origin, one unit apart: distinct.
+    assert count_distinct((1e4 + np.arange(10.0)[:, None] * np.ones((10, 3)))
+                          .astype(np.float32)) == 10
+    assert count_distinct(c[:1]) == 1
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_a_failed_refit_leaves_the_fitted_model_as_it_was(standardize):
+    """The scaling of a refit that then failed (NaN found by the first pass) replaced the
+    model's, or was deleted, and the old centres predicted garbage without an error."""
+    X = np.random.default_rng(0).normal(size=(200, 3)) * [1, 100, 1000]
+    km = KMeans(3, random_state=0, standardize=True).fit(X)
+    state = {k: v for k, v in vars(km).items() if k.endswith("_")}
+    before = km.predict(X)
+    bad = X[:, :2].copy() if standardize else X.copy()  # other features, too
+    bad[3, 0] = np.nan
+    km.set_params(standardize=standardize, n_clusters=4)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        km.fit(da.from_array(bad, chunks=50))
+    assert {k for k in vars(km) if k.endswith("_")} == set(state)
+    for name, value in state.items():
+        assert getattr(km, name) is value
+    np.testing.assert_array_equal(km.set_params(standardize=True).predict(X), before)
+
+
 def test_verbose_logs_one_line_per_iteration(data, caplog):
     X, C0 = data
     with caplog.at_level(logging.INFO, logger="dask_kmeans"):

@@ -213,3 +213,17 @@ def test_loaded_model_of_a_callable_init_has_the_centres_as_init(tmp_path):
     km = dk.KMeans(2, init=lambda X, k, rs: X[:k]).fit(X)
     km.save(str(tmp_path / "m"))
     np.testing.assert_array_equal(dk.load(str(tmp_path / "m")).init, km.cluster_centers_)
+
+
+def test_a_numpy_integer_seed_is_saved(tmp_path):
+    """random_state=np.int64(0) was saved as null, so the loaded model's get_params()
+    differed; a RandomState instance cannot be saved and still is null."""
+    import dask_kmeans as dk
+
+    X = np.random.default_rng(1).normal(size=(200, 2))
+    km = dk.KMeans(2, random_state=np.int64(7)).fit(X)
+    km.save(str(tmp_path / "m"))
+    loaded = dk.load(str(tmp_path / "m")).get_params()
+    assert loaded["random_state"] == 7 and type(loaded["random_state"]) is int
+    km.set_params(random_state=np.random.RandomState(0)).save(str(tmp_path / "r"))
+    assert dk.load(str(tmp_path / "r")).get_params()["random_state"] is None

@@ -87,6 +87,15 @@ def test_a_cosine_sweep_scores_silhouettes_with_cosine_distances():
         pytest.approx(silhouette_score(X, res.models[1].labels_.compute()), rel=1e-10)
 
 
+@pytest.mark.parametrize("ks", [[2.9, 3.9], [2, 3.0], [], [0, 2], [True, 2], "23"])
+def test_ks_that_are_not_integers_from_1_are_refused(ks):
+    """[2.9, 3.9] was swept as K=2 and K=3."""
+    X = blobs(n=100, d=2, k=2, seed=0)
+    with pytest.raises(ValueError, match=r"ks must hold integers >= 1, got "):
+        dk.sweep(X, ks)
+    assert dk.sweep(X, np.array([3, 2]), random_state=0).ks == [2, 3]  # NumPy ints are ints
+
+
 class _ChoiceSpy(np.random.RandomState):
     """A RandomState that records the size of every population ``choice`` draws from."""
 
