@@ -9,7 +9,7 @@ schema node has a ``type`` and, depending on it:
     ``discriminator`` (a key name) and ``variants`` (value of that key -> mapping node): the
     document is checked against the variant its discriminator names.
 ``list``
-    ``items`` (node), ``min_items``, ``max_items``.
+    ``items`` (node), ``min_items``, ``max_items``; ``unique: true`` refuses a repeated item.
 ``int``, ``number``
     ``min`` (inclusive) or ``gt`` (exclusive); ``max`` (inclusive).
 ``str``
@@ -317,7 +317,15 @@ def walk(node: dict, value: Any, path: str, errors: list) -> Any:
         return _walk_mapping(node, value, path, errors)
     if kind == "list" and isinstance(value, list) \
             and node.get("min_items", 0) <= len(value) <= node.get("max_items", len(value)):
-        return [walk(node["items"], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        out = [walk(node["items"], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        if node.get("unique"):
+            seen: list = []
+            repeated = [v for v in out if v is not None and (v in seen or seen.append(v))]
+            if repeated:
+                errors.append((path, f"names {show(repeated[0])} more than once; each "
+                                     "entry must differ"))
+                return None
+        return out
     if kind == "oneof" and value is not None:
         for option in node["options"]:
             found: list = []

@@ -641,7 +641,8 @@ def sweep(input_url, ks, keys, columns, max_iter, tol, seed, metric, standardize
 
     \b
     dask-kmeans sweep data/customers/ --k 2..12 --standardize --key customer_id --seed 0
-    dask-kmeans sweep data/customers/ --k 2,4,8,16 --plot k.png --table k.csv
+    dask-kmeans sweep data/customers/ --k 2,4,8,16 --key customer_id --plot k.png \\
+        --table k.csv
     """
     inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
                              max_iter, tol, seed, metric, standardize, oversampling_factor,

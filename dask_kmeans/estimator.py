@@ -762,7 +762,7 @@ class SweepResult:
         Silhouette score of each model on a uniform sample of rows (``1 - cos``
         distances for "cosine"); None for a model whose sampled rows fall in
         fewer than 2 or more than ``n - 1`` clusters (always for K=1). None
-        when not computed (``silhouette_rows`` 0 or None, or a single K).
+        when not computed (``silhouette_rows`` 0 or None, or only K=1).
     models : list of KMeans
         Fitted models (``labels_`` is lazy). Each one's ``init`` is the centres
         its run started from, so refitting it alone repeats the run.
@@ -878,7 +878,7 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
 
     # K=1 has no silhouette: report.silhouettes scores it None, and the other K still count.
     silhouettes = None
-    if silhouette_rows and len(ks) > 1:
+    if silhouette_rows and ks != [1]:
         n = Xd.shape[0]
         idx = K.sample_indices(n, min(n, silhouette_rows), rng)  # O(rows drawn) memory
         sample = _init.take_rows(Xd, idx)[0]

@@ -188,6 +188,23 @@ def test_a_key_that_would_be_ignored_is_reported_with_the_other_problems():
         "job.params.n_clusters", "job.output.plot", "job.params.init_rounds"]
 
 
+def test_a_repeated_column_or_plot_feature_is_refused_before_any_work():
+    """plot_features [age, age] passed validation, the whole fit ran and wrote its model and
+    labels, and only the plot then failed (exit 1, outputs left behind)."""
+    spec = fit_spec("d", input={"url": "d", "columns": ["a", "b", "a"],
+                                "key_columns": ["id", "id"]},
+                    output={"model": "m", "plot": "p.png", "plot_features": ["age", "age"]})
+    with pytest.raises(JobSpecError) as info:
+        validate_job(spec)
+    assert info.value.errors == [
+        ("job.input.columns", "names 'a' more than once; each entry must differ"),
+        ("job.input.key_columns", "names 'id' more than once; each entry must differ"),
+        ("job.output.plot_features", "names 'age' more than once; each entry must differ")]
+    ok = fit_spec("d", input={"url": "d", "columns": ["a", "b"]},
+                  output={"plot": "p.png", "plot_features": ["a", "b"]})
+    assert validate_job(ok)["job"]["output"]["plot_features"] == ["a", "b"]
+
+
 def test_every_problem_is_reported_at_once():
     spec = fit_spec("d", params={"n_clusters": "eight", "tol": -1}, output={"modle": "m"})
     with pytest.raises(JobSpecError, match="^job.yaml: 3 problems in the job spec:") as info:

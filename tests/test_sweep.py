@@ -96,6 +96,14 @@ def test_ks_that_are_not_integers_from_1_are_refused(ks):
     assert dk.sweep(X, np.array([3, 2]), random_state=0).ks == [2, 3]  # NumPy ints are ints
 
 
+def test_a_sweep_of_one_k_scores_its_silhouette():
+    """A sweep of a single K >= 2 left its silhouette out, as if K were 1."""
+    X = blobs(n=600, d=2, k=3, seed=0, spread=6.0)
+    res = dk.sweep(X, [3], random_state=0)
+    assert res.suggested_k == 3 and len(res.silhouettes) == 1 and res.silhouettes[0] > 0.5
+    assert dk.sweep(X, [1], random_state=0).silhouettes is None
+
+
 class _ChoiceSpy(np.random.RandomState):
     """A RandomState that records the size of every population ``choice`` draws from."""
 
