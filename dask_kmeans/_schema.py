@@ -78,13 +78,35 @@ def _refuse_ambiguous(loader, node):
     raise AmbiguousBool(node.value, node.start_mark)
 
 
+def _refuse_repeated_keys(loader, node):
+    """A mapping, its own keys checked first: YAML keeps the last of two equal keys and
+    drops the first without a word (``params:`` written twice loses the first block).
+    Keys a ``<<`` merge brings in may be overridden, as YAML intends."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node)
+        except TypeError:  # an unhashable key: SafeLoader's own error follows
+            continue
+        if first is not key_node:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice (first on line "
+                f"{first.start_mark.line + 1}); YAML would keep only the last", key_node.start_mark)
+    return yaml.SafeLoader.construct_yaml_map(loader, node)
+
+
 def _conservative_loader(name: str, *, files: bool) -> type[yaml.SafeLoader]:
     """A SafeLoader whose plain scalars are bools, nulls, ints and floats only by the
     patterns above (and empty ones null); a plain yes/no/on/off is refused
-    (:class:`AmbiguousBool`); everything else is a string. With ``files``, ``~`` is null
-    too and ``<<`` merges a mapping, as YAML files commonly use them."""
+    (:class:`AmbiguousBool`); everything else is a string; a mapping that gives a key twice
+    is refused. With ``files``, ``~`` is null too and ``<<`` merges a mapping, as YAML
+    files commonly use them."""
     loader = type(name, (yaml.SafeLoader,), {"yaml_implicit_resolvers": {}})
     loader.add_constructor(_AMBIGUOUS_TAG, _refuse_ambiguous)
+    loader.add_constructor("tag:yaml.org,2002:map", _refuse_repeated_keys)
     core = "tag:yaml.org,2002:"
     rules = [(core + "bool", BOOL.pattern, "tTfF"), (core + "null", NULL.pattern, "nN"),
              (core + "null", "", [""]), (core + "int", INT.pattern, "-+0123456789"),

@@ -357,6 +357,26 @@ def test_a_plain_yes_no_on_off_value_is_refused(text):
     assert parse_assignment("x=[a, 'no']")[1] == ["a", "no"]
 
 
+def test_a_key_given_twice_in_a_file_is_refused_naming_both_lines(tmp_path):
+    """YAML kept the last of two equal keys: a second params block dropped the first
+    one's n_clusters without a word. Keys a << merge brings in may still be overridden."""
+    path = tmp_path / "job.yaml"
+    path.write_text("job:\n  kind: fit\n  input: {url: data}\n  params:\n    n_clusters: 3\n"
+                    "  output: {}\n  params:\n    n_clusters: 4\n")
+    with pytest.raises(JobSpecError, match=r"line 7: not valid YAML: the key 'params' is "
+                                           r"given twice \(first on line 4\); YAML would keep "
+                                           r"only the last"):
+        load_job(path)
+    path.write_text("base: &b {n_clusters: 3, tol: 0.5}\njob:\n  kind: fit\n"
+                    "  input: {url: data}\n  params:\n    <<: *b\n    n_clusters: 5\n"
+                    "  output: {}\n")
+    assert load_yaml(path.read_text())["job"]["params"] == {"n_clusters": 5, "tol": 0.5}
+    with pytest.raises(yaml.YAMLError, match="the key 'a' is given twice"):
+        load_yaml("{a: 1, a: 2}")
+    with pytest.raises(JobSpecError, match="is not valid YAML"):  # the value is not shown
+        parse_assignment("params={n_clusters: 2, n_clusters: 3}")
+
+
 def test_job_files_type_plain_values_as_the_command_line_does(tmp_path):
     """Job files were read as YAML 1.1: in storage_options, password: 0123 arrived as 83,
     profile: 2024_01 as 202401, secret: 12:30:00 as 45000 and a date as a datetime.date,
