@@ -7,6 +7,7 @@ import numbers
 import uuid
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 from sklearn.utils.validation import validate_data
@@ -84,16 +85,33 @@ def check_param_combinations(est) -> None:
 
 
 def is_lazy(X) -> bool:
-    """Whether ``X`` is a dask collection (array or DataFrame)."""
-    return isinstance(X, da.Array) or _is_dask_frame(X)
+    """Whether ``X`` is a dask collection (array, DataFrame, Series or any other)."""
+    return dask.is_dask_collection(X)
 
 
-def _is_dask_frame(X) -> bool:
+def _lazy_array(X, name: str) -> da.Array:
+    """A dask collection as a dask array, computing nothing but the partition lengths of a
+    dask DataFrame or Series (``to_dask_array(lengths=True)``)."""
+    if isinstance(X, da.Array):
+        return X
+    if _is_dask_frame(X, series=True):
+        return X.to_dask_array(lengths=True)
+    if type(X).__module__.split(".")[0] == "xarray" and isinstance(getattr(X, "data", None),
+                                                                   da.Array):
+        return X.data  # as da.asarray does
+    raise ValueError(f"{name} is a dask {type(X).__name__}, which KMeans cannot read without "
+                     f"computing it: give a dask array, DataFrame or Series (for instance "
+                     f"da.from_delayed(value, shape, dtype) for a Delayed, or bag.to_dataframe() "
+                     f"for a Bag).")
+
+
+def _is_dask_frame(X, *, series: bool = False) -> bool:
+    """Whether ``X`` is a dask DataFrame (or, with ``series``, also a dask Series or Index)."""
     try:
         import dask.dataframe as dd
     except ImportError:  # pragma: no cover - dataframe extra is a core dependency
         return False
-    return isinstance(X, dd.DataFrame)
+    return isinstance(X, (dd.DataFrame, dd.Series, dd.Index) if series else dd.DataFrame)
 
 
 def _numeric_or_raise(columns, dtypes) -> None:
@@ -119,7 +137,7 @@ def _check_dask(est, X, *, reset: bool) -> da.Array:
         _numeric_or_raise(list(X.columns), list(X.dtypes))
         if all(isinstance(c, str) for c in X.columns):
             names = np.asarray(list(X.columns), dtype=object)
-        X = X.to_dask_array(lengths=True)
+    X = _lazy_array(X, "X")
     if X.ndim != 2:
         raise ValueError(f"Expected a 2-D array of shape (n_samples, n_features), got {X.ndim}-D "
                          f"with shape {X.shape}.")
@@ -156,8 +174,10 @@ def _check_dask(est, X, *, reset: bool) -> da.Array:
 
 
 def is_parquet_source(X) -> bool:
-    """Whether ``X`` is a ``dask_kmeans.io.ParquetSource`` (duck-typed)."""
-    return hasattr(X, "features") and hasattr(X, "feature_names") and hasattr(X, "parts")
+    """Whether ``X`` is a ``dask_kmeans.io.ParquetSource`` (duck-typed; a dask Delayed, which
+    has every attribute, is not)."""
+    return (not is_lazy(X) and hasattr(X, "features") and hasattr(X, "feature_names")
+            and hasattr(X, "parts"))
 
 
 def _check_source(est, source, *, reset: bool) -> da.Array:
@@ -237,8 +257,10 @@ def checked_weights_block(w: np.ndarray, block_info=None) -> np.ndarray:
 def check_sample_weight(sample_weight, X):
     """``None``, or float64 weights aligned with ``X`` (same row chunks for dask).
 
-    Weights must be finite and non-negative, and not all zero. NumPy weights (and
-    dask weights for NumPy ``X``, computed here) are checked now. Dask weights for
+    Weights must be finite and non-negative, and not all zero. Dask weights (an
+    array, or a Series whose missing values become NaN) stay lazy: only a Series'
+    partition lengths are computed. NumPy weights (and dask weights for NumPy
+    ``X``, computed here) are checked now. Dask weights for
     dask ``X`` are checked chunk by chunk when a pass reads them, at no extra pass;
     that not all are zero is checked where their total is at hand (the first pass
     of the initialisation or of Lloyd, the standardisation's moments, ``score``),
@@ -251,8 +273,16 @@ def check_sample_weight(sample_weight, X):
         sample_weight = np.full(n, float(sample_weight))
     if is_lazy(sample_weight):
         w = sample_weight
-        if not isinstance(w, da.Array):
-            w = w.to_dask_array(lengths=True)
+        if _is_dask_frame(w, series=True) and w.ndim == 1:
+            # A dask Series, kept lazy: as float64 first, so that a nullable dtype's missing
+            # values become NaN (refused below, chunk by chunk) rather than objects.
+            from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+            if not (is_numeric_dtype(w.dtype) or is_bool_dtype(w.dtype)):
+                raise ValueError(f"sample_weight must be numeric; got a dask Series of dtype "
+                                 f"{w.dtype}.")
+            w = w.astype(np.float64)
+        w = _lazy_array(w, "sample_weight")
         if w.ndim == 1 and any(np.isnan(c) for c in w.chunks[0]):
             # Filtered by a mask, as X may be (whose chunk sizes are computed the same way).
             w = w.compute_chunk_sizes()

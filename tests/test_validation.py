@@ -138,3 +138,90 @@ def test_parameters_another_leaves_without_effect_are_refused_or_warned():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         KMeans(3, oversampling_factor=3.0, init_rounds=2, random_state=0).fit(X)
+
+
+def _weights_part(i):
+    """One partition of a dask Series of weights made on the worker (nothing in the graph)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(i)
+    return pd.Series(rng.uniform(0.5, 2.0, 20_000), index=np.arange(20_000) + 20_000 * i,
+                     name="w")
+
+
+def test_dask_series_weights_stay_lazy_and_fit_as_numpy_weights():
+    """A dask Series of weights was computed whole on the driver and put into the graph
+    (np.asarray): it is converted with to_dask_array instead, as a dask DataFrame X is."""
+    import cloudpickle
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from dask_kmeans import _validation as V
+
+    ws = dd.from_map(_weights_part, range(3))
+    w = np.concatenate([_weights_part(i).to_numpy() for i in range(3)])
+    X = blobs(n=60_000, d=2, k=3)
+    Xd = da.from_array(X, chunks=20_000)
+    checked = V.check_sample_weight(ws, Xd)
+    assert isinstance(checked, da.Array) and checked.chunks == (Xd.chunks[0],)
+    # The 480 KB of weights are not in the graph: only the function making them is.
+    assert len(cloudpickle.dumps(dict(checked.__dask_graph__()))) < 50_000
+    np.testing.assert_array_equal(checked.compute(), w)
+    init = X[[0, 100, 200]]
+    a = KMeans(3, init=init, n_init=1).fit(Xd, sample_weight=ws)
+    b = KMeans(3, init=init, n_init=1).fit(X, sample_weight=w)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+    np.testing.assert_allclose(a.inertia_, b.inertia_, rtol=1e-7)
+    # A column of the same dask DataFrame as X, the usual case.
+    df = pd.DataFrame({"a": X[:300, 0], "b": X[:300, 1], "w": w[:300]})
+    ddf = dd.from_pandas(df, npartitions=3)
+    a = KMeans(3, init=init, n_init=1).fit(ddf[["a", "b"]], sample_weight=ddf["w"])
+    b = KMeans(3, init=init, n_init=1).fit(df[["a", "b"]], sample_weight=df["w"])
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+
+
+def test_dask_series_weights_are_checked_and_other_collections_named():
+    import dask.bag as db
+    import dask.dataframe as dd
+    import pandas as pd
+
+    X = blobs(n=100, d=2, k=2)
+    Xd = da.from_array(X, chunks=25)
+    missing = dd.from_pandas(pd.Series(pd.array([1.0] * 60 + [None] + [1.0] * 39,
+                                                dtype="Float64")), npartitions=4)
+    with pytest.raises(ValueError, match=r"sample_weight contains NaN or infinity \(first at "
+                                         r"row 60\)"):
+        KMeans(2, init=X[:2], n_init=1).fit(Xd, sample_weight=missing)
+    text = dd.from_pandas(pd.Series(["1"] * 100), npartitions=2)
+    with pytest.raises(ValueError, match="sample_weight must be numeric; got a dask Series "
+                                         "of dtype"):
+        KMeans(2).fit(Xd, sample_weight=text)
+    for name, X_, w in (("sample_weight", Xd, dask.delayed(np.ones)(100)),
+                        ("sample_weight", Xd, db.from_sequence([1.0] * 100)),
+                        ("X", dask.delayed(np.ones)((100, 2)), None)):
+        with pytest.raises(ValueError, match=rf"{name} is a dask (Delayed|Bag), which KMeans "
+                                             r"cannot read without computing it"):
+            KMeans(2).fit(X_, sample_weight=w)
+
+
+class _FakeXarray:
+    """Stands for a dask-backed xarray.DataArray (xarray is not installed): ``.data``."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __dask_graph__(self):
+        return self.data.__dask_graph__()
+
+
+_FakeXarray.__module__ = "xarray.core.dataarray"
+
+
+def test_dask_backed_xarray_is_read_through_its_data():
+    X = blobs(n=100, d=2, k=2)
+    w = np.linspace(0.5, 1.5, 100)
+    a = KMeans(2, init=X[:2], n_init=1).fit(
+        _FakeXarray(da.from_array(X, chunks=25)),
+        sample_weight=_FakeXarray(da.from_array(w, chunks=25)))
+    b = KMeans(2, init=X[:2], n_init=1).fit(X, sample_weight=w)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
