@@ -131,12 +131,31 @@ def _float_dtype(dtype) -> np.dtype:
     return dtype if dtype in FLOAT_DTYPES else np.dtype(np.float64)
 
 
+def _frame_float_dtype(dtypes) -> np.dtype:
+    """The float dtype that numeric columns of these dtypes become, as an array of their
+    common dtype would: float32 when all are float32 (NumPy's or pandas' ``Float32``),
+    else float64. pandas' nullable and Arrow dtypes count as their NumPy dtype."""
+    base = []
+    for t in dtypes:
+        try:
+            base.append(np.dtype(getattr(t, "numpy_dtype", t)))
+        except TypeError:  # an extension dtype with no NumPy equivalent (sparse, say)
+            base.append(np.dtype(np.float64))
+    return _float_dtype(np.result_type(*base)) if base else np.dtype(np.float64)
+
+
 def _check_dask(est, X, *, reset: bool) -> da.Array:
     names = None
     if _is_dask_frame(X):
         _numeric_or_raise(list(X.columns), list(X.dtypes))
         if all(isinstance(c, str) for c in X.columns):
             names = np.asarray(list(X.columns), dtype=object)
+        dtype = _frame_float_dtype(X.dtypes)
+        if any(t != dtype for t in X.dtypes):
+            # Cast the columns first: pandas' nullable dtypes (Int64, Float64, boolean) would
+            # give to_dask_array an object array, in which a missing value (pd.NA) cannot be
+            # converted; cast, it is NaN, refused lazily as in any other dask input.
+            X = X.astype(dtype)
     X = _lazy_array(X, "X")
     if X.ndim != 2:
         raise ValueError(f"Expected a 2-D array of shape (n_samples, n_features), got {X.ndim}-D "

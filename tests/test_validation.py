@@ -225,3 +225,39 @@ def test_dask_backed_xarray_is_read_through_its_data():
         sample_weight=_FakeXarray(da.from_array(w, chunks=25)))
     b = KMeans(2, init=X[:2], n_init=1).fit(X, sample_weight=w)
     np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["Int64", "Float64", "boolean"])
+def test_dask_dataframe_with_nullable_dtypes_and_missing_values(dtype):
+    """pandas' nullable dtypes gave to_dask_array an object array, whose pd.NA failed the cast
+    to float (TypeError: float() argument must be ... not 'NAType'): the columns are cast
+    first, so a missing value is NaN and refused as in any dask input, in fit and predict."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from dask_kmeans import _validation as V
+
+    n = 200
+    values = {"Int64": np.arange(n) % 7, "Float64": np.arange(n) / 3.0,
+              "boolean": np.arange(n) % 3 == 0}[dtype]
+    full = pd.DataFrame({"a": pd.array(values, dtype=dtype), "b": np.arange(n, dtype=float)})
+    gaps = full.copy()
+    gaps.loc[[5, 50], "a"] = pd.NA  # both in the first partition
+    lazy, lazy_gaps = (dd.from_pandas(f, npartitions=2) for f in (full, gaps))
+    # Without missing values: float64 all along, as the same values in NumPy.
+    Xv = V.check_X(KMeans(2), lazy, reset=True)
+    assert Xv.dtype == np.float64 and Xv.compute().dtype == np.float64
+    dense = full.astype(np.float64).to_numpy()
+    init = dense[[0, 199]]
+    a = KMeans(2, init=init, n_init=1).fit(lazy)
+    b = KMeans(2, init=init, n_init=1).fit(dense)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+    np.testing.assert_array_equal(a.predict(lazy).compute(), b.predict(dense))
+    with pytest.raises(ValueError, match="Input X contains NaN"):  # pandas: scikit-learn's
+        KMeans(2).fit(gaps)
+    for start in ("k-means||", "k-means++", "random", init):
+        with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+            KMeans(2, init=start, n_init=1, random_state=0).fit(lazy_gaps)
+    with pytest.raises(ValueError, match=r"Input X contains NaN or infinity: 2 row\(s\) "
+                                         r"\(rows 5, 50\)"):
+        a.predict(lazy_gaps).compute()
