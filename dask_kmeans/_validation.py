@@ -189,6 +189,9 @@ def _check_dask(est, X, *, reset: bool) -> da.Array:
     if X.shape[0] == 0:
         raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 "
                          "is required by KMeans.")
+    if X.shape[1] == 0:  # as scikit-learn refuses NumPy input
+        raise ValueError(f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 "
+                         "is required by KMeans.")
     return X
 
 
