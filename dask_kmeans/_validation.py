@@ -57,6 +57,14 @@ def check_params(est) -> None:
     _require(est.checkpoint is None or isinstance(est.checkpoint, str), "checkpoint",
              est.checkpoint, "None or a URL string")
     _require(isinstance(est.resume, bool | np.bool_), "resume", est.resume, "True or False")
+    _require(isinstance(est.verbose, bool | np.bool_) or (_is_int(est.verbose)
+                                                          and est.verbose >= 0),
+             "verbose", est.verbose, "a bool or an int >= 0")
+    # scikit-learn's check_random_state would take a bool as a seed, and name no parameter.
+    rs = est.random_state
+    _require(rs is None or isinstance(rs, np.random.RandomState)
+             or (_is_int(rs) and 0 <= rs <= 2**32 - 1), "random_state", rs,
+             "None, an int in [0, 2**32 - 1] or a numpy.random.RandomState instance")
 
 
 def check_param_combinations(est) -> None:

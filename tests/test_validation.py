@@ -261,3 +261,36 @@ def test_dask_dataframe_with_nullable_dtypes_and_missing_values(dtype):
     with pytest.raises(ValueError, match=r"Input X contains NaN or infinity: 2 row\(s\) "
                                          r"\(rows 5, 50\)"):
         a.predict(lazy_gaps).compute()
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("verbose", "yes", "a bool or an int >= 0"),
+    ("verbose", -1, "a bool or an int >= 0"),
+    ("verbose", 1.5, "a bool or an int >= 0"),
+    ("random_state", "a", r"None, an int in \[0, 2\*\*32 - 1\] or a numpy.random.RandomState"),
+    ("random_state", -1, "None, an int in"),
+    ("random_state", 2**32, "None, an int in"),
+    ("random_state", True, "None, an int in"),
+    ("random_state", np.random.default_rng(0), "None, an int in"),
+])
+def test_verbose_and_random_state_are_validated_by_name(name, value, expected):
+    """verbose='yes' was accepted, and a bad random_state got scikit-learn's "'a' cannot be
+    used to seed", naming no parameter (a bool was taken as a seed): both are checked with
+    the other parameters, in fit and sweep."""
+    X = blobs(n=50, d=2, k=2)
+    match = rf"The '{name}' parameter of KMeans must be {expected}.* Got "
+    with pytest.raises(ValueError, match=match):
+        KMeans(2, **{name: value}).fit(X)
+    with pytest.raises(ValueError, match=match):
+        KMeans(2, **{name: value}).fit(da.from_array(X, chunks=25))
+    if name == "random_state":
+        with pytest.raises(ValueError, match=match):
+            sweep(X, [2, 3], random_state=value)
+
+
+def test_valid_verbose_and_random_state_values_are_accepted():
+    X = blobs(n=50, d=2, k=2)
+    for params in (dict(verbose=True), dict(verbose=np.int64(2)), dict(verbose=0),
+                   dict(random_state=np.random.RandomState(0)),
+                   dict(random_state=np.uint32(5)), dict(random_state=2**32 - 1)):
+        KMeans(2, n_init=1, **params).fit(X)
