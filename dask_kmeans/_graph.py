@@ -245,16 +245,17 @@ def distances(X: da.Array, C: da.Array, *, metric="euclidean") -> da.Array:
     )
 
 
-def _zero_chunk(x, offset):
-    return K.zero_norm_rows(x, int(offset[0])).astype(np.float64)
+def _zero_chunk(x, offset, *, limit):
+    return K.zero_norm_rows(x, int(offset[0]), limit)[None, :]
 
 
-def zero_norm_rows(X: da.Array) -> da.Array:
-    """Global indices of up to 5 zero-norm rows per chunk (float64, unknown length)."""
+def zero_norm_rows(X: da.Array, limit: int = 5) -> da.Array:
+    """The rows of zero norm (cosine), one row per chunk of ``X``: shape (n_chunks,
+    2 + 2 * limit), see ``_kernels.zero_norm_rows``."""
     return da.blockwise(
-        _zero_chunk, "i", X, "ij", row_offsets(X), "i", adjust_chunks={"i": (np.nan,) *
-        X.numblocks[0]}, align_arrays=False, concatenate=True, dtype=np.float64,
-        meta=np.empty((0,), dtype=np.float64),
+        _zero_chunk, "ik", X, "ij", row_offsets(X), "i", new_axes={"k": 2 + 2 * limit},
+        adjust_chunks={"i": 1}, align_arrays=False, concatenate=True, dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64), limit=limit,
     )
 
 

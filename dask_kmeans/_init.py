@@ -157,10 +157,18 @@ def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state,
                     f"{KMEANS_PP_MAX_ROWS} of {of}. init='k-means||' seeds from all rows "
                     "in a few passes.", UserWarning, stacklevel=4)
             X, w = take_rows(X, idx, sample_weight)
+            among = f"of the {len(idx)} sampled for init='k-means++'"
         else:
             X, w = compute(X, sample_weight)
+            idx, among = None, ""
             if w is not None:
                 check_weight_total(np.any(w > 0))
+        # Dask input is not scanned in advance; these rows are at hand, and NaN or infinity
+        # would make every draw below NaN.
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        if bad.size:
+            rows = bad if idx is None else np.sort(idx[bad])
+            raise K.nonfinite_rows_error(bad.size, rows[:5], among)
     return K.kmeans_plusplus(X, n_clusters, random_state, w, metric=metric)
 
 

@@ -622,13 +622,14 @@ def refuse_zero_norm(zero: np.ndarray, offset: int = 0) -> None:
         raise zero_norm_error(int(zero.sum()), np.flatnonzero(zero)[:5] + offset)
 
 
-def nonfinite_rows_error(n_bad: int, rows) -> ValueError:
-    """The error for rows of new data holding NaN or infinity: how many, and the first few
-    global row indices."""
+def nonfinite_rows_error(n_bad: int, rows, among: str = "") -> ValueError:
+    """The error for rows of dask input holding NaN or infinity: how many (``among`` the
+    rows so described, when only some were read), and the first few global row indices."""
+    among = f" {among}" if among else ""
     return ValueError(
-        f"Input X contains NaN or infinity: {n_bad} row(s) ({_first_rows(n_bad, rows)}). Drop or "
-        "impute the missing values first (dask_kmeans.open_parquet(..., missing='drop') "
-        "drops them).")
+        f"Input X contains NaN or infinity: {n_bad} row(s){among} ({_first_rows(n_bad, rows)}). "
+        "Drop or impute the missing values first (dask_kmeans.open_parquet(..., "
+        "missing='drop') drops them).")
 
 
 def refuse_nonfinite(x: np.ndarray, sq_dist: np.ndarray, offset: int = 0) -> None:
@@ -647,10 +648,39 @@ def refuse_nonfinite(x: np.ndarray, sq_dist: np.ndarray, offset: int = 0) -> Non
 
 
 def zero_norm_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:
-    """Global indices of the first ``limit`` rows of zero norm in a chunk (as the cosine
-    kernels count them, see ``_unit_scale``), as int64."""
-    zero = np.flatnonzero(unit_scales(x) == 0)[:limit]
-    return (zero + offset).astype(np.int64)
+    """The rows of a chunk that the cosine kernels count as of zero norm (see
+    ``_unit_scale``), told apart: rows holding an infinity, and finite rows.
+
+    Returns
+    -------
+    ndarray of shape (2 + 2 * limit,), float64
+        How many rows hold an infinity, how many finite rows have zero norm, then the
+        global indices (from ``offset``) of the first ``limit`` rows of each kind, padded
+        with -1. :func:`zero_norm_rows_error` reads these rows, one per chunk.
+    """
+    rows = np.flatnonzero(unit_scales(x) == 0)
+    infinite = ~np.isfinite(x[rows]).all(axis=1)
+    out = np.full(2 + 2 * limit, -1.0)
+    out[0], out[1] = np.count_nonzero(infinite), np.count_nonzero(~infinite)
+    for at, kind in ((2, rows[infinite]), (2 + limit, rows[~infinite])):
+        first = kind[:limit] + offset
+        out[at : at + first.size] = first
+    return out
+
+
+def zero_norm_rows_error(found: np.ndarray, n_zero: int = 0) -> ValueError:
+    """The error for the rows that :func:`zero_norm_rows` found, chunk by chunk (one row of
+    ``found`` each): :func:`nonfinite_rows_error` when any holds an infinity (dask input is
+    not scanned for them, and a row with an infinity has no norm either; dropping it as of
+    zero norm is not the remedy), else :func:`zero_norm_error`. ``n_zero``, the count that a
+    pass gave, stands when ``found`` holds no row."""
+    found = np.asarray(found, dtype=np.float64).reshape(-1, found.shape[-1])
+    limit = (found.shape[1] - 2) // 2
+    n_infinite, n_finite = int(found[:, 0].sum()), int(found[:, 1].sum())
+    infinite, finite = found[:, 2 : 2 + limit].ravel(), found[:, 2 + limit :].ravel()
+    if n_infinite:
+        return nonfinite_rows_error(n_infinite, infinite[infinite >= 0])
+    return zero_norm_error(n_finite or n_zero, finite[finite >= 0])
 
 
 def moments(x: np.ndarray, metric: str = "euclidean",

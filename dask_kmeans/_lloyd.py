@@ -62,9 +62,11 @@ def _step(X, sample_weight, centers, partials, metric):
 
 
 def raise_zero_norm(X, n_zero: int):
-    """Raise the error for rows of zero norm under ``metric="cosine"``, saying where they are."""
-    (where,) = compute(G.zero_norm_rows(X))
-    raise K.zero_norm_error(n_zero, where)
+    """Raise the error for the ``n_zero`` rows that a pass under ``metric="cosine"`` found
+    of zero norm, saying where they are (one more pass). Rows holding an infinity, which
+    have no norm either, get the error for NaN or infinity instead."""
+    (found,) = compute(G.zero_norm_rows(X))
+    raise K.zero_norm_rows_error(found, n_zero)
 
 
 def lloyd(

@@ -7,6 +7,7 @@ import numbers
 import uuid
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 from sklearn.utils.validation import validate_data
@@ -56,6 +57,14 @@ def check_params(est) -> None:
     _require(est.checkpoint is None or isinstance(est.checkpoint, str), "checkpoint",
              est.checkpoint, "None or a URL string")
     _require(isinstance(est.resume, bool | np.bool_), "resume", est.resume, "True or False")
+    _require(isinstance(est.verbose, bool | np.bool_) or (_is_int(est.verbose)
+                                                          and est.verbose >= 0),
+             "verbose", est.verbose, "a bool or an int >= 0")
+    # scikit-learn's check_random_state would take a bool as a seed, and name no parameter.
+    rs = est.random_state
+    _require(rs is None or isinstance(rs, np.random.RandomState)
+             or (_is_int(rs) and 0 <= rs <= 2**32 - 1), "random_state", rs,
+             "None, an int in [0, 2**32 - 1] or a numpy.random.RandomState instance")
 
 
 def check_param_combinations(est) -> None:
@@ -84,16 +93,33 @@ def check_param_combinations(est) -> None:
 
 
 def is_lazy(X) -> bool:
-    """Whether ``X`` is a dask collection (array or DataFrame)."""
-    return isinstance(X, da.Array) or _is_dask_frame(X)
+    """Whether ``X`` is a dask collection (array, DataFrame, Series or any other)."""
+    return dask.is_dask_collection(X)
 
 
-def _is_dask_frame(X) -> bool:
+def _lazy_array(X, name: str) -> da.Array:
+    """A dask collection as a dask array, computing nothing but the partition lengths of a
+    dask DataFrame or Series (``to_dask_array(lengths=True)``)."""
+    if isinstance(X, da.Array):
+        return X
+    if _is_dask_frame(X, series=True):
+        return X.to_dask_array(lengths=True)
+    if type(X).__module__.split(".")[0] == "xarray" and isinstance(getattr(X, "data", None),
+                                                                   da.Array):
+        return X.data  # as da.asarray does
+    raise ValueError(f"{name} is a dask {type(X).__name__}, which KMeans cannot read without "
+                     f"computing it: give a dask array, DataFrame or Series (for instance "
+                     f"da.from_delayed(value, shape, dtype) for a Delayed, or bag.to_dataframe() "
+                     f"for a Bag).")
+
+
+def _is_dask_frame(X, *, series: bool = False) -> bool:
+    """Whether ``X`` is a dask DataFrame (or, with ``series``, also a dask Series or Index)."""
     try:
         import dask.dataframe as dd
     except ImportError:  # pragma: no cover - dataframe extra is a core dependency
         return False
-    return isinstance(X, dd.DataFrame)
+    return isinstance(X, (dd.DataFrame, dd.Series, dd.Index) if series else dd.DataFrame)
 
 
 def _numeric_or_raise(columns, dtypes) -> None:
@@ -113,13 +139,32 @@ def _float_dtype(dtype) -> np.dtype:
     return dtype if dtype in FLOAT_DTYPES else np.dtype(np.float64)
 
 
+def _frame_float_dtype(dtypes) -> np.dtype:
+    """The float dtype that numeric columns of these dtypes become, as an array of their
+    common dtype would: float32 when all are float32 (NumPy's or pandas' ``Float32``),
+    else float64. pandas' nullable and Arrow dtypes count as their NumPy dtype."""
+    base = []
+    for t in dtypes:
+        try:
+            base.append(np.dtype(getattr(t, "numpy_dtype", t)))
+        except TypeError:  # an extension dtype with no NumPy equivalent (sparse, say)
+            base.append(np.dtype(np.float64))
+    return _float_dtype(np.result_type(*base)) if base else np.dtype(np.float64)
+
+
 def _check_dask(est, X, *, reset: bool) -> da.Array:
     names = None
     if _is_dask_frame(X):
         _numeric_or_raise(list(X.columns), list(X.dtypes))
         if all(isinstance(c, str) for c in X.columns):
             names = np.asarray(list(X.columns), dtype=object)
-        X = X.to_dask_array(lengths=True)
+        dtype = _frame_float_dtype(X.dtypes)
+        if any(t != dtype for t in X.dtypes):
+            # Cast the columns first: pandas' nullable dtypes (Int64, Float64, boolean) would
+            # give to_dask_array an object array, in which a missing value (pd.NA) cannot be
+            # converted; cast, it is NaN, refused lazily as in any other dask input.
+            X = X.astype(dtype)
+    X = _lazy_array(X, "X")
     if X.ndim != 2:
         raise ValueError(f"Expected a 2-D array of shape (n_samples, n_features), got {X.ndim}-D "
                          f"with shape {X.shape}.")
@@ -152,12 +197,17 @@ def _check_dask(est, X, *, reset: bool) -> da.Array:
     if X.shape[0] == 0:
         raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 "
                          "is required by KMeans.")
+    if X.shape[1] == 0:  # as scikit-learn refuses NumPy input
+        raise ValueError(f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 "
+                         "is required by KMeans.")
     return X
 
 
 def is_parquet_source(X) -> bool:
-    """Whether ``X`` is a ``dask_kmeans.io.ParquetSource`` (duck-typed)."""
-    return hasattr(X, "features") and hasattr(X, "feature_names") and hasattr(X, "parts")
+    """Whether ``X`` is a ``dask_kmeans.io.ParquetSource`` (duck-typed; a dask Delayed, which
+    has every attribute, is not)."""
+    return (not is_lazy(X) and hasattr(X, "features") and hasattr(X, "feature_names")
+            and hasattr(X, "parts"))
 
 
 def _check_source(est, source, *, reset: bool) -> da.Array:
@@ -237,8 +287,10 @@ def checked_weights_block(w: np.ndarray, block_info=None) -> np.ndarray:
 def check_sample_weight(sample_weight, X):
     """``None``, or float64 weights aligned with ``X`` (same row chunks for dask).
 
-    Weights must be finite and non-negative, and not all zero. NumPy weights (and
-    dask weights for NumPy ``X``, computed here) are checked now. Dask weights for
+    Weights must be finite and non-negative, and not all zero. Dask weights (an
+    array, or a Series whose missing values become NaN) stay lazy: only a Series'
+    partition lengths are computed. NumPy weights (and dask weights for NumPy
+    ``X``, computed here) are checked now. Dask weights for
     dask ``X`` are checked chunk by chunk when a pass reads them, at no extra pass;
     that not all are zero is checked where their total is at hand (the first pass
     of the initialisation or of Lloyd, the standardisation's moments, ``score``),
@@ -251,8 +303,16 @@ def check_sample_weight(sample_weight, X):
         sample_weight = np.full(n, float(sample_weight))
     if is_lazy(sample_weight):
         w = sample_weight
-        if not isinstance(w, da.Array):
-            w = w.to_dask_array(lengths=True)
+        if _is_dask_frame(w, series=True) and w.ndim == 1:
+            # A dask Series, kept lazy: as float64 first, so that a nullable dtype's missing
+            # values become NaN (refused below, chunk by chunk) rather than objects.
+            from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+            if not (is_numeric_dtype(w.dtype) or is_bool_dtype(w.dtype)):
+                raise ValueError(f"sample_weight must be numeric; got a dask Series of dtype "
+                                 f"{w.dtype}.")
+            w = w.astype(np.float64)
+        w = _lazy_array(w, "sample_weight")
         if w.ndim == 1 and any(np.isnan(c) for c in w.chunks[0]):
             # Filtered by a mask, as X may be (whose chunk sizes are computed the same way).
             w = w.compute_chunk_sizes()

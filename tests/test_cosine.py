@@ -192,3 +192,57 @@ def test_parquet_missing_drop_can_drop_zero_norm_rows(local_store):
         KMeans(3, random_state=0, metric="cosine").fit(dk.open_parquet(url, list("abcd")))
     with pytest.raises(ValueError, match="needs missing='drop'"):
         dk.open_parquet(url, drop_zero_norm=True)
+
+
+# scikit-learn's check of the NumPy input sums inf and -inf
+@pytest.mark.filterwarnings("ignore:invalid value encountered in reduce:RuntimeWarning")
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random", "array"])
+def test_infinite_values_are_not_called_zero_norm(data, init):
+    """A row holding an infinity has no norm either: dask input (not scanned in advance) got
+    the zero-norm error, whose remedy (drop_zero_norm=True) does not apply. It gets the error
+    for NaN or infinity, naming the rows, before any zero-norm row; NumPy input is refused by
+    scikit-learn's check as before."""
+    X, C0 = data
+    bad = X.copy()
+    bad[37, 1] = np.inf
+    bad[1234, 0] = -np.inf
+    bad[7] = 0
+    lazy = da.from_array(bad, chunks=1000)
+    params = dict(init=C0 if init == "array" else init, n_init=1, random_state=0,
+                  metric="cosine")
+    match = r"Input X contains NaN or infinity: 2 row\(s\) \(rows 37, 1234\)"
+    with pytest.raises(ValueError, match=match):
+        KMeans(5, **params).fit(lazy)
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        KMeans(5, **params).fit(bad)
+    if init == "k-means||":
+        with pytest.raises(ValueError, match=match):
+            dk.kmeans_parallel_init(lazy, 5, metric="cosine", random_state=0)
+        with pytest.raises(ValueError, match=match):
+            dk.sweep(lazy, [2, 3], metric="cosine", random_state=0)
+    # Zero-norm rows alone still get their own error.
+    bad[[37, 1234]] = X[[37, 1234]]
+    with pytest.raises(ValueError, match=r"1 row\(s\) of X have zero norm \(rows 7\)"):
+        KMeans(5, **params).fit(da.from_array(bad, chunks=1000))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_kmeans_plusplus_names_nonfinite_rows_it_reads(data, metric, monkeypatch):
+    """k-means++ brings dask rows to the driver, where NaN or infinity made every draw NaN:
+    the rows at hand are checked, and named (those of the sample, for large input)."""
+    from dask_kmeans import _init
+
+    X, _ = data
+    bad = X.copy()
+    bad[37, 1] = np.inf
+    bad[40] = np.nan
+    params = dict(init="k-means++", n_init=1, random_state=0, metric=metric)
+    with pytest.raises(ValueError, match=r"Input X contains NaN or infinity: 2 row\(s\) "
+                                         r"\(rows 37, 40\)"):
+        KMeans(5, **params).fit(da.from_array(bad, chunks=1000))
+    bad[::10, 2] = np.inf
+    monkeypatch.setattr(_init, "KMEANS_PP_MAX_ROWS", 1000)
+    with pytest.warns(UserWarning, match="uniform sample"), \
+            pytest.raises(ValueError, match=r"Input X contains NaN or infinity: \d+ row\(s\) of "
+                                            r"the 1000 sampled for init='k-means\+\+' \(rows "):
+        KMeans(5, **params).fit(da.from_array(bad, chunks=1000))

@@ -413,6 +413,28 @@ def test_empty_dask_input_is_refused(small, kind):
         fitted.predict(Xin)
 
 
+@pytest.mark.parametrize("kind", ["numpy", "dask array", "dask DataFrame"])
+def test_input_without_features_is_refused(kind):
+    """Dask input of shape (10, 0) fitted, with RuntimeWarnings, to (2, 0) centres, where
+    NumPy input is refused: it is refused in the same words."""
+    import warnings
+
+    import dask.dataframe as dd
+
+    Xin = {"numpy": lambda: np.zeros((10, 0)),
+           "dask array": lambda: da.zeros((10, 0), chunks=5),
+           "dask DataFrame": lambda: dd.from_pandas(pd.DataFrame(index=range(10)),
+                                                    npartitions=2)}[kind]()
+    match = r"Found array with 0 feature\(s\) \(shape=\(10, 0\)\) while a minimum of 1 is " \
+            r"required by KMeans"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for call in (lambda: KMeans(2).fit(Xin), lambda: dk.kmeans_parallel_init(Xin, 2),
+                     lambda: dk.sweep(Xin, [2])):
+            with pytest.raises(ValueError, match=match):
+                call()
+
+
 ZERO_ROW_CHUNKS = (0, 300, 0, 0, 500, 200, 0)
 
 

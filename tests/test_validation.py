@@ -138,3 +138,159 @@ def test_parameters_another_leaves_without_effect_are_refused_or_warned():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         KMeans(3, oversampling_factor=3.0, init_rounds=2, random_state=0).fit(X)
+
+
+def _weights_part(i):
+    """One partition of a dask Series of weights made on the worker (nothing in the graph)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(i)
+    return pd.Series(rng.uniform(0.5, 2.0, 20_000), index=np.arange(20_000) + 20_000 * i,
+                     name="w")
+
+
+def test_dask_series_weights_stay_lazy_and_fit_as_numpy_weights():
+    """A dask Series of weights was computed whole on the driver and put into the graph
+    (np.asarray): it is converted with to_dask_array instead, as a dask DataFrame X is."""
+    import cloudpickle
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from dask_kmeans import _validation as V
+
+    ws = dd.from_map(_weights_part, range(3))
+    w = np.concatenate([_weights_part(i).to_numpy() for i in range(3)])
+    X = blobs(n=60_000, d=2, k=3)
+    Xd = da.from_array(X, chunks=20_000)
+    checked = V.check_sample_weight(ws, Xd)
+    assert isinstance(checked, da.Array) and checked.chunks == (Xd.chunks[0],)
+    # The 480 KB of weights are not in the graph: only the function making them is.
+    assert len(cloudpickle.dumps(dict(checked.__dask_graph__()))) < 50_000
+    np.testing.assert_array_equal(checked.compute(), w)
+    init = X[[0, 100, 200]]
+    a = KMeans(3, init=init, n_init=1).fit(Xd, sample_weight=ws)
+    b = KMeans(3, init=init, n_init=1).fit(X, sample_weight=w)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+    np.testing.assert_allclose(a.inertia_, b.inertia_, rtol=1e-7)
+    # A column of the same dask DataFrame as X, the usual case.
+    df = pd.DataFrame({"a": X[:300, 0], "b": X[:300, 1], "w": w[:300]})
+    ddf = dd.from_pandas(df, npartitions=3)
+    a = KMeans(3, init=init, n_init=1).fit(ddf[["a", "b"]], sample_weight=ddf["w"])
+    b = KMeans(3, init=init, n_init=1).fit(df[["a", "b"]], sample_weight=df["w"])
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+
+
+def test_dask_series_weights_are_checked_and_other_collections_named():
+    import dask.bag as db
+    import dask.dataframe as dd
+    import pandas as pd
+
+    X = blobs(n=100, d=2, k=2)
+    Xd = da.from_array(X, chunks=25)
+    missing = dd.from_pandas(pd.Series(pd.array([1.0] * 60 + [None] + [1.0] * 39,
+                                                dtype="Float64")), npartitions=4)
+    with pytest.raises(ValueError, match=r"sample_weight contains NaN or infinity \(first at "
+                                         r"row 60\)"):
+        KMeans(2, init=X[:2], n_init=1).fit(Xd, sample_weight=missing)
+    text = dd.from_pandas(pd.Series(["1"] * 100), npartitions=2)
+    with pytest.raises(ValueError, match="sample_weight must be numeric; got a dask Series "
+                                         "of dtype"):
+        KMeans(2).fit(Xd, sample_weight=text)
+    for name, X_, w in (("sample_weight", Xd, dask.delayed(np.ones)(100)),
+                        ("sample_weight", Xd, db.from_sequence([1.0] * 100)),
+                        ("X", dask.delayed(np.ones)((100, 2)), None)):
+        with pytest.raises(ValueError, match=rf"{name} is a dask (Delayed|Bag), which KMeans "
+                                             r"cannot read without computing it"):
+            KMeans(2).fit(X_, sample_weight=w)
+
+
+class _FakeXarray:
+    """Stands for a dask-backed xarray.DataArray (xarray is not installed): ``.data``."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __dask_graph__(self):
+        return self.data.__dask_graph__()
+
+
+_FakeXarray.__module__ = "xarray.core.dataarray"
+
+
+def test_dask_backed_xarray_is_read_through_its_data():
+    X = blobs(n=100, d=2, k=2)
+    w = np.linspace(0.5, 1.5, 100)
+    a = KMeans(2, init=X[:2], n_init=1).fit(
+        _FakeXarray(da.from_array(X, chunks=25)),
+        sample_weight=_FakeXarray(da.from_array(w, chunks=25)))
+    b = KMeans(2, init=X[:2], n_init=1).fit(X, sample_weight=w)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["Int64", "Float64", "boolean"])
+def test_dask_dataframe_with_nullable_dtypes_and_missing_values(dtype):
+    """pandas' nullable dtypes gave to_dask_array an object array, whose pd.NA failed the cast
+    to float (TypeError: float() argument must be ... not 'NAType'): the columns are cast
+    first, so a missing value is NaN and refused as in any dask input, in fit and predict."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from dask_kmeans import _validation as V
+
+    n = 200
+    values = {"Int64": np.arange(n) % 7, "Float64": np.arange(n) / 3.0,
+              "boolean": np.arange(n) % 3 == 0}[dtype]
+    full = pd.DataFrame({"a": pd.array(values, dtype=dtype), "b": np.arange(n, dtype=float)})
+    gaps = full.copy()
+    gaps.loc[[5, 50], "a"] = pd.NA  # both in the first partition
+    lazy, lazy_gaps = (dd.from_pandas(f, npartitions=2) for f in (full, gaps))
+    # Without missing values: float64 all along, as the same values in NumPy.
+    Xv = V.check_X(KMeans(2), lazy, reset=True)
+    assert Xv.dtype == np.float64 and Xv.compute().dtype == np.float64
+    dense = full.astype(np.float64).to_numpy()
+    init = dense[[0, 199]]
+    a = KMeans(2, init=init, n_init=1).fit(lazy)
+    b = KMeans(2, init=init, n_init=1).fit(dense)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-7)
+    np.testing.assert_array_equal(a.predict(lazy).compute(), b.predict(dense))
+    with pytest.raises(ValueError, match="Input X contains NaN"):  # pandas: scikit-learn's
+        KMeans(2).fit(gaps)
+    for start in ("k-means||", "k-means++", "random", init):
+        with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+            KMeans(2, init=start, n_init=1, random_state=0).fit(lazy_gaps)
+    with pytest.raises(ValueError, match=r"Input X contains NaN or infinity: 2 row\(s\) "
+                                         r"\(rows 5, 50\)"):
+        a.predict(lazy_gaps).compute()
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("verbose", "yes", "a bool or an int >= 0"),
+    ("verbose", -1, "a bool or an int >= 0"),
+    ("verbose", 1.5, "a bool or an int >= 0"),
+    ("random_state", "a", r"None, an int in \[0, 2\*\*32 - 1\] or a numpy.random.RandomState"),
+    ("random_state", -1, "None, an int in"),
+    ("random_state", 2**32, "None, an int in"),
+    ("random_state", True, "None, an int in"),
+    ("random_state", np.random.default_rng(0), "None, an int in"),
+])
+def test_verbose_and_random_state_are_validated_by_name(name, value, expected):
+    """verbose='yes' was accepted, and a bad random_state got scikit-learn's "'a' cannot be
+    used to seed", naming no parameter (a bool was taken as a seed): both are checked with
+    the other parameters, in fit and sweep."""
+    X = blobs(n=50, d=2, k=2)
+    match = rf"The '{name}' parameter of KMeans must be {expected}.* Got "
+    with pytest.raises(ValueError, match=match):
+        KMeans(2, **{name: value}).fit(X)
+    with pytest.raises(ValueError, match=match):
+        KMeans(2, **{name: value}).fit(da.from_array(X, chunks=25))
+    if name == "random_state":
+        with pytest.raises(ValueError, match=match):
+            sweep(X, [2, 3], random_state=value)
+
+
+def test_valid_verbose_and_random_state_values_are_accepted():
+    X = blobs(n=50, d=2, k=2)
+    for params in (dict(verbose=True), dict(verbose=np.int64(2)), dict(verbose=0),
+                   dict(random_state=np.random.RandomState(0)),
+                   dict(random_state=np.uint32(5)), dict(random_state=2**32 - 1)):
+        KMeans(2, n_init=1, **params).fit(X)
