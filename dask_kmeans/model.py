@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from .io import (
     CREDENTIAL_KEY,
+    MODEL_FORMAT,
     _Commit,
     _fs_errors,
     _read_marker,
@@ -42,7 +43,6 @@ from .io import (
 
 __all__ = ["read_model", "write_model"]
 
-MODEL_FORMAT = "dask-kmeans-model"
 MODEL_FORMAT_VERSION = 1
 CENTERS_FILE = "centers.parquet"
 METADATA_FILE = "metadata.json"
@@ -174,7 +174,9 @@ def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
     overwrite : bool, default=False
         Replace an existing model at ``url``; otherwise FileExistsError. The
         profile files written next to the old model (``profile.csv``,
-        ``profile.md``) describe its clusters, so they go with it.
+        ``profile.md``) describe its clusters, so they go with it. Labels, or
+        anything else that is not a model, are refused even then (see
+        :func:`dask_kmeans.io.check_output`).
 
     Returns
     -------
@@ -208,7 +210,7 @@ def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
                   METADATA_FILE: {"sha256": _sha256(metadata_data), "size": len(metadata_data)}},
     }
     loc = _resolve(url, storage_options)
-    with _Commit(loc, overwrite) as commit:
+    with _Commit(loc, overwrite, "model") as commit:
         with _fs_errors(loc.url, loc.secrets, "writing"):
             loc.fs.pipe_file(commit.path(CENTERS_FILE), centers_data)
             loc.fs.pipe_file(commit.path(METADATA_FILE), metadata_data)
