@@ -1615,18 +1615,25 @@ def read_labels(url: str, storage_options: Mapping[str, Any] | None = None) -> d
     FileNotFoundError
         Nothing at ``url``.
     ValueError
-        No ``_SUCCESS`` marker (the write is incomplete or failed), or the parts
-        listed in it are missing or have another size.
+        No ``_SUCCESS`` marker (the write is incomplete or failed), a marker that
+        is not a labels output's or does not list the parts by name, or parts
+        listed in it that are missing or have another size.
     """
     loc = _resolve(url, storage_options)
     marker = _read_marker(loc, "labels output")
-    if marker.get("format") != LABELS_FORMAT:
+    if not isinstance(marker, dict) or marker.get("format") != LABELS_FORMAT:
+        found = marker.get("format") if isinstance(marker, dict) else None
         raise ValueError(f"{loc.url} is not a labels output of dask_kmeans (format "
-                         f"{marker.get('format')!r}).")
+                         f"{found!r}).")
     with _fs_errors(loc.url, loc.secrets, "reading"):
         listing = {info["name"].rstrip("/").rsplit("/", 1)[-1]: info
                    for info in loc.fs.ls(loc.path, detail=True)}
-    parts = marker.get("parts") or []
+    parts = marker.get("parts")
+    # A marker edited into other JSON types is refused as modified, not with an AttributeError.
+    if not isinstance(parts, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) for p in parts):
+        raise ValueError(f"The labels output at {loc.url} is incomplete or has been modified: "
+                         f"its {SUCCESS_MARKER} marker does not list its parts by name.")
     for part in parts:
         info = listing.get(part.get("name"))
         if info is None or int(info.get("size", -1)) != part.get("size"):

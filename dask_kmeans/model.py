@@ -246,9 +246,11 @@ def read_model(url: str, *,
     FileNotFoundError
         Nothing at ``url``.
     ValueError
-        No ``_SUCCESS`` marker, a checksum that does not match, or centres and
-        metadata that disagree (shape, feature names, dtype): the model is
-        incomplete or has been modified.
+        No ``_SUCCESS`` marker, one that does not record the files' and the
+        centres' checksums (in the JSON types :func:`write_model` writes), a
+        checksum that does not match, or centres and metadata that disagree
+        (shape, feature names, dtype): the model is incomplete or has been
+        modified.
     """
     loc = _resolve(url, storage_options)
     marker = _read_marker(loc, "model")
@@ -258,9 +260,20 @@ def read_model(url: str, *,
         raise ValueError(f"The model at {loc.url} has format version "
                          f"{marker.get('format_version')!r}; this version of dask_kmeans reads "
                          f"version {MODEL_FORMAT_VERSION}.")
+    # A marker edited into other JSON types is refused as modified, not with an AttributeError.
+    files, recorded = marker.get("files"), marker.get("centers")
+    if not isinstance(files, dict) or not all(
+            isinstance(files.get(name), dict) and isinstance(files[name].get("sha256"), str)
+            for name in (CENTERS_FILE, METADATA_FILE)):
+        raise _modified(loc.url, "its _SUCCESS marker does not record the files' checksums")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("dtype"), str) \
+            or not isinstance(recorded.get("sha256"), str) \
+            or not isinstance(recorded.get("shape"), list):
+        raise _modified(loc.url, "its _SUCCESS marker does not record the centres' shape, "
+                                 "dtype and checksum")
     data = {}
     for name in (CENTERS_FILE, METADATA_FILE):
-        expected = (marker.get("files") or {}).get(name) or {}
+        expected = files[name]
         try:
             with _fs_errors(loc.display(loc.join(name)), loc.secrets, "reading"):
                 data[name] = loc.fs.cat_file(loc.join(name))
@@ -276,7 +289,6 @@ def read_model(url: str, *,
         raise _modified(loc.url, f"a file cannot be parsed ({type(e).__name__})") from None
     if not isinstance(metadata, dict) or "feature_names" not in metadata:
         raise _modified(loc.url, f"{METADATA_FILE} has no 'feature_names'")
-    recorded = marker.get("centers") or {}
     arrow_type = {"float32": pa.float32(), "float64": pa.float64()}.get(recorded.get("dtype"))
     if arrow_type is None or any(t != arrow_type for t in table.schema.types):
         raise _modified(loc.url, f"{CENTERS_FILE} has column types "

@@ -895,6 +895,31 @@ def test_read_labels_refuses_uncommitted_or_damaged(local_store):
         read_labels(out)
 
 
+@pytest.mark.parametrize(("edit", "match"), [
+    ([1], "is not a labels output of dask_kmeans"),
+    ("dask-kmeans-labels", "is not a labels output of dask_kmeans"),
+    ({"parts": "part-00000.parquet"}, "incomplete or has been modified"),
+    ({"parts": {"name": "part-00000.parquet"}}, "incomplete or has been modified"),
+    ({"parts": [["part-00000.parquet"]]}, "incomplete or has been modified"),
+    ({"parts": [{"name": ["part-00000.parquet"]}]}, "incomplete or has been modified"),
+    ({"parts": [{"size": 10}]}, "incomplete or has been modified"),
+])
+def test_labels_marker_of_the_wrong_json_types_is_refused_as_modified(local_store, edit, match):
+    """A marker edited into other JSON types raised AttributeError ('list' object has no
+    attribute 'get') or TypeError (unhashable type) instead of the documented error."""
+    import json
+
+    url, _ = write_dir(local_store, [2, 2])
+    src = open_parquet(url)
+    out = local_store.url("out")
+    write_labels(src, *labels_for(src), out)
+    marker = json.loads(local_store.get_bytes("out/_SUCCESS"))
+    local_store.put_bytes("out/_SUCCESS", json.dumps(
+        {**marker, **edit} if isinstance(edit, dict) else edit).encode())
+    with pytest.raises(ValueError, match=match):
+        read_labels(out)
+
+
 def test_write_labels_checks_inputs(local_store):
     url, _ = write_dir(local_store, [2, 2])
     src = open_parquet(url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -127,6 +128,28 @@ def test_corrupted_marker(local_store):
     write_model(url, *fitted())
     local_store.put_bytes("model/_SUCCESS", b"not json")
     with pytest.raises(ValueError, match="not valid JSON"):
+        read_model(url)
+
+
+@pytest.mark.parametrize("edit", [
+    {"files": "x"},
+    {"files": None},
+    {"files": {"centers.parquet": "abc", "metadata.json": "abc"}},
+    {"files": {"centers.parquet": {"sha256": 1}, "metadata.json": {"sha256": 1}}},
+    {"centers": [1]},
+    {"centers": {"shape": [3, 4], "dtype": ["float64"], "sha256": "0"}},
+    {"centers": {"shape": "3x4", "dtype": "float64", "sha256": "0"}},
+    {"centers": {"shape": [3, 4], "dtype": "float64", "sha256": None}},
+])
+def test_marker_of_the_wrong_json_types_is_refused_as_modified(local_store, edit):
+    """A marker edited into other JSON types raised AttributeError ('str' object has no
+    attribute 'get') or TypeError (unhashable type: 'list') instead of the documented error."""
+    url = local_store.url("model")
+    write_model(url, *fitted())
+    marker = json.loads(local_store.get_bytes("model/_SUCCESS"))
+    local_store.put_bytes("model/_SUCCESS", json.dumps({**marker, **edit}).encode())
+    with pytest.raises(ValueError, match=re.escape(f"The model at {url} is incomplete or has "
+                                                   "been modified")):
         read_model(url)
 
 
