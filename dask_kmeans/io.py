@@ -63,6 +63,13 @@ FEATURE_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 #: Name of the marker that commits an output directory; readers require it.
 SUCCESS_MARKER = "_SUCCESS"
 LABELS_FORMAT = "dask-kmeans-labels"
+#: The format a model's marker records (see :mod:`dask_kmeans.model`).
+MODEL_FORMAT = "dask-kmeans-model"
+#: The kinds of committed output, and the format each one's marker records.
+OutputKind = Literal["labels", "model"]
+_OUTPUT_FORMATS: dict[str, str] = {"labels": LABELS_FORMAT, "model": MODEL_FORMAT}
+_HELD = {"labels": "dask_kmeans labels", "model": "a dask_kmeans model"}
+_WANTED = {"labels": "labels", "model": "a model"}
 LABEL_COLUMN = "cluster"
 DISTANCE_COLUMN = "distance"
 _PART_NAME = re.compile(r"^part-\d+\.parquet$")
@@ -1206,23 +1213,44 @@ _OVERWRITE_HINT = "pass overwrite=True to replace it"
 
 def check_output(url: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, *,
                  overwrite: bool = False, directory: bool = True,
-                 hint: str = _OVERWRITE_HINT) -> None:
+                 hint: str = _OVERWRITE_HINT, kind: OutputKind | None = None) -> None:
     """Refuse, before any work, an output location that writing would damage or fail on.
 
     A directory output (labels, a model) may go where nothing is, into an
-    empty directory, or over committed output (a ``_SUCCESS`` marker) with
-    ``overwrite``; a directory holding anything else is refused even with
-    ``overwrite``, since committing there would replace or delete files that
-    are not ours. A file output (a plot, a table) may replace a file with
-    ``overwrite``, never a directory. On a local disk, a file in the way of
-    the path, or a directory that cannot be written, is refused too. ``hint``
-    says how to allow the replacement (the command line's own words).
+    empty directory, or over committed dask_kmeans output (a ``_SUCCESS``
+    marker that :func:`write_labels` or :func:`dask_kmeans.model.write_model`
+    wrote) of the same ``kind`` with ``overwrite``. Refused even with
+    ``overwrite``: a directory holding anything else, since committing there
+    would replace or delete files that are not ours (a ``_SUCCESS`` marker
+    that another program wrote, as Spark and Hadoop do, included), and
+    output of the other kind (labels where a model goes, or a model where
+    labels go), since the commit replaces only files of its own kind and
+    would leave both in one directory, readable as neither. A file output (a
+    plot, a table) may replace a file with ``overwrite``, never a directory.
+    On a local disk, a file in the way of the path, or a directory that
+    cannot be written, is refused too. ``hint`` says how to allow the
+    replacement (the command line's own words).
+
+    Parameters
+    ----------
+    url : str or PathLike
+    storage_options : dict, optional
+    overwrite : bool, default=False
+    directory : bool, default=True
+        Whether the output is a directory (labels, a model) or a file.
+    hint : str
+    kind : {"labels", "model"}, optional
+        The directory output to be written there. None accepts committed
+        output of either kind.
 
     Raises
     ------
     FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError
     """
-    _check_writable(_resolve(url, storage_options), overwrite, directory=directory, hint=hint)
+    if kind is not None and kind not in _OUTPUT_FORMATS:
+        raise ValueError(f"kind must be one of {sorted(_OUTPUT_FORMATS)} or None, got {kind!r}.")
+    _check_writable(_resolve(url, storage_options), overwrite, directory=directory, hint=hint,
+                    kind=kind)
 
 
 def _missing_dirs(path: str) -> list[str]:
@@ -1251,8 +1279,21 @@ def _refuse_blocked_local(loc: _Location) -> None:
         raise PermissionError(f"Cannot write {loc.url}: {nearest} is not writable.")
 
 
+def _committed_kind(loc: _Location) -> str | None:
+    """The kind of dask_kmeans output whose ``_SUCCESS`` marker is at ``loc``; None for a
+    marker that dask_kmeans did not write (Spark and Hadoop write an empty one)."""
+    with _fs_errors(loc.url, loc.secrets, "checking"):
+        data = loc.fs.cat_file(loc.join(SUCCESS_MARKER))
+    try:
+        marker = json.loads(data)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    found = marker.get("format") if isinstance(marker, dict) else None
+    return next((kind for kind, fmt in _OUTPUT_FORMATS.items() if fmt == found), None)
+
+
 def _check_writable(loc: _Location, overwrite: bool, *, directory: bool = True,
-                    hint: str = _OVERWRITE_HINT) -> None:
+                    hint: str = _OVERWRITE_HINT, kind: str | None = None) -> None:
     """See :func:`check_output`."""
     fs = loc.fs
     if loc.is_local:
@@ -1280,6 +1321,19 @@ def _check_writable(loc: _Location, overwrite: bool, *, directory: bool = True,
         raise NotADirectoryError(f"{loc.url} is a file; the output is a directory: "
                                  "choose another location.")
     if SUCCESS_MARKER in names:
+        held = _committed_kind(loc)
+        if held is None:
+            raise FileExistsError(
+                f"{loc.url} has a {SUCCESS_MARKER} marker that dask_kmeans did not write, so "
+                "it holds another program's output: writing there would replace or delete "
+                "some of its files, even with overwrite. Choose an empty or new location.")
+        if kind is not None and held != kind:
+            # Refused even with overwrite: the commit removes only stale files of its own
+            # kind, so the old output's files would stay next to the new ones.
+            raise FileExistsError(
+                f"{loc.url} holds {_HELD[held]}, not {_WANTED[kind]}: writing {_WANTED[kind]} "
+                "there would leave both in one directory, readable as neither, even with "
+                f"overwrite. Choose another location, or delete the {held} first.")
         if not overwrite:
             raise FileExistsError(f"{loc.url} already exists: {hint}, or choose another "
                                   "location.")
@@ -1321,14 +1375,15 @@ class _Commit:
     no marker is written.
     """
 
-    def __init__(self, loc: _Location, overwrite: bool):
+    def __init__(self, loc: _Location, overwrite: bool, kind: OutputKind):
         self.loc = loc
         self.overwrite = overwrite
+        self.kind = kind
         self.tmp = loc.join(f"_temporary-{uuid.uuid4().hex}")
         self.created: list[str] = []  # directories this commit makes, deepest first
 
     def __enter__(self) -> _Commit:
-        _check_writable(self.loc, self.overwrite)
+        _check_writable(self.loc, self.overwrite, kind=self.kind)
         fs = self.loc.fs
         if self.loc.is_local:
             # Object stores have no directories; there, makedirs would create a missing bucket.
@@ -1445,7 +1500,9 @@ def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
         For ``out_url``. When None and ``out_url`` has the same protocol as the
         source, the source's storage_options are used.
     overwrite : bool, default=False
-        Replace an existing committed output. Otherwise FileExistsError.
+        Replace existing labels. Otherwise FileExistsError. A model, or
+        anything else that is not labels, is refused even then (see
+        :func:`check_output`).
 
     Returns
     -------
@@ -1478,7 +1535,7 @@ def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
     names = [f"part-{i:05d}.parquet" for i in range(len(chunks))]
     key_parts = source.keys.to_delayed() if source.keys is not None else [None] * len(chunks)
 
-    with _Commit(loc, overwrite) as commit:
+    with _Commit(loc, overwrite, "labels") as commit:
         tasks = [dask.delayed(_write_part)(k, lab, dist, fs=loc.fs, path=commit.path(name),
                                            part_url=loc.display(loc.join(name)),
                                            dask_key_name=f"write-labels-{commit.tmp[-32:]}-{i}")
@@ -1558,18 +1615,25 @@ def read_labels(url: str, storage_options: Mapping[str, Any] | None = None) -> d
     FileNotFoundError
         Nothing at ``url``.
     ValueError
-        No ``_SUCCESS`` marker (the write is incomplete or failed), or the parts
-        listed in it are missing or have another size.
+        No ``_SUCCESS`` marker (the write is incomplete or failed), a marker that
+        is not a labels output's or does not list the parts by name, or parts
+        listed in it that are missing or have another size.
     """
     loc = _resolve(url, storage_options)
     marker = _read_marker(loc, "labels output")
-    if marker.get("format") != LABELS_FORMAT:
+    if not isinstance(marker, dict) or marker.get("format") != LABELS_FORMAT:
+        found = marker.get("format") if isinstance(marker, dict) else None
         raise ValueError(f"{loc.url} is not a labels output of dask_kmeans (format "
-                         f"{marker.get('format')!r}).")
+                         f"{found!r}).")
     with _fs_errors(loc.url, loc.secrets, "reading"):
         listing = {info["name"].rstrip("/").rsplit("/", 1)[-1]: info
                    for info in loc.fs.ls(loc.path, detail=True)}
-    parts = marker.get("parts") or []
+    parts = marker.get("parts")
+    # A marker edited into other JSON types is refused as modified, not with an AttributeError.
+    if not isinstance(parts, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) for p in parts):
+        raise ValueError(f"The labels output at {loc.url} is incomplete or has been modified: "
+                         f"its {SUCCESS_MARKER} marker does not list its parts by name.")
     for part in parts:
         info = listing.get(part.get("name"))
         if info is None or int(info.get("size", -1)) != part.get("size"):

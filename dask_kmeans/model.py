@@ -6,8 +6,10 @@ A model directory holds:
     One row per cluster, one column per feature (named by the feature names),
     in the dtype of the centres.
 ``metadata.json``
-    The caller's metadata (feature names and order, dtype, parameters,
-    inertia, n_iter, library version, input URL...) as JSON.
+    The caller's metadata as JSON. Every model holds ``feature_names`` (the
+    columns of the centres, in order), ``inertia`` (a float) and ``n_iter`` (an
+    int >= 0): what loading a fitted estimator needs. Anything else (dtype,
+    parameters, library version, input URL...) is the caller's.
 ``_SUCCESS``
     Written last: the format, the shape and dtype of the centres, and sha256
     checksums of both files and of the centres' bytes. :func:`read_model`
@@ -33,6 +35,7 @@ import pyarrow.parquet as pq
 
 from .io import (
     CREDENTIAL_KEY,
+    MODEL_FORMAT,
     _Commit,
     _fs_errors,
     _read_marker,
@@ -42,7 +45,6 @@ from .io import (
 
 __all__ = ["read_model", "write_model"]
 
-MODEL_FORMAT = "dask-kmeans-model"
 MODEL_FORMAT_VERSION = 1
 CENTERS_FILE = "centers.parquet"
 METADATA_FILE = "metadata.json"
@@ -116,6 +118,29 @@ def _check_feature_names(names, n_features: int, where: str) -> list[str]:
     return list(names)
 
 
+def _check_fit_stats(metadata: dict[str, Any], where: str) -> None:
+    """``inertia`` and ``n_iter``, which every model holds, are there and of their types;
+    ``inertia`` becomes a float."""
+    missing = [key for key in ("inertia", "n_iter") if key not in metadata]
+    if missing:
+        raise ValueError(f"{where} must contain 'inertia' and 'n_iter' (the fit's inertia, a "
+                         "finite number, and its number of iterations, an int >= 0), which "
+                         f"loading a model needs; it has no {' or '.join(map(repr, missing))}.")
+    inertia, n_iter = metadata["inertia"], metadata["n_iter"]
+    try:
+        finite = not isinstance(inertia, bool) and isinstance(inertia, int | float) \
+            and math.isfinite(inertia)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise ValueError(f"{where}['inertia'] must be a finite number (the fit's inertia), "
+                         f"got {inertia!r}.")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
+        raise ValueError(f"{where}['n_iter'] must be an int >= 0 (the fit's number of "
+                         f"iterations), got {n_iter!r}.")
+    metadata["inertia"] = float(inertia)
+
+
 def _check_metadata(metadata, centers: np.ndarray) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}.")
@@ -125,6 +150,7 @@ def _check_metadata(metadata, centers: np.ndarray) -> dict[str, Any]:
                          "centres, in order.")
     _check_feature_names(clean["feature_names"], centers.shape[1], "metadata['feature_names']")
     _check_consistent(clean, centers, "metadata")
+    _check_fit_stats(clean, "metadata")
     return clean
 
 
@@ -165,16 +191,21 @@ def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
         float32 or float64, finite.
     metadata : dict
         JSON-serialisable (NumPy scalars are converted), with
-        ``"feature_names"``: a list of n_features unique str. Keys named like
-        credentials (``secret``, ``token``, ``password``, ``storage_options``...)
-        and URLs holding a password are refused. Optional ``"dtype"``,
-        ``"n_clusters"`` and ``"n_features"`` must match ``centers``.
+        ``"feature_names"``: a list of n_features unique str,
+        ``"inertia"``: a finite number (stored as a float), and ``"n_iter"``:
+        an int >= 0; :func:`read_model` refuses a model without them. Keys
+        named like credentials (``secret``, ``token``, ``password``,
+        ``storage_options``...) and URLs holding a password are refused.
+        Optional ``"dtype"``, ``"n_clusters"`` and ``"n_features"`` must match
+        ``centers``.
     storage_options : dict, optional
         Passed to the fsspec file system; never written.
     overwrite : bool, default=False
         Replace an existing model at ``url``; otherwise FileExistsError. The
         profile files written next to the old model (``profile.csv``,
-        ``profile.md``) describe its clusters, so they go with it.
+        ``profile.md``) describe its clusters, so they go with it. Labels, or
+        anything else that is not a model, are refused even then (see
+        :func:`dask_kmeans.io.check_output`).
 
     Returns
     -------
@@ -187,13 +218,14 @@ def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
     >>> import numpy as np
     >>> path = os.path.join(tempfile.mkdtemp(), "model")
     >>> centers = np.array([[0.0, 1.0], [2.0, 3.0]])
-    >>> _ = write_model(path, centers, {"feature_names": ["x", "y"], "inertia": 1.5})
+    >>> meta = {"feature_names": ["x", "y"], "inertia": 1.5, "n_iter": 3}
+    >>> _ = write_model(path, centers, meta)
     >>> C, meta = read_model(path)
     >>> C
     array([[0., 1.],
            [2., 3.]])
-    >>> meta["feature_names"], meta["inertia"]
-    (['x', 'y'], 1.5)
+    >>> meta["feature_names"], meta["inertia"], meta["n_iter"]
+    (['x', 'y'], 1.5, 3)
     """
     centers = _check_centers(centers)
     clean = _check_metadata(metadata, centers)
@@ -208,7 +240,7 @@ def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
                   METADATA_FILE: {"sha256": _sha256(metadata_data), "size": len(metadata_data)}},
     }
     loc = _resolve(url, storage_options)
-    with _Commit(loc, overwrite) as commit:
+    with _Commit(loc, overwrite, "model") as commit:
         with _fs_errors(loc.url, loc.secrets, "writing"):
             loc.fs.pipe_file(commit.path(CENTERS_FILE), centers_data)
             loc.fs.pipe_file(commit.path(METADATA_FILE), metadata_data)
@@ -237,16 +269,23 @@ def read_model(url: str, *,
     centers : ndarray of shape (n_clusters, n_features)
         In the dtype they were written in.
     metadata : dict
-        The metadata as written.
+        The metadata as written. It holds at least ``"feature_names"`` (a list
+        of n_features unique str, the columns of the centres in order),
+        ``"inertia"`` (a finite float) and ``"n_iter"`` (an int >= 0).
+        ``"dtype"``, ``"n_clusters"`` and ``"n_features"``, when present, match
+        the centres; the other keys are not checked.
 
     Raises
     ------
     FileNotFoundError
         Nothing at ``url``.
     ValueError
-        No ``_SUCCESS`` marker, a checksum that does not match, or centres and
-        metadata that disagree (shape, feature names, dtype): the model is
-        incomplete or has been modified.
+        No ``_SUCCESS`` marker, one that does not record the files' and the
+        centres' checksums (in the JSON types :func:`write_model` writes), a
+        checksum that does not match, centres and metadata that disagree
+        (shape, feature names, dtype), or metadata without ``inertia`` or
+        ``n_iter`` of their types: the model is incomplete or has been
+        modified.
     """
     loc = _resolve(url, storage_options)
     marker = _read_marker(loc, "model")
@@ -256,9 +295,20 @@ def read_model(url: str, *,
         raise ValueError(f"The model at {loc.url} has format version "
                          f"{marker.get('format_version')!r}; this version of dask_kmeans reads "
                          f"version {MODEL_FORMAT_VERSION}.")
+    # A marker edited into other JSON types is refused as modified, not with an AttributeError.
+    files, recorded = marker.get("files"), marker.get("centers")
+    if not isinstance(files, dict) or not all(
+            isinstance(files.get(name), dict) and isinstance(files[name].get("sha256"), str)
+            for name in (CENTERS_FILE, METADATA_FILE)):
+        raise _modified(loc.url, "its _SUCCESS marker does not record the files' checksums")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("dtype"), str) \
+            or not isinstance(recorded.get("sha256"), str) \
+            or not isinstance(recorded.get("shape"), list):
+        raise _modified(loc.url, "its _SUCCESS marker does not record the centres' shape, "
+                                 "dtype and checksum")
     data = {}
     for name in (CENTERS_FILE, METADATA_FILE):
-        expected = (marker.get("files") or {}).get(name) or {}
+        expected = files[name]
         try:
             with _fs_errors(loc.display(loc.join(name)), loc.secrets, "reading"):
                 data[name] = loc.fs.cat_file(loc.join(name))
@@ -274,7 +324,6 @@ def read_model(url: str, *,
         raise _modified(loc.url, f"a file cannot be parsed ({type(e).__name__})") from None
     if not isinstance(metadata, dict) or "feature_names" not in metadata:
         raise _modified(loc.url, f"{METADATA_FILE} has no 'feature_names'")
-    recorded = marker.get("centers") or {}
     arrow_type = {"float32": pa.float32(), "float64": pa.float64()}.get(recorded.get("dtype"))
     if arrow_type is None or any(t != arrow_type for t in table.schema.types):
         raise _modified(loc.url, f"{CENTERS_FILE} has column types "
@@ -293,6 +342,7 @@ def read_model(url: str, *,
         names = _check_feature_names(metadata["feature_names"], centers.shape[1],
                                      "metadata['feature_names']")
         _check_consistent(metadata, centers, "metadata")
+        _check_fit_stats(metadata, "metadata")
     except ValueError as e:
         raise _modified(loc.url, str(e)) from None
     if table.column_names != names:

@@ -818,6 +818,70 @@ def test_failed_overwrite_keeps_previous_output(store):
     pd.testing.assert_frame_equal(read_labels(out, storage_options=so).compute(), before)
 
 
+MODEL_METADATA = {"feature_names": ["a", "b"], "inertia": 0.0, "n_iter": 1}
+
+
+def test_output_of_the_other_kind_is_refused_even_with_overwrite(store):
+    """Labels written over a model (predict -o models/k3 --overwrite), or a model over labels,
+    left both kinds' files in one directory, which no reader read: each commit removes only
+    the stale files of its own kind."""
+    from dask_kmeans.io import check_output
+    from dask_kmeans.model import read_model, write_model
+
+    so = store.storage_options
+    url, _ = write_dir(store, [2, 2])
+    src = open_parquet(url, storage_options=so)
+    labels, model = store.url("labels"), store.url("model")
+    write_labels(src, *labels_for(src), labels, storage_options=so)
+    write_model(model, np.zeros((2, 2)), MODEL_METADATA, storage_options=so)
+    before = {name: store.listdir(name) for name in ("labels", "model")}
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=re.escape(
+                f"{model} holds a dask_kmeans model, not labels")) as e:
+            write_labels(src, *labels_for(src), model, storage_options=so, overwrite=overwrite)
+        assert "delete the model first" in str(e.value)
+        with pytest.raises(FileExistsError, match=re.escape(
+                f"{labels} holds dask_kmeans labels, not a model")) as e:
+            write_model(labels, np.ones((2, 2)), MODEL_METADATA, storage_options=so,
+                        overwrite=overwrite)
+        assert "delete the labels first" in str(e.value)
+        # The check a job makes before any work.
+        with pytest.raises(FileExistsError, match="holds a dask_kmeans model, not labels"):
+            check_output(model, so, overwrite=overwrite, kind="labels")
+        with pytest.raises(FileExistsError, match="holds dask_kmeans labels, not a model"):
+            check_output(labels, so, overwrite=overwrite, kind="model")
+    assert {name: store.listdir(name) for name in ("labels", "model")} == before
+    assert len(read_labels(labels, storage_options=so).compute()) == 4
+    np.testing.assert_array_equal(read_model(model, storage_options=so)[0], np.zeros((2, 2)))
+    # Output of the same kind, or of either kind when none is named, is replaced as before.
+    for out, kind in ((labels, "labels"), (model, "model")):
+        check_output(out, so, overwrite=True, kind=kind)
+        check_output(out, so, overwrite=True)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        check_output(model, so, overwrite=True, kind="plot")
+
+
+@pytest.mark.parametrize("marker", [b"", b"not json", b'{"format": "other"}', b"[1]"])
+def test_output_of_another_program_is_refused_even_with_overwrite(store, marker):
+    """An empty _SUCCESS (as Spark and Hadoop write) was taken for a dask_kmeans marker:
+    labels written over Spark's output with overwrite left its parts next to ours."""
+    from dask_kmeans.model import write_model
+
+    so = store.storage_options
+    url, _ = write_dir(store, [2, 2])
+    src = open_parquet(url, storage_options=so)
+    store.put_bytes("spark/_SUCCESS", marker)
+    store.put_bytes("spark/part-00000-1b2c-c000.snappy.parquet", b"theirs")
+    out = store.url("spark")
+    with pytest.raises(FileExistsError, match=re.escape(
+            f"{out} has a _SUCCESS marker that dask_kmeans did not write")):
+        write_labels(src, *labels_for(src), out, storage_options=so, overwrite=True)
+    with pytest.raises(FileExistsError, match="did not write"):
+        write_model(out, np.zeros((2, 2)), MODEL_METADATA, storage_options=so, overwrite=True)
+    assert store.listdir("spark") == ["_SUCCESS", "part-00000-1b2c-c000.snappy.parquet"]
+    assert store.get_bytes("spark/_SUCCESS") == marker
+
+
 def test_read_labels_refuses_uncommitted_or_damaged(local_store):
     url, _ = write_dir(local_store, [2, 2])
     src = open_parquet(url)
@@ -828,6 +892,31 @@ def test_read_labels_refuses_uncommitted_or_damaged(local_store):
         read_labels(out)
     local_store.fs.rm(local_store.path("out", "_SUCCESS"))
     with pytest.raises(ValueError, match="incomplete.*_SUCCESS"):
+        read_labels(out)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    ([1], "is not a labels output of dask_kmeans"),
+    ("dask-kmeans-labels", "is not a labels output of dask_kmeans"),
+    ({"parts": "part-00000.parquet"}, "incomplete or has been modified"),
+    ({"parts": {"name": "part-00000.parquet"}}, "incomplete or has been modified"),
+    ({"parts": [["part-00000.parquet"]]}, "incomplete or has been modified"),
+    ({"parts": [{"name": ["part-00000.parquet"]}]}, "incomplete or has been modified"),
+    ({"parts": [{"size": 10}]}, "incomplete or has been modified"),
+])
+def test_labels_marker_of_the_wrong_json_types_is_refused_as_modified(local_store, edit, match):
+    """A marker edited into other JSON types raised AttributeError ('list' object has no
+    attribute 'get') or TypeError (unhashable type) instead of the documented error."""
+    import json
+
+    url, _ = write_dir(local_store, [2, 2])
+    src = open_parquet(url)
+    out = local_store.url("out")
+    write_labels(src, *labels_for(src), out)
+    marker = json.loads(local_store.get_bytes("out/_SUCCESS"))
+    local_store.put_bytes("out/_SUCCESS", json.dumps(
+        {**marker, **edit} if isinstance(edit, dict) else edit).encode())
+    with pytest.raises(ValueError, match=match):
         read_labels(out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -130,6 +131,31 @@ def test_corrupted_marker(local_store):
         read_model(url)
 
 
+@pytest.mark.parametrize("edit", [
+    {"files": "x"},
+    {"files": None},
+    {"files": {"centers.parquet": "abc", "metadata.json": "abc"}},
+    {"files": {"centers.parquet": {"sha256": 1}, "metadata.json": {"sha256": 1}}},
+    {"centers": [1]},
+    {"centers": {"shape": [3, 4], "dtype": ["float64"], "sha256": "0"}},
+    {"centers": {"shape": "3x4", "dtype": "float64", "sha256": "0"}},
+    {"centers": {"shape": [3, 4], "dtype": "float64", "sha256": None}},
+])
+def test_marker_of_the_wrong_json_types_is_refused_as_modified(local_store, edit):
+    """A marker edited into other JSON types raised AttributeError ('str' object has no
+    attribute 'get') or TypeError (unhashable type: 'list') instead of the documented error."""
+    url = local_store.url("model")
+    write_model(url, *fitted())
+    marker = json.loads(local_store.get_bytes("model/_SUCCESS"))
+    local_store.put_bytes("model/_SUCCESS", json.dumps({**marker, **edit}).encode())
+    with pytest.raises(ValueError, match=re.escape(f"The model at {url} is incomplete or has "
+                                                   "been modified")):
+        read_model(url)
+
+
+FIT = {"inertia": 1.5, "n_iter": 3}
+
+
 @pytest.mark.parametrize(("metadata", "match"), [
     ({"feature_names": ["a", "b"], "w": np.ones(2)}, r"metadata\['w'\] is a ndarray.*tolist"),
     ({"feature_names": ["a", "b"], "p": {"f": object()}}, r"metadata\['p'\]\['f'\] is a object"),
@@ -140,14 +166,62 @@ def test_corrupted_marker(local_store):
     ({"feature_names": ["a", "b"], "url": "s3://k:pw@b/x"}, "URL holding credentials"),
     ({"feature_names": ["a"]}, "has 1 name.*2 feature"),
     ({"feature_names": ["a", "a"]}, "repeats the name"),
-    ({}, "must contain 'feature_names'"),
+    ({**FIT}, "must contain 'feature_names'"),
     ({"feature_names": ["a", "b"], "dtype": "float32"}, r"metadata\['dtype'\] is 'float32'"),
     ({"feature_names": ["a", "b"], 3: "x"}, "JSON keys must be str"),
+    ({"feature_names": ["a", "b"]}, "must contain 'inertia' and 'n_iter'.*no 'inertia' or"),
+    ({"feature_names": ["a", "b"], "inertia": 1.0}, "has no 'n_iter'"),
+    ({**FIT, "feature_names": ["a", "b"], "inertia": "1.5"}, r"\['inertia'\] must be a finite"),
+    ({**FIT, "feature_names": ["a", "b"], "inertia": True}, r"\['inertia'\] must be a finite"),
+    ({**FIT, "feature_names": ["a", "b"], "inertia": 10**400}, r"\['inertia'\] must be a finite"),
+    ({**FIT, "feature_names": ["a", "b"], "n_iter": 2.0}, r"\['n_iter'\] must be an int >= 0"),
+    ({**FIT, "feature_names": ["a", "b"], "n_iter": -1}, r"\['n_iter'\] must be an int >= 0"),
+    ({**FIT, "feature_names": ["a", "b"], "n_iter": np.True_}, r"\['n_iter'\] must be an int"),
 ])
 def test_bad_metadata(local_store, metadata, match):
     with pytest.raises(ValueError, match=match):
         write_model(local_store.url("model"), np.zeros((2, 2)), metadata)
     assert local_store.listdir("model") == []
+
+
+def rewrite_metadata(store, meta):
+    """Replace the model's metadata.json, recomputing its checksum in _SUCCESS."""
+    data = json.dumps(meta).encode()
+    store.put_bytes("model/metadata.json", data)
+    marker = json.loads(store.get_bytes("model/_SUCCESS"))
+    marker["files"]["metadata.json"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                        "size": len(data)}
+    store.put_bytes("model/_SUCCESS", json.dumps(marker).encode())
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    ({"inertia": None}, "has no 'inertia'"),
+    ({"n_iter": None}, "has no 'n_iter'"),
+    ({"inertia": "12.5"}, r"metadata\['inertia'\] must be a finite number"),
+    ({"inertia": float("nan")}, r"metadata\['inertia'\] must be a finite number"),
+    ({"n_iter": 7.5}, r"metadata\['n_iter'\] must be an int >= 0"),
+])
+def test_a_model_holds_its_inertia_and_iterations(local_store, edit, match):
+    """write_model accepted metadata with feature_names alone and read_model returned it,
+    but dask_kmeans.load then failed with KeyError: 'inertia'. Now write_model requires
+    inertia and n_iter and read_model refuses metadata without them, before load uses it."""
+    import dask_kmeans as dk
+
+    url = local_store.url("model")
+    with pytest.raises(ValueError, match="must contain 'inertia' and 'n_iter'"):
+        write_model(url, np.zeros((2, 2)), {"feature_names": ["a", "b"]})
+    assert local_store.listdir("model") == []
+    centers, metadata = fitted()
+    write_model(url, centers, {**metadata, "inertia": 12, "n_iter": np.int32(7)})
+    meta = read_model(url)[1]
+    assert meta["inertia"] == 12.0 and type(meta["inertia"]) is float
+    assert meta["n_iter"] == 7 and type(meta["n_iter"]) is int
+    # Written by hand (or by a version that did not require them), with checksums that match.
+    meta = {k: v for k, v in {**meta, **edit}.items() if v is not None}
+    rewrite_metadata(local_store, meta)
+    for read in (read_model, dk.load):
+        with pytest.raises(ValueError, match=f"incomplete or has been modified: .*{match}"):
+            read(url)
 
 
 @pytest.mark.parametrize(("centers", "match"), [
