@@ -118,7 +118,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         data or parameters is refused with a ``ValueError`` naming what
         differs. Without ``resume`` an existing checkpoint is overwritten;
         ``resume=True`` without ``checkpoint`` is a ``ValueError``.
-    verbose : bool or int, default=False
+    verbose : bool or int >= 0, default=False
         Log one line per iteration to the ``dask_kmeans`` logger (a stderr
         handler is added when logging is not configured).
 
@@ -661,7 +661,7 @@ def kmeans_parallel_init(
     [0.0, 10.0]
     """
     est = KMeans(n_clusters, oversampling_factor=oversampling_factor, init_rounds=init_rounds,
-                 metric=metric)
+                 metric=metric, random_state=random_state)
     V.check_params(est)
     Xv = V.check_X(est, X, reset=True)
     if Xv.shape[0] < n_clusters:
@@ -705,6 +705,7 @@ def load(url: str, *, storage_options=None) -> KMeans:
     from .model import read_model
 
     centers, meta = read_model(url, storage_options=storage_options)
+    _check_load_metadata(meta, centers.shape[1])
     params = dict(meta.get("params", {}))
     if params.get("init") == "array" and "init_array" in meta:
         init = np.asarray(meta["init_array"], dtype=np.float64)
@@ -733,6 +734,35 @@ def load(url: str, *, storage_options=None) -> KMeans:
         km.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)
     km._input_url = meta.get("input_url")
     return km
+
+
+def _check_load_metadata(meta: dict, n_features: int) -> None:
+    """Refuse metadata that :meth:`KMeans.save` would not have written, naming the key:
+    ``read_model`` checks what every model holds, this what a KMeans needs besides."""
+    def bad(key: str, problem: str) -> ValueError:
+        return ValueError(f"The model's metadata['{key}'] {problem}; it was not written by "
+                          "KMeans.save, or was modified.")
+
+    if not isinstance(meta.get("params", {}), dict):
+        raise bad("params", "is not a mapping of parameter names to values")
+    if not isinstance(meta.get("feature_names_given", True), bool):
+        raise bad("feature_names_given", "is not true or false")
+    if meta.get("init_dtype", "float64") not in ("float32", "float64"):
+        raise bad("init_dtype", "is not 'float32' or 'float64'")
+    if ("feature_mean" in meta) != ("feature_scale" in meta):
+        raise bad("feature_mean" if "feature_mean" not in meta else "feature_scale",
+                  "is missing while the other standardisation key is there")
+    for key in ("feature_mean", "feature_scale"):
+        if key in meta:
+            try:
+                values = np.asarray(meta[key], dtype=np.float64)
+            except (TypeError, ValueError):
+                values = None
+            if values is None or values.shape != (n_features,) or \
+                    not np.all(np.isfinite(values)) or (key == "feature_scale"
+                                                        and not np.all(values > 0)):
+                raise bad(key, f"is not {n_features} finite "
+                               + ("positive numbers" if key == "feature_scale" else "numbers"))
 
 
 def _standardize_block(x, mean, scale):

@@ -627,12 +627,14 @@ def _output_options(url: str, job: Mapping) -> dict:
     return dict(given) if given is not None else _input_options(url, job)
 
 
-def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: bool) -> None:
+def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: bool,
+                     kind: str | None = None) -> None:
     """Stop before any work when an output is already there and may not be replaced, or
-    cannot be written there at all (see :func:`dask_kmeans.io.check_output`)."""
+    cannot be written there at all, or holds output of another ``kind`` ("model" or
+    "labels", directories only; see :func:`dask_kmeans.io.check_output`)."""
     from .io import check_output
 
-    check_output(url, options, overwrite=overwrite, directory=directory,
+    check_output(url, options, overwrite=overwrite, directory=directory, kind=kind,
                  hint="set output.overwrite: true (--overwrite or --set output.overwrite=true) "
                       "to replace it")
 
@@ -714,7 +716,7 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     for name in ("model", "labels"):
         if out[name]:
             _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
-                             directory=True)
+                             directory=True, kind=name)
     _check_plot(out["plot"], job)
     src = _open(job)
     if out["labels"]:  # before any work, as write_labels would only after the fit
@@ -769,7 +771,7 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     _refuse_overlaps(job, {"labels": out["labels"]},
                      {"url": job["input"]["url"], "model": job["model"]}, values)
     _refuse_existing(out["labels"], _output_options(out["labels"], job), out["overwrite"],
-                     directory=True)
+                     directory=True, kind="labels")
     km = load(job["model"], storage_options=_input_options(job["model"], job))
     names = getattr(km, "feature_names_in_", None)
     src = _open(job, columns=None if names is None else [str(n) for n in names],

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from unittest import mock
 
 import cloudpickle
 import dask
@@ -618,6 +619,20 @@ def test_existing_outputs_are_refused_before_any_work(local_store, client):
     assert (Path(local_store.url("m")) / "_SUCCESS").stat().st_mtime_ns == stamp
     spec["job"]["output"]["overwrite"] = True
     assert run_job(spec)["model"] == local_store.url("m")
+    # Output of the other kind, even with overwrite: refused before the fit, not after it.
+    swapped = fit_spec(url, params={"n_clusters": 2, "random_state": 0},
+                       output={"model": local_store.url("l"), "overwrite": True})
+    with pytest.raises(FileExistsError, match=r"holds dask_kmeans labels, not a model"):
+        with mock.patch("dask_kmeans.estimator.KMeans.fit", side_effect=AssertionError):
+            run_job(swapped)
+    run_job(fit_spec(url, params={"n_clusters": 2, "random_state": 0},
+                     output={"model": local_store.url("m2")}))
+    predict = {"job": {"kind": "predict", "model": local_store.url("m"),
+                       "input": {"url": url},
+                       "output": {"labels": local_store.url("m2"), "overwrite": True}}}
+    with pytest.raises(FileExistsError, match=r"holds a dask_kmeans model, not labels"):
+        with mock.patch("dask_kmeans.estimator.load", side_effect=AssertionError):
+            run_job(predict)
 
     table = {"job": {"kind": "sweep", "input": {"url": url}, "k": [2],
                      "output": {"table": local_store.url("t.json")}}}

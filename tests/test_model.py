@@ -301,3 +301,30 @@ def test_a_numpy_integer_seed_is_saved(tmp_path):
     assert loaded["random_state"] == 7 and type(loaded["random_state"]) is int
     km.set_params(random_state=np.random.RandomState(0)).save(str(tmp_path / "r"))
     assert dk.load(str(tmp_path / "r")).get_params()["random_state"] is None
+
+
+@pytest.mark.parametrize("extra, key", [
+    ({"params": ["n_clusters", 3]}, "params"),
+    ({"feature_names_given": "yes"}, "feature_names_given"),
+    ({"init_dtype": "int8"}, "init_dtype"),
+    ({"feature_mean": [0.0, 0.0, 0.0, 0.0]}, "feature_scale"),
+    ({"feature_mean": [0.0] * 4, "feature_scale": [1.0, 0.0, 1.0, 1.0]}, "feature_scale"),
+    ({"feature_mean": [0.0] * 3, "feature_scale": [1.0] * 4}, "feature_mean"),
+])
+def test_load_names_metadata_that_save_would_not_write(tmp_path, extra, key):
+    """A model written with write_model and odd optional keys loaded with a TypeError, or
+    into a KMeans that failed later (a scale of 0 divides by zero in predict)."""
+    import dask_kmeans as dk
+
+    centers, metadata = fitted()
+    write_model(str(tmp_path / "m"), centers, {**metadata, **extra})
+    with pytest.raises(ValueError, match=rf"metadata\['{key}'\] .*not written by KMeans.save"):
+        dk.load(str(tmp_path / "m"))
+
+
+def test_kmeans_parallel_init_names_a_bad_random_state():
+    import dask_kmeans as dk
+
+    with pytest.raises(ValueError, match="random_state"):
+        dk.kmeans_parallel_init(np.random.default_rng(0).normal(size=(50, 2)), 2,
+                                random_state="a")
