@@ -8,7 +8,9 @@ registered for the current context with :func:`listening`:
 - ``"init"``: k-means|| pass ``step`` of ``total`` is done (``info``: ``candidates``);
 - ``"iteration"``: Lloyd iteration ``step`` of at most ``total`` (``max_iter``) is done
   (``info``: ``inertia``, ``shift``, ``tol``, ``converged``);
-- ``"sweep"``: a shared Lloyd pass of a K sweep is done (``info``: ``moving``, ``models``).
+- ``"sweep"``: a shared Lloyd pass of a K sweep is done (``info``: ``moving``, ``models``);
+- ``"best"``: with ``n_init`` > 1, run ``step`` of ``total`` has the lowest inertia so far
+  (a resumed fit does not say which earlier run was best).
 
 A listener that raises stops the fit: it runs in the driver's thread, between passes.
 """

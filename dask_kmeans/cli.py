@@ -303,6 +303,9 @@ class _ProgressDisplay:
         self.tasks: dict[str, Any] = {}
         self.last: dict[str, tuple[int, int | None, dict]] = {}
         self.run = (1, 1)
+        #: With n_init > 1: each run's last events, and which run is best so far.
+        self.runs: dict[int, dict[str, tuple[int, int | None, dict]]] = {}
+        self.best: int | None = None
 
     def __enter__(self) -> _ProgressDisplay:
         return self
@@ -325,9 +328,13 @@ class _ProgressDisplay:
             if step > 1:  # a new initialisation: fresh bars under the old ones
                 self.tasks.clear()
             return
+        if stage == "best":
+            self.best = step
+            return
         if not self.last:
             self.progress.start()
         self.last[stage] = (step, total, info)
+        self.runs.setdefault(self.run[0], {})[stage] = (step, total, info)
         if stage == "init":
             text = f"{info['candidates']:,} candidates"
         elif stage == "iteration":
@@ -342,13 +349,15 @@ class _ProgressDisplay:
         self.progress.update(self._task(stage), completed=step, total=total, info=text)
 
     def summary(self) -> str | None:
-        """One line on how the fit went: passes, iterations, convergence."""
+        """One line on how the fit went: passes, iterations, convergence (of the run kept,
+        when there were several)."""
         parts = []
-        if "init" in self.last:
-            step, _, info = self.last["init"]
+        last = self.runs.get(self.best, self.last) if self.best is not None else self.last
+        if "init" in last:
+            step, _, info = last["init"]
             parts.append(f"k-means|| {step} passes, {info['candidates']:,} candidates")
-        if "iteration" in self.last:
-            step, total, info = self.last["iteration"]
+        if "iteration" in last:
+            step, total, info = last["iteration"]
             state = ("converged" if info["converged"]
                      else f"stopped at max_iter={total} before converging")
             parts.append(f"{step} Lloyd iterations, {state}")
@@ -358,7 +367,8 @@ class _ProgressDisplay:
                      else f"{info['moving']} stopped at max_iter={total}")
             parts.append(f"{step} shared passes for {info['models']} models, {state}")
         if self.run[1] > 1:
-            parts.append(f"best of {self.run[1]} runs")
+            parts.append(f"run {self.best} best of {self.run[1]}" if self.best is not None
+                         else f"best of {self.run[1]} runs")
         return "; ".join(parts) or None
 
 

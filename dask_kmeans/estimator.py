@@ -347,6 +347,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                                                          persisted)
             if best is None or inertia < best[2]:
                 best = (result, labels, inertia)
+                if n_init > 1:
+                    emit("best", run + 1, n_init)
             if ckpt is not None:
                 ckpt.save(run=run + 1, rng_before=random_state.get_state(),
                           best=(best[0].centers, best[2], best[0].n_iter))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -199,11 +200,34 @@ def test_fit_shows_progress_bars_and_a_summary_on_stderr(data):
     assert result.exit_code == 0, result.stderr
     assert [line.split()[:2] for line in result.stderr.splitlines()[:2]] == [
         ["Lloyd", "1/2"], ["Lloyd", "2/2"]]
-    assert result.stderr.splitlines()[-1] == (
-        "1 Lloyd iterations, stopped at max_iter=1 before converging; best of 2 runs")
+    assert re.fullmatch(r"1 Lloyd iterations, stopped at max_iter=1 before converging; run "
+                        r"[12] best of 2", result.stderr.splitlines()[-1])
 
     result = invoke("fit", data["url"], "--k", 3, "--no-progress", "--cluster", data["config"])
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_the_summary_of_several_runs_is_that_of_the_run_kept():
+    """With --n-init 3 the summary gave the last run's iterations (45) for a fit that kept
+    run 2 (30 iterations)."""
+    from rich.console import Console
+
+    from dask_kmeans._progress import listening
+    from dask_kmeans.cli import _ProgressDisplay
+
+    X = blobs(n=3000, d=2, k=6, seed=4, spread=1.5)
+    for seed in range(6):
+        display = _ProgressDisplay(Console(file=open(os.devnull, "w")))  # noqa: SIM115
+        with display, listening(display):
+            km = dk.KMeans(6, init="random", n_init=3, random_state=seed, tol=0).fit(X)
+        iterations = {run: events["iteration"][0] for run, events in display.runs.items()}
+        if iterations[display.best] != iterations[3]:
+            break
+    else:
+        pytest.skip("every seed kept a run with as many iterations as the last")
+    assert iterations[display.best] == km.n_iter_
+    assert display.summary() == (f"{km.n_iter_} Lloyd iterations, converged; run "
+                                 f"{display.best} best of 3")
 
 
 def test_fit_passes_the_kmeans_parallel_options_on(data):
