@@ -105,6 +105,20 @@ def dask_persist(*args):
         return dask.persist(*args)
 
 
+def cancel(collection) -> int:
+    """Cancel the tasks of a collection persisted on a cluster that nothing will read (a
+    fit's ``labels_``, computed in the background when only the model is wanted): a
+    cluster closed under them logs errors. How many futures were cancelled."""
+    try:
+        from distributed import futures_of
+    except ImportError:
+        return 0
+    futures = futures_of(collection) if collection is not None else []
+    if futures:
+        futures[0].client.cancel(futures)
+    return len(futures)
+
+
 def total_threads(client=None) -> int:
     """Threads available to tasks: the cluster's, or this machine's."""
     client = client if client is not None else active_client()

@@ -760,6 +760,9 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         result["plot"] = plot_clusters(km, src, out["plot"], features=out["plot_features"],
                                        random_state=params["random_state"] or 0,
                                        storage_options=_output_options(out["plot"], job))
+    from . import _runtime as R
+
+    R.cancel(km.labels_)  # still computing when no output used them; the job has no use
     return result
 
 

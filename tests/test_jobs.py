@@ -608,6 +608,25 @@ def test_fit_without_a_model_returns_the_centres_and_sweep_writes_parquet(local_
     assert sweep["features"] == ["customer_id", *FEATURES], "numeric columns by default"
 
 
+def test_a_fit_job_cancels_the_labels_it_does_not_use(local_store, client, monkeypatch):
+    """fit --no-profile without labels left labels_ computing in the background; the CLI
+    then closed its cluster under them and distributed logged a CommClosedError."""
+    from distributed import futures_of
+
+    from dask_kmeans import _runtime
+
+    url, _ = write_dataset(local_store, n=600)
+    seen = []
+    original = _runtime.cancel
+    monkeypatch.setattr(_runtime, "cancel",
+                        lambda c: seen.append(futures_of(c)) or original(c))
+    run_job(fit_spec(url, params={"n_clusters": 3, "random_state": 0},
+                     output={"model": local_store.url("m"), "profile": False}))
+    (futures,) = seen
+    assert futures and {f.status for f in futures} == {"cancelled"}
+    assert original(np.zeros(3)) == 0 and original(None) == 0  # nothing on a cluster
+
+
 def test_existing_outputs_are_refused_before_any_work(local_store, client):
     url, _ = write_dataset(local_store, n=300)
     spec = fit_spec(url, params={"n_clusters": 2, "random_state": 0},
