@@ -423,16 +423,24 @@ def _decimals(value: float, digits: int) -> int | None:
     return max(0, digits - 1 - math.floor(math.log10(magnitude)))
 
 
+#: Significant digits that tell every float64 apart; more would only print rounding noise.
+_MAX_DIGITS = 17
+
+
 def _number(value, decimals: int | None = None) -> str:
-    """About four significant digits (or ``decimals``), thousands separated."""
+    """About four significant digits, thousands separated; at least down to the ``decimals``-th
+    decimal place (a negative one counts tens, hundreds...) when given."""
     if value is None or not np.isfinite(value):
         return "-"
     if value == 0:
         return "0"
     own = _decimals(value, 4)
+    exponent = math.floor(math.log10(abs(float(value))))
+    # The digits down to the decimals-th place, beyond the first.
+    more = 0 if decimals is None else min(exponent + decimals, _MAX_DIGITS - 1)
     if own is None:
-        return f"{value:.3e}"
-    return f"{value:,.{max(own, decimals or 0)}f}"
+        return f"{value:.{max(3, more)}e}"
+    return f"{value:,.{max(own, more - exponent)}f}"
 
 
 def _mean_std(mean, std) -> str:
@@ -440,7 +448,7 @@ def _mean_std(mean, std) -> str:
         return "-"
     # The mean is shown at least to the precision of two significant digits of its spread,
     # so that clusters whose means differ by less than the mean's magnitude stay apart.
-    decimals = _decimals(std, 2) if np.isfinite(std) and std > 0 else None
+    decimals = 1 - math.floor(math.log10(std)) if np.isfinite(std) and std > 0 else None
     return f"{_number(mean, decimals)} ± {_number(std)}"
 
 

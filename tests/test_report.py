@@ -250,6 +250,19 @@ def test_format_profile(people):
     assert lines[2].endswith("age: low, income: high")
 
 
+def test_format_profile_shows_a_mean_to_two_digits_of_its_std():
+    """Also for a std below 1e-3, so that close means stay apart, and for tiny means."""
+    df = pd.DataFrame({"size": [10, 10, 10], "share": [1 / 3] * 3,
+                       "x_mean": [12.3456, 12.3462, 25.5], "x_std": [0.0005, 0.0005, 2.25],
+                       "y_mean": [1.00001e-5, 1.00003e-5, 0.5], "y_std": [1e-9, 1e-9, 1e-6]},
+                      index=pd.RangeIndex(3, name="cluster"))
+    rows = [line.split("  ") for line in format_profile(df).splitlines()[2:]]
+    cells = [[c.strip() for c in row if c.strip()][3:] for row in rows]
+    assert cells == [["12.34560 ± 5.000e-04", "1.00001e-05 ± 1.000e-09"],
+                     ["12.34620 ± 5.000e-04", "1.00003e-05 ± 1.000e-09"],
+                     ["25.50 ± 2.250", "0.5000000 ± 1.000e-06"]]
+
+
 def test_write_profile(people, tmp_path):
     frame, km = people
     table = profile(km, frame)
