@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io as _stdio
 import math
+import numbers
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -594,9 +595,11 @@ def _sample_indices(n: int, size: int, random_state) -> np.ndarray | None:
 
 def _sample(arrays: Sequence, max_points: int, random_state) -> list[np.ndarray]:
     """The same uniformly sampled rows of every array, computed together as ndarrays."""
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+    # Any integer (a NumPy one from a computation or a config) except a bool.
+    if (isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral)
+            or max_points < 1):
         raise ValueError(f"max_points must be an int >= 1, got {max_points!r}.")
-    idx = _sample_indices(arrays[0].shape[0], max_points, random_state)
+    idx = _sample_indices(arrays[0].shape[0], int(max_points), random_state)
     picked = [a if idx is None else a[idx] for a in arrays]
     picked = dask.compute(*picked)
     return [np.asarray(a) for a in picked]

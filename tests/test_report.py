@@ -411,6 +411,21 @@ def test_silhouette_sample(fitted):
         silhouette_sample(frame, np.zeros(len(frame), dtype=int))
 
 
+def test_max_points_takes_any_integer_but_a_bool(fitted, tmp_path):
+    frame, km = fitted
+    labels = km.predict(frame)
+    want = silhouette_sample(frame, labels, max_points=300)
+    for n in (np.int64(300), np.int32(300), np.uint16(300)):
+        assert silhouette_sample(frame, labels, max_points=n) == want
+    path = tmp_path / "clusters.png"
+    assert png_size(plot_clusters(km, frame, str(path), max_points=np.int64(200))) == (800, 600)
+    for bad in (True, np.bool_(True), 300.0, np.int64(0), "300"):
+        with pytest.raises(ValueError, match="max_points must be an int >= 1"):
+            silhouette_sample(frame, labels, max_points=bad)
+        with pytest.raises(ValueError, match="max_points must be an int >= 1"):
+            plot_clusters(km, frame, str(tmp_path / "bad.png"), max_points=bad)
+
+
 def test_sample_indices_are_uniform_distinct_and_bounded():
     assert _sample_indices(10, 20, 0) is None
     for n in (1_000, 10**15):  # the second must not allocate n of anything
