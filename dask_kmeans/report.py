@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io as _stdio
 import math
+import numbers
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,7 +43,9 @@ PLOT_HINT = ('Plotting needs matplotlib, an optional dependency of dask-kmeans: 
              'pip install "dask-kmeans[plot]"')
 #: Percentiles each chunk keeps of every feature, to merge into approximate quartiles.
 SKETCH_PERCENTILES = np.linspace(0.0, 100.0, 101)
-_Q25, _Q75 = 25, 75  # their positions in SKETCH_PERCENTILES
+#: Rows of a chunk's sketch of one feature: the rows' values at SKETCH_PERCENTILES, the numbers
+#: of rows below and at most each, and the feature's exact quartiles in the chunk.
+_SKETCH_ROWS = 3 * SKETCH_PERCENTILES.size + 2
 FIGSIZE = (8.0, 6.0)
 DPI = 100
 
@@ -188,35 +191,90 @@ def _stats_block(x, labels, centers, w=None) -> np.ndarray:
 
 
 def _sketch_block(x) -> np.ndarray:
-    """Row count and the SKETCH_PERCENTILES of every column of one chunk, in a (1, S) row."""
+    """Row count and a sketch of every column of one chunk, in a (1, 1 + _SKETCH_ROWS * d) row.
+
+    A column's sketch holds the values of the rows nearest to
+    SKETCH_PERCENTILES of its sorted rows, how many rows are below each value
+    and how many at most each, and the column's quartiles (NumPy's). The
+    counts place a value that many rows hold (a count, a zero) exactly: they
+    say where its rows start and end, which its percentiles alone do not.
+    """
     x = np.asarray(x, dtype=np.float64)
-    out = np.full((1, 1 + SKETCH_PERCENTILES.size * x.shape[1]), np.nan)
-    out[0, 0] = x.shape[0]
-    if x.shape[0]:
-        out[0, 1:] = np.percentile(x, SKETCH_PERCENTILES, axis=0).ravel()
+    n, d = x.shape
+    out = np.full((1, 1 + _SKETCH_ROWS * d), np.nan)
+    out[0, 0] = n
+    if n:
+        columns = np.sort(x.T, axis=1)
+        ranks = np.round(SKETCH_PERCENTILES / 100.0 * (n - 1)).astype(np.intp)
+        values = columns[:, ranks]
+        below = [np.searchsorted(c, v, side="left") for c, v in zip(columns, values, strict=True)]
+        upto = [np.searchsorted(c, v, side="right") for c, v in zip(columns, values, strict=True)]
+        quartiles = np.percentile(columns, [25, 75], axis=1)
+        out[0, 1:] = np.concatenate([values.T, np.transpose(below), np.transpose(upto),
+                                     quartiles]).ravel()
     return out
 
 
-def _merge_quartiles(sketches: np.ndarray, d: int) -> np.ndarray:
-    """Approximate quartiles, shape (2, d), from the chunks' percentile sketches.
+def _sketch_counts(values, below, upto, u: float) -> tuple[float, float]:
+    """How many rows of all chunks are below ``u``, and at most ``u``, from their sketches of a
+    feature (arrays of shape (n_chunks, SKETCH_PERCENTILES.size)).
 
-    Each chunk's percentiles define a piecewise-linear CDF; the overall CDF is
-    their sum weighted by row counts, inverted at 25% and 75%. Exact for one
-    chunk; otherwise within about one percentile point of rank.
+    Exact where ``u`` is in a chunk's sketch; between two of its values, the
+    chunk's rows strictly between them are taken as spread evenly.
+    """
+    p = values.shape[1]
+    first = (values < u).sum(axis=1)
+    found = (values <= u).sum(axis=1) > first
+    chunk = np.arange(values.shape[0])
+    at = np.minimum(first, p - 1)
+    i = np.clip(first, 1, p - 1)
+    start, gap = values[chunk, i - 1], values[chunk, i] - values[chunk, i - 1]
+    along = np.divide(u - start, gap, out=np.zeros(gap.shape), where=gap > 0)
+    between = upto[chunk, i - 1] + along * (below[chunk, i] - upto[chunk, i - 1])
+    between = np.where(first == 0, 0.0, np.where(first == p, upto[:, -1], between))
+    return (float(np.where(found, below[chunk, at], between).sum()),
+            float(np.where(found, upto[chunk, at], between).sum()))
+
+
+def _merge_quartiles(sketches: np.ndarray, d: int) -> np.ndarray:
+    """Approximate quartiles, shape (2, d), from the chunks' sketches (see :func:`_sketch_block`).
+
+    A value ``u`` of any chunk's sketch is held by the sorted rows (of all
+    chunks) from position ``below(u)`` to ``upto(u) - 1``, with the counts of
+    :func:`_sketch_counts`; between two such values the rows' values are
+    interpolated linearly, as NumPy's percentile does between two rows. The
+    quartiles are read at positions ``q * (n - 1)``, found by bisection over
+    the sketches' values. Exact for one chunk, and where the rows near a
+    quartile are in every chunk's sketch: chunks of at most 101 rows, values
+    that fill a percentile of every chunk holding them (counts, zeros);
+    otherwise within one percentile point of rank.
     """
     n = sketches[:, 0]
-    grids = sketches[n > 0, 1:].reshape(-1, SKETCH_PERCENTILES.size, d)
+    grids = sketches[n > 0, 1:].reshape(-1, _SKETCH_ROWS, d)
     n = n[n > 0]
     if len(n) == 1:
-        return grids[0, [_Q25, _Q75]]
-    fractions = SKETCH_PERCENTILES / 100.0
+        return grids[0, -2:]
+    p = SKETCH_PERCENTILES.size
     out = np.empty((2, d))
     for j in range(d):
-        values = grids[:, :, j]
+        values, below, upto = grids[:, :p, j], grids[:, p:2 * p, j], grids[:, 2 * p:3 * p, j]
         points = np.unique(values)
-        cdf = sum(n_c * np.interp(points, v_c, fractions) for n_c, v_c in zip(n, values,
-                                                                               strict=True))
-        out[:, j] = np.interp([0.25 * n.sum(), 0.75 * n.sum()], cdf, points)
+        for row, position in enumerate(np.array([0.25, 0.75]) * (n.sum() - 1)):
+            # The first value whose last position reaches the quartile's (the largest does).
+            lo, hi = 0, points.size - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _sketch_counts(values, below, upto, points[mid])[1] - 1 >= position:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            starts = _sketch_counts(values, below, upto, points[lo])[0]
+            if lo == 0 or starts <= position:
+                out[row, j] = points[lo]
+                continue
+            ends = _sketch_counts(values, below, upto, points[lo - 1])[1] - 1
+            along = (position - ends) / (starts - ends)
+            out[row, j] = points[lo - 1] + along * (points[lo] - points[lo - 1])
     return out
 
 
@@ -277,9 +335,10 @@ def profile(model, data, *, sample_weight=None) -> pd.DataFrame:
         Feature names are ``model.feature_names_in_``, else ``x0``, ``x1``...
         ``attrs["quartiles"]`` maps each feature to its ``[q25, q75]``;
         ``attrs["exact_quartiles"]`` is True for in-memory input (NumPy's
-        percentiles) and False for dask input, where each chunk's
-        percentiles are merged weighted by its row count (exact for one chunk,
-        otherwise within about one percentile point of rank).
+        percentiles) and False for dask input, where sketches of the chunks
+        (every percentile's value and how many rows are below and at most
+        it) are merged: exact for one chunk and for values that many rows
+        hold (counts, zeros), otherwise within one percentile point of rank.
 
     Examples
     --------
@@ -315,7 +374,7 @@ def profile(model, data, *, sample_weight=None) -> pd.DataFrame:
             new_axes={"p": k + 2 * k * d}, adjust_chunks={"i": 1}, align_arrays=False,
             concatenate=True, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64))
         sketches = da.blockwise(
-            _sketch_block, "ip", X, "ij", new_axes={"p": 1 + SKETCH_PERCENTILES.size * d},
+            _sketch_block, "ip", X, "ij", new_axes={"p": 1 + _SKETCH_ROWS * d},
             adjust_chunks={"i": 1}, concatenate=True, dtype=np.float64,
             meta=np.empty((0, 0), dtype=np.float64))
         totals, sketches = dask.compute(per_chunk.sum(axis=0), sketches)
@@ -365,16 +424,24 @@ def _decimals(value: float, digits: int) -> int | None:
     return max(0, digits - 1 - math.floor(math.log10(magnitude)))
 
 
+#: Significant digits that tell every float64 apart; more would only print rounding noise.
+_MAX_DIGITS = 17
+
+
 def _number(value, decimals: int | None = None) -> str:
-    """About four significant digits (or ``decimals``), thousands separated."""
+    """About four significant digits, thousands separated; at least down to the ``decimals``-th
+    decimal place (a negative one counts tens, hundreds...) when given."""
     if value is None or not np.isfinite(value):
         return "-"
     if value == 0:
         return "0"
     own = _decimals(value, 4)
+    exponent = math.floor(math.log10(abs(float(value))))
+    # The digits down to the decimals-th place, beyond the first.
+    more = 0 if decimals is None else min(exponent + decimals, _MAX_DIGITS - 1)
     if own is None:
-        return f"{value:.3e}"
-    return f"{value:,.{max(own, decimals or 0)}f}"
+        return f"{value:.{max(3, more)}e}"
+    return f"{value:,.{max(own, more - exponent)}f}"
 
 
 def _mean_std(mean, std) -> str:
@@ -382,7 +449,7 @@ def _mean_std(mean, std) -> str:
         return "-"
     # The mean is shown at least to the precision of two significant digits of its spread,
     # so that clusters whose means differ by less than the mean's magnitude stay apart.
-    decimals = _decimals(std, 2) if np.isfinite(std) and std > 0 else None
+    decimals = 1 - math.floor(math.log10(std)) if np.isfinite(std) and std > 0 else None
     return f"{_number(mean, decimals)} ± {_number(std)}"
 
 
@@ -528,9 +595,11 @@ def _sample_indices(n: int, size: int, random_state) -> np.ndarray | None:
 
 def _sample(arrays: Sequence, max_points: int, random_state) -> list[np.ndarray]:
     """The same uniformly sampled rows of every array, computed together as ndarrays."""
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+    # Any integer (a NumPy one from a computation or a config) except a bool.
+    if (isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral)
+            or max_points < 1):
         raise ValueError(f"max_points must be an int >= 1, got {max_points!r}.")
-    idx = _sample_indices(arrays[0].shape[0], max_points, random_state)
+    idx = _sample_indices(arrays[0].shape[0], int(max_points), random_state)
     picked = [a if idx is None else a[idx] for a in arrays]
     picked = dask.compute(*picked)
     return [np.asarray(a) for a in picked]

@@ -10,10 +10,14 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dask_kmeans import KMeans, open_parquet
 from dask_kmeans.report import (
+    _merge_quartiles,
     _sample_indices,
+    _sketch_block,
     format_profile,
     plot_clusters,
     plot_elbow,
@@ -136,6 +140,67 @@ def test_descriptions(people, kind):
         "age: low, income: high", "age: high, income: low", "typical"]
 
 
+#: Continuous features, and discrete ones whose values many rows share (jumps of the CDF).
+FEATURES = {
+    "normal": lambda rng, n: rng.normal(size=n),
+    "lognormal": lambda rng, n: rng.lognormal(sigma=1.5, size=n),
+    "poisson": lambda rng, n: rng.poisson(3.0, size=n).astype(float),
+    "zero_or_ten": lambda rng, n: rng.choice([0.0, 10.0], size=n, p=[0.7, 0.3]),
+    "small_ints": lambda rng, n: rng.integers(0, 5, size=n).astype(float),
+}
+
+
+def merged_quartiles(chunks) -> np.ndarray:
+    return _merge_quartiles(np.vstack([_sketch_block(c) for c in chunks]), chunks[0].shape[1])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 3000),
+       cuts=st.lists(st.floats(0.0, 1.0), max_size=12), ordered=st.booleans())
+def test_merged_quartiles_within_a_percentile_point_of_numpy(seed, n, cuts, ordered):
+    """Any chunking (empty chunks too; sorted rows give chunks of different ranges)."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([make(rng, n) for make in FEATURES.values()])
+    if ordered:
+        X = np.sort(X, axis=0)
+    got = merged_quartiles(np.split(X, sorted(int(c * n) for c in cuts)))
+    for j, name in enumerate(FEATURES):
+        for row, q in enumerate((25, 75)):
+            low, high = np.percentile(X[:, j], [max(q - 1, 0), min(q + 1, 100)])
+            assert low <= got[row, j] <= high, (name, q, got[row, j], low, high)
+
+
+@pytest.mark.parametrize("chunks", [(1000,) * 4, (1, 999, 2500, 500), (3300, 650, 50),
+                                    (37,) * 108 + (4,), "parquet"])
+def test_dask_quartiles_of_shared_values_are_numpys(chunks, tmp_path):
+    """Counts, zeros and small integers: the quartiles and descriptions of in-memory data."""
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({name: make(rng, 4000) for name, make in FEATURES.items()
+                          if name not in ("normal", "lognormal")})
+    km = KMeans(n_clusters=3, random_state=0).fit(frame)
+    if chunks == "parquet":
+        for i in range(8):
+            frame.iloc[i * 500:(i + 1) * 500].to_parquet(tmp_path / f"part-{i}.parquet")
+        data = open_parquet(str(tmp_path))
+    else:
+        data = da.from_array(frame.to_numpy(), chunks=(chunks, -1))
+    table, exact = profile(km, data), profile(km, frame)
+    assert table.attrs["exact_quartiles"] is False
+    for name, quartiles in exact.attrs["quartiles"].items():
+        np.testing.assert_allclose(table.attrs["quartiles"][name], quartiles, rtol=1e-12,
+                                   err_msg=name)
+    assert table["description"].tolist() == exact["description"].tolist()
+
+
+@pytest.mark.parametrize("name", ["normal", "lognormal"])
+def test_dask_quartiles_of_continuous_features(name):
+    X = FEATURES[name](np.random.default_rng(5), 100_000)[:, None]
+    got = merged_quartiles(np.array_split(X, 7))
+    np.testing.assert_allclose(got[:, 0], np.percentile(X, [25, 75]), rtol=2e-3)
+    # One chunk: NumPy's quartiles.
+    np.testing.assert_array_equal(merged_quartiles([X]), np.percentile(X, [25, 75], axis=0))
+
+
 def test_empty_cluster_and_feature_names(fitted):
     frame, km = fitted
     X = frame.to_numpy()[:, :2]
@@ -183,6 +248,19 @@ def test_format_profile(people):
     assert "age (mean ± std)" in lines[0] and set(lines[1]) == {"-", " "}
     assert lines[2].split()[:3] == ["0", "200", "33.3%"]
     assert lines[2].endswith("age: low, income: high")
+
+
+def test_format_profile_shows_a_mean_to_two_digits_of_its_std():
+    """Also for a std below 1e-3, so that close means stay apart, and for tiny means."""
+    df = pd.DataFrame({"size": [10, 10, 10], "share": [1 / 3] * 3,
+                       "x_mean": [12.3456, 12.3462, 25.5], "x_std": [0.0005, 0.0005, 2.25],
+                       "y_mean": [1.00001e-5, 1.00003e-5, 0.5], "y_std": [1e-9, 1e-9, 1e-6]},
+                      index=pd.RangeIndex(3, name="cluster"))
+    rows = [line.split("  ") for line in format_profile(df).splitlines()[2:]]
+    cells = [[c.strip() for c in row if c.strip()][3:] for row in rows]
+    assert cells == [["12.34560 ± 5.000e-04", "1.00001e-05 ± 1.000e-09"],
+                     ["12.34620 ± 5.000e-04", "1.00003e-05 ± 1.000e-09"],
+                     ["25.50 ± 2.250", "0.5000000 ± 1.000e-06"]]
 
 
 def test_write_profile(people, tmp_path):
@@ -331,6 +409,21 @@ def test_silhouette_sample(fitted):
         silhouette_sample(frame)
     with pytest.raises(ValueError, match="from 2 to n_rows - 1 distinct clusters"):
         silhouette_sample(frame, np.zeros(len(frame), dtype=int))
+
+
+def test_max_points_takes_any_integer_but_a_bool(fitted, tmp_path):
+    frame, km = fitted
+    labels = km.predict(frame)
+    want = silhouette_sample(frame, labels, max_points=300)
+    for n in (np.int64(300), np.int32(300), np.uint16(300)):
+        assert silhouette_sample(frame, labels, max_points=n) == want
+    path = tmp_path / "clusters.png"
+    assert png_size(plot_clusters(km, frame, str(path), max_points=np.int64(200))) == (800, 600)
+    for bad in (True, np.bool_(True), 300.0, np.int64(0), "300"):
+        with pytest.raises(ValueError, match="max_points must be an int >= 1"):
+            silhouette_sample(frame, labels, max_points=bad)
+        with pytest.raises(ValueError, match="max_points must be an int >= 1"):
+            plot_clusters(km, frame, str(tmp_path / "bad.png"), max_points=bad)
 
 
 def test_sample_indices_are_uniform_distinct_and_bounded():
