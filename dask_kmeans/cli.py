@@ -654,6 +654,10 @@ def sweep(input_url, ks, keys, columns, max_iter, tol, seed, metric, standardize
     dask-kmeans sweep data/customers/ --k 2,4,8,16 --key customer_id --plot k.png \\
         --table k.csv
     """
+    source = click.get_current_context().get_parameter_source("plot_url")
+    if no_plot and source is not None and source.name != "DEFAULT":
+        raise click.UsageError("--no-plot saves no elbow plot, so --plot would be ignored: "
+                               "give one or the other")
     inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
                              max_iter, tol, seed, metric, standardize, oversampling_factor,
                              init_rounds)

@@ -660,6 +660,8 @@ def free_port() -> int:
      ("--oversampling-factor", "--init random")),
     (("fit", "--k", 2, "--init", "k-means++", "--init-rounds", 2),
      ("--init-rounds", "--init k-means++")),
+    (("sweep", "--k", "2..3", "--plot", "k.png", "--no-plot"), ("--no-plot", "--plot")),
+    (("sweep", "--k", "2..3", "--plot", "elbow.png", "--no-plot"), ("--no-plot", "--plot")),
 ])
 def test_options_that_would_be_ignored_are_refused(data, args, named):
     """These were accepted, then ignored: no scatter, and a random or k-means++ init never
