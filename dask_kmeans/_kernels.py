@@ -612,7 +612,8 @@ def zero_norm_error(n_zero: int, rows) -> ValueError:
     return ValueError(
         f"{n_zero} row(s) of X have zero norm ({_first_rows(n_zero, rows)}); metric='cosine' gives "
         "them no direction. Drop them first (dask_kmeans.open_parquet(..., missing='drop', "
-        "drop_zero_norm=True) does) or use metric='euclidean'.")
+        "drop_zero_norm=True) does, and so do input.missing: drop in a job and --missing drop "
+        "on the command line) or use metric='euclidean'.")
 
 
 def refuse_zero_norm(zero: np.ndarray, offset: int = 0) -> None:

@@ -472,7 +472,8 @@ def _data_options(f: Callable) -> Callable:
                      show_default=True, help="Float type of the features in memory."),
         click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
                      show_default=True,
-                     help="Rows with NaN, inf or null features: stop, or skip them."),
+                     help="Rows with NaN, inf or null features: stop, or skip them (with "
+                          "--metric cosine, rows of zero norm too)."),
         click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
                      help="fsspec option for the input (and outputs on the same storage); "
                           "repeat. Dotted keys nest: client_kwargs.region_name=eu-west-1. "
@@ -582,7 +583,8 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
               help="Feature columns; repeat or comma-separate. Default: the model's. "
                    + _NAMES_HELP)
 @click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
-              show_default=True, help="Rows with NaN, inf or null features: stop, or skip them.")
+              show_default=True, help="Rows with NaN, inf or null features: stop, or skip them "
+                                      "(for a cosine model, rows of zero norm too).")
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
               help="fsspec option for the input (and the model and output on the same "
                    "storage); repeat. " + _VALUE_HELP)

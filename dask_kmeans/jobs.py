@@ -679,14 +679,17 @@ def _refuse_overlaps(job: Mapping, outputs: Mapping[str, str | None],
                     "separate locations.")
 
 
-def _open(job: Mapping, *, columns=None, dtype=None):
+def _open(job: Mapping, metric: str, *, columns=None, dtype=None):
+    """The job's input; with ``missing: drop`` and the cosine metric, rows of zero norm
+    (no direction) are skipped too."""
     from .io import open_parquet
 
     inp = job["input"]
     return open_parquet(inp["url"], inp["columns"] or columns,
                         dtype=inp["dtype"] or dtype or "float64",
                         storage_options=inp["storage_options"], missing=inp["missing"],
-                        key_columns=inp["key_columns"] or None)
+                        key_columns=inp["key_columns"] or None,
+                        drop_zero_norm=inp["missing"] == "drop" and metric == "cosine")
 
 
 def _kmeans(params: Mapping, n_clusters: int):
@@ -718,7 +721,7 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
             _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
                              directory=True, kind=name)
     _check_plot(out["plot"], job)
-    src = _open(job)
+    src = _open(job, job["params"]["metric"])
     if out["labels"]:  # before any work, as write_labels would only after the fit
         check_label_keys(src.key_columns)
     if out["plot_features"]:
@@ -777,7 +780,7 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
                      directory=True, kind="labels")
     km = load(job["model"], storage_options=_input_options(job["model"], job))
     names = getattr(km, "feature_names_in_", None)
-    src = _open(job, columns=None if names is None else [str(n) for n in names],
+    src = _open(job, km.metric, columns=None if names is None else [str(n) for n in names],
                 dtype=km.cluster_centers_.dtype.name)
     if out["labels"]:  # before any work, as write_labels would only after the pass
         check_label_keys(src.key_columns)
@@ -831,7 +834,7 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
                          directory=False)
     _check_plot(out["plot"], job)
     ks = parse_k(job["k"])
-    src = _open(job)
+    src = _open(job, job["params"]["metric"])
     if max(ks) > src.n_rows:
         raise ValueError(f"k={max(ks)} is more than the {src.n_rows} rows of {src.url}: every "
                          "cluster needs at least one row; lower the largest K.")

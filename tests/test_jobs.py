@@ -627,6 +627,39 @@ def test_a_fit_job_cancels_the_labels_it_does_not_use(local_store, client, monke
     assert original(np.zeros(3)) == 0 and original(None) == 0  # nothing on a cluster
 
 
+def test_missing_drop_skips_rows_of_zero_norm_under_the_cosine_metric(local_store, client):
+    """A cosine fit or predict of data with an all-zero row could not skip it from a job or
+    the command line: only open_parquet(drop_zero_norm=True) could."""
+    import dask_kmeans as dk
+
+    X = blobs(n=300, d=3, k=3, seed=1)
+    X[[5, 200]] = 0.0
+    df = pd.DataFrame(X, columns=FEATURES)
+    df.insert(0, "customer_id", np.arange(len(df)))
+    local_store.write_parquet("z/part-0.parquet", df)
+    url = local_store.url("z")
+    spec = fit_spec(url, input={"url": url, "key_columns": ["customer_id"]},
+                    params={"n_clusters": 3, "metric": "cosine", "random_state": 0},
+                    output={"model": local_store.url("m"), "labels": local_store.url("l")})
+    with pytest.raises(ValueError, match=r"2 row\(s\) of X have zero norm .*input.missing: "
+                                         r"drop in a job and --missing drop"):
+        run_job(spec)
+    assert not Path(local_store.url("m")).exists()
+    spec["job"]["input"]["missing"] = "drop"
+    result = run_job(spec)
+    ref = dk.KMeans(3, metric="cosine", random_state=0).fit(np.delete(X, [5, 200], axis=0))
+    np.testing.assert_allclose(dk.load(result["model"]).cluster_centers_,
+                               ref.cluster_centers_, rtol=1e-7)
+    labels = dk.read_labels(result["labels"]).compute()
+    assert sorted(set(range(300)) - set(labels["customer_id"])) == [5, 200]
+    predict = {"job": {"kind": "predict", "model": result["model"],
+                       "input": {"url": url, "key_columns": ["customer_id"],
+                                 "missing": "drop"},
+                       "output": {"labels": local_store.url("p")}}}
+    labels = dk.read_labels(run_job(predict)["labels"]).compute()
+    assert len(labels) == 298 and 5 not in set(labels["customer_id"])
+
+
 def test_existing_outputs_are_refused_before_any_work(local_store, client):
     url, _ = write_dataset(local_store, n=300)
     spec = fit_spec(url, params={"n_clusters": 2, "random_state": 0},
