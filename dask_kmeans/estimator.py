@@ -80,7 +80,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         (dask's default when None).
     persist : "auto", True or False, default="auto"
         For dask input: hold the data in the cluster's memory between passes.
-        "auto" persists when it fits in half of the cluster's memory;
+        "auto" persists when it fits in half of the workers' free memory (their
+        limits up to where they spill, less what their processes hold);
         otherwise every pass re-reads the source chunk by chunk.
     metric : {"euclidean", "cosine"}, default="euclidean"
         "cosine" is spherical k-means, for direction-only data such as text

@@ -529,3 +529,41 @@ def test_dask_dataframe_missing_or_extra_column_is_named(named_model, change, co
     with pytest.raises(ValueError) as info:
         km.predict(dd.from_pandas(change(df), npartitions=2))
     assert column in str(info.value)
+
+
+def test_worker_room_is_the_limit_before_spilling_less_what_the_process_holds():
+    import dask
+
+    from dask_kmeans._runtime import WORKER_BASELINE_BYTES, _worker_room
+
+    gib = 2**30
+    worker = {"memory_limit": 4 * gib, "metrics": {"memory": 1 * gib}}
+    with dask.config.set({"distributed.worker.memory.spill": 0.7}):
+        assert _worker_room(worker) == pytest.approx(0.7 * 4 * gib - gib)
+        # A fresh worker reports less than a fit's libraries will take.
+        fresh = {"memory_limit": 4 * gib, "metrics": {"memory": 60 * 2**20}}
+        assert _worker_room(fresh) == pytest.approx(0.7 * 4 * gib - WORKER_BASELINE_BYTES)
+        # A worker already past the point where it spills has no room.
+        assert _worker_room({"memory_limit": gib, "metrics": {"memory": gib}}) == 0
+    with dask.config.set({"distributed.worker.memory.spill": False}):
+        assert _worker_room(worker) == pytest.approx(3 * gib)
+
+
+def test_auto_persist_leaves_small_workers_room():
+    """640 MB fits in half of two 768 MiB limits, but not next to what the worker processes
+    hold: persisting it paused both workers and restarted one. It is read from its source
+    instead; data that fits what is left is persisted."""
+    from distributed import Client, LocalCluster
+
+    from dask_kmeans._runtime import place_data
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="768MiB", processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        big = da.zeros((10_000_000, 8), chunks=(250_000, 8))
+        assert big.nbytes <= 0.5 * 2 * 768 * 2**20  # the old rule would have persisted it
+        X, _, in_memory = place_data(big, None, "auto", client)
+        assert not in_memory and X is big
+        small = da.zeros((1_000_000, 8), chunks=(250_000, 8))  # 64 MB
+        X, _, in_memory = place_data(small, None, "auto", client)
+        assert in_memory
+        client.cancel(X)
