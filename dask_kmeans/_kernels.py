@@ -85,25 +85,12 @@ def _unit_scale(row):
     return scale if scale < np.inf else 0.0
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
-def _nearest(dots, half_cnorm):
-    """Index of the nearest centre from one row of ``x . c^T``: the largest
-    ``x . c - |c|^2 / 2``, the first one on ties."""
-    best = 0
-    best_val = dots[0] - half_cnorm[0]
-    for j in range(1, dots.shape[0]):
-        v = dots[j] - half_cnorm[j]
-        if v > best_val:
-            best_val = v
-            best = j
-    return best
-
-
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
+def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     """Assign rows of ``x`` to the nearest centre and accumulate statistics.
 
-    ``ct`` is ``c.T`` made contiguous. ``w`` has length 0 for unit weights.
+    ``cs`` are the shifted centres of :func:`_prepare`. ``w`` has length 0 for
+    unit weights.
     ``sums``/``counts`` have length 0 when only labels are wanted. ``labels``
     and ``mind`` are filled in place (they are fresh buffers owned by the
     caller), or have length 0 when only the statistics are wanted: no memory
@@ -113,6 +100,11 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     the distance is ``1 - cos = |x/|x| - c|^2 / 2`` and the sums add unit
     rows. Rows of zero norm get label -1 and distance NaN and are counted,
     not accumulated.
+
+    The scores of a block of rows are laid out centre by centre (the GEMM
+    ``cs . x^T``), so that every row's best centre is found across the block
+    at once (:func:`_top_scores`, vectorised): the first of the best scores,
+    as a scalar argmax per row finds it.
     Returns the weighted inertia and the number of zero-norm rows.
     """
     n, d = x.shape
@@ -120,39 +112,42 @@ def _fused_pass(x, ct, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     want_stats = sums.shape[0] > 0
     want_rows = labels.shape[0] > 0
     weighted = w.shape[0] > 0
-    buf = np.empty((BLOCK_ROWS, k), dtype=x.dtype)
+    flat = np.empty(k * BLOCK_ROWS, dtype=x.dtype)
+    top = np.empty(BLOCK_ROWS, dtype=x.dtype)
+    arg = np.empty(BLOCK_ROWS, dtype=np.int32)
     inertia = 0.0
     n_zero = 0
     for start in range(0, n, BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, n)
         m = stop - start
-        xb = x[start:stop]
-        db = buf[:m]
-        np.dot(xb, ct, db)
-        for i in range(m):
+        db = flat[:k * m].reshape((k, m))  # a row per centre, a column per row
+        np.dot(cs, x[start:stop].T, db)
+        _top_scores(db, half_cnorm, m, top, arg)
+        for r in range(m):
+            i = start + r
             scale = 1.0
             if cosine:
-                scale = _unit_scale(xb[i])
+                scale = _unit_scale(x[i])
                 if scale == 0.0:
                     n_zero += 1
                     if want_rows:
-                        labels[start + i] = -1
-                        mind[start + i] = np.nan
+                        labels[i] = -1
+                        mind[i] = np.nan
                     continue
-            best = _nearest(db[i], half_cnorm)
-            dist = _sq_dist(xb[i], scale, c[best])
+            best = arg[r]
+            dist = _sq_dist(x[i], scale, c[best])
             if cosine:
                 dist *= 0.5
-            wi = w[start + i] if weighted else 1.0
+            wi = w[i] if weighted else 1.0
             if want_rows:
-                labels[start + i] = best
-                mind[start + i] = dist
+                labels[i] = best
+                mind[i] = dist
             inertia += wi * dist
             if want_stats:
                 counts[best] += wi
                 ws = wi * scale
                 for f in range(d):
-                    sums[best, f] += ws * xb[i, f]
+                    sums[best, f] += ws * x[i, f]
     return inertia, n_zero
 
 
@@ -161,7 +156,7 @@ def _prepare(x: np.ndarray, centers: np.ndarray, metric: str):
     c = np.ascontiguousarray(centers, dtype=x.dtype)
     if metric == "cosine":  # unit rows and centres: nothing far from the origin
         shift = np.zeros(c.shape[1])
-        return x, c, np.ascontiguousarray(c.T), np.zeros(c.shape[0], dtype=x.dtype), shift
+        return x, c, c, np.zeros(c.shape[0], dtype=x.dtype), shift
     # Scores x.c' - (s.c' + |c'|^2 / 2) with c' = c - s, s the centres' mean: the same
     # order as x.c - |c|^2 / 2 (they differ by x.s - |s|^2 / 2, the same for every centre),
     # but rounded in proportion to |x| |c'| instead of |x| |c|, so that data far from the
@@ -170,9 +165,8 @@ def _prepare(x: np.ndarray, centers: np.ndarray, metric: str):
     c64 = c.astype(np.float64)
     shift = c64.mean(axis=0)
     cs = c64 - shift
-    ct = np.ascontiguousarray(cs.T, dtype=x.dtype)
     half_cnorm = (cs @ shift + 0.5 * np.einsum("ij,ij->i", cs, cs)).astype(x.dtype)
-    return x, c, ct, half_cnorm, shift
+    return x, c, np.ascontiguousarray(cs, dtype=x.dtype), half_cnorm, shift
 
 
 def _weights(sample_weight: np.ndarray | None) -> np.ndarray:
@@ -204,11 +198,11 @@ def lloyd_partials(
         ``sums`` of shape (n_clusters, n_features) and ``counts`` of shape
         (n_clusters,), both float64, and the float ``inertia``.
     """
-    x, c, ct, half, _ = _prepare(x, centers, metric)
+    x, c, cs, half, _ = _prepare(x, centers, metric)
     k, d = c.shape
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
-    inertia, n_zero = _fused_pass(x, ct, c, half, _weights(sample_weight),
+    inertia, n_zero = _fused_pass(x, cs, c, half, _weights(sample_weight),
                                   np.empty(0, dtype=np.int32), np.empty(0), sums, counts,
                                   metric == "cosine")
     return Partials(sums, counts, float(inertia), int(n_zero))
@@ -251,6 +245,20 @@ def _move(sums, counts, sq, members, x, i, scale, wi, label, sign):
     sq[label] += sign * wi * rr
     if wi > 0.0:  # rows of zero weight leave the statistics as they are
         members[label] += 1 if sign > 0.0 else -1
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _nearest(dots, half_cnorm):
+    """Index of the nearest centre from one row of ``x . c^T``: the largest
+    ``x . c - |c|^2 / 2``, the first one on ties."""
+    best = 0
+    best_val = dots[0] - half_cnorm[0]
+    for j in range(1, dots.shape[0]):
+        v = dots[j] - half_cnorm[j]
+        if v > best_val:
+            best_val = v
+            best = j
+    return best
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
@@ -453,7 +461,7 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
         The partials, the bounds for ``centers``, and how many rows were
         compared with every centre.
     """
-    x, c, ct, half, shift = _prepare(x, centers, metric)
+    x, c, cs, half, shift = _prepare(x, centers, metric)
     n = x.shape[0]
     k, d = c.shape
     has_old = bounds is not None and drift is not None
@@ -475,7 +483,8 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     drift2 = float(drift[order[1]]) if k > 1 else 0.0
     eps = 4.0 * float(np.finfo(x.dtype).eps) * (d + 2)
     # Sizes for the scores' rounding error: the largest shifted centre and the shift.
-    cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", ct.T, ct.T, dtype=np.float64))))
+    cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", cs, cs, dtype=np.float64))))
+    ct = np.ascontiguousarray(cs.T)
     snorm = float(np.sqrt(shift @ shift))
     # With exact and bounds: every row's distance, summed after the pass, so that the
     # inertia does not depend on which rows the bounds let through (a resumed fit, with
@@ -520,14 +529,14 @@ def assign(
     inertia : float
         ``sum(sample_weight * sq_dist)`` (over rows of non-zero norm).
     """
-    x, c, ct, half, _ = _prepare(x, centers, metric)
+    x, c, cs, half, _ = _prepare(x, centers, metric)
     n = x.shape[0]
     labels = np.empty(n, dtype=np.int32)
     mind = np.empty(n, dtype=np.float64)
     empty_sums = np.empty((0, 0), dtype=np.float64)
     empty_counts = np.empty(0, dtype=np.float64)
     inertia, _ = _fused_pass(
-        x, ct, c, half, _weights(sample_weight), labels, mind, empty_sums, empty_counts,
+        x, cs, c, half, _weights(sample_weight), labels, mind, empty_sums, empty_counts,
         metric == "cosine",
     )
     return labels, mind, float(inertia)
