@@ -53,7 +53,7 @@ def _step(X, sample_weight, centers, partials, metric):
     sums, counts = partials.sums, partials.counts
     n_empty = int(np.count_nonzero(counts == 0))
     if n_empty:
-        (cand,) = compute(G.farthest(X, G.centers_array(centers), sample_weight, n_empty,
+        (cand,) = compute(G.farthest(X, centers, sample_weight, n_empty,
                                      metric))
         sums, counts = K.relocate_empty(sums, counts, cand)
     new_centers = K.finalize_centers(sums, counts, centers, metric)

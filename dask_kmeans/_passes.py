@@ -38,6 +38,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import dask
 import numpy as np
 
 from . import _graph as G
@@ -56,8 +57,6 @@ from ._runtime import (
     tree_sum,
 )
 
-#: Up to this many bytes (centres x chunks), the centres ride inside each task.
-INLINE_CENTERS_BYTES = 4 * 2**20
 #: Per row and model: Hamerly's bounds (label, upper and lower bound).
 BOUND_BYTES = 20
 
@@ -384,7 +383,7 @@ class Passes:
     # -- futures engine helpers --------------------------------------------------
 
     def _centers_arg(self, centers: np.ndarray):
-        if len(self._xf) * centers.nbytes > INLINE_CENTERS_BYTES:
+        if len(self._xf) * centers.nbytes > G.INLINE_CENTERS_BYTES:
             # Many chunks: send the centres to every worker once, ahead of the tasks.
             return self._client.scatter(centers, broadcast=True, hash=False)
         # Few chunks: inside the task messages, which saves a dependency hop.
@@ -408,7 +407,7 @@ class Passes:
         fit, not for the fitted ``inertia_``).
         """
         if self._on_graphs:
-            graph = G.lloyd_partials(self.X, G.centers_array(centers), self.sample_weight,
+            graph = G.lloyd_partials(self.X, centers, self.sample_weight,
                                      split_every=self.split_every, with_moments=with_moments,
                                      metric=self.metric, sizes=sizes)
             return compute(graph)[0]
@@ -495,6 +494,10 @@ class Passes:
             if self.keep_state:  # the pass runs once, for the state and the rows both
                 (res,) = dask_persist(res)
                 self._state = G.round_state(res)
+            else:
+                # The array's own optimisation, which the Delayed of chosen_rows on top of
+                # it does not get: each chunk's round fuses with the reading of the chunk.
+                (res,) = dask.optimize(res)
             (rows, phi), = compute(G.chosen_rows(res, ell, self.split_every))
             return rows, float(phi)
         costs = self._on_actors("oversample", candidates, self.keep_state, kw)

@@ -386,7 +386,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         For persisted dask input the labels are persisted and computed in the background;
         ``inertia``, when the Lloyd driver already has it, spares waiting for them.
         """
-        labels, _, total = G.assignment(Xd, G.centers_array(centers), wd,
+        labels, _, total = G.assignment(Xd, centers, wd,
                                         split_every=self.split_every, metric=self.metric)
         if not lazy:
             if inertia is None:
@@ -511,7 +511,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Xv = self._validated(X)
         cosine = self.metric == "cosine"
         if isinstance(Xv, da.Array):
-            labels, sq, _ = G.assignment(Xv, G.centers_array(self._working_centers()),
+            labels, sq, _ = G.assignment(Xv, self._working_centers(),
                                          metric=self.metric, refuse_zero_norm=True,
                                          refuse_nonfinite=True)
             return (labels, sq if cosine else da.sqrt(sq)) if return_distance else labels
@@ -529,7 +529,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         """
         Xv = self._validated(X)
         if isinstance(Xv, da.Array):
-            return G.distances(Xv, G.centers_array(self._working_centers()), metric=self.metric)
+            return G.distances(Xv, self._working_centers(), metric=self.metric)
         return G.transform_chunk(Xv, self._working_centers(), metric=self.metric)
 
     def score(self, X, y=None, sample_weight=None):
@@ -542,7 +542,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Xv = self._validated(X)
         weights = V.check_sample_weight(sample_weight, Xv)
         if isinstance(Xv, da.Array):
-            _, _, inertia = G.assignment(Xv, G.centers_array(self._working_centers()), weights,
+            _, _, inertia = G.assignment(Xv, self._working_centers(), weights,
                                          split_every=self.split_every, metric=self.metric,
                                          refuse_zero_norm=True, refuse_nonfinite=True)
             if weights is None:
@@ -906,7 +906,7 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
                 setattr(km, attr, getattr(est, attr))
         km.cluster_centers_ = est._to_original_units(r.centers)
         km.inertia_, km.n_iter_ = float(inertia), r.n_iter
-        km.labels_ = G.assignment(Xd, G.centers_array(r.centers), metric=metric)[0]
+        km.labels_ = G.assignment(Xd, r.centers, metric=metric)[0]
         models.append(km)
 
     # K=1 has no silhouette: report.silhouettes scores it None, and the other K still count.
