@@ -1,8 +1,15 @@
 """Dask graphs built from the chunk kernels. Nothing here computes.
 
 Every Lloyd pass is one ``blockwise`` layer (each chunk against the centres,
-which enter the graph once as a single-chunk array) followed by a tree ``sum``
-over packed fixed-size partials, so only ``k * d`` numbers leave each chunk.
+which ride inside the tasks or enter the graph once as a single-chunk array)
+followed by a tree ``sum`` over packed fixed-size partials, so only ``k * d``
+numbers leave each chunk.
+
+Every pass keeps the chunks' column index ``j`` in its output (one block wide,
+its size adjusted) instead of contracting it: dask's blockwise optimisation
+fuses a layer into the next only when that one takes its blocks one for one,
+so a pass then fuses with what made its chunks (the reading of a Parquet part,
+a scaling), whatever else it takes (weights, k-means|| state).
 """
 
 from __future__ import annotations
@@ -144,13 +151,12 @@ def lloyd_partials(
     size = packed_size(k, d, with_moments, sizes)
     parts = da.blockwise(
         packed_chunk,
-        "ip",
+        "ij",
         X,
         "ij",
         *centers_args(C, X),
         *_weights_args(sample_weight),
-        new_axes={"p": size},
-        adjust_chunks={"i": 1},
+        adjust_chunks={"i": 1, "j": size},
         align_arrays=False,
         concatenate=True,
         dtype=np.float64,
@@ -172,16 +178,23 @@ def _assign_chunk(x, c, offset, w=None, *, metric="euclidean", refuse_zero_norm=
     return out
 
 
-def _labels_of(t):
-    return t[0]
+def _labels_of(blocks):
+    return blocks[0][0]  # the one block along j, then the labels of its result
 
 
-def _inertia_of(t):
-    return np.array([t[2]])
+def _inertia_of(blocks):
+    return np.array([blocks[0][2]])
 
 
-def _distances_of(t):
-    return t[1]
+def _distances_of(blocks):
+    return blocks[0][1]
+
+
+def _of_results(func, res: da.Array, dtype, **kwargs) -> da.Array:
+    """``func`` of each chunk's result in ``res`` (one block wide, of objects), one dimension:
+    the results are handed over as they are, in a list of one (objects are not concatenated)."""
+    return da.blockwise(func, "i", res, "ij", concatenate=False, dtype=dtype,
+                        meta=np.empty((0,), dtype=dtype), **kwargs)
 
 
 def assignment(X: da.Array, C, sample_weight=None, *, split_every=None,
@@ -204,27 +217,27 @@ def assignment(X: da.Array, C, sample_weight=None, *, split_every=None,
     # must not reuse keys whose tasks may be held with another graph.
     res = da.blockwise(
         _assign_chunk,
-        "i",
+        "ij",
         X,
         "ij",
         *centers_args(C, X),
         row_offsets(X),
         "i",
         *_weights_args(sample_weight),
+        adjust_chunks={"j": 1},
         align_arrays=False,
         concatenate=True,
         dtype=object,
-        meta=np.empty((0,), dtype=object),
+        meta=np.empty((0, 0), dtype=object),
         name=f"assign-{uuid.uuid4().hex}",
         metric=metric,
         refuse_zero_norm=refuse_zero_norm,
         refuse_nonfinite=refuse_nonfinite,
     )
-    labels = res.map_blocks(_labels_of, dtype=np.int32, meta=np.empty((0,), np.int32))
-    sq_dist = res.map_blocks(_distances_of, dtype=np.float64, meta=np.empty((0,), np.float64))
-    inertia = res.map_blocks(
-        _inertia_of, chunks=(1,), dtype=np.float64, meta=np.empty((0,), np.float64)
-    ).sum(split_every=split_every)
+    labels = _of_results(_labels_of, res, np.int32)
+    sq_dist = _of_results(_distances_of, res, np.float64)
+    inertia = _of_results(_inertia_of, res, np.float64,
+                          adjust_chunks={"i": 1}).sum(split_every=split_every)
     return labels, sq_dist, inertia
 
 
@@ -252,11 +265,9 @@ def distances(X: da.Array, C, *, metric="euclidean") -> da.Array:
     """Distance of every row to every centre, shape (n_samples, k) (see ``transform_chunk``)."""
     k = C.shape[0]
     centers = centers_args(C, X)
-    # The k axis comes from the centres' key, or is new when they ride in the tasks.
-    axis = {"adjust_chunks": {"k": k}} if centers[1] else {"new_axes": {"k": k}}
     return da.blockwise(
         transform_chunk,
-        "ik",
+        "ij",
         X,
         "ij",
         *centers,
@@ -266,8 +277,8 @@ def distances(X: da.Array, C, *, metric="euclidean") -> da.Array:
         concatenate=True,
         dtype=X.dtype,
         meta=np.empty((0, 0), dtype=X.dtype),
+        adjust_chunks={"j": k},
         metric=metric,
-        **axis,
     )
 
 
@@ -279,9 +290,9 @@ def zero_norm_rows(X: da.Array, limit: int = 5) -> da.Array:
     """The rows of zero norm (cosine), one row per chunk of ``X``: shape (n_chunks,
     2 + 2 * limit), see ``_kernels.zero_norm_rows``."""
     return da.blockwise(
-        _zero_chunk, "ik", X, "ij", row_offsets(X), "i", new_axes={"k": 2 + 2 * limit},
-        adjust_chunks={"i": 1}, align_arrays=False, concatenate=True, dtype=np.float64,
-        meta=np.empty((0, 0), dtype=np.float64), limit=limit,
+        _zero_chunk, "ij", X, "ij", row_offsets(X), "i",
+        adjust_chunks={"i": 1, "j": 2 + 2 * limit}, align_arrays=False, concatenate=True,
+        dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64), limit=limit,
     )
 
 
@@ -299,15 +310,15 @@ def farthest(X: da.Array, C, sample_weight, n_far: int,
     d = X.shape[1]
     return da.blockwise(
         _far_chunk,
-        "ip",
+        "ij",
         X,
         "ij",
         *centers_args(C, X),
         row_offsets(X),
         "i",
         *_weights_args(sample_weight),
-        new_axes={"p": 4 + d},
-        adjust_chunks={"i": (np.nan,) * X.numblocks[0]},  # zero-norm rows are left out
+        # zero-norm rows are left out
+        adjust_chunks={"i": (np.nan,) * X.numblocks[0], "j": 4 + d},
         align_arrays=False,
         concatenate=True,
         dtype=np.float64,
@@ -354,8 +365,8 @@ def _with_offset(func, x, offset_block, *args, **kwargs):
 
 def _row_args(X, sample_weight, state):
     args = [X, "ij", row_offsets(X), "i"]
-    for a in (sample_weight, state):
-        args += [a, "i"] if a is not None else [None, None]
+    args += [sample_weight, "i"] if sample_weight is not None else [None, None]
+    args += [state, "ij"] if state is not None else [None, None]  # one block wide
     return args
 
 
@@ -381,22 +392,23 @@ def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base:
 
     Returns
     -------
-    dask array with one ``round_chunk`` result per chunk: ``(Nearest, rows, phi)``.
+    dask array with one ``round_chunk`` result per chunk, ``(Nearest, rows, phi)``,
+    one block wide (index ``(i, 0)``).
     Take the next state with :func:`round_state` and the rows that join the
     candidates with :func:`chosen_rows`, from this array persisted when both
     are wanted (each would otherwise run the pass).
     """
     return da.blockwise(
-        partial(_with_offset, round_chunk), "i", *_row_args(X, sample_weight, state),
-        *centers_args(candidates, X), align_arrays=False, concatenate=True, dtype=object,
-        meta=np.empty((0,), dtype=object), base=base, seed=seed, stream=stream, ell=ell,
-        metric=metric,
+        partial(_with_offset, round_chunk), "ij", *_row_args(X, sample_weight, state),
+        *centers_args(candidates, X), adjust_chunks={"j": 1}, align_arrays=False,
+        concatenate=True, dtype=object, meta=np.empty((0, 0), dtype=object), base=base,
+        seed=seed, stream=stream, ell=ell, metric=metric,
     )
 
 
 def round_state(results: da.Array) -> da.Array:
     """The per-chunk ``Nearest`` state of :func:`oversampling_round` results."""
-    return results.map_blocks(part, 0, dtype=object, meta=np.empty((0,), dtype=object))
+    return results.map_blocks(part, 0, dtype=object, meta=np.empty((0, 0), dtype=object))
 
 
 def chosen_rows(results: da.Array, ell: float, split_every=None) -> Delayed:
@@ -418,7 +430,7 @@ def chosen_rows(results: da.Array, ell: float, split_every=None) -> Delayed:
         dsk[key] = (merge, *group)
         return key
 
-    node(*tree_levels([(results.name, i) for i in range(results.numblocks[0])],
+    node(*tree_levels([(results.name, i, 0) for i in range(results.numblocks[0])],
                       split_every, node))
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[results])
     return Delayed((name, len(dsk) - 1), graph, layer=name)
@@ -429,9 +441,9 @@ def candidate_weights(X, sample_weight, state, candidates: np.ndarray, *, base: 
     """Total weight of the rows nearest to each candidate, then the number of rows
     nearest to none (zero norm, cosine): a fixed-size tree sum."""
     parts = da.blockwise(
-        partial(_with_offset, weights_chunk), "ip", *_row_args(X, sample_weight, state),
-        *centers_args(candidates, X), new_axes={"p": n_candidates + 1},
-        adjust_chunks={"i": 1}, align_arrays=False, concatenate=True, dtype=np.float64,
+        partial(_with_offset, weights_chunk), "ij", *_row_args(X, sample_weight, state),
+        *centers_args(candidates, X), adjust_chunks={"i": 1, "j": n_candidates + 1},
+        align_arrays=False, concatenate=True, dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64), base=base, n_candidates=n_candidates,
         metric=metric,
     )
@@ -442,9 +454,9 @@ def weighted_choice(X, sample_weight, *, seed: int, stream: int, size: int = 1) 
     """Per chunk, the ``size`` best exponential keys, their row indices and the rows:
     (sum of min(size, chunk rows), 2 + d)."""
     return da.blockwise(
-        partial(_with_offset, choice_chunk), "ip", X, "ij", row_offsets(X), "i",
-        sample_weight, "i", new_axes={"p": 2 + X.shape[1]},
-        adjust_chunks={"i": lambda rows: min(rows, size)},
+        partial(_with_offset, choice_chunk), "ij", X, "ij", row_offsets(X), "i",
+        sample_weight, "i",
+        adjust_chunks={"i": lambda rows: min(rows, size), "j": 2 + X.shape[1]},
         align_arrays=False, concatenate=True, dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64), seed=seed, stream=stream, size=size,
     )

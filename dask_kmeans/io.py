@@ -43,7 +43,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
+from dask.layers import ArrayValuesDep
 from fsspec.implementations.local import LocalFileSystem
 
 from ._schema import closest, suggest
@@ -1120,18 +1120,21 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     # (parts -> read) is fused by some graphs and not by others, and a scheduler that
     # still knows the key from one warns of a "different run_spec" (which can
     # deadlock) when the other comes (a fit's rechunked persist, then the profile).
+    # A blockwise layer whose parts are written into its tasks (ArrayValuesDep): dask
+    # fuses it into the blockwise pass that reads each chunk, whatever else that pass
+    # takes (k-means|| state, weights), and never as a chain of keys.
     d = len(feature_names)
     name = f"read-parquet-{token}"
     load = functools.partial(_load_features, columns=feature_names, out_dtype=dtype,
                              missing=missing, drop_zero_norm=drop_zero_norm, **common)
-    layer = {}
+    values = {}
     for i, part in enumerate(parts):
         one = np.empty(1, dtype=object)  # an array: a literal in the task, not a tuple
         one[0] = part
-        layer[(name, i, 0)] = (load, one)
-    features = da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()), name,
-                        chunks=(tuple(rows), (d,)), dtype=dtype,
-                        meta=np.empty((0, d), dtype=dtype))
+        values[(i, 0)] = one
+    features = da.blockwise(load, "ij", ArrayValuesDep((tuple(rows), (d,)), values), "ij",
+                            align_arrays=False, name=name, dtype=dtype,
+                            meta=np.empty((0, d), dtype=dtype))
 
     key_frame = None
     if keys:

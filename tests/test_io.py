@@ -1043,3 +1043,47 @@ def test_a_failed_local_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="rename refused"):
         write_bytes_atomic(LocalFileSystem(), str(tmp_path / "table.csv"), b"k,inertia\n")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- passes over storage
+
+
+def test_each_pass_reads_a_part_in_the_task_that_computes_on_it(local_store, client):
+    """A fit on data read from storage (not persisted) fuses every pass, k-means|| rounds
+    included, with the reading of each part: a part is never read by a task of its own
+    whose 16 MB-a-part result a second task would then wait for (one task per part and
+    pass instead of two). Only the first centre, one row, is read on its own."""
+    from distributed import get_task_stream
+
+    from dask_kmeans import KMeans
+
+    url, df = write_dir(local_store, [400, 300, 500, 350])
+    src = open_parquet(url, ["x", "y", "z"])
+    with get_task_stream(client) as ts:
+        km = KMeans(3, max_iter=3, tol=0, random_state=0, persist=False).fit(src)
+    names = [t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data]
+    alone = [n for n in names if re.fullmatch(r"read-parquet-[0-9a-f]+", n)]
+    assert len(alone) <= 1, alone
+    # The passes did run, each task reading its part: 5 k-means|| rounds of 4 parts.
+    assert sum(n.startswith("with_offset-") for n in names) >= 4 * 5, names
+    np.testing.assert_allclose(
+        km.cluster_centers_,
+        KMeans(3, max_iter=3, tol=0, random_state=0).fit(
+            df[["x", "y", "z"]].to_numpy(np.float64)).cluster_centers_, rtol=1e-9, atol=1e-9)
+
+
+def test_centres_ride_in_the_tasks_unless_large():
+    import dask_kmeans._graph as G
+
+    X = da.zeros((100, 600), chunks=(50, 600))
+    small = np.zeros((3, 600))
+    assert G.centers_args(small, X)[1] is None and G.centers_args(small, X)[0] is small
+    # 2 chunks x 2.4 MB: above INLINE_CENTERS_BYTES, one dask key shipped once.
+    big = np.zeros((500, 600))
+    arg, index = G.centers_args(big, X)
+    assert isinstance(arg, da.Array) and index == "kj"
+    np.testing.assert_array_equal(arg.compute(), big)
+    # Either way, the same pass.
+    for c in (small, big):
+        labels, _, inertia = G.assignment(X, c)
+        assert labels.compute().tolist() == [0] * 100 and float(inertia.compute()) == 0.0
