@@ -14,6 +14,7 @@ a scaling), whatever else it takes (weights, k-means|| state).
 
 from __future__ import annotations
 
+import threading
 import uuid
 from functools import partial
 
@@ -333,22 +334,42 @@ def farthest(X: da.Array, C, sample_weight, n_far: int,
 # builders below pass it through ``_with_offset`` from a one-element block.
 
 
+_scratch = threading.local()
+
+
+def _spare_state(n: int) -> K.Nearest:
+    """A k-means|| state of ``n`` rows that this thread writes over from one chunk to the
+    next, for passes that do not keep the state: no 16 bytes a row allocated (and
+    page-faulted in, in dask workers: see ``_kernels.bounded_partials``) per chunk, nor
+    held in the chunk's result until the proposals are merged."""
+    spare = getattr(_scratch, "nearest", None)
+    if spare is None or spare.sq_dist.shape[0] < n:
+        spare = K.Nearest(np.empty(n), np.empty(n, dtype=np.int64))
+        _scratch.nearest = spare
+    return K.Nearest(spare.sq_dist[:n], spare.index[:n])
+
+
 def round_chunk(x, offset: int, w, state, centers, *, base, seed, stream, ell,
-                metric="euclidean", out=None):
+                metric="euclidean", out=None, keep=True):
     """One chunk of a k-means|| round: (new ``Nearest`` state, candidate rows, cost).
-    ``out``: a state no longer needed, written over."""
+    ``out``: a state no longer needed, written over. Without ``keep`` the state is
+    not returned (None) and the thread's spare one is written over instead."""
+    if not keep and out is None:
+        out = _spare_state(x.shape[0])
     nearest = K.nearest_update(x, centers, base, state, metric, out)
     rows, phi = K.oversample(x, nearest, w, K.row_draws(seed, stream, offset), offset, ell)
     if metric == "cosine":
         rows[:, 3:] = K.normalize_rows(rows[:, 3:])
-    return nearest, rows, phi
+    return (nearest if keep else None), rows, phi
 
 
 def weights_chunk(x, offset: int, w, state, centers, *, base, n_candidates,
                   metric="euclidean", out=None):
     """One chunk's weight per candidate and its rows nearest to none (zero norm, cosine),
-    as a (1, n_candidates + 1) row. ``out``: a state no longer needed, written over."""
-    nearest = K.nearest_update(x, centers, base, state, metric, out)
+    as a (1, n_candidates + 1) row. ``out``: a state no longer needed, written over
+    (by default the thread's spare one: the state is not returned)."""
+    nearest = K.nearest_update(x, centers, base, state, metric,
+                               _spare_state(x.shape[0]) if out is None else out)
     return K.candidate_weights(nearest, w, n_candidates)[None, :]
 
 
@@ -382,7 +403,8 @@ def merge_round_results(*parts, ell):
 
 
 def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base: int,
-                       seed: int, stream: int, ell: float, metric="euclidean") -> da.Array:
+                       seed: int, stream: int, ell: float, metric="euclidean",
+                       keep: bool = True) -> da.Array:
     """One k-means|| pass: update each row's nearest candidate, then oversample.
 
     ``state`` is the previous pass's per-row state for ``candidates[:base]``
@@ -396,13 +418,14 @@ def oversampling_round(X, sample_weight, state, candidates: np.ndarray, *, base:
     one block wide (index ``(i, 0)``).
     Take the next state with :func:`round_state` and the rows that join the
     candidates with :func:`chosen_rows`, from this array persisted when both
-    are wanted (each would otherwise run the pass).
+    are wanted (each would otherwise run the pass). Without ``keep`` the results
+    hold no state (None), only the proposals.
     """
     return da.blockwise(
         partial(_with_offset, round_chunk), "ij", *_row_args(X, sample_weight, state),
         *centers_args(candidates, X), adjust_chunks={"j": 1}, align_arrays=False,
         concatenate=True, dtype=object, meta=np.empty((0, 0), dtype=object), base=base,
-        seed=seed, stream=stream, ell=ell, metric=metric,
+        seed=seed, stream=stream, ell=ell, metric=metric, keep=keep,
     )
 
 

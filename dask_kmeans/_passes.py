@@ -490,7 +490,7 @@ class Passes:
         kw = dict(base=base, seed=seed, stream=stream, ell=ell, metric=self.metric)
         if self._on_graphs:
             res = G.oversampling_round(self.X, self.sample_weight, self._state, candidates,
-                                       **kw)
+                                       keep=self.keep_state, **kw)
             if self.keep_state:  # the pass runs once, for the state and the rows both
                 (res,) = dask_persist(res)
                 self._state = G.round_state(res)
@@ -512,7 +512,7 @@ class Passes:
             kw["base"], self._state, self._state_on_actors = 0, None, False
         prev = self._state if self._state is not None else [None] * len(self._xf)
         res = self._map(G.round_chunk, self._offsets, self._wf, prev,
-                        self._centers_arg(candidates), **kw)
+                        self._centers_arg(candidates), keep=self.keep_state, **kw)
         if self.keep_state:
             self._state = self._client.map(G.part, res, [0] * len(res), pure=False)
         rows, phi = tree_merge(self._client, res, self.split_every,

@@ -613,3 +613,26 @@ def test_random_init_needs_k_rows_of_positive_weight(dask_input):
     centres = KMeans(3, init="random", n_init=1, max_iter=1, random_state=0).fit(
         wrap(X), sample_weight=wrap(w)).cluster_centers_
     assert {tuple(c) for c in centres} == {tuple(r) for r in X[[3, 17, 33]]}
+
+
+def test_a_round_that_keeps_no_state_writes_over_one_spare_per_thread():
+    """Without ``keep`` a round returns no per-row state (16 bytes a row held in every
+    chunk's result until the merge) and writes each chunk's state over the same spare,
+    with the same proposals and cost; so does the weights pass, which returns no state."""
+    from dask_kmeans import _graph as G
+
+    X = blobs(n=900, d=3, k=4, seed=5)
+    cands = X[[0, 10, 20]]
+    kw = dict(base=0, seed=7, stream=1, ell=6.0)
+    spares = []
+    for a, b in [(0, 500), (500, 900), (0, 500)]:
+        state, rows, phi = G.round_chunk(X[a:b], a, None, None, cands, **kw)
+        none, rows2, phi2 = G.round_chunk(X[a:b], a, None, None, cands, keep=False, **kw)
+        assert none is None and phi2 == phi
+        np.testing.assert_array_equal(rows2, rows)
+        spares.append(G._spare_state(b - a).sq_dist.base)
+        np.testing.assert_array_equal(G._spare_state(b - a).sq_dist, state.sq_dist)
+        np.testing.assert_array_equal(
+            G.weights_chunk(X[a:b], a, None, None, cands, base=0, n_candidates=3),
+            K.candidate_weights(state, None, 3)[None, :])
+    assert spares[0] is spares[1] is spares[2]  # one buffer for chunks of up to 500 rows
