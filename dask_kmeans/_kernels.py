@@ -247,29 +247,36 @@ def _move(sums, counts, sq, members, x, i, scale, wi, label, sign):
         members[label] += 1 if sign > 0.0 else -1
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
-def _nearest(dots, half_cnorm):
-    """Index of the nearest centre from one row of ``x . c^T``: the largest
-    ``x . c - |c|^2 / 2``, the first one on ties."""
-    best = 0
-    best_val = dots[0] - half_cnorm[0]
-    for j in range(1, dots.shape[0]):
-        v = dots[j] - half_cnorm[j]
-        if v > best_val:
-            best_val = v
-            best = j
-    return best
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _norms_and_distance(rows, r, c, best, shift):
+    """For row ``r`` of ``rows``, in float64: its squared norm, its squared distance to
+    centre ``best`` and its squared distance to ``shift``. (Its own function: inside
+    :func:`_bounded_pass` the loop was not vectorised and cost 8 ms per 250,000 rows of
+    32 features, against 1 ms.)"""
+    xx = 0.0
+    dist = 0.0
+    xs = 0.0
+    for f in range(rows.shape[1]):
+        xf = np.float64(rows[r, f])
+        xx += xf * xf
+        diff = xf - np.float64(c[best, f])
+        dist += diff * diff
+        v = xf - shift[f]
+        xs += v * v
+    return xx, dist, xs
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, labels, upper,
+def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, labels, upper,
                   lower, drift, drift1, arg1, drift2, s_half, has_old, full, exact, eps, cmax,
                   snorm, shift, sums, counts, sq, members, row_dist, cosine):
     """Hamerly's Lloyd pass over one chunk.
 
     Each row's bounds move by the centres' drift; a row whose bounds prove its
     centre nearest is not compared with the others, the rest are compared with
-    every centre by one small GEMM per block of such rows. With ``full`` every
+    every centre by one small GEMM per block of such rows, laid out centre by
+    centre so that their best and second-best scores are found across the block
+    at once (:func:`_top_two`, vectorised). With ``full`` every
     row is compared; so is the rest of the chunk once more than 60% of the
     rows seen (after the first eighth) needed comparing.
 
@@ -297,7 +304,10 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
     n, d = x.shape
     k = c.shape[0]
     weighted = w.shape[0] > 0
-    buf = np.empty((BLOCK_ROWS, k), dtype=x.dtype)
+    flat = np.empty(k * BLOCK_ROWS, dtype=x.dtype)
+    top = np.empty(BLOCK_ROWS, dtype=x.dtype)
+    second = np.empty(BLOCK_ROWS, dtype=x.dtype)
+    arg = np.empty(BLOCK_ROWS, dtype=np.int32)
     rows = np.empty((BLOCK_ROWS, d), dtype=x.dtype)
     which = np.empty(BLOCK_ROWS, dtype=np.int64)
     inertia = 0.0
@@ -345,15 +355,17 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                 i += 1
                 continue
             which[m] = i
-            rows[m] = x[i]
+            for f in range(d):
+                rows[m, f] = x[i, f]
             m += 1
             i += 1
         if m == 0:
             continue
         if not full:
             src = rows[:m]
-        db = buf[:m]
-        np.dot(src, ct, db)
+        db = flat[:k * m].reshape((k, m))  # a row per centre, a column per row
+        np.dot(cs, src.T, db)
+        _top_two(db, half_cnorm, m, top, arg, second)
         for r in range(m):
             row = which[r]
             xx = 0.0
@@ -364,24 +376,13 @@ def _bounded_pass(x, ct, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                     n_zero += 1
                     labels[row] = -1
                     continue
-            best = _nearest(db[r], half_cnorm)
-            second_val = -np.inf
-            for j in range(k):
-                v = db[r, j] - half_cnorm[j]
-                if j != best:
-                    second_val = max(second_val, v)
+            best = arg[r]
+            second_val = second[r]
             xs = 0.0
             if cosine:
                 dist = _sq_dist(src[r], scale, c[best])
             else:
-                dist = 0.0
-                for f in range(d):
-                    xf = np.float64(src[r, f])
-                    xx += xf * xf
-                    diff = xf - np.float64(c[best, f])
-                    dist += diff * diff
-                    v = xf - shift[f]
-                    xs += v * v
+                xx, dist, xs = _norms_and_distance(src, r, c, best, shift)
             labels[row] = best
             upper[row] = np.sqrt(dist)
             # With c' = c - s (see _prepare): |x - c|^2 = |x - s|^2 - 2 (x.c' - s.c' -
@@ -484,7 +485,6 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     eps = 4.0 * float(np.finfo(x.dtype).eps) * (d + 2)
     # Sizes for the scores' rounding error: the largest shifted centre and the shift.
     cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", cs, cs, dtype=np.float64))))
-    ct = np.ascontiguousarray(cs.T)
     snorm = float(np.sqrt(shift @ shift))
     # With exact and bounds: every row's distance, summed after the pass, so that the
     # inertia does not depend on which rows the bounds let through (a resumed fit, with
@@ -493,7 +493,7 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     by_row = exact and has_old
     row_dist = np.zeros(n if by_row else 0)
     inertia, n_compared, n_zero = _bounded_pass(
-        x, ct, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
+        x, cs, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
         new.labels, new.upper, new.lower, np.asarray(drift, dtype=np.float64), drift1,
         int(order[0]), drift2, np.asarray(s_half, dtype=np.float64), has_old, not has_old,
         by_row, eps, cmax, snorm, shift, new.sums, new.counts, new.sq, new.members, row_dist,
@@ -981,6 +981,28 @@ def _top_scores(db, half, m, top, arg):
         for r in range(m):
             v = sj[r] - hj
             better = v > top[r]
+            top[r] = v if better else top[r]
+            arg[r] = np.int32(j) if better else arg[r]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _top_two(db, half, m, top, arg, second):
+    """:func:`_top_scores`, and for each row the best score of the other candidates
+    (``-inf`` with one candidate)."""
+    k = db.shape[0]
+    h0 = half[0]
+    s0 = db[0]
+    for r in range(m):
+        top[r] = s0[r] - h0
+        arg[r] = 0
+        second[r] = -np.inf
+    for j in range(1, k):
+        hj = half[j]
+        sj = db[j]
+        for r in range(m):
+            v = sj[r] - hj
+            better = v > top[r]
+            second[r] = top[r] if better else max(second[r], v)
             top[r] = v if better else top[r]
             arg[r] = np.int32(j) if better else arg[r]
 
