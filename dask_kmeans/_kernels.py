@@ -122,7 +122,7 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, cosine):
         m = stop - start
         db = flat[:k * m].reshape((k, m))  # a row per centre, a column per row
         np.dot(cs, x[start:stop].T, db)
-        _top_scores(db, half_cnorm, m, top, arg)
+        _top_scores(db, half_cnorm, m, top, arg, top[:0])
         for r in range(m):
             i = start + r
             scale = 1.0
@@ -276,7 +276,7 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
     centre nearest is not compared with the others, the rest are compared with
     every centre by one small GEMM per block of such rows, laid out centre by
     centre so that their best and second-best scores are found across the block
-    at once (:func:`_top_two`, vectorised). With ``full`` every
+    at once (:func:`_top_scores`, vectorised). With ``full`` every
     row is compared; so is the rest of the chunk once more than 60% of the
     rows seen (after the first eighth) needed comparing.
 
@@ -365,7 +365,7 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             src = rows[:m]
         db = flat[:k * m].reshape((k, m))  # a row per centre, a column per row
         np.dot(cs, src.T, db)
-        _top_two(db, half_cnorm, m, top, arg, second)
+        _top_scores(db, half_cnorm, m, top, arg, second)
         for r in range(m):
             row = which[r]
             xx = 0.0
@@ -965,46 +965,38 @@ def _count_hits(db, half, thr, m, hits, first):
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _top_scores(db, half, m, top, arg):
+def _top_scores(db, half, m, top, arg, second):
     """For each of the ``m`` rows (columns of ``db``), its best score and the first
     candidate with it: the comparisons of a scalar argmax, row by row (NaN never
-    wins, candidate 0 stays), made across rows at once."""
+    wins, candidate 0 stays), made across rows at once. With ``second`` of length
+    ``m``, also each row's best score among the other candidates (``-inf`` with one
+    candidate); of length 0, not (tracking it costs the passes that need no second
+    score 5-12%)."""
     k = db.shape[0]
+    want_second = second.shape[0] > 0
     h0 = half[0]
     s0 = db[0]
     for r in range(m):
         top[r] = s0[r] - h0
         arg[r] = 0
+        if want_second:
+            second[r] = -np.inf
     for j in range(1, k):
         hj = half[j]
         sj = db[j]
-        for r in range(m):
-            v = sj[r] - hj
-            better = v > top[r]
-            top[r] = v if better else top[r]
-            arg[r] = np.int32(j) if better else arg[r]
-
-
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _top_two(db, half, m, top, arg, second):
-    """:func:`_top_scores`, and for each row the best score of the other candidates
-    (``-inf`` with one candidate)."""
-    k = db.shape[0]
-    h0 = half[0]
-    s0 = db[0]
-    for r in range(m):
-        top[r] = s0[r] - h0
-        arg[r] = 0
-        second[r] = -np.inf
-    for j in range(1, k):
-        hj = half[j]
-        sj = db[j]
-        for r in range(m):
-            v = sj[r] - hj
-            better = v > top[r]
-            second[r] = top[r] if better else max(second[r], v)
-            top[r] = v if better else top[r]
-            arg[r] = np.int32(j) if better else arg[r]
+        if want_second:
+            for r in range(m):
+                v = sj[r] - hj
+                better = v > top[r]
+                second[r] = top[r] if better else max(second[r], v)
+                top[r] = v if better else top[r]
+                arg[r] = np.int32(j) if better else arg[r]
+        else:
+            for r in range(m):
+                v = sj[r] - hj
+                better = v > top[r]
+                top[r] = v if better else top[r]
+                arg[r] = np.int32(j) if better else arg[r]
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
@@ -1067,6 +1059,8 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
     xs = np.empty((BLOCK_ROWS, d), dtype=np.float32)
     scales = np.empty(BLOCK_ROWS)
     norms = np.empty(BLOCK_ROWS)
+    windows = np.empty(BLOCK_ROWS)
+    lows = np.empty(BLOCK_ROWS)
     thr = np.empty(BLOCK_ROWS, dtype=np.float32)
     hits = np.empty(BLOCK_ROWS, dtype=np.int32)
     first = np.empty(BLOCK_ROWS, dtype=np.int32)
@@ -1077,6 +1071,8 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
     for start in range(0, n, BLOCK_ROWS):
         m = min(BLOCK_ROWS, n - start)
         _load_block(x, start, m, shift, cosine, xs, scales, norms)
+        for r in range(m):  # how far a row's float32 score may be off
+            windows[r] = err_row * np.sqrt(norms[r]) + err_const
         db = flat[:k * m].reshape((k, m))  # a row per candidate, a column per row
         np.dot(cs, xs[:m].T, db)  # x.c; the scores below take the half norms away
         if count_hits:
@@ -1084,12 +1080,12 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
             # (|x|^2 - d_prev^2) / 2; most rows have none and keep it, unmeasured.
             for r in range(m):
                 prev_full = prev_sq[start + r] * (2.0 if cosine else 1.0)
-                window = err_row * np.sqrt(norms[r]) + err_const
-                thr[r] = _float32_below(0.5 * (norms[r] - prev_full) - window)
+                thr[r] = _float32_below(0.5 * (norms[r] - prev_full) - windows[r])
             _count_hits(db, half, thr, m, hits, first)
-        _top_scores(db, half, m, top, arg)
+        _top_scores(db, half, m, top, arg, top[:0])
         for r in range(m):
-            low = np.float64(top[r]) - (err_row * np.sqrt(norms[r]) + err_const)
+            low = np.float64(top[r]) - windows[r]
+            lows[r] = low
             low32[r] = _float32_below(low) if low > -np.inf and low < np.inf \
                 else np.float32(low)
         _count_near(db, half, low32, m, near)
@@ -1123,8 +1119,7 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
                     _settle(out_sq, out_idx, i, dist, best + base, prev_sq, keep, True)
                     continue
             best = arg[r]
-            low = np.float64(top[r]) - (err_row * np.sqrt(norms[r]) + err_const)
-            finite = low > -np.inf and low < np.inf
+            finite = lows[r] > -np.inf and lows[r] < np.inf
             dist = _sq_dist(x[i], scale, c[best])
             if near[r] > 1 or not trusted or not finite:
                 check_all = not trusted or not finite
