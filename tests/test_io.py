@@ -1107,3 +1107,33 @@ def test_centres_ride_in_the_tasks_unless_large():
     for c in (small, big):
         labels, _, inertia = G.assignment(X, c)
         assert labels.compute().tolist() == [0] * 100 and float(inertia.compute()) == 0.0
+
+
+def test_parts_become_matrices_chunk_by_chunk_in_arrows_pool():
+    """A part's columns may come in several chunks (row groups), each of its own type
+    (dictionary, integer, with nulls); each chunk is written straight into the matrix,
+    as NumPy would convert the whole column. The matrix lives in Arrow's memory pool,
+    which reuses memory where a dask worker's NumPy allocations each map fresh pages."""
+    from dask_kmeans.io import _to_matrix
+
+    x = pa.chunked_array([pa.array([1.5, None, 3.0]), pa.array([4.0, 5.0])])
+    y = pa.chunked_array([pa.array([2**53 + 1, 7], pa.int64()), pa.array([None, 8, 9], pa.int64())])
+    z = pa.chunked_array([pa.array([0.25, 0.5], pa.float32()).dictionary_encode(),
+                          pa.array([0.5, None, 0.75], pa.float32()).dictionary_encode()])
+    table = pa.table({"x": x, "y": y, "z": z})
+    expected = np.column_stack([
+        np.array([1.5, np.nan, 3.0, 4.0, 5.0]),
+        np.array([2**53 + 1, 7, np.nan, 8, 9], dtype=np.float64),
+        np.array([0.25, 0.5, 0.5, np.nan, 0.75]),
+    ])
+    for dtype in (np.float64, np.float32):
+        before = pa.total_allocated_bytes()
+        got = _to_matrix(table, ["x", "y", "z"], np.dtype(dtype))
+        assert pa.total_allocated_bytes() - before >= got.nbytes
+        assert got.dtype == dtype and got.flags.c_contiguous and got.flags.writeable
+        np.testing.assert_array_equal(got, expected.astype(dtype))
+        # Only some columns, in another order.
+        np.testing.assert_array_equal(_to_matrix(table, ["z", "x"], np.dtype(dtype)),
+                                      expected[:, [2, 0]].astype(dtype))
+        del got
+    assert _to_matrix(table.slice(0, 0), ["x"], np.dtype(np.float64)).shape == (0, 1)

@@ -5,9 +5,9 @@ pyarrow and pandas loaded already takes about 330 MiB); more than 4.5 GiB of Par
 local disk. Every pass (k-means|| rounds and Lloyd iterations) re-reads the files chunk by chunk.
 The fit completes, no worker pauses or restarts for memory, and the centres equal those of
 the same data held in memory. Two Lloyd iterations are enough to show that the iterations
-re-read the files too: the fit makes about ten passes, 4-5 s each here (13-20 s each before the
-k-means|| round kernel ran its argmax across rows and the passes fused with the reading of
-each part), and the test is the suite's longest.
+re-read the files too: the fit makes about ten passes, 3.5-4.5 s each here (13-20 s each
+before the k-means|| round kernel ran its argmax across rows and the passes fused with the
+reading of each part), and the test is the suite's longest.
 """
 
 from __future__ import annotations
