@@ -396,6 +396,11 @@ def part(t, i):
     return t[i]
 
 
+def proposals_of(result):
+    """The candidate rows and the cost of a ``round_chunk`` result, without its state."""
+    return result[-2:]
+
+
 def merge_round_results(*parts, ell):
     """``merge_proposals`` of ``round_chunk`` results or of earlier merges (their last
     two items are the rows and the cost)."""
@@ -443,8 +448,15 @@ def chosen_rows(results: da.Array, ell: float, split_every=None) -> Delayed:
     (:func:`~dask_kmeans._kernels.merge_proposals`), the root too: the root, and so the
     driver, holds about ``ell`` rows whatever the number of chunks. One task per node,
     written straight into the graph.
+
+    The tree starts from each chunk's proposals, taken from its results where they are:
+    a node on another worker then fetches those, not a state that is 16 bytes a row
+    (which would also stay there, a second copy, as long as the state is kept). On
+    results not persisted, the taking fuses with the round's task.
     """
-    name = "kmeans-chosen-" + tokenize(results.name, ell, split_every)
+    proposals = results.map_blocks(proposals_of, dtype=object,
+                                   meta=np.empty((0, 0), dtype=object))
+    name = "kmeans-chosen-" + tokenize(proposals.name, ell, split_every)
     merge = partial(merge_round_results, ell=ell)
     dsk = {}
 
@@ -453,9 +465,9 @@ def chosen_rows(results: da.Array, ell: float, split_every=None) -> Delayed:
         dsk[key] = (merge, *group)
         return key
 
-    node(*tree_levels([(results.name, i, 0) for i in range(results.numblocks[0])],
+    node(*tree_levels([(proposals.name, i, 0) for i in range(proposals.numblocks[0])],
                       split_every, node))
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[results])
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[proposals])
     return Delayed((name, len(dsk) - 1), graph, layer=name)
 
 

@@ -515,6 +515,8 @@ class Passes:
                         self._centers_arg(candidates), keep=self.keep_state, **kw)
         if self.keep_state:
             self._state = self._client.map(G.part, res, [0] * len(res), pure=False)
+            # The merges fetch the proposals, not the states (see G.chosen_rows).
+            res = self._client.map(G.proposals_of, res, pure=False)
         rows, phi = tree_merge(self._client, res, self.split_every,
                                partial(G.merge_round_results, ell=ell))
         del res

@@ -636,3 +636,46 @@ def test_a_round_that_keeps_no_state_writes_over_one_spare_per_thread():
             G.weights_chunk(X[a:b], a, None, None, cands, base=0, n_candidates=3),
             K.candidate_weights(state, None, 3)[None, :])
     assert spares[0] is spares[1] is spares[2]  # one buffer for chunks of up to 500 rows
+
+
+def _made_where_read(block_info=None):
+    """A chunk made by the task that reads it: no chunk to fetch from another worker."""
+    (start, stop), _ = block_info[None]["array-location"]
+    rng = np.random.default_rng(start)
+    return rng.normal(size=(stop - start, 5)) + 6.0 * (np.arange(start, stop) % 4)[:, None]
+
+
+@pytest.mark.parametrize("engine", ["graphs", "futures"])
+def test_merging_proposals_leaves_each_chunks_state_on_its_worker(client, engine):
+    """With the state kept, the tree that merges a round's proposals fetches only the
+    proposals from the other worker: a chunk's state (16 bytes a row) is never copied
+    there (the whole round result was, a second copy of the state held until released)."""
+    from distributed import wait
+
+    from dask_kmeans._passes import Passes
+
+    Xd = da.map_blocks(_made_where_read, dtype=np.float64, chunks=((2500,) * 8, (5,)),
+                       meta=np.empty((0, 0)))
+    if engine == "futures":  # persisted, without actors (as after an actor failed)
+        Xd = client.persist(Xd)
+        wait(Xd)
+    passes = Passes(Xd, None)
+    if engine == "futures":
+        passes._groups = False
+    assert passes._on_graphs == (engine == "graphs")
+
+    def clear(dask_worker):
+        dask_worker.transfer_incoming_log.clear()
+
+    def fetched(dask_worker):
+        return [n for entry in dask_worker.transfer_incoming_log
+                for n in entry["keys"].values()]
+
+    client.run(clear)
+    C = _init.kmeans_parallel(Xd, None, 12, check_random_state(0), keep_state=True,
+                              passes=passes)
+    sizes = [n for sizes in client.run(fetched).values() for n in sizes]
+    assert sizes  # the merges did fetch across the workers
+    assert max(sizes) < 2500 * 16, sorted(sizes)[-3:]
+    np.testing.assert_array_equal(C, _init.kmeans_parallel(
+        da.from_array(Xd.compute(), chunks=5000), None, 12, check_random_state(0)))
