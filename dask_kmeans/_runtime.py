@@ -144,21 +144,29 @@ def memory_budget(client=None) -> float:
         info = client.scheduler_info(n_workers=-1)["workers"]
         limits = [w.get("memory_limit") or 0 for w in info.values()]
         if limits and all(limits):
-            return PERSIST_FRACTION * sum(_worker_room(w) for w in info.values())
+            # Each worker's own setting: the workers' configuration, not this process's.
+            spill = client.run(_spill_fraction, on_error="ignore")
+            default = dask.config.get("distributed.worker.memory.spill", 0.7)
+            return PERSIST_FRACTION * sum(_worker_room(w, spill.get(addr, default))
+                                          for addr, w in info.items())
     import psutil
 
     return PERSIST_FRACTION * float(psutil.virtual_memory().available)
 
 
-def _worker_room(worker: dict) -> float:
+def _spill_fraction(dask_worker) -> float | bool:
+    """A worker's ``distributed.worker.memory.spill``, as its memory manager read it."""
+    return dask_worker.memory_manager.memory_spill_fraction
+
+
+def _worker_room(worker: dict, spill: float | bool) -> float:
     """Bytes a worker can take before it starts spilling to disk: its memory limit times
-    ``distributed.worker.memory.spill`` (the whole limit when spilling is off), less what
-    its process holds (at least :data:`WORKER_BASELINE_BYTES`).
+    its ``spill`` fraction (the whole limit when spilling is off: False), less what its
+    process holds (at least :data:`WORKER_BASELINE_BYTES`).
 
     Half of the limits alone was too much for small workers: with 768 MiB each, 640 MB
     of data was persisted, the workers paused, and one was restarted at 95%.
     """
-    spill = dask.config.get("distributed.worker.memory.spill", 0.7)
     limit = float(worker["memory_limit"]) * (float(spill) if spill else 1.0)
     used = (worker.get("metrics") or {}).get("memory") or 0
     return max(0.0, limit - max(float(used), WORKER_BASELINE_BYTES))

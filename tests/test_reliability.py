@@ -532,21 +532,35 @@ def test_dask_dataframe_missing_or_extra_column_is_named(named_model, change, co
 
 
 def test_worker_room_is_the_limit_before_spilling_less_what_the_process_holds():
-    import dask
-
     from dask_kmeans._runtime import WORKER_BASELINE_BYTES, _worker_room
 
     gib = 2**30
     worker = {"memory_limit": 4 * gib, "metrics": {"memory": 1 * gib}}
-    with dask.config.set({"distributed.worker.memory.spill": 0.7}):
-        assert _worker_room(worker) == pytest.approx(0.7 * 4 * gib - gib)
-        # A fresh worker reports less than a fit's libraries will take.
-        fresh = {"memory_limit": 4 * gib, "metrics": {"memory": 60 * 2**20}}
-        assert _worker_room(fresh) == pytest.approx(0.7 * 4 * gib - WORKER_BASELINE_BYTES)
-        # A worker already past the point where it spills has no room.
-        assert _worker_room({"memory_limit": gib, "metrics": {"memory": gib}}) == 0
-    with dask.config.set({"distributed.worker.memory.spill": False}):
-        assert _worker_room(worker) == pytest.approx(3 * gib)
+    assert _worker_room(worker, 0.7) == pytest.approx(0.7 * 4 * gib - gib)
+    # A fresh worker reports less than a fit's libraries will take.
+    fresh = {"memory_limit": 4 * gib, "metrics": {"memory": 60 * 2**20}}
+    assert _worker_room(fresh, 0.7) == pytest.approx(0.7 * 4 * gib - WORKER_BASELINE_BYTES)
+    # A worker already past the point where it spills has no room.
+    assert _worker_room({"memory_limit": gib, "metrics": {"memory": gib}}, 0.7) == 0
+    # Spilling off: the whole limit.
+    assert _worker_room(worker, False) == pytest.approx(3 * gib)
+
+
+def test_memory_budget_takes_each_workers_own_spill_fraction(client):
+    """The spill fraction is the workers' setting, not the client's: here the workers
+    spill at 70% while this process's configuration says 20%."""
+    import dask
+
+    from dask_kmeans._runtime import PERSIST_FRACTION, _worker_room, memory_budget
+
+    spills = client.run(lambda dask_worker: dask_worker.memory_manager.memory_spill_fraction)
+    assert set(spills.values()) == {0.7}
+    with dask.config.set({"distributed.worker.memory.spill": 0.2}):
+        budget = memory_budget(client)
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    # The workers' memory moves between the two looks at it: a few percent at most.
+    expected = PERSIST_FRACTION * sum(_worker_room(w, 0.7) for w in info.values())
+    assert budget == pytest.approx(expected, rel=0.05)
 
 
 def test_auto_persist_leaves_small_workers_room():
