@@ -581,3 +581,24 @@ def test_auto_persist_leaves_small_workers_room():
         X, _, in_memory = place_data(small, None, "auto", client)
         assert in_memory
         client.cancel(X)
+
+
+def test_row_state_and_bounds_are_kept_when_they_fit_a_quarter_of_the_budget(monkeypatch):
+    """k-means|| keeps its per-row state for data re-read from storage, and the Lloyd
+    passes keep Hamerly's bounds, only within a quarter of the memory budget each (the
+    bounds counted twice: old and new are alive during a pass); data held in memory
+    always keeps the k-means|| state."""
+    from dask_kmeans import _passes
+    from dask_kmeans import _runtime as R
+
+    budget = 4.0 * R.ROW_STATE_BYTES * 1000
+    monkeypatch.setattr(R, "memory_budget", lambda client=None: budget)
+    assert R.keep_row_state(1000, in_memory=False)
+    assert not R.keep_row_state(1001, in_memory=False)
+    assert R.keep_row_state(10**9, in_memory=True)
+
+    n = 1000
+    monkeypatch.setattr(_passes, "memory_budget",
+                        lambda client=None: 4.0 * 2 * n * _passes.BOUND_BYTES * 3)
+    passes = _passes.Passes(da.from_array(np.zeros((n, 2)), chunks=500), in_memory=True)
+    assert passes._bounds_fit(3) and not passes._bounds_fit(4)
