@@ -46,6 +46,7 @@ from dask.base import tokenize
 from dask.layers import ArrayValuesDep
 from fsspec.implementations.local import LocalFileSystem
 
+from ._runtime import pool_empty
 from ._schema import closest, suggest
 
 __all__ = [
@@ -623,26 +624,13 @@ def _read_part(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
     return table if table.schema.equals(target) else table.cast(target, safe=False)
 
 
-def _pool_array(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-ordered ndarray in Arrow's memory pool, which reuses its memory.
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_`` set, which turns off glibc's
-    adaptive mmap threshold: every NumPy allocation of a part's size is then a fresh
-    mapping, paged in at first touch (1.7 ms against 0.25 ms to allocate and fill
-    250k x 8 float64 here), at every pass that re-reads the part.
-    """
-    size = shape[0] * shape[1]
-    buf = pa.allocate_buffer(max(size * dtype.itemsize, 1))
-    return np.frombuffer(buf, dtype=dtype, count=size).reshape(shape)
-
-
 def _to_matrix(table: pa.Table, columns: Sequence[str], dtype: np.dtype) -> np.ndarray:
     """The columns of ``table`` as an ndarray of shape (n_rows, len(columns)); nulls become NaN.
 
     Written chunk by chunk (a column of several chunks is not concatenated first) into
-    memory from Arrow's pool (see :func:`_pool_array`).
+    memory from Arrow's pool (see :func:`~dask_kmeans._runtime.pool_empty`).
     """
-    out = _pool_array((table.num_rows, len(columns)), np.dtype(dtype))
+    out = pool_empty((table.num_rows, len(columns)), dtype)
     for j, name in enumerate(columns):
         start = 0
         for chunk in table.column(name).chunks:

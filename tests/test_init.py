@@ -638,6 +638,27 @@ def test_a_round_that_keeps_no_state_writes_over_one_spare_per_thread():
     assert spares[0] is spares[1] is spares[2]  # one buffer for chunks of up to 500 rows
 
 
+def test_a_round_that_keeps_its_state_takes_it_from_arrows_pool():
+    """A kept state is new at every round: from Arrow's pool, which reuses memory where a
+    dask worker's NumPy allocations each page in fresh memory; the same state as one
+    written over a NumPy array."""
+    import pyarrow as pa
+
+    from dask_kmeans import _graph as G
+
+    X = blobs(n=900, d=3, k=4, seed=5)
+    kw = dict(base=0, seed=7, stream=1, ell=6.0)
+    before = pa.total_allocated_bytes()
+    state, rows, phi = G.round_chunk(X, 0, None, None, X[[0, 10, 20]], **kw)
+    assert pa.total_allocated_bytes() - before >= 16 * len(X)
+    out = K.Nearest(np.empty(len(X)), np.empty(len(X), dtype=np.int64))
+    again = G.round_chunk(X, 0, None, None, X[[0, 10, 20]], out=out, **kw)
+    assert again[0] is out and again[2] == phi
+    np.testing.assert_array_equal(out.sq_dist, state.sq_dist)
+    np.testing.assert_array_equal(out.index, state.index)
+    np.testing.assert_array_equal(again[1], rows)
+
+
 def _made_where_read(block_info=None):
     """A chunk made by the task that reads it: no chunk to fetch from another worker."""
     (start, stop), _ = block_info[None]["array-location"]
