@@ -755,6 +755,23 @@ def test_unreachable_scheduler_in_a_real_process(data):
     no_marker(out.stderr)
 
 
+def test_the_local_workers_leave_out_task_failures_and_heartbeats_at_shutdown():
+    """What the CLI's own workers leave out of the terminal: the report of a failed task
+    and a heartbeat that met the scheduler closing after it; other errors stay."""
+    import logging
+
+    from dask_kmeans._runtime import _not_a_task_failure
+
+    def record(msg):
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, msg,
+                                 None, None)
+
+    assert not _not_a_task_failure(record("Compute Failed\nKey: ('x', 0)"))
+    assert not _not_a_task_failure(
+        record("Failed to communicate with scheduler during heartbeat."))
+    assert _not_a_task_failure(record("Worker is at 95% memory usage. Pausing worker."))
+
+
 def test_a_data_error_in_worker_processes_is_one_line(tmp_path):
     """A NaN found by a task in a worker process (the default local cluster): the workers
     share the terminal, and their "Compute Failed" report with its traceback must not
