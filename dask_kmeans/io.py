@@ -3,11 +3,12 @@
 :func:`open_parquet` turns a Parquet file, directory or hive-partitioned
 dataset on any fsspec URL (local paths, ``file://``, ``s3://``, ``gs://``,
 ``abfs://``...) into a :class:`ParquetSource`: a row-chunked dask array of the
-feature columns with one chunk per Parquet file, whose chunk sizes come from the
-Parquet footers, plus optional key columns aligned with it. Nothing but the
+feature columns with one chunk per Parquet file (or per run of row groups of a
+large one), whose chunk sizes come from the Parquet footers, plus optional key
+columns aligned with it. Nothing but the
 footers is read until the array is computed.
 
-:func:`write_labels` writes one labelled Parquet part per input part into a
+:func:`write_labels` writes one labelled Parquet part per input chunk into a
 temporary prefix, moves the parts into place and writes a ``_SUCCESS`` marker
 last; :func:`read_labels` refuses output without that marker.
 
@@ -44,6 +45,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from dask.base import tokenize
 from dask.layers import ArrayValuesDep
+from dask.utils import parse_bytes
 from fsspec.implementations.local import LocalFileSystem
 
 from ._runtime import pool_empty
@@ -593,7 +595,7 @@ def _missing_message(counts: Mapping[str, int], part_url: str, what: str) -> str
 
 
 class _Part(NamedTuple):
-    """What a chunk task needs to read one input file."""
+    """What a chunk task needs to read one input file, or some of its row groups."""
 
     index: int
     url: str  # printable, for messages
@@ -602,6 +604,7 @@ class _Part(NamedTuple):
     rows: int  # rows expected (after dropping, for missing="drop")
     offset: int  # row number of the part's first row in the dataset
     schema: pa.Schema | None  # the part's own types of the columns read (None: no rows)
+    row_groups: tuple[int, ...] | None = None  # of the file, when it is split; None: all
 
 
 def _task_secrets(filesystem) -> tuple[str, ...]:
@@ -617,7 +620,8 @@ def _read_part(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
     if part.schema is None:  # a file without rows
         return target.empty_table()
     fragment = ds.ParquetFileFormat().make_fragment(
-        part.path, filesystem=filesystem, partition_expression=part.partition_expression)
+        part.path, filesystem=filesystem, partition_expression=part.partition_expression,
+        row_groups=None if part.row_groups is None else list(part.row_groups))
     with _fs_errors(part.url, _task_secrets(filesystem), "reading"):
         table = fragment.to_table(columns=list(columns), schema=part.schema)
     # Unsafe, as _to_matrix: an int64 beyond 2**53 in a part where the others hold doubles.
@@ -904,6 +908,48 @@ def _check_missing(missing) -> str:
     return missing
 
 
+def _check_chunk_bytes(chunk_bytes) -> int | None:
+    if chunk_bytes is None:
+        return None
+    try:
+        value = parse_bytes(chunk_bytes) if isinstance(chunk_bytes, str) else chunk_bytes
+    except ValueError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError("The 'chunk_bytes' parameter must be a size like '128MiB', a number "
+                         f"of bytes > 0, or None (one chunk per file), got {chunk_bytes!r}.")
+    return int(value)
+
+
+def _row_group_runs(metadata: pq.FileMetaData, row_bytes: int,
+                    chunk_bytes: int | None) -> list[tuple[tuple[int, ...] | None, int]]:
+    """How one file becomes chunks: (row groups, rows) per chunk, in order.
+
+    The whole file (row groups None) when its features fit in ``chunk_bytes``; otherwise
+    runs of consecutive row groups of at most ``chunk_bytes`` each (a row group larger
+    than that is a chunk of its own: a file is never split inside a row group).
+    """
+    n_groups = metadata.num_row_groups
+    if chunk_bytes is None or n_groups <= 1 or metadata.num_rows * row_bytes <= chunk_bytes:
+        return [(None, metadata.num_rows)]
+    runs: list[tuple[tuple[int, ...] | None, int]] = []
+    groups: list[int] = []
+    rows = 0
+    for g in range(n_groups):
+        n = metadata.row_group(g).num_rows
+        if groups and (rows + n) * row_bytes > chunk_bytes:
+            runs.append((tuple(groups), rows))
+            groups, rows = [], 0
+        groups.append(g)
+        rows += n
+    runs.append((tuple(groups), rows))
+    return runs
+
+
+#: The most a chunk's features take by default (see :func:`open_parquet`'s ``chunk_bytes``):
+#: as data persisted in memory is chunked (``_runtime.TARGET_CHUNK_BYTES``).
+DEFAULT_CHUNK_BYTES = "128MiB"
+
 #: File name endings of Parquet data, for :func:`_stray_file_hint`.
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 
@@ -961,13 +1007,14 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                  storage_options: Mapping[str, Any] | None = None,
                  missing: MissingPolicy = "error",
                  key_columns: str | Sequence[str] | None = None,
-                 drop_zero_norm: bool = False) -> ParquetSource:
+                 drop_zero_norm: bool = False,
+                 chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES) -> ParquetSource:
     """Open Parquet data on any fsspec URL as a lazily read, row-chunked dask array.
 
     Only the listing and the Parquet footers are read here (plus, for
     ``missing="drop"``, one pass over the feature columns to count the rows
-    that remain). Each chunk of the result reads its own file and only the
-    columns it needs when computed.
+    that remain). Each chunk of the result reads its own file (or run of row
+    groups of a large file) and only the columns it needs when computed.
 
     Parameters
     ----------
@@ -1005,12 +1052,19 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     drop_zero_norm : bool, default=False
         With ``missing="drop"``, also drop rows whose features are all zero
         (they have no direction for ``KMeans(metric="cosine")``).
+    chunk_bytes : int, str or None, default="128MiB"
+        The most a chunk's features may take (rows x features x the dtype's
+        size): a file larger than that is split into runs of consecutive row
+        groups of at most this size each (a row group is never split), so that
+        a pass over data larger than memory holds a few such chunks per worker,
+        however large the files. A size like ``"64MiB"`` or a number of bytes;
+        None keeps one chunk per file.
 
     Returns
     -------
     ParquetSource
         ``features`` is a dask array of shape (n_rows, n_features) with one row
-        chunk per file.
+        chunk per file, or per run of row groups of a file split by ``chunk_bytes``.
 
     Raises
     ------
@@ -1041,6 +1095,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     if drop_zero_norm and missing != "drop":
         raise ValueError("drop_zero_norm=True drops rows, so it needs missing='drop'.")
     drop_zero_norm = bool(drop_zero_norm)
+    chunk_bytes = _check_chunk_bytes(chunk_bytes)
     columns = _as_name_list(columns, "columns")
     keys = _as_name_list(key_columns, "key_columns") or []
     loc = _resolve(url, storage_options)
@@ -1103,7 +1158,6 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                 raise ValueError(_missing_message(nulls, part_url, "null"))
 
     read_schema = pa.schema([schema.field(c) for c in needed])
-    rows = [md.num_rows for md in metadata]
     fingerprint = {"url": loc.url,
                    "parts": [_fingerprint_entry(u, infos[p])
                              for u, p in zip(part_urls, paths, strict=True)]}
@@ -1113,16 +1167,23 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                      uuid.uuid4().hex)
     common = {"filesystem": filesystem, "schema": read_schema}
 
-    offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(int).tolist()
     def part_schema(i: int) -> pa.Schema | None:
         if not metadata[i].num_rows:
             return None  # nothing to read: an empty table of the dataset's types
         return pa.schema([physical_schemas[i].field(c) if c not in partition_fields
                           else schema.field(c) for c in needed])
 
-    parts = [_Part(i, u, f.path, f.partition_expression, n, off, part_schema(i))
-             for i, (u, f, n, off) in enumerate(zip(part_urls, fragments, rows, offsets,
-                                                    strict=True))]
+    row_bytes = len(feature_names) * dtype.itemsize
+    parts, offset = [], 0
+    for i, (u, f, md) in enumerate(zip(part_urls, fragments, metadata, strict=True)):
+        runs = _row_group_runs(md, row_bytes, chunk_bytes)
+        for groups, n in runs:
+            # A file split into several chunks: messages name the row groups too.
+            where = u if groups is None else f"{u} (row groups {groups[0]}-{groups[-1]})"
+            parts.append(_Part(len(parts), where, f.path, f.partition_expression, n, offset,
+                               part_schema(i), groups))
+            offset += n
+    rows = [part.rows for part in parts]
     if missing == "drop":
         counts = [dask.delayed(_count_valid)(part, columns=feature_names, out_dtype=dtype,
                                              drop_zero_norm=drop_zero_norm,
@@ -1135,10 +1196,11 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         raise ValueError(f"The Parquet data at {loc.url} has no rows{detail} "
                          f"({len(paths)} file(s)).")
 
-    # One task per part, carrying only its own part, with no task before it: a chain
-    # (parts -> read) is fused by some graphs and not by others, and a scheduler that
-    # still knows the key from one warns of a "different run_spec" (which can
-    # deadlock) when the other comes (a fit's rechunked persist, then the profile).
+    # One task per part (a file or a run of its row groups), carrying only its own part,
+    # with no task before it: a chain (parts -> read) is fused by some graphs and not by
+    # others, and a scheduler that still knows the key from one warns of a "different
+    # run_spec" (which can deadlock) when the other comes (a fit's rechunked persist,
+    # then the profile).
     # A blockwise layer whose parts are written into its tasks (ArrayValuesDep): dask
     # fuses it into the blockwise pass that reads each chunk, whatever else that pass
     # takes (k-means|| state, weights), and never as a chain of keys.
@@ -1497,12 +1559,13 @@ def check_label_keys(key_columns: Sequence[str]) -> None:
 def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
                  storage_options: Mapping[str, Any] | None = None,
                  overwrite: bool = False) -> str:
-    """Write cluster labels next to the source's keys: one Parquet part per input part.
+    """Write cluster labels next to the source's keys: one Parquet part per input chunk.
 
     Every part holds the key columns of ``source`` (if any), ``cluster``
     (int32) and ``distance`` (float64). Parts are written under
     ``out_url/_temporary-<uuid>/``, moved to ``out_url/part-NNNNN.parquet``
-    (``NNNNN`` = the input part's index) and committed by writing
+    (``NNNNN`` = the input chunk's index: a file, or a run of row groups of a file
+    that ``chunk_bytes`` split) and committed by writing
     ``out_url/_SUCCESS`` last. On a local disk each move is a rename; on object
     storage the ``_SUCCESS`` marker is the commit, which :func:`read_labels`
     requires. On failure the temporary prefix is removed and no marker is

@@ -689,7 +689,8 @@ def _open(job: Mapping, metric: str, *, columns=None, dtype=None):
                         dtype=inp["dtype"] or dtype or "float64",
                         storage_options=inp["storage_options"], missing=inp["missing"],
                         key_columns=inp["key_columns"] or None,
-                        drop_zero_norm=inp["missing"] == "drop" and metric == "cosine")
+                        drop_zero_norm=inp["missing"] == "drop" and metric == "cosine",
+                        chunk_bytes=inp["chunk_bytes"])
 
 
 def _kmeans(params: Mapping, n_clusters: int):

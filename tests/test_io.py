@@ -1137,3 +1137,86 @@ def test_parts_become_matrices_chunk_by_chunk_in_arrows_pool():
                                       expected[:, [2, 0]].astype(dtype))
         del got
     assert _to_matrix(table.slice(0, 0), ["x"], np.dtype(np.float64)).shape == (0, 1)
+
+
+# --------------------------------------------------------------------------- large files
+
+
+def _grouped(store, name="big/part-0.parquet", n=10_000, groups=1000, seed=3, nan_at=None):
+    """A file of ``n`` rows in row groups of ``groups`` rows: id, then 4 float64 features."""
+    df = frame(n, seed=seed)[["id", "x"]]
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b", "c"):
+        df[c] = rng.normal(size=n)
+    if nan_at is not None:
+        df.loc[nan_at, "b"] = np.nan
+    # NaN values, not nulls (which the footers count, so that they are found at open).
+    table = pa.table({c: pa.array(df[c].to_numpy()) for c in df.columns})
+    store.write_parquet(name, table, row_group_size=groups)
+    return df
+
+
+def test_a_file_larger_than_chunk_bytes_is_read_in_runs_of_row_groups(store):
+    """10 row groups of 1,000 rows x 4 float64 (32 kB each): at most 70 kB a chunk makes 5
+    chunks of 2 row groups; a small file beside it stays whole. The rows, the keys, the
+    labels written back and a fit are those of one chunk per file."""
+    from dask_kmeans import KMeans
+
+    big = _grouped(store)
+    small = _grouped(store, "big/part-1.parquet", n=300, seed=4)
+    whole = pd.concat([big, small], ignore_index=True)
+    cols = ["x", "a", "b", "c"]
+    so = store.storage_options
+
+    def opened(**kw):
+        return open_parquet(store.url("big"), cols, storage_options=so, **kw)
+
+    src = opened(key_columns="id", chunk_bytes=70_000)
+    assert src.features.chunks == ((2000,) * 5 + (300,), (4,))
+    assert len(src.parts) == 2  # the files
+    np.testing.assert_array_equal(src.features.compute(), whole[cols].to_numpy())
+    np.testing.assert_array_equal(src.keys.compute()["id"].to_numpy(), whole["id"].to_numpy())
+    # A size in words; None: one chunk per file (so is the default for such small files).
+    for size in ("64 kB", 64_000):
+        assert opened(chunk_bytes=size).features.numblocks[0] == 6
+    for size in (None, "128MiB"):
+        assert opened(chunk_bytes=size).features.chunks[0] == (10_000, 300)
+
+    km = KMeans(3, max_iter=5, tol=0, random_state=0).fit(src)
+    ref = KMeans(3, max_iter=5, tol=0, random_state=0).fit(opened(chunk_bytes=None))
+    np.testing.assert_allclose(km.cluster_centers_, ref.cluster_centers_, rtol=1e-12, atol=1e-12)
+
+    out = write_labels(src, km.labels_, np.zeros(len(whole)), store.url("labels"))
+    back = read_labels(out, storage_options=so).compute()
+    assert store.fs.ls(store.path("labels"), detail=False).__len__() == 6 + 1  # + _SUCCESS
+    np.testing.assert_array_equal(back["id"].to_numpy(), whole["id"].to_numpy())
+    np.testing.assert_array_equal(back["cluster"].to_numpy(), np.asarray(km.labels_))
+
+
+def test_a_row_group_larger_than_chunk_bytes_is_a_chunk_of_its_own(local_store):
+    _grouped(local_store, n=5000, groups=3000)  # row groups of 3,000 and 2,000 rows
+    src = open_parquet(local_store.url("big"), ["x", "a"], chunk_bytes=1000)
+    assert src.features.chunks[0] == (3000, 2000)
+
+
+def test_split_files_drop_missing_rows_run_by_run_and_name_the_row_groups(local_store):
+    """Rows dropped for NaN are counted per run; with missing="error" the message names
+    the file and the row groups where the value is."""
+    df = _grouped(local_store, nan_at=[10, 4500, 4501])
+    cols = ["x", "a", "b", "c"]
+    src = open_parquet(local_store.url("big"), cols, key_columns="id", missing="drop",
+                       chunk_bytes=70_000)
+    assert src.features.chunks[0] == (1999, 2000, 1998, 2000, 2000)
+    kept = df.dropna()
+    np.testing.assert_array_equal(src.features.compute(), kept[cols].to_numpy())
+    np.testing.assert_array_equal(src.keys.compute()["id"].to_numpy(), kept["id"].to_numpy())
+    strict = open_parquet(local_store.url("big"), cols, chunk_bytes=70_000)
+    with pytest.raises(ValueError, match=r"part-0\.parquet \(row groups 4-5\): column 'b' has 2 "):
+        strict.features.compute()
+
+
+@pytest.mark.parametrize("bad", [0, -5, "lots", True, 1.5])
+def test_chunk_bytes_must_be_a_positive_size(local_store, bad):
+    _grouped(local_store, n=100)
+    with pytest.raises(ValueError, match="'chunk_bytes' parameter must be a size"):
+        open_parquet(local_store.url("big"), chunk_bytes=bad)

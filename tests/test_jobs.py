@@ -135,6 +135,8 @@ BAD = [
     ("predict needs a model", {"job": {"kind": "predict", "input": {"url": "d"},
                                        "output": {"labels": "l"}}}, "job.model",
      "missing required key"),
+    ("chunk_bytes zero", fit_spec("d", input={"url": "d", "chunk_bytes": 0}),
+     "job.input.chunk_bytes", "a size like '16GiB' or a number of bytes > 0"),
     ("inline cluster", fit_spec("d", cluster={"kind": "local", "local": {"n_workers": "two"}}),
      "job.cluster.local.n_workers", "expected an int >= 1 or null, got 'two'"),
     ("scheduler address", fit_spec("d", cluster={"scheduler": "localhost:8786"}),
@@ -234,7 +236,7 @@ def test_defaults_are_kmeans_own_and_filled_in():
     job = spec["job"]
     assert job["params"] == sweep
     assert job["input"] == {"url": "d", "columns": None, "key_columns": [], "dtype": None,
-                            "missing": "error", "storage_options": {}}
+                            "missing": "error", "chunk_bytes": "128MiB", "storage_options": {}}
     assert job["output"] == {"table": "t.csv", "plot": None, "overwrite": False,
                              "storage_options": None}
     assert job["cluster"] is None
@@ -606,6 +608,23 @@ def test_fit_without_a_model_returns_the_centres_and_sweep_writes_parquet(local_
     table = pd.read_parquet(local_store.url("out", "sweep.parquet"))
     assert table["k"].tolist() == [2, 3] == [r["k"] for r in sweep["results"]]  # sorted
     assert sweep["features"] == ["customer_id", *FEATURES], "numeric columns by default"
+
+
+def test_input_chunk_bytes_splits_a_large_file_into_chunks(local_store, client):
+    """A file of 4 row groups read 2 at a time: 2 chunks, so 2 labels parts."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"id": np.arange(4000), "a": rng.normal(size=4000),
+                       "b": rng.normal(size=4000)})
+    url = local_store.write_parquet("big.parquet", df, row_group_size=1000)
+    labels = local_store.url("labels")
+    fit = run_job(fit_spec(url, input={"url": url, "columns": ["a", "b"],
+                                       "key_columns": ["id"], "chunk_bytes": "32kB"},
+                           params={"n_clusters": 3, "random_state": 0},
+                           output={"labels": labels}))
+    parts = sorted(n.rsplit("/", 1)[-1] for n in local_store.fs.ls(local_store.path("labels")))
+    assert parts == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]
+    back = dk.read_labels(labels).compute()
+    assert back["id"].tolist() == list(range(4000)) and fit["n_rows"] == 4000
 
 
 def test_a_fit_job_cancels_the_labels_it_does_not_use(local_store, client, monkeypatch):
