@@ -5,8 +5,8 @@ dataset on any fsspec URL (local paths, ``file://``, ``s3://``, ``gs://``,
 ``abfs://``...) into a :class:`ParquetSource`: a row-chunked dask array of the
 feature columns with one chunk per Parquet file (or per run of row groups of a
 large one), whose chunk sizes come from the Parquet footers, plus optional key
-columns aligned with it. Nothing but the
-footers is read until the array is computed.
+columns aligned with it. Nothing but the footers is read until the array is
+computed.
 
 :func:`write_labels` writes one labelled Parquet part per input chunk into a
 temporary prefix, moves the parts into place and writes a ``_SUCCESS`` marker
@@ -1176,8 +1176,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     row_bytes = len(feature_names) * dtype.itemsize
     parts, offset = [], 0
     for i, (u, f, md) in enumerate(zip(part_urls, fragments, metadata, strict=True)):
-        runs = _row_group_runs(md, row_bytes, chunk_bytes)
-        for groups, n in runs:
+        for groups, n in _row_group_runs(md, row_bytes, chunk_bytes):
             # A file split into several chunks: messages name the row groups too.
             where = u if groups is None else f"{u} (row groups {groups[0]}-{groups[-1]})"
             parts.append(_Part(len(parts), where, f.path, f.partition_expression, n, offset,
