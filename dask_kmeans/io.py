@@ -3,10 +3,10 @@
 :func:`open_parquet` turns a Parquet file, directory or hive-partitioned
 dataset on any fsspec URL (local paths, ``file://``, ``s3://``, ``gs://``,
 ``abfs://``...) into a :class:`ParquetSource`: a row-chunked dask array of the
-feature columns with one chunk per Parquet file (or per run of row groups of a
-large one), whose chunk sizes come from the Parquet footers, plus optional key
-columns aligned with it. Nothing but the footers is read until the array is
-computed.
+feature columns in chunks of up to ``chunk_bytes`` (consecutive small files
+together, a large file in runs of its row groups), whose sizes come from the
+Parquet footers, plus optional key columns aligned with it. Nothing but the
+footers is read until the array is computed.
 
 :func:`write_labels` writes one labelled Parquet part per input chunk into a
 temporary prefix, moves the parts into place and writes a ``_SUCCESS`` marker
@@ -628,13 +628,16 @@ def _read_part(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
     return table if table.schema.equals(target) else table.cast(target, safe=False)
 
 
-def _to_matrix(table: pa.Table, columns: Sequence[str], dtype: np.dtype) -> np.ndarray:
+def _to_matrix(table: pa.Table, columns: Sequence[str], dtype: np.dtype,
+               out: np.ndarray | None = None) -> np.ndarray:
     """The columns of ``table`` as an ndarray of shape (n_rows, len(columns)); nulls become NaN.
 
     Written chunk by chunk (a column of several chunks is not concatenated first) into
-    memory from Arrow's pool (see :func:`~dask_kmeans._runtime.pool_empty`).
+    ``out``, by default new memory from Arrow's pool (see
+    :func:`~dask_kmeans._runtime.pool_empty`).
     """
-    out = pool_empty((table.num_rows, len(columns)), dtype)
+    if out is None:
+        out = pool_empty((table.num_rows, len(columns)), dtype)
     for j, name in enumerate(columns):
         start = 0
         for chunk in table.column(name).chunks:
@@ -688,18 +691,37 @@ def _check_rows(n: int, part: _Part) -> None:
                          "was opened: the data changed after open_parquet. Open it again.")
 
 
-def _load_features(parts: np.ndarray, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+def _load_features(chunk: np.ndarray, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                    columns: Sequence[str], out_dtype: np.dtype, missing: str,
                    drop_zero_norm: bool = False) -> np.ndarray:
-    """The chunk of one part: ndarray of shape (n_rows_of_part, len(columns))."""
-    (part,) = parts
-    table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
-    X = _to_matrix(table, columns, out_dtype)
-    keep = _finite_mask(X, columns, part.url, missing, drop_zero_norm)
-    if keep is not None:
-        X = X[keep]
-    _check_rows(X.shape[0], part)
-    return X
+    """A chunk: the usable rows of its consecutive parts (files, or runs of a file's row
+    groups), an ndarray of shape (their rows, len(columns)).
+
+    ``chunk`` holds the tuple of parts. Without rows to drop, each part is written
+    straight into its rows of the chunk.
+    """
+    (parts,) = chunk
+    out = None
+    if len(parts) > 1:
+        out = pool_empty((sum(part.rows for part in parts), len(columns)), out_dtype)
+    start = 0
+    for part in parts:
+        table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
+        direct = out is not None and missing == "error"
+        if direct:
+            _check_rows(table.num_rows, part)  # before it is written into its rows
+        X = _to_matrix(table, columns, out_dtype,
+                       out[start:start + part.rows] if direct else None)
+        keep = _finite_mask(X, columns, part.url, missing, drop_zero_norm)
+        if keep is not None:
+            X = X[keep]
+        _check_rows(X.shape[0], part)
+        if out is None:
+            return X
+        if not direct:
+            out[start:start + part.rows] = X
+        start += part.rows
+    return out
 
 
 def _count_valid(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
@@ -710,7 +732,13 @@ def _count_valid(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
     return int(_usable_rows(X, drop_zero_norm).sum())
 
 
-def _load_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
+def _load_keys(parts: tuple[_Part, ...], **kwargs) -> pd.DataFrame:
+    """The key columns of a chunk's parts, indexed by row number in the dataset."""
+    frames = [_part_keys(part, **kwargs) for part in parts]
+    return frames[0] if len(frames) == 1 else pd.concat(frames)
+
+
+def _part_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                key_columns: Sequence[str], feature_columns: Sequence[str],
                out_dtype: np.dtype, missing: str, nullable: Sequence[str] = (),
                drop_zero_norm: bool = False) -> pd.DataFrame:
@@ -742,8 +770,9 @@ class ParquetSource:
     Attributes
     ----------
     features : dask.array.Array of shape (n_rows, n_features)
-        One row chunk per Parquet file (zero-row files give empty chunks), one
-        column chunk, known chunk sizes, dtype float32 or float64.
+        Row chunks of consecutive files, or runs of a large file's row groups, of at
+        most ``chunk_bytes`` each (see :func:`open_parquet`), one column chunk, known
+        chunk sizes, dtype float32 or float64.
     feature_names : list of str
         The feature columns, in the order of ``features``' columns.
     keys : dask.dataframe.DataFrame or None
@@ -946,6 +975,20 @@ def _row_group_runs(metadata: pq.FileMetaData, row_bytes: int,
     return runs
 
 
+def _chunks(rows: Sequence[int], row_bytes: int, chunk_bytes: int | None) -> list[list[int]]:
+    """Consecutive parts of ``rows`` rows each grouped into chunks of at most
+    ``chunk_bytes`` (a part larger than that alone), as lists of part indices."""
+    chunks: list[list[int]] = []
+    size = 0
+    for i, n in enumerate(rows):
+        if not chunks or chunk_bytes is None or size + n * row_bytes > chunk_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += n * row_bytes
+    return chunks
+
+
 #: The most a chunk's features take by default (see :func:`open_parquet`'s ``chunk_bytes``):
 #: as data persisted in memory is chunked (``_runtime.TARGET_CHUNK_BYTES``).
 DEFAULT_CHUNK_BYTES = "128MiB"
@@ -1054,17 +1097,19 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         (they have no direction for ``KMeans(metric="cosine")``).
     chunk_bytes : int, str or None, default="128MiB"
         The most a chunk's features may take (rows x features x the dtype's
-        size): a file larger than that is split into runs of consecutive row
-        groups of at most this size each (a row group is never split), so that
-        a pass over data larger than memory holds a few such chunks per worker,
-        however large the files. A size like ``"64MiB"`` or a number of bytes;
-        None keeps one chunk per file.
+        size). Consecutive files share a chunk while they fit in it: every
+        chunk is a task at every pass, a few milliseconds each, which many
+        small files made the bulk of a pass. A file larger than that is split
+        into runs of consecutive row groups of at most this size each (a row
+        group is never split), so that a pass over data larger than memory
+        holds a few such chunks per worker, however large the files. A size
+        like ``"64MiB"`` or a number of bytes; None keeps one chunk per file.
 
     Returns
     -------
     ParquetSource
-        ``features`` is a dask array of shape (n_rows, n_features) with one row
-        chunk per file, or per run of row groups of a file split by ``chunk_bytes``.
+        ``features`` is a dask array of shape (n_rows, n_features) in row chunks
+        of at most ``chunk_bytes`` (but for a row group larger than that).
 
     Raises
     ------
@@ -1182,24 +1227,27 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
             parts.append(_Part(len(parts), where, f.path, f.partition_expression, n, offset,
                                part_schema(i), groups))
             offset += n
-    rows = [part.rows for part in parts]
+    # Grouped by the rows read (what a task holds), before any are dropped.
+    groups = _chunks([part.rows for part in parts], row_bytes, chunk_bytes)
     if missing == "drop":
         counts = [dask.delayed(_count_valid)(part, columns=feature_names, out_dtype=dtype,
                                              drop_zero_norm=drop_zero_norm,
                                              dask_key_name=f"count-valid-{token}-{i}", **common)
                   for i, part in enumerate(parts)]
-        rows = list(dask.compute(*counts))
-        parts = [part._replace(rows=n) for part, n in zip(parts, rows, strict=True)]
+        counted = dask.compute(*counts)
+        parts = [part._replace(rows=n) for part, n in zip(parts, counted, strict=True)]
+    chunks = [tuple(parts[i] for i in group) for group in groups]
+    rows = [sum(part.rows for part in chunk) for chunk in chunks]
     if sum(rows) == 0:
         detail = " after dropping rows with missing values" if missing == "drop" else ""
         raise ValueError(f"The Parquet data at {loc.url} has no rows{detail} "
                          f"({len(paths)} file(s)).")
 
-    # One task per part (a file or a run of its row groups), carrying only its own part,
-    # with no task before it: a chain (parts -> read) is fused by some graphs and not by
-    # others, and a scheduler that still knows the key from one warns of a "different
-    # run_spec" (which can deadlock) when the other comes (a fit's rechunked persist,
-    # then the profile).
+    # One task per chunk (files, or runs of a file's row groups), carrying only its own
+    # parts, with no task before it: a chain (parts -> read) is fused by some graphs and
+    # not by others, and a scheduler that still knows the key from one warns of a
+    # "different run_spec" (which can deadlock) when the other comes (a fit's rechunked
+    # persist, then the profile).
     # A blockwise layer whose parts are written into its tasks (ArrayValuesDep): dask
     # fuses it into the blockwise pass that reads each chunk, whatever else that pass
     # takes (k-means|| state, weights), and never as a chain of keys.
@@ -1208,9 +1256,9 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     load = functools.partial(_load_features, columns=feature_names, out_dtype=dtype,
                              missing=missing, drop_zero_norm=drop_zero_norm, **common)
     values = {}
-    for i, part in enumerate(parts):
+    for i, chunk in enumerate(chunks):
         one = np.empty(1, dtype=object)  # an array: a literal in the task, not a tuple
-        one[0] = part
+        one[0] = chunk
         values[(i, 0)] = one
     features = da.blockwise(load, "ij", ArrayValuesDep((tuple(rows), (d,)), values), "ij",
                             align_arrays=False, name=name, dtype=dtype,
@@ -1223,7 +1271,7 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                                    for f in fragments])
         meta = _keys_frame(read_schema.empty_table().select(keys), nullable)
         meta.index = pd.RangeIndex(0)
-        key_frame = dd.from_map(_load_keys, parts, meta=meta, label="read-parquet-keys",
+        key_frame = dd.from_map(_load_keys, chunks, meta=meta, label="read-parquet-keys",
                                 key_columns=keys, feature_columns=feature_names,
                                 out_dtype=dtype, missing=missing, nullable=nullable,
                                 enforce_metadata=False,
@@ -1246,7 +1294,8 @@ def read_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     Returns
     -------
     dask.array.Array of shape (n_rows, n_features)
-        One row chunk per Parquet file, known chunk sizes.
+        Row chunks of at most 128 MiB (consecutive files together, a large file in
+        runs of its row groups), known chunk sizes.
 
     Examples
     --------
@@ -1563,8 +1612,8 @@ def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
     Every part holds the key columns of ``source`` (if any), ``cluster``
     (int32) and ``distance`` (float64). Parts are written under
     ``out_url/_temporary-<uuid>/``, moved to ``out_url/part-NNNNN.parquet``
-    (``NNNNN`` = the input chunk's index: a file, or a run of row groups of a file
-    that ``chunk_bytes`` split) and committed by writing
+    (``NNNNN`` = the input chunk's index: consecutive files, or a run of row groups
+    of a large file, see ``open_parquet``'s ``chunk_bytes``) and committed by writing
     ``out_url/_SUCCESS`` last. On a local disk each move is a rename; on object
     storage the ``_SUCCESS`` marker is the commit, which :func:`read_labels`
     requires. On failure the temporary prefix is removed and no marker is

@@ -89,8 +89,13 @@ def test_directory_chunks_follow_files_with_zero_row_parts(store):
     store.put_bytes("data/_SUCCESS", b"")
     store.put_bytes("data/_temporary-1/part-9.parquet", b"junk")
     store.put_bytes("data/.hidden.parquet", b"junk")
-    X = read_parquet(url, ["x", "z"], storage_options=store.storage_options)
+    so = store.storage_options
+    X = open_parquet(url, ["x", "z"], storage_options=so, chunk_bytes=None).features
     assert X.chunks == ((4, 0, 3, 5), (2,))
+    np.testing.assert_array_equal(X.compute(), df[["x", "z"]].to_numpy(np.float64))
+    # By default small files share a chunk, up to chunk_bytes.
+    X = read_parquet(url, ["x", "z"], storage_options=so)
+    assert X.chunks == ((12,), (2,))
     np.testing.assert_array_equal(X.compute(), df[["x", "z"]].to_numpy(np.float64))
 
 
@@ -108,7 +113,7 @@ def test_glob(store):
     store.put_bytes("data/notes.txt", b"not parquet")
     X = read_parquet(store.url("data", "part-[12].parquet"), ["x"],
                      storage_options=store.storage_options)
-    assert X.chunks == ((3, 4), (1,))
+    assert X.chunks == ((7,), (1,))  # two small files, one chunk
     np.testing.assert_array_equal(X.compute().ravel(), df["x"].to_numpy()[2:])
     with pytest.raises(FileNotFoundError, match="No files match"):
         read_parquet(store.url("data", "*.nothing"), storage_options=store.storage_options)
@@ -135,7 +140,7 @@ def test_hive_partitioned(store):
     src = open_parquet(url, storage_options=so, key_columns=["region"])
     # Partition columns are not features by default.
     assert src.feature_names == ["a", "b"]
-    assert src.features.chunks == ((3, 0, 2), (2,))
+    assert src.features.chunks == ((5,), (2,))
     keys = src.keys.compute()
     assert list(keys["region"]) == ["eu"] * 3 + ["us"] * 2
     # A numeric partition column is a feature when named.
@@ -152,7 +157,7 @@ def test_a_null_hive_partition_keeps_an_integer_key_exact(local_store):
 
     for k in ("1", "__HIVE_DEFAULT_PARTITION__", "3"):
         local_store.write_parquet(f"hn/k={k}/part-0.parquet", pd.DataFrame({"a": [1.0]}))
-    src = open_parquet(local_store.url("hn"), key_columns="k")
+    src = open_parquet(local_store.url("hn"), key_columns="k", chunk_bytes=None)
     keys = src.keys.compute()["k"]
     assert keys.dtype == pd.Int32Dtype() and keys.tolist()[:2] == [1, 3] and keys.isna().tolist()[2]
     write_labels(src, np.zeros(3, dtype=int), np.zeros(3), local_store.url("hn-labels"))
@@ -184,7 +189,7 @@ def test_hive_partition_values_arrive_as_written(local_store):
     labels = read_labels(local_store.url("hz-labels")).compute()
     assert labels["zip"].tolist() == ["02134", "10001"] and labels["code"].tolist() == ["007", "12"]
     written = pq.read_table(local_store.path("hz-labels/part-00000.parquet"))
-    assert written.column("zip").to_pylist() == ["02134"]
+    assert written.column("zip").to_pylist() == ["02134", "10001"]
     # Text is not a feature, rather than 2134.
     with pytest.raises(ValueError, match=r"'zip' \(string\)"):
         open_parquet(url, ["a", "zip"], missing="drop")
@@ -275,7 +280,7 @@ def test_keys_carried_and_aligned(store):
 
 def test_graph_pickles_and_reads_only_its_part(store):
     url, df = write_dir(store, [2, 3])
-    src = open_parquet(url, ["x"], storage_options=store.storage_options)
+    src = open_parquet(url, ["x"], storage_options=store.storage_options, chunk_bytes=None)
     # What a distributed worker receives: the graph, pickled, file system included.
     X = pickle.loads(pickle.dumps(src.features))
     np.testing.assert_array_equal(X.blocks[1].compute().ravel(), df["x"].to_numpy()[2:])
@@ -525,8 +530,11 @@ def nan_parts(store, *, with_null=False):
 def test_nan_error_is_lazy_and_names_column_count_and_part(store):
     url = nan_parts(store)
     # NaN is not null: the statistics cannot tell, so opening reads no data and succeeds.
-    src = open_parquet(url, ["a", "b"], storage_options=store.storage_options)
+    src = open_parquet(url, ["a", "b"], storage_options=store.storage_options, chunk_bytes=None)
     np.testing.assert_array_equal(src.features.blocks[0].compute()[:, 0], [1, 2, 3])
+    # In a chunk of several files too, the message names the file.
+    src = open_parquet(url, ["a", "b"], storage_options=store.storage_options)
+    assert src.features.numblocks[0] == 1
     with pytest.raises(ValueError) as e:
         src.features.compute()
     msg = str(e.value)
@@ -555,13 +563,13 @@ def test_missing_drop(store):
     src = open_parquet(url, ["a", "b"], missing="drop", key_columns="k",
                        storage_options=store.storage_options)
     # Chunk sizes are counted at open, so they are known.
-    assert src.features.chunks == ((3, 1), (2,))
+    assert src.features.chunks == ((4,), (2,))  # 3 and 1 rows left, one chunk
     np.testing.assert_array_equal(src.features.compute(), [[1, 1], [2, 1], [3, 1], [7, 2]])
     keys = src.keys.compute()
     assert list(keys["k"]) == [0, 1, 2, 6]
     # The index is the row number in the dataset before dropping.
     assert list(keys.index) == [0, 1, 2, 6]
-    assert src.keys.npartitions == 2
+    assert src.keys.npartitions == 1
 
 
 @pytest.mark.parametrize("missing", ["error", "drop"])
@@ -683,11 +691,17 @@ def test_truncated_file_names_it(store):
         open_parquet(url, storage_options=store.storage_options)
 
 
-def test_part_changed_after_open(local_store):
+@pytest.mark.parametrize("missing", ["error", "drop"])
+@pytest.mark.parametrize("chunk_bytes", [None, "128MiB"])
+def test_part_changed_after_open(local_store, missing, chunk_bytes):
+    """Alone in its chunk or sharing one: the file that changed is named, before its rows
+    are written anywhere."""
     url, _ = write_dir(local_store, [3, 3])
-    src = open_parquet(url)
+    src = open_parquet(url, ["x"], missing=missing, chunk_bytes=chunk_bytes)
+    assert src.features.numblocks[0] == (2 if chunk_bytes is None else 1)
     local_store.write_parquet("data/part-1.parquet", frame(5))
-    with pytest.raises(ValueError, match="changed after open_parquet"):
+    with pytest.raises(ValueError, match=r"part-1\.parquet has 5 usable rows now but had 3 "
+                                         "when it was opened: the data changed after"):
         src.features.compute()
 
 
@@ -756,7 +770,8 @@ def labels_for(src):
 def test_write_and_read_labels(store):
     so = store.storage_options
     url, df = write_dir(store, [3, 0, 4])
-    src = open_parquet(url, ["x", "y"], key_columns=["id", "name"], storage_options=so)
+    src = open_parquet(url, ["x", "y"], key_columns=["id", "name"], storage_options=so,
+                       chunk_bytes=None)
     labels, distances = labels_for(src)
     out = store.url("out")
     assert write_labels(src, labels, distances, out, storage_options=so) == out
@@ -808,7 +823,7 @@ def failing_labels(src, bad_block=1):
 def test_write_labels_failure_leaves_nothing(store):
     so = store.storage_options
     url, _ = write_dir(store, [3, 3, 3, 3])
-    src = open_parquet(url, key_columns="id", storage_options=so)
+    src = open_parquet(url, key_columns="id", storage_options=so, chunk_bytes=None)
     _, distances = labels_for(src)
     out = store.url("out")
     with pytest.raises(RuntimeError, match="simulated failure"):
@@ -827,7 +842,7 @@ def test_write_labels_failure_leaves_nothing(store):
 def test_failed_overwrite_keeps_previous_output(store):
     so = store.storage_options
     url, _ = write_dir(store, [3, 3])
-    src = open_parquet(url, storage_options=so)
+    src = open_parquet(url, storage_options=so, chunk_bytes=None)
     out = store.url("out")
     write_labels(src, *labels_for(src), out, storage_options=so)
     before = read_labels(out, storage_options=so).compute()
@@ -904,7 +919,7 @@ def test_output_of_another_program_is_refused_even_with_overwrite(store, marker)
 
 def test_read_labels_refuses_uncommitted_or_damaged(local_store):
     url, _ = write_dir(local_store, [2, 2])
-    src = open_parquet(url)
+    src = open_parquet(url, chunk_bytes=None)
     out = local_store.url("out")
     write_labels(src, *labels_for(src), out)
     local_store.fs.rm(local_store.path("out", "part-00001.parquet"))
@@ -1000,7 +1015,7 @@ def test_any_fsspec_url_memory_filesystem():
             with fs.open(f"{root}/k=1/part-{i}.parquet", "wb") as f:
                 pd.DataFrame({"a": np.arange(n, dtype=float)}).to_parquet(f)
         src = open_parquet(f"memory://{root}", key_columns="k")
-        assert src.features.chunks == ((2, 3), (1,))
+        assert src.features.chunks == ((5,), (1,))
         np.testing.assert_array_equal(src.features.compute().ravel(), [0, 1, 0, 1, 2])
         assert list(src.keys.compute()["k"]) == [1] * 5
         write_labels(src, np.arange(5), np.zeros(5), f"memory://{root}/out")
@@ -1078,7 +1093,7 @@ def test_each_pass_reads_a_part_in_the_task_that_computes_on_it(local_store, cli
     from dask_kmeans import KMeans
 
     url, df = write_dir(local_store, [400, 300, 500, 350])
-    src = open_parquet(url, ["x", "y", "z"])
+    src = open_parquet(url, ["x", "y", "z"], chunk_bytes=None)
     with get_task_stream(client) as ts:
         km = KMeans(3, max_iter=3, tol=0, random_state=0, persist=False).fit(src)
     names = [t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data]
@@ -1176,11 +1191,11 @@ def test_a_file_larger_than_chunk_bytes_is_read_in_runs_of_row_groups(store):
     assert len(src.parts) == 2  # the files
     np.testing.assert_array_equal(src.features.compute(), whole[cols].to_numpy())
     np.testing.assert_array_equal(src.keys.compute()["id"].to_numpy(), whole["id"].to_numpy())
-    # A size in words; None: one chunk per file (so is the default for such small files).
+    # A size in words.
     for size in ("64 kB", 64_000):
         assert opened(chunk_bytes=size).features.numblocks[0] == 6
-    for size in (None, "128MiB"):
-        assert opened(chunk_bytes=size).features.chunks[0] == (10_000, 300)
+    assert opened(chunk_bytes=None).features.chunks[0] == (10_000, 300)
+    assert opened().features.chunks[0] == (10_300,)  # 128 MiB: both files, one chunk
 
     km = KMeans(3, max_iter=5, tol=0, random_state=0).fit(src)
     ref = KMeans(3, max_iter=5, tol=0, random_state=0).fit(opened(chunk_bytes=None))
@@ -1191,6 +1206,30 @@ def test_a_file_larger_than_chunk_bytes_is_read_in_runs_of_row_groups(store):
     assert store.fs.ls(store.path("labels"), detail=False).__len__() == 6 + 1  # + _SUCCESS
     np.testing.assert_array_equal(back["id"].to_numpy(), whole["id"].to_numpy())
     np.testing.assert_array_equal(back["cluster"].to_numpy(), np.asarray(km.labels_))
+
+
+def test_consecutive_small_files_share_chunks_up_to_chunk_bytes(store):
+    """Files of 100, 100, 0, 150, 100 and 60 rows x 2 float64 (16 bytes a row) in chunks of
+    at most 3,500 bytes: [100, 100, 0], [150], [100, 60]; the rows, keys and labels are
+    those of one chunk per file, and each task reads only its own files."""
+    so = store.storage_options
+    url, df = write_dir(store, [100, 100, 0, 150, 100, 60])
+    src = open_parquet(url, ["x", "z"], key_columns="id", storage_options=so, chunk_bytes=3500)
+    assert src.features.chunks == ((200, 150, 160), (2,))
+    np.testing.assert_array_equal(src.features.compute(), df[["x", "z"]].to_numpy(np.float64))
+    keys = src.keys.compute()
+    np.testing.assert_array_equal(keys["id"], df["id"])
+    assert list(keys.index) == list(range(len(df)))
+    (block,) = dask.optimize(src.features.blocks[2])
+    graph = pickle.dumps(dict(block.__dask_graph__()))
+    assert b"part-4.parquet" in graph and b"part-5.parquet" in graph
+    assert b"part-3.parquet" not in graph
+    out = store.url("out")
+    write_labels(src, np.arange(len(df)) % 3, np.zeros(len(df)), out, storage_options=so)
+    assert store.listdir("out") == ["_SUCCESS"] + [f"part-0000{i}.parquet" for i in range(3)]
+    got = read_labels(out, storage_options=so).compute()
+    np.testing.assert_array_equal(got["id"], df["id"])
+    np.testing.assert_array_equal(got["cluster"], np.arange(len(df)) % 3)
 
 
 def test_a_row_group_larger_than_chunk_bytes_is_a_chunk_of_its_own(local_store):
