@@ -448,6 +448,20 @@ def _finite(ctx, param, value):
     return value
 
 
+def _chunk_bytes(ctx, param, value):
+    """``none`` for one chunk per file; a size is checked with the rest of the job."""
+    return None if value is not None and value.strip().lower() == "none" else value
+
+
+def _chunk_bytes_option(f: Callable) -> Callable:
+    return click.option(
+        "--chunk-bytes", metavar="SIZE", callback=_chunk_bytes, default="128MiB",
+        show_default=True,
+        help="The most a chunk's features may take: consecutive small files share a chunk, "
+             "a larger file is read in runs of its row groups; none: one chunk per file."
+    )(f)
+
+
 def _data_options(f: Callable) -> Callable:
     """Options shared by fit and sweep: the features, how they are read, the K-means params."""
     options = [
@@ -474,6 +488,7 @@ def _data_options(f: Callable) -> Callable:
                      show_default=True,
                      help="Rows with NaN, inf or null features: stop, or skip them (with "
                           "--metric cosine, rows of zero norm too)."),
+        _chunk_bytes_option,
         click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
                      help="fsspec option for the input (and outputs on the same storage); "
                           "repeat. Dotted keys nest: client_kwargs.region_name=eu-west-1. "
@@ -489,11 +504,12 @@ def _data_options(f: Callable) -> Callable:
     return f
 
 
-def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_iter, tol, seed,
-               metric, standardize, oversampling_factor, init_rounds) -> tuple[dict, dict]:
+def _data_spec(input_url, columns, keys, dtype, missing, chunk_bytes, storage_options, max_iter,
+               tol, seed, metric, standardize, oversampling_factor,
+               init_rounds) -> tuple[dict, dict]:
     """The ``input`` and ``params`` entries of a job spec from :func:`_data_options`."""
     inp = {"url": input_url, "columns": columns, "key_columns": keys or [],
-           "dtype": dtype, "missing": missing,
+           "dtype": dtype, "missing": missing, "chunk_bytes": chunk_bytes,
            "storage_options": _storage_options(storage_options)}
     params = {"max_iter": max_iter, "tol": tol, "random_state": seed, "metric": metric,
               "standardize": standardize}
@@ -533,7 +549,8 @@ def _data_spec(input_url, columns, keys, dtype, missing, storage_options, max_it
 @_json_option
 @_cluster_options
 def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed, metric,
-        standardize, dtype, missing, storage_options, oversampling_factor, init_rounds,
+        standardize, dtype, missing, chunk_bytes, storage_options, oversampling_factor,
+        init_rounds,
         model_url, labels_url, profile, plot_url, plot_features, overwrite, as_json, progress,
         cluster_file, scheduler, timeout):
     """Fit K-means on the Parquet data at INPUT_URL; save the model and labels.
@@ -554,9 +571,9 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
             if value is not None:
                 raise click.UsageError(f"{option} applies to --init k-means|| only; with "
                                        f"--init {init} it would be ignored: leave it out")
-    inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
-                             max_iter, tol, seed, metric, standardize, oversampling_factor,
-                             init_rounds)
+    inp, params = _data_spec(input_url, columns, keys, dtype, missing, chunk_bytes,
+                             storage_options, max_iter, tol, seed, metric, standardize,
+                             oversampling_factor, init_rounds)
     params.update(n_clusters=n_clusters, init=init)
     if n_init is not None:
         params["n_init"] = n_init
@@ -585,14 +602,15 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
 @click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
               show_default=True, help="Rows with NaN, inf or null features: stop, or skip them "
                                       "(for a cosine model, rows of zero norm too).")
+@_chunk_bytes_option
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
               help="fsspec option for the input (and the model and output on the same "
                    "storage); repeat. " + _VALUE_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace labels already there.")
 @_json_option
 @_cluster_options
-def predict(model_url, input_url, labels_url, keys, columns, missing, storage_options,
-            overwrite, as_json, progress, cluster_file, scheduler, timeout):
+def predict(model_url, input_url, labels_url, keys, columns, missing, chunk_bytes,
+            storage_options, overwrite, as_json, progress, cluster_file, scheduler, timeout):
     """Label the Parquet data at INPUT_URL with the model saved at MODEL_URL.
 
     \b
@@ -603,7 +621,8 @@ def predict(model_url, input_url, labels_url, keys, columns, missing, storage_op
         "kind": "predict",
         "model": model_url,
         "input": {"url": input_url, "columns": columns, "key_columns": keys or [],
-                  "missing": missing, "storage_options": _storage_options(storage_options)},
+                  "missing": missing, "chunk_bytes": chunk_bytes,
+                  "storage_options": _storage_options(storage_options)},
         "output": {"labels": labels_url, "overwrite": overwrite},
     }}
     _remember_secrets(spec)
@@ -643,7 +662,8 @@ def _k_values(ctx, param, value):
 @_json_option
 @_cluster_options
 def sweep(input_url, ks, keys, columns, max_iter, tol, seed, metric, standardize, dtype,
-          missing, storage_options, oversampling_factor, init_rounds, plot_url, no_plot,
+          missing, chunk_bytes, storage_options, oversampling_factor, init_rounds, plot_url,
+          no_plot,
           table_url, overwrite, as_json, progress, cluster_file, scheduler, timeout):
     """Fit every K at once on the Parquet data at INPUT_URL and suggest one.
 
@@ -660,9 +680,9 @@ def sweep(input_url, ks, keys, columns, max_iter, tol, seed, metric, standardize
     if no_plot and source is not None and source.name != "DEFAULT":
         raise click.UsageError("--no-plot saves no elbow plot, so --plot would be ignored: "
                                "give one or the other")
-    inp, params = _data_spec(input_url, columns, keys, dtype, missing, storage_options,
-                             max_iter, tol, seed, metric, standardize, oversampling_factor,
-                             init_rounds)
+    inp, params = _data_spec(input_url, columns, keys, dtype, missing, chunk_bytes,
+                             storage_options, max_iter, tol, seed, metric, standardize,
+                             oversampling_factor, init_rounds)
     spec = {"job": {
         "kind": "sweep", "input": inp, "k": ks, "params": params,
         "output": {"table": table_url, "plot": None if no_plot else plot_url,

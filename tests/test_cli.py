@@ -595,6 +595,32 @@ def test_a_spec_that_cannot_be_read_is_exit_2_naming_the_file(data, tmp_path):
 
 
 
+def test_chunk_bytes_sets_the_chunks_and_so_the_labels_parts(data, tmp_path):
+    """Three files of 400 rows x 4 numeric columns (12,800 bytes of float64 features each):
+    one chunk by default, one per file with none or with less than two files' bytes; a size
+    that is no size is refused."""
+    def parts(name):
+        return sorted(p.name for p in (tmp_path / name).glob("part-*.parquet"))
+
+    common = ["--seed", 0, "--cluster", data["config"]]
+    for i, (option, n) in enumerate([([], 1), (["--chunk-bytes", "none"], 3),
+                                     (["--chunk-bytes", "15kB"], 3),
+                                     (["--chunk-bytes", "30kB"], 2)]):
+        name = f"labels-{i}"
+        result = invoke("fit", data["url"], "--k", 3, "--labels", tmp_path / name, *option,
+                        *common)
+        assert result.exit_code == 0, result.stderr
+        assert len(parts(name)) == n, (option, parts(name))
+    invoke("fit", data["url"], "--k", 3, "--output", tmp_path / "m", *common)
+    result = invoke("predict", tmp_path / "m", data["url"], "--output", tmp_path / "p",
+                    "--chunk-bytes", "NONE", "--cluster", data["config"])
+    assert result.exit_code == 0, result.stderr
+    assert len(parts("p")) == 3
+    line = one_line_error(invoke("sweep", data["url"], "--k", "2..3", "--chunk-bytes", "lots",
+                                 "--no-plot", *common), 2)
+    assert "input.chunk_bytes" in line and "'lots'" in line
+
+
 def test_errors_are_one_line_with_an_exit_code(data, tmp_path):
     common = ["--storage-option", SECRET_OPTION, "--cluster", data["config"]]
     missing = tmp_path / "nothing-here"
