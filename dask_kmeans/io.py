@@ -691,37 +691,39 @@ def _check_rows(n: int, part: _Part) -> None:
                          "was opened: the data changed after open_parquet. Open it again.")
 
 
-def _load_features(chunk: np.ndarray, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-                   columns: Sequence[str], out_dtype: np.dtype, missing: str,
-                   drop_zero_norm: bool = False) -> np.ndarray:
+def _load_features(chunk: np.ndarray, **kwargs) -> np.ndarray:
     """A chunk: the usable rows of its consecutive parts (files, or runs of a file's row
-    groups), an ndarray of shape (their rows, len(columns)).
-
-    ``chunk`` holds the tuple of parts. Without rows to drop, each part is written
-    straight into its rows of the chunk.
-    """
+    groups), an ndarray of shape (their rows, len(columns)). ``chunk`` holds the tuple of
+    parts; for ``kwargs`` see :func:`_load_part`."""
     (parts,) = chunk
-    out = None
-    if len(parts) > 1:
-        out = pool_empty((sum(part.rows for part in parts), len(columns)), out_dtype)
+    if len(parts) == 1:
+        return _load_part(parts[0], None, **kwargs)
+    out = pool_empty((sum(part.rows for part in parts), len(kwargs["columns"])),
+                     kwargs["out_dtype"])
     start = 0
     for part in parts:
-        table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
-        direct = out is not None and missing == "error"
-        if direct:
-            _check_rows(table.num_rows, part)  # before it is written into its rows
-        X = _to_matrix(table, columns, out_dtype,
-                       out[start:start + part.rows] if direct else None)
-        keep = _finite_mask(X, columns, part.url, missing, drop_zero_norm)
-        if keep is not None:
-            X = X[keep]
-        _check_rows(X.shape[0], part)
-        if out is None:
-            return X
-        if not direct:
-            out[start:start + part.rows] = X
+        _load_part(part, out[start:start + part.rows], **kwargs)
         start += part.rows
     return out
+
+
+def _load_part(part: _Part, out: np.ndarray | None, *, filesystem: pafs.FileSystem,
+               schema: pa.Schema, columns: Sequence[str], out_dtype: np.dtype, missing: str,
+               drop_zero_norm: bool = False) -> np.ndarray:
+    """The usable rows of one part, also written into ``out`` (its rows in a chunk) when
+    given: straight into it when no row can be dropped."""
+    table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
+    direct = out is not None and missing == "error"
+    if direct:
+        _check_rows(table.num_rows, part)  # before it is written into its rows
+    X = _to_matrix(table, columns, out_dtype, out if direct else None)
+    keep = _finite_mask(X, columns, part.url, missing, drop_zero_norm)
+    if keep is not None:
+        X = X[keep]
+    _check_rows(X.shape[0], part)
+    if out is not None and not direct:
+        out[:] = X
+    return X
 
 
 def _count_valid(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,

@@ -1251,7 +1251,9 @@ def test_split_files_drop_missing_rows_run_by_run_and_name_the_row_groups(local_
     np.testing.assert_array_equal(src.keys.compute()["id"].to_numpy(), kept["id"].to_numpy())
     strict = open_parquet(local_store.url("big"), cols, chunk_bytes=70_000)
     with pytest.raises(ValueError, match=r"part-0\.parquet \(row groups 4-5\): column 'b' has 2 "):
-        strict.features.compute()
+        strict.features.blocks[2].compute()
+    with pytest.raises(ValueError, match=r"part-0\.parquet \(row groups 0-1\): column 'b' has 1 "):
+        strict.features.blocks[0].compute()
 
 
 @pytest.mark.parametrize("bad", [0, -5, "lots", True, 1.5])
