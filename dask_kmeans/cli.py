@@ -23,6 +23,7 @@ from . import __version__, jobs
 from ._progress import listening
 from ._schema import SchemaError, load_yaml, show
 from .cluster import ClusterConfigUnreadable, ClusterError, connect, load_cluster_config
+from .io import DEFAULT_CHUNK_BYTES
 
 #: What each exit code means.
 EXIT_CODES = {
@@ -455,7 +456,7 @@ def _chunk_bytes(ctx, param, value):
 
 def _chunk_bytes_option(f: Callable) -> Callable:
     return click.option(
-        "--chunk-bytes", metavar="SIZE", callback=_chunk_bytes, default="128MiB",
+        "--chunk-bytes", metavar="SIZE", callback=_chunk_bytes, default=DEFAULT_CHUNK_BYTES,
         show_default=True,
         help="The most a chunk's features may take: consecutive small files share a chunk, "
              "a larger file is read in runs of its row groups; none: one chunk per file."

@@ -18,6 +18,7 @@ import yaml
 
 import dask_kmeans as dk
 from dask_kmeans._schema import load_yaml
+from dask_kmeans.io import DEFAULT_CHUNK_BYTES
 from dask_kmeans.jobs import (
     MAX_K_VALUES,
     JobSpecError,
@@ -235,8 +236,10 @@ def test_defaults_are_kmeans_own_and_filled_in():
                                  "output": {"table": "t.csv"}}})
     job = spec["job"]
     assert job["params"] == sweep
+    # The input's defaults are open_parquet's.
     assert job["input"] == {"url": "d", "columns": None, "key_columns": [], "dtype": None,
-                            "missing": "error", "chunk_bytes": "128MiB", "storage_options": {}}
+                            "missing": "error", "chunk_bytes": DEFAULT_CHUNK_BYTES,
+                            "storage_options": {}}
     assert job["output"] == {"table": "t.csv", "plot": None, "overwrite": False,
                              "storage_options": None}
     assert job["cluster"] is None
