@@ -1254,6 +1254,20 @@ def test_split_files_drop_missing_rows_run_by_run_and_name_the_row_groups(local_
         strict.features.blocks[2].compute()
     with pytest.raises(ValueError, match=r"part-0\.parquet \(row groups 0-1\): column 'b' has 1 "):
         strict.features.blocks[0].compute()
+    # Read a row group at a time, a part's values are still counted over all of them.
+    whole = open_parquet(local_store.url("big"), cols, chunk_bytes=None)
+    with pytest.raises(ValueError, match=r"part-0\.parquet: column 'b' has 3 "):
+        whole.features.compute()
+
+
+def test_a_part_of_several_row_groups_that_grew_is_named_with_its_rows_now(local_store):
+    """Its rows are read a row group at a time into the chunk: the extra ones are counted,
+    not written past its rows."""
+    _grouped(local_store, n=4000)
+    src = open_parquet(local_store.url("big"), ["x", "a"], chunk_bytes=None)
+    _grouped(local_store, n=5000)
+    with pytest.raises(ValueError, match="has 5000 usable rows now but had 4000"):
+        src.features.compute()
 
 
 @pytest.mark.parametrize("bad", [0, -5, "lots", True, 1.5])
