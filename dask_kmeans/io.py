@@ -616,22 +616,15 @@ def _task_secrets(filesystem) -> tuple[str, ...]:
 
 def _read_part(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                columns: Sequence[str]) -> pa.Table:
-    target = pa.schema([schema.field(c) for c in columns])
-    if part.schema is None:  # a file without rows
-        return target.empty_table()
-    fragment = ds.ParquetFileFormat().make_fragment(
-        part.path, filesystem=filesystem, partition_expression=part.partition_expression,
-        row_groups=None if part.row_groups is None else list(part.row_groups))
-    with _fs_errors(part.url, _task_secrets(filesystem), "reading"):
-        table = fragment.to_table(columns=list(columns), schema=part.schema)
-    # Unsafe, as _to_matrix: an int64 beyond 2**53 in a part where the others hold doubles.
-    return table if table.schema.equals(target) else table.cast(target, safe=False)
+    """The part's ``columns``, of the dataset's types, as one table (a chunk a row group)."""
+    return pa.concat_tables(_read_row_groups(part, filesystem=filesystem, schema=schema,
+                                             columns=columns))
 
 
 def _read_row_groups(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                      columns: Sequence[str]) -> Iterator[pa.Table]:
-    """The part's rows as :func:`_read_part` reads them, one row group at a time (its
-    footer read once)."""
+    """The part's ``columns``, of the dataset's types, one row group at a time (its footer
+    read once); one empty table for a file without rows."""
     target = pa.schema([schema.field(c) for c in columns])
     if part.schema is None:  # a file without rows
         yield target.empty_table()
@@ -644,6 +637,8 @@ def _read_row_groups(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Sch
         for group in fragment.row_groups:
             table = fragment.subset(row_group_ids=[group.id]).to_table(
                 columns=list(columns), schema=part.schema)
+            # Unsafe, as _to_matrix: an int64 beyond 2**53 in a part where the others hold
+            # doubles.
             yield table if table.schema.equals(target) else table.cast(target, safe=False)
 
 
@@ -1002,29 +997,22 @@ def _row_group_runs(metadata: pq.FileMetaData, row_bytes: int,
     """How one file becomes chunks: (row groups, rows) per chunk, in order.
 
     The whole file (row groups None) when its features fit in ``chunk_bytes``; otherwise
-    runs of consecutive row groups of at most ``chunk_bytes`` each (a row group larger
-    than that is a chunk of its own: a file is never split inside a row group).
+    runs of consecutive row groups of at most ``chunk_bytes`` each, grouped as
+    :func:`_chunks` groups files (a row group larger than that is a chunk of its own: a
+    file is never split inside a row group).
     """
-    n_groups = metadata.num_row_groups
-    if chunk_bytes is None or n_groups <= 1 or metadata.num_rows * row_bytes <= chunk_bytes:
+    if chunk_bytes is None or metadata.num_row_groups <= 1 \
+            or metadata.num_rows * row_bytes <= chunk_bytes:
         return [(None, metadata.num_rows)]
-    runs: list[tuple[tuple[int, ...] | None, int]] = []
-    groups: list[int] = []
-    rows = 0
-    for g in range(n_groups):
-        n = metadata.row_group(g).num_rows
-        if groups and (rows + n) * row_bytes > chunk_bytes:
-            runs.append((tuple(groups), rows))
-            groups, rows = [], 0
-        groups.append(g)
-        rows += n
-    runs.append((tuple(groups), rows))
-    return runs
+    rows = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+    return [(tuple(run), sum(rows[g] for g in run))
+            for run in _chunks(rows, row_bytes, chunk_bytes)]
 
 
 def _chunks(rows: Sequence[int], row_bytes: int, chunk_bytes: int | None) -> list[list[int]]:
-    """Consecutive parts of ``rows`` rows each grouped into chunks of at most
-    ``chunk_bytes`` (a part larger than that alone), as lists of part indices."""
+    """Consecutive items (parts, or a file's row groups) of ``rows`` rows each grouped
+    into chunks of at most ``chunk_bytes`` (an item larger than that alone), as lists of
+    item indices."""
     chunks: list[list[int]] = []
     size = 0
     for i, n in enumerate(rows):
