@@ -22,19 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import numpy as np
-
-
-def median_ms(f, repeats: int) -> float:
-    f()  # warm up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
+from round_trip import median_ms
 
 
 def write_parts(root: str, parts: int, rows: int, d: int) -> None:
@@ -49,8 +39,6 @@ def write_parts(root: str, parts: int, rows: int, d: int) -> None:
 
 def read_pieces(path: str, d: int, repeats: int) -> tuple[float, float]:
     """In a worker: the read of one part into Arrow, and its conversion to a matrix (ms)."""
-    import pyarrow as pa
-
     from dask_kmeans import io
 
     columns = [f"f{j}" for j in range(d)]
@@ -63,7 +51,6 @@ def read_pieces(path: str, d: int, repeats: int) -> tuple[float, float]:
 
     read_ms = median_ms(read, repeats)
     matrix_ms = median_ms(lambda: io._to_matrix(table[0], columns, np.dtype(np.float64)), repeats)
-    assert isinstance(table[0], pa.Table)
     return read_ms, matrix_ms
 
 
