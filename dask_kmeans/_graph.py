@@ -396,13 +396,13 @@ def _row_args(X, sample_weight, state):
 
 
 def part(t, i):
-    """Item ``i`` of a per-chunk tuple."""
+    """Item ``i`` (an index or a slice) of a per-chunk tuple."""
     return t[i]
 
 
-def proposals_of(result):
-    """The candidate rows and the cost of a ``round_chunk`` result, without its state."""
-    return result[-2:]
+#: Of a ``round_chunk`` result (see :func:`part`): the candidate rows and the cost,
+#: without the state.
+PROPOSALS = slice(-2, None)
 
 
 def merge_round_results(*parts, ell):
@@ -458,7 +458,7 @@ def chosen_rows(results: da.Array, ell: float, split_every=None) -> Delayed:
     (which would also stay there, a second copy, as long as the state is kept). On
     results not persisted, the taking fuses with the round's task.
     """
-    proposals = results.map_blocks(proposals_of, dtype=object,
+    proposals = results.map_blocks(part, PROPOSALS, dtype=object,
                                    meta=np.empty((0, 0), dtype=object))
     name = "kmeans-chosen-" + tokenize(proposals.name, ell, split_every)
     merge = partial(merge_round_results, ell=ell)

@@ -516,7 +516,7 @@ class Passes:
         if self.keep_state:
             self._state = self._client.map(G.part, res, [0] * len(res), pure=False)
             # The merges fetch the proposals, not the states (see G.chosen_rows).
-            res = self._client.map(G.proposals_of, res, pure=False)
+            res = self._client.map(G.part, res, [G.PROPOSALS] * len(res), pure=False)
         rows, phi = tree_merge(self._client, res, self.split_every,
                                partial(G.merge_round_results, ell=ell))
         del res
