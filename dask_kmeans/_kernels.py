@@ -27,6 +27,10 @@ FEW_HITS = 4
 F32_SAFE = 1e30
 #: k-means|| oversampling draws and tests this many rows at a time (64 KB of draws).
 OVERSAMPLE_BLOCK = 8192
+#: In a block of a k-means|| pass, when fewer than one row in this many needs every
+#: candidate's score scanned, those rows are scanned one by one (:func:`_row_scores`)
+#: instead of the whole block's rows at once.
+SCAN_ROWS_SHARE = 8
 
 
 class Partials(NamedTuple):
@@ -1013,6 +1017,35 @@ def _count_near(db, half, low, m, near):
             near[r] += np.int32(1) if sj[r] - hj >= low[r] else np.int32(0)
 
 
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _score_floor(top, window):
+    """The lowest score that may still be the best, given the best float32 score ``top``
+    and the row's error ``window``: in float64, and as a float32 to compare scores with."""
+    low = np.float64(top) - window
+    return low, (_float32_below(low) if low > -np.inf and low < np.inf else np.float32(low))
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _row_scores(db, half, r, window, top, arg, lows, low32, near):
+    """What :func:`_top_scores`, :func:`_score_floor` and :func:`_count_near` find for
+    the rows of a block, for its row ``r`` alone (the same comparisons, in the same
+    order): for the few rows of a block that need them."""
+    best = db[0, r] - half[0]
+    at = 0
+    for j in range(1, db.shape[0]):
+        v = db[j, r] - half[j]
+        if v > best:
+            best = v
+            at = j
+    top[r] = best
+    arg[r] = at
+    lows[r], low32[r] = _score_floor(best, window)
+    count = 0
+    for j in range(db.shape[0]):
+        count += db[j, r] - half[j] >= low32[r]
+    near[r] = count
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, prev_sq,
                     prev_idx, has_prev, count_hits, out_sq, out_idx, cosine):
@@ -1040,7 +1073,11 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
     GEMM ``cs . xs^T``), so that the best score, its candidate and the
     counts are found for all the block's rows at once, in loops across rows
     that vectorise: a scalar argmax over each row's scores cost most of the
-    pass (2.5x the time on 250k x 32 float32 rows and 64 candidates).
+    pass (2.5x the time on 250k x 32 float32 rows and 64 candidates). With
+    ``count_hits``, few rows need a best score at all (0.1-1.7% of them from
+    the third round, on the overlapping mixture): when fewer than one in
+    ``SCAN_ROWS_SHARE`` of a block does, just those rows are scanned, each
+    alone (:func:`_row_scores`).
     """
     n, d = x.shape
     k = c.shape[0]
@@ -1075,6 +1112,7 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
             windows[r] = err_row * np.sqrt(norms[r]) + err_const
         db = flat[:k * m].reshape((k, m))  # a row per candidate, a column per row
         np.dot(cs, xs[:m].T, db)  # x.c; the scores below take the half norms away
+        rest = m  # rows the few-hits path below does not settle
         if count_hits:
             # Closer than the previous candidate means a score above
             # (|x|^2 - d_prev^2) / 2; most rows have none and keep it, unmeasured.
@@ -1082,13 +1120,19 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
                 prev_full = prev_sq[start + r] * (2.0 if cosine else 1.0)
                 thr[r] = _float32_below(0.5 * (norms[r] - prev_full) - windows[r])
             _count_hits(db, half, thr, m, hits, first)
-        _top_scores(db, half, m, top, arg, top[:0])
-        for r in range(m):
-            low = np.float64(top[r]) - windows[r]
-            lows[r] = low
-            low32[r] = _float32_below(low) if low > -np.inf and low < np.inf \
-                else np.float32(low)
-        _count_near(db, half, low32, m, near)
+            rest = 0
+            for r in range(m):
+                if hits[r] > FEW_HITS or not (f32_ok and norms[r] < F32_SAFE):
+                    rest += 1
+        if rest * SCAN_ROWS_SHARE > m:  # across the block's rows at once
+            _top_scores(db, half, m, top, arg, top[:0])
+            for r in range(m):
+                lows[r], low32[r] = _score_floor(top[r], windows[r])
+            _count_near(db, half, low32, m, near)
+        elif rest:  # one row at a time, just those rows
+            for r in range(m):
+                if hits[r] > FEW_HITS or not (f32_ok and norms[r] < F32_SAFE):
+                    _row_scores(db, half, r, windows[r], top, arg, lows, low32, near)
         for r in range(m):
             i = start + r
             keep = prev_idx[i] if has_prev else base

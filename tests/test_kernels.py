@@ -391,6 +391,33 @@ def test_nearest_update_with_state_switches_only_to_a_strictly_nearer_candidate(
         np.testing.assert_allclose(new.sq_dist, ((x - near) ** 2).sum(axis=1), rtol=1e-12)
 
 
+def test_nearest_update_scans_a_blocks_few_unsettled_rows_alone_and_many_together():
+    """With a state, a row with more than ``FEW_HITS`` candidates that may beat its
+    previous one, or too large for float32 scores, needs its best score: found for
+    that row alone when few rows of its block need it (block 0: rows 17 and 30), for
+    the whole block when many do (block 1). Both give the exact nearest candidate,
+    the earlier one on a tie."""
+    rng = np.random.default_rng(5)
+    far = np.full(4, 5.0)
+    x = rng.normal(scale=0.1, size=(2 * K.BLOCK_ROWS, 4))
+    x[K.BLOCK_ROWS:] += far
+    x[17] += far
+    x[30] = 1e16  # its squared norm is beyond F32_SAFE
+    new = far + rng.normal(size=(10, 4))
+    new[6] = new[2]
+    # Two previous candidates (after one, no row is spared the scan).
+    cands = np.vstack([np.zeros((1, 4)), np.full((1, 4), -50.0), new])
+    state = K.nearest_update(x, cands[:2], 0)
+    got = K.nearest_update(x, cands, 2, state)
+    d, want = _nearest_reference(x, cands, 2, state, "euclidean")
+    np.testing.assert_allclose(got.sq_dist, want, rtol=1e-12)
+    np.testing.assert_array_equal(got.index[K.BLOCK_ROWS:], 2 + d[K.BLOCK_ROWS:].argmin(axis=1))
+    for row in (17, 30):
+        assert got.index[row] == 2 + d[row].argmin()
+    assert np.all(np.delete(got.index[:K.BLOCK_ROWS], [17, 30]) == 0)
+    assert not np.any(got.index == 8), "ties keep the earlier candidate"
+
+
 def test_float32_below_is_never_above_its_float64():
     rng = np.random.default_rng(0)
     tiny = float(np.finfo(np.float32).tiny)
