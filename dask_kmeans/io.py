@@ -604,7 +604,9 @@ class _Part(NamedTuple):
     rows: int  # rows expected (after dropping, for missing="drop")
     offset: int  # row number of the part's first row in the dataset
     schema: pa.Schema | None  # the part's own types of the columns read (None: no rows)
-    row_groups: tuple[int, ...] | None = None  # of the file, when it is split; None: all
+    row_groups: tuple[int, ...] | None  # of the file, when it is split; None: all
+    file_rows: int  # rows of the whole file when it was opened
+    span: tuple[int, int]  # (first, stop): the rows of the file the part covered then
 
 
 def _task_secrets(filesystem) -> tuple[str, ...]:
@@ -614,28 +616,47 @@ def _task_secrets(filesystem) -> tuple[str, ...]:
     return secret_values(getattr(filesystem, "storage_options", None))
 
 
-def _read_part(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-               columns: Sequence[str]) -> pa.Table:
-    """The part's ``columns``, of the dataset's types, as one table (a chunk a row group)."""
-    return pa.concat_tables(_read_row_groups(part, filesystem=filesystem, schema=schema,
-                                             columns=columns))
+def _changed(what: str) -> ValueError:
+    return ValueError(f"{what}: the data changed after open_parquet. Open it again.")
+
+
+def _check_unchanged(part: _Part, metadata: pq.FileMetaData) -> None:
+    """Refuse a file whose rows, or whose row groups holding the part, are not those of
+    the open (a split file that grew would otherwise be read without its new rows)."""
+    if metadata.num_rows != part.file_rows:
+        raise _changed(f"Part {part.url} has {metadata.num_rows} rows now but had "
+                       f"{part.file_rows} when it was opened")
+    if part.row_groups is None:
+        return
+    first, last = part.row_groups[0], part.row_groups[-1]
+    if last >= metadata.num_row_groups:
+        raise _changed(f"Part {part.url}: its file has {metadata.num_row_groups} row "
+                       "groups now, fewer than when it was opened")
+    rows = [metadata.row_group(g).num_rows for g in range(last + 1)]
+    now = (sum(rows[:first]), sum(rows))
+    if now != part.span:
+        raise _changed(f"Part {part.url} holds rows {now[0]}-{now[1] - 1} of its file now "
+                       f"but held rows {part.span[0]}-{part.span[1] - 1} when it was opened")
 
 
 def _read_row_groups(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                      columns: Sequence[str]) -> Iterator[pa.Table]:
     """The part's ``columns``, of the dataset's types, one row group at a time (its footer
-    read once); one empty table for a file without rows."""
+    read once, and checked against the open's); one empty table for a file without rows."""
     target = pa.schema([schema.field(c) for c in columns])
+    fragment = ds.ParquetFileFormat().make_fragment(
+        part.path, filesystem=filesystem, partition_expression=part.partition_expression)
+    secrets = _task_secrets(filesystem)
+    with _fs_errors(part.url, secrets, "reading"):
+        fragment.ensure_complete_metadata()
+    _check_unchanged(part, fragment.metadata)
     if part.schema is None:  # a file without rows
         yield target.empty_table()
         return
-    fragment = ds.ParquetFileFormat().make_fragment(
-        part.path, filesystem=filesystem, partition_expression=part.partition_expression,
-        row_groups=None if part.row_groups is None else list(part.row_groups))
-    with _fs_errors(part.url, _task_secrets(filesystem), "reading"):
-        fragment.ensure_complete_metadata()
-        for group in fragment.row_groups:
-            table = fragment.subset(row_group_ids=[group.id]).to_table(
+    groups = range(fragment.num_row_groups) if part.row_groups is None else part.row_groups
+    with _fs_errors(part.url, secrets, "reading"):
+        for group in groups:
+            table = fragment.subset(row_group_ids=[group]).to_table(
                 columns=list(columns), schema=part.schema)
             # Unsafe, as _to_matrix: an int64 beyond 2**53 in a part where the others hold
             # doubles.
@@ -709,8 +730,8 @@ def _finite_mask(X: np.ndarray, columns: Sequence[str], part_url: str,
 
 def _check_rows(n: int, part: _Part) -> None:
     if n != part.rows:
-        raise ValueError(f"Part {part.url} has {n} usable rows now but had {part.rows} when it "
-                         "was opened: the data changed after open_parquet. Open it again.")
+        raise _changed(f"Part {part.url} has {n} usable rows now but had {part.rows} when "
+                       "it was opened")
 
 
 def _load_features(chunk: np.ndarray, **kwargs) -> np.ndarray:
@@ -766,12 +787,14 @@ def _load_part(part: _Part, out: np.ndarray | None, *, filesystem: pafs.FileSyst
     return out
 
 
-def _count_valid(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-                 columns: Sequence[str], out_dtype: np.dtype,
-                 drop_zero_norm: bool = False) -> int:
-    table = _read_part(part, filesystem=filesystem, schema=schema, columns=columns)
-    X = _to_matrix(table, columns, out_dtype)
-    return int(_usable_rows(X, drop_zero_norm).sum())
+def _count_valid(parts: tuple[_Part, ...], *, filesystem: pafs.FileSystem,
+                 schema: pa.Schema, columns: Sequence[str], out_dtype: np.dtype,
+                 drop_zero_norm: bool = False) -> list[int]:
+    """The usable rows of each of a chunk's parts, read a row group at a time."""
+    return [sum(int(_usable_rows(_to_matrix(table, columns, out_dtype), drop_zero_norm).sum())
+                for table in _read_row_groups(part, filesystem=filesystem, schema=schema,
+                                              columns=columns))
+            for part in parts]
 
 
 def _load_keys(parts: tuple[_Part, ...], **kwargs) -> pd.DataFrame:
@@ -784,16 +807,20 @@ def _part_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                key_columns: Sequence[str], feature_columns: Sequence[str],
                out_dtype: np.dtype, missing: str, nullable: Sequence[str] = (),
                drop_zero_norm: bool = False) -> pd.DataFrame:
-    """The key columns of one part, indexed by row number in the dataset."""
+    """The key columns of one part, indexed by row number in the dataset; with
+    ``missing="drop"``, of its usable rows, found a row group at a time."""
+    read = functools.partial(_read_row_groups, part, filesystem=filesystem, schema=schema)
     if missing == "drop":
-        needed = list(dict.fromkeys([*key_columns, *feature_columns]))
-        table = _read_part(part, filesystem=filesystem, schema=schema, columns=needed)
-        X = _to_matrix(table, feature_columns, out_dtype)
-        keep = _usable_rows(X, drop_zero_norm)
-        table = table.select(list(key_columns)).filter(pa.array(keep))
-        index = pd.Index(part.offset + np.flatnonzero(keep), dtype=np.int64)
+        tables, kept, start = [], [], part.offset
+        for table in read(columns=list(dict.fromkeys([*key_columns, *feature_columns]))):
+            keep = _usable_rows(_to_matrix(table, feature_columns, out_dtype), drop_zero_norm)
+            tables.append(table.select(list(key_columns)).filter(pa.array(keep)))
+            kept.append(start + np.flatnonzero(keep))
+            start += table.num_rows
+        table = pa.concat_tables(tables)
+        index = pd.Index(np.concatenate(kept), dtype=np.int64)
     else:
-        table = _read_part(part, filesystem=filesystem, schema=schema, columns=key_columns)
+        table = pa.concat_tables(read(columns=key_columns))
         index = pd.RangeIndex(part.offset, part.offset + table.num_rows)
     frame = _keys_frame(table, nullable)
     frame.index = index
@@ -1016,7 +1043,9 @@ def _chunks(rows: Sequence[int], row_bytes: int, chunk_bytes: int | None) -> lis
     chunks: list[list[int]] = []
     size = 0
     for i, n in enumerate(rows):
-        if not chunks or chunk_bytes is None or size + n * row_bytes > chunk_bytes:
+        # An item without rows joins the chunk before it (a chunk of its own would be a
+        # task per pass, and a labels part, for nothing).
+        if not chunks or chunk_bytes is None or (n and size + n * row_bytes > chunk_bytes):
             chunks.append([])
             size = 0
         chunks[-1].append(i)
@@ -1256,20 +1285,23 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     row_bytes = len(feature_names) * dtype.itemsize
     parts, offset = [], 0
     for i, (u, f, md) in enumerate(zip(part_urls, fragments, metadata, strict=True)):
+        first = 0  # in the file
         for groups, n in _row_group_runs(md, row_bytes, chunk_bytes):
             # A file split into several chunks: messages name the row groups too.
             where = u if groups is None else f"{u} (row groups {groups[0]}-{groups[-1]})"
             parts.append(_Part(len(parts), where, f.path, f.partition_expression, n, offset,
-                               part_schema(i), groups))
+                               part_schema(i), groups, md.num_rows, (first, first + n)))
             offset += n
+            first += n
     # Grouped by the rows read (what a task holds), before any are dropped.
     groups = _chunks([part.rows for part in parts], row_bytes, chunk_bytes)
-    if missing == "drop":
-        counts = [dask.delayed(_count_valid)(part, columns=feature_names, out_dtype=dtype,
+    if missing == "drop":  # a task per chunk, as the reads
+        counts = [dask.delayed(_count_valid)(tuple(parts[i] for i in group),
+                                             columns=feature_names, out_dtype=dtype,
                                              drop_zero_norm=drop_zero_norm,
-                                             dask_key_name=f"count-valid-{token}-{i}", **common)
-                  for i, part in enumerate(parts)]
-        counted = dask.compute(*counts)
+                                             dask_key_name=f"count-valid-{token}-{c}", **common)
+                  for c, group in enumerate(groups)]
+        counted = [n for chunk in dask.compute(*counts) for n in chunk]
         parts = [part._replace(rows=n) for part, n in zip(parts, counted, strict=True)]
     chunks = [tuple(parts[i] for i in group) for group in groups]
     rows = [sum(part.rows for part in chunk) for chunk in chunks]
