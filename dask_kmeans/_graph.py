@@ -283,18 +283,30 @@ def distances(X: da.Array, C, *, metric="euclidean") -> da.Array:
     )
 
 
-def _zero_chunk(x, offset, *, limit):
-    return K.zero_norm_rows(x, int(offset[0]), limit)[None, :]
+def _found_chunk(x, offset, *, find, limit):
+    return find(x, int(offset[0]), limit)[None, :]
+
+
+def _found_rows(X: da.Array, find, width: int, limit: int) -> da.Array:
+    """``find(chunk, offset, limit)``, a vector of ``width`` per chunk of ``X``: shape
+    (n_chunks, width)."""
+    return da.blockwise(
+        _found_chunk, "ij", X, "ij", row_offsets(X), "i",
+        adjust_chunks={"i": 1, "j": width}, align_arrays=False, concatenate=True,
+        dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64), find=find, limit=limit,
+    )
 
 
 def zero_norm_rows(X: da.Array, limit: int = 5) -> da.Array:
     """The rows of zero norm (cosine), one row per chunk of ``X``: shape (n_chunks,
     2 + 2 * limit), see ``_kernels.zero_norm_rows``."""
-    return da.blockwise(
-        _zero_chunk, "ij", X, "ij", row_offsets(X), "i",
-        adjust_chunks={"i": 1, "j": 2 + 2 * limit}, align_arrays=False, concatenate=True,
-        dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64), limit=limit,
-    )
+    return _found_rows(X, K.zero_norm_rows, 2 + 2 * limit, limit)
+
+
+def nonfinite_rows(X: da.Array, limit: int = 5) -> da.Array:
+    """The rows holding NaN or infinity, one row per chunk of ``X``: shape (n_chunks,
+    1 + limit), see ``_kernels.nonfinite_rows``."""
+    return _found_rows(X, K.nonfinite_rows, 1 + limit, limit)
 
 
 def _far_chunk(x, c, offset, w=None, *, n_far, metric):

@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 
 from . import _kernels as K
-from ._lloyd import raise_zero_norm
+from ._lloyd import raise_nonfinite, raise_zero_norm
 from ._passes import Passes
 from ._progress import emit
 from ._runtime import compute
@@ -243,9 +243,8 @@ def kmeans_parallel(
         rows, phi = passes.oversample(np.vstack(candidates), base, seed=seed, stream=rnd,
                                       ell=ell_round)
         n_passes = rnd
-        if not np.isfinite(phi):
-            raise ValueError("Input X contains NaN or infinity: the k-means|| cost is not finite. "
-                             "Drop or impute the missing values before fitting.")
+        if not np.isfinite(phi):  # NaN in any row makes it NaN from the first round
+            raise_nonfinite(X, "the k-means|| cost")
         if phi <= 0:  # every row sits on a candidate: nothing left to sample
             break
         chosen = rows[np.argsort(rows[:, 0], kind="stable")]  # in row order

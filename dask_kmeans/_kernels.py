@@ -646,6 +646,33 @@ def nonfinite_rows_error(n_bad: int, rows, among: str = "") -> ValueError:
         "missing='drop') drops them).")
 
 
+def nonfinite_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:
+    """How many rows of a chunk hold NaN or infinity, then the global indices (from
+    ``offset``) of the first ``limit`` of them, padded with -1 (for
+    :func:`nonfinite_cost_error`, one row per chunk)."""
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    out = np.full(1 + limit, -1.0)
+    out[0] = bad.size
+    out[1 : 1 + min(bad.size, limit)] = bad[:limit] + offset
+    return out
+
+
+def nonfinite_cost_error(found: np.ndarray, what: str) -> ValueError:
+    """The error for a pass whose cost (``what``) came out NaN or infinite, given what
+    :func:`nonfinite_rows` found, chunk by chunk: the rows holding NaN or infinity, or,
+    when every value is finite, values so large that squared distances overflow."""
+    found = np.asarray(found, dtype=np.float64).reshape(-1, np.shape(found)[-1])
+    n_bad = int(found[:, 0].sum())
+    if n_bad:
+        rows = found[:, 1:].ravel()
+        return nonfinite_rows_error(n_bad, rows[rows >= 0])
+    return ValueError(
+        f"Values too large for float64 distances: {what} overflowed although every value "
+        "of X is finite (a squared distance, or its product with sample_weight, above "
+        "1.8e308; features beyond about 1e154 in absolute value give that). Scale the "
+        "features (or the weights) down first.")
+
+
 def refuse_nonfinite(x: np.ndarray, sq_dist: np.ndarray, offset: int = 0) -> None:
     """Raise :func:`nonfinite_rows_error` when rows of a chunk hold NaN or infinity (named
     by global index, from ``offset``).
@@ -931,10 +958,8 @@ def _load_block(x, start, m, shift, cosine, xs, scales, norms):
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _settle(out_sq, out_idx, i, dist, index, prev_sq, keep, has_prev):
-    """Row ``i``'s new state: candidate ``index`` at ``dist`` (NaN counts as 0), unless
-    its previous candidate ``keep`` is at most as far."""
-    if dist != dist:
-        dist = 0.0
+    """Row ``i``'s new state: candidate ``index`` at ``dist``, unless its previous
+    candidate ``keep`` is at most as far."""
     if has_prev and not dist < prev_sq[i]:
         out_sq[i] = prev_sq[i]
         out_idx[i] = keep
@@ -1066,7 +1091,8 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
     reach ``F32_SAFE`` (float32 products would overflow; ``f32_ok`` False
     for the candidates) are measured against every candidate.
     Rows of zero norm (cosine) get distance 0 and candidate -1 (none stands
-    for a row without direction); rows with NaN get distance 0 and keep their
+    for a row without direction); rows with NaN get distance NaN (so does
+    the cost of the pass, which then stops the initialisation), and keep their
     previous candidate (``base`` without one).
 
     The scores of a block of rows are laid out candidate by candidate (the
@@ -1129,7 +1155,7 @@ def _candidate_pass(x, cs, half, shift, err_row, err_const, f32_ok, c, base, pre
             for r in range(m):
                 lows[r], low32[r] = _score_floor(top[r], windows[r])
             _count_near(db, half, low32, m, near)
-        elif rest:  # one row at a time, just those rows
+        elif count_hits and rest:  # one row at a time, just those rows
             for r in range(m):
                 if hits[r] > FEW_HITS or not (f32_ok and norms[r] < F32_SAFE):
                     _row_scores(db, half, r, windows[r], top, arg, lows, low32, near)
@@ -1221,7 +1247,8 @@ def nearest_update(
     exact nearest candidate and exact squared distance (``1 - cos`` for
     "cosine"), in about 0.65 of the time of a float64 GEMM pass; ties keep
     the earlier candidate. Zero-norm rows (cosine) get distance 0, which
-    keeps them out of the sampling, and candidate -1.
+    keeps them out of the sampling, and candidate -1; rows holding NaN get
+    distance NaN.
 
     ``out``, a state no longer needed (not ``previous``), is written over
     instead of allocating a new one (see :func:`bounded_partials` on why

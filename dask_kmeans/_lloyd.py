@@ -6,6 +6,7 @@ import logging
 import time
 from typing import NamedTuple
 
+import dask.array as da
 import numpy as np
 
 from . import _graph as G
@@ -40,12 +41,20 @@ def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
     return float(np.mean(var) * tol)
 
 
-def _check_finite(inertia: float) -> None:
+def raise_nonfinite(X, what: str):
+    """Raise the error for a pass whose cost, ``what``, is not finite, saying why (one more
+    pass, over dask input): the rows holding NaN or infinity, or values too large to
+    square in float64."""
+    if isinstance(X, da.Array):
+        (found,) = compute(G.nonfinite_rows(X))
+    else:
+        found = K.nonfinite_rows(np.asarray(X), 0)
+    raise K.nonfinite_cost_error(found, what)
+
+
+def _check_finite(X, inertia: float) -> None:
     if not np.isfinite(inertia):
-        raise ValueError(
-            "Input X contains NaN or infinity: the first Lloyd pass gave a non-finite inertia. "
-            "Drop or impute the missing values before fitting."
-        )
+        raise_nonfinite(X, "the inertia of a Lloyd pass")
 
 
 def _step(X, sample_weight, centers, partials, metric):
@@ -122,7 +131,7 @@ def lloyd(
         # their centre. The fitted inertia comes from an exact pass.
         packed = passes.lloyd(centers, with_moments, exact_inertia=False)
         partials, mom = G.unpack(packed, k, d, with_moments)
-        _check_finite(partials.inertia)
+        _check_finite(X, partials.inertia)
         if partials.n_zero:
             raise_zero_norm(X, partials.n_zero)
         if it == start_iter and sample_weight is not None:
@@ -180,7 +189,7 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
         sizes = tuple(centers[i].shape[0] for i in active)
         packed = passes.lloyd_models({i: centers[i] for i in active}, with_moments)
         parts, mom = G.unpack_many(packed, sizes, d, with_moments)
-        _check_finite(sum(p.inertia for p in parts))
+        _check_finite(X, sum(p.inertia for p in parts))
         if parts[0].n_zero:
             raise_zero_norm(X, parts[0].n_zero)
         if it == 0 and sample_weight is not None:

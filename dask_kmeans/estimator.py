@@ -364,12 +364,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             best = (best[0], *self._final_assignment(Xd, wd, best[0].centers, lazy, persisted,
                                                      best[2]))
         result, labels, inertia = best
-        n_distinct = K.count_distinct(result.centers)
-        if n_distinct < self.n_clusters:
-            warnings.warn(
-                f"Number of distinct clusters ({n_distinct}) found smaller than "
-                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
-                ConvergenceWarning, stacklevel=2)
+        _warn_few_distinct(result.centers, self.n_clusters)
         self.cluster_centers_ = self._to_original_units(result.centers)
         self.labels_ = labels
         self.inertia_ = inertia
@@ -624,6 +619,16 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         return tags
 
 
+def _warn_few_distinct(centers: np.ndarray, n_clusters: int) -> None:
+    """scikit-learn's warning for fewer distinct centres than clusters (duplicate rows)."""
+    n_distinct = K.count_distinct(centers)
+    if n_distinct < n_clusters:
+        warnings.warn(
+            f"Number of distinct clusters ({n_distinct}) found smaller than "
+            f"n_clusters ({n_clusters}). Possibly due to duplicate points in X.",
+            ConvergenceWarning, stacklevel=3)
+
+
 def kmeans_parallel_init(
     X,
     n_clusters: int,
@@ -653,6 +658,8 @@ def kmeans_parallel_init(
     Returns
     -------
     centers : ndarray of shape (n_clusters, n_features)
+        With fewer distinct rows than ``n_clusters``, some repeat, with a
+        ``ConvergenceWarning`` (as :meth:`KMeans.fit` gives).
 
     Examples
     --------
@@ -674,12 +681,14 @@ def kmeans_parallel_init(
     if client is not None:
         R.prepare_client(client)
     Xd, wd, in_memory = R.place_data(Xv, w, "auto", client)
-    return _init.kmeans_parallel(Xd, wd, n_clusters, check_random_state(random_state),
-                                 oversampling_factor=oversampling_factor,
-                                 init_rounds=init_rounds,
-                                 keep_state=R.keep_row_state(Xd.shape[0], in_memory, client),
-                                 metric=metric,
-                                 passes=Passes(Xd, wd, metric=metric, in_memory=in_memory))
+    centers = _init.kmeans_parallel(Xd, wd, n_clusters, check_random_state(random_state),
+                                    oversampling_factor=oversampling_factor,
+                                    init_rounds=init_rounds,
+                                    keep_state=R.keep_row_state(Xd.shape[0], in_memory, client),
+                                    metric=metric,
+                                    passes=Passes(Xd, wd, metric=metric, in_memory=in_memory))
+    _warn_few_distinct(centers, n_clusters)
+    return centers
 
 
 def load(url: str, *, storage_options=None) -> KMeans:

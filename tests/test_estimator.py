@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import dask
 import dask.array as da
@@ -402,6 +403,23 @@ def test_duplicate_points_warn_although_the_means_round(init, dtype, lazy):
         km = KMeans(3, init=init, random_state=0).fit(da.from_array(X, chunks=30) if lazy
                                                       else X)
     assert np.all(np.isfinite(km.cluster_centers_))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_kmeans_parallel_init_warns_of_repeated_centres(lazy):
+    """The public initialiser gave repeated centres without a word (fit warns)."""
+    from dask_kmeans import kmeans_parallel_init
+    from dask_kmeans._kernels import count_distinct
+
+    X = np.repeat(np.random.default_rng(0).normal(size=(2, 3)), 50, axis=0)
+    with pytest.warns(ConvergenceWarning, match=r"distinct clusters \(2\) found smaller than "
+                                                r"n_clusters \(3\)") as record:
+        C = kmeans_parallel_init(da.from_array(X, chunks=30) if lazy else X, 3, random_state=0)
+    assert record[0].filename == __file__, "the warning points at the caller"
+    assert count_distinct(C) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kmeans_parallel_init(X, 2, random_state=0)  # as many distinct rows: no warning
 
 
 def test_count_distinct_tells_rounding_from_separation():

@@ -327,11 +327,48 @@ def test_kmeans_plusplus_kernel_picks_distinct_rows_with_positive_weight():
     assert len(np.unique(C, axis=0)) == 4
 
 
-def test_nan_in_lazy_input_is_reported():
+@pytest.mark.parametrize("init", ["k-means||", "random"])
+def test_nan_in_lazy_input_is_reported_with_its_rows(init):
+    """The k-means|| cost (any NaN row makes it NaN from the first round) and the Lloyd
+    inertia name the rows (they said only "NaN or infinity" before)."""
     X = blobs(n=500, d=2, k=2)
     X[10, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN or infinity"):
-        KMeans(2, random_state=0).fit(da.from_array(X, chunks=100))
+    X[312, 1] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or infinity: 2 row\(s\) \(rows 10, 312\)"):
+        KMeans(2, init=init, random_state=0).fit(da.from_array(X, chunks=100))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("chunks", [10, 25, 40])
+def test_kmeans_parallel_refuses_nan_rows_wherever_they_are(seed, chunks):
+    """NaN rows used to get distance 0: they were never sampled, their weight went to some
+    candidate and the centres came back finite with no error; and when the first centre
+    was a NaN row, every distance was NaN, hence 0, and the centres were NaN."""
+    X = blobs(n=40, d=2, k=3)
+    bad = [3, 17, 30] if seed % 2 else list(range(0, 40, 2))  # half the rows: some first
+    X[bad, 1] = np.nan
+    from dask_kmeans import kmeans_parallel_init
+
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(ValueError, match=rf"NaN or infinity: {len(bad)} row\(s\) "
+                                             rf"\(rows {', '.join(map(str, bad[:5]))}"):
+            kmeans_parallel_init(da.from_array(X, chunks=chunks), 3, random_state=seed)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "random", "k-means++"])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_values_too_large_to_square_are_called_that(init, lazy):
+    """A finite row of 1e200 makes squared distances overflow: the error said "contains
+    NaN or infinity" of data that holds neither."""
+    X = blobs(n=200, d=3, k=3)
+    X[7] = 1e200
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # k-means++ on the driver
+        with pytest.raises(ValueError, match=r"Values too large for float64 distances: the "
+                                             r"(k-means\|\| cost|inertia of a Lloyd pass) "
+                                             r"overflowed although every value of X is finite"):
+            KMeans(3, init=init, random_state=0).fit(
+                da.from_array(X, chunks=50) if lazy else X)
 
 
 @pytest.mark.parametrize("keep_state", [True, False])
