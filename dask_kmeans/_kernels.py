@@ -23,6 +23,9 @@ BLOCK_ROWS = 256
 #: k-means|| state update: up to this many new candidates that may beat a row's previous
 #: one are measured directly; more, and the best score's candidate is found first.
 FEW_HITS = 4
+#: Empty-cluster relocation: a cluster whose weight falls to this share of what it was
+#: lost every row (what is left is rounding: at most ~2k float64 steps of its sum).
+RELOCATE_RESIDUE = 2.0**-36
 #: Squared norms from which float32 scores could overflow: such rows are measured exactly.
 F32_SAFE = 1e30
 #: k-means|| oversampling draws and tests this many rows at a time (64 KB of draws).
@@ -844,17 +847,26 @@ def relocate_empty(
     """
     sums = sums.copy()
     counts = counts.copy()
+    before = counts.copy()
     empty = np.flatnonzero(counts == 0)
     # Farthest first; ties by lower global row index so chunking cannot matter.
     order = np.lexsort((candidates[:, 1], -candidates[:, 0]))
+    left = np.zeros(len(counts), dtype=bool)
     for cluster, row in zip(empty, candidates[order], strict=False):
         old = int(row[2])
         w = row[3]
         point = row[4:]
         sums[old] -= w * point
         counts[old] -= w
+        left[old] = True
         sums[cluster] = w * point
         counts[cluster] = w
+    # A cluster whose every row moved keeps a rounding residue of its weights (0.1 + 0.2
+    # - 0.1 - 0.2 > 0), and residue / residue would be its centre: make it empty, so
+    # that it keeps its centre, whatever the order the engine summed in.
+    gone = left & (counts <= RELOCATE_RESIDUE * before)
+    sums[gone] = 0.0
+    counts[gone] = 0.0
     return sums, counts
 
 
@@ -862,9 +874,10 @@ def finalize_centers(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray,
                      metric: str = "euclidean") -> np.ndarray:
     """New centres: weighted means (normalised for "cosine"), in the dtype of ``previous``.
 
-    A cluster that is still empty (only possible when there are fewer rows
-    with positive weight than clusters) keeps its previous centre; so does a
-    cosine cluster whose members' directions cancel exactly.
+    A cluster that is still empty (with fewer rows of positive weight than
+    clusters, or after :func:`relocate_empty` moved all its rows) keeps its
+    previous centre; so does a cosine cluster whose members' directions
+    cancel exactly.
 
     Returns
     -------

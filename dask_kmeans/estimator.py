@@ -354,7 +354,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 ckpt.save(run=run + 1, rng_before=random_state.get_state(),
                           best=(best[0].centers, best[2], best[0].n_iter))
 
-        if best[1] is None and best[0].labels is not None:
+        used = self._working_centers(self._to_original_units(best[0].centers))
+        if used is not best[0].centers and not np.array_equal(used, best[0].centers):
+            # standardize=True: predict, score and transform measure against the centres
+            # in original units brought back, which round differently (float32 data far
+            # from 0 by a part in ~1e-4 of a standard deviation): so do labels_ and inertia_.
+            best = (best[0], *self._final_assignment(Xd, wd, used, lazy, persisted))
+        elif best[1] is None and best[0].labels is not None:
             # The last pass ran on chunks held in this process: its bounds are the labels.
             labels = best[0].labels
             if lazy:
@@ -898,13 +904,15 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     starts = [_init.reduce_candidates(cands, cand_w, k, rng, metric) for k in ks]
     results = _lloyd.lloyd_many(Xd, wd, starts, max_iter=max_iter, tol=tol,
                                 split_every=split_every, metric=metric, passes=passes)
-    finals = [r.centers for r in results]
+    # What the models' predict measures against (standardize: the centres in original
+    # units brought back), so that their labels_ and inertia_ agree with it.
+    finals = [est._working_centers(est._to_original_units(r.centers)) for r in results]
     packed = passes.lloyd(np.vstack(finals), False, tuple(ks))
     parts, _ = G.unpack_many(packed, tuple(ks), Xd.shape[1], False)
     inertias = [p.inertia for p in parts]
 
     models = []
-    for k, start, r, inertia in zip(ks, starts, results, inertias, strict=True):
+    for k, start, r, final, inertia in zip(ks, starts, results, finals, inertias, strict=True):
         # ``init`` holds the model's starting centres (original units): refitting it
         # alone repeats its run.
         km = KMeans(k, init=est._to_original_units(start), n_init=1, max_iter=max_iter,
@@ -915,7 +923,7 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
                 setattr(km, attr, getattr(est, attr))
         km.cluster_centers_ = est._to_original_units(r.centers)
         km.inertia_, km.n_iter_ = float(inertia), r.n_iter
-        km.labels_ = G.assignment(Xd, r.centers, metric=metric)[0]
+        km.labels_ = G.assignment(Xd, final, metric=metric)[0]
         models.append(km)
 
     # K=1 has no silhouette: report.silhouettes scores it None, and the other K still count.
@@ -924,7 +932,7 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         n = Xd.shape[0]
         idx = K.sample_indices(n, min(n, silhouette_rows), rng)  # O(rows drawn) memory
         sample = _init.take_rows(Xd, idx)[0]
-        labelings = [K.assign(sample, r.centers, metric=metric)[0] for r in results]
+        labelings = [K.assign(sample, final, metric=metric)[0] for final in finals]
         if metric == "cosine":  # rows without a direction belong to no cluster
             keep = labelings[0] >= 0
             sample, labelings = sample[keep], [lab[keep] for lab in labelings]

@@ -55,12 +55,16 @@ def lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
         # Farthest rows first, lower row index first on ties.
         # (rows of weight 0 count as absent: they never refill a cluster)
         order = np.lexsort((np.arange(len(X)), -np.where(w > 0, mind, -np.inf)))
+        moved = np.zeros(len(X), dtype=bool)
         for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
             old = labels[far]
             sums[old] -= w[far] * X[far]
             counts[old] -= w[far]
             sums[j] = w[far] * X[far]
             counts[j] = w[far]
+            moved[far] = True
+            if not np.any((labels == old) & ~moved & (w > 0)):  # every row of it moved:
+                sums[old], counts[old] = 0.0, 0.0  # empty, it keeps its centre
         new = C.copy()
         nz = counts > 0
         new[nz] = sums[nz] / counts[nz, None]

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import pytest
 
+from dask_kmeans import KMeans
 from dask_kmeans import _kernels as K
 from tests import reference as ref
 from tests.conftest import blobs
@@ -111,6 +113,27 @@ def test_relocate_empty_takes_farthest_rows_in_order():
     np.testing.assert_allclose(new[:, 0], [0.5, 20.0, 10.0])
     np.testing.assert_allclose(counts, [2, 1, 1])
     assert np.all(np.isfinite(new))
+
+
+def test_relocation_that_takes_every_row_of_a_weighted_cluster_leaves_it_empty():
+    """Rows of weights 0.1 and 0.2, cluster 1's only members, refill clusters 2 and 3:
+    0.1 + 0.2 - 0.1 - 0.2 left a residue of ~1e-17, and residue / residue (-64 here,
+    outside the data) was its centre, a different one per summation order."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.uniform(-1, 1, 20), [60.0, 61.0]])[:, None]
+    w = np.concatenate([np.ones(20), [0.1, 0.2]])
+    C = np.array([[0.0], [100.0], [1000.0], [-1000.0]])
+    p = K.lloyd_partials(X, C, w)
+    cand = K.farthest(X, C, w, 2, offset=0)
+    sums, counts = K.relocate_empty(p.sums, p.counts, cand)
+    assert counts[1] == 0 and not sums[1].any()
+    new = K.finalize_centers(sums, counts, C)
+    np.testing.assert_array_equal(new[1:, 0], [100.0, 60.0, 61.0])
+    ref_centers = ref.lloyd(X, C, w, max_iter=1, tol=0)[0]
+    np.testing.assert_allclose(new, ref_centers, rtol=1e-12)
+    for Xin, win in ((X, w), (da.from_array(X, chunks=(5, -1)), da.from_array(w, chunks=5))):
+        km = KMeans(4, init=C, max_iter=1, tol=0).fit(Xin, sample_weight=win)
+        np.testing.assert_allclose(km.cluster_centers_, ref_centers, rtol=1e-12)
 
 
 def test_moments():
