@@ -663,29 +663,54 @@ def _read_row_groups(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Sch
             yield table if table.schema.equals(target) else table.cast(target, safe=False)
 
 
+#: The largest float32: finite values beyond it would be read as infinities.
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _refuse_float32_overflow(values: np.ndarray, column: str, part_url: str) -> None:
+    """Raise when finite float64 ``values`` of a column are beyond float32's range: read
+    as float32 they would be infinities, and then taken for missing values (dropped by
+    missing='drop'). NumPy's min and max, not Arrow's (0.04 ms against 0.7 ms for 250k)."""
+    if not values.size or (-F32_MAX <= values.min() and values.max() <= F32_MAX):
+        return  # (NaN fails the test: looked at closer)
+    with np.errstate(invalid="ignore"):
+        big = values[np.isfinite(values) & (np.abs(values) > F32_MAX)]
+    if big.size:
+        raise ValueError(
+            f"Feature values beyond float32's range in part {part_url}: column '{column}' "
+            f"has {big.size} (first: {big[0]:g}), which float32 would make infinite. "
+            "Cluster in float64 (dtype='float64', --dtype float64) or scale the column down.")
+
+
 def _to_matrix(table: pa.Table, columns: Sequence[str], dtype: np.dtype,
-               out: np.ndarray | None = None) -> np.ndarray:
+               out: np.ndarray | None = None, part_url: str = "") -> np.ndarray:
     """The columns of ``table`` as an ndarray of shape (n_rows, len(columns)); nulls become NaN.
 
     Written chunk by chunk (a column of several chunks is not concatenated first) into
     ``out``, by default new memory from Arrow's pool (see
-    :func:`~dask_kmeans._runtime.pool_empty`).
+    :func:`~dask_kmeans._runtime.pool_empty`). For float32, a finite value beyond its
+    range is an error (naming ``part_url``), not an infinity.
     """
     if out is None:
         out = pool_empty((table.num_rows, len(columns)), dtype)
+    narrow = out.dtype == np.float32
     for j, name in enumerate(columns):
         start = 0
         for chunk in table.column(name).chunks:
             if pa.types.is_dictionary(chunk.type):
                 chunk = chunk.dictionary_decode()
+            in_range = not narrow or chunk.type in (pa.float32(), pa.float16())
             if chunk.type != pa.float64():
                 # Unsafe: precision loss from int64 or decimal to float is accepted, as in NumPy.
                 chunk = chunk.cast(pa.float64(), safe=False)
             if chunk.null_count:
                 chunk = pc.fill_null(chunk, np.nan)
+            values = chunk.to_numpy(zero_copy_only=False)
+            if not in_range:
+                _refuse_float32_overflow(values, name, part_url)
             stop = start + len(chunk)
             with np.errstate(all="ignore"):
-                out[start:stop, j] = chunk.to_numpy(zero_copy_only=False)
+                out[start:stop, j] = values
             start = stop
     return out
 
@@ -770,7 +795,8 @@ def _load_part(part: _Part, out: np.ndarray | None, *, filesystem: pafs.FileSyst
                                   columns=columns):
         n = table.num_rows
         direct = missing == "error" and not bad and start + n <= len(out)
-        X = _to_matrix(table, columns, out_dtype, out[start:start + n] if direct else None)
+        X = _to_matrix(table, columns, out_dtype, out[start:start + n] if direct else None,
+                       part.url)
         if missing == "error":
             for column, count in _nonfinite_counts(X, columns).items():
                 bad[column] = bad.get(column, 0) + count
@@ -791,7 +817,8 @@ def _count_valid(parts: tuple[_Part, ...], *, filesystem: pafs.FileSystem,
                  schema: pa.Schema, columns: Sequence[str], out_dtype: np.dtype,
                  drop_zero_norm: bool = False) -> list[int]:
     """The usable rows of each of a chunk's parts, read a row group at a time."""
-    return [sum(int(_usable_rows(_to_matrix(table, columns, out_dtype), drop_zero_norm).sum())
+    return [sum(int(_usable_rows(_to_matrix(table, columns, out_dtype, part_url=part.url),
+                                 drop_zero_norm).sum())
                 for table in _read_row_groups(part, filesystem=filesystem, schema=schema,
                                               columns=columns))
             for part in parts]
@@ -813,7 +840,8 @@ def _part_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
     if missing == "drop":
         tables, kept, start = [], [], part.offset
         for table in read(columns=list(dict.fromkeys([*key_columns, *feature_columns]))):
-            keep = _usable_rows(_to_matrix(table, feature_columns, out_dtype), drop_zero_norm)
+            keep = _usable_rows(_to_matrix(table, feature_columns, out_dtype, part_url=part.url),
+                                drop_zero_norm)
             tables.append(table.select(list(key_columns)).filter(pa.array(keep)))
             kept.append(start + np.flatnonzero(keep))
             start += table.num_rows

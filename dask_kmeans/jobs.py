@@ -651,7 +651,10 @@ def _where(url: str, options: Mapping, values: Sequence[str]) -> tuple[str, str]
     magic = [i for i, seg in enumerate(segments) if glob.has_magic(seg)]
     if magic:
         segments = segments[:magic[0]]
-    return protocol, posixpath.normpath("/" + "/".join(segments))
+    path = posixpath.normpath("/" + "/".join(segments))
+    if protocol in ("file", "local"):  # two names of one place (a symlink in the path)
+        path = os.path.realpath(path)
+    return protocol, path
 
 
 def _refuse_overlaps(job: Mapping, outputs: Mapping[str, str | None],

@@ -264,6 +264,26 @@ def test_columns_by_name_and_dtype(store, dtype):
     np.testing.assert_array_equal(got, df[["z", "x"]].to_numpy().astype(dtype))
 
 
+@pytest.mark.parametrize("missing", ["error", "drop"])
+def test_values_beyond_float32_are_refused_not_taken_for_missing(local_store, missing):
+    """A finite 1e39 read as float32 became an infinity: "column 'a' has 1 NaN, inf or
+    null value(s)", or its row silently dropped with missing='drop' (keys too); a float32
+    column, an int64 column and a column in range are read as before."""
+    table = pa.table({"id": np.arange(6), "a": [1.0, 2.0, -5e39, 3.0, 4e39, np.nan],
+                      "b": np.arange(6, dtype=np.float32), "c": np.arange(6) * 10**15})
+    url = local_store.write_parquet("big/part-0.parquet", table)
+    message = (r"beyond float32's range in part .*part-0\.parquet: column 'a' has 2 \(first: "
+               r"-5e\+39\), which float32 would make infinite")
+    with pytest.raises(ValueError, match=message):  # "drop" counts the rows at the open
+        open_parquet(url, ["a", "b"], dtype="float32", missing=missing).features.compute()
+    src = open_parquet(url, ["b", "c"], dtype="float32", missing=missing)
+    np.testing.assert_array_equal(src.features.compute(),
+                                  np.column_stack([np.arange(6), np.arange(6) * 10.0**15])
+                                  .astype(np.float32))
+    got = open_parquet(url, ["a"], missing="drop").features.compute()  # float64: as is
+    np.testing.assert_array_equal(got.ravel(), [1.0, 2.0, -5e39, 3.0, 4e39])
+
+
 def test_keys_carried_and_aligned(store):
     url, df = write_dir(store, [3, 0, 4])
     src = open_parquet(url, key_columns=["id", "name"], storage_options=store.storage_options)

@@ -742,10 +742,29 @@ def test_outputs_that_would_overwrite_each_other_or_the_input_are_refused_first(
         (fit_spec(url, params={"n_clusters": 2, "checkpoint": same}, output={"model": same}),
          r"output model .* and output checkpoint"),
     ]
+    # Two names of one place: a symlinked directory (the fit ran, then failed on the
+    # labels with the model written; a sweep's plot overwrote its table, exit 0), and a
+    # link to the input (labels written inside it).
+    Path(local_store.url("real")).mkdir()
+    Path(local_store.url("alias")).symlink_to(local_store.url("real"))
+    Path(local_store.url("data")).symlink_to(url)
+    cases += [
+        (fit_spec(url, output={"model": local_store.url("real", "model"),
+                               "labels": local_store.url("alias", "model")}),
+         r"output model .* and output labels .* are the same location"),
+        ({"job": {"kind": "sweep", "input": {"url": url}, "k": [2, 3],
+                  "output": {"table": local_store.url("real", "k.csv"),
+                             "plot": local_store.url("alias", "k.csv")}}},
+         r"output table .* and output plot .* are the same location"),
+        (fit_spec(url, output={"labels": local_store.url("data", "labels")}),
+         r"output labels .* and input url .*one is inside the other"),
+    ]
     for spec, message in cases:
         with pytest.raises(ValueError, match=message):
             run_job(spec)
-    assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["train"]
+    assert sorted(p.name for p in Path(local_store.url()).iterdir()) == \
+        ["alias", "data", "real", "train"]
+    assert not any(Path(local_store.url("real")).iterdir())
 
 
 def test_key_columns_named_as_the_label_columns_are_refused_before_the_fit(local_store):
