@@ -20,7 +20,7 @@ import dask.array as da
 import fsspec
 import numpy as np
 
-from .io import write_bytes_atomic
+from .io import check_directory_location, write_bytes_atomic
 
 FORMAT = "dask_kmeans.checkpoint/1"
 FILE = "checkpoint.json"
@@ -76,6 +76,15 @@ def _rng_to_json(state) -> list:
 def _rng_from_json(state) -> tuple:
     name, keys, pos, has_gauss, cached = state
     return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+
+
+def check_location(url: str) -> None:
+    """Before any work: a checkpoint can be written at ``url`` (the first one is written
+    only after the initialisation, and a file there failed then with a bare errno)."""
+    try:
+        check_directory_location(url)
+    except OSError as exc:
+        raise ValueError(f"checkpoint={url!r} cannot hold the checkpoint: {exc}") from exc
 
 
 class Checkpoint:

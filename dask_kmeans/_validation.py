@@ -228,6 +228,12 @@ def _check_source(est, source, *, reset: bool) -> da.Array:
     if missing:
         raise ValueError(f"The Parquet input lacks the feature column(s) {missing} that the "
                          f"model was fitted on; it has {names}.")
+    extra = [c for c in names if c not in fitted]
+    if extra:
+        # They would be read and checked for missing values for nothing (a NaN there
+        # dropped or refused a row), as pandas input with them is refused.
+        raise ValueError(f"The Parquet input has feature column(s) {extra} that the model "
+                         f"was not fitted on; open it with the model's columns {fitted}.")
     # Columns are matched by name, whatever their order in the files.
     order = [names.index(c) for c in fitted]
     return X if order == list(range(len(names))) and len(names) == len(fitted) else X[:, order]

@@ -192,7 +192,11 @@ def _names(values: Sequence[str] | str | None, option: str = "--columns") -> lis
     names: list[str] = []
     for item in items:
         if not (jobs.is_quoted(item) or item.lstrip().startswith("[")):
-            names.extend(n.strip() for n in item.split(",") if n.strip())
+            given = [n.strip() for n in item.split(",") if n.strip()]
+            if not given:  # it meant "the default" (every numeric column), unsaid
+                raise click.BadParameter(f"{item!r} names no column: give names, or leave "
+                                         "the option out", param_hint=f"'{option}'")
+            names.extend(given)
             continue
         try:
             value = jobs.parse_value(item)
@@ -210,6 +214,9 @@ def _names(values: Sequence[str] | str | None, option: str = "--columns") -> lis
                                          "that looks like a number, true, false or null, "
                                          "like '2024'", param_hint=f"'{option}'")
             names.append(name)
+        if isinstance(value, list) and not value:
+            raise click.BadParameter(f"{item!r} names no column: give names, or leave the "
+                                     "option out", param_hint=f"'{option}'")
     return names or None
 
 

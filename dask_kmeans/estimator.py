@@ -26,7 +26,7 @@ from . import _init, _lloyd
 from . import _kernels as K
 from . import _runtime as R
 from . import _validation as V
-from ._checkpoint import Checkpoint, data_fingerprint, params_fingerprint
+from ._checkpoint import Checkpoint, check_location, data_fingerprint, params_fingerprint
 from ._passes import Passes
 from ._progress import emit
 
@@ -268,6 +268,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         if n_samples < self.n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
         weights = V.check_sample_weight(sample_weight, Xv)
+        if self.checkpoint is not None:
+            check_location(self.checkpoint)
         random_state = check_random_state(self.random_state)
         n_init = self._n_init()
         persist = self.persist

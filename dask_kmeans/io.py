@@ -1506,6 +1506,24 @@ def _refuse_blocked_local(loc: _Location) -> None:
         raise PermissionError(f"Cannot write {loc.url}: {nearest} is not writable.")
 
 
+def check_directory_location(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Refuse, before any work, a location where a directory of ours (a checkpoint) cannot
+    be: a file there, or on a local disk a file in the way of the path, or a directory that
+    cannot be written. What is in the directory is the caller's to judge.
+
+    Raises
+    ------
+    NotADirectoryError, PermissionError
+    """
+    loc = _resolve(url, storage_options)
+    with _fs_errors(loc.url, loc.secrets, "checking"):
+        is_file = loc.fs.isfile(loc.path)
+    if is_file:
+        raise NotADirectoryError(f"Cannot write {loc.url}: it is a file, not a directory.")
+    if loc.is_local:
+        _refuse_blocked_local(loc)
+
+
 def _committed_kind(loc: _Location) -> str | None:
     """The kind of dask_kmeans output whose ``_SUCCESS`` marker is at ``loc``; None for a
     marker that dask_kmeans did not write (Spark and Hadoop write an empty one)."""

@@ -725,6 +725,10 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
             _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
                              directory=True, kind=name)
     _check_plot(out["plot"], job)
+    if job["params"].get("checkpoint"):
+        from ._checkpoint import check_location
+
+        check_location(job["params"]["checkpoint"])
     src = _open(job, job["params"]["metric"])
     if out["labels"]:  # before any work, as write_labels would only after the fit
         check_label_keys(src.key_columns)
@@ -784,6 +788,12 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
                      directory=True, kind="labels")
     km = load(job["model"], storage_options=_input_options(job["model"], job))
     names = getattr(km, "feature_names_in_", None)
+    given = job["input"]["columns"]
+    if given and names is not None and sorted(given) != sorted(str(n) for n in names):
+        raise ValueError(
+            f"input.columns (--columns) {list(given)} are not the features of the model at "
+            f"{strip_credentials(job['model'])}: {[str(n) for n in names]}. Leave them out "
+            "to read the model's.")
     src = _open(job, km.metric, columns=None if names is None else [str(n) for n in names],
                 dtype=km.cluster_centers_.dtype.name)
     if out["labels"]:  # before any work, as write_labels would only after the pass

@@ -88,6 +88,25 @@ def test_checkpoint_from_other_data_or_parameters_is_refused(tmp_path):
     dk.KMeans(4, random_state=0, checkpoint=url).fit(X)
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_checkpoint_location_that_cannot_hold_one_is_refused_before_any_work(
+        tmp_path, resume, monkeypatch):
+    """A file at the checkpoint URL, or in the way of its path: refused before the
+    initialisation (it failed after it with "[Errno 17] File exists"; with resume,
+    "[Errno 20] Not a directory"), naming the parameter."""
+    from dask_kmeans import _init
+
+    (tmp_path / "afile").write_text("hi")
+    monkeypatch.setattr(_init, "kmeans_parallel", None)  # no initialisation may start
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    for url, why in ((tmp_path / "afile", "it is a file, not a directory"),
+                     (tmp_path / "afile" / "c", "afile is a file, so .* cannot be made")):
+        with pytest.raises(ValueError, match=rf"checkpoint='.*' cannot hold the checkpoint: "
+                                             rf"Cannot write .*{why}"):
+            dk.KMeans(3, random_state=0, checkpoint=str(url), resume=resume).fit(X)
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
 def test_resume_of_a_finished_fit_gives_the_same_model(tmp_path):
     X = np.random.default_rng(1).normal(size=(800, 3))
     url = str(tmp_path / "c")

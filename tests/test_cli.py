@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import dask
 import numpy as np
 import pandas as pd
@@ -464,7 +465,10 @@ def test_column_options_read_commas_quotes_and_lists():
     assert _names(("' sp'", '"a,b"', "['c, d', ' e ', f]", "g,h")) == [
         " sp", "a,b", "c, d", " e ", "f", "g", "h"]
     assert _names("['2024', 'true', \"null\"]") == ["2024", "true", "null"]
-    assert _names("[]") is None
+    for nothing in ("[]", ("",), " , "):  # meant "every numeric column" before, unsaid
+        with pytest.raises(click.BadParameter, match="names no column"):
+            _names(nothing)
+    assert _names(()) is None, "the option not given"
     assert _names("'a,b") == ["'a", "b"], "no matching pair: plain names"
 
 
@@ -476,6 +480,9 @@ def test_column_options_read_commas_quotes_and_lists():
     ("--columns", "['']", "holds an empty name"),
     ("--columns", "[age, income", "starts with [ but is not a YAML flow list"),
     ("--plot-features", "[age, true]", "holds true, which is not text"),
+    ("--columns", "", "'' names no column: give names, or leave the option out"),
+    ("--plot-features", " , ", "names no column"),
+    ("--key", "[]", "names no column"),
 ])
 def test_a_bad_list_of_column_names_is_a_usage_error(data, option, value, wanted):
     extra = ("--plot", "p.png") if option == "--plot-features" else ()

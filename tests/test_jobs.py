@@ -767,6 +767,48 @@ def test_outputs_that_would_overwrite_each_other_or_the_input_are_refused_first(
     assert not any(Path(local_store.url("real")).iterdir())
 
 
+def test_predict_columns_other_than_the_models_are_refused_before_any_work(local_store):
+    """predict --columns with a column the model was not fitted on read it and checked it
+    for NaN for nothing: with missing='drop' its NaN dropped rows from the labels, exit 0.
+    A ParquetSource with such columns is refused by predict too."""
+    from dask_kmeans import KMeans
+    from dask_kmeans.io import open_parquet
+
+    url, df = write_dataset(local_store, n=300)
+    model = local_store.url("m")
+    run_job(fit_spec(url, input={"url": url, "columns": FEATURES[:2]},
+                     params={"n_clusters": 2, "random_state": 0}, output={"model": model}))
+    labels = local_store.url("l")
+    for columns in ([*FEATURES[:2], "customer_id"], FEATURES[:1]):
+        spec = {"job": {"kind": "predict", "model": model,
+                        "input": {"url": url, "columns": columns, "missing": "drop"},
+                        "output": {"labels": labels}}}
+        with pytest.raises(ValueError, match=r"input\.columns \(--columns\) .* are not the "
+                                             r"features of the model at .*m: \['age'"):
+            with mock.patch("dask_kmeans.io.open_parquet", side_effect=AssertionError):
+                run_job(spec)
+        assert not Path(labels).exists()
+    reordered = {"job": {"kind": "predict", "model": model,
+                         "input": {"url": url, "columns": FEATURES[1::-1]},
+                         "output": {"labels": labels}}}
+    assert run_job(reordered)["n_rows"] == 300
+    km = KMeans(2, random_state=0).fit(df[FEATURES[:2]])
+    with pytest.raises(ValueError, match=r"has feature column\(s\) \['customer_id'\] that "
+                                         r"the model was not fitted on"):
+        km.predict(open_parquet(url, [*FEATURES[:2], "customer_id"]))
+
+
+def test_a_checkpoint_at_a_file_is_refused_before_the_input_is_opened(local_store):
+    url, _ = write_dataset(local_store, n=300)
+    Path(local_store.url("afile")).write_text("hi")
+    spec = fit_spec(url, params={"n_clusters": 2, "checkpoint": local_store.url("afile")},
+                    output={"model": local_store.url("m")})
+    with pytest.raises(ValueError, match=r"checkpoint='.*afile' cannot hold the checkpoint"):
+        with mock.patch("dask_kmeans.io.open_parquet", side_effect=AssertionError):
+            run_job(spec)
+    assert not Path(local_store.url("m")).exists()
+
+
 def test_key_columns_named_as_the_label_columns_are_refused_before_the_fit(local_store):
     url, df = write_dataset(local_store, n=300)
     renamed = df.rename(columns={"customer_id": "distance"})
