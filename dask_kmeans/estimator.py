@@ -882,6 +882,8 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         # int(2.9) would be 2: a K that was not asked for.
         raise ValueError(f"ks must hold integers >= 1, got {given!r}.")
     ks = sorted({int(k) for k in given})
+    if len(ks) < len(given):
+        raise ValueError(f"ks holds a value of K more than once: {given!r}.")
     est = KMeans(max(ks), max_iter=max_iter, tol=tol, random_state=random_state,
                  oversampling_factor=oversampling_factor, init_rounds=init_rounds,
                  metric=metric, split_every=split_every, standardize=standardize,

@@ -254,7 +254,11 @@ def parse_k(k: str | Sequence[int]) -> list[int]:
     if len(k) > MAX_K_VALUES:
         raise ValueError(f"{len(k):,} values of K are given; a sweep takes at most "
                          f"{MAX_K_VALUES:,}")
-    return [int(v) for v in k]
+    ks = [int(v) for v in k]
+    repeated = sorted({v for v in ks if ks.count(v) > 1})
+    if repeated:  # was fitted once, and the job then reported fewer values than given
+        raise ValueError(f"K={repeated[0]} is given more than once in {ks}; give each once")
+    return ks
 
 
 def _check_cluster_entry(value: Any, base_dir: Path | None, errors: list) -> Any:
@@ -706,8 +710,9 @@ def _kmeans(params: Mapping, n_clusters: int):
 def _check_plot(url: str | None, job: Mapping) -> None:
     """Before any work: matplotlib is there and the PNG may be written."""
     if url:
-        from .report import check_plotting
+        from .report import check_plotting, plot_format
 
+        plot_format(url)
         check_plotting()
         _refuse_existing(url, _output_options(url, job), job["output"]["overwrite"],
                          directory=False)

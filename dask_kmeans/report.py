@@ -829,9 +829,25 @@ def _figure():
     return fig
 
 
-def _save_png(fig, path: str, storage_options: Mapping[str, Any] | None) -> str:
+#: A plot's file format, chosen by its extension as matplotlib's ``savefig`` does.
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def plot_format(path: str) -> str:
+    """The format of the plot file at ``path``, from its extension: ValueError for one that
+    is not in :data:`PLOT_FORMATS` (PNG bytes went into a file named ``.pdf``)."""
+    name = posixpath.basename(str(path).split("?", 1)[0])
+    ext = posixpath.splitext(name)[1].lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise ValueError(f"A plot is written as PNG, PDF or SVG, chosen by its extension "
+                         f"(.png, .pdf, .svg); {name!r} has "
+                         f"{'the extension .' + ext if ext else 'none'}.")
+    return ext
+
+
+def _save_figure(fig, path: str, storage_options: Mapping[str, Any] | None) -> str:
     buffer = _stdio.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format=plot_format(path), dpi=DPI)
     loc = _resolve(path, storage_options)
     with _fs_errors(loc.url, loc.secrets, "writing"):
         if loc.is_local:
@@ -880,8 +896,8 @@ def plot_clusters(model, data, path: str, *, features: Sequence[str] | None = No
         A fitted model.
     data : array-like, dask array, DataFrame or ParquetSource of shape (n_samples, n_features)
     path : str
-        The PNG file to write: a local path (missing directories are created)
-        or any fsspec URL.
+        The file to write, PNG, PDF or SVG by its extension: a local path
+        (missing directories are created) or any fsspec URL.
     features : pair of str, optional
         Two of the model's feature names (``x0``, ``x1``... when it has none).
     max_points : int, default=20_000
@@ -900,7 +916,10 @@ def plot_clusters(model, data, path: str, *, features: Sequence[str] | None = No
     ------
     ImportError
         matplotlib is not installed (``pip install "dask-kmeans[plot]"``).
+    ValueError
+        ``path`` does not end in .png, .pdf or .svg (checked first).
     """
+    plot_format(path)
     fig = _figure()
     X = _model_matrix(model, data)
     names = _feature_names(model)
@@ -950,7 +969,7 @@ def plot_clusters(model, data, path: str, *, features: Sequence[str] | None = No
                               label="centroids"))
         ax.legend(handles=handles, loc="best", fontsize="small", framealpha=0.8)
     fig.tight_layout()
-    return _save_png(fig, path, storage_options)
+    return _save_figure(fig, path, storage_options)
 
 
 def plot_elbow(ks, inertias, path: str, *, silhouettes=None, suggested_k: int | None = None,
@@ -964,8 +983,8 @@ def plot_elbow(ks, inertias, path: str, *, silhouettes=None, suggested_k: int | 
     inertias : sequence of float
         The inertia of the model fitted with each K.
     path : str
-        The PNG file to write: a local path (missing directories are created)
-        or any fsspec URL.
+        The file to write, PNG, PDF or SVG by its extension: a local path
+        (missing directories are created) or any fsspec URL.
     silhouettes : sequence of float or None, optional
         The silhouette of each model, drawn against a right-hand axis; None or
         NaN entries leave a gap.
@@ -983,7 +1002,10 @@ def plot_elbow(ks, inertias, path: str, *, silhouettes=None, suggested_k: int | 
     ------
     ImportError
         matplotlib is not installed (``pip install "dask-kmeans[plot]"``).
+    ValueError
+        ``path`` does not end in .png, .pdf or .svg (checked first).
     """
+    plot_format(path)
     fig = _figure()
     ks, inertias = _curve(ks, inertias, "inertias")
     order = np.argsort(ks)
@@ -1010,4 +1032,4 @@ def plot_elbow(ks, inertias, path: str, *, silhouettes=None, suggested_k: int | 
     ax.legend(handles=handles, loc="upper right", fontsize="small")
     ax.set_title("Elbow curve")
     fig.tight_layout()
-    return _save_png(fig, path, storage_options)
+    return _save_figure(fig, path, storage_options)

@@ -809,6 +809,17 @@ def test_a_checkpoint_at_a_file_is_refused_before_the_input_is_opened(local_stor
     assert not Path(local_store.url("m")).exists()
 
 
+def test_a_plot_of_an_unknown_format_is_refused_before_the_input_is_opened(local_store):
+    url, _ = write_dataset(local_store, n=300)
+    for spec in (fit_spec(url, output={"plot": local_store.url("p.jpg")}),
+                 {"job": {"kind": "sweep", "input": {"url": url}, "k": [2, 3],
+                          "output": {"plot": local_store.url("elbow")}}}):
+        with pytest.raises(ValueError, match=r"PNG, PDF or SVG, chosen by its extension"):
+            with mock.patch("dask_kmeans.io.open_parquet", side_effect=AssertionError):
+                run_job(spec)
+    assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["train"]
+
+
 def test_key_columns_named_as_the_label_columns_are_refused_before_the_fit(local_store):
     url, df = write_dataset(local_store, n=300)
     renamed = df.rename(columns={"customer_id": "distance"})

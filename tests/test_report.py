@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import threading
+from pathlib import Path
 
 import dask.array as da
 import dask.dataframe as dd
@@ -333,6 +334,24 @@ def test_plot_elbow(tmp_path):
     assert png_size(path) == (800, 600)
     with pytest.raises(ValueError, match=r"suggested_k=7 is not one of ks \[2, 3, 4, 5\]"):
         plot_elbow([2, 3, 4, 5], [1.0, 0.5, 0.3, 0.2], str(tmp_path / "x.png"), suggested_k=7)
+
+
+def test_a_plots_format_follows_its_extension(people, tmp_path, monkeypatch):
+    """PNG bytes went into a file named .pdf; .pdf and .svg now write those formats (as
+    matplotlib's savefig does), and another extension is refused before any work."""
+    frame, km = people
+    for name, head in (("e.PDF", b"%PDF"), ("e.svg", b"<?xml")):
+        path = plot_elbow([2, 3], [10.0, 5.0], str(tmp_path / name))
+        assert Path(path).read_bytes().startswith(head)
+    assert Path(plot_clusters(km, frame, str(tmp_path / "c.pdf"))).read_bytes()[:4] == b"%PDF"
+    monkeypatch.setattr(km, "predict", None)  # no work may start
+    for name, ext in (("c.jpg", "the extension .jpg"), ("plot", "none")):
+        with pytest.raises(ValueError, match=rf"PNG, PDF or SVG, chosen by its extension "
+                                             rf"\(\.png, \.pdf, \.svg\); '{name}' has {ext}"):
+            plot_clusters(km, frame, str(tmp_path / name))
+        with pytest.raises(ValueError, match=rf"'{name}' has {ext}"):
+            plot_elbow([2, 3], [10.0, 5.0], str(tmp_path / name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pdf", "e.PDF", "e.svg"]
 
 
 def test_missing_matplotlib_gives_the_pip_hint(people, tmp_path, monkeypatch):

@@ -96,6 +96,18 @@ def test_ks_that_are_not_integers_from_1_are_refused(ks):
     assert dk.sweep(X, np.array([3, 2]), random_state=0).ks == [2, 3]  # NumPy ints are ints
 
 
+def test_a_k_given_twice_is_refused():
+    """[2, 2, 3] was swept as [2, 3], and a job reported 2 values of K."""
+    from dask_kmeans.jobs import JobSpecError, parse_k, validate_job
+
+    with pytest.raises(ValueError, match=r"ks holds a value of K more than once: \[2, 2, 3\]"):
+        dk.sweep(blobs(n=100, d=2, k=2, seed=0), [2, 2, 3])
+    with pytest.raises(ValueError, match=r"K=3 is given more than once in \[3, 2, 3\]"):
+        parse_k([3, 2, 3])
+    with pytest.raises(JobSpecError, match=r"job\.k: names 2 more than once"):
+        validate_job({"job": {"kind": "sweep", "input": {"url": "d"}, "k": [2, 2, 3]}})
+
+
 def test_a_sweep_of_one_k_scores_its_silhouette():
     """A sweep of a single K >= 2 left its silhouette out, as if K were 1."""
     X = blobs(n=600, d=2, k=3, seed=0, spread=6.0)
