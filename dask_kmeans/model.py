@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from .io import (
     CREDENTIAL_KEY,
+    LABELS_FORMAT,
     MODEL_FORMAT,
     _Commit,
     _fs_errors,
@@ -289,6 +290,9 @@ def read_model(url: str, *,
     """
     loc = _resolve(url, storage_options)
     marker = _read_marker(loc, "model")
+    if isinstance(marker, dict) and marker.get("format") == LABELS_FORMAT:
+        raise ValueError(f"{loc.url} holds dask_kmeans labels, not a model: give the "
+                         "directory a fit wrote its model to.")
     if not isinstance(marker, dict) or marker.get("format") != MODEL_FORMAT:
         raise _modified(loc.url, f"its _SUCCESS marker is not a {MODEL_FORMAT} marker")
     if marker.get("format_version") != MODEL_FORMAT_VERSION:

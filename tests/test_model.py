@@ -123,6 +123,23 @@ def test_missing_success_or_files(store):
         read_model(url, storage_options=so)
 
 
+def test_labels_read_as_a_model_are_called_labels(local_store):
+    """Labels given where a model goes said "incomplete or has been modified ... Write it
+    again with write_model"."""
+    import dask.array as da
+
+    from dask_kmeans import KMeans
+    from dask_kmeans.io import open_parquet, write_labels
+
+    local_store.write_parquet("d/part-0.parquet", pd.DataFrame({"a": np.arange(6.0)}))
+    src = open_parquet(local_store.url("d"))
+    km = KMeans(2, random_state=0).fit(src)
+    labels = write_labels(src, km.labels_, da.zeros(6, chunks=6), local_store.url("l"))
+    with pytest.raises(ValueError, match=r"l holds dask_kmeans labels, not a model: give the "
+                                         r"directory a fit wrote its model to"):
+        read_model(labels)
+
+
 def test_corrupted_marker(local_store):
     url = local_store.url("model")
     write_model(url, *fitted())
