@@ -75,7 +75,9 @@ _HELD = {"labels": "dask_kmeans labels", "model": "a dask_kmeans model"}
 _WANTED = {"labels": "labels", "model": "a model"}
 LABEL_COLUMN = "cluster"
 DISTANCE_COLUMN = "distance"
-_PART_NAME = re.compile(r"^part-\d+\.parquet$")
+_PART_NAME = re.compile(r"^part-\d+(-[0-9a-f]{12})?\.parquet$")
+#: A labels part of an interrupted commit (named by its commit, listed by no marker).
+_COMMIT_PART = re.compile(r"^part-\d+-[0-9a-f]{12}\.parquet$")
 #: Keys of ``storage_options`` (at any depth) whose values are treated as secrets.
 CREDENTIAL_KEY = re.compile(
     r"secret|passw|token|credential|signature|session|connection_string|"
@@ -1583,7 +1585,9 @@ def _check_writable(loc: _Location, overwrite: bool, *, directory: bool = True,
             raise FileExistsError(f"{loc.url} already exists: {hint}, or choose another "
                                   "location.")
         return
-    foreign = [n for n in names if not n.startswith("_temporary-")]  # interrupted writes
+    # What interrupted writes of ours leave: their temporary prefix, or the parts of a
+    # labels commit that stopped before its marker.
+    foreign = [n for n in names if not n.startswith("_temporary-") and not _COMMIT_PART.match(n)]
     if foreign:
         raise FileExistsError(
             f"{loc.url} holds files that are not dask_kmeans output (no {SUCCESS_MARKER} "
@@ -1600,7 +1604,8 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
+        # Not fs.mv: shutil.move puts a file *into* a directory of that name and succeeds.
+        os.replace(fs._strip_protocol(tmp), fs._strip_protocol(path))
     except BaseException:
         with contextlib.suppress(OSError):
             fs.rm(tmp)
@@ -1624,7 +1629,8 @@ class _Commit:
         self.loc = loc
         self.overwrite = overwrite
         self.kind = kind
-        self.tmp = loc.join(f"_temporary-{uuid.uuid4().hex}")
+        self.token = uuid.uuid4().hex[:12]  # names this commit's own files (see commit)
+        self.tmp = loc.join(f"_temporary-{self.token}")
         self.created: list[str] = []  # directories this commit makes, deepest first
 
     def __enter__(self) -> _Commit:
@@ -1642,22 +1648,43 @@ class _Commit:
 
     def commit(self, names: Sequence[str], marker: Mapping[str, Any],
                stale: re.Pattern | None = None) -> None:
-        """Move ``names`` from the temporary prefix into place, then write the marker."""
+        """Move ``names`` from the temporary prefix into place, write the marker, and remove
+        the files of the old output that match ``stale`` and are not among ``names``.
+
+        Names that hold this commit's :attr:`token` (labels parts) cannot be those of the
+        output in place, so the old output stays whole, and readable through its marker,
+        until the new marker replaces it in one write: an overwrite that fails or is killed
+        at any point leaves the old output or the new one, never a mix (the old files were
+        deleted first and the new ones moved over them one by one: a failure on the way
+        left neither). Other names (a model's) replace the old files: the old marker is
+        removed first, so no reader takes old and new files for one output.
+        """
         loc, fs = self.loc, self.loc.fs
+        fresh = all(self.token in name for name in names)
         with _fs_errors(loc.url, loc.secrets, "committing"):
-            # Un-commit first, so that no reader sees old and new files as one output.
-            _remove_quietly(loc, loc.join(SUCCESS_MARKER))
-            if stale is not None:
-                for path in fs.ls(loc.path, detail=False):
-                    name = path.rstrip("/").rsplit("/", 1)[-1]
-                    if stale.match(name) and name not in names:
-                        _remove_quietly(loc, path)
+            if not fresh:
+                _remove_quietly(loc, loc.join(SUCCESS_MARKER))
+                self._remove_stale(names, stale)
             for name in names:
                 fs.mv(self.path(name), loc.join(name))
             _remove_quietly(loc, self.tmp)
             data = json.dumps(marker, indent=2, sort_keys=True).encode()
             write_bytes_atomic(loc.fs, loc.join(SUCCESS_MARKER), data)
+            if fresh:
+                self._remove_stale(names, stale)
             fs.invalidate_cache(loc.path)
+
+    def _remove_stale(self, names: Sequence[str], stale: re.Pattern | None) -> None:
+        """The old output's files matching ``stale`` but not in ``names``, and what
+        interrupted commits left (their temporary prefixes)."""
+        loc = self.loc
+        loc.fs.invalidate_cache(loc.path)
+        for path in loc.fs.ls(loc.path, detail=False):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if name in names or loc.join(name) == self.tmp:
+                continue
+            if (stale is not None and stale.match(name)) or name.startswith("_temporary-"):
+                _remove_quietly(loc, path)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -1724,13 +1751,14 @@ def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
 
     Every part holds the key columns of ``source`` (if any), ``cluster``
     (int32) and ``distance`` (float64). Parts are written under
-    ``out_url/_temporary-<uuid>/``, moved to ``out_url/part-NNNNN.parquet``
+    ``out_url/_temporary-<token>/``, moved to ``out_url/part-NNNNN-<token>.parquet``
     (``NNNNN`` = the input chunk's index: consecutive files, or a run of row groups
-    of a large file, see ``open_parquet``'s ``chunk_bytes``) and committed by writing
-    ``out_url/_SUCCESS`` last. On a local disk each move is a rename; on object
-    storage the ``_SUCCESS`` marker is the commit, which :func:`read_labels`
-    requires. On failure the temporary prefix is removed and no marker is
-    written.
+    of a large file, see ``open_parquet``'s ``chunk_bytes``; ``<token>`` names the
+    commit) and committed by writing ``out_url/_SUCCESS``, which lists them, last;
+    only then are the parts of labels that were there removed. On a local disk
+    each move is a rename; on object storage the ``_SUCCESS`` marker is the
+    commit, which :func:`read_labels` requires. On failure the temporary prefix
+    is removed and no marker is written; labels that were there stay readable.
 
     Parameters
     ----------
@@ -1778,10 +1806,11 @@ def write_labels(source: ParquetSource, labels, distances, out_url: str, *,
     labels = _as_chunked(labels, chunks, "labels")
     distances = _as_chunked(distances, chunks, "distances")
     loc = _resolve(out_url, storage_options)
-    names = [f"part-{i:05d}.parquet" for i in range(len(chunks))]
     key_parts = source.keys.to_delayed() if source.keys is not None else [None] * len(chunks)
 
     with _Commit(loc, overwrite, "labels") as commit:
+        # Named by the commit, so that they never replace the parts of the labels in place.
+        names = [f"part-{i:05d}-{commit.token}.parquet" for i in range(len(chunks))]
         tasks = [dask.delayed(_write_part)(k, lab, dist, fs=loc.fs, path=commit.path(name),
                                            part_url=loc.display(loc.join(name)),
                                            dask_key_name=f"write-labels-{commit.tmp[-32:]}-{i}")

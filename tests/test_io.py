@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 
@@ -21,6 +22,16 @@ from dask_kmeans.io import (
     write_labels,
 )
 
+
+def labels_part(store, out: str, i: int, name: bool = False) -> str:
+    """The path (or the name) of part ``i`` of the labels at ``out``, as their marker lists it
+    (each commit names its parts: part-NNNNN-<token>.parquet)."""
+    import json
+
+    parts = json.loads(store.fs.cat_file(store.path(out, "_SUCCESS")))["parts"]
+    found = parts[i]["name"]
+    assert re.fullmatch(rf"part-{i:05d}-[0-9a-f]{{12}}\.parquet", found), found
+    return found if name else store.path(out, found)
 
 def frame(n, *, seed=0, start=0):
     rng = np.random.default_rng(seed)
@@ -161,7 +172,7 @@ def test_a_null_hive_partition_keeps_an_integer_key_exact(local_store):
     keys = src.keys.compute()["k"]
     assert keys.dtype == pd.Int32Dtype() and keys.tolist()[:2] == [1, 3] and keys.isna().tolist()[2]
     write_labels(src, np.zeros(3, dtype=int), np.zeros(3), local_store.url("hn-labels"))
-    written = pq.read_table(local_store.path("hn-labels/part-00002.parquet")).column("k")
+    written = pq.read_table(labels_part(local_store, "hn-labels", 2)).column("k")
     assert written.type == pa.int32() and written.to_pylist() == [None]
     # Without nulls, the key stays a NumPy column.
     for k in ("1", "3"):
@@ -188,7 +199,7 @@ def test_hive_partition_values_arrive_as_written(local_store):
     write_labels(src, np.zeros(2, dtype=int), np.zeros(2), local_store.url("hz-labels"))
     labels = read_labels(local_store.url("hz-labels")).compute()
     assert labels["zip"].tolist() == ["02134", "10001"] and labels["code"].tolist() == ["007", "12"]
-    written = pq.read_table(local_store.path("hz-labels/part-00000.parquet"))
+    written = pq.read_table(labels_part(local_store, "hz-labels", 0))
     assert written.column("zip").to_pylist() == ["02134", "10001"]
     # Text is not a feature, rather than 2134.
     with pytest.raises(ValueError, match=r"'zip' \(string\)"):
@@ -476,7 +487,7 @@ def test_nullable_integer_keys_stay_exact(local_store):
     out = local_store.url("nk-labels")
     write_labels(src, np.zeros(3, dtype=int), np.zeros(3), out)
     import pyarrow.parquet as pq
-    got = pq.read_table(local_store.path("nk-labels/part-00000.parquet"))
+    got = pq.read_table(labels_part(local_store, "nk-labels", 0))
     assert got.schema.field("id").type == pa.int64()
     assert got.column("id").to_pylist() == ids.to_pylist()
 
@@ -505,7 +516,7 @@ def test_keys_of_any_type_are_written_back_in_their_type(local_store):
     for name in keys.column_names:
         assert got[name].dtype == pd.ArrowDtype(keys.schema.field(name).type), name
     write_labels(src, np.array([0, 1]), np.array([0.1, 0.2]), local_store.url("kt-labels"))
-    written = pq.read_table(local_store.path("kt-labels/part-00000.parquet"))
+    written = pq.read_table(labels_part(local_store, "kt-labels", 0))
     assert written.select(keys.column_names).equals(keys)
     back = read_labels(local_store.url("kt-labels")).compute()
     assert pa.Table.from_pandas(back[keys.column_names], preserve_index=False).equals(keys)
@@ -795,8 +806,8 @@ def test_write_and_read_labels(store):
     labels, distances = labels_for(src)
     out = store.url("out")
     assert write_labels(src, labels, distances, out, storage_options=so) == out
-    assert store.listdir("out") == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet",
-                                    "part-00002.parquet"]
+    assert store.listdir("out") == ["_SUCCESS", *(labels_part(store, "out", i, name=True)
+                                                  for i in range(3))]
     got = read_labels(out, storage_options=so)
     assert got.npartitions == 3
     got = got.compute().reset_index(drop=True)
@@ -827,7 +838,8 @@ def test_write_labels_refuses_overwrite_and_replaces_stale_parts(local_store):
         write_labels(src, *labels_for(src), out)
     one = open_parquet(local_store.write_parquet("one.parquet", frame(4)))
     write_labels(one, *labels_for(one), out, overwrite=True)
-    assert local_store.listdir("out") == ["_SUCCESS", "part-00000.parquet"]
+    assert local_store.listdir("out") == ["_SUCCESS", labels_part(local_store, "out", 0,
+                                                                  name=True)]
     assert len(read_labels(out).compute()) == 4
 
 
@@ -871,6 +883,61 @@ def test_failed_overwrite_keeps_previous_output(store):
                      overwrite=True)
     assert not [n for n in store.listdir("out") if n.startswith("_temporary")]
     pd.testing.assert_frame_equal(read_labels(out, storage_options=so).compute(), before)
+
+
+def test_an_overwrite_that_fails_while_committing_keeps_the_previous_output(store,
+                                                                           monkeypatch):
+    """The commit deleted the old marker and parts, then moved the new parts over one by
+    one: an error on the second move (or a kill) left one new part beside old ones, and
+    neither output, and a retry was refused ("files that are not dask_kmeans output").
+    Parts are named by their commit now, and the old ones go only after the new marker."""
+    so = store.storage_options
+    url, _ = write_dir(store, [3, 3, 2])
+    src = open_parquet(url, storage_options=so, chunk_bytes=None)
+    out = store.url("out")
+    write_labels(src, *labels_for(src), out, storage_options=so)
+    before = read_labels(out, storage_options=so).compute()
+    lazy_old = read_labels(out, storage_options=so)
+    real_mv, moves = type(store.fs).mv, []
+
+    def mv_fails_second(self, *args, **kwargs):
+        moves.append(args)
+        if len(moves) == 2:
+            raise OSError("simulated I/O error")
+        return real_mv(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(store.fs), "mv", mv_fails_second)
+    labels, distances = labels_for(src)
+    with pytest.raises(OSError, match="simulated I/O error"):
+        write_labels(src, 1 - labels, distances, out, storage_options=so, overwrite=True)
+    monkeypatch.undo()
+    store.fs.invalidate_cache()
+    pd.testing.assert_frame_equal(read_labels(out, storage_options=so).compute(), before)
+    # A retry is allowed, and leaves only its own parts (the failed commit's are removed).
+    write_labels(src, 1 - labels, distances, out, storage_options=so, overwrite=True)
+    after = read_labels(out, storage_options=so).compute()
+    np.testing.assert_array_equal(after["cluster"], 1 - before["cluster"])
+    assert store.listdir("out") == ["_SUCCESS", *(labels_part(store, "out", i, name=True)
+                                                  for i in range(3))]
+    # A reader opened on the old labels finds its parts gone: an error, not a mix.
+    with pytest.raises(FileNotFoundError):
+        lazy_old.compute()
+
+
+def test_a_directory_left_by_an_interrupted_first_commit_can_be_written(local_store):
+    """Parts of a commit killed before its marker (named by the commit) and a temporary
+    prefix are ours: writing there is allowed, and cleans them up."""
+    url, _ = write_dir(local_store, [3])
+    src = open_parquet(url)
+    out = local_store.url("out")
+    local_store.put_bytes("out/part-00000-0123456789ab.parquet", b"debris")
+    local_store.put_bytes("out/_temporary-0123456789ab/part-00000-0123456789ab.parquet", b"x")
+    write_labels(src, *labels_for(src), out)
+    assert local_store.listdir("out") == ["_SUCCESS", labels_part(local_store, "out", 0,
+                                                                  name=True)]
+    local_store.put_bytes("other/part-00000.parquet", b"theirs")  # not named by a commit
+    with pytest.raises(FileExistsError, match="not dask_kmeans output"):
+        write_labels(src, *labels_for(src), local_store.url("other"), overwrite=True)
 
 
 MODEL_METADATA = {"feature_names": ["a", "b"], "inertia": 0.0, "n_iter": 1}
@@ -942,8 +1009,8 @@ def test_read_labels_refuses_uncommitted_or_damaged(local_store):
     src = open_parquet(url, chunk_bytes=None)
     out = local_store.url("out")
     write_labels(src, *labels_for(src), out)
-    local_store.fs.rm(local_store.path("out", "part-00001.parquet"))
-    with pytest.raises(ValueError, match="part-00001.parquet is missing"):
+    local_store.fs.rm(labels_part(local_store, "out", 1))
+    with pytest.raises(ValueError, match=r"part-00001-[0-9a-f]{12}\.parquet is missing"):
         read_labels(out)
     local_store.fs.rm(local_store.path("out", "_SUCCESS"))
     with pytest.raises(ValueError, match="incomplete.*_SUCCESS"):
@@ -1091,13 +1158,20 @@ def test_a_failed_local_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
     from dask_kmeans.io import write_bytes_atomic
 
-    def refuse(self, *args, **kwargs):
+    def refuse(*args, **kwargs):
         raise PermissionError("rename refused")
 
-    monkeypatch.setattr(LocalFileSystem, "mv", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(PermissionError, match="rename refused"):
         write_bytes_atomic(LocalFileSystem(), str(tmp_path / "table.csv"), b"k,inertia\n")
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    # A directory of that name: shutil.move (fsspec's mv) put the file inside it and succeeded.
+    (tmp_path / "e.png").mkdir()
+    with pytest.raises(IsADirectoryError):
+        write_bytes_atomic(LocalFileSystem(), str(tmp_path / "e.png"), b"png")
+    assert [p.name for p in tmp_path.iterdir()] == ["e.png"]
+    assert list((tmp_path / "e.png").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- passes over storage
@@ -1246,7 +1320,8 @@ def test_consecutive_small_files_share_chunks_up_to_chunk_bytes(store):
     assert b"part-3.parquet" not in graph
     out = store.url("out")
     write_labels(src, np.arange(len(df)) % 3, np.zeros(len(df)), out, storage_options=so)
-    assert store.listdir("out") == ["_SUCCESS"] + [f"part-0000{i}.parquet" for i in range(3)]
+    assert store.listdir("out") == ["_SUCCESS", *(labels_part(store, "out", i, name=True)
+                                                  for i in range(3))]
     got = read_labels(out, storage_options=so).compute()
     np.testing.assert_array_equal(got["id"], df["id"])
     np.testing.assert_array_equal(got["cluster"], np.arange(len(df)) % 3)
