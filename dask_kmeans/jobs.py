@@ -712,10 +712,39 @@ def _check_plot(url: str | None, job: Mapping) -> None:
     if url:
         from .report import check_plotting, plot_format
 
-        plot_format(url)
         check_plotting()
         _refuse_existing(url, _output_options(url, job), job["output"]["overwrite"],
                          directory=False)
+        plot_format(url)
+
+
+@contextlib.contextmanager
+def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
+    """Around a job's writes: when one fails, the outputs written before it where nothing
+    was are removed again, so that a failed job leaves none of its outputs behind (one it
+    replaced cannot be brought back; the job writes those after what may fail). Yields
+    ``made(url, result)``, to call as each output is written; it returns ``result``."""
+    import fsspec
+
+    existed = {}
+    for url in filter(None, urls):
+        fs, path = fsspec.core.url_to_fs(url, **_output_options(url, job))
+        existed[url] = (fs, path, fs.exists(path))
+    written: list[str] = []
+
+    def made(url: str, result):
+        written.append(url)
+        return result
+
+    try:
+        yield made
+    except BaseException:
+        for url in written:
+            fs, path, was_there = existed[url]
+            if not was_there:
+                with contextlib.suppress(Exception):
+                    fs.rm(path, recursive=True)
+        raise
 
 
 def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
@@ -752,30 +781,38 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         "n_iter": int(km.n_iter_), "inertia": float(km.inertia_), "model": None,
         "labels": None, "profile": None, "profile_files": [], "plot": None,
     }
-    if out["model"]:
-        result["model"] = km.save(out["model"], overwrite=out["overwrite"],
-                                  storage_options=_output_options(out["model"], job))
-    else:
+    if not out["model"]:
         result["centers"] = km.cluster_centers_.tolist()
-    if out["labels"]:
-        labels, distances = km.predict(src, return_distance=True)
-        result["labels"] = write_labels(src, labels, distances, out["labels"],
-                                        storage_options=_output_options(out["labels"], job),
-                                        overwrite=out["overwrite"])
+    # The passes that may fail come before the outputs they would leave half made: the
+    # profile's, then the labels' (written whole or not at all), then the model.
+    table = None
     if out["profile"]:
-        from .report import profile, write_profile
+        from .report import profile
 
         table = profile(km, src)
         result["profile"] = json.loads(table.reset_index().to_json(orient="records"))
+    with _new_outputs_undone(job, [out["labels"], out["model"], out["plot"]]) as made:
+        if out["labels"]:
+            labels, distances = km.predict(src, return_distance=True)
+            result["labels"] = made(out["labels"], write_labels(
+                src, labels, distances, out["labels"], overwrite=out["overwrite"],
+                storage_options=_output_options(out["labels"], job)))
         if out["model"]:
-            result["profile_files"] = write_profile(
-                table, out["model"], storage_options=_output_options(out["model"], job))
-    if out["plot"]:
-        from .report import plot_clusters
+            result["model"] = made(out["model"], km.save(
+                out["model"], overwrite=out["overwrite"],
+                storage_options=_output_options(out["model"], job)))
+            if table is not None:
+                from .report import write_profile
 
-        result["plot"] = plot_clusters(km, src, out["plot"], features=out["plot_features"],
-                                       random_state=params["random_state"] or 0,
-                                       storage_options=_output_options(out["plot"], job))
+                result["profile_files"] = write_profile(
+                    table, out["model"], storage_options=_output_options(out["model"], job))
+        if out["plot"]:
+            from .report import plot_clusters
+
+            result["plot"] = made(out["plot"], plot_clusters(
+                km, src, out["plot"], features=out["plot_features"],
+                random_state=params["random_state"] or 0,
+                storage_options=_output_options(out["plot"], job)))
     from . import _runtime as R
 
     R.cancel(km.labels_)  # still computing when no output used them; the job has no use
@@ -873,15 +910,17 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
                     row["n_iter"])
     logger.info("sweep: suggested k=%d (%s)", res.suggested_k, res.reason)
     table = plot = None
-    if out["table"]:
-        table = _write_table(out["table"], rows, _output_options(out["table"], job),
-                             out["overwrite"], values)
-    if out["plot"]:
-        from .report import plot_elbow
+    with _new_outputs_undone(job, [out["table"], out["plot"]]) as made:
+        if out["table"]:
+            table = made(out["table"], _write_table(
+                out["table"], rows, _output_options(out["table"], job), out["overwrite"],
+                values))
+        if out["plot"]:
+            from .report import plot_elbow
 
-        plot = plot_elbow(res.ks, res.inertias, out["plot"], silhouettes=res.silhouettes,
-                          suggested_k=res.suggested_k,
-                          storage_options=_output_options(out["plot"], job))
+            plot = made(out["plot"], plot_elbow(
+                res.ks, res.inertias, out["plot"], silhouettes=res.silhouettes,
+                suggested_k=res.suggested_k, storage_options=_output_options(out["plot"], job)))
     return {"kind": "sweep", "input": src.url, "n_rows": src.n_rows,
             "features": list(src.feature_names), "table": table, "plot": plot,
             "results": rows, "suggested_k": res.suggested_k, "reason": res.reason,

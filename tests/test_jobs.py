@@ -273,7 +273,7 @@ def test_parse_k():
     assert len(parse_k(f"1..{MAX_K_VALUES}")) == MAX_K_VALUES == 1000
 
 
-@pytest.mark.parametrize("k", ["2..3000000000", "1..1001", [2] * 1001])
+@pytest.mark.parametrize("k", ["2..3000000000", "1..1001", list(range(1, 1002))])
 def test_too_many_k_values_are_refused_before_any_list_is_built(k, monkeypatch):
     """k: 2..3000000000 was expanded into a list until memory ran out, before any check."""
     import dask_kmeans.jobs
@@ -810,6 +810,35 @@ def test_a_checkpoint_at_a_file_is_refused_before_the_input_is_opened(local_stor
         with mock.patch("dask_kmeans.io.open_parquet", side_effect=AssertionError):
             run_job(spec)
     assert not Path(local_store.url("m")).exists()
+
+
+def test_a_fit_job_that_fails_late_leaves_no_output_and_keeps_the_old_model(local_store):
+    """The fit job saved its model first: a labels pass that failed left a new model
+    (replacing an old one with overwrite), a plot that failed left model and labels."""
+    url, _ = write_dataset(local_store, n=300)
+    model, labels, plot = (local_store.url(n) for n in ("m", "l", "p.png"))
+    spec = fit_spec(url, params={"n_clusters": 2, "random_state": 0},
+                    output={"model": model, "labels": labels, "plot": plot})
+    with mock.patch("dask_kmeans.report.plot_clusters", side_effect=RuntimeError("late")):
+        with pytest.raises(RuntimeError, match="late"):
+            run_job(spec)
+    assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["train"]
+    run_job(fit_spec(url, params={"n_clusters": 2, "random_state": 0},
+                     output={"model": model}))
+    old = dk.load(model).cluster_centers_
+    spec["job"]["params"]["n_clusters"] = 3
+    spec["job"]["output"]["overwrite"] = True
+    with mock.patch("dask_kmeans.io.write_labels", side_effect=RuntimeError("labels")):
+        with pytest.raises(RuntimeError, match="labels"):
+            run_job(spec)
+    np.testing.assert_array_equal(dk.load(model).cluster_centers_, old)
+    assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["m", "train"]
+    sweep = {"job": {"kind": "sweep", "input": {"url": url}, "k": [2, 3],
+                     "output": {"table": local_store.url("t.csv"), "plot": plot}}}
+    with mock.patch("dask_kmeans.report.plot_elbow", side_effect=RuntimeError("late")):
+        with pytest.raises(RuntimeError, match="late"):
+            run_job(sweep)
+    assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["m", "train"]
 
 
 def test_a_plot_of_an_unknown_format_is_refused_before_the_input_is_opened(local_store):
