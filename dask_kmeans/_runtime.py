@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from typing import Any
 
 import dask
 import numpy as np
@@ -47,13 +48,29 @@ def active_client():
         return None
 
 
+#: Workers of this process under :class:`SingleBlasThread`, and the limiter that the first
+#: one set (workers of a cluster with ``processes=False`` share this process, the user's).
+_blas_workers: dict[str, Any] = {"count": 0, "limiter": None}
+
+
 class SingleBlasThread(WorkerPlugin):
-    """Worker plugin: one BLAS thread per worker thread, set once at start-up."""
+    """Worker plugin: one BLAS thread per worker thread, set once at start-up, lifted when
+    the last worker of the process closes (in a cluster with ``processes=False`` the
+    workers are threads of the user's process, whose BLAS stayed at one thread after the
+    cluster closed)."""
 
     name = _PLUGIN_NAME
 
     def setup(self, worker):
-        ThreadpoolController().limit(limits=1, user_api="blas")
+        if _blas_workers["count"] == 0:
+            _blas_workers["limiter"] = ThreadpoolController().limit(limits=1, user_api="blas")
+        _blas_workers["count"] += 1
+
+    def teardown(self, worker):
+        _blas_workers["count"] -= 1
+        if _blas_workers["count"] == 0 and _blas_workers["limiter"] is not None:
+            _blas_workers["limiter"].restore_original_limits()
+            _blas_workers["limiter"] = None
 
 
 #: What the workers of the command line's own local cluster leave out of the terminal
@@ -142,23 +159,45 @@ def total_threads(client=None) -> int:
 def memory_budget(client=None) -> float:
     """Bytes that ``persist="auto"`` may fill on the cluster (or this machine).
 
-    On a distributed cluster whose workers have memory limits, :data:`PERSIST_FRACTION`
-    of the room the workers have before they spill (see :func:`_worker_room`); otherwise
-    that fraction of the memory available here.
+    On a distributed cluster, :data:`PERSIST_FRACTION` of the room its tightest worker
+    thread has, times the threads: persisted chunks are spread about evenly over the
+    threads, not by room, so a small worker beside large ones takes as much as they do
+    (the sum of the rooms persisted 800 MiB on a 3 GiB and a 450 MiB worker, and the small
+    one paused). A worker's room is what it can take before it spills (see
+    :func:`_worker_room`); one without a memory limit has the memory available on its
+    host. A cluster without workers yet has none: nothing is persisted. Without a
+    cluster, that fraction of the memory available here.
     """
     client = client if client is not None else active_client()
     if client is not None:
         info = client.scheduler_info(n_workers=-1)["workers"]
-        limits = [w.get("memory_limit") or 0 for w in info.values()]
-        if limits and all(limits):
-            # Each worker's own setting: the workers' configuration, not this process's.
-            spill = client.run(_spill_fraction, on_error="ignore")
-            default = dask.config.get("distributed.worker.memory.spill", 0.7)
-            return PERSIST_FRACTION * sum(_worker_room(w, spill.get(addr, default))
-                                          for addr, w in info.items())
+        if not info:
+            return 0.0
+        # Each worker's own settings and host: the workers', not this process's.
+        spill = client.run(_spill_fraction, on_error="ignore")
+        unlimited = [addr for addr, w in info.items() if not w.get("memory_limit")]
+        free = client.run(_available_memory, workers=unlimited, on_error="ignore") \
+            if unlimited else {}
+        default = dask.config.get("distributed.worker.memory.spill", 0.7)
+        per_thread = []
+        for addr, w in info.items():
+            if w.get("memory_limit"):
+                room = _worker_room(w, spill.get(addr, default))
+            else:  # no limit: what its host has free (none when it could not tell)
+                room = float(free.get(addr, 0.0)) if isinstance(free.get(addr), int) else 0.0
+            per_thread.append(room / max(1, w.get("nthreads", 1)))
+        threads = sum(max(1, w.get("nthreads", 1)) for w in info.values())
+        return PERSIST_FRACTION * min(per_thread) * threads
     import psutil
 
     return PERSIST_FRACTION * float(psutil.virtual_memory().available)
+
+
+def _available_memory() -> int:
+    """The memory available on this host (run on a worker without a memory limit)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _spill_fraction(dask_worker) -> float | bool:

@@ -185,6 +185,8 @@ def load_cluster_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     ...     load_cluster_config(p)["cluster"]["scheduler"]
     {'address': 'tcp://127.0.0.1:8786', 'timeout': None}
     """
+    if isinstance(path, str) and "://" in path:  # Path() would make tcp:// into tcp:/
+        raise _address_not_config(path)
     p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
@@ -348,10 +350,15 @@ def _config_for(config_or_path, scheduler) -> dict:
         return _validate({"cluster": {"kind": "local"}})
     if isinstance(config_or_path, Mapping):
         return _validate(config_or_path)
-    if isinstance(config_or_path, str) and "://" in config_or_path:
-        raise ClusterError(f"{config_or_path!r} looks like a scheduler address, not a config "
-                           f"file: use connect(scheduler={config_or_path!r})")
     return load_cluster_config(config_or_path)
+
+
+def _address_not_config(address: str) -> ClusterConfigUnreadable:
+    """A scheduler address given where a cluster-config file goes: a usage mistake."""
+    return ClusterConfigUnreadable(
+        f"{address!r} looks like a scheduler address, not a cluster config file: pass it "
+        f"as --scheduler {address} on the command line, or as connect(scheduler="
+        f"{address!r}) in Python")
 
 
 @contextmanager

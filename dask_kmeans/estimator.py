@@ -490,7 +490,14 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
     def _validated(self, X):
         check_is_fitted(self)
-        return self._scale(V.check_X(self, X, reset=False))
+        Xv = self._scale(V.check_X(self, X, reset=False))
+        if isinstance(Xv, da.Array):
+            # The passes of predict, transform and score run on the cluster too: one BLAS
+            # thread per worker thread there as well (only fit set it).
+            client = R.active_client()
+            if client is not None:
+                R.prepare_client(client)
+        return Xv
 
     def predict(self, X, return_distance: bool = False):
         """Index of the nearest centre of every row.

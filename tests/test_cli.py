@@ -241,6 +241,21 @@ def test_fit_passes_the_kmeans_parallel_options_on(data):
     assert int(re.search(r"(\d+) candidates", init).group(1)) <= 6, init
 
 
+@pytest.mark.parametrize("command", ["fit", "submit"])
+def test_a_scheduler_address_given_as_cluster_points_to_scheduler(data, command, tmp_path):
+    """It exited 3 ("cluster unreachable") advising connect(scheduler=...), and submit said
+    "cluster config file not found: tcp:/127.0.0.1:1"."""
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "fit", "input": {"url": data["url"]}, "params": {"n_clusters": 2},
+        "output": {"model": str(tmp_path / "m")}}}))
+    args = ("fit", data["url"], "--k", 2) if command == "fit" else ("submit", job)
+    result = invoke(*args, "--cluster", "tcp://127.0.0.1:1")
+    text = one_line_error(result, 2)
+    assert "looks like a scheduler address, not a cluster config file: pass it as " \
+        "--scheduler tcp://127.0.0.1:1" in text, text
+
+
 @pytest.mark.parametrize("args, wanted", [
     (("--oversampling-factor", 0), "Invalid value for '--oversampling-factor': 0.0 is not in "
                                    "the range x>0."),

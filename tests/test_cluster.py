@@ -262,6 +262,10 @@ BAD = [
     ("wrong type", local(n_workers="two"),
      "cluster.local.n_workers", "expected an int >= 1 or null, got 'two'"),
     ("bool is no int", local(n_workers=True), "cluster.local.n_workers", "got true"),
+    # It passed validate, then failed to start as "cluster unreachable" (exit 3).
+    ("dashboard not an address", local(dashboard_address="abc"),
+     "cluster.local.dashboard_address", "expected an address like ':8787' or "
+                                        "'127.0.0.1:8787' or null, got 'abc'"),
     ("below minimum", local(threads_per_worker=0), "cluster.local.threads_per_worker",
      "expected an int >= 1"),
     ("not a bool", local(processes="yes"), "cluster.local.processes",
@@ -397,9 +401,16 @@ def test_connect_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         with connect(local(), scheduler="tcp://127.0.0.1:8786"):
             pass
-    with pytest.raises(ClusterError, match=r"use connect\(scheduler='tcp://127.0.0.1:1'\)"):
+    # A usage mistake (exit code 2 on the command line), not a cluster out of reach.
+    from dask_kmeans.cluster import ClusterConfigUnreadable, load_cluster_config
+
+    address = r"'tcp://127.0.0.1:1' looks like a scheduler address, not a cluster config file: "
+    with pytest.raises(ClusterConfigUnreadable, match=address + r"pass it as --scheduler "
+                       r"tcp://127.0.0.1:1 on the command line, or as connect\(scheduler="):
         with connect("tcp://127.0.0.1:1"):
             pass
+    with pytest.raises(ClusterConfigUnreadable, match=address):  # was "not found: tcp:/..."
+        load_cluster_config("tcp://127.0.0.1:1")
     with pytest.raises(ClusterConfigError, match="^scheduler: expected an address like tcp://"):
         with connect(scheduler="127.0.0.1:8786"):
             pass

@@ -559,8 +559,50 @@ def test_memory_budget_takes_each_workers_own_spill_fraction(client):
         budget = memory_budget(client)
     info = client.scheduler_info(n_workers=-1)["workers"]
     # The workers' memory moves between the two looks at it: a few percent at most.
-    expected = PERSIST_FRACTION * sum(_worker_room(w, 0.7) for w in info.values())
+    expected = PERSIST_FRACTION * len(info) * min(_worker_room(w, 0.7) / w["nthreads"]
+                                                  for w in info.values())
     assert budget == pytest.approx(expected, rel=0.05)
+
+
+class _FakeClient:
+    """What memory_budget asks a client: the workers, and what runs on them."""
+
+    def __init__(self, workers, free):
+        self.workers, self.free = workers, free
+
+    def scheduler_info(self, n_workers=-1):
+        return {"workers": self.workers}
+
+    def run(self, function, workers=None, on_error="raise"):
+        if function.__name__ == "_spill_fraction":
+            return {addr: 0.7 for addr in self.workers}
+        return {addr: self.free for addr in (workers or self.workers)}
+
+
+def test_memory_budget_follows_the_tightest_worker_thread_and_unlimited_hosts():
+    """Chunks are spread about evenly over threads: the sum of the rooms persisted 800 MiB on
+    a 3 GiB and a 450 MiB worker (the small one paused). A worker without a memory limit
+    made the budget this process's free memory, and a cluster without workers yet too."""
+    from dask_kmeans._runtime import PERSIST_FRACTION, _worker_room, memory_budget
+
+    mib = 2**20
+
+    def worker(limit, nthreads=1):
+        return {"memory_limit": limit, "nthreads": nthreads, "metrics": {"memory": 100 * mib}}
+
+    big, small = worker(3 * 1024 * mib), worker(450 * mib)
+    budget = memory_budget(_FakeClient({"a": big, "b": small}, 0))
+    assert budget == pytest.approx(PERSIST_FRACTION * 2 * _worker_room(small, 0.7))
+    assert budget < 800 * mib
+    two_threads = worker(3 * 1024 * mib, nthreads=2)  # half its room per thread
+    assert memory_budget(_FakeClient({"a": two_threads, "b": big}, 0)) == pytest.approx(
+        PERSIST_FRACTION * 3 * _worker_room(big, 0.7) / 2)
+    unlimited = worker(0)
+    assert memory_budget(_FakeClient({"a": unlimited, "b": small}, 8 * 1024 * mib)) == \
+        pytest.approx(PERSIST_FRACTION * 2 * _worker_room(small, 0.7))
+    assert memory_budget(_FakeClient({"a": unlimited}, 1024 * mib)) == \
+        pytest.approx(PERSIST_FRACTION * 1024 * mib)
+    assert memory_budget(_FakeClient({}, 0)) == 0
 
 
 def test_auto_persist_leaves_small_workers_room():
@@ -602,3 +644,40 @@ def test_row_state_and_bounds_are_kept_when_they_fit_a_quarter_of_the_budget(mon
                         lambda client=None: 4.0 * 2 * n * _passes.BOUND_BYTES * 3)
     passes = _passes.Passes(da.from_array(np.zeros((n, 2)), chunks=500), in_memory=True)
     assert passes._bounds_fit(3) and not passes._bounds_fit(4)
+
+
+def test_blas_is_one_thread_in_workers_for_predict_and_restored_after_the_cluster():
+    """predict, transform and score never set one BLAS thread per worker thread on workers
+    that no fit had prepared (2 x 2 threads on 2 cores with `dask worker --no-nanny`), and
+    the limit stayed in this process after a cluster of threads (processes=False) closed."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import dask_kmeans as dk
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    def prepared(dask_worker):
+        return "dask-kmeans-single-blas-thread" in dask_worker.plugins
+
+    km = dk.KMeans(2, random_state=0).fit(np.random.default_rng(0).normal(size=(300, 3)))
+    X = da.from_array(np.random.default_rng(1).normal(size=(300, 3)), chunks=100)
+    from dask_kmeans._runtime import SingleBlasThread
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        first, second = SingleBlasThread(), SingleBlasThread()  # two workers, one process
+        first.setup(None)
+        second.setup(None)
+        assert blas_threads() == {1}
+        first.teardown(None)
+        assert blas_threads() == {1}, "a worker of the process is still open"
+        second.teardown(None)
+        assert blas_threads() == {2}, "the limit outlived the workers"
+        for method in ("predict", "transform", "score"):
+            with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                              dashboard_address=None) as c, Client(c) as client:
+                assert not any(client.run(prepared).values())
+                getattr(km, method)(X)
+                assert all(client.run(prepared).values()), method
