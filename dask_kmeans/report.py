@@ -102,8 +102,9 @@ def _as_matrix(data, fitted_names=None, n_features: int | None = None):
             _missing_columns(list(data.columns), wanted, "The DataFrame")
             data = data[wanted]
         _check_numeric(list(data.columns), list(data.dtypes))
-        X = (data.to_dask_array(lengths=True) if isinstance(data, dd.DataFrame)
-             else data.to_numpy(dtype=np.float64))
+        # As float64 first: a dask DataFrame of bool and float columns made an object array.
+        X = (data.astype(np.float64).to_dask_array(lengths=True)
+             if isinstance(data, dd.DataFrame) else data.to_numpy(dtype=np.float64))
     elif isinstance(data, da.Array):
         X = data
     else:
@@ -188,6 +189,30 @@ def _stats_block(x, labels, centers, w=None) -> np.ndarray:
     sums = np.bincount(cell, weights=wdev.ravel(), minlength=k * d)
     squares = np.bincount(cell, weights=(wdev * dev).ravel(), minlength=k * d)
     return np.concatenate([counts, sums, squares])[None, :]
+
+
+#: Squared distance from a cluster's reference point to its mean, over its variance, above
+#: which the variance taken from sums of squares about that point has lost digits to
+#: cancellation (relative error ~1e-16 times the ratio).
+_CANCEL_RATIO = 1e6
+
+
+def _moments(totals: np.ndarray, reference: np.ndarray):
+    """Per-cluster means and standard deviations from the sums of :func:`_stats_block`
+    taken about ``reference`` (NaN for empty clusters), and whether the variance of an
+    occupied cluster may have cancelled (its mean too far from ``reference``)."""
+    k, d = reference.shape
+    counts = totals[:k]
+    occupied = counts[:, None] > 0
+    shift = np.divide(totals[k:k + k * d].reshape(k, d), counts[:, None],
+                      out=np.full((k, d), np.nan), where=occupied)
+    squares = np.divide(totals[k + k * d:].reshape(k, d), counts[:, None],
+                        out=np.full((k, d), np.nan), where=occupied)
+    var = np.subtract(squares, shift**2, out=np.full((k, d), np.nan), where=occupied)
+    with np.errstate(invalid="ignore"):
+        cancelled = bool(np.any(occupied & (shift**2 > _CANCEL_RATIO * np.maximum(var, 0.0))))
+    stds = np.sqrt(np.maximum(var, 0.0, where=occupied, out=np.full((k, d), np.nan)))
+    return reference + shift, stds, cancelled
 
 
 def _sketch_block(x) -> np.ndarray:
@@ -368,34 +393,41 @@ def profile(model, data, *, sample_weight=None) -> pd.DataFrame:
     if isinstance(X, da.Array):
         labels = labels if labels.chunks[0] == X.chunks[0] else labels.rechunk((X.chunks[0],))
         extra = () if weights is None else (weights, "i")
-        per_chunk = da.blockwise(
-            _stats_block, "ip", X, "ij", labels, "i",
-            da.from_array(centers, chunks=centers.shape), "kj", *extra,
-            new_axes={"p": k + 2 * k * d}, adjust_chunks={"i": 1}, align_arrays=False,
-            concatenate=True, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64))
+
+        def stats(reference):
+            return da.blockwise(
+                _stats_block, "ip", X, "ij", labels, "i",
+                da.from_array(reference, chunks=reference.shape), "kj", *extra,
+                new_axes={"p": k + 2 * k * d}, adjust_chunks={"i": 1}, align_arrays=False,
+                concatenate=True, dtype=np.float64,
+                meta=np.empty((0, 0), dtype=np.float64)).sum(axis=0)
+
         sketches = da.blockwise(
             _sketch_block, "ip", X, "ij", new_axes={"p": 1 + _SKETCH_ROWS * d},
             adjust_chunks={"i": 1}, concatenate=True, dtype=np.float64,
             meta=np.empty((0, 0), dtype=np.float64))
-        totals, sketches = dask.compute(per_chunk.sum(axis=0), sketches)
+        totals, sketches = dask.compute(stats(centers), sketches)
         quartiles = _merge_quartiles(sketches, d)
         exact = False
     else:
-        totals = _stats_block(X, labels, centers, weights)[0]
+        def stats(reference):
+            return _stats_block(X, labels, reference, weights)[0]
+
+        totals = stats(centers)
         quartiles = np.percentile(X, [25, 75], axis=0)
         exact = True
 
     counts = totals[:k]
     if not counts.sum() > 0:
         raise ValueError("sample_weight sums to zero: no cluster has any weight.")
-    occupied = counts[:, None] > 0
-    shift = np.divide(totals[k:k + k * d].reshape(k, d), counts[:, None],
-                      out=np.full((k, d), np.nan), where=occupied)
-    squares = np.divide(totals[k + k * d:].reshape(k, d), counts[:, None],
-                        out=np.full((k, d), np.nan), where=occupied)
-    means = centers + shift
-    stds = np.sqrt(np.maximum(squares - shift**2, 0.0, where=occupied,
-                              out=np.full((k, d), np.nan)))
+    means, stds, cancelled = _moments(totals, centers)
+    if cancelled:
+        # The centres are far from their clusters' means against the spread (cosine
+        # centres are unit vectors; data drifted since the fit): the squares about them
+        # lost the variance. Once more about the means (a second pass over dask input).
+        reference = np.nan_to_num(means)
+        means, stds, _ = _moments(dask.compute(stats(reference))[0]
+                                  if isinstance(X, da.Array) else stats(reference), reference)
 
     columns: dict[str, Any] = {
         "size": counts.round().astype(np.int64) if weights is None else counts,
@@ -665,6 +697,10 @@ def silhouette_sample(data, labels=None, *, model=None, max_points: int = 5000,
         metric = getattr(model, "metric", "euclidean")
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}.")
+    if model is not None and hasattr(model, "feature_mean_"):
+        # standardize=True: distances where the model measures them, as sweep's silhouettes.
+        sample = (np.asarray(sample, dtype=np.float64) - model.feature_mean_) \
+            / model.feature_scale_
     n_labels = np.unique(sample_labels).size
     if not _scorable(n_labels, sample.shape[0]):
         raise ValueError(f"The silhouette needs from 2 to n_rows - 1 distinct clusters; the "

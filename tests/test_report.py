@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dask_kmeans import KMeans, open_parquet
+from dask_kmeans import KMeans, open_parquet, sweep
 from dask_kmeans.report import (
     _merge_quartiles,
     _sample_indices,
@@ -482,3 +482,45 @@ def test_silhouettes_of_several_labelings_share_the_distances(monkeypatch):
     monkeypatch.setattr(report, "SHARED_DISTANCES_BYTES", 2**40)
     np.testing.assert_allclose(report.silhouettes(sample, labelings, "cosine"), cosine,
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_profile_std_is_exact_when_the_centres_are_far_from_the_means(lazy):
+    """The sums of squares were taken about the centres: a cosine model's are unit vectors,
+    so at an offset of 1e8 the std came out 2.0 against 0.96 (and 0 for the other cluster);
+    data drifted since the fit too. They are taken again about the means then."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(200, 2)) + [1e8, 0], rng.normal(size=(200, 2)) + [0, 1e8]])
+    km = KMeans(2, random_state=0, metric="cosine").fit(X)
+    labels = km.predict(X)
+    table = profile(km, da.from_array(X, chunks=(70, -1)) if lazy else X)
+    for c in range(2):
+        rows = X[labels == c]
+        np.testing.assert_allclose(table.loc[c, ["x0_mean", "x1_mean"]].astype(float),
+                                   rows.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(table.loc[c, ["x0_std", "x1_std"]].astype(float),
+                                   rows.std(axis=0), rtol=1e-9)
+    drifted = KMeans(2, random_state=0).fit(X)
+    moved = X + 3e8
+    table = profile(drifted, moved)
+    for c, rows in enumerate(moved[drifted.predict(moved) == c] for c in range(2)):
+        np.testing.assert_allclose(table.loc[c, ["x0_std", "x1_std"]].astype(float),
+                                   rows.std(axis=0), rtol=1e-9)
+
+
+def test_silhouette_of_a_dask_frame_with_a_bool_column_and_of_a_standardized_model():
+    """A dask DataFrame of bool and float columns became an object array that predict
+    refused; and silhouette_sample(X, model=m) scored raw units where a standardize=True
+    model (and sweep's silhouettes) measure standardised ones."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": np.r_[rng.normal(size=100), rng.normal(size=100) + 5],
+                          "flag": np.r_[np.zeros(100, bool), np.ones(100, bool)]})
+    km = KMeans(2, random_state=0).fit(frame)
+    expected = silhouette_sample(frame, model=km)
+    assert silhouette_sample(dd.from_pandas(frame, npartitions=3), model=km) == \
+        pytest.approx(expected)
+    X = np.column_stack([rng.normal(size=300), 100 * rng.normal(size=300)])
+    X[:100, 0] += 4
+    result = sweep(X, [2, 3, 4], random_state=0, standardize=True)
+    for model, score in zip(result.models, result.silhouettes, strict=True):
+        assert silhouette_sample(X, model=model) == pytest.approx(score, rel=1e-9)
