@@ -1661,6 +1661,12 @@ class _Commit:
         """
         loc, fs = self.loc, self.loc.fs
         fresh = all(self.token in name for name in names)
+        with _fs_errors(loc.url, loc.secrets, "checking"):
+            fs.invalidate_cache(loc.path)
+            taken = not self.overwrite and fs.exists(loc.join(SUCCESS_MARKER))
+        if taken:  # another writer committed here while this one computed: theirs stays
+            raise FileExistsError(f"{loc.url} was written by another writer while this one "
+                                  "ran; without overwrite it is left as it is.")
         with _fs_errors(loc.url, loc.secrets, "committing"):
             if not fresh:
                 _remove_quietly(loc, loc.join(SUCCESS_MARKER))
@@ -1675,15 +1681,16 @@ class _Commit:
             fs.invalidate_cache(loc.path)
 
     def _remove_stale(self, names: Sequence[str], stale: re.Pattern | None) -> None:
-        """The old output's files matching ``stale`` but not in ``names``, and what
-        interrupted commits left (their temporary prefixes)."""
+        """The old output's files matching ``stale`` but not in ``names`` (with the parts an
+        interrupted commit left). Temporary prefixes are left alone: another writer may be
+        writing into its own."""
+        if stale is None:
+            return
         loc = self.loc
         loc.fs.invalidate_cache(loc.path)
         for path in loc.fs.ls(loc.path, detail=False):
             name = path.rstrip("/").rsplit("/", 1)[-1]
-            if name in names or loc.join(name) == self.tmp:
-                continue
-            if (stale is not None and stale.match(name)) or name.startswith("_temporary-"):
+            if name not in names and stale.match(name):
                 _remove_quietly(loc, path)
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -924,17 +924,46 @@ def test_an_overwrite_that_fails_while_committing_keeps_the_previous_output(stor
         lazy_old.compute()
 
 
+def test_labels_committed_by_another_writer_meanwhile_are_not_replaced_without_overwrite(
+        local_store, monkeypatch):
+    """overwrite=False was checked only before the pass: labels another writer committed
+    while this one computed were silently replaced."""
+    from dask_kmeans import io
+
+    url, _ = write_dir(local_store, [3, 3])
+    src = open_parquet(url, chunk_bytes=None)
+    out = local_store.url("out")
+    labels, distances = labels_for(src)
+    real, others = io._compute_all, []
+
+    def another_writer_first(tasks):
+        if not others:
+            others.append("writing")
+            write_labels(src, 1 - labels, distances, out)
+        return real(tasks)
+
+    monkeypatch.setattr(io, "_compute_all", another_writer_first)
+    with pytest.raises(FileExistsError, match=r"out was written by another writer while this "
+                                              r"one ran; without overwrite it is left as it is"):
+        write_labels(src, labels, distances, out)
+    theirs = read_labels(out).compute()
+    np.testing.assert_array_equal(theirs["cluster"], 1 - labels.compute())
+    assert local_store.listdir("out") == ["_SUCCESS", *(labels_part(
+        local_store, "out", i, name=True) for i in range(2))]
+
+
 def test_a_directory_left_by_an_interrupted_first_commit_can_be_written(local_store):
     """Parts of a commit killed before its marker (named by the commit) and a temporary
-    prefix are ours: writing there is allowed, and cleans them up."""
+    prefix are ours: writing there is allowed, and removes the parts (a temporary prefix
+    may be another writer's, at work: it stays)."""
     url, _ = write_dir(local_store, [3])
     src = open_parquet(url)
     out = local_store.url("out")
     local_store.put_bytes("out/part-00000-0123456789ab.parquet", b"debris")
     local_store.put_bytes("out/_temporary-0123456789ab/part-00000-0123456789ab.parquet", b"x")
     write_labels(src, *labels_for(src), out)
-    assert local_store.listdir("out") == ["_SUCCESS", labels_part(local_store, "out", 0,
-                                                                  name=True)]
+    assert local_store.listdir("out") == ["_SUCCESS", "_temporary-0123456789ab", labels_part(
+        local_store, "out", 0, name=True)]
     local_store.put_bytes("other/part-00000.parquet", b"theirs")  # not named by a commit
     with pytest.raises(FileExistsError, match="not dask_kmeans output"):
         write_labels(src, *labels_for(src), local_store.url("other"), overwrite=True)
