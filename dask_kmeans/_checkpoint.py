@@ -40,7 +40,10 @@ def data_fingerprint(X, sample_weight=None) -> dict[str, Any]:
         if obj is None:
             return None
         if hasattr(obj, "fingerprint") and hasattr(obj, "feature_names"):
-            return {"parquet": obj.fingerprint(), "features": list(obj.feature_names)}
+            # With how it was opened: the same files give other rows with other options
+            # (missing, drop_zero_norm: in the fingerprint) or dtype.
+            return {"parquet": obj.fingerprint(), "features": list(obj.feature_names),
+                    "dtype": str(obj.features.dtype), "rows": int(obj.n_rows)}
         if isinstance(obj, da.Array):  # the graph's deterministic name
             return {"dask": obj.name, "shape": [None if s != s else int(s) for s in obj.shape]}
         if hasattr(obj, "dask"):
@@ -50,6 +53,10 @@ def data_fingerprint(X, sample_weight=None) -> dict[str, Any]:
             return {"dask": str(obj._name), "shape": [None, *([len(obj.columns)]
                                                            if obj.ndim == 2 else [])]}
         arr = np.asarray(obj)
+        if arr.dtype == object:  # bool or nullable columns of a DataFrame: hash the values
+            # (an object array's bytes are addresses, different at every call)
+            arr = (obj.to_numpy(dtype=np.float64, na_value=np.nan) if hasattr(obj, "to_numpy")
+                   else arr.astype(np.float64))
         return {"sha256": _hash_array(arr)}
     return {"X": one(X), "sample_weight": one(sample_weight)}
 
@@ -61,11 +68,31 @@ def params_fingerprint(params: dict[str, Any]) -> dict[str, Any]:
         if hasattr(value, "__array__") and not isinstance(value, str):
             value = {"array_sha256": _hash_array(np.asarray(value, dtype=np.float64))}
         elif callable(value):
-            value = {"callable": f"{value.__module__}.{value.__qualname__}"}
+            value = {"callable": _callable_fingerprint(value)}
         elif isinstance(value, np.random.RandomState):
             value = {"random_state": _rng_to_json(value.get_state())}
         out[key] = value
     return json.loads(json.dumps(out, default=str))
+
+
+def _callable_fingerprint(value) -> str:
+    """A function importable by name, by its name; any other callable (a lambda, a
+    closure, a ``functools.partial``, an object with ``__call__``), by the hash of its
+    pickle, which holds its code and the values it closes over (two lambdas, or two
+    closures of one factory, were one name)."""
+    name = getattr(value, "__qualname__", None)
+    module = getattr(value, "__module__", None)
+    if name and module and "<" not in name and module != "__main__":
+        return f"{module}.{name}"
+    import cloudpickle
+
+    try:
+        data = cloudpickle.dumps(value)
+    except Exception as exc:
+        raise ValueError(f"init={value!r} cannot be told apart from another callable for the "
+                         f"checkpoint (it cannot be pickled: {exc}); give an importable "
+                         "function or the initial centres as an array.") from exc
+    return f"{module}.{name or type(value).__qualname__}:" + hashlib.sha256(data).hexdigest()
 
 
 def _rng_to_json(state) -> list:
@@ -83,7 +110,7 @@ def check_location(url: str) -> None:
     only after the initialisation, and a file there failed then with a bare errno)."""
     try:
         check_directory_location(url)
-    except OSError as exc:
+    except (OSError, TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint={url!r} cannot hold the checkpoint: {exc}") from exc
 
 

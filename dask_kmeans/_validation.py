@@ -54,8 +54,9 @@ def check_params(est) -> None:
              "'euclidean' or 'cosine'")
     _require(isinstance(est.standardize, bool | np.bool_), "standardize", est.standardize,
              "True or False")
-    _require(est.checkpoint is None or isinstance(est.checkpoint, str), "checkpoint",
-             est.checkpoint, "None or a URL string")
+    _require(est.checkpoint is None or (isinstance(est.checkpoint, str)
+                                        and est.checkpoint.strip() != ""),
+             "checkpoint", est.checkpoint, "None or a non-empty URL string")
     _require(isinstance(est.resume, bool | np.bool_), "resume", est.resume, "True or False")
     _require(isinstance(est.verbose, bool | np.bool_) or (_is_int(est.verbose)
                                                           and est.verbose >= 0),
@@ -349,6 +350,8 @@ def check_sample_weight(sample_weight, X):
 def check_init_array(init, n_clusters: int, n_features: int, dtype) -> np.ndarray:
     """An explicit initial centres array, checked for shape and finiteness."""
     centers = np.asarray(init)
+    if np.iscomplexobj(centers):  # NumPy would drop the imaginary parts, with a warning
+        raise ValueError("The initial centers are complex; give real numbers, as X is.")
     if centers.ndim != 2 or centers.shape != (n_clusters, n_features):
         raise ValueError(f"The shape of the initial centers {centers.shape} does not match "
                          f"(n_clusters, n_features) = ({n_clusters}, {n_features}).")

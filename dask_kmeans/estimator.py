@@ -262,7 +262,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         V.check_params(self)
         V.check_param_combinations(self)
         Xv = V.check_X(self, X, reset=True)
-        self._input_url = X.url if V.is_parquet_source(X) else None
+        input_url = X.url if V.is_parquet_source(X) else None
         lazy = isinstance(Xv, da.Array)
         n_samples = Xv.shape[0]
         if n_samples < self.n_clusters:
@@ -377,6 +377,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.labels_ = labels
         self.inertia_ = inertia
         self.n_iter_ = result.n_iter
+        self._input_url = input_url  # only now: a failed fit leaves the model as it was
         if self.verbose:
             logger.info("fit done: %d iterations, inertia %.6g, converged=%s",
                         result.n_iter, inertia, result.converged)

@@ -1299,7 +1299,8 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
     read_schema = pa.schema([schema.field(c) for c in needed])
     fingerprint = {"url": loc.url,
                    "parts": [_fingerprint_entry(u, infos[p])
-                             for u, p in zip(part_urls, paths, strict=True)]}
+                             for u, p in zip(part_urls, paths, strict=True)],
+                   "missing": missing, "drop_zero_norm": drop_zero_norm}
     # Unique per open: two opens of one dataset carry different file-system objects, and
     # equal keys with different tasks confuse a scheduler that still holds the first.
     token = tokenize(fingerprint, feature_names, keys, dtype.str, missing, drop_zero_norm,

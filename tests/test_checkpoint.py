@@ -189,3 +189,56 @@ def test_resume_on_re_read_data_is_bit_identical(tmp_path, monkeypatch, metric):
     np.testing.assert_array_equal(resumed.cluster_centers_, full.cluster_centers_)
     assert resumed.inertia_ == full.inertia_ and resumed.n_iter_ == full.n_iter_
     np.testing.assert_array_equal(resumed.labels_.compute(), full.labels_.compute())
+
+
+def test_fingerprints_tell_inputs_and_callables_apart_and_stay_stable(tmp_path):
+    """A DataFrame with a bool column hashed object addresses (resume always refused); a
+    Parquet source opened with other options or dtype (other rows) was resumed silently;
+    a functools.partial init crashed the fit (no __qualname__) and two lambdas were one."""
+    import functools
+
+    import pandas as pd
+
+    from dask_kmeans._checkpoint import data_fingerprint, params_fingerprint
+    from dask_kmeans.io import open_parquet
+
+    frame = pd.DataFrame({"a": np.arange(6.0), "flag": [True, False] * 3,
+                          "n": pd.array([1, None, 3, 4, 5, 6], dtype="Int64")})
+    assert data_fingerprint(frame) == data_fingerprint(frame.copy())
+    assert data_fingerprint(frame) != data_fingerprint(frame.assign(flag=True))
+
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40)})
+    data.loc[:9, ["a", "b"]] = 0.0  # rows of zero norm
+    data.to_parquet(tmp_path / "d.parquet")
+    url = str(tmp_path / "d.parquet")
+    opened = [open_parquet(url, missing="drop"),
+              open_parquet(url, missing="drop", drop_zero_norm=True),
+              open_parquet(url, dtype="float32")]
+    prints = [data_fingerprint(src) for src in opened]
+    assert len({str(p) for p in prints}) == 3
+    assert data_fingerprint(open_parquet(url, missing="drop")) == prints[0]
+    ckpt = str(tmp_path / "c")
+    dk.KMeans(2, random_state=0, checkpoint=ckpt).fit(opened[0])
+    with pytest.raises(ValueError, match="other data"):
+        dk.KMeans(2, random_state=0, checkpoint=ckpt, resume=True).fit(opened[1])
+
+    def first(X, k, random_state):
+        return X[:k]
+
+    def last(X, k, random_state):
+        return X[-k:]
+
+    lambdas = [lambda X, k, random_state: X[:k], lambda X, k, random_state: X[-k:]]
+    for a, b in ((first, last), tuple(lambdas),
+                 (functools.partial(first), functools.partial(last))):
+        assert params_fingerprint({"init": a}) == params_fingerprint({"init": a})
+        assert params_fingerprint({"init": a}) != params_fingerprint({"init": b})
+    X = rng.normal(size=(50, 2))
+    dk.KMeans(2, init=functools.partial(first), n_init=1, checkpoint=str(tmp_path / "p")).fit(X)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_checkpoint_is_refused_naming_it(value):
+    with pytest.raises(ValueError, match=r"checkpoint.*None or a non-empty URL string"):
+        dk.KMeans(2, checkpoint=value).fit(np.random.default_rng(0).normal(size=(20, 2)))

@@ -631,3 +631,18 @@ def test_numpy_fit_works_inside_a_running_event_loop():
 
     km = asyncio.run(main())
     np.testing.assert_array_equal(km.labels_, km.predict(X))
+
+
+def test_a_failed_refit_keeps_the_input_url_and_a_complex_init_is_refused(tmp_path):
+    """A refit on a Parquet source that failed still set the model's input URL (saved with
+    the model); a complex init array lost its imaginary parts with only a warning."""
+    from dask_kmeans.io import open_parquet
+
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    km = KMeans(2, random_state=0).fit(X)
+    pd.DataFrame({"a": [1.0], "b": [2.0]}).to_parquet(tmp_path / "one.parquet")
+    with pytest.raises(ValueError, match="n_samples=1 should be >= n_clusters=2"):
+        km.fit(open_parquet(str(tmp_path / "one.parquet")))
+    assert km._input_url is None
+    with pytest.raises(ValueError, match="The initial centers are complex"):
+        KMeans(2, init=X[:2] + 1j).fit(X)
