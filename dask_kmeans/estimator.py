@@ -27,7 +27,7 @@ from . import _kernels as K
 from . import _runtime as R
 from . import _validation as V
 from ._checkpoint import Checkpoint, check_location, data_fingerprint, params_fingerprint
-from ._passes import Passes
+from ._passes import Passes, closing_passes
 from ._progress import emit
 
 logger = logging.getLogger("dask_kmeans")
@@ -247,7 +247,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         """
         before = self._fitted_state()
         try:
-            return self._fit(X, sample_weight)
+            with closing_passes():  # the fit's actors go with it, not at the next GC
+                return self._fit(X, sample_weight)
         except BaseException:
             for name in self._fitted_state():
                 delattr(self, name)
@@ -645,6 +646,7 @@ def _warn_few_distinct(centers: np.ndarray, n_clusters: int) -> None:
             ConvergenceWarning, stacklevel=3)
 
 
+@closing_passes()
 def kmeans_parallel_init(
     X,
     n_clusters: int,
@@ -838,6 +840,7 @@ class SweepResult:
     reason: str
 
 
+@closing_passes()
 def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
           tol: float = 1e-4, metric: Literal["euclidean", "cosine"] = "euclidean",
           oversampling_factor: float = 2.0, init_rounds: int = 5,
@@ -898,6 +901,7 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
                  persist=persist)
     V.check_params(est)
     Xv = V.check_X(est, X, reset=True)
+    lazy = isinstance(Xv, da.Array)
     if Xv.shape[0] < max(ks):
         raise ValueError(f"n_samples={Xv.shape[0]} should be >= the largest K={max(ks)}.")
     weights = V.check_sample_weight(sample_weight, Xv)
@@ -937,6 +941,11 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         km.inertia_, km.n_iter_ = float(inertia), r.n_iter
         km.labels_ = G.assignment(Xd, final, metric=metric)[0]
         models.append(km)
+    if not lazy:  # NumPy or pandas input: NumPy labels, as KMeans.fit gives, computed
+        # together (lazy ones lived on the cluster: lost with its client, and holding a
+        # copy of the input on the workers for as long as the result was kept)
+        for km, labels in zip(models, R.compute(*(m.labels_ for m in models)), strict=True):
+            km.labels_ = np.asarray(labels)
 
     # K=1 has no silhouette: report.silhouettes scores it None, and the other K still count.
     silhouettes = None

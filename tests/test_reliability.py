@@ -681,3 +681,38 @@ def test_blas_is_one_thread_in_workers_for_predict_and_restored_after_the_cluste
                 assert not any(client.run(prepared).values())
                 getattr(km, method)(X)
                 assert all(client.run(prepared).values()), method
+
+
+def test_a_fits_actors_are_released_when_it_returns_or_raises(client):
+    """Their handles sit in reference cycles: a fit's actors (and the Hamerly bounds they
+    hold) lived until the garbage collector ran, piling up fit after fit (1, 2, 3 a worker),
+    and retire_workers refused the workers meanwhile."""
+    import gc
+
+    import dask.array as da
+
+    import dask_kmeans as dk
+
+    def actors(dask_worker):
+        return len(dask_worker.state.actors)
+
+    def no_actors_soon():  # the release reaches the workers a moment after the cancel
+        deadline = time.monotonic() + 10
+        while set(client.run(actors).values()) != {0}:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    X = da.from_array(np.random.default_rng(0).normal(size=(20_000, 4)), chunks=(5000, -1))
+    gc.disable()
+    try:
+        for k in (3, 4):
+            dk.KMeans(k, random_state=0, persist=True).fit(X)
+            assert no_actors_soon(), k
+        dk.sweep(X, [2, 3], random_state=0, persist=True)
+        assert no_actors_soon()
+        dk.kmeans_parallel_init(client.persist(X), 3, random_state=0)
+        assert no_actors_soon()
+    finally:
+        gc.enable()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask
 import dask.array
+import dask.array as da
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ def test_sweep_matches_separate_fits_and_suggests_the_true_k():
         np.testing.assert_allclose(alone.cluster_centers_, model.cluster_centers_, rtol=1e-7)
         np.testing.assert_allclose(alone.inertia_, inertia, rtol=1e-7)
         assert alone.n_iter_ == n_iter
-        np.testing.assert_array_equal(model.labels_.compute(), alone.labels_)
+        np.testing.assert_array_equal(model.labels_, alone.labels_)
     assert all(a >= b for a, b in zip(res.inertias, res.inertias[1:], strict=False))
 
 
@@ -38,7 +39,7 @@ def test_a_k_without_a_silhouette_scores_none_and_the_sweep_goes_on():
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(size=(2000, 2)), [[1e4, 1e4]]])  # K=2 isolates the far row
     res = dk.sweep(X, [2, 3], random_state=0, silhouette_rows=100)
-    assert res.models[0].labels_.compute()[-1] != res.models[0].labels_.compute()[0]
+    assert res.models[0].labels_[-1] != res.models[0].labels_[0]
     assert res.silhouettes[0] is None and res.silhouettes[1] is not None
     assert res.suggested_k == 3
 
@@ -75,7 +76,7 @@ def test_a_cosine_sweep_scores_silhouettes_with_cosine_distances():
     X = directions[rng.integers(3, size=600)] + 0.2 * rng.normal(size=(600, 4))
     X *= rng.uniform(0.1, 20.0, size=(600, 1))  # lengths that spherical k-means ignores
     res = dk.sweep(X, [2, 3, 4], metric="cosine", random_state=0, silhouette_rows=600)
-    want = [silhouette_score(X, m.labels_.compute(), metric="cosine") for m in res.models]
+    want = [silhouette_score(X, m.labels_, metric="cosine") for m in res.models]
     np.testing.assert_allclose(res.silhouettes, want, rtol=1e-10)
     assert res.suggested_k == 3
     # silhouette_sample takes the model's metric too
@@ -84,7 +85,7 @@ def test_a_cosine_sweep_scores_silhouettes_with_cosine_distances():
     assert silhouette_sample(X, model=res.models[1], max_points=600) == \
         pytest.approx(want[1], rel=1e-10)
     assert silhouette_sample(X, res.models[1].labels_, max_points=600) == \
-        pytest.approx(silhouette_score(X, res.models[1].labels_.compute()), rel=1e-10)
+        pytest.approx(silhouette_score(X, res.models[1].labels_), rel=1e-10)
 
 
 @pytest.mark.parametrize("ks", [[2.9, 3.9], [2, 3.0], [], [0, 2], [True, 2], "23"])
@@ -220,3 +221,15 @@ def test_persist_false_gives_the_result_of_auto(standardize):
             assert a.persist == persist
     with pytest.raises(ValueError, match="persist"):
         dk.sweep(X, [2, 3], persist="always")
+
+
+def test_sweep_of_numpy_input_gives_numpy_labels(client):
+    """They were lazy dask arrays on the cluster: a copy of the input stayed on the workers
+    while the result lived, and they failed ("Missing dependency") after the client closed."""
+    X = blobs(n=600, d=2, k=3, seed=0)
+    result = dk.sweep(X, [2, 3], random_state=0)
+    for model in result.models:
+        assert isinstance(model.labels_, np.ndarray) and model.labels_.dtype == np.int32
+        np.testing.assert_array_equal(model.labels_, model.predict(X))
+    lazy = dk.sweep(da.from_array(X, chunks=200), [2, 3], random_state=0)
+    assert all(isinstance(m.labels_, da.Array) for m in lazy.models)
