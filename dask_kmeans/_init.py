@@ -155,7 +155,7 @@ def kmeans_plusplus(X, sample_weight, n_clusters: int, random_state,
                 warnings.warn(
                     f"init='k-means++' runs on the driver: it uses a uniform sample of "
                     f"{KMEANS_PP_MAX_ROWS} of {of}. init='k-means||' seeds from all rows "
-                    "in a few passes.", UserWarning, stacklevel=4)
+                    "in a few passes.", UserWarning, stacklevel=5)
             X, w = take_rows(X, idx, sample_weight)
             among = f"of the {len(idx)} sampled for init='k-means++'"
         else:

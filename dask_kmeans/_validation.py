@@ -90,7 +90,7 @@ def check_param_combinations(est) -> None:
         shown = repr(init) if isinstance(init, str) else \
             "a callable" if callable(init) else "an array"
         warnings.warn(f"{' and '.join(changed)} only apply to init='k-means||': ignored with "
-                      f"init={shown}.", RuntimeWarning, stacklevel=3)
+                      f"init={shown}.", RuntimeWarning, stacklevel=4)
 
 
 def is_lazy(X) -> bool:

@@ -197,7 +197,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             if self.n_init not in ("auto", 1):
                 warnings.warn(
                     "Explicit initial center position passed: performing only one init in "
-                    f"KMeans instead of n_init={self.n_init}.", RuntimeWarning, stacklevel=3)
+                    f"KMeans instead of n_init={self.n_init}.", RuntimeWarning, stacklevel=4)
             return 1
         if self.n_init == "auto":
             return 10 if (self.init == "random" or callable(self.init)) else 1
@@ -643,7 +643,7 @@ def _warn_few_distinct(centers: np.ndarray, n_clusters: int) -> None:
         warnings.warn(
             f"Number of distinct clusters ({n_distinct}) found smaller than "
             f"n_clusters ({n_clusters}). Possibly due to duplicate points in X.",
-            ConvergenceWarning, stacklevel=3)
+            ConvergenceWarning, stacklevel=4)
 
 
 @closing_passes()

@@ -646,3 +646,27 @@ def test_a_failed_refit_keeps_the_input_url_and_a_complex_init_is_refused(tmp_pa
     assert km._input_url is None
     with pytest.raises(ValueError, match="The initial centers are complex"):
         KMeans(2, init=X[:2] + 1j).fit(X)
+
+
+@pytest.mark.parametrize("case", ["sample", "n_init", "init_rounds", "distinct"])
+def test_fit_warnings_point_at_the_callers_line(case, monkeypatch):
+    """They pointed at estimator.py (fit calls _fit): not silenced by a filter on the
+    user's module, and shown once for fits anywhere."""
+    import warnings
+
+    from dask_kmeans import _init
+
+    monkeypatch.setattr(_init, "KMEANS_PP_MAX_ROWS", 500)
+    X = np.random.default_rng(0).normal(size=(2000, 3))
+    fits = {
+        "sample": lambda: KMeans(4, init="k-means++", max_iter=2, random_state=0).fit(
+            da.from_array(X, chunks=500)),
+        "n_init": lambda: KMeans(2, init=X[:2], n_init=3).fit(X),
+        "init_rounds": lambda: KMeans(2, init="random", init_rounds=3, n_init=1).fit(X),
+        "distinct": lambda: KMeans(3, random_state=0).fit(np.repeat(X[:2], 50, axis=0)),
+    }
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fits[case]()
+    assert record and all(w.filename == __file__ for w in record), \
+        [(w.filename, str(w.message)[:60]) for w in record]
