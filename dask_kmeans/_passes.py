@@ -272,8 +272,12 @@ def closing_passes():
     try:
         yield
     finally:
-        for passes in _open_passes.get():
+        opened = _open_passes.get()
+        for passes in opened:
             passes.close()
+        # Emptied too: copies of this context (kept by event-loop handles made meanwhile)
+        # share the list, and held the passes, and their data, on the workers after a job.
+        opened.clear()
         _open_passes.reset(token)
 
 
@@ -349,6 +353,9 @@ class Passes:
         if futures and self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.cancel(futures)
+        # What is left holds the data (its futures, or its chunks in this process).
+        self.X = self.sample_weight = self._local = None
+        self._xf, self._wf = [], []
 
     def _actors(self):
         """One ChunkGroup actor per worker holding chunks (made once), or None."""

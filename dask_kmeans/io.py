@@ -77,7 +77,7 @@ LABEL_COLUMN = "cluster"
 DISTANCE_COLUMN = "distance"
 _PART_NAME = re.compile(r"^part-\d+(-[0-9a-f]{12})?\.parquet$")
 #: A labels part of an interrupted commit (named by its commit, listed by no marker).
-_COMMIT_PART = re.compile(r"^part-\d+-[0-9a-f]{12}\.parquet$")
+_COMMIT_PART = re.compile(r"^part-\d+-([0-9a-f]{12})\.parquet$")
 #: Keys of ``storage_options`` (at any depth) whose values are treated as secrets.
 CREDENTIAL_KEY = re.compile(
     r"secret|passw|token|credential|signature|session|connection_string|"
@@ -1674,25 +1674,43 @@ class _Commit:
                 self._remove_stale(names, stale)
             for name in names:
                 fs.mv(self.path(name), loc.join(name))
-            _remove_quietly(loc, self.tmp)
+            if not fresh:
+                _remove_quietly(loc, self.tmp)
             data = json.dumps(marker, indent=2, sort_keys=True).encode()
             write_bytes_atomic(loc.fs, loc.join(SUCCESS_MARKER), data)
             if fresh:
+                # The prefix goes only now: while it is there, this commit's parts are not
+                # taken for what an interrupted one left by another writer cleaning up.
+                _remove_quietly(loc, self.tmp)
                 self._remove_stale(names, stale)
+                gone = sorted(set(names) - set(self._names_here()))
+                held = json.loads(fs.cat_file(loc.join(SUCCESS_MARKER)))
             fs.invalidate_cache(loc.path)
+        if fresh and (gone or held != json.loads(data)):
+            # Another writer committed here at the same time: the last marker wins, and
+            # this output is not the one left (or lost parts to the other's clean-up).
+            raise FileExistsError(f"{loc.url} was written by another writer at the same time; "
+                                  "these labels are not the ones left there. Write again.")
 
-    def _remove_stale(self, names: Sequence[str], stale: re.Pattern | None) -> None:
-        """The old output's files matching ``stale`` but not in ``names`` (with the parts an
-        interrupted commit left). Temporary prefixes are left alone: another writer may be
-        writing into its own."""
-        if stale is None:
-            return
+    def _names_here(self) -> list[str]:
         loc = self.loc
         loc.fs.invalidate_cache(loc.path)
-        for path in loc.fs.ls(loc.path, detail=False):
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            if name not in names and stale.match(name):
-                _remove_quietly(loc, path)
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.ls(loc.path, detail=False)]
+
+    def _remove_stale(self, names: Sequence[str], stale: re.Pattern | None) -> None:
+        """The old output's files matching ``stale`` but not in ``names``, with the parts an
+        interrupted commit left; not the parts of a commit whose temporary prefix is still
+        there (another writer at work), and not the temporary prefixes."""
+        if stale is None:
+            return
+        here = self._names_here()
+        at_work = {n[len("_temporary-"):] for n in here if n.startswith("_temporary-")}
+        for name in here:
+            committing = _COMMIT_PART.match(name)
+            if name in names or not stale.match(name) or (
+                    committing and committing.group(1) in at_work):
+                continue
+            _remove_quietly(self.loc, self.loc.join(name))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:

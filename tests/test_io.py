@@ -952,18 +952,46 @@ def test_labels_committed_by_another_writer_meanwhile_are_not_replaced_without_o
         local_store, "out", i, name=True) for i in range(2))]
 
 
+def test_two_overwrites_committing_at_once_leave_one_whole_output(local_store, monkeypatch):
+    """Each writer removed every part not its own after its marker, the other's moved-in
+    parts included: both jobs finished, and the marker listed parts that were gone."""
+    from dask_kmeans import io
+
+    url, _ = write_dir(local_store, [3, 3, 2])
+    src = open_parquet(url, chunk_bytes=None)
+    out = local_store.url("out")
+    labels, distances = labels_for(src)
+    write_labels(src, labels, distances, out)
+    real, inner = io.write_bytes_atomic, []
+
+    def other_writer_commits_first(fs, path, data):
+        if path.endswith("_SUCCESS") and not inner:  # this writer's parts are in place
+            inner.append("writing")
+            write_labels(src, 1 - labels, distances, out, overwrite=True)
+        return real(fs, path, data)
+
+    monkeypatch.setattr(io, "write_bytes_atomic", other_writer_commits_first)
+    write_labels(src, labels, distances, out, overwrite=True)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(read_labels(out).compute()["cluster"], labels.compute())
+    assert len([n for n in local_store.listdir("out") if n.startswith("part-")]) == 3
+
+
 def test_a_directory_left_by_an_interrupted_first_commit_can_be_written(local_store):
     """Parts of a commit killed before its marker (named by the commit) and a temporary
-    prefix are ours: writing there is allowed, and removes the parts (a temporary prefix
-    may be another writer's, at work: it stays)."""
+    prefix are ours: writing there is allowed, and removes those parts; a temporary prefix,
+    and the parts of its commit, may be another writer's at work: they stay."""
     url, _ = write_dir(local_store, [3])
     src = open_parquet(url)
     out = local_store.url("out")
     local_store.put_bytes("out/part-00000-0123456789ab.parquet", b"debris")
-    local_store.put_bytes("out/_temporary-0123456789ab/part-00000-0123456789ab.parquet", b"x")
+    # Another writer at work: its prefix is there, and so is the part it moved already.
+    local_store.put_bytes("out/_temporary-abcdefabcdef/part-00001-abcdefabcdef.parquet", b"x")
+    local_store.put_bytes("out/part-00000-abcdefabcdef.parquet", b"theirs, in progress")
     write_labels(src, *labels_for(src), out)
-    assert local_store.listdir("out") == ["_SUCCESS", "_temporary-0123456789ab", labels_part(
-        local_store, "out", 0, name=True)]
+    assert local_store.listdir("out") == sorted([
+        "_SUCCESS", "_temporary-abcdefabcdef", labels_part(local_store, "out", 0, name=True),
+        "part-00000-abcdefabcdef.parquet"])
     local_store.put_bytes("other/part-00000.parquet", b"theirs")  # not named by a commit
     with pytest.raises(FileExistsError, match="not dask_kmeans output"):
         write_labels(src, *labels_for(src), local_store.url("other"), overwrite=True)

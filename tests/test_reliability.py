@@ -716,3 +716,21 @@ def test_a_fits_actors_are_released_when_it_returns_or_raises(client):
         assert no_actors_soon()
     finally:
         gc.enable()
+
+
+def test_closed_passes_hold_no_data_even_from_a_copied_context():
+    """Event-loop handles made during a submitted job keep a copy of its context, whose list
+    of open passes held them, and their data on the workers, after the job (1-3 chunks a
+    job, seen on a worker's own client)."""
+    import contextvars
+
+    import dask.array as da
+
+    from dask_kmeans import _passes
+
+    X = da.from_array(np.ones((10, 2)), chunks=5)
+    with _passes.closing_passes():
+        passes = _passes.Passes(X)
+        copied = contextvars.copy_context()
+    assert copied[_passes._open_passes] == []
+    assert passes.X is None and passes._xf == [] and passes._local is None
