@@ -349,7 +349,6 @@ class Passes:
         futures = [*(self._group_futures or ()), *state]
         self._group_futures, self._groups, self._state = None, False, None
         self._state_on_actors = False
-        futures = [f for f in futures if hasattr(f, "cancel")]
         if futures and self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.cancel(futures)

@@ -179,18 +179,17 @@ def memory_budget(client=None) -> float:
         free = client.run(_available_memory, workers=unlimited, on_error="ignore") \
             if unlimited else {}
         default = dask.config.get("distributed.worker.memory.spill", 0.7)
-        per_thread = []
+        per_thread, threads = [], 0
         for addr, w in info.items():
             if w.get("memory_limit"):
                 room = _worker_room(w, spill.get(addr, default))
             else:  # no limit: what its host has free (none when it could not tell)
-                room = float(free.get(addr, 0.0)) if isinstance(free.get(addr), int) else 0.0
-            per_thread.append(room / max(1, w.get("nthreads", 1)))
-        threads = sum(max(1, w.get("nthreads", 1)) for w in info.values())
+                room = float(free.get(addr, 0))
+            nthreads = max(1, w.get("nthreads", 1))
+            per_thread.append(room / nthreads)
+            threads += nthreads
         return PERSIST_FRACTION * min(per_thread) * threads
-    import psutil
-
-    return PERSIST_FRACTION * float(psutil.virtual_memory().available)
+    return PERSIST_FRACTION * float(_available_memory())
 
 
 def _available_memory() -> int:

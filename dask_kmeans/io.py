@@ -1553,8 +1553,7 @@ def _check_writable(loc: _Location, overwrite: bool, *, directory: bool = True,
         except FileNotFoundError:
             info = None
         is_dir = info is not None and info.get("type") == "directory"
-        names = sorted(p.rstrip("/").rsplit("/", 1)[-1]
-                       for p in fs.ls(loc.path, detail=False)) if is_dir and directory else []
+        names = sorted(_listed_names(loc)) if is_dir and directory else []
     if info is None:
         return
     if not directory:
@@ -1613,6 +1612,12 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
         raise
 
 
+def _listed_names(loc: _Location) -> list[str]:
+    """The names of what is in the directory at ``loc`` now (its listing not cached)."""
+    loc.fs.invalidate_cache(loc.path)
+    return [p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.ls(loc.path, detail=False)]
+
+
 def _remove_quietly(loc: _Location, path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         loc.fs.rm(path, recursive=True)
@@ -1668,34 +1673,34 @@ class _Commit:
         if taken:  # another writer committed here while this one computed: theirs stays
             raise FileExistsError(f"{loc.url} was written by another writer while this one "
                                   "ran; without overwrite it is left as it is.")
+        data = json.dumps(marker, indent=2, sort_keys=True).encode()
+        marker_path = loc.join(SUCCESS_MARKER)
         with _fs_errors(loc.url, loc.secrets, "committing"):
-            if not fresh:
-                _remove_quietly(loc, loc.join(SUCCESS_MARKER))
+            if not fresh:  # un-commit, replace the files, commit
+                _remove_quietly(loc, marker_path)
                 self._remove_stale(names, stale)
-            for name in names:
-                fs.mv(self.path(name), loc.join(name))
-            if not fresh:
+                self._move_in(names)
                 _remove_quietly(loc, self.tmp)
-            data = json.dumps(marker, indent=2, sort_keys=True).encode()
-            write_bytes_atomic(loc.fs, loc.join(SUCCESS_MARKER), data)
-            if fresh:
+                write_bytes_atomic(fs, marker_path, data)
+            else:  # add the files, commit, then take the old ones away
+                self._move_in(names)
+                write_bytes_atomic(fs, marker_path, data)
                 # The prefix goes only now: while it is there, this commit's parts are not
                 # taken for what an interrupted one left by another writer cleaning up.
                 _remove_quietly(loc, self.tmp)
                 self._remove_stale(names, stale)
-                gone = sorted(set(names) - set(self._names_here()))
-                held = json.loads(fs.cat_file(loc.join(SUCCESS_MARKER)))
+                survived = (set(names) <= set(_listed_names(loc))
+                            and fs.cat_file(marker_path) == data)
             fs.invalidate_cache(loc.path)
-        if fresh and (gone or held != json.loads(data)):
+        if fresh and not survived:
             # Another writer committed here at the same time: the last marker wins, and
             # this output is not the one left (or lost parts to the other's clean-up).
             raise FileExistsError(f"{loc.url} was written by another writer at the same time; "
                                   "these labels are not the ones left there. Write again.")
 
-    def _names_here(self) -> list[str]:
-        loc = self.loc
-        loc.fs.invalidate_cache(loc.path)
-        return [p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.ls(loc.path, detail=False)]
+    def _move_in(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.loc.fs.mv(self.path(name), self.loc.join(name))
 
     def _remove_stale(self, names: Sequence[str], stale: re.Pattern | None) -> None:
         """The old output's files matching ``stale`` but not in ``names``, with the parts an
@@ -1703,7 +1708,7 @@ class _Commit:
         there (another writer at work), and not the temporary prefixes."""
         if stale is None:
             return
-        here = self._names_here()
+        here = _listed_names(self.loc)
         at_work = {n[len("_temporary-"):] for n in here if n.startswith("_temporary-")}
         for name in here:
             committing = _COMMIT_PART.match(name)

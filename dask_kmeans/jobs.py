@@ -708,7 +708,8 @@ def _kmeans(params: Mapping, n_clusters: int):
 
 
 def _check_plot(url: str | None, job: Mapping) -> None:
-    """Before any work: matplotlib is there and the PNG may be written."""
+    """Before any work: matplotlib is there, and the plot may be written there in a format
+    its extension names."""
     if url:
         from .report import check_plotting, plot_format
 
