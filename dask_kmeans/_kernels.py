@@ -92,8 +92,33 @@ def _unit_scale(row):
     return scale if scale < np.inf else 0.0
 
 
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _near_window(dist, scale, eps, far, cosine):
+    """How far below a row's best score another centre's may be and still be the
+    nearest, given the rounding of the scores (:func:`_score_error`'s ``eps`` and
+    ``far``), from the exact squared distance ``dist`` to the best-scoring centre."""
+    if cosine:  # unit rows and centres: |x/|x| - c|^2 = 2 - 2 scale x.c
+        return 4.0 * eps / scale
+    return eps * (2.0 * dist + far)
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _resolve_near(db, half, r, row, scale, c, best, dist, low):
+    """The exact nearest of the centres whose score for ``row`` (column ``r`` of ``db``)
+    is at least ``low``, given the proposed ``best`` at exact squared distance ``dist``:
+    the exact float64 distances decide, the first centre on ties."""
+    proposed = best
+    for j in range(db.shape[0]):
+        if j != proposed and db[j, r] - half[j] >= low:
+            dj = _sq_dist(row, scale, c[j])
+            if dj < dist or (dj == dist and j < best):
+                dist = dj
+                best = j
+    return best, dist
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, cosine):
+def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, eps, far, cosine):
     """Assign rows of ``x`` to the nearest centre and accumulate statistics.
 
     ``cs`` are the shifted centres of :func:`_prepare`. ``w`` has length 0 for
@@ -111,7 +136,11 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     The scores of a block of rows are laid out centre by centre (the GEMM
     ``cs . x^T``), so that every row's best centre is found across the block
     at once (:func:`_top_scores`, vectorised): the first of the best scores,
-    as a scalar argmax per row finds it.
+    as a scalar argmax per row finds it. The scores only propose a centre: when
+    another scores within their rounding error of the best (``eps`` and ``far``
+    of :func:`_score_error`), the exact float64 distances decide
+    (the first centre on ties), so that every pass, whatever its BLAS, blocking
+    or dtype, gives a row the same centre.
     Returns the weighted inertia and the number of zero-norm rows.
     """
     n, d = x.shape
@@ -121,6 +150,7 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, cosine):
     weighted = w.shape[0] > 0
     flat = np.empty(k * BLOCK_ROWS, dtype=x.dtype)
     top = np.empty(BLOCK_ROWS, dtype=x.dtype)
+    second = np.empty(BLOCK_ROWS, dtype=x.dtype)
     arg = np.empty(BLOCK_ROWS, dtype=np.int32)
     inertia = 0.0
     n_zero = 0
@@ -129,7 +159,7 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, cosine):
         m = stop - start
         db = flat[:k * m].reshape((k, m))  # a row per centre, a column per row
         np.dot(cs, x[start:stop].T, db)
-        _top_scores(db, half_cnorm, m, top, arg, top[:0])
+        _top_scores(db, half_cnorm, m, top, arg, second)
         for r in range(m):
             i = start + r
             scale = 1.0
@@ -143,6 +173,10 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, cosine):
                     continue
             best = arg[r]
             dist = _sq_dist(x[i], scale, c[best])
+            window = _near_window(dist, scale, eps, far, cosine)
+            if np.float64(top[r]) - np.float64(second[r]) <= window:
+                best, dist = _resolve_near(db, half_cnorm, r, x[i], scale, c, best, dist,
+                                           np.float64(top[r]) - window)
             if cosine:
                 dist *= 0.5
             wi = w[i] if weighted else 1.0
@@ -176,6 +210,24 @@ def _prepare(x: np.ndarray, centers: np.ndarray, metric: str):
     return x, c, np.ascontiguousarray(cs, dtype=x.dtype), half_cnorm, shift
 
 
+def _score_error(x: np.ndarray, cs: np.ndarray, shift: np.ndarray):
+    """What bounds the rounding of the passes' scores ``x.c' - half_cnorm`` (see
+    :func:`_prepare`): ``(eps, cmax, snorm, far)``, a factor of the dtype's epsilon, the
+    largest shifted centre norm, the shift's norm and a constant of the window below.
+
+    A squared distance taken from a score is within ``eps * (cmax * (2 |x| + snorm +
+    cmax) + |x - s|^2)`` of the exact one (``4 eps`` between unit vectors). With ``|x - s| <=
+    sqrt(dist) + cmax`` (``dist`` to any centre) and ``4 cmax sqrt(dist) <= dist + 4
+    cmax^2``, that is at most ``eps * (2 dist + far)``: a window found without a
+    square root per row.
+    """
+    eps = 4.0 * float(np.finfo(x.dtype).eps) * (x.shape[1] + 2)
+    cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", cs, cs, dtype=np.float64),
+                                initial=0.0)))
+    snorm = float(np.sqrt(shift @ shift))
+    return eps, cmax, snorm, cmax * (8.0 * cmax + 3.0 * snorm)
+
+
 def _weights(sample_weight: np.ndarray | None) -> np.ndarray:
     if sample_weight is None:
         return np.empty(0, dtype=np.float64)
@@ -205,13 +257,14 @@ def lloyd_partials(
         ``sums`` of shape (n_clusters, n_features) and ``counts`` of shape
         (n_clusters,), both float64, and the float ``inertia``.
     """
-    x, c, cs, half, _ = _prepare(x, centers, metric)
+    x, c, cs, half, shift = _prepare(x, centers, metric)
     k, d = c.shape
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
+    eps, _, _, far = _score_error(x, cs, shift)
     inertia, n_zero = _fused_pass(x, cs, c, half, _weights(sample_weight),
                                   np.empty(0, dtype=np.int32), np.empty(0), sums, counts,
-                                  metric == "cosine")
+                                  eps, far, metric == "cosine")
     return Partials(sums, counts, float(inertia), int(n_zero))
 
 
@@ -384,12 +437,22 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                     labels[row] = -1
                     continue
             best = arg[r]
-            second_val = second[r]
+            second_val = np.float64(second[r])
             xs = 0.0
             if cosine:
                 dist = _sq_dist(src[r], scale, c[best])
+                err = eps * 4.0
+                window = err / scale
             else:
                 xx, dist, xs = _norms_and_distance(src, r, c, best, shift)
+                err = eps * (cmax * (2.0 * np.sqrt(xx) + snorm + cmax) + xs)
+                window = err
+            if np.float64(top[r]) - second_val <= window:
+                # Another centre may be as near: the exact distances decide (as in
+                # _fused_pass), and the best score bounds every centre from below.
+                best, dist = _resolve_near(db, half_cnorm, r, src[r], scale, c, best, dist,
+                                           np.float64(top[r]) - window)
+                second_val = np.float64(top[r])
             labels[row] = best
             upper[row] = np.sqrt(dist)
             # With c' = c - s (see _prepare): |x - c|^2 = |x - s|^2 - 2 (x.c' - s.c' -
@@ -397,10 +460,9 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             # eps |x| |c'| / 2, the offsets' within eps (|s| |c'| + |c'|^2) / 4);
             # for cosine |x/|x| - c|^2 = 2 - 2 x.c / |x| (unit centres, half_cnorm zero).
             if cosine:
-                sq2 = 2.0 - 2.0 * np.float64(second_val) * scale - eps * 4.0
+                sq2 = 2.0 - 2.0 * second_val * scale - err
             else:
-                sq2 = xs - 2.0 * np.float64(second_val) \
-                    - eps * (cmax * (2.0 * np.sqrt(xx) + snorm + cmax) + xs)
+                sq2 = xs - 2.0 * second_val - err
             lower[row] = np.sqrt(sq2) if sq2 > 0.0 else 0.0
             wi = w[row] if weighted else 1.0
             inertia += wi * dist * half
@@ -489,10 +551,7 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     order = np.argsort(drift)[::-1]
     drift1 = float(drift[order[0]])
     drift2 = float(drift[order[1]]) if k > 1 else 0.0
-    eps = 4.0 * float(np.finfo(x.dtype).eps) * (d + 2)
-    # Sizes for the scores' rounding error: the largest shifted centre and the shift.
-    cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", cs, cs, dtype=np.float64))))
-    snorm = float(np.sqrt(shift @ shift))
+    eps, cmax, snorm, _ = _score_error(x, cs, shift)
     # With exact and bounds: every row's distance, summed after the pass, so that the
     # inertia does not depend on which rows the bounds let through (a resumed fit, with
     # fresh bounds, gives the uninterrupted fit's inertia to the bit). A first pass
@@ -536,15 +595,16 @@ def assign(
     inertia : float
         ``sum(sample_weight * sq_dist)`` (over rows of non-zero norm).
     """
-    x, c, cs, half, _ = _prepare(x, centers, metric)
+    x, c, cs, half, shift = _prepare(x, centers, metric)
     n = x.shape[0]
     labels = np.empty(n, dtype=np.int32)
     mind = np.empty(n, dtype=np.float64)
     empty_sums = np.empty((0, 0), dtype=np.float64)
     empty_counts = np.empty(0, dtype=np.float64)
+    eps, _, _, far = _score_error(x, cs, shift)
     inertia, _ = _fused_pass(
         x, cs, c, half, _weights(sample_weight), labels, mind, empty_sums, empty_counts,
-        metric == "cosine",
+        eps, far, metric == "cosine",
     )
     return labels, mind, float(inertia)
 
