@@ -30,6 +30,7 @@ never appear in a result summary, a log line, a job status or an error message.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import datetime
 import glob
@@ -41,7 +42,7 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -631,6 +632,43 @@ def _output_options(url: str, job: Mapping) -> dict:
     return dict(given) if given is not None else _input_options(url, job)
 
 
+class _Claims:
+    """The outputs a submitted job is about to write, noted in its record on the scheduler
+    (``claimed``: each URL without credentials, and whether something was there before the
+    job), so that when its worker dies and the scheduler runs the job again, the new attempt
+    may replace what the dead one wrote (``earlier``), and nothing else."""
+
+    def __init__(self, earlier: Mapping[str, bool], note: Callable[[dict], None]):
+        self.earlier = dict(earlier)
+        self.noted = dict(earlier)
+        self._note = note
+
+    def owns(self, url: str) -> bool:
+        return strip_credentials(url) in self.earlier
+
+    def before(self, url: str) -> bool | None:
+        """Whether something was at ``url`` before the job (None: not an earlier claim)."""
+        return self.earlier.get(strip_credentials(url))
+
+    def claim(self, existed: Mapping[str, bool]) -> None:
+        new = {strip_credentials(url): was for url, was in existed.items()
+               if strip_credentials(url) not in self.noted}
+        if new:
+            self.noted.update(new)
+            self._note(dict(self.noted))
+
+
+#: The claims of the submitted job running in this context (None outside one).
+_CLAIMS: contextvars.ContextVar[_Claims | None] = contextvars.ContextVar(
+    "dask_kmeans_job_claims", default=None)
+
+
+def _may_replace(url: str, overwrite: bool) -> bool:
+    """``output.overwrite``, or an output an earlier attempt of this job wrote."""
+    claims = _CLAIMS.get()
+    return overwrite or (claims is not None and claims.owns(url))
+
+
 def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: bool,
                      kind: str | None = None) -> None:
     """Stop before any work when an output is already there and may not be replaced, or
@@ -638,6 +676,7 @@ def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: 
     "labels", directories only; see :func:`dask_kmeans.io.check_output`)."""
     from .io import check_output
 
+    overwrite = _may_replace(url, overwrite)
     check_output(url, options, overwrite=overwrite, directory=directory, kind=kind,
                  hint="set output.overwrite: true (--overwrite or --set output.overwrite=true) "
                       "to replace it")
@@ -724,13 +763,20 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
     """Around a job's writes: when one fails, the outputs written before it where nothing
     was are removed again, so that a failed job leaves none of its outputs behind (one it
     replaced cannot be brought back; the job writes those after what may fail). Yields
-    ``made(url, result)``, to call as each output is written; it returns ``result``."""
+    ``made(url, result)``, to call as each output is written; it returns ``result``.
+
+    In a submitted job the outputs are first noted in its record (:class:`_Claims`); in
+    a rerun, what was there before the job is what the earlier attempt noted."""
     import fsspec
 
+    claims = _CLAIMS.get()
     existed = {}
     for url in filter(None, urls):
         fs, path = fsspec.core.url_to_fs(url, **_output_options(url, job))
-        existed[url] = (fs, path, fs.exists(path))
+        before = claims.before(url) if claims is not None else None
+        existed[url] = (fs, path, fs.exists(path) if before is None else before)
+    if claims is not None:
+        claims.claim({url: was for url, (_, _, was) in existed.items()})
     written: list[str] = []
 
     def made(url: str, result):
@@ -796,11 +842,12 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         if out["labels"]:
             labels, distances = km.predict(src, return_distance=True)
             result["labels"] = made(out["labels"], write_labels(
-                src, labels, distances, out["labels"], overwrite=out["overwrite"],
+                src, labels, distances, out["labels"],
+                overwrite=_may_replace(out["labels"], out["overwrite"]),
                 storage_options=_output_options(out["labels"], job)))
         if out["model"]:
             result["model"] = made(out["model"], km.save(
-                out["model"], overwrite=out["overwrite"],
+                out["model"], overwrite=_may_replace(out["model"], out["overwrite"]),
                 storage_options=_output_options(out["model"], job)))
             if table is not None:
                 from .report import write_profile
@@ -844,8 +891,11 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     logger.info("predict: %d rows of %s with the model at %s", src.n_rows, src.url,
                 strip_credentials(job["model"]))
     labels, distances = km.predict(src, return_distance=True)
-    url = write_labels(src, labels, distances, out["labels"], overwrite=out["overwrite"],
-                       storage_options=_output_options(out["labels"], job))
+    with _new_outputs_undone(job, [out["labels"]]) as made:
+        url = made(out["labels"], write_labels(
+            src, labels, distances, out["labels"],
+            overwrite=_may_replace(out["labels"], out["overwrite"]),
+            storage_options=_output_options(out["labels"], job)))
     return {"kind": "predict", "model": strip_credentials(job["model"]), "input": src.url,
             "n_rows": src.n_rows, "n_clusters": int(km.cluster_centers_.shape[0]),
             "labels": url}
@@ -1091,9 +1141,21 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
     # worker_client() secedes this thread from the worker's pool while the job waits for
     # its own tasks, so that a worker with one thread can still run them.
     with worker_client() as client:
+        # A record still "running" is an earlier attempt's, whose worker died: the scheduler
+        # runs the job again, and this attempt may replace the outputs that one noted.
+        earlier = client.get_metadata([METADATA_KEY, job_id], None) or {}
+        rerun = earlier.get("state") == "running"
         record = {**record, "state": "running", "started": _now(),
-                  "worker": get_worker().address}
+                  "worker": get_worker().address,
+                  "attempts": int(earlier.get("attempts", 1)) + 1 if rerun else 1,
+                  "claimed": dict(earlier.get("claimed") or {}) if rerun else {}}
         client.set_metadata([METADATA_KEY, job_id], record)
+
+        def note(outputs: dict) -> None:
+            record["claimed"] = outputs
+            client.set_metadata([METADATA_KEY, job_id], record)
+
+        claims = _CLAIMS.set(_Claims(record["claimed"], note))
         try:
             result = run_job(spec)
         except Exception as exc:  # every failure is recorded for `status`
@@ -1102,6 +1164,8 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
                       "error": _one_line(exc, values)}
         else:
             record = {**record, "state": "finished", "finished": _now(), "result": result}
+        finally:
+            _CLAIMS.reset(claims)
         _record_end(client, job_id, record, keep)
 
 
@@ -1191,8 +1255,11 @@ def job_status(job_id: str, client: Client) -> dict[str, Any]:
     -------
     dict
         ``job_id``, ``kind``, ``state`` (one of :data:`STATES`), ``submitted``, and as they
-        become known ``started``, ``worker``, ``finished``, ``result`` (the summary of
-        :func:`run_job`) or ``error`` (one line, without credentials). ``lost`` means the
+        become known ``started``, ``worker``, ``attempts`` (runs of the job: its worker
+        died when more than 1), ``claimed`` (the outputs it noted before writing them,
+        each URL with whether something was there before the job), ``finished``,
+        ``result`` (the summary of :func:`run_job`) or ``error`` (one line, without
+        credentials). ``lost`` means the
         scheduler no longer has the job's task although it never finished, for instance
         because its worker died more often than the scheduler allows.
 

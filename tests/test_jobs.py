@@ -979,7 +979,51 @@ def test_submit_runs_the_job_on_the_cluster(local_store, client, monkeypatch):
         job_status("fit-000000000000", client)
 
 
-def test_the_scheduler_keeps_the_most_recently_ended_job_records():
+def test_a_rerun_replaces_only_the_outputs_its_earlier_attempt_noted(local_store, client):
+    """When a job's worker dies, the scheduler runs the job task again with the same id.
+    That attempt may replace what the earlier one noted in the record before writing
+    (``claimed``), and nothing else: an output someone else wrote is still refused, and
+    what was there before the job is what the earlier attempt saw (the rerun of a failed
+    write removes an output only where there was none)."""
+    from dask_kmeans.jobs import METADATA_KEY, _for_cluster, _run_submitted, run_job
+
+    url, _ = write_dataset(local_store, n=900)
+    model, labels = local_store.url("model"), local_store.url("labels")
+    spec = validate_job(fit_spec(url, input={"url": url, "columns": FEATURES,
+                                             "key_columns": ["customer_id"],
+                                             "storage_options": local_store.storage_options},
+                                 params={"n_clusters": 3, "random_state": 0},
+                                 output={"model": model, "labels": labels}))
+    run_job(spec)  # both outputs now exist, as a dead attempt would leave them
+
+    def rerun(job_id, claimed):
+        record = {"job_id": job_id, "kind": "fit", "state": "submitted"}
+        # What the dead attempt left on the scheduler.
+        client.set_metadata([METADATA_KEY, job_id], {**record, "state": "running",
+                                                     "claimed": claimed})
+        client.submit(_run_submitted, _for_cluster(spec), job_id, record, None,
+                      pure=False).result()
+        return client.get_metadata([METADATA_KEY, job_id])
+
+    record = rerun("fit-rerun-a", {labels: False})
+    assert record["state"] == "failed" and record["attempts"] == 2
+    assert record["error"].startswith("FileExistsError: ") and "model" in record["error"]
+    before = local_store.fs.cat(local_store.path("labels", "_SUCCESS"))
+    record = rerun("fit-rerun-b", {labels: False, model: False})
+    assert record["state"] == "finished", record
+    assert record["attempts"] == 2 and record["claimed"] == {labels: False, model: False}
+    assert local_store.fs.cat(local_store.path("labels", "_SUCCESS")) != before  # new commit
+    assert dk.load(model).n_clusters == 3
+    # A first attempt notes what it writes, and may replace nothing.
+    first = {"job_id": "fit-first", "kind": "fit", "state": "submitted"}
+    client.set_metadata([METADATA_KEY, "fit-first"], first)
+    client.submit(_run_submitted, _for_cluster(spec), "fit-first", first, None,
+                  pure=False).result()
+    record = client.get_metadata([METADATA_KEY, "fit-first"])
+    assert record["state"] == "failed" and record["attempts"] == 1 and record["claimed"] == {}
+
+
+
     """Records of finished jobs, each with its result summary, were kept until the scheduler
     restarted. A job's end now stores its record on the scheduler and forgets those of ended
     jobs beyond the newest ``keep``, in the order the scheduler saw them end."""

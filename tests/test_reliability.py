@@ -250,6 +250,53 @@ def test_worker_killed_mid_fit_on_data_read_from_its_source(killable_cluster):
     assert km.n_iter_ == reference.n_iter_
 
 
+def test_a_submitted_job_whose_worker_dies_after_writing_labels_is_rerun_to_the_end(
+        killable_cluster, tmp_path):
+    """The job's worker is SIGKILLed once the labels are committed, while the model and the
+    plot are still to come. The scheduler runs the job again on the other worker; that
+    attempt used to fail with FileExistsError on the labels the dead one wrote, leaving the
+    job failed and its labels behind. The job's record notes its outputs before it writes
+    them, so the rerun replaces those and finishes."""
+    from dask_kmeans.jobs import METADATA_KEY, job_status, submit_job
+
+    cluster, client = killable_cluster, killable_cluster.client
+    data = tmp_path / "data"
+    data.mkdir()
+    X = blobs(n=4000, d=3, k=3, seed=4)
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    df.insert(0, "id", np.arange(len(df)))
+    df.to_parquet(data / "part-0.parquet", index=False)
+    out = {"model": str(tmp_path / "model"), "labels": str(tmp_path / "labels"),
+           "plot": str(tmp_path / "clusters.png")}
+    spec = {"job": {"kind": "fit",
+                    "input": {"url": str(data), "key_columns": ["id"]},
+                    "params": {"n_clusters": 3, "random_state": 0},
+                    "output": out}}
+    job_id = submit_job(spec, client)
+    marker = tmp_path / "labels" / "_SUCCESS"
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"no labels after 120 s\n{cluster.logs()}"
+        time.sleep(0.005)
+    record = client.get_metadata([METADATA_KEY, job_id])
+    # The plot (matplotlib's import, a pass over the data) is still to come.
+    assert record["state"] == "running" and not Path(out["plot"]).exists(), record
+    assert record["claimed"] == {url: False for url in out.values()}
+    victim = record["worker"]
+    cluster.kill(victim)
+
+    deadline = time.monotonic() + 180
+    while (record := job_status(job_id, client))["state"] in ("submitted", "running") \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert record["state"] == "finished", (record, cluster.logs())
+    assert record["attempts"] == 2 and record["worker"] != victim
+    model = dk.load(out["model"])
+    labels = dk.read_labels(out["labels"]).compute()
+    np.testing.assert_array_equal(np.sort(labels["id"].to_numpy()), np.arange(len(df)))
+    assert model.n_clusters == 3 and Path(out["plot"]).stat().st_size > 0
+
+
 # --------------------------------------------------------------------------- secrets
 
 #: A credential that is wrong, so that it must appear nowhere either.
