@@ -91,11 +91,13 @@ def _weighted_rows(passes: Passes, seed: int, size: int, dtype) -> np.ndarray:
 
 def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:
     """Centres from an array or a callable ``init(X, n_clusters, random_state)``."""
+    what = "The initial centers"
     if callable(init):
         init = init(X, n_clusters, random_state)
         if isinstance(init, da.Array):
             (init,) = compute(init)
-    return check_init_array(init, n_clusters, X.shape[1], X.dtype)
+        what = "The initial centers the init callable returned"
+    return check_init_array(init, n_clusters, X.shape[1], X.dtype, what)
 
 
 def _count_positive(w):

@@ -48,8 +48,10 @@ def check_params(est) -> None:
              "an int >= 1")
     _require(est.split_every is None or (_is_int(est.split_every) and est.split_every >= 2),
              "split_every", est.split_every, "None or an int >= 2")
-    _require(est.persist in ("auto", True, False), "persist", est.persist,
-             "'auto', True or False")
+    # Not ``in ("auto", True, False)``: 1.0 and 0 equal True and False.
+    _require(isinstance(est.persist, bool | np.bool_)
+             or (isinstance(est.persist, str) and est.persist == "auto"), "persist",
+             est.persist, "'auto', True or False")
     _require(est.metric in ("euclidean", "cosine"), "metric", est.metric,
              "'euclidean' or 'cosine'")
     _require(isinstance(est.standardize, bool | np.bool_), "standardize", est.standardize,
@@ -347,15 +349,29 @@ def check_sample_weight(sample_weight, X):
     return w
 
 
-def check_init_array(init, n_clusters: int, n_features: int, dtype) -> np.ndarray:
-    """An explicit initial centres array, checked for shape and finiteness."""
-    centers = np.asarray(init)
+def check_init_array(init, n_clusters: int, n_features: int, dtype,
+                     what: str = "The initial centers") -> np.ndarray:
+    """An explicit initial centres array (``what``: the init array, or what the init
+    callable returned), checked for shape, numbers and finiteness."""
+    expected = f"(n_clusters, n_features) = ({n_clusters}, {n_features})"
+    try:
+        centers = np.asarray(init)
+    except ValueError as exc:  # rows of different lengths: NumPy's words only
+        raise ValueError(f"{what} are not an array of shape {expected}: rows of different "
+                         f"lengths? ({exc})") from None
     if np.iscomplexobj(centers):  # NumPy would drop the imaginary parts, with a warning
-        raise ValueError("The initial centers are complex; give real numbers, as X is.")
+        raise ValueError(f"{what} are complex; give real numbers, as X is.")
     if centers.ndim != 2 or centers.shape != (n_clusters, n_features):
-        raise ValueError(f"The shape of the initial centers {centers.shape} does not match "
-                         f"(n_clusters, n_features) = ({n_clusters}, {n_features}).")
+        raise ValueError(f"The shape of {what[0].lower() + what[1:]} {centers.shape} does not "
+                         f"match {expected}.")
+    if centers.dtype.kind == "O":  # Python numbers (Decimal, fractions) are numbers
+        try:
+            centers = centers.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if centers.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must be numbers; got an array of dtype {centers.dtype}.")
     centers = np.array(centers, dtype=dtype, order="C")
     if not np.all(np.isfinite(centers)):
-        raise ValueError("The initial centers contain NaN or infinity.")
+        raise ValueError(f"{what} contain NaN or infinity.")
     return centers

@@ -356,6 +356,8 @@ def test_non_numeric_column_is_named():
         ({"init": "kmeans"}, "init"),
         ({"split_every": 1}, "split_every"),
         ({"persist": "yes"}, "persist"),
+        ({"persist": 1.0}, "persist"),  # == True, and was taken for it
+        ({"persist": 0}, "persist"),
         ({"oversampling_factor": 0}, "oversampling_factor"),
         ({"init_rounds": 0}, "init_rounds"),
     ],
@@ -368,6 +370,22 @@ def test_bad_parameters_are_named(params, match):
 
 def test_bad_inputs():
     X = blobs(n=50, d=2, k=2)
+    # Ragged or non-numeric centres, given or from a callable: NumPy's words alone before.
+    with pytest.raises(ValueError, match=r"initial centers are not an array of shape "
+                                         r"\(n_clusters, n_features\) = \(2, 2\): rows of"):
+        KMeans(2, init=[[0.0, 0.0], [1.0]]).fit(X)
+    with pytest.raises(ValueError, match="initial centers the init callable returned are not"):
+        KMeans(2, init=lambda X, k, rs: [[0.0, 0.0], [1.0]], n_init=1).fit(X)
+    with pytest.raises(ValueError, match="the init callable returned must be numbers; got an "
+                                         "array of dtype object"):
+        KMeans(2, init=lambda X, k, rs: [[0.0, object()], [1.0, 2.0]], n_init=1).fit(X)
+    with pytest.raises(ValueError, match="must be numbers; got an array of dtype <U"):
+        KMeans(2, init=[["0", "0"], ["1", "1"]]).fit(X)
+    from decimal import Decimal
+
+    km = KMeans(2, init=np.array([[Decimal(0), Decimal(0)], [Decimal(1), Decimal(1)]]),
+                max_iter=1).fit(X)
+    assert km.cluster_centers_.dtype == np.float64
     with pytest.raises(ValueError, match="n_samples=50 should be >= n_clusters=51"):
         KMeans(51).fit(X)
     with pytest.raises(ValueError, match=r"shape of the initial centers \(2, 3\)"):
