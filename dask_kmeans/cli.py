@@ -22,7 +22,13 @@ from dask.utils import parse_timedelta
 from . import __version__, jobs
 from ._progress import listening
 from ._schema import SchemaError, load_yaml, show
-from .cluster import ClusterConfigUnreadable, ClusterError, connect, load_cluster_config
+from .cluster import (
+    ClusterConfigUnreadable,
+    ClusterError,
+    connect,
+    default_scheduler,
+    load_cluster_config,
+)
 from .io import DEFAULT_CHUNK_BYTES
 
 #: What each exit code means.
@@ -106,8 +112,9 @@ def _cluster_options(f: Callable) -> Callable:
                      help="Address of a running scheduler, like tcp://10.0.0.5:8786.")(f)
     f = click.option("--cluster", "cluster_file", metavar="FILE.yaml",
                      help="A cluster-config file (see cluster-config/). Without --cluster or "
-                          "--scheduler: the job's cluster entry, else local worker processes "
-                          "sized to this machine.")(f)
+                          "--scheduler: the job's cluster entry, else the scheduler at "
+                          "DASK_SCHEDULER_ADDRESS (Dask's scheduler-address setting), else "
+                          "local worker processes sized to this machine.")(f)
     return f
 
 
@@ -126,6 +133,7 @@ def _target(cluster_file: str | None, scheduler: str | None,
         return {"config_or_path": cluster_file}
     if scheduler:
         return {"scheduler": scheduler}
+    # {}: connect() finds the scheduler at DASK_SCHEDULER_ADDRESS, else starts a local one.
     return jobs.cluster_target(spec) if spec is not None else {}
 
 
@@ -138,13 +146,14 @@ def _require_persistent(target: dict[str, Any], command: str) -> None:
         kind = config["cluster"]["kind"]
     elif config is not None:
         kind = load_cluster_config(config)["cluster"]["kind"]
-    else:
-        kind = "local"
+    else:  # what connect() reaches: DASK_SCHEDULER_ADDRESS's scheduler, else a local cluster
+        kind = "local" if default_scheduler() is None else "scheduler"
     if kind not in _PERSISTENT_KINDS:
         raise CommandError(
             f"{command} needs a scheduler that keeps running after this command exits: give "
-            f"--scheduler ADDRESS, or --cluster with a config of kind 'scheduler' or 'tls' "
-            f"(a '{kind}' cluster started here would stop with it)", 2)
+            f"--scheduler ADDRESS, --cluster with a config of kind 'scheduler' or 'tls', or "
+            f"set DASK_SCHEDULER_ADDRESS (a '{kind}' cluster started here would stop with "
+            f"it)", 2)
 
 
 @contextlib.contextmanager

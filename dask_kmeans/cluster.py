@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask.config
 import yaml
 from dask.utils import parse_timedelta
 
@@ -336,12 +337,28 @@ _CONNECT = {
 }
 
 
+#: The Dask setting of the default scheduler (``Client()`` connects to it), as
+#: ``DASK_SCHEDULER_ADDRESS`` sets it.
+SCHEDULER_ADDRESS = "scheduler-address"
+
+
+def default_scheduler() -> str | None:
+    """The address in Dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``),
+    where a cluster nobody named is found; None when it is not set."""
+    address = dask.config.get(SCHEDULER_ADDRESS, None)
+    return address if address not in (None, "") else None
+
+
 def _config_for(config_or_path, scheduler) -> dict:
+    where = "scheduler"
+    if scheduler is None and config_or_path is None:
+        scheduler = default_scheduler()
+        where = f"{SCHEDULER_ADDRESS} (the Dask setting; DASK_SCHEDULER_ADDRESS)"
     if scheduler is not None:
         if config_or_path is not None:
             raise ValueError("connect() takes a config or scheduler=, not both")
         errors: list[tuple[str, str]] = []
-        S.walk(_kind_schema("scheduler")["keys"]["address"], scheduler, "scheduler", errors)
+        S.walk(_kind_schema("scheduler")["keys"]["address"], scheduler, where, errors)
         if errors:
             raise ClusterConfigError(errors)
         return _validate({"cluster": {"kind": "scheduler",
@@ -374,8 +391,10 @@ def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = 
     ----------
     config_or_path : mapping, str, path-like or None, default=None
         A cluster config (see `validate_cluster_config`) or the path of a cluster-config
-        YAML file. With neither this nor ``scheduler``: a local cluster of worker
-        processes sized to this machine's cores (kind ``local`` with its defaults).
+        YAML file. With neither this nor ``scheduler``: the scheduler in Dask's
+        ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``), as ``Client()`` finds
+        it, else a local cluster of worker processes sized to this machine's cores (kind
+        ``local`` with its defaults).
     scheduler : str, optional
         Address of a running scheduler, like ``"tcp://10.0.0.5:8786"``; the same as a
         config of kind ``scheduler``.

@@ -256,6 +256,46 @@ def test_a_scheduler_address_given_as_cluster_points_to_scheduler(data, command,
         "--scheduler tcp://127.0.0.1:1" in text, text
 
 
+def test_a_cluster_nobody_named_is_the_scheduler_at_dask_scheduler_address(
+        data, tmp_path, local_cluster_client):
+    """As distributed's Client() does, the commands find the scheduler in Dask's
+    scheduler-address setting (DASK_SCHEDULER_ADDRESS) when neither --cluster, --scheduler
+    nor the job names one. They used to start a local cluster, and submit refused to run."""
+    from dask_kmeans.jobs import job_status
+
+    address = local_cluster_client.scheduler.address
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {
+        "kind": "fit", "input": {"url": data["url"], "columns": FEATURES},
+        "params": {"n_clusters": 3, "random_state": 0},
+        "output": {"model": str(tmp_path / "m")}}}))
+    with dask.config.set({"scheduler-address": address}):
+        result = invoke("submit", job)
+        assert result.exit_code == 0, result.stderr
+        job_id = result.stdout.strip()
+        deadline = time.monotonic() + 120
+        while (record := job_status(job_id, local_cluster_client))["state"] in (
+                "submitted", "running") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert record["state"] == "finished", record
+        result = invoke("status", job_id)
+        assert result.exit_code == 0 and json.loads(result.stdout)["state"] == "finished"
+        # fit runs its tasks there too: the scheduler saw them.
+        before = local_cluster_client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.transition_counter)
+        result = invoke("fit", data["url"], "--k", 3, "--columns", ",".join(FEATURES))
+        assert result.exit_code == 0, result.stderr
+        after = local_cluster_client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.transition_counter)
+        assert after > before
+    with dask.config.set({"scheduler-address": "not an address"}):
+        line = one_line_error(invoke("fit", data["url"], "--k", 2), 2)
+    assert "scheduler-address (the Dask setting; DASK_SCHEDULER_ADDRESS)" in line, line
+    with dask.config.set({"scheduler-address": f"tcp://127.0.0.1:{free_port()}"}):
+        line = one_line_error(invoke("fit", data["url"], "--k", 2, "--timeout", "1s"), 3)
+    assert "could not connect to the Dask scheduler at tcp://127.0.0.1:" in line
+
+
 @pytest.mark.parametrize("args, wanted", [
     (("--oversampling-factor", 0), "Invalid value for '--oversampling-factor': 0.0 is not in "
                                    "the range x>0."),
