@@ -93,23 +93,33 @@ def _unit_scale(row):
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
-def _near_window(dist, scale, eps, far, cosine):
+def _near_window(dist, scale, eps, far, tiny, cosine):
     """How far below a row's best score another centre's may be and still be the
-    nearest, given the rounding of the scores (:func:`_score_error`'s ``eps`` and
-    ``far``), from the exact squared distance ``dist`` to the best-scoring centre."""
+    nearest, given the rounding of the scores (see :class:`_Scoring`), from the exact
+    squared distance ``dist`` to the best-scoring centre."""
     if cosine:  # unit rows and centres: |x/|x| - c|^2 = 2 - 2 scale x.c
-        return 4.0 * eps / scale
-    return eps * (2.0 * dist + far)
+        return 4.0 * eps / scale + 2.0 * tiny
+    return eps * (2.0 * dist + far) + 2.0 * tiny
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
-def _resolve_near(db, half, r, row, scale, c, best, dist, low):
+def _undecided(top, second, window, trusted):
+    """Whether the scores leave a row's nearest centre open: another scores within
+    ``window`` of the best, or the scores cannot be trusted (NaN or overflow)."""
+    return not (np.float64(top) - np.float64(second) > window) or not trusted
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
+def _resolve_near(db, half, r, row, scale, c, best, dist, top, window, trusted):
     """The exact nearest of the centres whose score for ``row`` (column ``r`` of ``db``)
-    is at least ``low``, given the proposed ``best`` at exact squared distance ``dist``:
-    the exact float64 distances decide, the first centre on ties."""
+    is within ``window`` of the best score ``top`` (of every centre when the scores are
+    not finite or not ``trusted``), given the proposed ``best`` at exact squared
+    distance ``dist``: the exact float64 distances decide, the lower index when equal."""
+    low = np.float64(top) - window
+    every = not trusted or not (low > -np.inf and np.float64(top) < np.inf)
     proposed = best
     for j in range(db.shape[0]):
-        if j != proposed and db[j, r] - half[j] >= low:
+        if j != proposed and (every or db[j, r] - half[j] >= low):
             dj = _sq_dist(row, scale, c[j])
             if dj < dist or (dj == dist and j < best):
                 dist = dj
@@ -118,11 +128,21 @@ def _resolve_near(db, half, r, row, scale, c, best, dist, low):
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, eps, far, cosine):
+def _shifted_block(x, start, m, shift, out):
+    """Rows ``start .. start + m - 1`` of ``x`` less ``shift``, into ``out`` (x's dtype)."""
+    for r in range(m):
+        for f in range(x.shape[1]):
+            out[r, f] = np.float64(x[start + r, f]) - shift[f]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, shift, shifted, eps,
+                far, tiny, trusted, cosine):
     """Assign rows of ``x`` to the nearest centre and accumulate statistics.
 
-    ``cs`` are the shifted centres of :func:`_prepare`. ``w`` has length 0 for
-    unit weights.
+    ``cs``, ``half_cnorm``, ``shift`` and ``shifted`` are :class:`_Scoring`'s (with
+    ``shifted`` the GEMM takes the rows less ``shift``, a block at a time). ``w`` has
+    length 0 for unit weights.
     ``sums``/``counts`` have length 0 when only labels are wanted. ``labels``
     and ``mind`` are filled in place (they are fresh buffers owned by the
     caller), or have length 0 when only the statistics are wanted: no memory
@@ -137,10 +157,11 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, eps, far, c
     ``cs . x^T``), so that every row's best centre is found across the block
     at once (:func:`_top_scores`, vectorised): the first of the best scores,
     as a scalar argmax per row finds it. The scores only propose a centre: when
-    another scores within their rounding error of the best (``eps`` and ``far``
-    of :func:`_score_error`), the exact float64 distances decide
-    (the first centre on ties), so that every pass, whatever its BLAS, blocking
-    or dtype, gives a row the same centre.
+    another scores within their rounding error of the best (``eps``, ``far`` and
+    ``tiny`` of :class:`_Scoring`), or the scores overflowed (not ``trusted``, or
+    not finite), the exact float64 distances decide (the lower index when equal),
+    so that every pass, whatever its BLAS, blocking or dtype, gives a row the same
+    centre.
     Returns the weighted inertia and the number of zero-norm rows.
     """
     n, d = x.shape
@@ -152,13 +173,18 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, eps, far, c
     top = np.empty(BLOCK_ROWS, dtype=x.dtype)
     second = np.empty(BLOCK_ROWS, dtype=x.dtype)
     arg = np.empty(BLOCK_ROWS, dtype=np.int32)
+    xb = np.empty((BLOCK_ROWS if shifted else 0, d), dtype=x.dtype)
     inertia = 0.0
     n_zero = 0
     for start in range(0, n, BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, n)
         m = stop - start
         db = flat[:k * m].reshape((k, m))  # a row per centre, a column per row
-        np.dot(cs, x[start:stop].T, db)
+        if shifted:
+            _shifted_block(x, start, m, shift, xb)
+            np.dot(cs, xb[:m].T, db)
+        else:
+            np.dot(cs, x[start:stop].T, db)
         _top_scores(db, half_cnorm, m, top, arg, second)
         for r in range(m):
             i = start + r
@@ -173,10 +199,10 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, eps, far, c
                     continue
             best = arg[r]
             dist = _sq_dist(x[i], scale, c[best])
-            window = _near_window(dist, scale, eps, far, cosine)
-            if np.float64(top[r]) - np.float64(second[r]) <= window:
+            window = _near_window(dist, scale, eps, far, tiny, cosine)
+            if _undecided(top[r], second[r], window, trusted):
                 best, dist = _resolve_near(db, half_cnorm, r, x[i], scale, c, best, dist,
-                                           np.float64(top[r]) - window)
+                                           top[r], window, trusted)
             if cosine:
                 dist *= 0.5
             wi = w[i] if weighted else 1.0
@@ -192,40 +218,71 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, eps, far, c
     return inertia, n_zero
 
 
-def _prepare(x: np.ndarray, centers: np.ndarray, metric: str):
+class _Scoring(NamedTuple):
+    """How a pass scores rows against centres (:func:`_prepare`), and the rounding of
+    those scores.
+
+    The scores are ``x.c' - half`` with ``c' = c - s`` (``cs``), ``s`` the centres'
+    mean (``shift``) and ``half = s.c' + |c'|^2 / 2``: the same order as
+    ``x.c - |c|^2 / 2`` (they differ by ``x.s - |s|^2 / 2``, the same for every centre)
+    but rounded in proportion to ``|x| |c'|`` instead of ``|x| |c|``, so that data far
+    from the origin (float32 near 1e4, float64 near 1e9) is still told apart; the GEMM
+    reads the rows in place. When the centres' mean is farther from the origin than
+    their spread (``shifted``: data with a large common offset), the GEMM takes the
+    rows less ``s`` instead, copied a block at a time, and ``half = |c'|^2 / 2``: the
+    scores then round in proportion to ``|x - s| |c'|``, and far fewer rows are left
+    for the exact distances to decide (float32 rows near 1e4: most rows before).
+
+    A squared distance taken from a score (``|x - s|^2 - 2 score``) is within
+    ``eps * (cmax * (2 |y| + snorm + cmax) + |x - s|^2) + 2 tiny`` of the exact one
+    (``4 eps + 2 tiny / |x|`` between unit vectors), with ``y = x`` and ``snorm = |s|``,
+    or ``y = x - s`` and ``snorm = 0`` when ``shifted``; ``cmax`` is the largest
+    ``|c'|`` and ``tiny`` covers products below the dtype's normal range. With ``|x -
+    s| <= sqrt(dist) + cmax`` (``dist`` to any centre) and ``4 cmax sqrt(dist) <= dist
+    + 4 cmax^2``, that is at most ``eps * (2 dist + far) + 2 tiny``: a window found
+    without a square root per row. ``trusted`` is False when the centres alone could
+    overflow the scores.
+    """
+
+    x: np.ndarray
+    c: np.ndarray  # the centres in x's dtype
+    cs: np.ndarray  # c', in x's dtype
+    half: np.ndarray  # in x's dtype
+    shift: np.ndarray  # float64
+    shifted: bool
+    eps: float
+    cmax: float
+    snorm: float
+    far: float
+    tiny: float
+    trusted: bool
+
+
+def _prepare(x: np.ndarray, centers: np.ndarray, metric: str) -> _Scoring:
     x = np.ascontiguousarray(x)
     c = np.ascontiguousarray(centers, dtype=x.dtype)
+    d = x.shape[1]
+    info = np.finfo(x.dtype)
+    eps = 4.0 * float(info.eps) * (d + 2)
+    tiny = 4.0 * (d + 2) * float(info.smallest_subnormal)
     if metric == "cosine":  # unit rows and centres: nothing far from the origin
-        shift = np.zeros(c.shape[1])
-        return x, c, c, np.zeros(c.shape[0], dtype=x.dtype), shift
-    # Scores x.c' - (s.c' + |c'|^2 / 2) with c' = c - s, s the centres' mean: the same
-    # order as x.c - |c|^2 / 2 (they differ by x.s - |s|^2 / 2, the same for every centre),
-    # but rounded in proportion to |x| |c'| instead of |x| |c|, so that data far from the
-    # origin (float32 near 1e4, float64 near 1e9) is still told apart. x is not shifted:
-    # the GEMM reads it in place.
+        return _Scoring(x, c, c, np.zeros(c.shape[0], dtype=x.dtype), np.zeros(d), False,
+                        eps, 1.0, 0.0, 0.0, tiny, True)
     c64 = c.astype(np.float64)
     shift = c64.mean(axis=0)
     cs = c64 - shift
-    half_cnorm = (cs @ shift + 0.5 * np.einsum("ij,ij->i", cs, cs)).astype(x.dtype)
-    return x, c, np.ascontiguousarray(cs, dtype=x.dtype), half_cnorm, shift
-
-
-def _score_error(x: np.ndarray, cs: np.ndarray, shift: np.ndarray):
-    """What bounds the rounding of the passes' scores ``x.c' - half_cnorm`` (see
-    :func:`_prepare`): ``(eps, cmax, snorm, far)``, a factor of the dtype's epsilon, the
-    largest shifted centre norm, the shift's norm and a constant of the window below.
-
-    A squared distance taken from a score is within ``eps * (cmax * (2 |x| + snorm +
-    cmax) + |x - s|^2)`` of the exact one (``4 eps`` between unit vectors). With ``|x - s| <=
-    sqrt(dist) + cmax`` (``dist`` to any centre) and ``4 cmax sqrt(dist) <= dist + 4
-    cmax^2``, that is at most ``eps * (2 dist + far)``: a window found without a
-    square root per row.
-    """
-    eps = 4.0 * float(np.finfo(x.dtype).eps) * (x.shape[1] + 2)
-    cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", cs, cs, dtype=np.float64),
-                                initial=0.0)))
+    sq = np.einsum("ij,ij->i", cs, cs)
+    cmax = float(np.sqrt(sq.max(initial=0.0)))
     snorm = float(np.sqrt(shift @ shift))
-    return eps, cmax, snorm, cmax * (8.0 * cmax + 3.0 * snorm)
+    shifted = snorm > cmax
+    half = 0.5 * sq if shifted else cs @ shift + 0.5 * sq
+    if shifted:
+        snorm = 0.0
+    trusted = bool(cmax * (cmax + snorm) < 0.125 * float(info.max))
+    with np.errstate(over="ignore"):  # overflowing centres: not trusted, measured exactly
+        return _Scoring(x, c, np.ascontiguousarray(cs, dtype=x.dtype), half.astype(x.dtype),
+                        shift, shifted, eps, cmax, snorm, cmax * (8.0 * cmax + 3.0 * snorm),
+                        tiny, trusted)
 
 
 def _weights(sample_weight: np.ndarray | None) -> np.ndarray:
@@ -257,14 +314,14 @@ def lloyd_partials(
         ``sums`` of shape (n_clusters, n_features) and ``counts`` of shape
         (n_clusters,), both float64, and the float ``inertia``.
     """
-    x, c, cs, half, shift = _prepare(x, centers, metric)
-    k, d = c.shape
+    sc = _prepare(x, centers, metric)
+    k, d = sc.c.shape
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
-    eps, _, _, far = _score_error(x, cs, shift)
-    inertia, n_zero = _fused_pass(x, cs, c, half, _weights(sample_weight),
+    inertia, n_zero = _fused_pass(sc.x, sc.cs, sc.c, sc.half, _weights(sample_weight),
                                   np.empty(0, dtype=np.int32), np.empty(0), sums, counts,
-                                  eps, far, metric == "cosine")
+                                  sc.shift, sc.shifted, sc.eps, sc.far, sc.tiny, sc.trusted,
+                                  metric == "cosine")
     return Partials(sums, counts, float(inertia), int(n_zero))
 
 
@@ -329,7 +386,8 @@ def _norms_and_distance(rows, r, c, best, shift):
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, labels, upper,
                   lower, drift, drift1, arg1, drift2, s_half, has_old, full, exact, eps, cmax,
-                  snorm, shift, sums, counts, sq, members, row_dist, cosine):
+                  snorm, shift, shifted, tiny, trusted, sums, counts, sq, members, row_dist,
+                  cosine):
     """Hamerly's Lloyd pass over one chunk.
 
     Each row's bounds move by the centres' drift; a row whose bounds prove its
@@ -381,11 +439,15 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             # Most rows so far failed their bounds (the centres still move a lot): the rest
             # of the chunk is cheaper compared outright, and gets fresh bounds.
             full = True
-        if full:  # every row of the block, read in place
+        if full:  # every row of the block, read in place (less the shift: copied)
             m = min(BLOCK_ROWS, n - i)
             for r in range(m):
                 which[r] = i + r
-            src = x[i:i + m]
+            if shifted:
+                _shifted_block(x, i, m, shift, rows)
+                src = rows[:m]
+            else:
+                src = x[i:i + m]
             i += m
         while not full and i < n and m < BLOCK_ROWS:
             a = old_labels[i]
@@ -415,8 +477,12 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                 i += 1
                 continue
             which[m] = i
-            for f in range(d):
-                rows[m, f] = x[i, f]
+            if shifted:
+                for f in range(d):
+                    rows[m, f] = np.float64(x[i, f]) - shift[f]
+            else:
+                for f in range(d):
+                    rows[m, f] = x[i, f]
             m += 1
             i += 1
         if m == 0:
@@ -427,11 +493,11 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
         np.dot(cs, src.T, db)
         _top_scores(db, half_cnorm, m, top, arg, second)
         for r in range(m):
-            row = which[r]
+            row = which[r]  # the GEMM read src; everything else reads x
             xx = 0.0
             scale = 1.0
             if cosine:
-                scale = _unit_scale(src[r])
+                scale = _unit_scale(x[row])
                 if scale == 0.0:
                     n_zero += 1
                     labels[row] = -1
@@ -440,25 +506,28 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             second_val = np.float64(second[r])
             xs = 0.0
             if cosine:
-                dist = _sq_dist(src[r], scale, c[best])
-                err = eps * 4.0
+                dist = _sq_dist(x[row], scale, c[best])
+                err = eps * 4.0 + 2.0 * tiny * scale
                 window = err / scale
             else:
-                xx, dist, xs = _norms_and_distance(src, r, c, best, shift)
-                err = eps * (cmax * (2.0 * np.sqrt(xx) + snorm + cmax) + xs)
+                xx, dist, xs = _norms_and_distance(x, row, c, best, shift)
+                y = np.sqrt(xs) if shifted else np.sqrt(xx)  # what the GEMM read
+                err = eps * (cmax * (2.0 * y + snorm + cmax) + xs) + 2.0 * tiny
                 window = err
-            if np.float64(top[r]) - second_val <= window:
+            if _undecided(top[r], second_val, window, trusted):
                 # Another centre may be as near: the exact distances decide (as in
                 # _fused_pass), and the best score bounds every centre from below.
-                best, dist = _resolve_near(db, half_cnorm, r, src[r], scale, c, best, dist,
-                                           np.float64(top[r]) - window)
+                best, dist = _resolve_near(db, half_cnorm, r, x[row], scale, c, best, dist,
+                                           top[r], window, trusted)
                 second_val = np.float64(top[r])
             labels[row] = best
             upper[row] = np.sqrt(dist)
-            # With c' = c - s (see _prepare): |x - c|^2 = |x - s|^2 - 2 (x.c' - s.c' -
-            # |c'|^2 / 2), less its rounding error (the GEMM's is within
-            # eps |x| |c'| / 2, the offsets' within eps (|s| |c'| + |c'|^2) / 4);
-            # for cosine |x/|x| - c|^2 = 2 - 2 x.c / |x| (unit centres, half_cnorm zero).
+            # With c' = c - s (see _Scoring): |x - c|^2 = |x - s|^2 - 2 (x.c' - s.c' -
+            # |c'|^2 / 2), or - 2 ((x - s).c' - |c'|^2 / 2) when shifted, less its rounding
+            # error (the GEMM's is within eps |y| |c'| / 2, the offsets' within
+            # eps (|s| |c'| + |c'|^2) / 4, snorm 0 when shifted); for cosine
+            # |x/|x| - c|^2 = 2 - 2 x.c / |x| (unit centres, half_cnorm zero). A score
+            # that is NaN or an overflow leaves a lower bound of 0 (sq2 is not > 0).
             if cosine:
                 sq2 = 2.0 - 2.0 * second_val * scale - err
             else:
@@ -488,7 +557,15 @@ def center_geometry(centers: np.ndarray, previous: np.ndarray | None):
     if k == 1:
         s_half = np.full(1, np.inf)
     else:
-        sep = np.sqrt(np.maximum(pairwise_sq_distances(c, c), 0.0))
+        # The expanded form about the centres' mean, less its worst rounding: two close
+        # centres far from the others (1e-3 apart among centres 1e8 away) cancel to far
+        # more than their separation, and an overestimate would let a row keep the
+        # wrong one of them.
+        cs = c - c.mean(axis=0)
+        norms = np.einsum("ij,ij->i", cs, cs)
+        err = 4.0 * (c.shape[1] + 2) * float(np.finfo(np.float64).eps) \
+            * (norms[:, None] + norms[None, :])
+        sep = np.sqrt(np.maximum(pairwise_sq_distances(c, c) - err, 0.0))
         np.fill_diagonal(sep, np.inf)
         # A hair under half the separation: rounding must not prove a wrong centre nearest.
         s_half = 0.5 * sep.min(axis=1) * (1.0 - 1e-9)
@@ -531,7 +608,8 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
         The partials, the bounds for ``centers``, and how many rows were
         compared with every centre.
     """
-    x, c, cs, half, shift = _prepare(x, centers, metric)
+    sc = _prepare(x, centers, metric)
+    x, c = sc.x, sc.c
     n = x.shape[0]
     k, d = c.shape
     has_old = bounds is not None and drift is not None
@@ -551,7 +629,6 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     order = np.argsort(drift)[::-1]
     drift1 = float(drift[order[0]])
     drift2 = float(drift[order[1]]) if k > 1 else 0.0
-    eps, cmax, snorm, _ = _score_error(x, cs, shift)
     # With exact and bounds: every row's distance, summed after the pass, so that the
     # inertia does not depend on which rows the bounds let through (a resumed fit, with
     # fresh bounds, gives the uninterrupted fit's inertia to the bit). A first pass
@@ -559,11 +636,11 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     by_row = exact and has_old
     row_dist = np.zeros(n if by_row else 0)
     inertia, n_compared, n_zero = _bounded_pass(
-        x, cs, c, half, _weights(sample_weight), bounds.labels, bounds.upper, bounds.lower,
-        new.labels, new.upper, new.lower, np.asarray(drift, dtype=np.float64), drift1,
-        int(order[0]), drift2, np.asarray(s_half, dtype=np.float64), has_old, not has_old,
-        by_row, eps, cmax, snorm, shift, new.sums, new.counts, new.sq, new.members, row_dist,
-        metric == "cosine")
+        x, sc.cs, c, sc.half, _weights(sample_weight), bounds.labels, bounds.upper,
+        bounds.lower, new.labels, new.upper, new.lower, np.asarray(drift, dtype=np.float64),
+        drift1, int(order[0]), drift2, np.asarray(s_half, dtype=np.float64), has_old,
+        not has_old, by_row, sc.eps, sc.cmax, sc.snorm, sc.shift, sc.shifted, sc.tiny,
+        sc.trusted, new.sums, new.counts, new.sq, new.members, row_dist, metric == "cosine")
     empty = new.members == 0  # exactly zero, whatever the additions left behind
     new.sums[empty] = 0.0
     new.counts[empty] = 0.0
@@ -595,16 +672,16 @@ def assign(
     inertia : float
         ``sum(sample_weight * sq_dist)`` (over rows of non-zero norm).
     """
-    x, c, cs, half, shift = _prepare(x, centers, metric)
-    n = x.shape[0]
+    sc = _prepare(x, centers, metric)
+    n = sc.x.shape[0]
     labels = np.empty(n, dtype=np.int32)
     mind = np.empty(n, dtype=np.float64)
     empty_sums = np.empty((0, 0), dtype=np.float64)
     empty_counts = np.empty(0, dtype=np.float64)
-    eps, _, _, far = _score_error(x, cs, shift)
     inertia, _ = _fused_pass(
-        x, cs, c, half, _weights(sample_weight), labels, mind, empty_sums, empty_counts,
-        eps, far, metric == "cosine",
+        sc.x, sc.cs, sc.c, sc.half, _weights(sample_weight), labels, mind, empty_sums,
+        empty_counts, sc.shift, sc.shifted, sc.eps, sc.far, sc.tiny, sc.trusted,
+        metric == "cosine",
     )
     return labels, mind, float(inertia)
 

@@ -108,6 +108,74 @@ def test_near_ties_are_decided_by_exact_distances(dtype, metric):
     np.testing.assert_array_equal(K.lloyd_partials(X, C, metric=metric).counts, counts)
 
 
+def _exact_nearest(X, C, metric="euclidean"):
+    """The float64 reference: each row's nearest centre (rows divided by their largest
+    value first for cosine, so that rows of subnormal numbers keep their direction)."""
+    X64, C64 = np.asarray(X, dtype=np.float64), np.asarray(C, dtype=np.float64)
+    if metric == "cosine":
+        X64 = X64 / np.abs(X64).max(axis=1, keepdims=True)
+        X64 /= np.sqrt((X64 * X64).sum(axis=1, keepdims=True))
+    return ref.sq_distances(X64, C64).argmin(axis=1)
+
+
+def _labels_of_every_pass(X, C, metric="euclidean"):
+    C = np.asarray(C, dtype=X.dtype)
+    _, s_half = K.center_geometry(C, None)
+    bounded = K.bounded_partials(X, C, None, None, None, s_half, metric)[1].labels
+    counts = K.lloyd_partials(X, C, metric=metric).counts
+    return K.assign(X, C, metric=metric)[0], bounded, counts
+
+
+@pytest.mark.parametrize("case", ["cosine subnormal", "euclidean 1e-22", "overflow",
+                                  "cosine overflow"])
+def test_scores_below_or_beyond_the_normal_range_leave_the_choice_to_exact_distances(case):
+    """Float32 scores of rows of subnormal numbers carry an absolute error, not a relative
+    one, and scores of rows near 1e19 overflow (two centres both at inf, the first won):
+    1042 of 4000 cosine rows, 544 of 3000 Euclidean rows and these overflow rows got
+    another centre than the nearest (from a review)."""
+    rng = np.random.default_rng(5)
+    metric = "cosine" if case.startswith("cosine") else "euclidean"
+    if case == "cosine subnormal":  # multiples of 2**-149, directions between 64 centres
+        ints = rng.integers(1, 200, size=(4000, 2)).astype(np.float64)
+        X = (ints * 2.0**-149).astype(np.float32)
+        th = np.sort(rng.uniform(0.0, np.pi / 2, size=64))
+        C = np.stack([np.cos(th), np.sin(th)], 1).astype(np.float32)
+    elif case == "euclidean 1e-22":
+        base = rng.normal(size=(8, 3))
+        X = (1e-22 * (base[rng.integers(8, size=3000)]
+                      + 0.3 * rng.normal(size=(3000, 3)))).astype(np.float32)
+        C = X[rng.choice(3000, 30, replace=False)]
+    elif case == "overflow":
+        X = np.array([[4e19, 0.0]], dtype=np.float32)
+        C = np.array([[1e19, 1e18], [1e19, 0.0], [-2e19, -1e18]], dtype=np.float32)
+    else:
+        X = np.array([[3e38, 2.9e38]], dtype=np.float32)
+        C = K.normalize_rows(np.array([[1.0, 1.0], [3.0, 2.9]])).astype(np.float32)
+    nearest = _exact_nearest(X, C, metric)
+    if case.endswith("overflow"):
+        assert nearest.tolist() == [1]
+    labels, bounded, counts = _labels_of_every_pass(X, C, metric)
+    np.testing.assert_array_equal(labels, nearest)
+    np.testing.assert_array_equal(bounded, nearest)
+    np.testing.assert_array_equal(counts, np.bincount(nearest, minlength=len(C)))
+
+
+def test_a_close_pair_of_centres_far_from_the_others_is_not_taken_for_far_apart():
+    """Half the distance to a centre's nearest other, which lets a row keep its centre
+    unread, came from the expanded form: for two centres 1e-3 apart among centres 1.3e8
+    away it was 0.25, 500 times the truth, and a row kept the farther of the two."""
+    a, b, far = -72.13099306616272, -72.13200014630917, 134441344.469158
+    C1, C2 = np.array([[a], [-60.0], [far]]), np.array([[a], [b], [far]])
+    _, s1 = K.center_geometry(C1, None)
+    drift, s2 = K.center_geometry(C2, C1)
+    assert s2[0] <= abs(a - b) / 2
+    X = np.array([[a - 0.0009]])  # nearer a in the first pass, nearer b in the second
+    first = K.bounded_partials(X, C1, None, None, None, s1)[1]
+    partials, second, _ = K.bounded_partials(X, C2, None, first, drift, s2)
+    assert first.labels.tolist() == [0] and second.labels.tolist() == [1]
+    np.testing.assert_array_equal(partials.counts, [0.0, 1.0, 0.0])
+
+
 def test_inputs_are_not_modified():
     X = blobs(n=300, d=3, k=3)
     C = X[:3].copy()
