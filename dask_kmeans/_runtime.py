@@ -10,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dask
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 from threadpoolctl import ThreadpoolController
-
-if TYPE_CHECKING:
-    import dask.array as da
 
 #: Fraction of the cluster's free memory that ``persist="auto"`` may fill: rechunking
 #: holds a chunk's pieces and the merged chunk at once, and passes allocate per chunk.
@@ -271,14 +268,7 @@ def place_data(X, sample_weight, persist, client=None):
     row_bytes = X.shape[1] * X.dtype.itemsize
     if not isinstance(X, da.Array):
         rows = target_row_chunks(X.shape[0], row_bytes, threads)
-        if client is None:
-            Xd = da.from_array(X, chunks=(rows, -1))
-            wd = None if sample_weight is None \
-                else da.from_array(sample_weight, chunks=(Xd.chunks[0],))
-            return Xd, wd, True
-        Xd, wd = (None if a is None else scatter_rows(a, rows, client)
-                  for a in (X, sample_weight))
-        Xd, wd = dask_persist(Xd, wd)
+        Xd, wd = numpy_chunks(X, sample_weight, rows, client)
         return Xd, wd, True
     if persist == "auto":
         persist = X.nbytes <= memory_budget(client)
@@ -294,20 +284,19 @@ def place_data(X, sample_weight, persist, client=None):
     return X, sample_weight, True
 
 
-def scatter_rows(X: np.ndarray, rows: int, client) -> da.Array:
-    """NumPy ``X`` as a dask array of chunks of ``rows`` rows, each sent straight to a
-    worker (``Client.scatter``, spread over the workers) instead of inside a graph: a
-    graph carries its arrays through the scheduler, which warned of a "large graph"
-    and, for an array read again at every pass, got it again at every pass."""
+def numpy_chunks(X: np.ndarray, sample_weight: np.ndarray | None, rows: int, client=None):
+    """NumPy ``X`` (and its weights) as dask arrays of ``rows``-row chunks, persisted on the
+    workers when there is a ``client``: sent once, inside the graph, which lets the
+    scheduler rebuild a chunk a dead worker held. (Scattering them instead spared the
+    scheduler the copy and the "Sending large graph" warning, but a fit then failed when
+    a worker died, and before any worker had joined.)"""
     import dask.array as da
 
-    if X.shape[0] == 0:
-        return da.from_array(X, chunks=(rows,) + X.shape[1:])
-    parts = [X[start:start + rows] for start in range(0, X.shape[0], rows)]
-    futures = client.scatter(parts, hash=False)
-    return da.concatenate([da.from_delayed(f, part.shape, dtype=X.dtype,
-                                           meta=np.empty((0,) * X.ndim, dtype=X.dtype))
-                           for f, part in zip(futures, parts, strict=True)], axis=0)
+    Xd = da.from_array(X, chunks=(rows, -1))
+    wd = None if sample_weight is None else da.from_array(sample_weight, chunks=(Xd.chunks[0],))
+    if client is not None:
+        Xd, wd = dask_persist(Xd, wd)
+    return Xd, wd
 
 
 def chunk_futures(client, X):

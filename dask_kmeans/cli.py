@@ -149,11 +149,12 @@ def _require_persistent(target: dict[str, Any], command: str) -> None:
     else:  # what connect() reaches: DASK_SCHEDULER_ADDRESS's scheduler, else a local cluster
         kind = "local" if default_scheduler() is None else "scheduler"
     if kind not in _PERSISTENT_KINDS:
+        # The setting would be used only where nothing names a cluster.
+        setting = ", or set DASK_SCHEDULER_ADDRESS" if config is None else ""
         raise CommandError(
             f"{command} needs a scheduler that keeps running after this command exits: give "
-            f"--scheduler ADDRESS, --cluster with a config of kind 'scheduler' or 'tls', or "
-            f"set DASK_SCHEDULER_ADDRESS (a '{kind}' cluster started here would stop with "
-            f"it)", 2)
+            f"--scheduler ADDRESS or --cluster with a config of kind 'scheduler' or 'tls'"
+            f"{setting} (a '{kind}' cluster started here would stop with it)", 2)
 
 
 @contextlib.contextmanager

@@ -344,9 +344,13 @@ SCHEDULER_ADDRESS = "scheduler-address"
 
 def default_scheduler() -> str | None:
     """The address in Dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``),
-    where a cluster nobody named is found; None when it is not set."""
+    where a cluster nobody named is found (``tcp://`` added to a bare ``host:port``); None
+    when it is not set."""
     address = dask.config.get(SCHEDULER_ADDRESS, None)
-    return address if address not in (None, "") else None
+    if address in (None, ""):
+        return None
+    # host:port, as distributed takes it too: over TCP.
+    return address if "://" in str(address) else f"tcp://{address}"
 
 
 def _config_for(config_or_path, scheduler) -> dict:

@@ -412,17 +412,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     def _standardized(self, Xv, weights, lazy: bool):
         """Lazily standardised input, and the persist policy to use with it."""
         Xd, wd = Xv, weights
-        client = R.active_client()
-        if not lazy and client is not None:
-            # Chunks sent to the workers once: a graph of the array would carry it through
-            # the scheduler, at every pass with persist=False.
+        if not lazy:
+            # On a cluster the chunks are persisted there (NumPy input is held in memory):
+            # a graph holding the array would carry it to the workers at every pass.
+            client = R.active_client()
             rows = R.target_row_chunks(Xv.shape[0], Xv.shape[1] * Xv.itemsize,
                                        R.total_threads(client))
-            Xd = R.scatter_rows(Xv, rows, client)
-            wd = None if weights is None else R.scatter_rows(weights, rows, client)
-        elif not lazy:
-            Xd = da.from_array(Xv, chunks=(R.target_row_chunks(
-                Xv.shape[0], Xv.shape[1] * Xv.itemsize, R.total_threads()), -1))
+            Xd, wd = R.numpy_chunks(Xv, weights, rows, client)
         if wd is not None and not isinstance(wd, da.Array):
             wd = da.from_array(wd, chunks=(Xd.chunks[0],))
         # Moments about the first row, which is near the data: about 0, E[x^2] - E[x]^2

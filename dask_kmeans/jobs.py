@@ -643,9 +643,6 @@ class _Claims:
         self.noted = dict(earlier)
         self._note = note
 
-    def owns(self, url: str) -> bool:
-        return strip_credentials(url) in self.earlier
-
     def before(self, url: str) -> bool | None:
         """Whether something was at ``url`` before the job (None: not an earlier claim)."""
         return self.earlier.get(strip_credentials(url))
@@ -664,9 +661,10 @@ _CLAIMS: contextvars.ContextVar[_Claims | None] = contextvars.ContextVar(
 
 
 def _may_replace(url: str, overwrite: bool) -> bool:
-    """``output.overwrite``, or an output an earlier attempt of this job wrote."""
+    """``output.overwrite``, or an output an earlier attempt of this job wrote where
+    nothing was before the job (what was there before is not the job's to replace)."""
     claims = _CLAIMS.get()
-    return overwrite or (claims is not None and claims.owns(url))
+    return overwrite or (claims is not None and claims.before(url) is False)
 
 
 def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: bool,
@@ -1142,8 +1140,11 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
     # its own tasks, so that a worker with one thread can still run them.
     with worker_client() as client:
         # A record still "running" is an earlier attempt's, whose worker died: the scheduler
-        # runs the job again, and this attempt may replace the outputs that one noted.
+        # runs the job again, and this attempt may replace the outputs that one noted. One
+        # that ended already died before the scheduler heard of it: the job is done.
         earlier = client.get_metadata([METADATA_KEY, job_id], None) or {}
+        if earlier.get("state") in ("finished", "failed"):
+            return
         rerun = earlier.get("state") == "running"
         record = {**record, "state": "running", "started": _now(),
                   "worker": get_worker().address,
@@ -1160,6 +1161,8 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
             result = run_job(spec)
         except Exception as exc:  # every failure is recorded for `status`
             logger.warning("job %s failed: %s", job_id, _one_line(exc, values))
+            if rerun:  # what the dead attempt wrote goes, as for a first attempt that fails
+                _remove_earlier_outputs(spec, record["claimed"])
             record = {**record, "state": "failed", "finished": _now(),
                       "error": _one_line(exc, values)}
         else:
@@ -1167,6 +1170,22 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
         finally:
             _CLAIMS.reset(claims)
         _record_end(client, job_id, record, keep)
+
+
+def _remove_earlier_outputs(spec: Mapping[str, Any], claimed: Mapping[str, bool]) -> None:
+    """Remove the outputs of a job's earlier attempt where nothing was before the job,
+    after its rerun failed (best effort: what cannot be removed stays)."""
+    import fsspec
+
+    job = spec["job"]
+    out = job["output"]
+    for name in ("model", "labels", "plot", "table"):
+        url = out.get(name)
+        if url and claimed.get(strip_credentials(url)) is False:
+            with contextlib.suppress(Exception):
+                fs, path = fsspec.core.url_to_fs(url, **_output_options(url, job))
+                if fs.exists(path):
+                    fs.rm(path, recursive=True)
 
 
 def _task_state(client: Client, key: str) -> tuple[str | None, str | None] | None:

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 from pathlib import Path
 
+import dask.config
 import numpy as np
 import pytest
+
+# A scheduler named in the environment or a user's Dask config (DASK_SCHEDULER_ADDRESS) would
+# take the place of the clusters the tests start: none, here and in the commands they run.
+os.environ["DASK_SCHEDULER_ADDRESS"] = ""
+dask.config.set({"scheduler-address": None})
 
 
 def stop_processes(procs, timeout: float = 15) -> None:

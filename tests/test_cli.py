@@ -288,7 +288,10 @@ def test_a_cluster_nobody_named_is_the_scheduler_at_dask_scheduler_address(
         after = local_cluster_client.run_on_scheduler(
             lambda dask_scheduler: dask_scheduler.transition_counter)
         assert after > before
-    with dask.config.set({"scheduler-address": "not an address"}):
+    with dask.config.set({"scheduler-address": address.removeprefix("tcp://")}):
+        # host:port, as distributed takes it: over TCP.
+        assert invoke("status", job_id).exit_code == 0
+    with dask.config.set({"scheduler-address": "udp://not an address"}):
         line = one_line_error(invoke("fit", data["url"], "--k", 2), 2)
     assert "scheduler-address (the Dask setting; DASK_SCHEDULER_ADDRESS)" in line, line
     with dask.config.set({"scheduler-address": f"tcp://127.0.0.1:{free_port()}"}):

@@ -141,3 +141,17 @@ def test_shell_command_check_catches_a_wrong_option():
         test_shell_command_parses(ROOT / "README.md", 1, "dask-kmeans fit data/ --kk 5")
     with pytest.raises(pytest.fail.Exception, match="'--k'"):
         test_shell_command_parses(ROOT / "README.md", 1, "dask-kmeans fit data/ --k five")
+
+
+_TEST_REF = re.compile(r"`(test_\w+\.py)::(\w+)(?:\[[^\]]*\])?`")
+
+
+def test_every_test_the_docs_name_exists():
+    """The reliability table and the other docs cite tests as `file::test`: each must be a
+    test function of that file (one was overwritten by another and still cited)."""
+    refs = {(m[1], m[2]) for path in DOCS for m in _TEST_REF.finditer(path.read_text())}
+    assert len(refs) > 50
+    missing = [f"{file}::{name}" for file, name in sorted(refs)
+               if not re.search(rf"^(async )?def {name}\(", (ROOT / "tests" / file).read_text()
+                                if (ROOT / "tests" / file).exists() else "", re.MULTILINE)]
+    assert not missing, missing

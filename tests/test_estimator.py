@@ -649,18 +649,18 @@ def test_labels_agree_with_predict_on_float32_near_ties(metric, client):
 
 
 @pytest.mark.parametrize("kw", [{}, {"standardize": True, "persist": False}])
-def test_numpy_input_goes_to_the_workers_once_not_through_the_scheduler(
-        kw, local_cluster_client):
-    """NumPy input on a cluster is scattered to the workers in row chunks. It went inside
-    the graph, through the scheduler ("Sending large graph"), and with standardize=True
-    and persist=False at every pass: 20 warnings and 3.2x the time for 2M x 32 rows."""
+def test_numpy_input_goes_to_the_workers_once(kw, local_cluster_client):
+    """NumPy input on a cluster is persisted there in row chunks, once ("Sending large
+    graph" at most once: the graph lets the scheduler rebuild a dead worker's chunks). With
+    standardize=True and persist=False the graph holding the array went to the workers at
+    every pass: 20 warnings and 3.2x the time for 2M x 32 rows."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300_000, 8))  # 19 MB: above distributed's 10 MB warning
     w = rng.uniform(0.5, 2.0, size=len(X))
     with warnings.catch_warnings(record=True) as caught, local_cluster_client.as_current():
         warnings.simplefilter("always")
         km = KMeans(5, random_state=0, max_iter=5, tol=0, **kw).fit(X, sample_weight=w)
-    assert not [c for c in caught if "large graph" in str(c.message)]
+    assert len([c for c in caught if "large graph" in str(c.message)]) <= 1
     local = KMeans(5, random_state=0, max_iter=5, tol=0, **kw).fit(X, sample_weight=w)
     np.testing.assert_allclose(km.cluster_centers_, local.cluster_centers_, rtol=1e-9)
     np.testing.assert_array_equal(km.labels_, local.labels_)

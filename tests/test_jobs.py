@@ -982,9 +982,11 @@ def test_submit_runs_the_job_on_the_cluster(local_store, client, monkeypatch):
 def test_a_rerun_replaces_only_the_outputs_its_earlier_attempt_noted(local_store, client):
     """When a job's worker dies, the scheduler runs the job task again with the same id.
     That attempt may replace what the earlier one noted in the record before writing
-    (``claimed``), and nothing else: an output someone else wrote is still refused, and
-    what was there before the job is what the earlier attempt saw (the rerun of a failed
-    write removes an output only where there was none)."""
+    (``claimed``) where nothing was before the job, and nothing else; when it fails, those
+    outputs go, as a failed first attempt leaves none; and a job whose record says it ended
+    (its worker died before the scheduler heard) is not run again (from a review: a rerun
+    replaced an output claimed as there before, kept the dead attempt's outputs when it
+    failed, and turned a finished job into a failed one)."""
     from dask_kmeans.jobs import METADATA_KEY, _for_cluster, _run_submitted, run_job
 
     url, _ = write_dataset(local_store, n=900)
@@ -994,36 +996,50 @@ def test_a_rerun_replaces_only_the_outputs_its_earlier_attempt_noted(local_store
                                              "storage_options": local_store.storage_options},
                                  params={"n_clusters": 3, "random_state": 0},
                                  output={"model": model, "labels": labels}))
-    run_job(spec)  # both outputs now exist, as a dead attempt would leave them
+    write_both = validate_job({"job": {**spec["job"],
+                                       "output": {**spec["job"]["output"], "overwrite": True}}})
+    run_job(write_both)  # both outputs exist, as a dead attempt would leave them
 
-    def rerun(job_id, claimed):
+    def attempt(job_id, state, claimed):
         record = {"job_id": job_id, "kind": "fit", "state": "submitted"}
         # What the dead attempt left on the scheduler.
-        client.set_metadata([METADATA_KEY, job_id], {**record, "state": "running",
+        client.set_metadata([METADATA_KEY, job_id], {**record, "state": state,
                                                      "claimed": claimed})
         client.submit(_run_submitted, _for_cluster(spec), job_id, record, None,
                       pure=False).result()
         return client.get_metadata([METADATA_KEY, job_id])
 
-    record = rerun("fit-rerun-a", {labels: False})
+    def there(url):
+        return local_store.fs.exists(local_store.fs._strip_protocol(url))
+
+    # The labels were there before the job: not its own to replace. The model it made goes.
+    record = attempt("fit-rerun-a", "running", {labels: True, model: False})
     assert record["state"] == "failed" and record["attempts"] == 2
-    assert record["error"].startswith("FileExistsError: ") and "model" in record["error"]
+    assert record["error"].startswith("FileExistsError: ") and "labels" in record["error"]
+    assert there(labels) and not there(model)
+
+    run_job(write_both)
     before = local_store.fs.cat(local_store.path("labels", "_SUCCESS"))
-    record = rerun("fit-rerun-b", {labels: False, model: False})
+    record = attempt("fit-rerun-b", "running", {labels: False, model: False})
     assert record["state"] == "finished", record
     assert record["attempts"] == 2 and record["claimed"] == {labels: False, model: False}
     assert local_store.fs.cat(local_store.path("labels", "_SUCCESS")) != before  # new commit
     assert dk.load(model).n_clusters == 3
-    # A first attempt notes what it writes, and may replace nothing.
-    first = {"job_id": "fit-first", "kind": "fit", "state": "submitted"}
-    client.set_metadata([METADATA_KEY, "fit-first"], first)
-    client.submit(_run_submitted, _for_cluster(spec), "fit-first", first, None,
-                  pure=False).result()
-    record = client.get_metadata([METADATA_KEY, "fit-first"])
+
+    # A job that ended already is not run again: its record stands.
+    ended = {"job_id": "fit-ended", "kind": "fit", "state": "finished", "claimed": {}}
+    client.set_metadata([METADATA_KEY, "fit-ended"], ended)
+    client.submit(_run_submitted, _for_cluster(spec), "fit-ended", {"job_id": "fit-ended"},
+                  None, pure=False).result()
+    assert client.get_metadata([METADATA_KEY, "fit-ended"]) == ended
+
+    # A first attempt notes what it writes, may replace nothing and removes nothing.
+    record = attempt("fit-first", "submitted", {})
     assert record["state"] == "failed" and record["attempts"] == 1 and record["claimed"] == {}
+    assert there(labels) and there(model)
 
 
-
+def test_the_scheduler_keeps_the_most_recently_ended_job_records():
     """Records of finished jobs, each with its result summary, were kept until the scheduler
     restarted. A job's end now stores its record on the scheduler and forgets those of ended
     jobs beyond the newest ``keep``, in the order the scheduler saw them end."""
