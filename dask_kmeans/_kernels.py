@@ -28,6 +28,9 @@ FEW_HITS = 4
 RELOCATE_RESIDUE = 2.0**-36
 #: Squared norms from which float32 scores could overflow: such rows are measured exactly.
 F32_SAFE = 1e30
+#: Passes score rows less the centres' mean when that mean's share of the scores' rounding
+#: window exceeds this share of the centres' spread (see :class:`_Scoring`).
+SHIFT_SHARE = 1e-4
 #: k-means|| oversampling draws and tests this many rows at a time (64 KB of draws).
 OVERSAMPLE_BLOCK = 8192
 #: In a block of a k-means|| pass, when fewer than one row in this many needs every
@@ -105,8 +108,10 @@ def _near_window(dist, scale, eps, far, tiny, cosine):
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _undecided(top, second, window, trusted):
     """Whether the scores leave a row's nearest centre open: another scores within
-    ``window`` of the best, or the scores cannot be trusted (NaN or overflow)."""
-    return not (np.float64(top) - np.float64(second) > window) or not trusted
+    ``window`` of the best, or the scores cannot be trusted (NaN, or an overflow: of the
+    best score itself, or of a partial sum, is +inf)."""
+    return not (np.float64(top) - np.float64(second) > window) or not trusted \
+        or not (np.float64(top) < np.inf)
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
@@ -228,8 +233,9 @@ class _Scoring(NamedTuple):
     but rounded in proportion to ``|x| |c'|`` instead of ``|x| |c|``, so that data far
     from the origin (float32 near 1e4, float64 near 1e9) is still told apart; the GEMM
     reads the rows in place. When the centres' mean is farther from the origin than
-    their spread (``shifted``: data with a large common offset), the GEMM takes the
-    rows less ``s`` instead, copied a block at a time, and ``half = |c'|^2 / 2``: the
+    their spread, and far enough for its share of the rounding to matter (``shifted``:
+    data with a large common offset, see :data:`SHIFT_SHARE`), the GEMM takes the rows
+    less ``s`` instead, copied a block at a time, and ``half = |c'|^2 / 2``: the
     scores then round in proportion to ``|x - s| |c'|``, and far fewer rows are left
     for the exact distances to decide (float32 rows near 1e4: most rows before).
 
@@ -274,7 +280,11 @@ def _prepare(x: np.ndarray, centers: np.ndarray, metric: str) -> _Scoring:
     sq = np.einsum("ij,ij->i", cs, cs)
     cmax = float(np.sqrt(sq.max(initial=0.0)))
     snorm = float(np.sqrt(shift @ shift))
-    shifted = snorm > cmax
+    # Shifted when the offset's share of the window (about eps |s| cmax) would put more than
+    # a few rows in it: about 1e-4 of the centres' spread cmax^2 (float32 near 1e3 and
+    # beyond; float64 only near 1e11 and beyond, where the copy would cost 20-30% for
+    # nothing at d = 4).
+    shifted = snorm > cmax and eps * snorm > SHIFT_SHARE * cmax
     half = 0.5 * sq if shifted else cs @ shift + 0.5 * sq
     if shifted:
         snorm = 0.0
@@ -461,7 +471,8 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             z = max(lo, s_half[a])
             upper[i] = u
             lower[i] = lo
-            if u <= z and not exact:  # keeps its centre, unread
+            # Strictly: a row on two equal centres (z 0) is compared, and gets the lower.
+            if u < z and not exact:  # keeps its centre, unread
                 i += 1
                 continue
             scale = _unit_scale(x[i]) if cosine else 1.0
@@ -469,7 +480,7 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
             if u > z:  # tighten: the exact distance to its centre
                 u = np.sqrt(dist)
                 upper[i] = u
-            if u <= z:  # keeps its centre
+            if u < z:  # keeps its centre
                 wi = w[i] if weighted else 1.0
                 inertia += wi * dist * half
                 if exact:
@@ -519,7 +530,8 @@ def _bounded_pass(x, cs, c, half_cnorm, w, old_labels, old_upper, old_lower, lab
                 # _fused_pass), and the best score bounds every centre from below.
                 best, dist = _resolve_near(db, half_cnorm, r, x[row], scale, c, best, dist,
                                            top[r], window, trusted)
-                second_val = np.float64(top[r])
+                # Untrusted scores (-inf, NaN) bound nothing: a lower bound of 0.
+                second_val = np.float64(top[r]) if trusted else np.inf
             labels[row] = best
             upper[row] = np.sqrt(dist)
             # With c' = c - s (see _Scoring): |x - c|^2 = |x - s|^2 - 2 (x.c' - s.c' -

@@ -160,6 +160,56 @@ def test_scores_below_or_beyond_the_normal_range_leave_the_choice_to_exact_dista
     np.testing.assert_array_equal(counts, np.bincount(nearest, minlength=len(C)))
 
 
+@pytest.mark.parametrize("case", ["one score overflows", "shifted, one score overflows",
+                                  "cosine block overflows"])
+def test_a_score_that_overflows_alone_is_not_taken_for_the_nearest(case):
+    """A single +inf score (the row's product with one centre, or a GEMM partial sum, past
+    float32's range) was taken as the best without a look at the others: here the wrong
+    centre, and for cosine rows near 3e38 a different centre by the BLAS blocking (a block
+    of 256 such rows against the row alone). From a review."""
+    if case == "cosine block overflows":
+        x = np.array([[1.8098548e38, 3.0772233e38, 7.2925992e37, -1.9106273e38]], np.float32)
+        C = np.array([[-0.16215929, 0.58399457, -0.010215282, -0.79533035],
+                      [0.41031802, 0.80488008, 0.32063854, 0.28460175]], np.float32)
+        X, metric = np.repeat(x, 256, axis=0), "cosine"
+    else:
+        S = 4e20 if case.startswith("shifted") else 0.0  # offset / spread 62: shifted
+        C = np.array([[S + 6.39e18, 0.0], [S, 1e18], [S - 6.39e18, -1e18]], dtype=np.float32)
+        X, metric = np.array([[S + 5.4e19, 3.39e20]], dtype=np.float32), "euclidean"
+        assert K._prepare(X, C, metric).shifted == (S > 0)
+    nearest = _exact_nearest(X, C, metric)
+    labels, bounded, counts = _labels_of_every_pass(X, C, metric)
+    np.testing.assert_array_equal(labels, nearest)
+    np.testing.assert_array_equal(bounded, nearest)
+    np.testing.assert_array_equal(counts, np.bincount(nearest, minlength=len(C)))
+
+
+@pytest.mark.parametrize("case", ["untrusted", "equal centres"])
+def test_bounds_keep_no_row_on_a_centre_that_is_not_its_nearest(case):
+    """Centres whose scores could overflow (float32 near 1e20): the best finite score was
+    taken as a lower bound for centres scored -inf, and in the next pass a row kept a
+    centre another had come nearer to. Two equal centres (half their separation 0): a row
+    on them kept the higher index by its bounds, where assign gives the lower."""
+    if case == "untrusted":
+        C1 = np.array([[1.0e20], [1.3e20], [1.31e20], [0.39e20]], dtype=np.float32)
+        X = np.array([[1.304e20]], dtype=np.float32)
+        C2 = C1.copy()
+        C2[2] = X[0]  # centre 2 moves onto the row
+        assert not K._prepare(X, C1, "euclidean").trusted
+    else:
+        X = np.array([[1.0]])
+        C1, C2 = np.array([[0.0], [1.0], [5.0]]), np.array([[1.0], [1.0], [5.0]])
+    _, s1 = K.center_geometry(C1, None)
+    first = K.bounded_partials(X, C1, None, None, None, s1)[1]
+    true = np.sqrt(ref.sq_distances(X, C1))[0]
+    assert first.lower[0] <= np.delete(true, first.labels[0]).min()
+    drift, s2 = K.center_geometry(C2, C1)
+    partials, second, _ = K.bounded_partials(X, C2, None, first, drift, s2)
+    np.testing.assert_array_equal(second.labels, K.assign(X, C2)[0])
+    np.testing.assert_array_equal(second.labels, _exact_nearest(X, C2))
+    np.testing.assert_array_equal(partials.counts, K.lloyd_partials(X, C2).counts)
+
+
 def test_a_close_pair_of_centres_far_from_the_others_is_not_taken_for_far_apart():
     """Half the distance to a centre's nearest other, which lets a row keep its centre
     unread, came from the expanded form: for two centres 1e-3 apart among centres 1.3e8
