@@ -595,8 +595,8 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
     on a first pass: every row is compared with every centre). Rows whose
     bounds prove their centre still nearest are not compared again, and only
     the rows that change centre move in the statistics. The same sums and
-    counts as :func:`lloyd_partials` up to the order of the additions (and
-    rows equally near to two centres). With ``metric="cosine"`` rows are
+    counts as :func:`lloyd_partials` up to the order of the additions (both
+    give every row its exact nearest centre). With ``metric="cosine"`` rows are
     normalised on the fly and the bounds are distances between unit vectors,
     as :func:`lloyd_partials` measures them.
 

@@ -415,7 +415,9 @@ def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = 
     Raises
     ------
     ClusterConfigError
-        If the config does not follow the schema, or a TLS file does not exist.
+        If the config does not follow the schema, a TLS file does not exist, or (with
+        neither config nor ``scheduler``) the ``scheduler-address`` setting is not a tcp or
+        tls address.
     ClusterError
         If the scheduler cannot be reached within the timeout (the message names the
         address and the timeout), if the cluster cannot be started, or if the kind needs an

@@ -558,7 +558,8 @@ def load_job(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> dic
 def cluster_target(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `dask_kmeans.cluster.connect` for a validated spec.
 
-    ``{}`` (a local cluster) when the spec names no cluster; otherwise
+    ``{}`` when the spec names no cluster (``connect()`` then reaches the scheduler at
+    ``DASK_SCHEDULER_ADDRESS``, else starts a local cluster); otherwise
     ``{"config_or_path": path or config}`` or ``{"scheduler": address}``.
     """
     entry = spec["job"].get("cluster")
