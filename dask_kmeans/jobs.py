@@ -637,16 +637,12 @@ class _Claims:
     """The outputs a submitted job is about to write, noted in its record on the scheduler
     (``claimed``: each URL without credentials, and whether something was there before the
     job), so that when its worker dies and the scheduler runs the job again, the new attempt
-    may replace what the dead one wrote (``earlier``), and nothing else."""
+    first removes what the dead one may have left where nothing was before the job, whole
+    or half written (:func:`_remove_earlier_outputs`), and nothing else."""
 
     def __init__(self, earlier: Mapping[str, bool], note: Callable[[dict], None]):
-        self.earlier = dict(earlier)
         self.noted = dict(earlier)
         self._note = note
-
-    def before(self, url: str) -> bool | None:
-        """Whether something was at ``url`` before the job (None: not an earlier claim)."""
-        return self.earlier.get(strip_credentials(url))
 
     def claim(self, existed: Mapping[str, bool]) -> None:
         new = {strip_credentials(url): was for url, was in existed.items()
@@ -661,13 +657,6 @@ _CLAIMS: contextvars.ContextVar[_Claims | None] = contextvars.ContextVar(
     "dask_kmeans_job_claims", default=None)
 
 
-def _may_replace(url: str, overwrite: bool) -> bool:
-    """``output.overwrite``, or an output an earlier attempt of this job wrote where
-    nothing was before the job (what was there before is not the job's to replace)."""
-    claims = _CLAIMS.get()
-    return overwrite or (claims is not None and claims.before(url) is False)
-
-
 def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: bool,
                      kind: str | None = None) -> None:
     """Stop before any work when an output is already there and may not be replaced, or
@@ -675,7 +664,6 @@ def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: 
     "labels", directories only; see :func:`dask_kmeans.io.check_output`)."""
     from .io import check_output
 
-    overwrite = _may_replace(url, overwrite)
     check_output(url, options, overwrite=overwrite, directory=directory, kind=kind,
                  hint="set output.overwrite: true (--overwrite or --set output.overwrite=true) "
                       "to replace it")
@@ -764,16 +752,14 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
     replaced cannot be brought back; the job writes those after what may fail). Yields
     ``made(url, result)``, to call as each output is written; it returns ``result``.
 
-    In a submitted job the outputs are first noted in its record (:class:`_Claims`); in
-    a rerun, what was there before the job is what the earlier attempt noted."""
+    In a submitted job the outputs are first noted in its record (:class:`_Claims`)."""
     import fsspec
 
     claims = _CLAIMS.get()
     existed = {}
     for url in filter(None, urls):
         fs, path = fsspec.core.url_to_fs(url, **_output_options(url, job))
-        before = claims.before(url) if claims is not None else None
-        existed[url] = (fs, path, fs.exists(path) if before is None else before)
+        existed[url] = (fs, path, fs.exists(path))
     if claims is not None:
         claims.claim({url: was for url, (_, _, was) in existed.items()})
     written: list[str] = []
@@ -841,12 +827,11 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         if out["labels"]:
             labels, distances = km.predict(src, return_distance=True)
             result["labels"] = made(out["labels"], write_labels(
-                src, labels, distances, out["labels"],
-                overwrite=_may_replace(out["labels"], out["overwrite"]),
+                src, labels, distances, out["labels"], overwrite=out["overwrite"],
                 storage_options=_output_options(out["labels"], job)))
         if out["model"]:
             result["model"] = made(out["model"], km.save(
-                out["model"], overwrite=_may_replace(out["model"], out["overwrite"]),
+                out["model"], overwrite=out["overwrite"],
                 storage_options=_output_options(out["model"], job)))
             if table is not None:
                 from .report import write_profile
@@ -892,8 +877,7 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     labels, distances = km.predict(src, return_distance=True)
     with _new_outputs_undone(job, [out["labels"]]) as made:
         url = made(out["labels"], write_labels(
-            src, labels, distances, out["labels"],
-            overwrite=_may_replace(out["labels"], out["overwrite"]),
+            src, labels, distances, out["labels"], overwrite=out["overwrite"],
             storage_options=_output_options(out["labels"], job)))
     return {"kind": "predict", "model": strip_credentials(job["model"]), "input": src.url,
             "n_rows": src.n_rows, "n_clusters": int(km.cluster_centers_.shape[0]),
@@ -1141,8 +1125,10 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
     # its own tasks, so that a worker with one thread can still run them.
     with worker_client() as client:
         # A record still "running" is an earlier attempt's, whose worker died: the scheduler
-        # runs the job again, and this attempt may replace the outputs that one noted. One
-        # that ended already died before the scheduler heard of it: the job is done.
+        # runs the job again, and this attempt first removes the outputs that one noted
+        # where nothing was before the job (a model killed half written would be refused
+        # even with overwrite). One that ended already died before the scheduler heard of
+        # it: the job is done.
         earlier = client.get_metadata([METADATA_KEY, job_id], None) or {}
         if earlier.get("state") in ("finished", "failed"):
             return
@@ -1157,13 +1143,13 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
             record["claimed"] = outputs
             client.set_metadata([METADATA_KEY, job_id], record)
 
+        if rerun:
+            _remove_earlier_outputs(spec, record["claimed"])
         claims = _CLAIMS.set(_Claims(record["claimed"], note))
         try:
             result = run_job(spec)
         except Exception as exc:  # every failure is recorded for `status`
             logger.warning("job %s failed: %s", job_id, _one_line(exc, values))
-            if rerun:  # what the dead attempt wrote goes, as for a first attempt that fails
-                _remove_earlier_outputs(spec, record["claimed"])
             record = {**record, "state": "failed", "finished": _now(),
                       "error": _one_line(exc, values)}
         else:
@@ -1174,8 +1160,9 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
 
 
 def _remove_earlier_outputs(spec: Mapping[str, Any], claimed: Mapping[str, bool]) -> None:
-    """Remove the outputs of a job's earlier attempt where nothing was before the job,
-    after its rerun failed (best effort: what cannot be removed stays)."""
+    """Remove what a job's earlier attempt, whose worker died, may have written where
+    nothing was before the job, whole or half written (best effort: what cannot be removed
+    stays, and its rerun then stops at it as at any existing output)."""
     import fsspec
 
     job = spec["job"]
@@ -1276,7 +1263,8 @@ def job_status(job_id: str, client: Client) -> dict[str, Any]:
     dict
         ``job_id``, ``kind``, ``state`` (one of :data:`STATES`), ``submitted``, and as they
         become known ``started``, ``worker``, ``attempts`` (runs of the job: its worker
-        died when more than 1), ``claimed`` (the outputs it noted before writing them,
+        died when more than 1; a rerun first removes what the earlier attempt left where
+        nothing was before the job), ``claimed`` (the outputs it noted before writing them,
         each URL with whether something was there before the job), ``finished``,
         ``result`` (the summary of :func:`run_job`) or ``error`` (one line, without
         credentials). ``lost`` means the

@@ -279,8 +279,9 @@ def test_a_submitted_job_whose_worker_dies_after_writing_labels_is_rerun_to_the_
         assert time.monotonic() < deadline, f"no labels after 120 s\n{cluster.logs()}"
         time.sleep(0.005)
     record = client.get_metadata([METADATA_KEY, job_id])
-    # The plot (matplotlib's import, a pass over the data) is still to come.
-    assert record["state"] == "running" and not Path(out["plot"]).exists(), record
+    # The model and the plot (matplotlib's import, a pass over the data) take a second more:
+    # the job has not ended (whether the plot exists yet does not matter to the rerun).
+    assert record["state"] == "running", record
     assert record["claimed"] == {url: False for url in out.values()}
     victim = record["worker"]
     cluster.kill(victim)
