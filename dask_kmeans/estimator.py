@@ -413,11 +413,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         """Lazily standardised input, and the persist policy to use with it."""
         Xd, wd = Xv, weights
         if not lazy:
-            # On a cluster the chunks are persisted there (NumPy input is held in memory):
-            # a graph holding the array would carry it to the workers at every pass.
-            client = R.active_client()
+            # With persist=False, on a cluster, the raw chunks are persisted there (NumPy
+            # input is held in memory anyway): a graph holding the array would carry it to
+            # the workers at every pass. Otherwise the scaled chunks are persisted, and the
+            # raw ones would be a second copy for the whole fit.
+            client = R.active_client() if self.persist is False else None
             rows = R.target_row_chunks(Xv.shape[0], Xv.shape[1] * Xv.itemsize,
-                                       R.total_threads(client))
+                                       R.total_threads(R.active_client()))
             Xd, wd = R.numpy_chunks(Xv, weights, rows, client)
         if wd is not None and not isinstance(wd, da.Array):
             wd = da.from_array(wd, chunks=(Xd.chunks[0],))

@@ -666,6 +666,35 @@ def test_numpy_input_goes_to_the_workers_once(kw, local_cluster_client):
     np.testing.assert_array_equal(km.labels_, local.labels_)
 
 
+def test_standardised_numpy_input_is_held_once_on_the_workers(local_cluster_client):
+    """standardize=True persists the scaled chunks; the raw chunks are persisted too only
+    with persist=False (where they are all the workers hold). Persisting both kept two
+    copies of the data on the workers for the whole fit."""
+    client = local_cluster_client
+    X = np.random.default_rng(0).normal(size=(200_000, 8))
+    held = []
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("iteration ") and not held:
+                held.append(client.run_on_scheduler(lambda dask_scheduler: sum(
+                    ts.nbytes for ts in dask_scheduler.tasks.values()
+                    if ts.state == "memory")))
+
+    logger = logging.getLogger("dask_kmeans")
+    watch = Watch()
+    logger.addHandler(watch)
+    try:
+        for persist in (True, False):
+            held.clear()
+            with client.as_current():
+                KMeans(4, standardize=True, persist=persist, random_state=0, max_iter=2,
+                       verbose=True).fit(X)
+            assert held and held[0] < 1.3 * X.nbytes, (persist, held, X.nbytes)
+    finally:
+        logger.removeHandler(watch)
+
+
 def test_public_names_match_the_lazy_exports():
     import dask_kmeans
 
