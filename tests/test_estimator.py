@@ -666,6 +666,8 @@ def test_numpy_input_goes_to_the_workers_once(kw, local_cluster_client):
     np.testing.assert_array_equal(km.labels_, local.labels_)
 
 
+# The graph holding the array goes to the cluster for the moments, then for the persist.
+@pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")
 def test_standardised_numpy_input_is_held_once_on_the_workers(local_cluster_client):
     """standardize=True persists the scaled chunks; the raw chunks are persisted too only
     with persist=False (where they are all the workers hold). Persisting both kept two
