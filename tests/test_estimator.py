@@ -676,12 +676,14 @@ def test_standardised_numpy_input_is_held_once_on_the_workers(local_cluster_clie
     X = np.random.default_rng(0).normal(size=(200_000, 8))
     held = []
 
+    def in_memory():  # bytes the workers hold, as the scheduler counts them
+        return client.run_on_scheduler(lambda dask_scheduler: sum(
+            ts.nbytes for ts in dask_scheduler.tasks.values() if ts.state == "memory"))
+
     class Watch(logging.Handler):
         def emit(self, record):
             if record.getMessage().startswith("iteration ") and not held:
-                held.append(client.run_on_scheduler(lambda dask_scheduler: sum(
-                    ts.nbytes for ts in dask_scheduler.tasks.values()
-                    if ts.state == "memory")))
+                held.append(in_memory() - before)  # less what other tests left
 
     logger = logging.getLogger("dask_kmeans")
     watch = Watch()
@@ -689,6 +691,7 @@ def test_standardised_numpy_input_is_held_once_on_the_workers(local_cluster_clie
     try:
         for persist in (True, False):
             held.clear()
+            before = in_memory()
             with client.as_current():
                 KMeans(4, standardize=True, persist=persist, random_state=0, max_iter=2,
                        verbose=True).fit(X)
