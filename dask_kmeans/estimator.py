@@ -413,14 +413,17 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         """Lazily standardised input, and the persist policy to use with it."""
         Xd, wd = Xv, weights
         if not lazy:
-            # With persist=False, on a cluster, the raw chunks are persisted there (NumPy
-            # input is held in memory anyway): a graph holding the array would carry it to
-            # the workers at every pass. Otherwise the scaled chunks are persisted, and the
-            # raw ones would be a second copy for the whole fit.
-            client = R.active_client() if self.persist is False else None
+            # On a cluster, when the scaled chunks will not be persisted (persist=False, or
+            # "auto" and beyond the memory budget), the raw ones are (NumPy input is held in
+            # memory anyway): a graph holding the array would carry it to the workers at
+            # every pass. Otherwise the scaled chunks are, and the raw ones would be a
+            # second copy for the whole fit.
+            client = R.active_client()
+            scaled_persisted = self.persist is True or (
+                self.persist == "auto" and Xv.nbytes <= R.memory_budget(client))
             rows = R.target_row_chunks(Xv.shape[0], Xv.shape[1] * Xv.itemsize,
-                                       R.total_threads(R.active_client()))
-            Xd, wd = R.numpy_chunks(Xv, weights, rows, client)
+                                       R.total_threads(client))
+            Xd, wd = R.numpy_chunks(Xv, weights, rows, None if scaled_persisted else client)
         if wd is not None and not isinstance(wd, da.Array):
             wd = da.from_array(wd, chunks=(Xd.chunks[0],))
         # Moments about the first row, which is near the data: about 0, E[x^2] - E[x]^2

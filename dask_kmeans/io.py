@@ -1618,9 +1618,21 @@ def _listed_names(loc: _Location) -> list[str]:
     return [p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.ls(loc.path, detail=False)]
 
 
+def remove_exactly(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Remove the file or the directory tree at ``path`` itself. fsspec's ``rm`` takes
+    ``[``, ``*`` and ``?`` in a path for a glob on object stores (``out/t[1].csv`` removed
+    ``out/t1.csv``): such paths are removed file by file, as listed."""
+    if isinstance(fs, LocalFileSystem) or not glob.has_magic(path):
+        fs.rm(path, recursive=True)
+        return
+    files = fs.find(path) if fs.isdir(path) else []
+    for name in files or [path]:
+        fs.rm_file(name)
+
+
 def _remove_quietly(loc: _Location, path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        loc.fs.rm(path, recursive=True)
+        remove_exactly(loc.fs, path)
 
 
 class _Commit:

@@ -57,7 +57,7 @@ from .cluster import (
     load_cluster_config,
     validate_cluster_config,
 )
-from .io import check_label_keys, secret_values, strip_credentials
+from .io import check_label_keys, remove_exactly, secret_values, strip_credentials
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -641,8 +641,13 @@ class _Claims:
     or half written (:func:`_remove_earlier_outputs`), and nothing else."""
 
     def __init__(self, earlier: Mapping[str, bool], note: Callable[[dict], None]):
+        self.earlier = dict(earlier)
         self.noted = dict(earlier)
         self._note = note
+
+    def before(self, url: str) -> bool | None:
+        """Whether something was at ``url`` before the job (None: no earlier claim)."""
+        return self.earlier.get(strip_credentials(url))
 
     def claim(self, existed: Mapping[str, bool]) -> None:
         new = {strip_credentials(url): was for url, was in existed.items()
@@ -759,7 +764,9 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
     existed = {}
     for url in filter(None, urls):
         fs, path = fsspec.core.url_to_fs(url, **_output_options(url, job))
-        existed[url] = (fs, path, fs.exists(path))
+        # In a rerun, what was there before the job, not what the dead attempt left.
+        before = claims.before(url) if claims is not None else None
+        existed[url] = (fs, path, fs.exists(path) if before is None else before)
     if claims is not None:
         claims.claim({url: was for url, (_, _, was) in existed.items()})
     written: list[str] = []
@@ -775,7 +782,7 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
             fs, path, was_there = existed[url]
             if not was_there:
                 with contextlib.suppress(Exception):
-                    fs.rm(path, recursive=True)
+                    remove_exactly(fs, path)
         raise
 
 
@@ -1160,20 +1167,23 @@ def _run_submitted(spec: dict[str, Any], job_id: str, record: dict[str, Any],
 
 
 def _remove_earlier_outputs(spec: Mapping[str, Any], claimed: Mapping[str, bool]) -> None:
-    """Remove what a job's earlier attempt, whose worker died, may have written where
-    nothing was before the job, whole or half written (best effort: what cannot be removed
-    stays, and its rerun then stops at it as at any existing output)."""
+    """Remove what a job's earlier attempt, whose worker died, may have written, whole or
+    half written (a model directory without its marker is refused even with overwrite):
+    where nothing was before the job, or anywhere with ``output.overwrite``, which lets
+    the job replace what was there. Best effort: what cannot be removed stays, and the
+    rerun then stops at it as at any existing output (without overwrite)."""
     import fsspec
 
     job = spec["job"]
     out = job["output"]
     for name in ("model", "labels", "plot", "table"):
         url = out.get(name)
-        if url and claimed.get(strip_credentials(url)) is False:
+        before = claimed.get(strip_credentials(url)) if url else None
+        if before is False or (before is True and out["overwrite"]):
             with contextlib.suppress(Exception):
                 fs, path = fsspec.core.url_to_fs(url, **_output_options(url, job))
                 if fs.exists(path):
-                    fs.rm(path, recursive=True)
+                    remove_exactly(fs, path)
 
 
 def _task_state(client: Client, key: str) -> tuple[str | None, str | None] | None:

@@ -666,6 +666,23 @@ def test_numpy_input_goes_to_the_workers_once(kw, local_cluster_client):
     np.testing.assert_array_equal(km.labels_, local.labels_)
 
 
+def test_standardised_numpy_input_beyond_the_budget_goes_to_the_workers_once(
+        local_cluster_client, monkeypatch):
+    """persist="auto" with data beyond the memory budget persists neither the scaled chunks
+    nor (before) the raw ones: the graph holding the array went to the workers at every
+    pass (30 large-graph warnings, against 1; from a review)."""
+    from dask_kmeans import _runtime as R
+
+    monkeypatch.setattr(R, "memory_budget", lambda client=None: 1e6)
+    X = np.random.default_rng(0).normal(size=(300_000, 8))  # 19 MB
+    with warnings.catch_warnings(record=True) as caught, local_cluster_client.as_current():
+        warnings.simplefilter("always")
+        km = KMeans(5, standardize=True, random_state=0, max_iter=5, tol=0).fit(X)
+    assert len([c for c in caught if "large graph" in str(c.message)]) <= 1
+    local = KMeans(5, standardize=True, random_state=0, max_iter=5, tol=0).fit(X)
+    np.testing.assert_allclose(km.cluster_centers_, local.cluster_centers_, rtol=1e-9)
+
+
 # The graph holding the array goes to the cluster for the moments, then for the persist.
 @pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")
 def test_standardised_numpy_input_is_held_once_on_the_workers(local_cluster_client):

@@ -1543,3 +1543,20 @@ def test_a_part_is_read_a_row_group_at_a_time(tmp_path, step, code, most):
     peak, rows = map(int, out.stdout.split())
     assert rows == len(X)
     assert peak < most * X.nbytes, (peak, X.nbytes)
+
+
+def test_removing_an_output_whose_name_looks_like_a_glob_removes_it_alone(s3_bucket):
+    """fsspec's rm takes [, * and ? for a glob on object stores: removing out/t[1].csv
+    removed out/t1.csv and kept itself, and sweep-*.csv removed every sweep table (from a
+    review of job reruns)."""
+    from dask_kmeans.io import remove_exactly
+
+    fs = s3_bucket.fs
+    for name in ("t1.csv", "t[1].csv", "sweep-1.csv", "sweep-*.csv", "d1/a", "d[1]/a",
+                 "d[1]/b"):
+        fs.pipe_file(s3_bucket.path("out", name), b"x")
+    for name in ("t[1].csv", "sweep-*.csv", "d[1]"):
+        remove_exactly(fs, s3_bucket.path("out", name))
+    fs.invalidate_cache()
+    left = sorted(p.rsplit("/out/", 1)[1] for p in fs.find(s3_bucket.path("out")))
+    assert left == ["d1/a", "sweep-1.csv", "t1.csv"]

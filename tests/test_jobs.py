@@ -979,6 +979,19 @@ def test_submit_runs_the_job_on_the_cluster(local_store, client, monkeypatch):
         job_status("fit-000000000000", client)
 
 
+def _fit_with_labels(store, overwrite=False):
+    """A validated fit spec writing a model and labels into ``store``, and their URLs."""
+    url, _ = write_dataset(store, n=900)
+    model, labels = store.url("model"), store.url("labels")
+    spec = validate_job(fit_spec(url, input={"url": url, "columns": FEATURES,
+                                             "key_columns": ["customer_id"],
+                                             "storage_options": store.storage_options},
+                                 params={"n_clusters": 3, "random_state": 0},
+                                 output={"model": model, "labels": labels,
+                                         "overwrite": overwrite}))
+    return spec, model, labels
+
+
 def test_a_rerun_replaces_only_the_outputs_its_earlier_attempt_noted(local_store, client):
     """When a job's worker dies, the scheduler runs the job task again with the same id.
     That attempt first removes what the earlier one noted in the record before writing
@@ -990,13 +1003,7 @@ def test_a_rerun_replaces_only_the_outputs_its_earlier_attempt_noted(local_store
     one)."""
     from dask_kmeans.jobs import METADATA_KEY, _for_cluster, _run_submitted, run_job
 
-    url, _ = write_dataset(local_store, n=900)
-    model, labels = local_store.url("model"), local_store.url("labels")
-    spec = validate_job(fit_spec(url, input={"url": url, "columns": FEATURES,
-                                             "key_columns": ["customer_id"],
-                                             "storage_options": local_store.storage_options},
-                                 params={"n_clusters": 3, "random_state": 0},
-                                 output={"model": model, "labels": labels}))
+    spec, model, labels = _fit_with_labels(local_store)
     write_both = validate_job({"job": {**spec["job"],
                                        "output": {**spec["job"]["output"], "overwrite": True}}})
     run_job(write_both)  # both outputs exist, as a dead attempt would leave them
@@ -1041,6 +1048,47 @@ def test_a_rerun_replaces_only_the_outputs_its_earlier_attempt_noted(local_store
     record = attempt("fit-first", "submitted", {})
     assert record["state"] == "failed" and record["attempts"] == 1 and record["claimed"] == {}
     assert there(labels) and there(model)
+
+
+def test_a_rerun_with_overwrite_removes_what_its_dead_attempt_half_replaced(local_store,
+                                                                            client):
+    """With output.overwrite, a model there before the job and half replaced by the dead
+    attempt (no marker) was refused by the rerun even with overwrite: the job may replace
+    it, so the rerun removes it first (from a review)."""
+    from dask_kmeans.jobs import METADATA_KEY, _for_cluster, _run_submitted, run_job
+
+    spec, model, labels = _fit_with_labels(local_store, overwrite=True)
+    run_job(spec)
+    local_store.fs.rm(local_store.path("model", "_SUCCESS"))
+    record = {"job_id": "fit-overwrite", "kind": "fit", "state": "submitted"}
+    client.set_metadata([METADATA_KEY, "fit-overwrite"],
+                        {**record, "state": "running", "claimed": {labels: True, model: True}})
+    client.submit(_run_submitted, _for_cluster(spec), "fit-overwrite", record, None,
+                  pure=False).result()
+    record = client.get_metadata([METADATA_KEY, "fit-overwrite"])
+    assert record["state"] == "finished" and record["attempts"] == 2, record
+    assert dk.load(model).n_clusters == 3
+
+
+def test_a_failed_rerun_removes_its_outputs_where_nothing_was_before_the_job(local_store):
+    """What was there before the job is what its first attempt noted, not what the dead
+    attempt left: a rerun that failed after writing over a leftover it could not remove
+    took the leftover for a previous output and kept its own (from a review)."""
+    from dask_kmeans.jobs import _CLAIMS, _Claims, _new_outputs_undone
+
+    labels = local_store.url("labels")
+    local_store.fs.makedirs(local_store.path("labels"), exist_ok=True)
+    local_store.fs.pipe_file(local_store.path("labels", "part-0.parquet"), b"left over")
+    job = {"input": {"url": labels, "storage_options": local_store.storage_options},
+           "output": {"storage_options": None}}
+    token = _CLAIMS.set(_Claims({labels: False}, lambda claimed: None))
+    try:
+        with pytest.raises(RuntimeError), _new_outputs_undone(job, [labels]) as made:
+            made(labels, labels)
+            raise RuntimeError("the model save failed")
+    finally:
+        _CLAIMS.reset(token)
+    assert not local_store.fs.exists(local_store.path("labels"))
 
 
 def test_the_scheduler_keeps_the_most_recently_ended_job_records():
