@@ -411,19 +411,20 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
     def _standardized(self, Xv, weights, lazy: bool):
         """Lazily standardised input, and the persist policy to use with it."""
-        Xd, wd = Xv, weights
+        Xd, wd, persist = Xv, weights, self.persist
         if not lazy:
-            # On a cluster, when the scaled chunks will not be persisted (persist=False, or
-            # "auto" and beyond the memory budget), the raw ones are (NumPy input is held in
-            # memory anyway): a graph holding the array would carry it to the workers at
-            # every pass. Otherwise the scaled chunks are, and the raw ones would be a
-            # second copy for the whole fit.
             client = R.active_client()
-            scaled_persisted = self.persist is True or (
-                self.persist == "auto" and Xv.nbytes <= R.memory_budget(client))
+            if client is None:  # on local threads: scaled chunk by chunk at every pass,
+                persist = False  # not held as a scaled copy
+            elif persist == "auto":  # decided here, for the raw chunks and the scaled ones
+                persist = Xv.nbytes <= R.memory_budget(client)
+            # On a cluster, when the scaled chunks will not be persisted, the raw ones are
+            # (NumPy input is held in memory anyway): a graph holding the array would carry
+            # it to the workers at every pass. Otherwise the scaled chunks are, and the raw
+            # ones would be a second copy for the whole fit.
             rows = R.target_row_chunks(Xv.shape[0], Xv.shape[1] * Xv.itemsize,
                                        R.total_threads(client))
-            Xd, wd = R.numpy_chunks(Xv, weights, rows, None if scaled_persisted else client)
+            Xd, wd = R.numpy_chunks(Xv, weights, rows, None if persist else client)
         if wd is not None and not isinstance(wd, da.Array):
             wd = da.from_array(wd, chunks=(Xd.chunks[0],))
         # Moments about the first row, which is near the data: about 0, E[x^2] - E[x]^2
@@ -442,11 +443,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         std = np.sqrt(np.maximum(sq - mean**2, 0.0))
         self.feature_mean_ = first.astype(np.float64) + mean
         self.feature_scale_ = np.where(std > 0, std, 1.0)
-        scaled = self._scale(Xd)
-        # NumPy input on local threads: scale chunk by chunk at every pass
-        # rather than hold a scaled copy; elsewhere follow ``persist``.
-        persist = False if (not lazy and R.active_client() is None) else self.persist
-        return scaled, wd, persist
+        return self._scale(Xd), wd, persist
 
     def _scale(self, X):
         if not hasattr(self, "feature_mean_"):
