@@ -948,6 +948,22 @@ def farthest(
     return out[np.isfinite(out[:, 0])]
 
 
+def _same_point_radius(centers: np.ndarray) -> float:
+    """How far apart two points may be and still be the same point, for these centres:
+    ``max(16 eps, 1e-10)`` times the largest centre norm (``eps`` of their dtype)."""
+    eps = np.finfo(centers.dtype).eps if centers.dtype.kind == "f" else np.finfo(float).eps
+    c = centers.astype(np.float64)
+    return max(16 * eps, 1e-10) * float(np.sqrt(np.einsum("ij,ij->i", c, c).max()))
+
+
+def on_centre_distance(centers: np.ndarray, metric: str = "euclidean") -> float:
+    """The distance, as :func:`farthest` gives it (squared; ``1 - cos`` for "cosine"), up
+    to which a row sits on its centre (see :func:`count_distinct`): an empty cluster
+    moved onto it would only double that centre (:func:`relocate_empty`)."""
+    r = _same_point_radius(np.asarray(centers))
+    return r * r * (0.5 if metric == "cosine" else 1.0)
+
+
 def count_distinct(centers: np.ndarray) -> int:
     """How many of ``centers`` are distinct, those that differ only by rounding counting
     once: a centre that is the mean of many copies of a point and another that is the
@@ -961,9 +977,8 @@ def count_distinct(centers: np.ndarray) -> int:
     k = centers.shape[0]
     if k < 2:
         return k
-    eps = np.finfo(centers.dtype).eps if centers.dtype.kind == "f" else np.finfo(float).eps
     c = centers.astype(np.float64)
-    tol = max(16 * eps, 1e-10) * np.sqrt(np.einsum("ij,ij->i", c, c).max())
+    tol = _same_point_radius(centers)
     cs = c - c.mean(axis=0)
     sq = np.einsum("ij,ij->i", cs, cs)
     same = np.zeros(k, dtype=bool)  # a copy of a centre before it
@@ -981,7 +996,7 @@ def count_distinct(centers: np.ndarray) -> int:
 
 
 def relocate_empty(
-    sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray
+    sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray, on_centre: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Move each empty cluster onto one of the rows farthest from its centre.
 
@@ -989,6 +1004,13 @@ def relocate_empty(
     contribution is removed from that cluster's sums) and becomes the only
     member of the empty one. ``candidates`` is the output of :func:`farthest`
     for all chunks, concatenated.
+
+    Unlike scikit-learn, a row at most ``on_centre`` from its centre (see
+    :func:`on_centre_distance`) is not taken: a centre moved onto it would
+    double that centre, take its rows on the tie by the lower index and leave
+    the other twin empty, to be moved again at the next iteration, and so on
+    to ``max_iter`` with fewer distinct rows than clusters. Such a cluster
+    stays empty and keeps its centre.
 
     Returns
     -------
@@ -1002,6 +1024,8 @@ def relocate_empty(
     order = np.lexsort((candidates[:, 1], -candidates[:, 0]))
     left = np.zeros(len(counts), dtype=bool)
     for cluster, row in zip(empty, candidates[order], strict=False):
+        if row[0] <= on_centre:  # so are the rows after it
+            break
         old = int(row[2])
         w = row[3]
         point = row[4:]

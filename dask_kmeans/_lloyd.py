@@ -64,7 +64,8 @@ def _step(X, sample_weight, centers, partials, metric):
     if n_empty:
         (cand,) = compute(G.farthest(X, centers, sample_weight, n_empty,
                                      metric))
-        sums, counts = K.relocate_empty(sums, counts, cand)
+        sums, counts = K.relocate_empty(sums, counts, cand,
+                                        K.on_centre_distance(centers, metric))
     new_centers = K.finalize_centers(sums, counts, centers, metric)
     shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
     return new_centers, shift, n_empty

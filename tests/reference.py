@@ -2,7 +2,8 @@
 
 Same semantics as dask_kmeans: scikit-learn's tolerance (tol * mean feature
 variance, compared with the squared shift of all centres), empty clusters
-relocated onto the rows farthest from their centres (ties by lower row index),
+relocated onto the rows farthest from their centres (ties by lower row index; never onto
+a row that sits on a centre, to rounding: see ``on_centre``),
 and a final assignment so labels and inertia agree with the final centres.
 """
 
@@ -43,8 +44,17 @@ def partials(X, C, w=None):
     return sums, counts, inertia, labels, mind
 
 
+def on_centre(C, dtype) -> float:
+    """How near (not squared) a row is to a centre to sit on it: within rounding of the
+    largest centre's norm (16 eps of the data's dtype, at least 1e-10 of it). An empty
+    cluster is not moved onto such a row (it would only double that centre)."""
+    eps = np.finfo(dtype).eps if np.dtype(dtype).kind == "f" else np.finfo(float).eps
+    return max(16 * eps, 1e-10) * float(np.sqrt((np.asarray(C, np.float64) ** 2).sum(1).max()))
+
+
 def lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
     """Returns (centers, labels, inertia, n_iter), all float64."""
+    dtype = np.asarray(X).dtype
     X = np.asarray(X, dtype=np.float64)
     w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
     tol_abs = float(np.mean(np.var(X, axis=0)) * tol)
@@ -57,6 +67,8 @@ def lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
         order = np.lexsort((np.arange(len(X)), -np.where(w > 0, mind, -np.inf)))
         moved = np.zeros(len(X), dtype=bool)
         for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
+            if np.sqrt(mind[far]) <= on_centre(C, dtype):
+                break  # every row left sits on a centre: the empty cluster stays
             old = labels[far]
             sums[old] -= w[far] * X[far]
             counts[old] -= w[far]
@@ -86,6 +98,7 @@ def spherical_lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
     ``1 - cos`` (lower index first on ties); tol is relative to the mean
     variance of the unit rows.
     """
+    dtype = np.asarray(X).dtype
     X = np.asarray(X, dtype=np.float64)
     U = X / np.linalg.norm(X, axis=1, keepdims=True)
     w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
@@ -104,6 +117,9 @@ def spherical_lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
             counts[j] = w[labels == j].sum()
         order = np.lexsort((np.arange(len(U)), -np.where(w > 0, dist, -np.inf)))
         for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
+            # On its centre? By the difference (1 - cos loses ~1e-16 to cancellation).
+            if np.sqrt(((U[far] - C[labels[far]]) ** 2).sum()) <= on_centre(C, dtype):
+                break
             sums[labels[far]] -= w[far] * U[far]
             counts[labels[far]] -= w[far]
             sums[j] = w[far] * U[far]

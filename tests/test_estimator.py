@@ -409,6 +409,36 @@ def test_fewer_distinct_points_than_clusters_warns_and_stays_finite():
     assert np.all(np.isfinite(km.cluster_centers_))
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("persist", [None, True, False])
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random", "array"])
+def test_fewer_distinct_rows_than_clusters_converge_at_once(metric, persist, init,
+                                                           monkeypatch):
+    """4 distinct rows (coded or categorical data), 6 clusters: the empty clusters were
+    moved onto rows that sit on a centre at every iteration, took those rows on the tie,
+    left the other twin empty, and the fit ran to max_iter (300 iterations, two passes
+    each, where scikit-learn takes 1-8)."""
+    rng = np.random.default_rng(15)
+    X = rng.normal(size=(4, 3))[rng.integers(0, 4, 2000)] + 0.5
+    C0 = X[:6] if init == "array" else init  # rows 0-5: repeated rows among them
+    Xin = X if persist is None else da.from_array(X, chunks=(300, 3))
+    kw = {} if persist is None else {"persist": persist}
+    started, initial = [], KMeans._initial_centers
+    monkeypatch.setattr(KMeans, "_initial_centers",
+                        lambda *a: started.append(initial(*a)) or started[-1])
+    with pytest.warns(ConvergenceWarning, match="distinct clusters"):
+        km = KMeans(6, init=C0, n_init=1, random_state=0, metric=metric, **kw).fit(Xin)
+    assert km.n_iter_ <= 3
+    lloyd = ref.lloyd if metric == "euclidean" else ref.spherical_lloyd
+    C, labels, inertia, n_iter = lloyd(X, started[0])
+    _close(km.cluster_centers_, C, np.float64)
+    assert km.n_iter_ == n_iter
+    # Twin centres may differ by rounding, which then decides between them: each row's
+    # centre is the same point.
+    _close(km.cluster_centers_[np.asarray(km.labels_)], C[labels], np.float64)
+    assert km.inertia_ == pytest.approx(inertia, abs=1e-9)
+
+
 @pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("lazy", [False, True])

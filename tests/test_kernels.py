@@ -277,6 +277,27 @@ def test_relocate_empty_takes_farthest_rows_in_order():
     assert np.all(np.isfinite(new))
 
 
+def test_relocation_never_puts_a_centre_on_a_row_that_sits_on_one():
+    """Every row sits on a centre (to rounding): an empty cluster moved onto one only
+    doubled that centre, took its rows on the tie by the lower index, emptied the other,
+    and so on at every iteration (fits with fewer distinct rows than clusters ran to
+    max_iter). It keeps its centre instead; rows off every centre still refill it."""
+    X = np.repeat(np.array([[0.1], [0.7]]), 3, axis=0)
+    C = np.array([[0.1], [0.7 * (1 + 2**-52)], [5.0]])  # row 1 sits on centre 1, to rounding
+    p = K.lloyd_partials(X, C)
+    cand = K.farthest(X, C, None, 1, offset=0)
+    assert 0.0 < cand[0, 0] < 1e-30  # the farthest row, on its centre
+    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.on_centre_distance(C))
+    np.testing.assert_array_equal(counts, [3, 3, 0])
+    np.testing.assert_array_equal(K.finalize_centers(sums, counts, C)[2], [5.0])
+    X[5] = 0.8  # now off every centre: it refills the empty cluster
+    cand = K.farthest(X, C, None, 1, offset=0)
+    p = K.lloyd_partials(X, C)
+    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.on_centre_distance(C))
+    np.testing.assert_array_equal(counts, [3, 2, 1])
+    np.testing.assert_array_equal(K.finalize_centers(sums, counts, C)[2], [0.8])
+
+
 def test_relocation_that_takes_every_row_of_a_weighted_cluster_leaves_it_empty():
     """Rows of weights 0.1 and 0.2, cluster 1's only members, refill clusters 2 and 3:
     0.1 + 0.2 - 0.1 - 0.2 left a residue of ~1e-17, and residue / residue (-64 here,

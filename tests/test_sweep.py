@@ -29,6 +29,18 @@ def test_sweep_matches_separate_fits_and_suggests_the_true_k():
     assert all(a >= b for a, b in zip(res.inertias, res.inertias[1:], strict=False))
 
 
+@pytest.mark.filterwarnings("ignore:Number of distinct clusters")
+def test_a_sweep_past_the_distinct_rows_stops_each_k_at_once():
+    """Ks beyond the 4 distinct rows ran to max_iter, each empty cluster moved onto a row
+    sitting on a centre at every iteration (see test_estimator's
+    test_fewer_distinct_rows_than_clusters_converge_at_once)."""
+    rng = np.random.default_rng(15)
+    X = rng.normal(size=(4, 3))[rng.integers(0, 4, 2000)]
+    res = dk.sweep(da.from_array(X, chunks=500), [3, 4, 6, 8], random_state=0)
+    assert max(res.n_iter) <= 3, res.n_iter
+    np.testing.assert_allclose(res.inertias[1:], 0.0, atol=1e-9)
+
+
 def test_a_k_without_a_silhouette_scores_none_and_the_sweep_goes_on():
     """K equal to the rows, or a cluster the silhouette's sample misses, left one K
     without a silhouette: that raised after every model was fitted."""
