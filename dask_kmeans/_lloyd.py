@@ -58,17 +58,19 @@ def _check_finite(X, inertia: float) -> None:
 
 
 def _step(X, sample_weight, centers, partials, metric):
-    """New centres from summed partials, relocating empty clusters (an extra pass, rarely)."""
+    """New centres from summed partials, relocating empty clusters (an extra pass, rarely);
+    their shift, and how many clusters were empty and how many of those were moved."""
     sums, counts = partials.sums, partials.counts
-    n_empty = int(np.count_nonzero(counts == 0))
+    n_empty = n_moved = int(np.count_nonzero(counts == 0))
     if n_empty:
         (cand,) = compute(G.farthest(X, centers, sample_weight, n_empty,
                                      metric))
-        sums, counts = K.relocate_empty(sums, counts, cand,
-                                        K.on_centre_distance(centers, metric))
+        on_centre = K.on_centre_distance(centers, metric)
+        sums, counts = K.relocate_empty(sums, counts, cand, on_centre)
+        n_moved = min(n_empty, int(np.count_nonzero(cand[:, 0] > on_centre)))
     new_centers = K.finalize_centers(sums, counts, centers, metric)
     shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
-    return new_centers, shift, n_empty
+    return new_centers, shift, (n_empty, n_moved)
 
 
 def raise_zero_norm(X, n_zero: int):
@@ -140,14 +142,16 @@ def lloyd(
             check_weight_total(partials.counts.any())
         if with_moments:
             tol_abs = tolerance_from_moments(mom, tol)
-        new_centers, shift, n_empty = _step(X, sample_weight, centers, partials, metric)
+        new_centers, shift, (n_empty, n_moved) = _step(X, sample_weight, centers, partials,
+                                                       metric)
         centers = new_centers
         n_iter = it + 1
         if verbose:
             logger.info(
                 "iteration %d: inertia %.6g, center shift %.3g (tolerance %.3g), "
-                "%d empty clusters relocated, %.3f s",
-                n_iter, partials.inertia, shift, tol_abs, n_empty, time.perf_counter() - t0,
+                "%d empty clusters (%d relocated), %.3f s",
+                n_iter, partials.inertia, shift, tol_abs, n_empty, n_moved,
+                time.perf_counter() - t0,
             )
         converged = shift <= tol_abs
         emit("iteration", n_iter, max_iter, inertia=partials.inertia, shift=shift, tol=tol_abs,

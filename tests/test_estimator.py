@@ -512,6 +512,17 @@ def test_verbose_logs_one_line_per_iteration(data, caplog):
     assert "inertia" in lines[0] and "center shift" in lines[0]
 
 
+def test_verbose_tells_empty_clusters_from_relocated_ones(caplog):
+    """Empty clusters that stay (every row sits on a centre) are not called relocated."""
+    X = np.repeat(np.array([[0.0, 1.0], [2.0, 3.0]]), 5, axis=0)
+    C0 = np.array([[0.0, 1.0], [2.0, 3.0], [0.0, 1.0]])
+    with caplog.at_level(logging.INFO, logger="dask_kmeans"), \
+            pytest.warns(ConvergenceWarning, match="distinct clusters"):
+        KMeans(3, init=C0, verbose=1).fit(X)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration")]
+    assert len(lines) == 1 and "1 empty clusters (0 relocated)" in lines[0], lines
+
+
 def test_on_a_process_local_cluster(client, data):
     X, C0 = data
     Xd = da.from_array(X, chunks=(1000, 6))
