@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import os
+import sys
 import uuid
 import warnings
 
@@ -155,12 +157,66 @@ def _frame_float_dtype(dtypes) -> np.dtype:
     return _float_dtype(np.result_type(*base)) if base else np.dtype(np.float64)
 
 
+def _frame_names(columns) -> np.ndarray | None:
+    """Column names as scikit-learn keeps them (``feature_names_in_``): when all are
+    strings; None when none is; names of mixed types refused, as scikit-learn refuses them
+    in pandas input."""
+    columns = list(columns)
+    strings = sum(isinstance(c, str) for c in columns)
+    if columns and strings == len(columns):
+        return np.asarray(columns, dtype=object)
+    if strings:
+        types = sorted({type(c).__name__ for c in columns})
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, but "
+            f"your input has {types} as feature name / column name types. If you want feature "
+            "names to be stored and validated, you must convert them all to strings, by using "
+            "X.columns = X.columns.astype(str) for example. Otherwise you can remove feature / "
+            "column names from your input data, or convert them all to a non-string data type.")
+    return None
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_SKLEARN = os.sep + "sklearn" + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` at which a warning raised by the function calling this one
+    points at the first caller outside this package and scikit-learn's wrappers
+    (``set_output``'s around ``transform``), however deep the call."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
+                                 or _SKLEARN in frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_names(est, names) -> None:
+    """scikit-learn's checks of the feature names at predict time, for dask input."""
+    fitted = getattr(est, "feature_names_in_", None)
+    if names is None and fitted is None:
+        return
+    if names is None:
+        warnings.warn(f"X does not have valid feature names, but {type(est).__name__} was "
+                      "fitted with feature names", UserWarning, stacklevel=_caller_stacklevel())
+    elif fitted is None:
+        warnings.warn(f"X has feature names, but {type(est).__name__} was fitted without "
+                      "feature names", UserWarning, stacklevel=_caller_stacklevel())
+    elif list(fitted) != list(names):
+        missing = [c for c in fitted if c not in list(names)]
+        extra = [c for c in names if c not in list(fitted)]
+        detail = "".join([f" Missing: {missing}." if missing else "",
+                          f" Not seen at fit time: {extra}." if extra else ""])
+        raise ValueError("The feature names should match those that were passed during fit, "
+                         f"in the same order: expected {list(fitted)}, got {list(names)}."
+                         + detail)
+
+
 def _check_dask(est, X, *, reset: bool) -> da.Array:
     names = None
     if _is_dask_frame(X):
         _numeric_or_raise(list(X.columns), list(X.dtypes))
-        if all(isinstance(c, str) for c in X.columns):
-            names = np.asarray(list(X.columns), dtype=object)
+        names = _frame_names(X.columns)
         dtype = _frame_float_dtype(X.dtypes)
         if any(t != dtype for t in X.dtypes):
             # Cast the columns first: pandas' nullable dtypes (Int64, Float64, boolean) would
@@ -185,15 +241,7 @@ def _check_dask(est, X, *, reset: bool) -> da.Array:
         elif hasattr(est, "feature_names_in_"):
             del est.feature_names_in_
     else:
-        fitted = getattr(est, "feature_names_in_", None)
-        if fitted is not None and names is not None and list(fitted) != list(names):
-            missing = [c for c in fitted if c not in list(names)]
-            extra = [c for c in names if c not in list(fitted)]
-            detail = "".join([f" Missing: {missing}." if missing else "",
-                              f" Not seen at fit time: {extra}." if extra else ""])
-            raise ValueError("The feature names should match those that were passed during fit, "
-                             f"in the same order: expected {list(fitted)}, got {list(names)}."
-                             + detail)
+        _check_names(est, names)
         if X.shape[1] != est.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but KMeans is expecting "
                              f"{est.n_features_in_} features as input.")

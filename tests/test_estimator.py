@@ -335,6 +335,44 @@ def test_pandas_and_dask_dataframes_record_feature_names(data):
         lazy.predict(ddf[cols[::-1]])
 
 
+def test_dask_input_gets_sklearns_feature_name_checks(data):
+    """Dask input skipped them: names at predict time and none at fit, or the other way
+    round, passed in silence, and mixed str/int column names were taken as no names."""
+    import warnings
+
+    import dask.dataframe as dd
+
+    X, C0 = data
+    cols = [f"f{i}" for i in range(6)]
+    ddf = dd.from_pandas(pd.DataFrame(X, columns=cols), npartitions=3)
+    Xd = da.from_array(X, chunks=1000)
+    named, plain = KMeans(5, init=C0).fit(ddf), KMeans(5, init=C0).fit(X)
+    sk_named = SKKMeans(5, init=C0, n_init=1).fit(pd.DataFrame(X, columns=cols))
+    with pytest.warns(UserWarning, match="X does not have valid feature names, but KMeans "
+                                         "was fitted with feature names"):
+        sk_named.predict(X)  # scikit-learn's own words
+    for model, other in ((named, Xd), (plain, ddf)):
+        pattern = ("X does not have valid feature names, but KMeans was fitted with feature "
+                   "names") if model is named else \
+            "X has feature names, but KMeans was fitted without feature names"
+        with pytest.warns(UserWarning, match=pattern) as record:
+            labels = model.predict(other)
+        assert record[0].filename == __file__  # the caller's line
+        np.testing.assert_array_equal(labels.compute(), plain.labels_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        named.predict(ddf).compute()
+        plain.predict(Xd).compute()
+        KMeans(5, init=C0).fit(ddf.rename(columns={c: i for i, c in enumerate(cols)}))
+    mixed = ddf.rename(columns={"f0": 0})
+    for fit in (lambda: KMeans(5, init=C0).fit(mixed), lambda: named.predict(mixed)):
+        with pytest.raises(TypeError, match=r"only supported if all input features have "
+                                            r"string names.*\['int', 'str'\]"):
+            fit()
+    with pytest.raises(TypeError, match=r"\['int', 'str'\]"):
+        SKKMeans(5, init=C0, n_init=1).fit(mixed.compute())
+
+
 def test_non_numeric_column_is_named():
     df = pd.DataFrame({"age": [1.0, 2.0, 3.0], "city": ["a", "b", "c"]})
     with pytest.raises(ValueError, match="'city'"):
