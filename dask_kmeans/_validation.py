@@ -107,7 +107,7 @@ def _lazy_array(X, name: str) -> da.Array:
     dask DataFrame or Series (``to_dask_array(lengths=True)``)."""
     if isinstance(X, da.Array):
         return X
-    if _is_dask_frame(X, series=True):
+    if is_dask_frame(X, series=True):
         return X.to_dask_array(lengths=True)
     if type(X).__module__.split(".")[0] == "xarray" and isinstance(getattr(X, "data", None),
                                                                    da.Array):
@@ -118,7 +118,7 @@ def _lazy_array(X, name: str) -> da.Array:
                      f"for a Bag).")
 
 
-def _is_dask_frame(X, *, series: bool = False) -> bool:
+def is_dask_frame(X, *, series: bool = False) -> bool:
     """Whether ``X`` is a dask DataFrame (or, with ``series``, also a dask Series or Index)."""
     try:
         import dask.dataframe as dd
@@ -214,7 +214,7 @@ def _check_names(est, names) -> None:
 
 def _check_dask(est, X, *, reset: bool) -> da.Array:
     names = None
-    if _is_dask_frame(X):
+    if is_dask_frame(X):
         _numeric_or_raise(list(X.columns), list(X.dtypes))
         names = _frame_names(X.columns)
         dtype = _frame_float_dtype(X.dtypes)
@@ -360,7 +360,7 @@ def check_sample_weight(sample_weight, X):
         sample_weight = np.full(n, float(sample_weight))
     if is_lazy(sample_weight):
         w = sample_weight
-        if _is_dask_frame(w, series=True) and w.ndim == 1:
+        if is_dask_frame(w, series=True) and w.ndim == 1:
             # A dask Series, kept lazy: as float64 first, so that a nullable dtype's missing
             # values become NaN (refused below, chunk by chunk) rather than objects.
             from pandas.api.types import is_bool_dtype, is_numeric_dtype

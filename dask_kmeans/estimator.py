@@ -33,7 +33,14 @@ from ._progress import emit
 logger = logging.getLogger("dask_kmeans")
 
 
-class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
+#: What ``set_output(transform=...)`` accepts, as in scikit-learn.
+OUTPUT_CONTAINERS = ("default", "pandas", "polars")
+
+
+# Not scikit-learn's wrapping of transform (auto_wrap_output_keys=None): it made a pandas
+# DataFrame of a dask result, computing the whole distance matrix into memory.
+class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator,
+             auto_wrap_output_keys=None):
     """K-means clustering whose Lloyd iterations are map-reduces over Dask chunks.
 
     Each iteration sends the current centres to every chunk once; every chunk
@@ -548,8 +555,58 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         """
         Xv = self._validated(X)
         if isinstance(Xv, da.Array):
-            return G.distances(Xv, self._working_centers(), metric=self.metric)
-        return G.transform_chunk(Xv, self._working_centers(), metric=self.metric)
+            out = G.distances(Xv, self._working_centers(), metric=self.metric)
+        else:
+            out = G.transform_chunk(Xv, self._working_centers(), metric=self.metric)
+        return self._output_container(out, X)
+
+    def set_output(self, *, transform=None):
+        """Set the container ``transform`` and ``fit_transform`` return, as scikit-learn's
+        ``set_output``: "default" (NumPy, or a dask array for dask input), "pandas" (a
+        pandas DataFrame; for dask input a lazy dask DataFrame, with the index of a dask
+        DataFrame input), "polars" (in-memory input only), or None (unchanged). Without
+        it, scikit-learn's ``transform_output`` setting applies.
+
+        Returns
+        -------
+        self
+        """
+        if transform is None:
+            return self
+        if transform not in OUTPUT_CONTAINERS:
+            raise ValueError(f"set_output(transform={transform!r}): expected one of "
+                             f"{list(OUTPUT_CONTAINERS)} or None.")
+        if not hasattr(self, "_sklearn_output_config"):
+            self._sklearn_output_config = {}
+        self._sklearn_output_config["transform"] = transform
+        return self
+
+    def _output_container(self, out, X):
+        """``transform``'s result in the container :meth:`set_output` chose."""
+        import sklearn
+
+        how = getattr(self, "_sklearn_output_config", {}).get(
+            "transform", sklearn.get_config()["transform_output"])
+        if how == "default":
+            return out
+        columns = list(self.get_feature_names_out())
+        if isinstance(out, da.Array):
+            if how != "pandas":
+                raise ValueError(
+                    f"set_output(transform={how!r}) needs in-memory input: transform of dask "
+                    "input is lazy. Use transform='pandas' (a dask DataFrame) or compute X.")
+            import dask.dataframe as dd
+
+            index = X.index if V.is_dask_frame(X) else None
+            return dd.from_dask_array(out, columns=columns, index=index)
+        if how == "pandas":
+            import pandas as pd
+
+            index = X.index if isinstance(X, (pd.DataFrame, pd.Series)) else None
+            return pd.DataFrame(out, index=index, columns=columns)
+        import polars as pl
+
+        return pl.DataFrame(out, schema=columns, orient="row")
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the (weighted) inertia of ``X`` against the fitted centres.

@@ -230,6 +230,53 @@ def test_transform_columns_are_named_and_pandas_output_works_in_a_pipeline(data)
     assert list(alone.columns) == names
 
 
+def test_pandas_output_of_dask_input_is_a_lazy_dask_dataframe(data):
+    """scikit-learn's wrapper made a pandas DataFrame of the dask result: the whole
+    distance matrix computed into memory, and the dask DataFrame's index lost."""
+    import dask
+    import dask.dataframe as dd
+    import sklearn
+
+    X, C0 = data
+    names = [f"kmeans{j}" for j in range(5)]
+    ddf = dd.from_pandas(pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])],
+                                      index=np.arange(len(X)) + 100), npartitions=3)
+    km = KMeans(5, init=C0).fit(X)
+    expected = km.transform(X)
+    for how in ("estimator", "global"):
+        model = KMeans(5, init=C0)
+        if how == "estimator":
+            model.set_output(transform="pandas")
+        with sklearn.config_context(transform_output="pandas" if how == "global" else "default"):
+            fitted = model.fit(ddf)
+            Xd = da.from_array(X, chunks=1000)
+            with dask.config.set(scheduler=_no_compute), \
+                    pytest.warns(UserWarning, match="valid feature names"):  # lazy
+                arr = model.transform(Xd)
+            out = model.transform(ddf)  # (the partition lengths are computed)
+            assert isinstance(out, dd.DataFrame) and isinstance(arr, dd.DataFrame)
+            assert list(out.columns) == names == list(arr.columns)
+            frame = out.compute()
+            pd.testing.assert_index_equal(frame.index, ddf.index.compute())
+            np.testing.assert_allclose(frame.to_numpy(), expected, rtol=1e-12)
+            np.testing.assert_allclose(arr.compute().to_numpy(), expected, rtol=1e-12)
+            both = fitted.fit_transform(ddf)
+            assert isinstance(both, dd.DataFrame)
+            pd.testing.assert_frame_equal(both.compute(), frame)
+    assert isinstance(KMeans(5, init=C0).set_output(transform="default").fit(ddf)
+                      .transform(ddf), da.Array)
+    with pytest.raises(ValueError, match="transform='polars'.*dask input.*'pandas'"):
+        KMeans(5, init=C0).set_output(transform="polars").fit(ddf).transform(ddf)
+    with pytest.raises(ValueError, match="transform='arrow'"):
+        KMeans(5).set_output(transform="arrow")
+    chosen = KMeans(5).set_output(transform="pandas")
+    assert sklearn.base.clone(chosen)._sklearn_output_config == {"transform": "pandas"}
+
+
+def _no_compute(dsk, keys, **kwargs):
+    raise AssertionError("computed")
+
+
 def test_exactly_one_compute_per_iteration():
     X = np.random.default_rng(0).normal(size=(4000, 6))  # no structure: converges slowly
     C0 = X[:5]

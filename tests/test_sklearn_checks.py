@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from sklearn.utils.estimator_checks import parametrize_with_checks
+import pytest
+from sklearn.utils.estimator_checks import (
+    check_global_output_transform_pandas,
+    check_set_output_transform,
+    check_set_output_transform_pandas,
+    parametrize_with_checks,
+)
 
 from dask_kmeans import KMeans
 
@@ -23,3 +29,13 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.filterwarnings("ignore:X (has|does not have valid) feature names")
+@pytest.mark.parametrize("check", [check_set_output_transform, check_set_output_transform_pandas,
+                                   check_global_output_transform_pandas])
+def test_sklearn_set_output_checks(check):
+    """scikit-learn's checks of ``set_output``, which ``parametrize_with_checks`` does not
+    yield for a clusterer: KMeans has its own ``set_output`` (see
+    test_estimator.py::test_pandas_output_of_dask_input_is_a_lazy_dask_dataframe)."""
+    check("KMeans", KMeans(n_clusters=3, n_init=2, max_iter=20))
