@@ -302,9 +302,13 @@ def check_X(est, X, *, reset: bool):
         return _check_source(est, X, reset=reset)
     if is_lazy(X):
         return _check_dask(est, X, reset=reset)
+    dtype = list(FLOAT_DTYPES)
     if hasattr(X, "dtypes") and hasattr(X, "columns"):
         _numeric_or_raise(list(X.columns), list(X.dtypes))
-    return validate_data(est, X, reset=reset, dtype=list(FLOAT_DTYPES), order="C",
+        # As a dask DataFrame's: pandas' Float32 and Arrow float32 columns stay float32
+        # (scikit-learn's validate_data makes them float64).
+        dtype = _frame_float_dtype(X.dtypes)
+    return validate_data(est, X, reset=reset, dtype=dtype, order="C",
                          accept_large_sparse=False)
 
 

@@ -18,7 +18,7 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, metadata_routing
 from sklearn.utils.validation import check_is_fitted
 
 from . import _graph as G
@@ -160,6 +160,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     >>> km.predict([[0.0, 0.0], [12.0, 3.0]])
     array([0, 1], dtype=int32)
     """
+
+    # predict's return_distance chooses the output; it is not metadata to route (as
+    # scikit-learn's KMeans has none there: no set_predict_request).
+    __metadata_request__predict = {"return_distance": metadata_routing.UNUSED}
 
     def __init__(
         self,

@@ -420,6 +420,49 @@ def test_dask_input_gets_sklearns_feature_name_checks(data):
         SKKMeans(5, init=C0, n_init=1).fit(mixed.compute())
 
 
+@pytest.mark.parametrize(("dtypes", "expected"), [
+    (["float32", "float32"], np.float32), (["Float32", "Float32"], np.float32),
+    (["float32[pyarrow]", "Float32"], np.float32), (["float32", "float64"], np.float64),
+    (["Float32", "int32"], np.float64), (["Int64", "boolean"], np.float64)])
+def test_pandas_and_dask_dataframes_of_one_dtype_give_one_dtype(dtypes, expected):
+    """pandas' nullable Float32 columns gave float64 centres from a pandas DataFrame and
+    float32 from a dask DataFrame of it."""
+    import dask.dataframe as dd
+
+    X = np.random.default_rng(0).normal(size=(60, 2)) * 5
+    df = pd.DataFrame({f"f{j}": pd.Series(X[:, j] > 0 if t == "boolean" else
+                                          X[:, j].round() if "Int" in t else X[:, j]).astype(t)
+                       for j, t in enumerate(dtypes)})
+    for frame in (df, dd.from_pandas(df, npartitions=2)):
+        km = KMeans(2, random_state=0).fit(frame)
+        assert km.cluster_centers_.dtype == expected, (type(frame), dtypes)
+        assert np.asarray(km.transform(frame)).dtype == expected
+
+
+def test_sparse_input_is_refused_as_the_docs_say():
+    import scipy.sparse as sp
+
+    X = sp.random(20, 3, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match="Sparse data was passed for X, but dense data is "
+                                        "required"):
+        KMeans(2).fit(X)
+    km = KMeans(2, random_state=0).fit(X.toarray())
+    with pytest.raises(TypeError, match="Sparse data"):
+        km.predict(X)
+
+
+def test_return_distance_is_not_routed_metadata():
+    """predict(return_distance=...) showed up in metadata routing, with a
+    set_predict_request method, which scikit-learn's KMeans has not."""
+    import sklearn
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        routing = KMeans(2).get_metadata_routing()
+        assert "return_distance" not in str(routing.predict)
+        assert not hasattr(KMeans(2), "set_predict_request")
+        assert hasattr(KMeans(2), "set_fit_request")  # sample_weight is metadata
+
+
 def test_non_numeric_column_is_named():
     df = pd.DataFrame({"age": [1.0, 2.0, 3.0], "city": ["a", "b", "c"]})
     with pytest.raises(ValueError, match="'city'"):
