@@ -18,6 +18,7 @@ import io as _stdio
 import math
 import numbers
 import posixpath
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -134,10 +135,17 @@ def _model_matrix(model, data):
 def _predict(model, X):
     """``model.predict`` on a matrix from :func:`_model_matrix` (columns in the model's order)."""
     names = getattr(model, "feature_names_in_", None)
-    if names is not None and not isinstance(X, da.Array):
+    if names is None:
+        return model.predict(X)
+    if not isinstance(X, da.Array):
         # Named columns, so that a model fitted on a DataFrame does not warn.
         return np.asarray(model.predict(pd.DataFrame(X, columns=names, copy=False)))
-    return model.predict(X)
+    # A dask matrix whose columns are already in the model's order: a dask DataFrame
+    # around it would cost a pass for its partition lengths, so scikit-learn's warning
+    # that it has no names is silenced instead.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "X does not have valid feature names", UserWarning)
+        return model.predict(X)
 
 
 def _rows(values, n: int, name: str, X):
