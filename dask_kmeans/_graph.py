@@ -170,12 +170,12 @@ def lloyd_partials(
 
 
 def _assign_chunk(x, c, offset, w=None, *, metric="euclidean", refuse_zero_norm=False,
-                  refuse_nonfinite=False):
+                  refuse_nonfinite=False, standardized=False):
     out = K.assign(x, c, w, metric)
     if refuse_nonfinite:  # first: rows holding an infinity have zero norm too
         K.refuse_nonfinite(x, out[1], int(offset[0]))
     if refuse_zero_norm and metric == "cosine":
-        K.refuse_zero_norm(out[0] < 0, int(offset[0]))
+        K.refuse_zero_norm(out[0] < 0, int(offset[0]), standardized)
     return out
 
 
@@ -199,11 +199,13 @@ def _of_results(func, res: da.Array, dtype, **kwargs) -> da.Array:
 
 
 def assignment(X: da.Array, C, sample_weight=None, *, split_every=None,
-               metric="euclidean", refuse_zero_norm=False, refuse_nonfinite=False):
+               metric="euclidean", refuse_zero_norm=False, refuse_nonfinite=False,
+               standardized=False):
     """Labels, squared distances and inertia from one shared pass.
 
     With ``refuse_zero_norm`` (cosine), a chunk holding rows of zero norm raises the
-    error naming them instead of labelling them -1 (new data: ``predict``, ``score``).
+    error naming them instead of labelling them -1 (new data: ``predict``, ``score``;
+    ``standardized``: rows of zero norm once standardised, see ``K.ZeroNormError``).
     With ``refuse_nonfinite``, a chunk holding rows with NaN or infinity raises the error
     naming them, found from the rows' distances without another pass (new data: dask
     input is not scanned in advance; ``fit`` finds them from its first pass's inertia).
@@ -234,6 +236,7 @@ def assignment(X: da.Array, C, sample_weight=None, *, split_every=None,
         metric=metric,
         refuse_zero_norm=refuse_zero_norm,
         refuse_nonfinite=refuse_nonfinite,
+        standardized=standardized,
     )
     labels = _of_results(_labels_of, res, np.int32)
     sq_dist = _of_results(_distances_of, res, np.float64)

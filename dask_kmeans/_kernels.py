@@ -771,21 +771,39 @@ def _first_rows(n: int, rows) -> str:
     return f"rows {shown}{', ...' if n > 5 else ''}"
 
 
-def zero_norm_error(n_zero: int, rows) -> ValueError:
+class ZeroNormError(ValueError):
+    """Rows of zero norm under ``metric="cosine"``. Its arguments, which it keeps as they
+    are so that it comes back whole from a worker: how many rows, the first few as text
+    (``"rows 3, 17"``), and whether they have zero norm only after ``standardize=True``
+    (they equal the feature means: dropping rows of zero norm as read does not remove
+    them, and drops rows that are not of zero norm once standardised)."""
+
+    def __str__(self) -> str:
+        n_zero, rows, standardized = self.args
+        if standardized:
+            return (f"{n_zero} row(s) of X have zero norm after standardize=True ({rows}): "
+                    "they equal the feature means, and metric='cosine' gives them no "
+                    "direction. Remove them first (missing='drop' and drop_zero_norm=True, "
+                    "input.missing: drop in a job and --missing drop on the command line, "
+                    "drop rows of zero norm as read, which standardize moves off the origin), "
+                    "or fit without standardize, or with metric='euclidean'.")
+        return (f"{n_zero} row(s) of X have zero norm ({rows}); metric='cosine' gives them no "
+                "direction. Drop them first (dask_kmeans.open_parquet(..., missing='drop', "
+                "drop_zero_norm=True) does, and so do input.missing: drop in a job and "
+                "--missing drop on the command line) or use metric='euclidean'.")
+
+
+def zero_norm_error(n_zero: int, rows, standardized: bool = False) -> ZeroNormError:
     """The error for rows of zero norm under ``metric="cosine"``: how many, and the first
-    few global row indices."""
-    return ValueError(
-        f"{n_zero} row(s) of X have zero norm ({_first_rows(n_zero, rows)}); metric='cosine' gives "
-        "them no direction. Drop them first (dask_kmeans.open_parquet(..., missing='drop', "
-        "drop_zero_norm=True) does, and so do input.missing: drop in a job and --missing drop "
-        "on the command line) or use metric='euclidean'.")
+    few global row indices (see :class:`ZeroNormError`)."""
+    return ZeroNormError(n_zero, _first_rows(n_zero, rows), standardized)
 
 
-def refuse_zero_norm(zero: np.ndarray, offset: int = 0) -> None:
+def refuse_zero_norm(zero: np.ndarray, offset: int = 0, standardized: bool = False) -> None:
     """Raise :func:`zero_norm_error` when any of a chunk's rows is marked in ``zero``
     (rows named by global index, from ``offset``)."""
     if zero.any():
-        raise zero_norm_error(int(zero.sum()), np.flatnonzero(zero)[:5] + offset)
+        raise zero_norm_error(int(zero.sum()), np.flatnonzero(zero)[:5] + offset, standardized)
 
 
 def nonfinite_rows_error(n_bad: int, rows, among: str = "") -> ValueError:

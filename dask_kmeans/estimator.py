@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import uuid
@@ -258,7 +259,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         """
         before = self._fitted_state()
         try:
-            with closing_passes():  # the fit's actors go with it, not at the next GC
+            # The fit's actors go with it, not at the next GC.
+            with closing_passes(), _zero_norm_once_standardized(self.standardize):
                 return self._fit(X, sample_weight)
         except BaseException:
             for name in self._fitted_state():
@@ -468,6 +470,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                                 name=f"standardize-{uuid.uuid4().hex}")
         return _standardize_block(X, mean, scale)
 
+    @property
+    def _standardizes(self) -> bool:
+        """Whether the fitted model measures standardised rows."""
+        return hasattr(self, "feature_mean_")
+
     def _to_original_units(self, centers: np.ndarray) -> np.ndarray:
         if not hasattr(self, "feature_mean_"):
             return centers
@@ -543,11 +550,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         if isinstance(Xv, da.Array):
             labels, sq, _ = G.assignment(Xv, self._working_centers(),
                                          metric=self.metric, refuse_zero_norm=True,
-                                         refuse_nonfinite=True)
+                                         refuse_nonfinite=True, standardized=self._standardizes)
             return (labels, sq if cosine else da.sqrt(sq)) if return_distance else labels
         labels, sq, _ = K.assign(Xv, self._working_centers(), metric=self.metric)
         if cosine:
-            K.refuse_zero_norm(labels < 0)
+            K.refuse_zero_norm(labels < 0, standardized=self._standardizes)
         return (labels, sq if cosine else np.sqrt(sq)) if return_distance else labels
 
     def transform(self, X):
@@ -624,7 +631,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         if isinstance(Xv, da.Array):
             _, _, inertia = G.assignment(Xv, self._working_centers(), weights,
                                          split_every=self.split_every, metric=self.metric,
-                                         refuse_zero_norm=True, refuse_nonfinite=True)
+                                         refuse_zero_norm=True, refuse_nonfinite=True,
+                                         standardized=self._standardizes)
             if weights is None:
                 (inertia,) = R.compute(inertia)
             else:  # the weights are read by the same pass
@@ -633,7 +641,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             return -float(inertia)
         labels, _, inertia = K.assign(Xv, self._working_centers(), weights, self.metric)
         if self.metric == "cosine":
-            K.refuse_zero_norm(labels < 0)
+            K.refuse_zero_norm(labels < 0, standardized=self._standardizes)
         return -inertia
 
     # -- model files -------------------------------------------------------------
@@ -863,6 +871,18 @@ def _check_load_metadata(meta: dict, n_features: int) -> None:
                                + ("positive numbers" if key == "feature_scale" else "numbers"))
 
 
+@contextlib.contextmanager
+def _zero_norm_once_standardized(standardize: bool):
+    """Rows of zero norm that the passes of a fit with ``standardize`` find are rows of
+    zero norm once standardised: say so (see ``K.ZeroNormError``)."""
+    try:
+        yield
+    except K.ZeroNormError as exc:
+        if not standardize or exc.args[2]:
+            raise
+        raise K.ZeroNormError(*exc.args[:2], True) from None
+
+
 def _standardize_block(x, mean, scale):
     return (x - mean) / scale
 
@@ -976,44 +996,45 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
     rng = check_random_state(random_state)
     if standardize:
         Xv, weights, persist = est._standardized(Xv, weights, isinstance(Xv, da.Array))
-    client = R.active_client()
-    if client is not None:
-        R.prepare_client(client)
-    Xd, wd, in_memory = R.place_data(Xv, weights, persist, client)
-    passes = Passes(Xd, wd, split_every=split_every, metric=metric, in_memory=in_memory)
-    cands, cand_w = _init.kmeans_parallel(
-        Xd, wd, max(ks), rng, oversampling_factor=oversampling_factor, init_rounds=init_rounds,
-        keep_state=R.keep_row_state(Xd.shape[0], in_memory, client), split_every=split_every,
-        metric=metric, return_candidates=True, passes=passes)
-    starts = [_init.reduce_candidates(cands, cand_w, k, rng, metric) for k in ks]
-    results = _lloyd.lloyd_many(Xd, wd, starts, max_iter=max_iter, tol=tol,
-                                split_every=split_every, metric=metric, passes=passes)
-    # What the models' predict measures against (standardize: the centres in original
-    # units brought back), so that their labels_ and inertia_ agree with it.
-    finals = [est._working_centers(est._to_original_units(r.centers)) for r in results]
-    packed = passes.lloyd(np.vstack(finals), False, tuple(ks))
-    parts, _ = G.unpack_many(packed, tuple(ks), Xd.shape[1], False)
-    inertias = [p.inertia for p in parts]
+    with _zero_norm_once_standardized(standardize):
+        client = R.active_client()
+        if client is not None:
+            R.prepare_client(client)
+        Xd, wd, in_memory = R.place_data(Xv, weights, persist, client)
+        passes = Passes(Xd, wd, split_every=split_every, metric=metric, in_memory=in_memory)
+        cands, cand_w = _init.kmeans_parallel(
+            Xd, wd, max(ks), rng, oversampling_factor=oversampling_factor, init_rounds=init_rounds,
+            keep_state=R.keep_row_state(Xd.shape[0], in_memory, client), split_every=split_every,
+            metric=metric, return_candidates=True, passes=passes)
+        starts = [_init.reduce_candidates(cands, cand_w, k, rng, metric) for k in ks]
+        results = _lloyd.lloyd_many(Xd, wd, starts, max_iter=max_iter, tol=tol,
+                                    split_every=split_every, metric=metric, passes=passes)
+        # What the models' predict measures against (standardize: the centres in original
+        # units brought back), so that their labels_ and inertia_ agree with it.
+        finals = [est._working_centers(est._to_original_units(r.centers)) for r in results]
+        packed = passes.lloyd(np.vstack(finals), False, tuple(ks))
+        parts, _ = G.unpack_many(packed, tuple(ks), Xd.shape[1], False)
+        inertias = [p.inertia for p in parts]
 
-    models = []
-    for k, start, r, final, inertia in zip(ks, starts, results, finals, inertias, strict=True):
-        # ``init`` holds the model's starting centres (original units): refitting it
-        # alone repeats its run.
-        km = KMeans(k, init=est._to_original_units(start), n_init=1, max_iter=max_iter,
-                    tol=tol, metric=metric, split_every=split_every, standardize=standardize,
-                    persist=persist)
-        for attr in ("n_features_in_", "feature_names_in_", "feature_mean_", "feature_scale_"):
-            if hasattr(est, attr):
-                setattr(km, attr, getattr(est, attr))
-        km.cluster_centers_ = est._to_original_units(r.centers)
-        km.inertia_, km.n_iter_ = float(inertia), r.n_iter
-        km.labels_ = G.assignment(Xd, final, metric=metric)[0]
-        models.append(km)
-    if not lazy:  # NumPy or pandas input: NumPy labels, as KMeans.fit gives, computed
-        # together (lazy ones lived on the cluster: lost with its client, and holding a
-        # copy of the input on the workers for as long as the result was kept)
-        for km, labels in zip(models, R.compute(*(m.labels_ for m in models)), strict=True):
-            km.labels_ = np.asarray(labels)
+        models = []
+        for k, start, r, final, inertia in zip(ks, starts, results, finals, inertias, strict=True):
+            # ``init`` holds the model's starting centres (original units): refitting it
+            # alone repeats its run.
+            km = KMeans(k, init=est._to_original_units(start), n_init=1, max_iter=max_iter,
+                        tol=tol, metric=metric, split_every=split_every, standardize=standardize,
+                        persist=persist)
+            for attr in ("n_features_in_", "feature_names_in_", "feature_mean_", "feature_scale_"):
+                if hasattr(est, attr):
+                    setattr(km, attr, getattr(est, attr))
+            km.cluster_centers_ = est._to_original_units(r.centers)
+            km.inertia_, km.n_iter_ = float(inertia), r.n_iter
+            km.labels_ = G.assignment(Xd, final, metric=metric)[0]
+            models.append(km)
+        if not lazy:  # NumPy or pandas input: NumPy labels, as KMeans.fit gives, computed
+            # together (lazy ones lived on the cluster: lost with its client, and holding a
+            # copy of the input on the workers for as long as the result was kept)
+            for km, labels in zip(models, R.compute(*(m.labels_ for m in models)), strict=True):
+                km.labels_ = np.asarray(labels)
 
     # K=1 has no silhouette: report.silhouettes scores it None, and the other K still count.
     silhouettes = None

@@ -717,9 +717,11 @@ def _refuse_overlaps(job: Mapping, outputs: Mapping[str, str | None],
                     "separate locations.")
 
 
-def _open(job: Mapping, metric: str, *, columns=None, dtype=None):
+def _open(job: Mapping, metric: str, standardize: bool, *, columns=None, dtype=None):
     """The job's input; with ``missing: drop`` and the cosine metric, rows of zero norm
-    (no direction) are skipped too."""
+    (no direction) are skipped too, unless the rows are standardised: those are not of
+    zero norm then, and the rows that are (equal to the feature means) are refused by
+    the fit (``K.ZeroNormError``)."""
     from .io import open_parquet
 
     inp = job["input"]
@@ -727,7 +729,8 @@ def _open(job: Mapping, metric: str, *, columns=None, dtype=None):
                         dtype=inp["dtype"] or dtype or "float64",
                         storage_options=inp["storage_options"], missing=inp["missing"],
                         key_columns=inp["key_columns"] or None,
-                        drop_zero_norm=inp["missing"] == "drop" and metric == "cosine",
+                        drop_zero_norm=(inp["missing"] == "drop" and metric == "cosine"
+                                        and not standardize),
                         chunk_bytes=inp["chunk_bytes"])
 
 
@@ -802,7 +805,7 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         from ._checkpoint import check_location
 
         check_location(job["params"]["checkpoint"])
-    src = _open(job, job["params"]["metric"])
+    src = _open(job, job["params"]["metric"], job["params"].get("standardize", False))
     if out["labels"]:  # before any work, as write_labels would only after the fit
         check_label_keys(src.key_columns)
     if out["plot_features"]:
@@ -875,7 +878,8 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
             f"input.columns (--columns) {list(given)} are not the features of the model at "
             f"{strip_credentials(job['model'])}: {[str(n) for n in names]}. Leave them out "
             "to read the model's.")
-    src = _open(job, km.metric, columns=None if names is None else [str(n) for n in names],
+    src = _open(job, km.metric, hasattr(km, "feature_mean_"),
+                columns=None if names is None else [str(n) for n in names],
                 dtype=km.cluster_centers_.dtype.name)
     if out["labels"]:  # before any work, as write_labels would only after the pass
         check_label_keys(src.key_columns)
@@ -931,7 +935,7 @@ def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
                          directory=False)
     _check_plot(out["plot"], job)
     ks = parse_k(job["k"])
-    src = _open(job, job["params"]["metric"])
+    src = _open(job, job["params"]["metric"], job["params"].get("standardize", False))
     if max(ks) > src.n_rows:
         raise ValueError(f"k={max(ks)} is more than the {src.n_rows} rows of {src.url}: every "
                          "cluster needs at least one row; lower the largest K.")

@@ -685,6 +685,40 @@ def test_missing_drop_skips_rows_of_zero_norm_under_the_cosine_metric(local_stor
     assert len(labels) == 298 and 5 not in set(labels["customer_id"])
 
 
+def test_missing_drop_with_standardize_keeps_rows_that_standardising_gives_a_direction(
+        local_store, client):
+    """With standardize, missing: drop dropped the rows of zero norm as read, which have
+    a direction once standardised, and kept the row equal to the feature means, which has
+    none: then refused with advice (--missing drop) that could not remove it."""
+    import dask_kmeans as dk
+
+    rows = [(0.0, 0.0)] * 100 + [(2.0, 2.0)] * 100 + [(0.0, 2.0)] * 100 + [(2.0, 0.0)] * 100
+    df = pd.DataFrame(rows + [(1.0, 1.0)], columns=["a", "b"])  # the last: the means
+    df.insert(0, "id", np.arange(len(df)))
+    local_store.write_parquet("s/part-0.parquet", df)
+    url = local_store.url("s")
+    spec = fit_spec(url, input={"url": url, "key_columns": ["id"], "missing": "drop"},
+                    params={"n_clusters": 2, "metric": "cosine", "standardize": True,
+                            "random_state": 0},
+                    output={"model": local_store.url("m"), "labels": local_store.url("l")})
+    with pytest.raises(ValueError, match=r"1 row\(s\) of X have zero norm after "
+                                         r"standardize=True \(rows 400\): they equal the "
+                                         r"feature means"):
+        run_job(spec)
+    assert not Path(local_store.url("m")).exists() and not Path(local_store.url("l")).exists()
+    local_store.write_parquet("s/part-0.parquet", df.iloc[:400])
+    result = run_job(spec)
+    assert result["n_rows"] == 400  # the (0, 0) rows too
+    ref = dk.KMeans(2, metric="cosine", standardize=True, random_state=0).fit(
+        np.asarray(rows))
+    np.testing.assert_allclose(dk.load(result["model"]).cluster_centers_,
+                               ref.cluster_centers_, rtol=1e-7)
+    predict = {"job": {"kind": "predict", "model": result["model"],
+                       "input": {"url": url, "key_columns": ["id"], "missing": "drop"},
+                       "output": {"labels": local_store.url("p")}}}
+    assert len(dk.read_labels(run_job(predict)["labels"]).compute()) == 400
+
+
 def test_existing_outputs_are_refused_before_any_work(local_store, client):
     url, _ = write_dataset(local_store, n=300)
     spec = fit_spec(url, params={"n_clusters": 2, "random_state": 0},

@@ -135,3 +135,30 @@ def test_labels_and_inertia_agree_with_predict_and_score_in_float32(lazy):
     for model in result.models:
         np.testing.assert_array_equal(np.asarray(model.labels_), model.predict(X))
         np.testing.assert_allclose(model.inertia_, -model.score(X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_cosine_rows_equal_to_the_means_are_named_as_standardised(lazy):
+    """A row equal to the feature means has zero norm once standardised: the error said
+    to drop rows of zero norm (missing='drop'), which drops rows as read and left it."""
+    rows = np.array([(0.0, 0.0), (2.0, 2.0), (0.0, 2.0), (2.0, 0.0)] * 25 + [(1.0, 1.0)])
+    X = da.from_array(rows, chunks=30) if lazy else rows
+    standardised = r"1 row\(s\) of X have zero norm after standardize=True \(rows 100\): " \
+                   r"they equal the feature means"
+    for fit in (lambda: dk.KMeans(2, metric="cosine", standardize=True,
+                                  random_state=0).fit(X),
+                lambda: dk.sweep(X, [2, 3], metric="cosine", standardize=True,
+                                 random_state=0)):
+        with pytest.raises(ValueError, match=standardised):
+            fit()
+    km = dk.KMeans(2, metric="cosine", standardize=True, random_state=0).fit(rows[:100])
+    new = da.from_array(rows[95:], chunks=3) if lazy else rows[95:]
+    with pytest.raises(ValueError, match=standardised.replace("100", "5")):
+        labels = km.predict(new)
+        if lazy:
+            labels.compute()
+    with pytest.raises(ValueError, match=standardised.replace("100", "5")):
+        km.score(new)
+    plain = dk.KMeans(2, metric="cosine", random_state=0).fit(rows[:100] + 1.0)
+    with pytest.raises(ValueError, match=r"have zero norm \(rows 5\); metric='cosine'"):
+        plain.predict(np.vstack([rows[95:100] + 1, [(0.0, 0.0)]]))
