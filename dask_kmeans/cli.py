@@ -735,12 +735,14 @@ def run(job_file, overrides, resume, as_json, progress, cluster_file, scheduler,
     spec = jobs.load_job(job_file, overrides)
     if resume:
         job = spec["job"]
-        if job["kind"] != "fit" or job["params"]["checkpoint"] is None:
-            what = "it has no params.checkpoint" if job["kind"] == "fit" else \
-                f"it is a {job['kind']} job, which keeps no checkpoint"
+        if job["kind"] != "fit":
             raise click.UsageError(f"--resume continues a fit job from its params.checkpoint, "
-                                   f"but {what}: set params.checkpoint in {job_file} or with "
-                                   "--set params.checkpoint=DIR, or leave --resume out")
+                                   f"but {job_file} is a {job['kind']} job, which keeps no "
+                                   "checkpoint: leave --resume out")
+        if job["params"]["checkpoint"] is None:
+            raise click.UsageError(f"--resume continues a fit job from its params.checkpoint, "
+                                   f"but it has none: set params.checkpoint in {job_file} or "
+                                   "with --set params.checkpoint=DIR, or leave --resume out")
         spec = jobs.validate_job({**spec, "job": {**job, "params": {**job["params"],
                                                                      "resume": True}}})
     _run(spec, cluster_file, scheduler, timeout, as_json, progress)

@@ -19,6 +19,7 @@ and never appear in a message, a ``repr`` or a written file.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
 import functools
 import glob
@@ -410,14 +411,32 @@ def _pandas_index_columns(schemas: Sequence[pa.Schema]) -> set[str]:
     return out
 
 
+#: What the errors of :func:`open_parquet` call its ``columns`` and ``key_columns``: the
+#: parameters' names, or what the caller asked for them with (see :func:`column_labels`).
+_COLUMN_LABELS: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
+    "dask_kmeans_column_labels", default=("'columns'", "'key_columns'"))
+
+
+@contextlib.contextmanager
+def column_labels(columns: str, key_columns: str) -> Iterator[None]:
+    """Within it, a column that :func:`open_parquet` does not find is said to be requested
+    by ``columns`` or ``key_columns`` (a job's or the command line's words for them, or
+    "the model's features" when a predict asks for those)."""
+    token = _COLUMN_LABELS.set((columns, key_columns))
+    try:
+        yield
+    finally:
+        _COLUMN_LABELS.reset(token)
+
+
 def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[str],
                      partition_fields: set[str], url: str,
                      index_columns: set[str]) -> list[str]:
     available = schema.names
-    for label, names in (("columns", columns or []), ("key_columns", keys)):
+    for label, names in zip(_COLUMN_LABELS.get(), (columns or [], keys), strict=True):
         missing = [c for c in names if c not in available]
         if missing:
-            raise ValueError(f"Column(s) {missing} requested by '{label}' not found in {url}"
+            raise ValueError(f"Column(s) {missing} requested by {label} not found in {url}"
                              f"{_did_you_mean(missing, available) or '.'} Available columns: "
                              f"{_describe(schema)}.")
     if columns is None:
@@ -590,7 +609,8 @@ def _keys_frame(table: pa.Table, nullable: Sequence[str]) -> pd.DataFrame:
 def _missing_message(counts: Mapping[str, int], part_url: str, what: str) -> str:
     detail = ", ".join(f"column '{c}' has {n} {what} value(s)" for c, n in counts.items())
     return (f"Missing or non-finite feature values in part {part_url}: {detail}. "
-            "Pass missing='drop' to drop those rows, or clean the data first.")
+            "Pass missing='drop' to drop those rows (input.missing: drop in a job, --missing "
+            "drop on the command line), or clean the data first.")
 
 
 # --------------------------------------------------------------------------- chunk loaders

@@ -721,17 +721,21 @@ def _open(job: Mapping, metric: str, standardize: bool, *, columns=None, dtype=N
     """The job's input; with ``missing: drop`` and the cosine metric, rows of zero norm
     (no direction) are skipped too, unless the rows are standardised: those are not of
     zero norm then, and the rows that are (equal to the feature means) are refused by
-    the fit (``K.ZeroNormError``)."""
-    from .io import open_parquet
+    the fit (``K.ZeroNormError``). ``columns``: the model's features, when the job names
+    none (a predict)."""
+    from .io import column_labels, open_parquet
 
     inp = job["input"]
-    return open_parquet(inp["url"], inp["columns"] or columns,
-                        dtype=inp["dtype"] or dtype or "float64",
-                        storage_options=inp["storage_options"], missing=inp["missing"],
-                        key_columns=inp["key_columns"] or None,
-                        drop_zero_norm=(inp["missing"] == "drop" and metric == "cosine"
-                                        and not standardize),
-                        chunk_bytes=inp["chunk_bytes"])
+    labels = ("input.columns (--columns)" if inp["columns"] or not columns
+              else "the model's features", "input.key_columns (--key)")
+    with column_labels(*labels):
+        return open_parquet(inp["url"], inp["columns"] or columns,
+                            dtype=inp["dtype"] or dtype or "float64",
+                            storage_options=inp["storage_options"], missing=inp["missing"],
+                            key_columns=inp["key_columns"] or None,
+                            drop_zero_norm=(inp["missing"] == "drop" and metric == "cosine"
+                                            and not standardize),
+                            chunk_bytes=inp["chunk_bytes"])
 
 
 def _kmeans(params: Mapping, n_clusters: int):

@@ -251,7 +251,7 @@ def write_model(url: str, centers: np.ndarray, metadata: Mapping[str, Any], *,
 
 def _modified(url: str, detail: str) -> ValueError:
     return ValueError(f"The model at {url} is incomplete or has been modified: {detail}. "
-                      "Write it again with write_model.")
+                      "Write it again (KMeans.save, or fit --output on the command line).")
 
 
 def read_model(url: str, *,

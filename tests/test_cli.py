@@ -127,6 +127,30 @@ def test_columns_may_be_repeated(data):
     assert json.loads(result.stdout)["features"] == ["age", "income", "score"]
 
 
+def test_missing_columns_are_named_by_what_asked_for_them(data, tmp_path):
+    """Errors said "requested by 'columns'" (and 'key_columns') on the command line, where
+    neither was given by that name, and for a predict whose input lacks a feature of the
+    model, which nobody had named at all."""
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--columns", "age,incme",
+                                 "--cluster", data["config"]), 1)
+    assert "Column(s) ['incme'] requested by input.columns (--columns) not found" in line
+    assert "did you mean 'income'?" in line
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--key", "custid",
+                                 "--cluster", data["config"]), 1)
+    assert "Column(s) ['custid'] requested by input.key_columns (--key) not found" in line
+    model = tmp_path / "model"
+    assert invoke("fit", data["url"], "--k", 2, "--output", model, "--key", "customer_id",
+                  "--cluster", data["config"]).exit_code == 0
+    data["frame"].drop(columns=["score"]).to_parquet(tmp_path / "no-score.parquet")
+    line = one_line_error(invoke("predict", model, tmp_path / "no-score.parquet", "--output",
+                                 tmp_path / "labels", "--cluster", data["config"]), 1)
+    assert "Column(s) ['score'] requested by the model's features not found" in line
+    assert not (tmp_path / "labels").exists()
+    # The Python API keeps the parameters' names.
+    with pytest.raises(ValueError, match=r"\['incme'\] requested by 'columns'"):
+        dk.open_parquet(data["url"], ["age", "incme"])
+
+
 def test_fit_without_output_prints_the_centres(data):
     result = invoke("fit", data["url"], "--k", 2, "--seed", 1, "--columns", "age",
                     "--cluster", data["config"])
@@ -802,12 +826,15 @@ def test_resume_without_a_checkpoint_is_refused(data, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"job": {
         "kind": "sweep", "input": {"url": data["url"]}, "k": [2, 3]}}))
-    for job, what in ((fit, "it has no params.checkpoint"),
-                      (sweep, "it is a sweep job, which keeps no checkpoint")):
+    for job, what in ((fit, "but it has none: set params.checkpoint"),
+                      (sweep, "is a sweep job, which keeps no checkpoint: leave --resume "
+                              "out")):
         result = invoke("run", job, "--resume", "--cluster", data["config"])
         assert result.exit_code == 2, (result.stdout, result.stderr)
         assert "--resume" in result.stderr and "params.checkpoint" in result.stderr
         assert what in result.stderr and result.stdout == ""
+    # A sweep job refuses params.checkpoint: the advice to set it could not be followed.
+    assert "--set params.checkpoint" not in invoke("run", sweep, "--resume").stderr
 
 
 def test_an_explicit_timeout_wins_over_the_cluster_configs(data, tmp_path):
@@ -861,6 +888,14 @@ def test_the_local_workers_leave_out_task_failures_and_heartbeats_at_shutdown():
     assert not _not_a_task_failure(
         record("Failed to communicate with scheduler during heartbeat."))
     assert _not_a_task_failure(record("Worker is at 95% memory usage. Pausing worker."))
+    # A running task cancelled (the rest of a failed pass), from the state machine's logger.
+    assert not _not_a_task_failure(record(
+        "Async instruction for <Task cancelled name='execute(('x', 0))' coro=<...>> ended "
+        "with CancelledError"))
+    assert _not_a_task_failure(record("Async instruction for <Task> ended with KeyError"))
+    from dask_kmeans._runtime import _QUIET_LOGGERS
+
+    assert "distributed.worker.state_machine" in _QUIET_LOGGERS
 
 
 def test_a_data_error_in_worker_processes_is_one_line(tmp_path):
@@ -879,6 +914,7 @@ def test_a_data_error_in_worker_processes_is_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: Missing or non-finite feature "
                                                    "values"), out.stderr
+    assert "--missing drop on the command line" in lines[0]  # its spelling here
 
 
 def test_the_installed_script_fits(data, tmp_path):

@@ -87,7 +87,8 @@ def test_tampering_detected(store, tamper):
     so = store.storage_options
     write_model(store.url("model"), *fitted(), storage_options=so)
     tamper(store)
-    with pytest.raises(ValueError, match="incomplete or has been modified.*checksum") as e:
+    with pytest.raises(ValueError, match=r"incomplete or has been modified.*checksum.*Write it "
+                                         r"again \(KMeans.save, or fit --output") as e:
         read_model(store.url("model"), storage_options=so)
     assert store.secret not in str(e.value)
 
