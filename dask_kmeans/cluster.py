@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from functools import cache
@@ -342,6 +343,17 @@ _CONNECT = {
 SCHEDULER_ADDRESS = "scheduler-address"
 
 
+#: A bare ``host:port`` (or ``[v6 address]:port``), which distributed reaches over TCP.
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d+")
+
+
+def _over_tcp(address):
+    """``tcp://`` added to a bare ``host:port``, as distributed takes it; any other value
+    as it is (to be refused naming what was given)."""
+    return f"tcp://{address}" if isinstance(address, str) and _HOST_PORT.fullmatch(address) \
+        else address
+
+
 def default_scheduler() -> str | None:
     """The address in Dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``),
     where a cluster nobody named is found (``tcp://`` added to a bare ``host:port``); None
@@ -349,8 +361,7 @@ def default_scheduler() -> str | None:
     address = dask.config.get(SCHEDULER_ADDRESS, None)
     if address in (None, ""):
         return None
-    # host:port, as distributed takes it too: over TCP.
-    return address if "://" in str(address) else f"tcp://{address}"
+    return _over_tcp(address)
 
 
 def _config_for(config_or_path, scheduler) -> dict:
@@ -361,6 +372,7 @@ def _config_for(config_or_path, scheduler) -> dict:
     if scheduler is not None:
         if config_or_path is not None:
             raise ValueError("connect() takes a config or scheduler=, not both")
+        scheduler = _over_tcp(scheduler)  # --scheduler 10.0.0.5:8786, as Client() takes it
         errors: list[tuple[str, str]] = []
         S.walk(_kind_schema("scheduler")["keys"]["address"], scheduler, where, errors)
         if errors:

@@ -1650,6 +1650,25 @@ def remove_exactly(fs: fsspec.AbstractFileSystem, path: str) -> None:
         fs.rm_file(name)
 
 
+def missing_parents(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """The parent directories of a local ``path`` that do not exist yet, deepest first
+    (for :func:`remove_empty_dirs` to take away again); none on object stores, which
+    have no directories."""
+    return _missing_dirs(posixpath.dirname(path.rstrip("/"))) \
+        if isinstance(fs, LocalFileSystem) else []
+
+
+def remove_empty_dirs(fs: fsspec.AbstractFileSystem, dirs: Sequence[str]) -> None:
+    """Remove ``dirs`` (deepest first) while they are empty: the directories a failed
+    write made, and no further than the first that holds something."""
+    for path in dirs:
+        if not fs.exists(path):
+            continue
+        if fs.ls(path, detail=False):
+            break
+        fs.rmdir(path)
+
+
 def _remove_quietly(loc: _Location, path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         remove_exactly(loc.fs, path)
@@ -1755,10 +1774,7 @@ class _Commit:
         loc = self.loc
         with contextlib.suppress(Exception):
             _remove_quietly(loc, self.tmp)
-            for path in self.created:  # the output and the parents made for it, if empty
-                if loc.fs.ls(path, detail=False):
-                    break
-                loc.fs.rmdir(path)
+            remove_empty_dirs(loc.fs, self.created)  # the output and its parents made for it
             loc.fs.invalidate_cache(loc.path)
 
 

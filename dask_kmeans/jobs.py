@@ -767,15 +767,18 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
     In a submitted job the outputs are first noted in its record (:class:`_Claims`)."""
     import fsspec
 
+    from .io import missing_parents, remove_empty_dirs
+
     claims = _CLAIMS.get()
     existed = {}
     for url in filter(None, urls):
         fs, path = fsspec.core.url_to_fs(url, **_output_options(url, job))
         # In a rerun, what was there before the job, not what the dead attempt left.
         before = claims.before(url) if claims is not None else None
-        existed[url] = (fs, path, fs.exists(path) if before is None else before)
+        existed[url] = (fs, path, fs.exists(path) if before is None else before,
+                        missing_parents(fs, path))
     if claims is not None:
-        claims.claim({url: was for url, (_, _, was) in existed.items()})
+        claims.claim({url: was for url, (_, _, was, _) in existed.items()})
     written: list[str] = []
 
     def made(url: str, result):
@@ -786,10 +789,11 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
         yield made
     except BaseException:
         for url in written:
-            fs, path, was_there = existed[url]
+            fs, path, was_there, parents = existed[url]
             if not was_there:
                 with contextlib.suppress(Exception):
                     remove_exactly(fs, path)
+                    remove_empty_dirs(fs, parents)  # and the directories made for it
         raise
 
 

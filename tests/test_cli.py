@@ -315,9 +315,16 @@ def test_a_cluster_nobody_named_is_the_scheduler_at_dask_scheduler_address(
     with dask.config.set({"scheduler-address": address.removeprefix("tcp://")}):
         # host:port, as distributed takes it: over TCP.
         assert invoke("status", job_id).exit_code == 0
+    # So does --scheduler (it was refused: "expected an address like tcp://host:port").
+    result = invoke("status", job_id, "--scheduler", address.removeprefix("tcp://"))
+    assert result.exit_code == 0, result.stderr
     with dask.config.set({"scheduler-address": "udp://not an address"}):
         line = one_line_error(invoke("fit", data["url"], "--k", 2), 2)
     assert "scheduler-address (the Dask setting; DASK_SCHEDULER_ADDRESS)" in line, line
+    with dask.config.set({"scheduler-address": "notanaddress"}):
+        line = one_line_error(invoke("fit", data["url"], "--k", 2), 2)
+    assert "got 'notanaddress'" in line, line  # what was given, not 'tcp://notanaddress'
+
     with dask.config.set({"scheduler-address": f"tcp://127.0.0.1:{free_port()}"}):
         line = one_line_error(invoke("fit", data["url"], "--k", 2, "--timeout", "1s"), 3)
     assert "could not connect to the Dask scheduler at tcp://127.0.0.1:" in line

@@ -411,8 +411,15 @@ def test_connect_argument_errors(tmp_path):
             pass
     with pytest.raises(ClusterConfigUnreadable, match=address):  # was "not found: tcp:/..."
         load_cluster_config("tcp://127.0.0.1:1")
-    with pytest.raises(ClusterConfigError, match="^scheduler: expected an address like tcp://"):
-        with connect(scheduler="127.0.0.1:8786"):
+    with pytest.raises(ClusterConfigError, match="^scheduler: expected an address like tcp://"
+                                                 ".*got 'notanaddress'"):
+        with connect(scheduler="notanaddress"):
+            pass
+    # A bare host:port is tcp, as for distributed.Client (it was refused as the above).
+    port = free_port()
+    with pytest.raises(ClusterError, match=f"could not connect to the Dask scheduler at "
+                                           f"tcp://127.0.0.1:{port} "):
+        with connect(scheduler=f"127.0.0.1:{port}", timeout="1s"):
             pass
     with pytest.raises(ClusterError, match="needs TLS credentials.*kind 'tls'"):
         with connect(scheduler="tls://127.0.0.1:8786"):

@@ -875,6 +875,30 @@ def test_a_fit_job_that_fails_late_leaves_no_output_and_keeps_the_old_model(loca
     assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["m", "train"]
 
 
+def test_a_failed_job_also_removes_the_directories_it_made_for_its_outputs(local_store):
+    """The labels were removed when a later output failed, but the new parent directory
+    made for them stayed, empty; one that held something before the job stays."""
+    url, _ = write_dataset(local_store, n=300)
+    root = Path(local_store.url())
+    (root / "kept").mkdir()
+    spec = fit_spec(url, params={"n_clusters": 2, "random_state": 0},
+                    output={"labels": local_store.url("new/deep/labels"),
+                            "model": local_store.url("kept/m"),
+                            "plot": local_store.url("other/p.png")})
+    with mock.patch("dask_kmeans.report.plot_clusters", side_effect=RuntimeError("late")):
+        with pytest.raises(RuntimeError, match="late"):
+            run_job(spec)
+    assert sorted(p.name for p in root.iterdir()) == ["kept", "train"]
+    assert not any((root / "kept").iterdir())
+    sweep = {"job": {"kind": "sweep", "input": {"url": url}, "k": [2, 3],
+                     "output": {"table": local_store.url("t/t.csv"),
+                                "plot": local_store.url("p.png")}}}
+    with mock.patch("dask_kmeans.report.plot_elbow", side_effect=RuntimeError("late")):
+        with pytest.raises(RuntimeError, match="late"):
+            run_job(sweep)
+    assert sorted(p.name for p in root.iterdir()) == ["kept", "train"]
+
+
 def test_a_plot_of_an_unknown_format_is_refused_before_the_input_is_opened(local_store):
     url, _ = write_dataset(local_store, n=300)
     for spec in (fit_spec(url, output={"plot": local_store.url("p.jpg")}),
