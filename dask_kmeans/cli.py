@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import select
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -76,6 +79,14 @@ class _Group(click.Group):
             raise self._error(ctx, exc, 2) from None
         except ClusterError as exc:
             raise self._error(ctx, exc, 3) from None
+        except BrokenPipeError as exc:
+            if not _stdout_closed():  # a connection of the job's, not our reader
+                raise self._error(ctx, exc, 1) from None
+            # The reader stopped early (``| head -1``): the command's work is done, the
+            # rest of its output has nobody to read it. Not a failed job: exit 0, quietly
+            # (stdout to /dev/null, or Python reports the pipe again at exit).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
         except (ValueError, TypeError, OSError, ImportError) as exc:
             raise self._error(ctx, exc, 1) from None
 
@@ -83,6 +94,16 @@ class _Group(click.Group):
     def _error(ctx: click.Context, exc: BaseException, code: int) -> CommandError:
         secrets = sorted(ctx.meta.get(_SECRETS, ()), key=len, reverse=True)
         return CommandError(jobs.scrub(_one_line(exc), secrets), code)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or no file descriptor
+        return False
 
 
 def _remember_secrets(spec: dict) -> None:

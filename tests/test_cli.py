@@ -924,6 +924,25 @@ def test_a_data_error_in_worker_processes_is_one_line(tmp_path):
     assert "--missing drop on the command line" in lines[0]  # its spelling here
 
 
+def test_a_reader_that_stops_early_does_not_fail_the_job(data, tmp_path):
+    """``fit ... | head -1``: the summary met a closed pipe, and the command printed
+    "Error: [Errno 32] Broken pipe" and exited 1 ("the job failed") with the model
+    written. The reader here closes its end before the command prints anything."""
+    proc = subprocess.Popen(
+        [str(BIN / "dask-kmeans"), "fit", data["url"], "--k", "3", "--seed", "0",
+         "--output", str(tmp_path / "model"), "--cluster", data["config"], "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Error" not in err and "Broken pipe" not in err and "Traceback" not in err, err
+    assert dk.load(str(tmp_path / "model")).cluster_centers_.shape[0] == 3
+    # A pipe that is not the reader's: still the job's failure.
+    from dask_kmeans.cli import _stdout_closed
+
+    assert not _stdout_closed()
+
+
 def test_the_installed_script_fits(data, tmp_path):
     out = subprocess.run(
         [str(BIN / "dask-kmeans"), "fit", data["url"], "--k", "3", "--seed", "0",
