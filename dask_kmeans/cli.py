@@ -15,6 +15,7 @@ import math
 import os
 import select
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -71,7 +72,11 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # One line each too, "Warning: ...", not Python's two (file:line, source).
+                warnings.showwarning = lambda message, *_, **__: click.echo(
+                    f"Warning: {jobs.scrub(_one_line(message), _secrets_of(ctx))}", err=True)
+                return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Abort,
                 click.exceptions.Exit):
             raise
@@ -92,8 +97,12 @@ class _Group(click.Group):
 
     @staticmethod
     def _error(ctx: click.Context, exc: BaseException, code: int) -> CommandError:
-        secrets = sorted(ctx.meta.get(_SECRETS, ()), key=len, reverse=True)
-        return CommandError(jobs.scrub(_one_line(exc), secrets), code)
+        return CommandError(jobs.scrub(_one_line(exc), _secrets_of(ctx)), code)
+
+
+def _secrets_of(ctx: click.Context) -> list[str]:
+    """The secrets the command was given, longest first (to scrub from what it prints)."""
+    return sorted(ctx.meta.get(_SECRETS, ()), key=len, reverse=True)
 
 
 def _stdout_closed() -> bool:

@@ -924,6 +924,22 @@ def test_a_data_error_in_worker_processes_is_one_line(tmp_path):
     assert "--missing drop on the command line" in lines[0]  # its spelling here
 
 
+def test_warnings_are_one_line_too(tmp_path):
+    """A ConvergenceWarning took two lines on stderr, the first naming jobs.py and its line,
+    the second that line of source."""
+    X = np.repeat(np.array([[0.0, 1.0], [5.0, 6.0]]), 50, axis=0)
+    pd.DataFrame(X, columns=["a", "b"]).to_parquet(tmp_path / "two.parquet")
+    config = tmp_path / "local.yaml"
+    config.write_text(yaml.safe_dump({"cluster": {"kind": "local", "local": {
+        "n_workers": 1, "threads_per_worker": 1, "processes": False}}}))
+    result = invoke("fit", tmp_path / "two.parquet", "--k", 3, "--seed", 0, "--no-progress",
+                    "--cluster", config)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["Warning: Number of distinct clusters (2) found smaller than n_clusters "
+                     "(3). Possibly due to duplicate points in X."], result.stderr
+
+
 def test_a_reader_that_stops_early_does_not_fail_the_job(data, tmp_path):
     """``fit ... | head -1``: the summary met a closed pipe, and the command printed
     "Error: [Errno 32] Broken pipe" and exited 1 ("the job failed") with the model
