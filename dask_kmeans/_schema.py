@@ -36,7 +36,7 @@ import copy
 import difflib
 import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -413,3 +413,14 @@ def _walk_mapping(node: dict, value: Mapping, path: str, errors: list) -> dict:
             out[key] = (walk(sub, default, join(path, key), errors)
                         if isinstance(default, Mapping) and sub["type"] == "mapping" else default)
     return out
+
+
+def did_you_mean(missing: Sequence[str], available: Sequence[str]) -> str:
+    """The hint "; did you mean 'age'?" naming the closest existing name to each missing
+    one that has one (and which missing one it is for, when there are several); "" if
+    none is close."""
+    if len(missing) == 1:
+        return suggest(missing[0], available)
+    close = [(name, closest(name, available)) for name in missing]
+    hints = [f"'{match}' for '{name}'" for name, match in close if match is not None]
+    return f"; did you mean {', '.join(hints)}?" if hints else ""

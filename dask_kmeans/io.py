@@ -50,7 +50,7 @@ from dask.utils import parse_bytes
 from fsspec.implementations.local import LocalFileSystem
 
 from ._runtime import pool_empty
-from ._schema import closest, suggest
+from ._schema import did_you_mean
 
 __all__ = [
     "ParquetSource",
@@ -382,17 +382,6 @@ def _describe(schema: pa.Schema, limit: int = _LISTED_COLUMNS) -> str:
     return f"{shown}, ... and {more} more" if more > 0 else shown
 
 
-def _did_you_mean(missing: Sequence[str], available: Sequence[str]) -> str:
-    """The hint "; did you mean 'age'?" naming the closest existing name to each missing
-    one that has one (and which missing one it is for, when there are several); "" if
-    none is close."""
-    if len(missing) == 1:
-        return suggest(missing[0], available)
-    close = [(name, closest(name, available)) for name in missing]
-    hints = [f"'{match}' for '{name}'" for name, match in close if match is not None]
-    return f"; did you mean {', '.join(hints)}?" if hints else ""
-
-
 _PANDAS_INDEX_NAME = re.compile(r"^__index_level_\d+__$")
 
 
@@ -437,7 +426,7 @@ def _select_features(schema: pa.Schema, columns: list[str] | None, keys: list[st
         missing = [c for c in names if c not in available]
         if missing:
             raise ValueError(f"Column(s) {missing} requested by {label} not found in {url}"
-                             f"{_did_you_mean(missing, available) or '.'} Available columns: "
+                             f"{did_you_mean(missing, available) or '.'} Available columns: "
                              f"{_describe(schema)}.")
     if columns is None:
         # A pandas index holds row labels (row numbers, for a filtered frame), not features.

@@ -819,8 +819,10 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     if out["plot_features"]:
         unknown = [f for f in out["plot_features"] if f not in src.feature_names]
         if unknown:
-            raise ValueError(f"output.plot_features: {', '.join(map(repr, unknown))} is not "
-                             f"a feature of this fit; the features are "
+            hint = S.did_you_mean(unknown, src.feature_names)
+            raise ValueError(f"output.plot_features (--plot-features): "
+                             f"{', '.join(map(repr, unknown))} is not a feature of this fit"
+                             f"{hint + ' The' if hint else '; the'} features are "
                              f"{', '.join(src.feature_names)}.")
     params = job["params"]
     logger.info("fit: %d rows of %s, k=%d", src.n_rows, src.url, params["n_clusters"])

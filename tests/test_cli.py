@@ -379,7 +379,11 @@ def test_fit_refuses_a_bad_plot_before_any_work(data, tmp_path, monkeypatch):
     common = ["--output", tmp_path / "model", "--cluster", data["config"]]
     line = one_line_error(invoke("fit", data["url"], "--k", 2, "--plot", tmp_path / "p.png",
                                  "--plot-features", "age,height", *common), 1)
-    assert "output.plot_features: 'height' is not a feature" in line and "income" in line
+    assert "output.plot_features (--plot-features): 'height' is not a feature" in line
+    assert "; the features are" in line and "income" in line
+    line = one_line_error(invoke("fit", data["url"], "--k", 2, "--plot", tmp_path / "p.png",
+                                 "--plot-features", "age,incom", *common), 1)
+    assert "'incom' is not a feature of this fit; did you mean 'income'? The features" in line
     line = one_line_error(invoke("fit", data["url"], "--k", 2, "--plot", tmp_path / "p.png",
                                  "--plot-features", "age", *common), 2)
     assert "job.output.plot_features: expected a list of 2 strings or null, got a list of 1" in line
