@@ -257,6 +257,17 @@ def test_schema_documents_every_key():
     walk(SCHEMA["keys"]["job"], "job")
 
 
+def test_a_fit_job_without_output_prints_the_centres(local_store, client):
+    """A fit job had to say `output: {}` to write nothing (job.output: missing required key),
+    although no key of output is required."""
+    url, _ = write_dataset(local_store, n=300)
+    spec = {"job": {"kind": "fit", "input": {"url": url},
+                    "params": {"n_clusters": 2, "random_state": 0}}}
+    result = run_job(spec)
+    assert result["model"] is None and len(result["centers"]) == 2
+    assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["train"]
+
+
 def test_validation_does_not_modify_its_input():
     spec = fit_spec("d", cluster={"kind": "local"})
     before = json.loads(json.dumps(spec))
