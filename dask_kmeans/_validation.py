@@ -214,6 +214,10 @@ def _check_names(est, names) -> None:
 
 def _check_dask(est, X, *, reset: bool) -> da.Array:
     names = None
+    if is_dask_frame(X, series=True) and X.ndim == 1:  # before its lengths are computed
+        raise ValueError(f"X is a dask {type(X).__name__}, one column: KMeans needs 2-D input "
+                         "of shape (n_samples, n_features); give a DataFrame (series.to_frame() "
+                         "for one feature).")
     if is_dask_frame(X):
         _numeric_or_raise(list(X.columns), list(X.dtypes))
         names = _frame_names(X.columns)

@@ -1392,17 +1392,18 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
 def read_parquet(url: str, columns: str | Sequence[str] | None = None, *,
                  dtype: str | np.dtype | type = "float64",
                  storage_options: Mapping[str, Any] | None = None,
-                 missing: MissingPolicy = "error") -> da.Array:
+                 missing: MissingPolicy = "error", drop_zero_norm: bool = False,
+                 chunk_bytes: int | str | None = DEFAULT_CHUNK_BYTES) -> da.Array:
     """Parquet feature columns on any fsspec URL as a dask array of shape (n_rows, n_features).
 
     Shorthand for ``open_parquet(...).features``; see :func:`open_parquet` for
-    the parameters.
+    the parameters (all but ``key_columns``, which an array does not carry).
 
     Returns
     -------
     dask.array.Array of shape (n_rows, n_features)
-        Row chunks of at most 128 MiB (consecutive files together, a large file in
-        runs of its row groups), known chunk sizes.
+        Row chunks of at most ``chunk_bytes`` (consecutive files together, a large file
+        in runs of its row groups), known chunk sizes.
 
     Examples
     --------
@@ -1415,7 +1416,8 @@ def read_parquet(url: str, columns: str | Sequence[str] | None = None, *,
            [0.25]], dtype=float32)
     """
     return open_parquet(url, columns, dtype=dtype, storage_options=storage_options,
-                        missing=missing).features
+                        missing=missing, drop_zero_norm=drop_zero_norm,
+                        chunk_bytes=chunk_bytes).features
 
 
 # --------------------------------------------------------------------------- committed outputs

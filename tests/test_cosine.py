@@ -192,6 +192,8 @@ def test_parquet_missing_drop_can_drop_zero_norm_rows(local_store):
         KMeans(3, random_state=0, metric="cosine").fit(dk.open_parquet(url, list("abcd")))
     with pytest.raises(ValueError, match="needs missing='drop'"):
         dk.open_parquet(url, drop_zero_norm=True)
+    assert dk.read_parquet(url, list("abcd"), missing="drop", drop_zero_norm=True).shape == \
+        (398, 4)
 
 
 # scikit-learn's check of the NumPy input sums inf and -inf

@@ -108,6 +108,9 @@ def test_directory_chunks_follow_files_with_zero_row_parts(store):
     X = read_parquet(url, ["x", "z"], storage_options=so)
     assert X.chunks == ((12,), (2,))
     np.testing.assert_array_equal(X.compute(), df[["x", "z"]].to_numpy(np.float64))
+    # read_parquet takes chunk_bytes too (it had none, nor drop_zero_norm).
+    assert read_parquet(url, ["x", "z"], storage_options=so, chunk_bytes=None).chunks == \
+        ((4, 0, 3, 5), (2,))
 
 
 def test_parts_in_natural_order(local_store):

@@ -202,6 +202,15 @@ def test_dask_series_weights_are_checked_and_other_collections_named():
         with pytest.raises(ValueError, match=rf"{name} is a dask (Delayed|Bag), which KMeans "
                                              r"cannot read without computing it"):
             KMeans(2).fit(X_, sample_weight=w)
+    # A dask Series as X is named as one (it said "Expected a 2-D array", after a pass
+    # computing its partition lengths).
+    series = dd.from_pandas(pd.Series(np.arange(100.0)), npartitions=2)
+    fitted = KMeans(2).fit(Xd)
+    with dask.config.set(scheduler=lambda *a, **k: pytest.fail("computed")):
+        for call in (lambda: KMeans(2).fit(series), lambda: fitted.predict(series)):
+            with pytest.raises(ValueError, match=r"X is a dask Series, one column: KMeans needs "
+                                                 r"2-D input .*series.to_frame\(\)"):
+                call()
 
 
 class _FakeXarray:
