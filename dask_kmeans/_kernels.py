@@ -966,20 +966,33 @@ def farthest(
     return out[np.isfinite(out[:, 0])]
 
 
+def _same_point_share(dtype) -> float:
+    """How far apart, relative to their norms, two points may be and still be the same
+    point: ``max(16 eps, 1e-10)`` (``eps`` of ``dtype``). The 1e-10 is the rounding of a
+    float64 mean of many copies of one row (about 1.4e-11 of its norm for 2 million)."""
+    dtype = np.dtype(dtype)
+    eps = np.finfo(dtype).eps if dtype.kind == "f" else np.finfo(float).eps
+    return max(16 * eps, 1e-10)
+
+
 def _same_point_radius(centers: np.ndarray) -> float:
-    """How far apart two points may be and still be the same point, for these centres:
-    ``max(16 eps, 1e-10)`` times the largest centre norm (``eps`` of their dtype)."""
-    eps = np.finfo(centers.dtype).eps if centers.dtype.kind == "f" else np.finfo(float).eps
+    """:func:`_same_point_share` of the largest centre norm."""
     c = centers.astype(np.float64)
-    return max(16 * eps, 1e-10) * float(np.sqrt(np.einsum("ij,ij->i", c, c).max()))
+    return _same_point_share(centers.dtype) * float(np.sqrt(np.einsum("ij,ij->i", c, c).max()))
 
 
-def on_centre_distance(centers: np.ndarray, metric: str = "euclidean") -> float:
-    """The distance, as :func:`farthest` gives it (squared; ``1 - cos`` for "cosine"), up
-    to which a row sits on its centre (see :func:`count_distinct`): an empty cluster
-    moved onto it would only double that centre (:func:`relocate_empty`)."""
-    r = _same_point_radius(np.asarray(centers))
-    return r * r * (0.5 if metric == "cosine" else 1.0)
+def on_centre(candidates: np.ndarray, centers: np.ndarray, metric: str = "euclidean",
+              ) -> np.ndarray:
+    """Which of :func:`farthest`'s ``candidates`` sit on their centre: within
+    :func:`_same_point_share` of the larger of the row's norm and its centre's (the row
+    and the centre alone: a far centre elsewhere changes nothing). An empty cluster
+    moved onto such a row would only double that centre (:func:`relocate_empty`)."""
+    c = np.asarray(centers, dtype=np.float64)[candidates[:, 2].astype(np.int64)]
+    rows = candidates[:, 4:]
+    size = np.sqrt(np.maximum(np.einsum("ij,ij->i", rows, rows), np.einsum("ij,ij->i", c, c)))
+    r = _same_point_share(np.asarray(centers).dtype) * size
+    # farthest gives squared distances, or 1 - cos = |u - c|^2 / 2 for unit rows.
+    return candidates[:, 0] <= r * r * (0.5 if metric == "cosine" else 1.0)
 
 
 def count_distinct(centers: np.ndarray) -> int:
@@ -1014,7 +1027,8 @@ def count_distinct(centers: np.ndarray) -> int:
 
 
 def relocate_empty(
-    sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray, on_centre: float = 0.0,
+    sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray,
+    sitting: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Move each empty cluster onto one of the rows farthest from its centre.
 
@@ -1023,8 +1037,8 @@ def relocate_empty(
     member of the empty one. ``candidates`` is the output of :func:`farthest`
     for all chunks, concatenated.
 
-    Unlike scikit-learn, a row at most ``on_centre`` from its centre (see
-    :func:`on_centre_distance`) is not taken: a centre moved onto it would
+    Unlike scikit-learn, a row that sits on its centre (``sitting``, from
+    :func:`on_centre`, for each candidate) is not taken: a centre moved onto it would
     double that centre, take its rows on the tie by the lower index and leave
     the other twin empty, to be moved again at the next iteration, and so on
     to ``max_iter`` with fewer distinct rows than clusters. Such a cluster
@@ -1040,10 +1054,10 @@ def relocate_empty(
     empty = np.flatnonzero(counts == 0)
     # Farthest first; ties by lower global row index so chunking cannot matter.
     order = np.lexsort((candidates[:, 1], -candidates[:, 0]))
+    if sitting is not None:
+        order = order[~np.asarray(sitting, dtype=bool)[order]]
     left = np.zeros(len(counts), dtype=bool)
     for cluster, row in zip(empty, candidates[order], strict=False):
-        if row[0] <= on_centre:  # so are the rows after it
-            break
         old = int(row[2])
         w = row[3]
         point = row[4:]

@@ -65,9 +65,9 @@ def _step(X, sample_weight, centers, partials, metric):
     if n_empty:
         (cand,) = compute(G.farthest(X, centers, sample_weight, n_empty,
                                      metric))
-        on_centre = K.on_centre_distance(centers, metric)
-        sums, counts = K.relocate_empty(sums, counts, cand, on_centre)
-        n_moved = min(n_empty, int(np.count_nonzero(cand[:, 0] > on_centre)))
+        sitting = K.on_centre(cand, centers, metric)
+        sums, counts = K.relocate_empty(sums, counts, cand, sitting)
+        n_moved = min(n_empty, int(np.count_nonzero(~sitting)))
     new_centers = K.finalize_centers(sums, counts, centers, metric)
     shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
     return new_centers, shift, (n_empty, n_moved)

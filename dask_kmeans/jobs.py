@@ -37,6 +37,7 @@ import glob
 import io as _stdio
 import json
 import logging
+import math
 import os
 import posixpath
 import re
@@ -797,6 +798,20 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
         raise
 
 
+def _records(table) -> list[dict[str, Any]]:
+    """A profile table as JSON records, every float to the bit (pandas' ``to_json`` keeps
+    10 decimal places: a mean of 2e-12 became 0, one of 1.70000000504e18 lost digits),
+    NaN (an empty cluster) as null."""
+    import numpy as np
+
+    def plain(value):
+        value = value.item() if isinstance(value, np.generic) else value
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    return [{str(k): plain(v) for k, v in row.items()}
+            for row in table.reset_index().to_dict(orient="records")]
+
+
 def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     from .io import write_labels
 
@@ -842,7 +857,7 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
         from .report import profile
 
         table = profile(km, src)
-        result["profile"] = json.loads(table.reset_index().to_json(orient="records"))
+        result["profile"] = _records(table)
     with _new_outputs_undone(job, [out["labels"], out["model"], out["plot"]]) as made:
         if out["labels"]:
             labels, distances = km.predict(src, return_distance=True)

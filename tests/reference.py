@@ -44,12 +44,13 @@ def partials(X, C, w=None):
     return sums, counts, inertia, labels, mind
 
 
-def on_centre(C, dtype) -> float:
-    """How near (not squared) a row is to a centre to sit on it: within rounding of the
-    largest centre's norm (16 eps of the data's dtype, at least 1e-10 of it). An empty
-    cluster is not moved onto such a row (it would only double that centre)."""
+def on_centre(row, centre, dtype) -> bool:
+    """Whether a row sits on its centre: within rounding (16 eps of the data's dtype, at
+    least 1e-10) of the larger of their norms. An empty cluster is not moved onto such a
+    row (it would only double that centre)."""
     eps = np.finfo(dtype).eps if np.dtype(dtype).kind == "f" else np.finfo(float).eps
-    return max(16 * eps, 1e-10) * float(np.sqrt((np.asarray(C, np.float64) ** 2).sum(1).max()))
+    size = max(np.linalg.norm(row), np.linalg.norm(centre))
+    return bool(np.linalg.norm(row - centre) <= max(16 * eps, 1e-10) * size)
 
 
 def lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
@@ -66,9 +67,8 @@ def lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
         # (rows of weight 0 count as absent: they never refill a cluster)
         order = np.lexsort((np.arange(len(X)), -np.where(w > 0, mind, -np.inf)))
         moved = np.zeros(len(X), dtype=bool)
+        order = (far for far in order if not on_centre(X[far], C[labels[far]], dtype))
         for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
-            if np.sqrt(mind[far]) <= on_centre(C, dtype):
-                break  # every row left sits on a centre: the empty cluster stays
             old = labels[far]
             sums[old] -= w[far] * X[far]
             counts[old] -= w[far]
@@ -116,10 +116,8 @@ def spherical_lloyd(X, C0, w=None, *, max_iter=300, tol=1e-4):
             sums[j] = (w[labels == j, None] * U[labels == j]).sum(axis=0)
             counts[j] = w[labels == j].sum()
         order = np.lexsort((np.arange(len(U)), -np.where(w > 0, dist, -np.inf)))
+        order = (far for far in order if not on_centre(U[far], C[labels[far]], dtype))
         for j, far in zip(np.flatnonzero(counts == 0), order, strict=False):
-            # On its centre? By the difference (1 - cos loses ~1e-16 to cancellation).
-            if np.sqrt(((U[far] - C[labels[far]]) ** 2).sum()) <= on_centre(C, dtype):
-                break
             sums[labels[far]] -= w[far] * U[far]
             counts[labels[far]] -= w[far]
             sums[j] = w[far] * U[far]

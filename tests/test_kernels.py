@@ -287,15 +287,36 @@ def test_relocation_never_puts_a_centre_on_a_row_that_sits_on_one():
     p = K.lloyd_partials(X, C)
     cand = K.farthest(X, C, None, 1, offset=0)
     assert 0.0 < cand[0, 0] < 1e-30  # the farthest row, on its centre
-    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.on_centre_distance(C))
+    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.on_centre(cand, C))
     np.testing.assert_array_equal(counts, [3, 3, 0])
     np.testing.assert_array_equal(K.finalize_centers(sums, counts, C)[2], [5.0])
     X[5] = 0.8  # now off every centre: it refills the empty cluster
     cand = K.farthest(X, C, None, 1, offset=0)
     p = K.lloyd_partials(X, C)
-    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.on_centre_distance(C))
+    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.on_centre(cand, C))
     np.testing.assert_array_equal(counts, [3, 2, 1])
     np.testing.assert_array_equal(K.finalize_centers(sums, counts, C)[2], [0.8])
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_far_centre_does_not_keep_rows_near_the_origin_from_refilling(lazy):
+    """Whether a row sits on its centre was judged against the largest centre norm: the
+    empty cluster's own stale centre at 1e12 made every row "on its centre", nothing was
+    relocated, and the fit ended at inertia 1.015 where scikit-learn's reaches 0.015.
+    Rows near 1e9 a few hundredths apart refill as well."""
+    from sklearn.cluster import KMeans as SKKMeans
+
+    for X, C0 in ((np.array([[0.0], [0.1], [1.0], [1.1], [5.0], [5.1]]),
+                   np.array([[0.0], [5.0], [1e12]])),
+                  (1e9 + np.array([[0.0], [0.0], [0.5], [0.5], [1.0], [1.0]]),
+                   1e9 + np.array([[0.0], [0.5], [50.0]]))):
+        sk = SKKMeans(3, init=C0, n_init=1, tol=0).fit(X)
+        km = KMeans(3, init=C0, tol=0).fit(da.from_array(X, chunks=2) if lazy else X)
+        np.testing.assert_allclose(np.sort(km.cluster_centers_[:, 0]),
+                                   np.sort(sk.cluster_centers_[:, 0]), rtol=1e-12)
+        assert km.inertia_ == pytest.approx(sk.inertia_, abs=1e-6)
+        np.testing.assert_allclose(km.cluster_centers_, ref.lloyd(X, C0, tol=0)[0],
+                                   rtol=1e-12)
 
 
 def test_relocation_that_takes_every_row_of_a_weighted_cluster_leaves_it_empty():
