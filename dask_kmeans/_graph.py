@@ -245,17 +245,18 @@ def assignment(X: da.Array, C, sample_weight=None, *, split_every=None,
     return labels, sq_dist, inertia
 
 
-def transform_chunk(x, c, offset=(0,), *, metric="euclidean"):
+def transform_chunk(x, c, offset=(0,), *, metric="euclidean", standardized=False):
     """Distances of a chunk's rows to every centre: Euclidean, or ``1 - cos``. Rows with
     NaN or infinity, and rows of zero norm for cosine, are refused, named by global index
-    from ``offset`` (dask input is not scanned in advance)."""
+    from ``offset`` (dask input is not scanned in advance; ``standardized``: see
+    ``K.ZeroNormError``)."""
     first = int(offset[0])
     scales = None
     if metric == "cosine":  # the norms serve the checks and the distances
         scales = K.unit_scales(x)
         # Rows with NaN or infinity have a scale of 0 or NaN: name them as such first.
         K.refuse_nonfinite(x, np.where(scales > 0, 0.0, np.nan), first)
-        K.refuse_zero_norm(scales == 0, first)
+        K.refuse_zero_norm(scales == 0, first, standardized)
     with np.errstate(invalid="ignore", over="ignore"):  # such rows are refused below
         d = K.pairwise_sq_distances(x, c, metric, scales)
     if metric != "cosine" and d.shape[1]:
@@ -265,7 +266,7 @@ def transform_chunk(x, c, offset=(0,), *, metric="euclidean"):
     return d if metric == "cosine" else np.sqrt(d)
 
 
-def distances(X: da.Array, C, *, metric="euclidean") -> da.Array:
+def distances(X: da.Array, C, *, metric="euclidean", standardized=False) -> da.Array:
     """Distance of every row to every centre, shape (n_samples, k) (see ``transform_chunk``)."""
     k = C.shape[0]
     centers = centers_args(C, X)
@@ -283,6 +284,7 @@ def distances(X: da.Array, C, *, metric="euclidean") -> da.Array:
         meta=np.empty((0, 0), dtype=X.dtype),
         adjust_chunks={"j": k},
         metric=metric,
+        standardized=standardized,
     )
 
 

@@ -783,10 +783,10 @@ class ZeroNormError(ValueError):
         if standardized:
             return (f"{n_zero} row(s) of X have zero norm after standardize=True ({rows}): "
                     "they equal the feature means, and metric='cosine' gives them no "
-                    "direction. Remove them first (missing='drop' and drop_zero_norm=True, "
-                    "input.missing: drop in a job and --missing drop on the command line, "
-                    "drop rows of zero norm as read, which standardize moves off the origin), "
-                    "or fit without standardize, or with metric='euclidean'.")
+                    "direction. Remove them from the data first, or fit without standardize, "
+                    "or with metric='euclidean' (missing='drop' does not remove them: it "
+                    "drops rows of zero norm as read, which standardize moves off the "
+                    "origin).")
         return (f"{n_zero} row(s) of X have zero norm ({rows}); metric='cosine' gives them no "
                 "direction. Drop them first (dask_kmeans.open_parquet(..., missing='drop', "
                 "drop_zero_norm=True) does, and so do input.missing: drop in a job and "

@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import os
-import select
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -85,11 +84,12 @@ class _Group(click.Group):
         except ClusterError as exc:
             raise self._error(ctx, exc, 3) from None
         except BrokenPipeError as exc:
-            if not _stdout_closed():  # a connection of the job's, not our reader
+            if not ctx.meta.get(_READER_GONE):  # a connection of the job's: it failed
                 raise self._error(ctx, exc, 1) from None
-            # The reader stopped early (``| head -1``): the command's work is done, the
-            # rest of its output has nobody to read it. Not a failed job: exit 0, quietly
-            # (stdout to /dev/null, or Python reports the pipe again at exit).
+            # The reader stopped early (``| head -1``): the command's work was done before
+            # it printed, and the rest of its output has nobody to read it. Not a failed
+            # job: exit 0, quietly (stdout to /dev/null, or Python reports the pipe again
+            # at exit).
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise click.exceptions.Exit(0) from None
         except (ValueError, TypeError, OSError, ImportError) as exc:
@@ -105,14 +105,18 @@ def _secrets_of(ctx: click.Context) -> list[str]:
     return sorted(ctx.meta.get(_SECRETS, ()), key=len, reverse=True)
 
 
-def _stdout_closed() -> bool:
-    """Whether standard output is a pipe whose reader has gone (poll says POLLERR)."""
+#: ``ctx.meta`` key: standard output's reader went away while the command printed.
+_READER_GONE = "dask_kmeans.reader_gone"
+
+
+def _out(text: str = "") -> None:
+    """Print a result to standard output (only done once the command's work is done): a
+    reader that went away is noted, for :class:`_Group` to end the command quietly."""
     try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll here, or no file descriptor
-        return False
+        click.echo(text)
+    except BrokenPipeError:
+        click.get_current_context().meta[_READER_GONE] = True
+        raise
 
 
 def _remember_secrets(spec: dict) -> None:
@@ -276,51 +280,51 @@ def _print_profile(records: list[dict]) -> None:
 
     from .report import format_profile
 
-    click.echo("clusters:")
-    click.echo(format_profile(pd.DataFrame(records).set_index("cluster")))
+    _out("clusters:")
+    _out(format_profile(pd.DataFrame(records).set_index("cluster")))
 
 
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        _out(json.dumps(result, indent=2))
         return
     kind = result["kind"]
     rows = f"{result['n_rows']:,} rows of {result['input']}"
     if kind == "fit":
-        click.echo(f"fit: k={result['n_clusters']} on {rows}")
-        click.echo(f"iterations: {result['n_iter']}")
-        click.echo(f"inertia:    {_number(result['inertia'])}")
+        _out(f"fit: k={result['n_clusters']} on {rows}")
+        _out(f"iterations: {result['n_iter']}")
+        _out(f"inertia:    {_number(result['inertia'])}")
         if result["model"]:
-            click.echo(f"model:      {result['model']}")
+            _out(f"model:      {result['model']}")
         else:
-            click.echo("model:      not saved (no --output); centres:")
+            _out("model:      not saved (no --output); centres:")
             for center in result["centers"]:
-                click.echo("  " + "  ".join(f"{v:.6g}" for v in center))
-        click.echo(f"labels:     {result['labels'] or 'not written (no --labels)'}")
+                _out("  " + "  ".join(f"{v:.6g}" for v in center))
+        _out(f"labels:     {result['labels'] or 'not written (no --labels)'}")
         for url in result["profile_files"]:
-            click.echo(f"profile:    {url}")
+            _out(f"profile:    {url}")
         if result["plot"]:
-            click.echo(f"plot:       {result['plot']}")
+            _out(f"plot:       {result['plot']}")
         if result["profile"]:
             _print_profile(result["profile"])
     elif kind == "predict":
-        click.echo(f"predict: {rows} with the model at {result['model']} "
+        _out(f"predict: {rows} with the model at {result['model']} "
                    f"(k={result['n_clusters']})")
-        click.echo(f"labels:  {result['labels']}")
+        _out(f"labels:  {result['labels']}")
     else:
-        click.echo(f"sweep: {len(result['results'])} values of K on {rows}")
-        click.echo(f"{'k':>6}  {'inertia':>16}  {'silhouette':>10}  {'n_iter':>6}")
+        _out(f"sweep: {len(result['results'])} values of K on {rows}")
+        _out(f"{'k':>6}  {'inertia':>16}  {'silhouette':>10}  {'n_iter':>6}")
         for row in result["results"]:
             sil = "" if row["silhouette"] is None else f"{row['silhouette']:.3f}"
             mark = "  <- suggested" if row["k"] == result["suggested_k"] else ""
-            click.echo(f"{row['k']:>6}  {_number(row['inertia']):>16}  {sil:>10}  "
+            _out(f"{row['k']:>6}  {_number(row['inertia']):>16}  {sil:>10}  "
                        f"{row['n_iter']:>6}{mark}")
-        click.echo(f"suggested K: {result['suggested_k']} ({result['reason']})")
+        _out(f"suggested K: {result['suggested_k']} ({result['reason']})")
         if result["table"]:
-            click.echo(f"table: {result['table']}")
+            _out(f"table: {result['table']}")
         if result["plot"]:
-            click.echo(f"plot:  {result['plot']}")
-    click.echo(f"time:       {result['seconds']:.2f} s" if kind == "fit"
+            _out(f"plot:  {result['plot']}")
+    _out(f"time:       {result['seconds']:.2f} s" if kind == "fit"
                else f"time: {result['seconds']:.2f} s")
 
 
@@ -535,7 +539,8 @@ def _data_options(f: Callable) -> Callable:
         click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
                      show_default=True,
                      help="Rows with NaN, inf or null features: stop, or skip them (with "
-                          "--metric cosine, rows of zero norm too)."),
+                          "--metric cosine and without --standardize, rows of zero norm "
+                          "too)."),
         _chunk_bytes_option,
         click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
                      help="fsspec option for the input (and outputs on the same storage); "
@@ -649,7 +654,8 @@ def fit(input_url, n_clusters, keys, init, n_init, columns, max_iter, tol, seed,
                    + _NAMES_HELP)
 @click.option("--missing", type=click.Choice(["error", "drop"]), default="error",
               show_default=True, help="Rows with NaN, inf or null features: stop, or skip them "
-                                      "(for a cosine model, rows of zero norm too).")
+                                      "(for a cosine model that does not standardize, rows "
+                                      "of zero norm too).")
 @_chunk_bytes_option
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
               help="fsspec option for the input (and the model and output on the same "
@@ -798,7 +804,7 @@ def submit(job_file, overrides, cluster_file, scheduler, timeout):
     jobs.keep_finished()  # a bad setting is bad usage, whether the scheduler answers or not
     with _connected(target, timeout) as client:
         job_id = jobs.submit_job(spec, client)
-    click.echo(job_id)
+    _out(job_id)
 
 
 @main.command()
@@ -818,7 +824,7 @@ def status(job_id, cluster_file, scheduler, timeout):
     _require_persistent(target, "status")
     with _connected(target, timeout) as client:
         record = jobs.job_status(job_id, client)
-    click.echo(json.dumps(record, indent=2))
+    _out(json.dumps(record, indent=2))
     if record["state"] in ("failed", "lost"):
         raise click.exceptions.Exit(1)
 
@@ -847,10 +853,10 @@ def validate(file, overrides):
         if overrides:
             raise CommandError("--set applies to job specs only", 2)
         config = load_cluster_config(file)
-        click.echo(f"OK: {file} is a valid cluster config (kind {config['cluster']['kind']})")
+        _out(f"OK: {file} is a valid cluster config (kind {config['cluster']['kind']})")
     elif "job" in top or raw is None:
         spec = jobs.load_job(file, overrides)
-        click.echo(f"OK: {file} is a valid job spec (kind {spec['job']['kind']})")
+        _out(f"OK: {file} is a valid job spec (kind {spec['job']['kind']})")
     else:
         raise CommandError(f"{file}: neither a job spec (top-level key 'job') nor a cluster "
                            f"config (top-level key 'cluster'); its top-level keys are "

@@ -566,9 +566,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         """
         Xv = self._validated(X)
         if isinstance(Xv, da.Array):
-            out = G.distances(Xv, self._working_centers(), metric=self.metric)
+            out = G.distances(Xv, self._working_centers(), metric=self.metric,
+                              standardized=self._standardizes)
         else:
-            out = G.transform_chunk(Xv, self._working_centers(), metric=self.metric)
+            out = G.transform_chunk(Xv, self._working_centers(), metric=self.metric,
+                                    standardized=self._standardizes)
         return self._output_container(out, X)
 
     def set_output(self, *, transform=None):

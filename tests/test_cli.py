@@ -957,10 +957,30 @@ def test_a_reader_that_stops_early_does_not_fail_the_job(data, tmp_path):
     assert proc.returncode == 0, err
     assert "Error" not in err and "Broken pipe" not in err and "Traceback" not in err, err
     assert dk.load(str(tmp_path / "model")).cluster_centers_.shape[0] == 3
-    # A pipe that is not the reader's: still the job's failure.
-    from dask_kmeans.cli import _stdout_closed
 
-    assert not _stdout_closed()
+
+def test_a_broken_pipe_in_the_job_is_its_failure(data, monkeypatch, tmp_path):
+    """A BrokenPipeError from the job's own connections (storage, say), not from printing
+    the result, is the job's failure, exit 1, even when standard output has no reader."""
+    from dask_kmeans import jobs
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe (storage)")
+
+    monkeypatch.setattr(jobs, "run_job", broken)
+    result = invoke("fit", data["url"], "--k", 2, "--cluster", data["config"])
+    assert "Broken pipe (storage)" in one_line_error(result, 1)
+    script = ("import sys; from dask_kmeans import jobs, cli\n"
+              "def broken(*a, **k): raise BrokenPipeError(32, 'Broken pipe (storage)')\n"
+              "jobs.run_job = broken\n"
+              "sys.argv = ['dask-kmeans'] + sys.argv[1:]\n"
+              "cli.main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, "fit", data["url"], "--k", "2",
+                             "--cluster", data["config"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # no reader either: still the job's failure
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Broken pipe (storage)" in err, err
 
 
 def test_the_installed_script_fits(data, tmp_path):

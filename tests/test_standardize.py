@@ -159,6 +159,10 @@ def test_cosine_rows_equal_to_the_means_are_named_as_standardised(lazy):
             labels.compute()
     with pytest.raises(ValueError, match=standardised.replace("100", "5")):
         km.score(new)
+    with pytest.raises(ValueError, match=standardised.replace("100", "5")):
+        out = km.transform(new)
+        if lazy:
+            out.compute()
     plain = dk.KMeans(2, metric="cosine", random_state=0).fit(rows[:100] + 1.0)
     with pytest.raises(ValueError, match=r"have zero norm \(rows 5\); metric='cosine'"):
         plain.predict(np.vstack([rows[95:100] + 1, [(0.0, 0.0)]]))
