@@ -46,6 +46,15 @@ __all__ = ["SchemaError", "expected", "is_int", "is_number", "load_yaml", "not_u
            "show", "walk"]
 
 ADDRESS = re.compile(r"^(?P<scheme>[a-z]+)://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)$")
+#: A bare ``host:port`` (or ``[v6 address]:port``), which distributed reaches over TCP.
+HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d+")
+
+
+def over_tcp(value):
+    """``tcp://`` added to a bare ``host:port``, as ``distributed.Client`` takes it; any
+    other value as it is (to be refused naming what was given)."""
+    return f"tcp://{value}" if isinstance(value, str) and HOST_PORT.fullmatch(value) \
+        else value
 
 
 # --------------------------------------------------------------------------- YAML
@@ -360,6 +369,8 @@ def walk(node: dict, value: Any, path: str, errors: list) -> Any:
         same = [o for o in node["options"] if o["type"] == container]
         if container and len(same) == 1:
             return walk(same[0], value, path, errors)
+    elif kind == "address" and "tcp" in node["schemes"] and valid_leaf(node, over_tcp(value)):
+        return over_tcp(value)  # a bare host:port, everywhere an address goes
     elif kind not in ("mapping", "list", "oneof") and value is not None \
             and valid_leaf(node, value):
         return value

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from functools import cache
@@ -187,8 +186,9 @@ def load_cluster_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     ...     load_cluster_config(p)["cluster"]["scheduler"]
     {'address': 'tcp://127.0.0.1:8786', 'timeout': None}
     """
-    if isinstance(path, str) and "://" in path:  # Path() would make tcp:// into tcp:/
-        raise _address_not_config(path)
+    if isinstance(path, str) and ("://" in path or (
+            S.HOST_PORT.fullmatch(path) and not os.path.exists(path))):
+        raise _address_not_config(path)  # (Path() would make tcp:// into tcp:/)
     p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
@@ -343,17 +343,6 @@ _CONNECT = {
 SCHEDULER_ADDRESS = "scheduler-address"
 
 
-#: A bare ``host:port`` (or ``[v6 address]:port``), which distributed reaches over TCP.
-_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d+")
-
-
-def _over_tcp(address):
-    """``tcp://`` added to a bare ``host:port``, as distributed takes it; any other value
-    as it is (to be refused naming what was given)."""
-    return f"tcp://{address}" if isinstance(address, str) and _HOST_PORT.fullmatch(address) \
-        else address
-
-
 def default_scheduler() -> str | None:
     """The address in Dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``),
     where a cluster nobody named is found (``tcp://`` added to a bare ``host:port``); None
@@ -361,7 +350,7 @@ def default_scheduler() -> str | None:
     address = dask.config.get(SCHEDULER_ADDRESS, None)
     if address in (None, ""):
         return None
-    return _over_tcp(address)
+    return S.over_tcp(address)
 
 
 def _config_for(config_or_path, scheduler) -> dict:
@@ -372,7 +361,6 @@ def _config_for(config_or_path, scheduler) -> dict:
     if scheduler is not None:
         if config_or_path is not None:
             raise ValueError("connect() takes a config or scheduler=, not both")
-        scheduler = _over_tcp(scheduler)  # --scheduler 10.0.0.5:8786, as Client() takes it
         errors: list[tuple[str, str]] = []
         S.walk(_kind_schema("scheduler")["keys"]["address"], scheduler, where, errors)
         if errors:

@@ -269,7 +269,7 @@ def _check_cluster_entry(value: Any, base_dir: Path | None, errors: list) -> Any
     if value is None:
         return None
     if isinstance(value, str) and value.strip():
-        if "://" in value:
+        if "://" in value or (S.HOST_PORT.fullmatch(value) and not os.path.exists(value)):
             errors.append((path, f"{value!r} looks like a scheduler address: write "
                                  f"cluster: {{scheduler: {value}}}"))
             return None
@@ -286,8 +286,7 @@ def _check_cluster_entry(value: Any, base_dir: Path | None, errors: list) -> Any
         return str(file)
     if isinstance(value, Mapping) and set(value) == {"scheduler"}:
         node = {"type": "address", "schemes": ["tcp", "tls"]}
-        S.walk(node, value["scheduler"], f"{path}.scheduler", errors)
-        return dict(value)
+        return {"scheduler": S.walk(node, value["scheduler"], f"{path}.scheduler", errors)}
     if isinstance(value, Mapping) and ("kind" in value or set(value) == {"cluster"}):
         inline = value if set(value) == {"cluster"} else {"cluster": value}
         prefix = path if set(value) != {"cluster"} else f"{path}.cluster"

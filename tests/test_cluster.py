@@ -286,9 +286,12 @@ BAD = [
      "cluster.ssh", "options for kind 'ssh', but kind is 'local'"),
     ("missing section", {"cluster": {"kind": "slurm"}}, "cluster.slurm",
      "missing required key: kind 'slurm' needs cores, memory"),
-    ("address without scheme",
-     {"cluster": {"kind": "scheduler", "scheduler": {"address": "localhost:8786"}}},
+    ("address without a port",
+     {"cluster": {"kind": "scheduler", "scheduler": {"address": "localhost"}}},
      "cluster.scheduler.address", "expected an address like tcp://host:port or tls://host:port"),
+    ("tls without its scheme",  # a bare host:port is tcp, which tls refuses
+     {"cluster": {"kind": "tls", "tls": {**TLS_OK, "address": "localhost:8786"}}},
+     "cluster.tls.address", "expected an address like tls://host:port"),
     ("tls needs tls://", {"cluster": {"kind": "tls", "tls": {**TLS_OK,
                                                              "address": "tcp://h:8786"}}},
      "cluster.tls.address", "expected an address like tls://host:port"),
@@ -415,7 +418,20 @@ def test_connect_argument_errors(tmp_path):
                                                  ".*got 'notanaddress'"):
         with connect(scheduler="notanaddress"):
             pass
-    # A bare host:port is tcp, as for distributed.Client (it was refused as the above).
+    # A bare host:port is tcp, as for distributed.Client (it was refused as the above),
+    # wherever an address goes: connect(scheduler=), cluster configs, a job's cluster.
+    from dask_kmeans.jobs import validate_job
+
+    with pytest.raises(ClusterConfigUnreadable, match="'127.0.0.1:1' looks like a scheduler "
+                                                      "address, not a cluster config file"):
+        load_cluster_config("127.0.0.1:1")
+    bare = {"cluster": {"kind": "scheduler", "scheduler": {"address": "10.0.0.5:8786"}}}
+    assert validate_cluster_config(bare)["cluster"]["scheduler"]["address"] == \
+        "tcp://10.0.0.5:8786"
+    job = validate_job({"job": {"kind": "fit", "input": {"url": "d"},
+                                "params": {"n_clusters": 2},
+                                "cluster": {"scheduler": "[::1]:8786"}}})
+    assert job["job"]["cluster"] == {"scheduler": "tcp://[::1]:8786"}
     port = free_port()
     with pytest.raises(ClusterError, match=f"could not connect to the Dask scheduler at "
                                            f"tcp://127.0.0.1:{port} "):
