@@ -274,6 +274,7 @@ def _check_source(est, source, *, reset: bool) -> da.Array:
         return X
     fitted = getattr(est, "feature_names_in_", None)
     if fitted is None:
+        _check_names(est, names)  # scikit-learn's warning: X has names, the model none
         if X.shape[1] != est.n_features_in_:
             raise ValueError(f"The Parquet input has {X.shape[1]} feature columns, but KMeans "
                              f"is expecting {est.n_features_in_} features as input.")

@@ -382,7 +382,7 @@ def test_pandas_and_dask_dataframes_record_feature_names(data):
         lazy.predict(ddf[cols[::-1]])
 
 
-def test_dask_input_gets_sklearns_feature_name_checks(data):
+def test_dask_input_gets_sklearns_feature_name_checks(data, tmp_path):
     """Dask input skipped them: names at predict time and none at fit, or the other way
     round, passed in silence, and mixed str/int column names were taken as no names."""
     import warnings
@@ -406,10 +406,21 @@ def test_dask_input_gets_sklearns_feature_name_checks(data):
             labels = model.predict(other)
         assert record[0].filename == __file__  # the caller's line
         np.testing.assert_array_equal(labels.compute(), plain.labels_)
+    # A Parquet source has names too: matched by name to a named model, by position (with
+    # the warning) to a model fitted without names.
+    from dask_kmeans.io import open_parquet
+
+    pd.DataFrame(X, columns=cols).to_parquet(tmp_path / "x.parquet")
+    with pytest.warns(UserWarning, match="X has feature names, but KMeans was fitted "
+                                         "without feature names") as record:
+        labels = plain.predict(open_parquet(str(tmp_path / "x.parquet")))
+    assert record[0].filename == __file__
+    np.testing.assert_array_equal(labels.compute(), plain.labels_)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         named.predict(ddf).compute()
         plain.predict(Xd).compute()
+        named.predict(open_parquet(str(tmp_path / "x.parquet"))).compute()
         KMeans(5, init=C0).fit(ddf.rename(columns={c: i for i, c in enumerate(cols)}))
     mixed = ddf.rename(columns={"f0": 0})
     for fit in (lambda: KMeans(5, init=C0).fit(mixed), lambda: named.predict(mixed)):
