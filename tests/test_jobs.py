@@ -259,6 +259,29 @@ def test_schema_documents_every_key():
     walk(SCHEMA["keys"]["job"], "job")
 
 
+def test_the_result_profile_keeps_every_digit(local_store, client):
+    """The result's profile (--json, and the table the command prints) came through
+    pandas' to_json, 10 decimal places: a mean of 2e-12 mol/L became 0, one in epoch
+    nanoseconds lost its last digits; profile.csv kept them."""
+    from dask_kmeans.report import profile
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"conc": rng.normal(5e-12, 2e-12, 400),
+                       "t_ns": 1.7e18 + rng.normal(0, 3e9, 400)})
+    local_store.write_parquet("tiny/part-0.parquet", df)
+    url = local_store.url("tiny")
+    result = run_job(fit_spec(url, input={"url": url},
+                              params={"n_clusters": 2, "random_state": 0, "standardize": True},
+                              output={"model": local_store.url("m")}))
+    table = profile(dk.load(result["model"]), dk.open_parquet(url))
+    for record, (cluster, row) in zip(result["profile"], table.iterrows(), strict=True):
+        assert record["cluster"] == cluster
+        for column in ("conc_mean", "conc_std", "t_ns_mean", "t_ns_std"):
+            assert record[column] == row[column], column  # to the bit
+    assert 1e-12 < result["profile"][0]["conc_mean"] < 1e-11
+    json.dumps(result)  # plain JSON types
+
+
 def test_a_fit_job_without_output_prints_the_centres(local_store, client):
     """A fit job had to say `output: {}` to write nothing (job.output: missing required key),
     although no key of output is required."""
