@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
 import os
@@ -178,15 +179,17 @@ def _frame_names(columns) -> np.ndarray | None:
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _SKLEARN = os.sep + "sklearn" + os.sep
+_CONTEXTLIB = contextlib.__file__  # the frames of a context manager used as a decorator
 
 
-def _caller_stacklevel() -> int:
+def caller_stacklevel() -> int:
     """The ``stacklevel`` at which a warning raised by the function calling this one
     points at the first caller outside this package and scikit-learn's wrappers
     (``set_output``'s around ``transform``), however deep the call."""
     frame, level = sys._getframe(1), 1
     while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
-                                 or _SKLEARN in frame.f_code.co_filename):
+                                 or _SKLEARN in frame.f_code.co_filename
+                                 or frame.f_code.co_filename == _CONTEXTLIB):
         frame, level = frame.f_back, level + 1
     return level
 
@@ -198,10 +201,10 @@ def _check_names(est, names) -> None:
         return
     if names is None:
         warnings.warn(f"X does not have valid feature names, but {type(est).__name__} was "
-                      "fitted with feature names", UserWarning, stacklevel=_caller_stacklevel())
+                      "fitted with feature names", UserWarning, stacklevel=caller_stacklevel())
     elif fitted is None:
         warnings.warn(f"X has feature names, but {type(est).__name__} was fitted without "
-                      "feature names", UserWarning, stacklevel=_caller_stacklevel())
+                      "feature names", UserWarning, stacklevel=caller_stacklevel())
     elif list(fitted) != list(names):
         missing = [c for c in fitted if c not in list(names)]
         extra = [c for c in names if c not in list(fitted)]

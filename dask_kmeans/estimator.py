@@ -1053,7 +1053,20 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         suggested, reason = suggest_k(ks, inertias, silhouettes)
     else:
         scored = [(s, k) for k, s in zip(ks, silhouettes or [], strict=False) if s is not None]
-        suggested = max(scored)[1] if scored else ks[-1]
-        reason = "fewer than three values of K: no elbow to find"
+        if scored:
+            best, suggested = max(scored)
+            reason = (f"Fewer than three values of K, so no elbow to find; K={suggested} has "
+                      f"the best silhouette ({best:.3f}).")
+        else:
+            suggested = ks[-1]
+            reason = (f"Fewer than three values of K, so no elbow to find, and no silhouette "
+                      f"to compare; K={suggested}, the largest, is suggested.")
+    fewer = [(k, n) for k, m in zip(ks, models, strict=True)
+             if (n := K.count_distinct(m.cluster_centers_)) < k]
+    if fewer:  # scikit-learn's warning of a single fit, for each K it concerns
+        warnings.warn("Number of distinct clusters found smaller than K for "
+                      + ", ".join(f"K={k} ({n})" for k, n in fewer)
+                      + ". Possibly due to duplicate points in X.", ConvergenceWarning,
+                      stacklevel=V.caller_stacklevel())
     return SweepResult(ks, [float(v) for v in inertias], [r.n_iter for r in results],
                        silhouettes, models, int(suggested), reason)

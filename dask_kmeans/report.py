@@ -775,7 +775,9 @@ def suggest_k(ks, inertias, silhouettes=None) -> tuple[int, str]:
 
     Both axes are scaled to [0, 1] (K from the smallest to the largest,
     inertia from its minimum to its maximum); the elbow is the K whose point
-    is farthest from the straight line joining the first and last points.
+    lies farthest below the straight line joining the first and last points
+    (a point above it, a bump of the inertia or a stretch that bends the other
+    way, is no elbow).
     With ``silhouettes``, the K with the best silhouette among the elbow and
     its neighbours in ``ks`` (the K just below and just above) is chosen
     instead; K values whose silhouette is None or NaN are skipped.
@@ -821,13 +823,14 @@ def suggest_k(ks, inertias, silhouettes=None) -> tuple[int, str]:
     x = (ks - ks[0]) / (ks[-1] - ks[0])
     y = (inertias - inertias.min()) / span if span > 0 else np.zeros_like(inertias)
     dx, dy = x[-1] - x[0], y[-1] - y[0]
-    distance = np.abs(dx * (y - y[0]) - dy * (x - x[0])) / math.hypot(dx, dy)
+    # Signed: positive below the line (x runs from 0 to 1, so dx > 0).
+    distance = (dy * (x - x[0]) - dx * (y - y[0])) / math.hypot(dx, dy)
     elbow = int(np.argmax(distance))
     k_elbow = int(ks[elbow])
     if distance[elbow] < 1e-9:
-        return int(ks[0]), (f"The inertia falls in a straight line from K={ks[0]} to "
-                            f"K={ks[-1]}, so there is no elbow; K={ks[0]}, the smallest, is "
-                            "suggested.")
+        return int(ks[0]), (f"No point of the inertia curve lies below the straight line "
+                            f"from K={ks[0]} to K={ks[-1]}, so there is no elbow; "
+                            f"K={ks[0]}, the smallest, is suggested.")
     bend = (f"The inertia curve bends most at K={k_elbow} (distance {distance[elbow]:.2f} from "
             f"the line joining K={ks[0]} and K={ks[-1]}, both axes scaled to [0, 1])")
     if sil is None:

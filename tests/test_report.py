@@ -400,6 +400,12 @@ def test_suggest_k_prefers_a_better_silhouette_next_to_the_elbow():
 def test_suggest_k_edge_cases():
     k, reason = suggest_k([1, 2, 3, 4], [4.0, 3.0, 2.0, 1.0])
     assert k == 1 and "no elbow" in reason
+    # A point above the line is no elbow: K=4's inertia rose (a poor local optimum), and
+    # a stretch bending the other way; both were chosen as "the curve bends most".
+    k, reason = suggest_k([2, 3, 4, 5, 6], [100.0, 60.0, 110.0, 40.0, 35.0])
+    assert k == 3 and "bends most at K=3" in reason, reason
+    k, reason = suggest_k([2, 3, 4, 5, 6], [100.0, 99.5, 99.0, 98.0, 5.0])
+    assert k == 2 and "no elbow" in reason, reason
     with pytest.raises(ValueError, match="at least 3 values of K"):
         suggest_k([2, 3], [2.0, 1.0])
     with pytest.raises(ValueError, match="same length"):

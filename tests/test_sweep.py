@@ -41,6 +41,30 @@ def test_a_sweep_past_the_distinct_rows_stops_each_k_at_once():
     np.testing.assert_allclose(res.inertias[1:], 0.0, atol=1e-9)
 
 
+def test_a_sweep_warns_of_ks_with_fewer_distinct_clusters_as_a_fit_does():
+    """KMeans(5).fit warned of 3 distinct clusters; the sweep said nothing, and its table
+    showed K=4 and K=5 as perfect (inertia 0, silhouette 1)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    X = np.repeat(np.random.default_rng(0).normal(size=(3, 2)), 20, axis=0)
+    with pytest.warns(ConvergenceWarning, match=r"Number of distinct clusters found smaller "
+                                                r"than K for K=4 \(3\), K=5 \(3\)\.") as record:
+        dk.sweep(X, [2, 3, 4, 5], random_state=0)
+    assert len(record) == 1 and record[0].filename == __file__
+
+
+def test_a_sweep_of_two_ks_says_how_it_chose():
+    """With fewer than three K the reason said only that there was no elbow, whether the
+    silhouette chose or, without one, the largest K."""
+    X = blobs(n=600, d=2, k=3, seed=1, spread=6.0)
+    res = dk.sweep(X, [2, 3], random_state=0)
+    best = max(zip(res.silhouettes, res.ks, strict=True))[1]
+    assert res.suggested_k == best, res
+    assert f"K={best} has the best silhouette (" in res.reason, res.reason
+    res = dk.sweep(X, [2, 3], random_state=0, silhouette_rows=None)
+    assert res.suggested_k == 3 and "no silhouette to compare; K=3, the largest" in res.reason
+
+
 def test_a_k_without_a_silhouette_scores_none_and_the_sweep_goes_on():
     """K equal to the rows, or a cluster the silhouette's sample misses, left one K
     without a silhouette: that raised after every model was fitted."""
