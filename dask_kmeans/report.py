@@ -705,10 +705,9 @@ def silhouette_sample(data, labels=None, *, model=None, max_points: int = 5000,
         metric = getattr(model, "metric", "euclidean")
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}.")
-    if model is not None and hasattr(model, "feature_mean_"):
+    if model is not None:
         # standardize=True: distances where the model measures them, as sweep's silhouettes.
-        sample = (np.asarray(sample, dtype=np.float64) - model.feature_mean_) \
-            / model.feature_scale_
+        sample = _standardised(model, sample)
     n_labels = np.unique(sample_labels).size
     if not _scorable(n_labels, sample.shape[0]):
         raise ValueError(f"The silhouette needs from 2 to n_rows - 1 distinct clusters; the "
@@ -910,7 +909,20 @@ def _colours(k: int):
     return [cmap(i if k <= 20 else i / max(k - 1, 1)) for i in range(k)]
 
 
-def _pca(sample: np.ndarray, centers: np.ndarray):
+def _standardised(model, rows: np.ndarray) -> np.ndarray:
+    """``rows`` as a ``standardize=True`` model measures them (less its feature means,
+    divided by its scales); as they are for other models."""
+    if not hasattr(model, "feature_mean_"):
+        return rows
+    return (np.asarray(rows, dtype=np.float64) - model.feature_mean_) / model.feature_scale_
+
+
+def _share(part: float) -> str:
+    """A share of the variance as a percentage, "<1%" rather than a "0%" that is not."""
+    return f"{100 * part:.0f}%" if part >= 0.005 or part == 0 else "<1%"
+
+
+def _pca(sample: np.ndarray, centers: np.ndarray, what: str = ""):
     """The sample and the centres projected on the sample's first two principal axes."""
     mean = sample.mean(axis=0)
     _, s, vt = np.linalg.svd(sample - mean, full_matrices=False)
@@ -919,7 +931,7 @@ def _pca(sample: np.ndarray, centers: np.ndarray):
     axes = axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])[:, None]
     total = float((s**2).sum())
     explained = s[:2] ** 2 / total if total > 0 else np.zeros(2)
-    labels = [f"PC{i + 1} ({100 * explained[i]:.0f}% variance)" for i in range(2)]
+    labels = [f"PC{i + 1}{what} ({_share(explained[i])} variance)" for i in range(2)]
     return (sample - mean) @ axes.T, (centers - mean) @ axes.T, labels
 
 
@@ -932,10 +944,13 @@ def plot_clusters(model, data, path: str, *, features: Sequence[str] | None = No
     dask input only those rows are brought to the driver) and labelled by
     ``model.predict``. The axes are the two ``features`` given; or the two
     features of a two-feature model; or, with more features, the first two
-    principal components of the sample (an SVD of the centred sample, in the
-    data's units, so it shows the distances the model uses), onto which the
-    centroids are projected the same way. A one-feature model is drawn as
-    the feature against the cluster.
+    principal components of the sample where the model measures it (an SVD
+    of the centred sample: standardised for a ``standardize=True`` model,
+    rows of unit length for a cosine one; one unit is as long on both axes),
+    onto which the centroids are projected the same way. A one-feature model
+    is drawn as the feature against the cluster. The stars are the centroids;
+    on feature axes, for a cosine model (whose centroids are directions, unit
+    vectors), the means of each cluster's sampled rows.
 
     Parameters
     ----------
@@ -983,6 +998,13 @@ def plot_clusters(model, data, path: str, *, features: Sequence[str] | None = No
     (sample,) = _sample([X], max_points, random_state)
     labels = np.asarray(_predict(model, sample))
 
+    cosine = getattr(model, "metric", "euclidean") == "cosine"
+    if cosine and (features is not None or d == 1):
+        # Directions, not points of the data: each cluster's mean of the drawn rows stands
+        # for it (the unit centroids sat at the origin, far from every cluster).
+        centers = np.array([np.asarray(sample[labels == c], dtype=np.float64).mean(axis=0)
+                            if np.any(labels == c) else np.full(d, np.nan) for c in range(k)])
+    pca = features is None and d > 1
     if features is not None:
         cols = [names.index(f) for f in features]
         xy, cxy, axis_labels = sample[:, cols], centers[:, cols], list(features)
@@ -992,7 +1014,15 @@ def plot_clusters(model, data, path: str, *, features: Sequence[str] | None = No
         cxy = np.column_stack([centers[:, 0], np.arange(k)])
         axis_labels = [names[0], "cluster"]
     else:
-        xy, cxy, axis_labels = _pca(sample, centers)
+        # Where the model measures: standardised, and of unit length for cosine (its
+        # centres are unit vectors there already).
+        rows = _standardised(model, sample)
+        where = [" of the standardised features"] if hasattr(model, "feature_mean_") else []
+        if cosine:
+            norms = np.linalg.norm(rows, axis=1, keepdims=True)
+            rows = rows / np.where(norms > 0, norms, 1.0)
+            where.append(" of the unit rows")
+        xy, cxy, axis_labels = _pca(rows, _standardised(model, centers), ",".join(where))
 
     ax = fig.subplots()
     colours = _colours(k)
@@ -1005,6 +1035,8 @@ def plot_clusters(model, data, path: str, *, features: Sequence[str] | None = No
                linewidths=1.2, zorder=3)
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
+    if pca:  # distances as the model sees them: a unit is as long on both axes
+        ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"{k} clusters: {len(labels):,} of {X.shape[0]:,} rows")
     if k <= 12:
         from matplotlib.lines import Line2D
@@ -1017,6 +1049,10 @@ def plot_clusters(model, data, path: str, *, features: Sequence[str] | None = No
         ax.legend(handles=handles, loc="best", fontsize="small", framealpha=0.8)
     fig.tight_layout()
     return _save_figure(fig, path, storage_options)
+
+
+#: The most values of K that the elbow plot labels one by one.
+MAX_K_TICKS = 20
 
 
 def plot_elbow(ks, inertias, path: str, *, silhouettes=None, suggested_k: int | None = None,
@@ -1064,7 +1100,12 @@ def plot_elbow(ks, inertias, path: str, *, silhouettes=None, suggested_k: int | 
     handles = ax.plot(ks, inertias, "o-", color="C0", label="inertia")
     ax.set_xlabel("K (number of clusters)")
     ax.set_ylabel("inertia (weighted sum of squared distances)")
-    ax.set_xticks(ks)
+    if len(ks) <= MAX_K_TICKS:
+        ax.set_xticks(ks)
+    else:  # every K would be a smear of numbers: whole numbers, as many as fit
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_K_TICKS, integer=True))
     ax.grid(True, alpha=0.3)
     if silhouettes is not None:
         _, sil = _curve(ks, silhouettes, "silhouettes")

@@ -322,6 +322,43 @@ def test_plot_clusters_named_features(people, tmp_path):
         plot_clusters(km, frame, str(tmp_path / "bad.png"), features=["age", "height"])
 
 
+def _drawn(monkeypatch):
+    """The figures the plots would save, kept to look at."""
+    from dask_kmeans import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path, so: figures.append(fig) or path)
+    return figures
+
+
+def test_plot_clusters_draws_where_the_model_measures(monkeypatch, tmp_path):
+    """A cosine model's stars (unit-vector centroids) sat at the origin, far from every
+    cluster; the PCA of a standardize=True model ran on raw units (income alone: "PC1
+    (100% variance)", "PC2 (0% variance)"), and its axes had units of different lengths."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[25.0, 30_000.0, 1.0], [60.0, 90_000.0, 3.0], [40.0, 60_000.0, 9.0]])
+    X = np.vstack([c + rng.normal(size=(300, 3)) * [5.0, 5_000.0, 0.5] for c in centres])
+    frame = pd.DataFrame(X, columns=["age", "income", "visits"])
+    figures = _drawn(monkeypatch)
+    cosine = KMeans(3, metric="cosine", random_state=0).fit(frame)
+    plot_clusters(cosine, frame, str(tmp_path / "c.png"), features=["age", "income"])
+    stars = figures[-1].axes[0].collections[-1].get_offsets()
+    labels = cosine.predict(frame)
+    for c in range(3):
+        np.testing.assert_allclose(stars[c], X[labels == c][:, :2].mean(axis=0), rtol=1e-9)
+    standardised = KMeans(3, standardize=True, random_state=0).fit(frame)
+    plot_clusters(standardised, frame, str(tmp_path / "s.png"))
+    ax = figures[-1].axes[0]
+    assert "of the standardised features" in ax.get_xlabel()
+    assert "100%" not in ax.get_xlabel() and "0% variance" not in ax.get_ylabel()
+    assert ax.get_aspect() == 1.0
+    plot_clusters(cosine, frame, str(tmp_path / "cp.png"))
+    assert "of the unit rows" in figures[-1].axes[0].get_xlabel()
+    from dask_kmeans.report import _share
+
+    assert _share(0.001) == "<1%" and _share(0.0) == "0%" and _share(0.5) == "50%"
+
+
 def test_plot_clusters_one_feature(tmp_path):
     X = np.concatenate([np.zeros((20, 1)), np.ones((20, 1))])
     km = KMeans(n_clusters=2, init=np.array([[0.0], [1.0]])).fit(X)
@@ -334,6 +371,17 @@ def test_plot_elbow(tmp_path):
     assert png_size(path) == (800, 600)
     with pytest.raises(ValueError, match=r"suggested_k=7 is not one of ks \[2, 3, 4, 5\]"):
         plot_elbow([2, 3, 4, 5], [1.0, 0.5, 0.3, 0.2], str(tmp_path / "x.png"), suggested_k=7)
+
+
+def test_the_elbow_plot_labels_a_long_sweep_readably(monkeypatch, tmp_path):
+    """Every K was a tick label: K=2..80 overlapped into a smear."""
+    figures = _drawn(monkeypatch)
+    ks = list(range(2, 81))
+    plot_elbow(ks, [1000.0 / k for k in ks], str(tmp_path / "e.png"))
+    ticks = figures[-1].axes[0].get_xticks()
+    assert len(ticks) <= 22 and all(float(t).is_integer() for t in ticks), ticks
+    plot_elbow([2, 3, 4], [3.0, 2.0, 1.5], str(tmp_path / "few.png"))
+    assert list(figures[-1].axes[0].get_xticks()) == [2, 3, 4]
 
 
 def test_a_plots_format_follows_its_extension(people, tmp_path, monkeypatch):
