@@ -314,8 +314,8 @@ def nonfinite_rows(X: da.Array, limit: int = 5) -> da.Array:
     return _found_rows(X, K.nonfinite_rows, 1 + limit, limit)
 
 
-def _far_chunk(x, c, offset, w=None, *, n_far, metric):
-    return K.farthest(x, c, w, n_far, int(offset[0]), metric)
+def _far_chunk(x, c, offset, w=None, *, n_far, metric, n_rows):
+    return K.farthest(x, c, w, n_far, int(offset[0]), metric, n_rows)
 
 
 def farthest(X: da.Array, C, sample_weight, n_far: int,
@@ -343,6 +343,7 @@ def farthest(X: da.Array, C, sample_weight, n_far: int,
         meta=np.empty((0, 0), dtype=np.float64),
         n_far=n_far,
         metric=metric,
+        n_rows=int(X.shape[0]),
     )
 
 

@@ -923,12 +923,21 @@ def farthest(
     n_far: int,
     offset: int,
     metric: str = "euclidean",
+    n_rows: int = 0,
 ) -> np.ndarray:
     """The ``n_far`` rows of a chunk farthest from their nearest centre.
 
     Used to relocate empty clusters, as scikit-learn does. ``offset`` is the
     global index of the chunk's first row, used to break ties the same way
     whatever the chunking.
+
+    Unlike scikit-learn, a row that sits on its centre (:func:`_sitting`; ``n_rows``,
+    the rows of the whole data, sets the rounding allowed) is no candidate: a centre
+    moved onto it would double that centre, take its rows on the tie by the lower
+    index and leave the other twin empty, to be moved again at the next iteration,
+    and so on to ``max_iter`` with fewer distinct rows than clusters. Left out here,
+    before the chunk's ``n_far`` are taken, so that the chunking cannot change which
+    rows refill.
 
     Returns
     -------
@@ -940,6 +949,8 @@ def farthest(
     """
     labels, mind, _ = assign(x, centers, metric=metric)
     absent = np.isnan(mind)
+    with np.errstate(invalid="ignore"):  # NaN rows are absent already
+        absent |= _sitting(x, centers, labels, mind, metric, n_rows)
     if sample_weight is not None:
         absent |= np.asarray(sample_weight) <= 0
     mind = np.where(absent, -np.inf, mind)
@@ -966,33 +977,35 @@ def farthest(
     return out[np.isfinite(out[:, 0])]
 
 
-def _same_point_share(dtype) -> float:
+#: Rows whose float64 mean the 1e-10 of :func:`_same_point_share` covers; beyond, it grows
+#: with them (the rounding of a sum grows with its terms: 1.4e-11 to 4.4e-11 of the norm
+#: measured for 2 million copies of a row).
+SAME_POINT_ROWS = 2_000_000
+
+
+def _same_point_share(dtype, n_rows: int = 0) -> float:
     """How far apart, relative to their norms, two points may be and still be the same
-    point: ``max(16 eps, 1e-10)`` (``eps`` of ``dtype``). The 1e-10 is the rounding of a
-    float64 mean of many copies of one row (about 1.4e-11 of its norm for 2 million)."""
+    point: ``max(16 eps, 1e-10)`` (``eps`` of ``dtype``), the 1e-10 for a float64 mean of
+    up to :data:`SAME_POINT_ROWS` copies of one row, in proportion beyond (``n_rows``)."""
     dtype = np.dtype(dtype)
     eps = np.finfo(dtype).eps if dtype.kind == "f" else np.finfo(float).eps
-    return max(16 * eps, 1e-10)
+    return max(16 * eps, 1e-10 * max(1.0, n_rows / SAME_POINT_ROWS))
 
 
-def _same_point_radius(centers: np.ndarray) -> float:
-    """:func:`_same_point_share` of the largest centre norm."""
-    c = centers.astype(np.float64)
-    return _same_point_share(centers.dtype) * float(np.sqrt(np.einsum("ij,ij->i", c, c).max()))
-
-
-def on_centre(candidates: np.ndarray, centers: np.ndarray, metric: str = "euclidean",
-              ) -> np.ndarray:
-    """Which of :func:`farthest`'s ``candidates`` sit on their centre: within
-    :func:`_same_point_share` of the larger of the row's norm and its centre's (the row
-    and the centre alone: a far centre elsewhere changes nothing). An empty cluster
-    moved onto such a row would only double that centre (:func:`relocate_empty`)."""
-    c = np.asarray(centers, dtype=np.float64)[candidates[:, 2].astype(np.int64)]
-    rows = candidates[:, 4:]
-    size = np.sqrt(np.maximum(np.einsum("ij,ij->i", rows, rows), np.einsum("ij,ij->i", c, c)))
-    r = _same_point_share(np.asarray(centers).dtype) * size
-    # farthest gives squared distances, or 1 - cos = |u - c|^2 / 2 for unit rows.
-    return candidates[:, 0] <= r * r * (0.5 if metric == "cosine" else 1.0)
+def _sitting(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, mind: np.ndarray,
+             metric: str, n_rows: int) -> np.ndarray:
+    """Which rows sit on their centre: within :func:`_same_point_share` of the larger of
+    the row's norm and its centre's (the row and its centre alone: a far centre elsewhere
+    changes nothing). ``mind``: squared distances, ``1 - cos = |u - c|^2 / 2`` for cosine
+    (rows and centres of unit norm)."""
+    share = _same_point_share(x.dtype, n_rows)
+    if metric == "cosine":
+        return mind <= 0.5 * share * share
+    c = np.asarray(centers, dtype=np.float64)
+    xs = np.asarray(x, dtype=np.float64)
+    size2 = np.maximum(np.einsum("ij,ij->i", xs, xs),
+                       np.einsum("ij,ij->i", c, c)[np.maximum(labels, 0)])
+    return mind <= share * share * size2
 
 
 def count_distinct(centers: np.ndarray) -> int:
@@ -1000,35 +1013,39 @@ def count_distinct(centers: np.ndarray) -> int:
     once: a centre that is the mean of many copies of a point and another that is the
     point itself (an empty cluster relocated onto a duplicate) are the same centre.
 
-    Two centres are the same when they are within ``max(16 eps, 1e-10)`` times the largest
-    centre norm of each other (``eps`` of their dtype), far below any separation of clusters
-    that the data's precision could tell apart. Compared block by block, k x 1024 at most.
+    Two centres are the same when they are within :func:`_same_point_share` (``max(16 eps,
+    1e-10)``, ``eps`` of their dtype) of the larger of their two norms of each other, far
+    below any separation of clusters that the data's precision could tell apart (the two
+    centres alone: a far centre elsewhere changes nothing). Compared block by block, k x
+    1024 at most.
     """
     centers = np.asarray(centers)
     k = centers.shape[0]
     if k < 2:
         return k
     c = centers.astype(np.float64)
-    tol = _same_point_radius(centers)
+    share = _same_point_share(centers.dtype)
+    norms = np.sqrt(np.einsum("ij,ij->i", c, c))
     cs = c - c.mean(axis=0)
     sq = np.einsum("ij,ij->i", cs, cs)
     same = np.zeros(k, dtype=bool)  # a copy of a centre before it
     for start in range(0, k, 1024):
         block = slice(start, min(start + 1024, k))
+        tol = share * np.maximum(norms[block, None], norms[None, :])
         # Expanded distances (rounding up to a few eps of the norms) pick the candidate
         # pairs; their exact differences decide.
         d2 = sq[block, None] + sq[None, :] - 2.0 * (cs[block] @ cs.T)
         slack = tol**2 + 8 * np.finfo(float).eps * (sq[block, None] + sq[None, :])
         for i, j in zip(*np.nonzero(d2 <= slack), strict=True):
             i += start
-            if j < i and not same[j] and np.sqrt(((c[i] - c[j]) ** 2).sum()) <= tol:
+            if j < i and not same[j] and \
+                    np.sqrt(((c[i] - c[j]) ** 2).sum()) <= share * max(norms[i], norms[j]):
                 same[i] = True
     return int(k - same.sum())
 
 
 def relocate_empty(
-    sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray,
-    sitting: np.ndarray | None = None,
+    sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Move each empty cluster onto one of the rows farthest from its centre.
 
@@ -1037,12 +1054,8 @@ def relocate_empty(
     member of the empty one. ``candidates`` is the output of :func:`farthest`
     for all chunks, concatenated.
 
-    Unlike scikit-learn, a row that sits on its centre (``sitting``, from
-    :func:`on_centre`, for each candidate) is not taken: a centre moved onto it would
-    double that centre, take its rows on the tie by the lower index and leave
-    the other twin empty, to be moved again at the next iteration, and so on
-    to ``max_iter`` with fewer distinct rows than clusters. Such a cluster
-    stays empty and keeps its centre.
+    With fewer candidates than empty clusters (:func:`farthest` offers no row that
+    sits on its centre), the clusters left over stay empty and keep their centres.
 
     Returns
     -------
@@ -1054,8 +1067,6 @@ def relocate_empty(
     empty = np.flatnonzero(counts == 0)
     # Farthest first; ties by lower global row index so chunking cannot matter.
     order = np.lexsort((candidates[:, 1], -candidates[:, 0]))
-    if sitting is not None:
-        order = order[~np.asarray(sitting, dtype=bool)[order]]
     left = np.zeros(len(counts), dtype=bool)
     for cluster, row in zip(empty, candidates[order], strict=False):
         old = int(row[2])

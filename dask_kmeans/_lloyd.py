@@ -41,6 +41,21 @@ def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
     return float(np.mean(var) * tol)
 
 
+#: How much larger than a feature's variance the square of its mean's distance from the
+#: moments' shift may be before the variance, E[(x-s)^2] - E[x-s]^2, has cancelled away.
+FAR_SHIFT = 1e4
+
+
+def _shift_too_far(mom: np.ndarray) -> bool:
+    """Whether moments (as from ``_kernels.moments``) were taken about a shift so far from
+    the data that the variance they give is mostly rounding."""
+    n = mom[0]
+    d = (len(mom) - 1) // 2
+    off2 = (mom[1 : 1 + d] / n) ** 2
+    var = np.maximum(mom[1 + d :] / n - off2, 0.0)
+    return bool(np.any(off2 > FAR_SHIFT * var))
+
+
 def raise_nonfinite(X, what: str):
     """Raise the error for a pass whose cost, ``what``, is not finite, saying why (one more
     pass, over dask input): the rows holding NaN or infinity, or values too large to
@@ -65,9 +80,8 @@ def _step(X, sample_weight, centers, partials, metric):
     if n_empty:
         (cand,) = compute(G.farthest(X, centers, sample_weight, n_empty,
                                      metric))
-        sitting = K.on_centre(cand, centers, metric)
-        sums, counts = K.relocate_empty(sums, counts, cand, sitting)
-        n_moved = min(n_empty, int(np.count_nonzero(~sitting)))
+        sums, counts = K.relocate_empty(sums, counts, cand)
+        n_moved = min(n_empty, len(cand))  # rows sitting on their centres are not offered
     new_centers = K.finalize_centers(sums, counts, centers, metric)
     shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
     return new_centers, shift, (n_empty, n_moved)
@@ -141,6 +155,12 @@ def lloyd(
             # The counts add up to the total weight: dask weights are first seen whole here.
             check_weight_total(partials.counts.any())
         if with_moments:
+            if metric != "cosine" and _shift_too_far(mom):
+                # The moments are taken about the centres' mean, which a far initial centre
+                # drags away from the data: once more, about the data's mean (one pass).
+                data_mean = centers.astype(np.float64).mean(axis=0) + mom[1 : 1 + d] / mom[0]
+                packed = passes.lloyd(data_mean[None, :].astype(dtype), True, sizes=(1,))
+                _, mom = G.unpack_many(packed, (1,), d, True)
             tol_abs = tolerance_from_moments(mom, tol)
         new_centers, shift, (n_empty, n_moved) = _step(X, sample_weight, centers, partials,
                                                        metric)

@@ -90,8 +90,9 @@ class _Group(click.Group):
             # it printed, and the rest of its output has nobody to read it. Not a failed
             # job: exit 0, quietly (stdout to /dev/null, or Python reports the pipe again
             # at exit).
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise click.exceptions.Exit(0) from None
+            with contextlib.suppress(OSError, ValueError):  # (a stream without a file)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(ctx.meta.get(_EXIT_CODE, 0)) from None
         except (ValueError, TypeError, OSError, ImportError) as exc:
             raise self._error(ctx, exc, 1) from None
 
@@ -105,8 +106,10 @@ def _secrets_of(ctx: click.Context) -> list[str]:
     return sorted(ctx.meta.get(_SECRETS, ()), key=len, reverse=True)
 
 
-#: ``ctx.meta`` key: standard output's reader went away while the command printed.
+#: ``ctx.meta`` keys: standard output's reader went away while the command printed; the
+#: exit code the command ends with then (``status`` of a failed job: 1).
 _READER_GONE = "dask_kmeans.reader_gone"
+_EXIT_CODE = "dask_kmeans.exit_code"
 
 
 def _out(text: str = "") -> None:
@@ -824,9 +827,11 @@ def status(job_id, cluster_file, scheduler, timeout):
     _require_persistent(target, "status")
     with _connected(target, timeout) as client:
         record = jobs.job_status(job_id, client)
+    code = 1 if record["state"] in ("failed", "lost") else 0
+    click.get_current_context().meta[_EXIT_CODE] = code  # also if nobody reads the record
     _out(json.dumps(record, indent=2))
-    if record["state"] in ("failed", "lost"):
-        raise click.exceptions.Exit(1)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 @main.command()

@@ -721,7 +721,7 @@ def _warn_few_distinct(centers: np.ndarray, n_clusters: int) -> None:
         warnings.warn(
             f"Number of distinct clusters ({n_distinct}) found smaller than "
             f"n_clusters ({n_clusters}). Possibly due to duplicate points in X.",
-            ConvergenceWarning, stacklevel=4)
+            ConvergenceWarning, stacklevel=V.caller_stacklevel())
 
 
 @closing_passes()
@@ -1053,16 +1053,17 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
         suggested, reason = suggest_k(ks, inertias, silhouettes)
     else:
         scored = [(s, k) for k, s in zip(ks, silhouettes or [], strict=False) if s is not None]
-        if scored:
-            best, suggested = max(scored)
+        if scored:  # the best silhouette; on a tie the smaller K, as suggest_k
+            best, suggested = max(scored, key=lambda sk: (sk[0], -sk[1]))
             reason = (f"Fewer than three values of K, so no elbow to find; K={suggested} has "
                       f"the best silhouette ({best:.3f}).")
         else:
             suggested = ks[-1]
             reason = (f"Fewer than three values of K, so no elbow to find, and no silhouette "
                       f"to compare; K={suggested}, the largest, is suggested.")
-    fewer = [(k, n) for k, m in zip(ks, models, strict=True)
-             if (n := K.count_distinct(m.cluster_centers_)) < k]
+    # Of the centres where the models measure (standardised), as fit counts them.
+    fewer = [(k, n) for k, r in zip(ks, results, strict=True)
+             if (n := K.count_distinct(r.centers)) < k]
     if fewer:  # scikit-learn's warning of a single fit, for each K it concerns
         warnings.warn("Number of distinct clusters found smaller than K for "
                       + ", ".join(f"K={k} ({n})" for k, n in fewer)

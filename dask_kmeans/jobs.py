@@ -269,13 +269,13 @@ def _check_cluster_entry(value: Any, base_dir: Path | None, errors: list) -> Any
     if value is None:
         return None
     if isinstance(value, str) and value.strip():
-        if "://" in value or (S.HOST_PORT.fullmatch(value) and not os.path.exists(value)):
+        file = Path(value).expanduser()
+        if not file.is_absolute() and base_dir is not None:
+            file = base_dir / file  # as the config is read: next to the job
+        if "://" in value or (S.HOST_PORT.fullmatch(value) and not file.exists()):
             errors.append((path, f"{value!r} looks like a scheduler address: write "
                                  f"cluster: {{scheduler: {value}}}"))
             return None
-        file = Path(value).expanduser()
-        if not file.is_absolute() and base_dir is not None:
-            file = base_dir / file
         try:
             load_cluster_config(file)
         except ClusterConfigError as exc:

@@ -918,8 +918,13 @@ def _standardised(model, rows: np.ndarray) -> np.ndarray:
 
 
 def _share(part: float) -> str:
-    """A share of the variance as a percentage, "<1%" rather than a "0%" that is not."""
-    return f"{100 * part:.0f}%" if part >= 0.005 or part == 0 else "<1%"
+    """A share of the variance as a percentage: "<1%" and ">99%" rather than a "0%" or
+    "100%" that is not."""
+    if 0 < part < 0.01:
+        return "<1%"
+    if 0.99 < part < 1:
+        return ">99%"
+    return f"{100 * part:.0f}%"
 
 
 def _pca(sample: np.ndarray, centers: np.ndarray, what: str = ""):
@@ -1100,9 +1105,10 @@ def plot_elbow(ks, inertias, path: str, *, silhouettes=None, suggested_k: int | 
     handles = ax.plot(ks, inertias, "o-", color="C0", label="inertia")
     ax.set_xlabel("K (number of clusters)")
     ax.set_ylabel("inertia (weighted sum of squared distances)")
-    if len(ks) <= MAX_K_TICKS:
+    gaps = np.diff(np.sort(ks))
+    if len(ks) <= MAX_K_TICKS and (len(ks) < 2 or gaps.min() * MAX_K_TICKS >= np.ptp(ks)):
         ax.set_xticks(ks)
-    else:  # every K would be a smear of numbers: whole numbers, as many as fit
+    else:  # every K (or close ones among far) would smear: whole numbers, as many as fit
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_K_TICKS, integer=True))

@@ -959,6 +959,31 @@ def test_a_reader_that_stops_early_does_not_fail_the_job(data, tmp_path):
     assert dk.load(str(tmp_path / "model")).cluster_centers_.shape[0] == 3
 
 
+def test_status_of_a_failed_job_exits_1_even_when_nobody_reads_it(monkeypatch):
+    """status printed the record first: a reader that had gone made it exit 0 for a
+    failed job."""
+    import contextlib
+
+    import click
+
+    from dask_kmeans import cli, jobs
+
+    echo = click.echo
+
+    def closed_stdout(message=None, *args, err=False, **kwargs):
+        if not err:
+            raise BrokenPipeError(32, "Broken pipe")
+        return echo(message, *args, err=err, **kwargs)
+
+    monkeypatch.setattr(cli, "_connected", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(cli, "_require_persistent", lambda *a: None)
+    monkeypatch.setattr(click, "echo", closed_stdout)
+    for state, code in (("failed", 1), ("lost", 1), ("finished", 0)):
+        monkeypatch.setattr(jobs, "job_status", lambda job_id, client, s=state: {"state": s})
+        result = invoke("status", "fit-1", "--scheduler", "tcp://127.0.0.1:1")
+        assert result.exit_code == code, (state, result.stderr)
+
+
 def test_a_broken_pipe_in_the_job_is_its_failure(data, monkeypatch, tmp_path):
     """A BrokenPipeError from the job's own connections (storage, say), not from printing
     the result, is the job's failure, exit 1, even when standard output has no reader."""

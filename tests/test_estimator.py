@@ -333,6 +333,21 @@ def test_float32_close_to_float64(data):
     np.testing.assert_allclose(a.inertia_, b.inertia_, rtol=1e-4)
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_far_initial_centre_does_not_spoil_the_tolerance(lazy):
+    """The first pass's moments are taken about the centres' mean: a far initial centre
+    moved it far from the data, the variance cancelled away (tolerance 8.8e3 where
+    scikit-learn's is 2.3e-3), and the fit stopped after 2 iterations, 7% worse."""
+    rng = np.random.default_rng(0)
+    base = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    X = np.concatenate([c + rng.normal(size=(2000, 2)) for c in base]) + 1e9
+    C0 = np.vstack([base + 1e9, [[1e12, 1e9]]])
+    sk = SKKMeans(4, init=C0, n_init=1, algorithm="lloyd").fit(X)
+    km = KMeans(4, init=C0).fit(da.from_array(X, chunks=1500) if lazy else X)
+    assert km.n_iter_ == sk.n_iter_
+    assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-6)
+
+
 def test_tolerance_follows_sklearn(data):
     X, C0 = data
     for tol in (1e-1, 1e-3, 0.0):
@@ -621,6 +636,10 @@ def test_count_distinct_tells_rounding_from_separation():
     assert count_distinct((1e4 + np.arange(10.0)[:, None] * np.ones((10, 3)))
                           .astype(np.float32)) == 10
     assert count_distinct(c[:1]) == 1
+    # Two centres 0.05 apart near the origin are two, whatever centre lies far away (the
+    # largest norm, 1e9, made them one, and fit warned of duplicate points).
+    assert count_distinct(np.array([[0.0, 0.0], [0.05, 0.0], [1e9, 1e9]])) == 3
+    assert count_distinct(np.array([[1e9, 1e9], [1e9 * (1 + 1e-15), 1e9]])) == 1
 
 
 @pytest.mark.parametrize("standardize", [True, False])
@@ -933,7 +952,8 @@ def test_a_failed_refit_keeps_the_input_url_and_a_complex_init_is_refused(tmp_pa
         KMeans(2, init=X[:2] + 1j).fit(X)
 
 
-@pytest.mark.parametrize("case", ["sample", "n_init", "init_rounds", "distinct"])
+@pytest.mark.parametrize("case", ["sample", "n_init", "init_rounds", "distinct",
+                                  "distinct fit_predict", "distinct fit_transform"])
 def test_fit_warnings_point_at_the_callers_line(case, monkeypatch):
     """They pointed at estimator.py (fit calls _fit): not silenced by a filter on the
     user's module, and shown once for fits anywhere."""
@@ -949,6 +969,11 @@ def test_fit_warnings_point_at_the_callers_line(case, monkeypatch):
         "n_init": lambda: KMeans(2, init=X[:2], n_init=3).fit(X),
         "init_rounds": lambda: KMeans(2, init="random", init_rounds=3, n_init=1).fit(X),
         "distinct": lambda: KMeans(3, random_state=0).fit(np.repeat(X[:2], 50, axis=0)),
+        # (these pointed at estimator.py, which calls fit)
+        "distinct fit_predict": lambda: KMeans(3, random_state=0).fit_predict(
+            np.repeat(X[:2], 50, axis=0)),
+        "distinct fit_transform": lambda: KMeans(3, random_state=0).fit_transform(
+            np.repeat(X[:2], 50, axis=0)),
     }
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

@@ -293,6 +293,24 @@ def test_a_fit_job_without_output_prints_the_centres(local_store, client):
     assert sorted(p.name for p in Path(local_store.url()).iterdir()) == ["train"]
 
 
+def test_a_cluster_file_named_like_an_address_is_found_next_to_the_job(tmp_path,
+                                                                       monkeypatch):
+    """A job's cluster: e:8786 was looked for in the working directory to tell a file from
+    an address, but read next to the job: the same job validated or not by where it ran."""
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "e:8786").write_text("cluster:\n  kind: local\n")
+    job = tmp_path / "j" / "job.yaml"
+    job.write_text(yaml.safe_dump({"job": {"kind": "fit", "input": {"url": "d"},
+                                           "params": {"n_clusters": 2},
+                                           "cluster": "e:8786"}}))
+    for cwd in (tmp_path, tmp_path / "j"):
+        monkeypatch.chdir(cwd)
+        assert load_job(job)["job"]["cluster"] == str(tmp_path / "j" / "e:8786")
+    (tmp_path / "j" / "e:8786").unlink()
+    with pytest.raises(JobSpecError, match="'e:8786' looks like a scheduler address"):
+        load_job(job)
+
+
 def test_validation_does_not_modify_its_input():
     spec = fit_spec("d", cluster={"kind": "local"})
     before = json.loads(json.dumps(spec))

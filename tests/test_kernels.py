@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -281,19 +283,21 @@ def test_relocation_never_puts_a_centre_on_a_row_that_sits_on_one():
     """Every row sits on a centre (to rounding): an empty cluster moved onto one only
     doubled that centre, took its rows on the tie by the lower index, emptied the other,
     and so on at every iteration (fits with fewer distinct rows than clusters ran to
-    max_iter). It keeps its centre instead; rows off every centre still refill it."""
+    max_iter). Such rows are offered to no empty cluster, which keeps its centre; rows
+    off every centre still refill it."""
     X = np.repeat(np.array([[0.1], [0.7]]), 3, axis=0)
     C = np.array([[0.1], [0.7 * (1 + 2**-52)], [5.0]])  # row 1 sits on centre 1, to rounding
     p = K.lloyd_partials(X, C)
+    assert 0.0 < K.assign(X, C)[1].max() < 1e-30
     cand = K.farthest(X, C, None, 1, offset=0)
-    assert 0.0 < cand[0, 0] < 1e-30  # the farthest row, on its centre
-    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.on_centre(cand, C))
+    assert len(cand) == 0
+    sums, counts = K.relocate_empty(p.sums, p.counts, cand)
     np.testing.assert_array_equal(counts, [3, 3, 0])
     np.testing.assert_array_equal(K.finalize_centers(sums, counts, C)[2], [5.0])
     X[5] = 0.8  # now off every centre: it refills the empty cluster
     cand = K.farthest(X, C, None, 1, offset=0)
     p = K.lloyd_partials(X, C)
-    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.on_centre(cand, C))
+    sums, counts = K.relocate_empty(p.sums, p.counts, cand)
     np.testing.assert_array_equal(counts, [3, 2, 1])
     np.testing.assert_array_equal(K.finalize_centers(sums, counts, C)[2], [0.8])
 
@@ -317,6 +321,19 @@ def test_a_far_centre_does_not_keep_rows_near_the_origin_from_refilling(lazy):
         assert km.inertia_ == pytest.approx(sk.inertia_, abs=1e-6)
         np.testing.assert_allclose(km.cluster_centers_, ref.lloyd(X, C0, tol=0)[0],
                                    rtol=1e-12)
+    # Rows near 1e9 that sit on their centre (0.05 apart) and rows near the origin that do
+    # not: a chunk whose farthest rows sat offered nothing, though it held rows that refill.
+    rng = np.random.default_rng(0)
+    X = np.vstack([1e9 + rng.uniform(-0.05, 0.05, (1000, 2)), rng.uniform(-0.01, 0.01, (1000, 2))])
+    C0 = np.array([[1e9, 1e9], [0.0, 0.0], [-1e12, -1e12]])
+    C, _, inertia, n_iter = ref.lloyd(X, C0, tol=0)
+    assert C[2, 0] > -1.0  # refilled
+    for chunks in ((2000, 2), (1000, 2), (700, 2)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # three distinct centres: no warning
+            km = KMeans(3, init=C0, tol=0).fit(da.from_array(X, chunks=chunks) if lazy else X)
+        np.testing.assert_allclose(km.cluster_centers_, C, rtol=1e-9, atol=1e-9)
+        assert km.n_iter_ == n_iter and km.inertia_ == pytest.approx(inertia, rel=1e-9)
 
 
 def test_relocation_that_takes_every_row_of_a_weighted_cluster_leaves_it_empty():

@@ -357,6 +357,7 @@ def test_plot_clusters_draws_where_the_model_measures(monkeypatch, tmp_path):
     from dask_kmeans.report import _share
 
     assert _share(0.001) == "<1%" and _share(0.0) == "0%" and _share(0.5) == "50%"
+    assert _share(0.005) == "<1%" and _share(0.995) == ">99%" and _share(1.0) == "100%"
 
 
 def test_plot_clusters_one_feature(tmp_path):
@@ -382,6 +383,9 @@ def test_the_elbow_plot_labels_a_long_sweep_readably(monkeypatch, tmp_path):
     assert len(ticks) <= 22 and all(float(t).is_integer() for t in ticks), ticks
     plot_elbow([2, 3, 4], [3.0, 2.0, 1.5], str(tmp_path / "few.png"))
     assert list(figures[-1].axes[0].get_xticks()) == [2, 3, 4]
+    # Few but close among far: 2, 3, 4, 5 ran together into "2345".
+    plot_elbow([2, 3, 4, 5, 50, 100], [9.0, 7.0, 5.0, 4.0, 2.0, 1.0], str(tmp_path / "s.png"))
+    assert list(figures[-1].axes[0].get_xticks()) != [2, 3, 4, 5, 50, 100]
 
 
 def test_a_plots_format_follows_its_extension(people, tmp_path, monkeypatch):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask
 import dask.array
 import dask.array as da
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 import dask_kmeans as dk
 from dask_kmeans.report import suggest_k
@@ -44,13 +47,24 @@ def test_a_sweep_past_the_distinct_rows_stops_each_k_at_once():
 def test_a_sweep_warns_of_ks_with_fewer_distinct_clusters_as_a_fit_does():
     """KMeans(5).fit warned of 3 distinct clusters; the sweep said nothing, and its table
     showed K=4 and K=5 as perfect (inertia 0, silhouette 1)."""
-    from sklearn.exceptions import ConvergenceWarning
-
     X = np.repeat(np.random.default_rng(0).normal(size=(3, 2)), 20, axis=0)
     with pytest.warns(ConvergenceWarning, match=r"Number of distinct clusters found smaller "
                                                 r"than K for K=4 \(3\), K=5 \(3\)\.") as record:
         dk.sweep(X, [2, 3, 4, 5], random_state=0)
     assert len(record) == 1 and record[0].filename == __file__
+
+
+def test_a_standardised_sweep_counts_distinct_centres_where_it_measures():
+    """The sweep counted distinct centres in original units (three groups 0.03 apart near
+    1e9 were 'one cluster' there) where fit counts the standardised ones, and warned."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([1e9 + c + rng.normal(scale=0.002, size=(300, 1))
+                        for c in (0.0, 0.03, 0.06)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = dk.sweep(X, [2, 3, 4], standardize=True, random_state=0)
+        dk.KMeans(3, standardize=True, random_state=0).fit(X)
+    assert sorted(np.bincount(res.models[1].labels_)) == [300, 300, 300]
 
 
 def test_a_sweep_of_two_ks_says_how_it_chose():
@@ -63,6 +77,11 @@ def test_a_sweep_of_two_ks_says_how_it_chose():
     assert f"K={best} has the best silhouette (" in res.reason, res.reason
     res = dk.sweep(X, [2, 3], random_state=0, silhouette_rows=None)
     assert res.suggested_k == 3 and "no silhouette to compare; K=3, the largest" in res.reason
+    # A tie goes to the smaller K, as in suggest_k (both score 1 on 3 distinct points).
+    dup = np.repeat(np.random.default_rng(0).normal(size=(3, 2)), 20, axis=0)
+    with pytest.warns(ConvergenceWarning):
+        res = dk.sweep(dup, [4, 5], random_state=0)
+    assert res.silhouettes[0] == res.silhouettes[1] and res.suggested_k == 4, res
 
 
 def test_a_k_without_a_silhouette_scores_none_and_the_sweep_goes_on():
