@@ -304,13 +304,15 @@ def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]
         # (data/*/*.parquet skips data/_delta_log/...), as in a directory.
         root = _glob_root(loc.path)
         infos = {p: i for p, i in found.items()
-                 if i.get("type", "file") == "file"
+                 if i.get("type", "file") == "file" and not p.endswith("/")
                  and not _hidden(p[len(root):] if p.startswith(root) else p.rsplit("/", 1)[-1])}
         if not found:
             raise FileNotFoundError(f"No files match {loc.url}.")
         return sorted(infos, key=_natural_key), infos, None
     with _fs_errors(loc.url, loc.secrets, "opening"):
-        fs.invalidate_cache(loc.path)
+        # All of it: a listing of a folder below (a hive partition) cached by an earlier
+        # open would hide files added or replaced there since.
+        fs.invalidate_cache()
         info = fs.info(loc.path)
         if info.get("type") != "directory":
             return [loc.path], {loc.path: info}, None
@@ -319,7 +321,10 @@ def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]
     infos = {}
     for path, item in found.items():
         relative = path[len(base):].lstrip("/") if path.startswith(base) else path
-        if item.get("type", "file") == "file" and not _hidden(relative):
+        # A key ending in "/" is an object store's folder marker (the S3 console's "Create
+        # folder"), an empty object and no file of the dataset.
+        if item.get("type", "file") == "file" and not path.endswith("/") \
+                and not _hidden(relative):
             infos[path] = item
     parts = sorted(infos, key=_natural_key)
     return parts, infos, base
@@ -1624,9 +1629,12 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
 
 
 def _listed_names(loc: _Location) -> list[str]:
-    """The names of what is in the directory at ``loc`` now (its listing not cached)."""
+    """The names of what is in the directory at ``loc`` now (its listing not cached); not
+    the directory's own folder marker on an object store (a key ending in "/")."""
     loc.fs.invalidate_cache(loc.path)
-    return [p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.ls(loc.path, detail=False)]
+    here = loc.fs._strip_protocol(loc.path).rstrip("/")
+    return [p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.ls(loc.path, detail=False)
+            if p.rstrip("/") != here]
 
 
 def remove_exactly(fs: fsspec.AbstractFileSystem, path: str) -> None:

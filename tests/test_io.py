@@ -343,6 +343,59 @@ def test_fingerprint_s3(s3_bucket):
     assert part["mtime"] and part["etag"]
 
 
+def test_s3_folder_markers_are_no_files(s3_bucket):
+    """An empty key ending in "/" (the S3 console's "Create folder") was listed as a file
+    of the dataset: opening failed with "no such file, directory or bucket", and an
+    output folder made that way was refused as holding foreign files."""
+    import dask_kmeans as dk
+
+    so = s3_bucket.storage_options
+
+    def folder(name):  # an empty object whose key ends in "/"
+        s3_bucket.fs.pipe_file(f"{s3_bucket.path()}/{name}/", b"")
+        s3_bucket.fs.invalidate_cache()
+
+    folder("data")
+    url, df = write_dir(s3_bucket, [3, 2])
+    folder("hive/k=1")
+    s3_bucket.write_parquet("hive/k=1/part-0.parquet", df.iloc[:3])
+    src = open_parquet(url, ["x", "y"], key_columns="id", storage_options=so)
+    assert src.n_rows == 5
+    assert open_parquet(s3_bucket.url("hive"), ["x"], storage_options=so).n_rows == 3
+    folder("labels")
+    folder("model")
+    assert write_labels(src, np.zeros(5, dtype=np.int32), np.zeros(5), s3_bucket.url("labels"),
+                        storage_options=so) == s3_bucket.url("labels")
+    km = dk.KMeans(2, random_state=0).fit(src)
+    assert km.save(s3_bucket.url("model"), storage_options=so) == s3_bucket.url("model")
+
+
+def test_s3_reopening_a_dataset_sees_what_changed_in_its_folders(s3_bucket):
+    """A second open in the same process trusted the listing of each partition folder
+    that the first one cached: a file added to a partition was missed (then 'not found'
+    when read), one rewritten failed with FileExpired."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    so = s3_bucket.storage_options
+    # Another writer: its own client, which leaves this process' cached listings alone.
+    other = s3fs.S3FileSystem(**so, skip_instance_cache=True)
+
+    def write(name, n, seed):
+        with other.open(f"{s3_bucket.path()}/ds/{name}", "wb") as f:
+            pq.write_table(pa.Table.from_pandas(frame(n, seed=seed), preserve_index=False), f)
+
+    write("day=1/part-0.parquet", 2, 0)
+    write("day=2/part-0.parquet", 1, 1)
+    url = s3_bucket.url("ds")
+    assert open_parquet(url, ["x"], storage_options=so).features.compute().shape == (3, 1)
+    write("day=2/part-1.parquet", 1, 2)
+    assert open_parquet(url, ["x"], storage_options=so).features.compute().shape == (4, 1)
+    write("day=1/part-0.parquet", 3, 3)
+    assert open_parquet(url, ["x"], storage_options=so).features.compute().shape == (5, 1)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
