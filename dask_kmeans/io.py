@@ -655,10 +655,33 @@ def _check_unchanged(part: _Part, metadata: pq.FileMetaData) -> None:
                        f"but held rows {part.span[0]}-{part.span[1] - 1} when it was opened")
 
 
+def _cast_exactly(table: pa.Table, target: pa.Schema, exact: Sequence[str],
+                  part_url: str) -> pa.Table:
+    """``table`` as ``target``: the ``exact`` columns (keys) only where no value changes
+    (an int64 id beyond 2**53 read as the double of another part, a date in ms beyond the
+    range of another part's ns, would change: refused, naming them), the others unsafely
+    (features: an int64 beyond 2**53 in a part where the others hold doubles)."""
+    columns = []
+    for field in target:
+        column = table.column(field.name)
+        if column.type.equals(field.type):
+            columns.append(column)
+            continue
+        try:
+            columns.append(column.cast(field.type, safe=field.name in exact))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(
+                f"Key column '{field.name}' is {column.type} in part {part_url}, and reading it "
+                f"as {field.type}, the type the parts share, would change its values ({exc}). "
+                "Write it with one type in every part.") from None
+    return pa.table(columns, schema=target)
+
+
 def _read_row_groups(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
-                     columns: Sequence[str]) -> Iterator[pa.Table]:
+                     columns: Sequence[str], exact: Sequence[str] = ()) -> Iterator[pa.Table]:
     """The part's ``columns``, of the dataset's types, one row group at a time (its footer
-    read once, and checked against the open's); one empty table for a file without rows."""
+    read once, and checked against the open's); one empty table for a file without rows.
+    ``exact``: columns cast only without changing a value (see :func:`_cast_exactly`)."""
     target = pa.schema([schema.field(c) for c in columns])
     fragment = ds.ParquetFileFormat().make_fragment(
         part.path, filesystem=filesystem, partition_expression=part.partition_expression)
@@ -674,9 +697,8 @@ def _read_row_groups(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Sch
         for group in groups:
             table = fragment.subset(row_group_ids=[group]).to_table(
                 columns=list(columns), schema=part.schema)
-            # Unsafe, as _to_matrix: an int64 beyond 2**53 in a part where the others hold
-            # doubles.
-            yield table if table.schema.equals(target) else table.cast(target, safe=False)
+            yield table if table.schema.equals(target) else \
+                _cast_exactly(table, target, exact, part.url)
 
 
 #: The largest float32: finite values beyond it would be read as infinities.
@@ -852,7 +874,8 @@ def _part_keys(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                drop_zero_norm: bool = False) -> pd.DataFrame:
     """The key columns of one part, indexed by row number in the dataset; with
     ``missing="drop"``, of its usable rows, found a row group at a time."""
-    read = functools.partial(_read_row_groups, part, filesystem=filesystem, schema=schema)
+    read = functools.partial(_read_row_groups, part, filesystem=filesystem, schema=schema,
+                             exact=key_columns)
     if missing == "drop":
         tables, kept, start = [], [], part.offset
         for table in read(columns=list(dict.fromkeys([*key_columns, *feature_columns]))):

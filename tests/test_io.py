@@ -343,6 +343,36 @@ def test_fingerprint_s3(s3_bucket):
     assert part["mtime"] and part["etag"]
 
 
+def test_key_columns_of_other_types_in_other_parts_keep_their_values(local_store):
+    """An int64 id in one part and a double one in the next (pandas writes an id column
+    with a missing value as double) read as float64, two ids beyond 2**53 as one; a
+    9999-12-31 date in ms beside a part in ns wrapped to 1816. Keys are never changed:
+    refused, naming the column and part; ids that a double holds exactly are read."""
+    big = [1234567890123456789, 1234567890123456791]
+    local_store.write_parquet("ids/part-0.parquet", pd.DataFrame({"id": big, "x": [1.0, 2.0]}))
+    local_store.write_parquet("ids/part-1.parquet",
+                              pd.DataFrame({"id": [7.0, np.nan], "x": [3.0, 4.0]}))
+    src = open_parquet(local_store.url("ids"), ["x"], key_columns="id")
+    with pytest.raises(ValueError, match=r"Key column 'id' is int64 in part .*part-0.parquet, "
+                                         r"and reading it as double, the type the parts share, "
+                                         r"would change its values"):
+        src.keys.compute()
+    np.testing.assert_array_equal(src.features.compute()[:, 0], [1, 2, 3, 4])
+    local_store.write_parquet("ids/part-0.parquet", pd.DataFrame({"id": [5, 6], "x": [1.0, 2.0]}))
+    keys = open_parquet(local_store.url("ids"), ["x"], key_columns="id").keys.compute()
+    assert keys["id"].tolist()[:3] == [5, 6, 7]
+    import pyarrow as pa
+
+    local_store.write_parquet("t/a.parquet", pa.table({
+        "valid_to": pa.array([253402214400000], pa.timestamp("ms")), "x": [1.0]}))
+    local_store.write_parquet("t/b.parquet", pa.table({
+        "valid_to": pa.array([1704067200000000000], pa.timestamp("ns")), "x": [2.0]}))
+    src = open_parquet(local_store.url("t"), ["x"], key_columns="valid_to")
+    with pytest.raises(ValueError, match=r"Key column 'valid_to' is timestamp\[ms\] .*would "
+                                         r"change its values"):
+        src.keys.compute()
+
+
 def test_s3_folder_markers_are_no_files(s3_bucket):
     """An empty key ending in "/" (the S3 console's "Create folder") was listed as a file
     of the dataset: opening failed with "no such file, directory or bucket", and an
