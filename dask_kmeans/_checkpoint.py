@@ -20,7 +20,7 @@ import dask.array as da
 import fsspec
 import numpy as np
 
-from .io import check_directory_location, write_bytes_atomic
+from .io import check_directory_location, scrub_url, strip_credentials, write_bytes_atomic
 
 FORMAT = "dask_kmeans.checkpoint/1"
 FILE = "checkpoint.json"
@@ -65,12 +65,17 @@ def params_fingerprint(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters as JSON; arrays by content hash, callables by qualified name."""
     out = {}
     for key, value in sorted(params.items()):
+        if isinstance(value, np.generic):  # np.int64(3) is 3, not an array nor the text "3"
+            value = value.item()
         if hasattr(value, "__array__") and not isinstance(value, str):
             value = {"array_sha256": _hash_array(np.asarray(value, dtype=np.float64))}
         elif callable(value):
             value = {"callable": _callable_fingerprint(value)}
         elif isinstance(value, np.random.RandomState):
-            value = {"random_state": _rng_to_json(value.get_state())}
+            # Not its state, which the interrupted fit moved on: the checkpoint keeps the
+            # states the fit needs (a Ctrl-C, then resume=True with the same object, was
+            # refused as other parameters).
+            value = {"random_state": "a RandomState instance"}
         out[key] = value
     return json.loads(json.dumps(out, default=str))
 
@@ -111,7 +116,44 @@ def check_location(url: str) -> None:
     try:
         check_directory_location(url)
     except (OSError, TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint={url!r} cannot hold the checkpoint: {exc}") from exc
+        raise ValueError(f"checkpoint={strip_credentials(url)!r} cannot hold the checkpoint: "
+                         f"{scrub_url(str(exc), url)}") from None
+
+
+def _checked_state(state: dict[str, Any], shape, n_init, max_iter) -> dict[str, Any]:
+    """``state`` with its random states and centres as the fit uses them, checked against
+    what the fit expects; KeyError, TypeError, ValueError or IndexError when it does not."""
+    def whole(key, low, high):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not low <= value <= (high if high is not None else value):
+            raise ValueError(f"{key} {value!r} is not an int from {low} to {high}")
+        return value
+
+    whole("run", 0, n_init)
+    whole("n_iter", 0, max_iter)
+    state["rng_before"] = _rng_from_json(state["rng_before"])
+    np.random.RandomState().set_state(state["rng_before"])  # refuses a malformed one
+    if state.get("rng_after") is not None:
+        state["rng_after"] = _rng_from_json(state["rng_after"])
+        np.random.RandomState().set_state(state["rng_after"])
+    for key in ("centers", "best_centers"):
+        if state.get(key) is not None:
+            value = np.asarray(state[key], dtype=np.float64)
+            if shape is not None and value.shape != tuple(shape):
+                raise ValueError(f"{key} has shape {value.shape}, expected {tuple(shape)}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{key} holds NaN or infinity")
+            state[key] = value
+    if state.get("best_centers") is not None:
+        whole("best_n_iter", 0, max_iter)
+        if not np.isfinite(float(state["best_inertia"])):
+            raise ValueError("best_inertia is not finite")
+    elif n_init is not None and state["run"] >= n_init:
+        raise ValueError(f"run {state['run']} of {n_init} is finished, but no best run is kept")
+    if state.get("tol_abs") is not None and not float(state["tol_abs"]) >= 0:
+        raise ValueError("tol_abs is not a number >= 0")
+    return state
 
 
 class Checkpoint:
@@ -127,8 +169,17 @@ class Checkpoint:
     def _path(self) -> str:
         return f"{self._root}/{FILE}"
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none; ValueError when it does not match."""
+    @property
+    def shown(self) -> str:
+        """The checkpoint's URL without credentials, for messages."""
+        return strip_credentials(self.url)
+
+    def load(self, shape: tuple[int, int] | None = None, n_init: int | None = None,
+             max_iter: int | None = None) -> dict[str, Any] | None:
+        """The saved state, or None when there is none; ValueError when it does not match,
+        or is damaged: not the state of a fit whose centres have ``shape`` and which runs
+        ``n_init`` times ``max_iter`` iterations at most (a hand-edited file was trusted:
+        2 centres resumed a fit of 4)."""
         try:
             raw = self._fs.cat_file(self._path)
         except FileNotFoundError:
@@ -136,10 +187,11 @@ class Checkpoint:
         try:
             state = json.loads(raw)
         except ValueError as exc:
-            raise ValueError(f"The checkpoint at {self.url} is not valid JSON; delete it to "
+            raise ValueError(f"The checkpoint at {self.shown} is not valid JSON; delete it to "
                              "start afresh.") from exc
-        if state.get("format") != FORMAT:
-            raise ValueError(f"The checkpoint at {self.url} has format {state.get('format')!r}, "
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"The checkpoint at {self.shown} has format {found!r}, "
                              f"expected {FORMAT!r}.")
         for what, mine, theirs in (("data", self.data, state.get("data")),
                                    ("parameters", self.params, state.get("params"))):
@@ -147,16 +199,14 @@ class Checkpoint:
                 keys = sorted(k for k in set(mine) | set(theirs or {})
                               if mine.get(k) != (theirs or {}).get(k))
                 raise ValueError(
-                    f"The checkpoint at {self.url} was written for other {what} "
+                    f"The checkpoint at {self.shown} was written for other {what} "
                     f"(different: {', '.join(keys)}); resume with the same input and "
                     "parameters, or remove the checkpoint to start afresh.")
-        state["rng_before"] = _rng_from_json(state["rng_before"])
-        if state.get("rng_after") is not None:
-            state["rng_after"] = _rng_from_json(state["rng_after"])
-        for key in ("centers", "best_centers"):
-            if state.get(key) is not None:
-                state[key] = np.asarray(state[key], dtype=np.float64)
-        return state
+        try:
+            return _checked_state(state, shape, n_init, max_iter)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"The checkpoint at {self.shown} is damaged ({exc}); delete it to "
+                             "start afresh.") from None
 
     def save(self, *, run: int, rng_before, rng_after=None, centers=None, n_iter: int = 0,
              tol_abs: float | None = None, converged: bool = False,

@@ -30,6 +30,7 @@ from . import _validation as V
 from ._checkpoint import Checkpoint, check_location, data_fingerprint, params_fingerprint
 from ._passes import Passes, closing_passes
 from ._progress import emit
+from .io import scrub_url, strip_credentials
 
 logger = logging.getLogger("dask_kmeans")
 
@@ -237,6 +238,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         # Spherical k-means keeps unit centres from the start.
         return K.normalize_rows(centers) if self.metric == "cosine" else centers
 
+    def __repr__(self, N_CHAR_MAX=700):
+        # scikit-learn's, without the credentials a checkpoint URL may hold.
+        return scrub_url(super().__repr__(N_CHAR_MAX), self.checkpoint)
+
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering.
 
@@ -309,7 +314,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                       if k not in ("verbose", "checkpoint", "resume")}
             ckpt = Checkpoint(self.checkpoint, data_fingerprint(X, sample_weight),
                               params_fingerprint(params))
-        state = ckpt.load() if (ckpt is not None and self.resume) else None
+        state = ckpt.load((self.n_clusters, Xv.shape[1]), n_init, self.max_iter) \
+            if (ckpt is not None and self.resume) else None
         # One set of passes (and of per-worker actors) serves every initialisation and run.
         passes = Passes(Xd, wd, split_every=self.split_every, metric=self.metric,
                         in_memory=persisted)
@@ -322,7 +328,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                                               state["best_n_iter"], True)
                 best = (restored, None, state["best_inertia"])
             logger.info("resuming from the checkpoint at %s: run %d, iteration %d",
-                        self.checkpoint, first_run + 1, state["n_iter"])
+                        strip_credentials(self.checkpoint), first_run + 1, state["n_iter"])
         for run in range(first_run, n_init):
             emit("run", run + 1, n_init)
             rng_before = random_state.get_state()
@@ -679,6 +685,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                  else [f"x{i}" for i in range(self.n_features_in_)])
         params = {k: v for k, v in self.get_params().items() if k != "init"}
         params["init"] = self.init if isinstance(self.init, str) else "array"
+        if isinstance(params.get("checkpoint"), str):  # where it was: without credentials
+            params["checkpoint"] = strip_credentials(params["checkpoint"])
         seed = params.get("random_state")
         # A RandomState instance cannot be saved (its state moves); an int of any kind can.
         params["random_state"] = (int(seed) if isinstance(seed, numbers.Integral)

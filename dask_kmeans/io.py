@@ -177,6 +177,12 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
+def scrub_url(text: str, url: Any) -> str:
+    """``text`` without the password and credential query values of ``url`` (none when
+    ``url`` is not a URL string)."""
+    return _scrub(text, _url_secrets(url)) if isinstance(url, str) and "://" in url else text
+
+
 # --------------------------------------------------------------------------- locations
 
 
@@ -331,7 +337,9 @@ def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]
 
 
 def _mtime(info: Mapping[str, Any]) -> float | str | None:
-    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "mtime_ns"):
+    # (memory:// has only "created"; HTTP servers give "Last-Modified")
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "mtime_ns",
+                "Last-Modified", "created"):
         value = info.get(key)
         if value is None:
             continue

@@ -242,3 +242,119 @@ def test_fingerprints_tell_inputs_and_callables_apart_and_stay_stable(tmp_path):
 def test_an_empty_checkpoint_is_refused_naming_it(value):
     with pytest.raises(ValueError, match=r"checkpoint.*None or a non-empty URL string"):
         dk.KMeans(2, checkpoint=value).fit(np.random.default_rng(0).normal(size=(20, 2)))
+
+
+def test_credentials_in_the_checkpoint_url_stay_out_of_repr_model_and_messages(tmp_path):
+    """A password in the checkpoint URL made the fitted model unsavable (its metadata held
+    the URL: every fit job with a model output failed at the end) and showed in the repr,
+    in the refusal messages and in the error of a location that cannot hold one."""
+    from dask_kmeans._checkpoint import Checkpoint, check_location
+
+    url = "ftp://user:S3CRET@127.0.0.1:1/ck"
+    km = dk.KMeans(2, random_state=0).fit(np.random.default_rng(0).normal(size=(50, 2)))
+    km.set_params(checkpoint=url)
+    assert "S3CRET" not in repr(km) and "ftp://user:***@127.0.0.1:1/ck" in repr(km)
+    km.save(str(tmp_path / "m"))
+    meta = (tmp_path / "m" / "metadata.json").read_text()
+    assert "S3CRET" not in meta and "ftp://127.0.0.1:1/ck" in meta
+    with pytest.raises(ValueError, match="cannot hold the checkpoint") as info:
+        check_location(url)
+    assert "S3CRET" not in str(info.value)
+    assert "S3CRET" not in Checkpoint("memory://user:S3CRET@/ck", {}, {}).shown
+
+
+def _saved_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint of an interrupted 4-cluster fit, as JSON, and its path."""
+    from dask_kmeans import _checkpoint
+
+    save, calls = _checkpoint.Checkpoint.save, []
+
+    class Killed(Exception):
+        pass
+
+    def crash(self, **kw):
+        save(self, **kw)
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+
+    monkeypatch.setattr(_checkpoint.Checkpoint, "save", crash)
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    with pytest.raises(Killed):
+        dk.KMeans(4, random_state=0, tol=0, checkpoint=str(tmp_path / "c")).fit(X)
+    monkeypatch.setattr(_checkpoint.Checkpoint, "save", save)
+    path = tmp_path / "c" / "checkpoint.json"
+    return X, path, json.loads(path.read_text())
+
+
+def test_a_damaged_checkpoint_is_refused_naming_it(tmp_path, monkeypatch):
+    """A checkpoint that is JSON but not one of this fit was trusted (2 centres resumed a fit
+    of 4 and ended with 2) or crashed (AttributeError, KeyError, TypeError, IndexError)."""
+    X, path, state = _saved_checkpoint(tmp_path, monkeypatch)
+    url = str(tmp_path / "c")
+
+    def resume():
+        return dk.KMeans(4, random_state=0, tol=0, checkpoint=url, resume=True).fit(X)
+
+    for edit, message in (
+            (lambda s: s.update(centers=s["centers"][:2]), r"centers has shape \(2, 3\), "
+                                                             r"expected \(4, 3\)"),
+            (lambda s: s.update(centers=[[float("nan")] * 3] * 4), "centers holds NaN"),
+            (lambda s: s.pop("rng_before"), "rng_before"),
+            (lambda s: s.update(run=7), r"run 7 is not an int from 0 to 1"),
+            (lambda s: s.update(n_iter=-1), "n_iter -1"),
+            (lambda s: s.update(rng_before=["MT19937", [1, 2], 0, 0, 0.0]), ".")):
+        broken = json.loads(json.dumps(state))
+        edit(broken)
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=rf"The checkpoint at {url} is damaged \(.*"
+                                             rf"{message}"):
+            resume()
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"has format 'list'"):
+        resume()
+    path.write_text(json.dumps(state))
+    assert resume().cluster_centers_.shape == (4, 3)
+
+
+def test_the_same_parameters_in_other_forms_resume(tmp_path, monkeypatch):
+    """A RandomState instance moved on by the interrupted fit, and np.int64(4) against 4,
+    were 'other parameters'."""
+    from dask_kmeans import _checkpoint
+
+    save, calls = _checkpoint.Checkpoint.save, []
+
+    class Killed(Exception):
+        pass
+
+    def crash(self, **kw):
+        save(self, **kw)
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    rng = np.random.RandomState(0)
+    url = str(tmp_path / "c")
+    monkeypatch.setattr(_checkpoint.Checkpoint, "save", crash)
+    with pytest.raises(Killed):
+        dk.KMeans(np.int64(4), random_state=rng, tol=0, checkpoint=url).fit(X)
+    monkeypatch.setattr(_checkpoint.Checkpoint, "save", save)
+    km = dk.KMeans(4, random_state=rng, tol=0, checkpoint=url, resume=True).fit(X)
+    assert km.cluster_centers_.shape == (4, 3)
+
+
+def test_a_memory_file_system_input_has_a_time_in_its_fingerprint():
+    """memory:// (and HTTP) infos name their time otherwise ("created", "Last-Modified"):
+    the fingerprint held the size alone, and a file rewritten with the same size resumed."""
+    import fsspec
+    import pandas as pd
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/fp-test/p.parquet", "wb") as f:
+        pd.DataFrame({"x": [1.0, 2.0]}).to_parquet(f)
+    try:
+        fp = dk.open_parquet("memory://fp-test/p.parquet").fingerprint()
+        assert all(part["mtime"] is not None for part in fp["parts"])
+    finally:
+        fs.rm("/fp-test", recursive=True)
