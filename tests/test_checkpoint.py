@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -263,26 +264,34 @@ def test_credentials_in_the_checkpoint_url_stay_out_of_repr_model_and_messages(t
     assert "S3CRET" not in Checkpoint("memory://user:S3CRET@/ck", {}, {}).shown
 
 
-def _saved_checkpoint(tmp_path, monkeypatch):
-    """A checkpoint of an interrupted 4-cluster fit, as JSON, and its path."""
+class _Killed(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _killed_after_three_saves(monkeypatch):
+    """Around a fit: it stops with _Killed after its third checkpoint is saved."""
     from dask_kmeans import _checkpoint
 
     save, calls = _checkpoint.Checkpoint.save, []
-
-    class Killed(Exception):
-        pass
 
     def crash(self, **kw):
         save(self, **kw)
         calls.append(1)
         if len(calls) == 3:
-            raise Killed
+            raise _Killed
 
     monkeypatch.setattr(_checkpoint.Checkpoint, "save", crash)
-    X = np.random.default_rng(0).normal(size=(200, 3))
-    with pytest.raises(Killed):
-        dk.KMeans(4, random_state=0, tol=0, checkpoint=str(tmp_path / "c")).fit(X)
+    with pytest.raises(_Killed):
+        yield
     monkeypatch.setattr(_checkpoint.Checkpoint, "save", save)
+
+
+def _saved_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint of an interrupted 4-cluster fit, as JSON, and its path."""
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    with _killed_after_three_saves(monkeypatch):
+        dk.KMeans(4, random_state=0, tol=0, checkpoint=str(tmp_path / "c")).fit(X)
     path = tmp_path / "c" / "checkpoint.json"
     return X, path, json.loads(path.read_text())
 
@@ -320,26 +329,11 @@ def test_a_damaged_checkpoint_is_refused_naming_it(tmp_path, monkeypatch):
 def test_the_same_parameters_in_other_forms_resume(tmp_path, monkeypatch):
     """A RandomState instance moved on by the interrupted fit, and np.int64(4) against 4,
     were 'other parameters'."""
-    from dask_kmeans import _checkpoint
-
-    save, calls = _checkpoint.Checkpoint.save, []
-
-    class Killed(Exception):
-        pass
-
-    def crash(self, **kw):
-        save(self, **kw)
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed
-
     X = np.random.default_rng(0).normal(size=(200, 3))
     rng = np.random.RandomState(0)
     url = str(tmp_path / "c")
-    monkeypatch.setattr(_checkpoint.Checkpoint, "save", crash)
-    with pytest.raises(Killed):
+    with _killed_after_three_saves(monkeypatch):
         dk.KMeans(np.int64(4), random_state=rng, tol=0, checkpoint=url).fit(X)
-    monkeypatch.setattr(_checkpoint.Checkpoint, "save", save)
     km = dk.KMeans(4, random_state=rng, tol=0, checkpoint=url, resume=True).fit(X)
     assert km.cluster_centers_.shape == (4, 3)
 
