@@ -685,11 +685,35 @@ def _cast_exactly(table: pa.Table, target: pa.Schema, exact: Sequence[str],
     return pa.table(columns, schema=target)
 
 
+#: Consecutive row groups whose columns take at most this together (8 bytes a value) are
+#: read together: one request each cost a pass over a 0.5 MB file of 400 row groups 402 S3
+#: requests and 2.6 s (moto), against 0.04 s now. Small, so that a task's peak stays the
+#: chunk and about one row group.
+READ_BATCH_BYTES = 2**20
+
+
+def _batches(rows: Sequence[int], groups: Sequence[int], width: int) -> list[list[int]]:
+    """``groups`` (row group indices, of ``rows`` rows each) in runs of consecutive ones
+    whose ``width`` columns take at most :data:`READ_BATCH_BYTES` (a larger one alone)."""
+    runs: list[list[int]] = []
+    size = 0
+    for group in groups:
+        cost = rows[group] * width * 8
+        if runs and group == runs[-1][-1] + 1 and size + cost <= READ_BATCH_BYTES:
+            runs[-1].append(group)
+            size += cost
+        else:
+            runs.append([group])
+            size = cost
+    return runs
+
+
 def _read_row_groups(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Schema,
                      columns: Sequence[str], exact: Sequence[str] = ()) -> Iterator[pa.Table]:
-    """The part's ``columns``, of the dataset's types, one row group at a time (its footer
-    read once, and checked against the open's); one empty table for a file without rows.
-    ``exact``: columns cast only without changing a value (see :func:`_cast_exactly`)."""
+    """The part's ``columns``, of the dataset's types, a row group at a time, or a run of
+    small consecutive ones (:func:`_batches`) at a time (its footer read once, and checked
+    against the open's); one empty table for a file without rows. ``exact``: columns cast
+    only without changing a value (see :func:`_cast_exactly`)."""
     target = pa.schema([schema.field(c) for c in columns])
     fragment = ds.ParquetFileFormat().make_fragment(
         part.path, filesystem=filesystem, partition_expression=part.partition_expression)
@@ -701,9 +725,11 @@ def _read_row_groups(part: _Part, *, filesystem: pafs.FileSystem, schema: pa.Sch
         yield target.empty_table()
         return
     groups = range(fragment.num_row_groups) if part.row_groups is None else part.row_groups
+    metadata = fragment.metadata
+    rows = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
     with _fs_errors(part.url, secrets, "reading"):
-        for group in groups:
-            table = fragment.subset(row_group_ids=[group]).to_table(
+        for run in _batches(rows, list(groups), len(columns)):
+            table = fragment.subset(row_group_ids=run).to_table(
                 columns=list(columns), schema=part.schema)
             yield table if table.schema.equals(target) else \
                 _cast_exactly(table, target, exact, part.url)
