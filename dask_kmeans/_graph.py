@@ -90,6 +90,12 @@ def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None):
     return pack(partials, x, with_moments, metric, c)
 
 
+def moments_shift(centers) -> np.ndarray:
+    """What :func:`pack` takes the moments about (Euclidean): the centres' mean, the same
+    in every chunk of a pass."""
+    return np.asarray(centers, np.float64).mean(axis=0)
+
+
 def pack(partials, x, with_moments: bool, metric: str, centers) -> np.ndarray:
     """Partials of one chunk (one per model), and its moments if asked, as one (1, P) row.
 
@@ -99,7 +105,7 @@ def pack(partials, x, with_moments: bool, metric: str, centers) -> np.ndarray:
     for p in partials:
         parts += [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
     if with_moments:
-        shift = None if metric == "cosine" else np.asarray(centers, np.float64).mean(axis=0)
+        shift = None if metric == "cosine" else moments_shift(centers)
         parts.append(K.moments(x, metric, shift))
     return np.concatenate(parts)[None, :]
 

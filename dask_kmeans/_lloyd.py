@@ -158,7 +158,7 @@ def lloyd(
             if metric != "cosine" and _shift_too_far(mom):
                 # The moments are taken about the centres' mean, which a far initial centre
                 # drags away from the data: once more, about the data's mean (one pass).
-                data_mean = centers.astype(np.float64).mean(axis=0) + mom[1 : 1 + d] / mom[0]
+                data_mean = G.moments_shift(centers) + mom[1 : 1 + d] / mom[0]
                 packed = passes.lloyd(data_mean[None, :].astype(dtype), True, sizes=(1,))
                 _, mom = G.unpack_many(packed, (1,), d, True)
             tol_abs = tolerance_from_moments(mom, tol)

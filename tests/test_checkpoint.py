@@ -162,30 +162,15 @@ def test_resume_on_re_read_data_is_bit_identical(tmp_path, monkeypatch, metric):
     which starts them afresh, agrees only to rounding)."""
     import dask.array as da
 
-    from dask_kmeans import _checkpoint
-
     rng = np.random.default_rng(2)
     X = np.vstack([rng.normal(c, 1.5, (300, 2)) for c in ((0, 0), (5, 5), (0, 5), (5, 0))])
     Xd = da.from_array(X + 3.0, chunks=300)
     params = dict(init="random", n_init=2, random_state=0, metric=metric, persist=False)
     full = dk.KMeans(4, **params).fit(Xd)
 
-    class Killed(Exception):
-        pass
-
-    save, calls = _checkpoint.Checkpoint.save, []
-
-    def crash_after_three(self, **kw):
-        save(self, **kw)
-        calls.append(1)
-        if len(calls) == 4:
-            raise Killed
-
     url = str(tmp_path / "c")
-    monkeypatch.setattr(_checkpoint.Checkpoint, "save", crash_after_three)
-    with pytest.raises(Killed):
+    with _killed_after_saves(monkeypatch, 4):
         dk.KMeans(4, checkpoint=url, **params).fit(Xd)
-    monkeypatch.setattr(_checkpoint.Checkpoint, "save", save)
     resumed = dk.KMeans(4, checkpoint=url, resume=True, **params).fit(Xd)
     np.testing.assert_array_equal(resumed.cluster_centers_, full.cluster_centers_)
     assert resumed.inertia_ == full.inertia_ and resumed.n_iter_ == full.n_iter_
@@ -269,8 +254,8 @@ class _Killed(Exception):
 
 
 @contextlib.contextmanager
-def _killed_after_three_saves(monkeypatch):
-    """Around a fit: it stops with _Killed after its third checkpoint is saved."""
+def _killed_after_saves(monkeypatch, n: int = 3):
+    """Around a fit: it stops with _Killed after its ``n``-th checkpoint is saved."""
     from dask_kmeans import _checkpoint
 
     save, calls = _checkpoint.Checkpoint.save, []
@@ -278,7 +263,7 @@ def _killed_after_three_saves(monkeypatch):
     def crash(self, **kw):
         save(self, **kw)
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise _Killed
 
     monkeypatch.setattr(_checkpoint.Checkpoint, "save", crash)
@@ -290,7 +275,7 @@ def _killed_after_three_saves(monkeypatch):
 def _saved_checkpoint(tmp_path, monkeypatch):
     """A checkpoint of an interrupted 4-cluster fit, as JSON, and its path."""
     X = np.random.default_rng(0).normal(size=(200, 3))
-    with _killed_after_three_saves(monkeypatch):
+    with _killed_after_saves(monkeypatch):
         dk.KMeans(4, random_state=0, tol=0, checkpoint=str(tmp_path / "c")).fit(X)
     path = tmp_path / "c" / "checkpoint.json"
     return X, path, json.loads(path.read_text())
@@ -332,7 +317,7 @@ def test_the_same_parameters_in_other_forms_resume(tmp_path, monkeypatch):
     X = np.random.default_rng(0).normal(size=(200, 3))
     rng = np.random.RandomState(0)
     url = str(tmp_path / "c")
-    with _killed_after_three_saves(monkeypatch):
+    with _killed_after_saves(monkeypatch):
         dk.KMeans(np.int64(4), random_state=rng, tol=0, checkpoint=url).fit(X)
     km = dk.KMeans(4, random_state=rng, tol=0, checkpoint=url, resume=True).fit(X)
     assert km.cluster_centers_.shape == (4, 3)
