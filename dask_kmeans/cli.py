@@ -20,11 +20,11 @@ from typing import Any
 
 import click
 import yaml
-from dask.utils import parse_timedelta
+from dask.utils import parse_bytes, parse_timedelta
 
 from . import __version__, jobs
 from ._progress import listening
-from ._schema import SchemaError, load_yaml, show
+from ._schema import SchemaError, load_yaml, parses, show
 from .cluster import (
     ClusterConfigUnreadable,
     ClusterError,
@@ -504,8 +504,14 @@ def _finite(ctx, param, value):
 
 
 def _chunk_bytes(ctx, param, value):
-    """``none`` for one chunk per file; a size is checked with the rest of the job."""
-    return None if value is not None and value.strip().lower() == "none" else value
+    """``none`` for one chunk per file, else a size: refused here, in the option's words
+    (the job schema would name ``job.input.chunk_bytes`` and ``null``)."""
+    if value is None or value.strip().lower() == "none":
+        return None
+    if not parses(parse_bytes, value):
+        raise click.BadParameter(
+            f"expected a size like '128MiB', a number of bytes > 0 or none, got {value!r}")
+    return value
 
 
 def _chunk_bytes_option(f: Callable) -> Callable:

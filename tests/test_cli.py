@@ -716,9 +716,13 @@ def test_chunk_bytes_sets_the_chunks_and_so_the_labels_parts(data, tmp_path):
                     "--chunk-bytes", "NONE", "--cluster", data["config"])
     assert result.exit_code == 0, result.stderr
     assert len(parts("p")) == 3
-    line = one_line_error(invoke("sweep", data["url"], "--k", "2..3", "--chunk-bytes", "lots",
-                                 "--no-plot", *common), 2)
-    assert "input.chunk_bytes" in line and "'lots'" in line
+    for size in ("lots", "0", "-1kB"):  # a usage error, in the option's words
+        result = invoke("sweep", data["url"], "--k", "2..3", "--chunk-bytes", size, "--no-plot",
+                        *common)
+        assert result.exit_code == 2, result.stderr
+        assert (f"Invalid value for '--chunk-bytes': expected a size like '128MiB', a number "
+                f"of bytes > 0 or none, got {size!r}") in result.stderr, result.stderr
+        assert "job." not in result.stderr and "null" not in result.stderr
 
 
 def test_errors_are_one_line_with_an_exit_code(data, tmp_path):
