@@ -149,6 +149,11 @@ def _checked_state(state: dict[str, Any], shape, n_init, max_iter) -> dict[str, 
         whole("best_n_iter", 0, max_iter)
         if not np.isfinite(float(state["best_inertia"])):
             raise ValueError("best_inertia is not finite")
+        # Written since the flag was kept (a fit that ran to max_iter was restored as
+        # converged); a checkpoint from before passes as it was read then.
+        state["best_converged"] = state.get("best_converged", True)
+        if not isinstance(state["best_converged"], bool):
+            raise ValueError("best_converged is not true or false")
     elif n_init is not None and state["run"] >= n_init:
         raise ValueError(f"run {state['run']} of {n_init} is finished, but no best run is kept")
     if state.get("tol_abs") is not None and not float(state["tol_abs"]) >= 0:
@@ -226,6 +231,7 @@ class Checkpoint:
             "best_centers": None if best is None else np.asarray(best[0], np.float64).tolist(),
             "best_inertia": None if best is None else float(best[1]),
             "best_n_iter": None if best is None else int(best[2]),
+            "best_converged": None if best is None else bool(best[3]),
         }
         data = json.dumps(state).encode()
         self._fs.makedirs(self._root, exist_ok=True)

@@ -325,10 +325,14 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             random_state.set_state(state["rng_before"])
             if state["best_centers"] is not None:
                 restored = _lloyd.LloydResult(state["best_centers"].astype(Xd.dtype),
-                                              state["best_n_iter"], True)
+                                              state["best_n_iter"], state["best_converged"])
                 best = (restored, None, state["best_inertia"])
-            logger.info("resuming from the checkpoint at %s: run %d, iteration %d",
-                        strip_credentials(self.checkpoint), first_run + 1, state["n_iter"])
+            if first_run < n_init:
+                logger.info("resuming from the checkpoint at %s: run %d, iteration %d",
+                            strip_credentials(self.checkpoint), first_run + 1, state["n_iter"])
+            else:
+                logger.info("resuming from the checkpoint at %s: all %d runs had finished; "
+                            "the best is kept", strip_credentials(self.checkpoint), n_init)
         for run in range(first_run, n_init):
             emit("run", run + 1, n_init)
             rng_before = random_state.get_state()
@@ -341,7 +345,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 centers0 = self._initial_centers(data, random_state, passes)
                 start, tol_abs, done = 0, None, False
             rng_after = random_state.get_state()
-            best_saved = None if best is None else (best[0].centers, best[2], best[0].n_iter)
+            best_saved = None if best is None else (best[0].centers, best[2], best[0].n_iter,
+                                                    best[0].converged)
             on_iteration = None
             if ckpt is not None:
                 def on_iteration(n_iter, centers, tol_abs, converged, run=run,
@@ -374,7 +379,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                     emit("best", run + 1, n_init)
             if ckpt is not None:
                 ckpt.save(run=run + 1, rng_before=random_state.get_state(),
-                          best=(best[0].centers, best[2], best[0].n_iter))
+                          best=(best[0].centers, best[2], best[0].n_iter, best[0].converged))
 
         used = self._working_centers(self._to_original_units(best[0].centers))
         if used is not best[0].centers and not np.array_equal(used, best[0].centers):

@@ -120,6 +120,29 @@ def test_resume_of_a_finished_fit_gives_the_same_model(tmp_path):
     assert "pickle" not in text
 
 
+@pytest.mark.parametrize("max_iter", [2, 300])
+def test_resume_of_a_finished_fit_says_so_and_keeps_whether_it_converged(tmp_path, caplog,
+                                                                         max_iter):
+    """The log said "run 4, iteration 0" of a fit of 3 runs, and the best run kept was
+    reported converged although it had stopped at max_iter."""
+    X = np.random.default_rng(1).normal(size=(800, 3))
+    url = str(tmp_path / "c")
+    params = dict(random_state=0, n_init=3, max_iter=max_iter, tol=0, checkpoint=url)
+    with caplog.at_level("INFO", logger="dask_kmeans"):
+        first = dk.KMeans(5, verbose=1, **params).fit(X)
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fit done")]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dask_kmeans"):
+        again = dk.KMeans(5, verbose=1, resume=True, **params).fit(X)
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"resuming from the checkpoint at {url}: all 3 runs had finished; the best is " \
+           "kept" in lines, lines
+    assert not any("run 4" in line for line in lines), lines
+    assert done == [line for line in lines if line.startswith("fit done")], lines
+    assert f"converged={max_iter != 2}" in done[0]
+    assert again.n_iter_ == first.n_iter_ and again.inertia_ == first.inertia_
+
+
 def test_parquet_fingerprint_detects_a_changed_file(local_store):
     import pandas as pd
 
