@@ -242,6 +242,17 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         # scikit-learn's, without the credentials a checkpoint URL may hold.
         return scrub_url(super().__repr__(N_CHAR_MAX), self.checkpoint)
 
+    # The views a notebook shows (IPython's display protocol), scrubbed as the text one:
+    # scikit-learn's HTML view lists every parameter's value.
+    @property
+    def _repr_html_(self):
+        view = super()._repr_html_  # AttributeError when scikit-learn shows text only
+        return lambda: scrub_url(view(), self.checkpoint)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return {kind: scrub_url(view, self.checkpoint) if isinstance(view, str) else view
+                for kind, view in super()._repr_mimebundle_(**kwargs).items()}
+
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering.
 

@@ -23,6 +23,7 @@ import contextvars
 import datetime
 import functools
 import glob
+import html
 import json
 import os
 import posixpath
@@ -179,8 +180,14 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
 
 def scrub_url(text: str, url: Any) -> str:
     """``text`` without the password and credential query values of ``url`` (none when
-    ``url`` is not a URL string)."""
-    return _scrub(text, _url_secrets(url)) if isinstance(url, str) and "://" in url else text
+    ``url`` is not a URL string), also where they appear as in a ``repr`` or in HTML (a
+    notebook's view of an estimator escapes them)."""
+    if not (isinstance(url, str) and "://" in url):
+        return text
+    forms = {form for secret in _url_secrets(url)
+             for form in (secret, repr(secret)[1:-1], html.escape(secret),
+                          html.escape(repr(secret)[1:-1]))}
+    return _scrub(text, sorted(forms, key=len, reverse=True))
 
 
 # --------------------------------------------------------------------------- locations

@@ -272,6 +272,24 @@ def test_credentials_in_the_checkpoint_url_stay_out_of_repr_model_and_messages(t
     assert "S3CRET" not in Checkpoint("memory://user:S3CRET@/ck", {}, {}).shown
 
 
+@pytest.mark.parametrize("secret", ["S3CRET", "a&b<c>'d\\e"])
+def test_credentials_in_the_checkpoint_url_stay_out_of_the_notebook_views(secret):
+    """scikit-learn's HTML view (what a notebook shows) lists every parameter's value, the
+    checkpoint URL with its password and token among them; HTML escapes them."""
+    import html
+
+    import sklearn
+
+    km = dk.KMeans(2, checkpoint=f"s3://user:{secret}@bucket/ck?token=T0KEN")
+    views = [km._repr_html_(), *km._repr_mimebundle_().values(), repr(km)]
+    assert len(views) == 4 and "checkpoint" in views[0] and "s3://user:***@bucket" in views[0]
+    for view in views:
+        for form in (secret, html.escape(secret), repr(secret)[1:-1], "T0KEN"):
+            assert form not in view
+    with sklearn.config_context(display="text"):  # scikit-learn's own choice stands
+        assert not hasattr(km, "_repr_html_")
+
+
 class _Killed(Exception):
     pass
 
