@@ -52,7 +52,8 @@ def main():
             print(f"{it:>9}  {n / len(x):>8.3f}  {1000 * np.median(times_b):>10.1f}  "
                   f"{1000 * np.median(times_p):>8.1f}")
             previous, bounds = c, new_bounds
-            c = K.finalize_centers(partials.sums, partials.counts, c, "euclidean")
+            c = K.finalize_centers(partials.sums, partials.counts, c, "euclidean",
+                                   new_bounds.origin)
 
 
 if __name__ == "__main__":

@@ -137,11 +137,12 @@ def _checked_state(state: dict[str, Any], shape, n_init, max_iter) -> dict[str, 
     if state.get("rng_after") is not None:
         state["rng_after"] = _rng_from_json(state["rng_after"])
         np.random.RandomState().set_state(state["rng_after"])
-    for key in ("centers", "best_centers"):
+    for key, want in (("centers", shape), ("best_centers", shape),
+                      ("origin", None if shape is None else shape[1:])):
         if state.get(key) is not None:
             value = np.asarray(state[key], dtype=np.float64)
-            if shape is not None and value.shape != tuple(shape):
-                raise ValueError(f"{key} has shape {value.shape}, expected {tuple(shape)}")
+            if want is not None and value.shape != tuple(want):
+                raise ValueError(f"{key} has shape {value.shape}, expected {tuple(want)}")
             if not np.isfinite(value).all():
                 raise ValueError(f"{key} holds NaN or infinity")
             state[key] = value
@@ -215,7 +216,7 @@ class Checkpoint:
 
     def save(self, *, run: int, rng_before, rng_after=None, centers=None, n_iter: int = 0,
              tol_abs: float | None = None, converged: bool = False,
-             best: tuple | None = None) -> None:
+             best: tuple | None = None, origin=None) -> None:
         """Atomically replace the checkpoint (write a temporary file, then move it)."""
         state = {
             "format": FORMAT,
@@ -225,6 +226,8 @@ class Checkpoint:
             "rng_before": _rng_to_json(rng_before),
             "rng_after": None if rng_after is None else _rng_to_json(rng_after),
             "centers": None if centers is None else np.asarray(centers, np.float64).tolist(),
+            # What the run's passes sum the rows about (None before its first pass).
+            "origin": None if origin is None else np.asarray(origin, np.float64).tolist(),
             "n_iter": n_iter,
             "tol_abs": tol_abs,
             "converged": bool(converged),

@@ -75,17 +75,17 @@ def packed_size(k: int, d: int, with_moments: bool, sizes=None) -> int:
     return sum(m * d + m + 2 for m in sizes) + ((1 + 2 * d) if with_moments else 0)
 
 
-def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None):
+def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None, at=None):
     """Lloyd partials of one chunk, packed in a (1, P) float64 row.
 
     ``c`` may stack the centres of several models (a K sweep), ``sizes``
     giving each model's number of centres: the chunk is read once and serves
-    every model.
+    every model. ``at``: the origin of the sums (``_kernels.Partials``).
     """
     partials = []
     start = 0
     for m in ((c.shape[0],) if sizes is None else sizes):
-        partials.append(K.lloyd_partials(x, c[start : start + m], w, metric))
+        partials.append(K.lloyd_partials(x, c[start : start + m], w, metric, at))
         start += m
     return pack(partials, x, with_moments, metric, c)
 
@@ -111,16 +111,17 @@ def pack(partials, x, with_moments: bool, metric: str, centers) -> np.ndarray:
 
 
 def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="euclidean",
-                  exact=True, out=None):
+                  exact=True, out=None, at=None):
     """Lloyd partials of one chunk by Hamerly's algorithm (``_kernels.bounded_partials``).
 
     Returns the packed (1, P) row of :func:`packed_chunk`, the rows' bounds
     for ``c`` and the number of rows compared with every centre. Without
     ``exact`` the inertia of a pass with bounds comes from the clusters' moments.
-    ``out``: bounds no longer needed, whose row arrays the new ones reuse.
+    ``out``: bounds no longer needed, whose row arrays the new ones reuse; ``at``: the
+    origin of the sums.
     """
     p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact,
-                                               out)
+                                               out, at)
     return pack([p], x, with_moments, metric, c), bounds, n_compared
 
 
@@ -146,13 +147,14 @@ def unpack(packed: np.ndarray, k: int, d: int, with_moments: bool):
 
 def lloyd_partials(
     X: da.Array, C, sample_weight=None, *, split_every=None, with_moments=False,
-    metric="euclidean", sizes=None,
+    metric="euclidean", sizes=None, at=None,
 ) -> da.Array:
     """Summed Lloyd partials of all chunks, as a lazy packed float64 vector.
 
     ``with_moments`` appends the unweighted row count, feature sums and sums
     of squares, for the convergence tolerance, in the same pass. ``sizes``
-    splits ``C`` into several models (see ``packed_chunk``).
+    splits ``C`` into several models (see ``packed_chunk``); ``at`` is the
+    origin of the sums.
     """
     k, d = C.shape
     size = packed_size(k, d, with_moments, sizes)
@@ -171,6 +173,7 @@ def lloyd_partials(
         with_moments=with_moments,
         metric=metric,
         sizes=sizes,
+        at=at,
     )
     return parts.sum(axis=0, split_every=split_every)
 

@@ -56,6 +56,23 @@ def _shift_too_far(mom: np.ndarray) -> bool:
     return bool(np.any(off2 > FAR_SHIFT * var))
 
 
+def anchored(at: np.ndarray, partials: K.Partials, new_centers: np.ndarray) -> np.ndarray:
+    """The origin for the sums of a fit's passes after its first (``partials``, about
+    ``at``; ``new_centers`` from them): ``at`` itself, unless it lies more than
+    ``sqrt(FAR_SHIFT)`` standard deviations from the data's mean (the initial centres'
+    mean, dragged away by a far initial centre), then that mean. The origin changes at
+    most this once, so that the same labels give the same centres to the bit."""
+    counts = partials.counts
+    n = float(counts.sum())
+    if not n > 0.0:
+        return at
+    mean = at + partials.sums.sum(axis=0) / n
+    between = float(counts @ ((new_centers.astype(np.float64) - mean) ** 2).sum(axis=1))
+    var = (between + max(partials.inertia, 0.0)) / n
+    off = mean - at
+    return mean if float(off @ off) > FAR_SHIFT * var else at
+
+
 def raise_nonfinite(X, what: str):
     """Raise the error for a pass whose cost, ``what``, is not finite, saying why (one more
     pass, over dask input): the rows holding NaN or infinity, or values too large to
@@ -72,17 +89,18 @@ def _check_finite(X, inertia: float) -> None:
         raise_nonfinite(X, "the inertia of a Lloyd pass")
 
 
-def _step(X, sample_weight, centers, partials, metric):
-    """New centres from summed partials, relocating empty clusters (an extra pass, rarely);
-    their shift, and how many clusters were empty and how many of those were moved."""
+def _step(X, sample_weight, centers, partials, metric, at):
+    """New centres from summed partials (about the origin ``at``), relocating empty
+    clusters (an extra pass, rarely); their shift, and how many clusters were empty and
+    how many of those were moved."""
     sums, counts = partials.sums, partials.counts
     n_empty = n_moved = int(np.count_nonzero(counts == 0))
     if n_empty:
         (cand,) = compute(G.farthest(X, centers, sample_weight, n_empty,
                                      metric))
-        sums, counts = K.relocate_empty(sums, counts, cand)
+        sums, counts = K.relocate_empty(sums, counts, cand, at)
         n_moved = min(n_empty, len(cand))  # rows sitting on their centres are not offered
-    new_centers = K.finalize_centers(sums, counts, centers, metric)
+    new_centers = K.finalize_centers(sums, counts, centers, metric, at)
     shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
     return new_centers, shift, (n_empty, n_moved)
 
@@ -110,6 +128,7 @@ def lloyd(
     on_iteration=None,
     final_inertia: bool = False,
     passes: Passes | None = None,
+    origin: np.ndarray | None = None,
 ) -> LloydResult:
     """Run Lloyd iterations on a row-chunked dask array from ``centers``.
 
@@ -131,6 +150,11 @@ def lloyd(
 
     ``passes`` (over ``X`` and its weights, with this ``split_every`` and
     ``metric``) lets a fit's initialisation and runs share one set of actors.
+
+    Every pass sums the rows less one origin (``_kernels.Partials``): the initial
+    centres' mean, or the data's mean from the second pass on when that is far from it
+    (:func:`anchored`); a resumed fit passes the one it had as ``origin``.
+    ``on_iteration`` gets it too, as its last argument.
     """
     k, d = centers.shape
     dtype = centers.dtype
@@ -140,13 +164,14 @@ def lloyd(
     n_iter = start_iter
     if passes is None:
         passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
+    at = K.origin(centers, metric) if origin is None else np.asarray(origin, np.float64)
     for it in range(start_iter, max_iter):
         t0 = time.perf_counter()
         with_moments = not known_tol and it == start_iter and tol > 0
         # The inertia of each iteration is only shown (progress, log): a pass with bounds
         # may take it from the clusters' moments and leave unread the rows that keep
         # their centre. The fitted inertia comes from an exact pass.
-        packed = passes.lloyd(centers, with_moments, exact_inertia=False)
+        packed = passes.lloyd(centers, with_moments, exact_inertia=False, at=at)
         partials, mom = G.unpack(packed, k, d, with_moments)
         _check_finite(X, partials.inertia)
         if partials.n_zero:
@@ -163,7 +188,9 @@ def lloyd(
                 _, mom = G.unpack_many(packed, (1,), d, True)
             tol_abs = tolerance_from_moments(mom, tol)
         new_centers, shift, (n_empty, n_moved) = _step(X, sample_weight, centers, partials,
-                                                       metric)
+                                                       metric, at)
+        if it == 0 and metric != "cosine":
+            at = anchored(at, partials, new_centers)
         centers = new_centers
         n_iter = it + 1
         if verbose:
@@ -177,13 +204,13 @@ def lloyd(
         emit("iteration", n_iter, max_iter, inertia=partials.inertia, shift=shift, tol=tol_abs,
              converged=converged)
         if on_iteration is not None:
-            on_iteration(n_iter, centers, tol_abs, converged)
+            on_iteration(n_iter, centers, tol_abs, converged, at)
         if converged:
             break
     centers = centers.astype(dtype, copy=False)
     inertia = labels = None
     if final_inertia and (passes.on_futures or passes.local):
-        partials, _ = G.unpack(passes.lloyd(centers, False), k, d, False)
+        partials, _ = G.unpack(passes.lloyd(centers, False, at=at), k, d, False)
         inertia = partials.inertia
         labels = passes.local_labels()
     return LloydResult(centers, n_iter, converged, inertia, labels)
@@ -206,13 +233,14 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
     tol_abs = 0.0
     if passes is None:
         passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
+    at = K.origin(np.vstack(centers), metric)  # one for every model, as lloyd keeps one
     for it in range(max_iter):
         if not active:
             break
         t0 = time.perf_counter()
         with_moments = it == 0 and tol > 0
         sizes = tuple(centers[i].shape[0] for i in active)
-        packed = passes.lloyd_models({i: centers[i] for i in active}, with_moments)
+        packed = passes.lloyd_models({i: centers[i] for i in active}, with_moments, at)
         parts, mom = G.unpack_many(packed, sizes, d, with_moments)
         _check_finite(X, sum(p.inertia for p in parts))
         if parts[0].n_zero:
@@ -223,12 +251,14 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
             tol_abs = tolerance_from_moments(mom, tol)
         still = []
         for i, partials in zip(active, parts, strict=True):
-            centers[i], shift, _ = _step(X, sample_weight, centers[i], partials, metric)
+            centers[i], shift, _ = _step(X, sample_weight, centers[i], partials, metric, at)
             n_iter[i] = it + 1
             if shift <= tol_abs:
                 results[i] = LloydResult(centers[i], n_iter[i], True)
             else:
                 still.append(i)
+        if it == 0 and metric != "cosine":
+            at = anchored(at, parts[0], centers[active[0]])
         emit("sweep", it + 1, max_iter, moving=len(still), models=len(centers))
         if verbose:
             logger.info("sweep iteration %d: %d of %d models still moving, %.3f s",

@@ -108,12 +108,12 @@ class ChunkGroup:
             loop.run_in_executor(worker.executor, func, i, x, w)
             for i, (x, w) in enumerate(zip(chunks, self.weights, strict=True)))))
 
-    async def lloyd(self, centers, with_moments, metric, sizes):
+    async def lloyd(self, centers, with_moments, metric, sizes, at):
         return await self._each(lambda i, x, w: G.packed_chunk(
-            x, centers, w, with_moments=with_moments, metric=metric, sizes=sizes))
+            x, centers, w, with_moments=with_moments, metric=metric, sizes=sizes, at=at))
 
     async def lloyd_bounded(self, centers, with_moments, metric, drift, s_half, previous,
-                            version, exact):
+                            version, exact, at):
         """Lloyd partials per chunk, skipping rows whose bounds prove their centre.
 
         The bounds are used when they belong to the centres of pass ``previous``;
@@ -128,7 +128,7 @@ class ChunkGroup:
             packed, new, _ = G.bounded_chunk(
                 x, centers, w, self.bounds[i] if bounded else None,
                 drift if bounded else None, s_half, with_moments=with_moments, metric=metric,
-                exact=exact, out=self.spare[i])
+                exact=exact, out=self.spare[i], at=at)
             # The bounds before these are free: the next pass writes its bounds into them.
             self.spare[i], self.bounds[i] = self.bounds[i], new
             return packed
@@ -138,7 +138,7 @@ class ChunkGroup:
         self.bounds_version = version
         return out
 
-    async def lloyd_models(self, models, with_moments, metric):
+    async def lloyd_models(self, models, with_moments, metric, at):
         """Lloyd partials of several models per chunk (a K sweep), each by Hamerly's
         algorithm with its own bounds, packed one model after the other.
 
@@ -164,7 +164,7 @@ class ChunkGroup:
                 old = usable[mid][i] if mid in usable else None
                 p, new_bounds[mid][i], _ = K.bounded_partials(
                     x, centers, w, old, drift if old is not None else None, s_half, metric,
-                    exact=False, out=spare[mid][i] if mid in spare else None)
+                    exact=False, out=spare[mid][i] if mid in spare else None, at=at)
                 parts.append(p)
             return G.pack(parts, x, with_moments, metric, models[0][1])
 
@@ -441,8 +441,9 @@ class Passes:
     # -- passes ----------------------------------------------------------------
 
     def lloyd(self, centers: np.ndarray, with_moments: bool, sizes=None,
-              exact_inertia: bool = True) -> np.ndarray:
-        """Summed Lloyd partials against ``centers`` (see ``_graph.unpack``).
+              exact_inertia: bool = True, at: np.ndarray | None = None) -> np.ndarray:
+        """Summed Lloyd partials against ``centers`` (see ``_graph.unpack``), their sums
+        about the origin ``at`` (``_kernels.Partials``).
 
         ``sizes`` splits stacked centres into several models served by one pass.
         Without ``exact_inertia`` a pass with Hamerly's bounds (on the actors)
@@ -453,25 +454,27 @@ class Passes:
         if self._on_graphs:
             graph = G.lloyd_partials(self.X, centers, self.sample_weight,
                                      split_every=self.split_every, with_moments=with_moments,
-                                     metric=self.metric, sizes=sizes)
+                                     metric=self.metric, sizes=sizes, at=at)
             return compute(graph)[0]
         if sizes is None:
             # Hamerly's algorithm on the actors, where each chunk's row bounds can stay.
             used, drift, s_half, previous, version = self._bounded_step(centers, self._sent)
             parts = self._on_actors("lloyd_bounded", centers, with_moments, self.metric,
-                                    drift, s_half, previous, version, exact_inertia)
+                                    drift, s_half, previous, version, exact_inertia, at)
             self._sent = (version, used)
         else:
-            parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes)
+            parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes, at)
         if parts is not None:
             return sum_in_order(parts, self.split_every).ravel()
         parts = self._map(G.packed_chunk, self._centers_arg(centers), self._wf,
-                          with_moments=with_moments, metric=self.metric, sizes=sizes)
+                          with_moments=with_moments, metric=self.metric, sizes=sizes, at=at)
         return tree_sum(self._client, parts, self.split_every).ravel()
 
-    def lloyd_models(self, centers_by_model: dict, with_moments: bool) -> np.ndarray:
+    def lloyd_models(self, centers_by_model: dict, with_moments: bool,
+                     at: np.ndarray | None = None) -> np.ndarray:
         """Summed Lloyd partials of several models in one pass (a K sweep), packed in the
-        order of ``centers_by_model`` (see ``_graph.unpack_many``).
+        order of ``centers_by_model`` (see ``_graph.unpack_many``), their sums about the
+        origin ``at``.
 
         On the actors or the local pool each model keeps its own Hamerly bounds
         between passes, while all of them fit in a quarter of the memory budget
@@ -487,14 +490,14 @@ class Passes:
                     centers_by_model[mid], self._sent_models.get(mid))
                 models.append((mid, used, drift, s_half, previous, version))
                 sent[mid] = (version, used)
-            parts = self._on_actors("lloyd_models", models, with_moments, self.metric)
+            parts = self._on_actors("lloyd_models", models, with_moments, self.metric, at)
             if parts is not None:
                 self._sent_models = sent
                 return sum_in_order(parts, self.split_every).ravel()
             self._sent_models = {}
         stacked = np.vstack([centers_by_model[mid] for mid in ids])
         sizes = tuple(len(centers_by_model[mid]) for mid in ids)
-        return self.lloyd(stacked, with_moments, sizes)
+        return self.lloyd(stacked, with_moments, sizes, at=at)
 
     def _bounded_step(self, centers, sent):
         """What a bounded pass against ``centers`` needs, given ``sent`` = (number, centres)

@@ -352,19 +352,20 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 random_state.set_state(state["rng_after"])
                 centers0 = state["centers"].astype(Xd.dtype)
                 start, tol_abs, done = state["n_iter"], state["tol_abs"], state["converged"]
+                origin = state.get("origin")  # None: before the first pass
             else:
                 centers0 = self._initial_centers(data, random_state, passes)
-                start, tol_abs, done = 0, None, False
+                start, tol_abs, done, origin = 0, None, False, None
             rng_after = random_state.get_state()
             best_saved = None if best is None else (best[0].centers, best[2], best[0].n_iter,
                                                     best[0].converged)
             on_iteration = None
             if ckpt is not None:
-                def on_iteration(n_iter, centers, tol_abs, converged, run=run,
+                def on_iteration(n_iter, centers, tol_abs, converged, origin=None, run=run,
                                  rng_before=rng_before, rng_after=rng_after, best=best_saved):
                     ckpt.save(run=run, rng_before=rng_before, rng_after=rng_after,
                               centers=centers, n_iter=n_iter, tol_abs=tol_abs,
-                              converged=converged, best=best)
+                              converged=converged, best=best, origin=origin)
                 if not resumed:
                     on_iteration(0, centers0, None, False)
             if done or start >= self.max_iter:
@@ -375,7 +376,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                                       split_every=self.split_every,
                                       verbose=bool(self.verbose), metric=self.metric,
                                       start_iter=start, tol_abs=tol_abs,
-                                      on_iteration=on_iteration, passes=passes)
+                                      on_iteration=on_iteration, passes=passes,
+                                      origin=origin)
             if result.inertia is not None:
                 # Persisted data: the exact inertia came with the run; only the best run's
                 # labels are computed, after the last run, so that no losing run's labels
