@@ -138,7 +138,7 @@ def _checked_state(state: dict[str, Any], shape, n_init, max_iter) -> dict[str, 
         state["rng_after"] = _rng_from_json(state["rng_after"])
         np.random.RandomState().set_state(state["rng_after"])
     for key, want in (("centers", shape), ("best_centers", shape),
-                      ("origin", None if shape is None else shape[1:])):
+                      ("origin", shape)):
         if state.get(key) is not None:
             value = np.asarray(state[key], dtype=np.float64)
             if want is not None and value.shape != tuple(want):

@@ -80,12 +80,14 @@ def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None, 
 
     ``c`` may stack the centres of several models (a K sweep), ``sizes``
     giving each model's number of centres: the chunk is read once and serves
-    every model. ``at``: the origin of the sums (``_kernels.Partials``).
+    every model. ``at``: the clusters' origins of the sums (``_kernels.Partials``),
+    stacked as ``c``.
     """
     partials = []
     start = 0
     for m in ((c.shape[0],) if sizes is None else sizes):
-        partials.append(K.lloyd_partials(x, c[start : start + m], w, metric, at))
+        partials.append(K.lloyd_partials(x, c[start : start + m], w, metric,
+                                         None if at is None else at[start : start + m]))
         start += m
     return pack(partials, x, with_moments, metric, c)
 
@@ -323,13 +325,14 @@ def nonfinite_rows(X: da.Array, limit: int = 5) -> da.Array:
     return _found_rows(X, K.nonfinite_rows, 1 + limit, limit)
 
 
-def _far_chunk(x, c, offset, w=None, *, n_far, metric, n_rows):
-    return K.farthest(x, c, w, n_far, int(offset[0]), metric, n_rows)
+def _far_chunk(x, c, offset, w=None, *, n_far, metric, n_rows, at):
+    return K.farthest(x, c, w, n_far, int(offset[0]), metric, n_rows, at)
 
 
 def farthest(X: da.Array, C, sample_weight, n_far: int,
-             metric="euclidean") -> da.Array:
-    """Candidates for empty-cluster relocation: each chunk's ``n_far`` farthest rows.
+             metric="euclidean", at=None) -> da.Array:
+    """Candidates for empty-cluster relocation: each chunk's ``n_far`` farthest rows
+    (``at``: the origin of the fit's sums).
 
     Returns a lazy (m, 4 + d) array (see ``_kernels.farthest``); at most
     ``n_far <= k`` rows per chunk, so no more than k * d numbers per chunk.
@@ -353,6 +356,7 @@ def farthest(X: da.Array, C, sample_weight, n_far: int,
         n_far=n_far,
         metric=metric,
         n_rows=int(X.shape[0]),
+        at=at,
     )
 
 

@@ -40,14 +40,14 @@ SCAN_ROWS_SHARE = 8
 
 
 def origin(centers: np.ndarray, metric: str = "euclidean") -> np.ndarray:
-    """The default point that Lloyd partials sum the rows about: the mean of ``centers``
-    in float64, or 0 for "cosine" (unit rows). A fit keeps one origin for all its passes
-    (see ``_lloyd.lloyd``), so that the same labels give the same centres to the bit.
-    Summed about 0 instead, rows far from it lost their differences to the sums' rounding
-    (float64 data near 1e12 with unit spread: centres 0.34 off after one iteration, and a
-    24% worse inertia than scikit-learn's after 30)."""
-    c = np.asarray(centers, dtype=np.float64)
-    return np.zeros(c.shape[1]) if metric == "cosine" else c.mean(axis=0)
+    """The default points that Lloyd partials sum each cluster's rows about: ``centers``
+    themselves in float64, or 0 for "cosine" (unit rows); shape (k, d). A fit keeps its
+    clusters' origins from pass to pass (see ``_lloyd.lloyd``), so that the same labels
+    give the same centres to the bit. Summed about 0 instead, rows far from it lost their
+    differences to the sums' rounding (float64 data near 1e12 with unit spread: centres
+    0.34 off after one iteration, and a 24% worse inertia than scikit-learn's after 30)."""
+    c = np.array(centers, dtype=np.float64, ndmin=2)
+    return np.zeros_like(c) if metric == "cosine" else c
 
 
 def _origin(centers, metric: str, at) -> np.ndarray:
@@ -57,10 +57,11 @@ def _origin(centers, metric: str, at) -> np.ndarray:
 class Partials(NamedTuple):
     """Per-chunk (or combined) Lloyd statistics for all ``k`` clusters.
 
-    The sums are of the rows less an origin, the same for every chunk (so that partials
-    still add up elementwise): :func:`origin` unless the pass was given one."""
+    The sums are of each cluster's rows less its origin, the same for every chunk (so
+    that partials still add up elementwise): :func:`origin` unless the pass was given
+    them."""
 
-    sums: np.ndarray  # (k, d) float64, weighted sums of member rows less the origin
+    sums: np.ndarray  # (k, d) float64, weighted sums of member rows less their origin
     counts: np.ndarray  # (k,) float64, total weight of members
     inertia: float  # weighted sum of squared distances to the nearest centre
     n_zero: int = 0  # cosine only: rows of zero norm (left out of everything else)
@@ -165,7 +166,8 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, orig, shift
 
     ``cs``, ``half_cnorm``, ``shift`` and ``shifted`` are :class:`_Scoring`'s (with
     ``shifted`` the GEMM takes the rows less ``shift``, a block at a time). ``w`` has
-    length 0 for unit weights. The sums are of the rows less ``orig`` (float64).
+    length 0 for unit weights. The sums are of the rows less their cluster's row of
+    ``orig`` (float64).
     ``sums``/``counts`` have length 0 when only labels are wanted. ``labels``
     and ``mind`` are filled in place (they are fresh buffers owned by the
     caller), or have length 0 when only the statistics are wanted: no memory
@@ -236,7 +238,7 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, orig, shift
             if want_stats:  # less the origin, as _move adds them
                 counts[best] += wi
                 for f in range(d):
-                    sums[best, f] += wi * (np.float64(x[i, f]) * scale - orig[f])
+                    sums[best, f] += wi * (np.float64(x[i, f]) * scale - orig[best, f])
     return inertia, n_zero
 
 
@@ -334,8 +336,8 @@ def lloyd_partials(
     metric : {"euclidean", "cosine"}
         For "cosine" the sums add rows divided by their norm and the inertia
         sums ``1 - cos``.
-    at : ndarray of shape (n_features,), optional
-        The origin the sums are taken about (default :func:`origin`).
+    at : ndarray of shape (n_clusters, n_features), optional
+        Each cluster's origin, that its sums are taken about (default :func:`origin`).
 
     Returns
     -------
@@ -376,18 +378,18 @@ class Bounds(NamedTuple):
     counts: np.ndarray  # (k,) float64
     sq: np.ndarray  # (k,) float64
     members: np.ndarray  # (k,) int64
-    origin: np.ndarray  # (d,) float64
+    origin: np.ndarray  # (k, d) float64
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"}, inline="always")
 def _move(sums, counts, sq, members, orig, x, i, scale, wi, label, sign):
-    """Add (``sign`` 1) or take away (-1) row ``i``, less the origin ``orig``, to or from
-    cluster ``label``."""
+    """Add (``sign`` 1) or take away (-1) row ``i``, less the cluster's origin (its row of
+    ``orig``), to or from cluster ``label``."""
     ws = sign * wi
     rr = 0.0
     for f in range(x.shape[1]):
         # As the plain kernel adds them; scaled first: |x|^2 alone may overflow (cosine).
-        v = np.float64(x[i, f]) * scale - orig[f]
+        v = np.float64(x[i, f]) * scale - orig[label, f]
         sums[label, f] += ws * v
         rr += v * v
     counts[label] += sign * wi
@@ -723,7 +725,7 @@ def assign(
     empty_counts = np.empty(0, dtype=np.float64)
     inertia, _ = _fused_pass(
         sc.x, sc.cs, sc.c, sc.half, _weights(sample_weight), labels, mind, empty_sums,
-        empty_counts, np.empty(0), sc.shift, sc.shifted, sc.eps, sc.far, sc.tiny,
+        empty_counts, np.empty((0, 0)), sc.shift, sc.shifted, sc.eps, sc.far, sc.tiny,
         sc.trusted, metric == "cosine",
     )
     return labels, mind, float(inertia)
@@ -955,6 +957,7 @@ def farthest(
     offset: int,
     metric: str = "euclidean",
     n_rows: int = 0,
+    at: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``n_far`` rows of a chunk farthest from their nearest centre.
 
@@ -963,7 +966,8 @@ def farthest(
     whatever the chunking.
 
     Unlike scikit-learn, a row that sits on its centre (:func:`_sitting`; ``n_rows``,
-    the rows of the whole data, sets the rounding allowed) is no candidate: a centre
+    the rows of the whole data, and ``at``, the origin of the fit's sums, set the rounding
+    allowed) is no candidate: a centre
     moved onto it would double that centre, take its rows on the tie by the lower
     index and leave the other twin empty, to be moved again at the next iteration,
     and so on to ``max_iter`` with fewer distinct rows than clusters. Left out here,
@@ -981,7 +985,7 @@ def farthest(
     labels, mind, _ = assign(x, centers, metric=metric)
     absent = np.isnan(mind)
     with np.errstate(invalid="ignore"):  # NaN rows are absent already
-        absent |= _sitting(x, centers, labels, mind, metric, n_rows)
+        absent |= _sitting(x, centers, labels, mind, metric, n_rows, at)
     if sample_weight is not None:
         absent |= np.asarray(sample_weight) <= 0
     mind = np.where(absent, -np.inf, mind)
@@ -1009,34 +1013,41 @@ def farthest(
 
 
 #: Rows whose float64 mean the 1e-10 of :func:`_same_point_share` covers; beyond, it grows
-#: with them (the rounding of a sum grows with its terms: 1.4e-11 to 4.4e-11 of the norm
-#: measured for 2 million copies of a row).
+#: with them (the rounding of a sum grows with its terms: 1.4e-11 to 4.4e-11 of the row's
+#: distance from the sums' origin measured for 2 million copies of a row).
 SAME_POINT_ROWS = 2_000_000
 
 
-def _same_point_share(dtype, n_rows: int = 0) -> float:
-    """How far apart, relative to their norms, two points may be and still be the same
-    point: ``max(16 eps, 1e-10)`` (``eps`` of ``dtype``), the 1e-10 for a float64 mean of
-    up to :data:`SAME_POINT_ROWS` copies of one row, in proportion beyond (``n_rows``)."""
+def _same_point_share(dtype, n_rows: int = 0) -> tuple[float, float]:
+    """How far apart two points may be and still be the same point, as shares of the
+    larger of their norms and of their distances from the origin of the sums (see
+    :class:`Partials`): ``4 eps`` (``eps`` of ``dtype``: a centre is stored in it, within
+    half a unit in the last place of each coordinate, at most ``eps`` of the norm) and
+    ``1e-10``, the rounding of a float64 mean of up to :data:`SAME_POINT_ROWS` copies of
+    one row summed about that origin, in proportion beyond (``n_rows``)."""
     dtype = np.dtype(dtype)
     eps = np.finfo(dtype).eps if dtype.kind == "f" else np.finfo(float).eps
-    return max(16 * eps, 1e-10 * max(1.0, n_rows / SAME_POINT_ROWS))
+    return 4 * eps, 1e-10 * max(1.0, n_rows / SAME_POINT_ROWS)
 
 
 def _sitting(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, mind: np.ndarray,
-             metric: str, n_rows: int) -> np.ndarray:
-    """Which rows sit on their centre: within :func:`_same_point_share` of the larger of
-    the row's norm and its centre's (the row and its centre alone: a far centre elsewhere
+             metric: str, n_rows: int, at: np.ndarray | None = None) -> np.ndarray:
+    """Which rows sit on their centre: within :func:`_same_point_share` (of the larger of
+    the row's norm and its centre's, and of the row's distance from its cluster's row of
+    ``at``, the sums' origins; the row and its centre alone: a far centre elsewhere
     changes nothing). ``mind``: squared distances, ``1 - cos = |u - c|^2 / 2`` for cosine
     (rows and centres of unit norm)."""
-    share = _same_point_share(x.dtype, n_rows)
+    of_norm, of_spread = _same_point_share(x.dtype, n_rows)
     if metric == "cosine":
+        share = of_norm + of_spread
         return mind <= 0.5 * share * share
     c = np.asarray(centers, dtype=np.float64)
     xs = np.asarray(x, dtype=np.float64)
     size2 = np.maximum(np.einsum("ij,ij->i", xs, xs),
                        np.einsum("ij,ij->i", c, c)[np.maximum(labels, 0)])
-    return mind <= share * share * size2
+    off = xs - _origin(centers, metric, at)[np.maximum(labels, 0)]
+    allowed = of_norm * np.sqrt(size2) + of_spread * np.sqrt(np.einsum("ij,ij->i", off, off))
+    return mind <= allowed * allowed
 
 
 def count_distinct(centers: np.ndarray) -> int:
@@ -1044,25 +1055,34 @@ def count_distinct(centers: np.ndarray) -> int:
     once: a centre that is the mean of many copies of a point and another that is the
     point itself (an empty cluster relocated onto a duplicate) are the same centre.
 
-    Two centres are the same when they are within :func:`_same_point_share` (``max(16 eps,
-    1e-10)``, ``eps`` of their dtype) of the larger of their two norms of each other, far
-    below any separation of clusters that the data's precision could tell apart (the two
-    centres alone: a far centre elsewhere changes nothing). Compared block by block, k x
-    1024 at most.
+    Two centres are the same when they are within :func:`_same_point_share` of each
+    other: ``4 eps`` (of their dtype) of the larger of their norms plus ``1e-10`` of the
+    larger of their distances from the centres' median (for the origin the sums were taken
+    about, near the data), far below any separation of clusters that the data's precision
+    could tell apart (the two centres alone: a far centre elsewhere changes nothing; before,
+    1e-10 of the norms called clusters 0.1 apart near 1.7e9 one). Compared block by block,
+    k x 1024 at most.
     """
     centers = np.asarray(centers)
     k = centers.shape[0]
     if k < 2:
         return k
     c = centers.astype(np.float64)
-    share = _same_point_share(centers.dtype)
+    of_norm, of_spread = _same_point_share(centers.dtype)
     norms = np.sqrt(np.einsum("ij,ij->i", c, c))
+    dev = c - np.median(c, axis=0)
+    devs = np.sqrt(np.einsum("ij,ij->i", dev, dev))
+
+    def allowed(i, j):
+        return of_norm * max(norms[i], norms[j]) + of_spread * max(devs[i], devs[j])
+
     cs = c - c.mean(axis=0)
     sq = np.einsum("ij,ij->i", cs, cs)
     same = np.zeros(k, dtype=bool)  # a copy of a centre before it
     for start in range(0, k, 1024):
         block = slice(start, min(start + 1024, k))
-        tol = share * np.maximum(norms[block, None], norms[None, :])
+        tol = of_norm * np.maximum(norms[block, None], norms[None, :]) \
+            + of_spread * np.maximum(devs[block, None], devs[None, :])
         # Expanded distances (rounding up to a few eps of the norms) pick the candidate
         # pairs; their exact differences decide.
         d2 = sq[block, None] + sq[None, :] - 2.0 * (cs[block] @ cs.T)
@@ -1070,30 +1090,34 @@ def count_distinct(centers: np.ndarray) -> int:
         for i, j in zip(*np.nonzero(d2 <= slack), strict=True):
             i += start
             if j < i and not same[j] and \
-                    np.sqrt(((c[i] - c[j]) ** 2).sum()) <= share * max(norms[i], norms[j]):
+                    np.sqrt(((c[i] - c[j]) ** 2).sum()) <= allowed(i, j):
                 same[i] = True
     return int(k - same.sum())
 
 
 def relocate_empty(
     sums: np.ndarray, counts: np.ndarray, candidates: np.ndarray, at: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+    metric: str = "euclidean",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Move each empty cluster onto one of the rows farthest from its centre.
 
     Follows scikit-learn: the farthest row leaves its cluster (its weighted
     contribution is removed from that cluster's sums) and becomes the only
     member of the empty one. ``candidates`` is the output of :func:`farthest`
-    for all chunks, concatenated; ``at`` is the origin of the sums.
+    for all chunks, concatenated; ``at`` holds the clusters' origins of the sums.
 
     With fewer candidates than empty clusters (:func:`farthest` offers no row that
     sits on its centre), the clusters left over stay empty and keep their centres.
 
     Returns
     -------
-    sums, counts : new arrays of shapes (k, d) and (k,)
+    sums, counts, at : new arrays of shapes (k, d), (k,) and (k, d)
+        A refilled cluster's origin is its row (Euclidean), so that its centre is that
+        row exactly: pass ``at`` on to :func:`finalize_centers` and to the next passes.
     """
     sums = sums.copy()
     counts = counts.copy()
+    at = np.array(at, dtype=np.float64)
     before = counts.copy()
     empty = np.flatnonzero(counts == 0)
     # Farthest first; ties by lower global row index so chunking cannot matter.
@@ -1102,11 +1126,15 @@ def relocate_empty(
     for cluster, row in zip(empty, candidates[order], strict=False):
         old = int(row[2])
         w = row[3]
-        point = row[4:] - at
-        sums[old] -= w * point
+        point = row[4:]
+        sums[old] -= w * (point - at[old])
         counts[old] -= w
         left[old] = True
-        sums[cluster] = w * point
+        if metric == "cosine":  # the sums of unit rows, about 0
+            sums[cluster] = w * point
+        else:
+            sums[cluster] = 0.0
+            at[cluster] = point
         counts[cluster] = w
     # A cluster whose every row moved keeps a rounding residue of its weights (0.1 + 0.2
     # - 0.1 - 0.2 > 0), and residue / residue would be its centre: make it empty, so
@@ -1114,13 +1142,13 @@ def relocate_empty(
     gone = left & (counts <= RELOCATE_RESIDUE * before)
     sums[gone] = 0.0
     counts[gone] = 0.0
-    return sums, counts
+    return sums, counts, at
 
 
 def finalize_centers(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray,
                      metric: str = "euclidean", at: np.ndarray | None = None) -> np.ndarray:
     """New centres: weighted means (normalised for "cosine"), in the dtype of ``previous``,
-    from sums about the origin ``at`` (default: :func:`origin` of ``previous``).
+    from sums about the clusters' origins ``at`` (default: :func:`origin` of ``previous``).
 
     A cluster that is still empty (with fewer rows of positive weight than
     clusters, or after :func:`relocate_empty` moved all its rows) keeps its
@@ -1722,7 +1750,7 @@ def weighted_lloyd(
     -------
     ndarray of shape (n_clusters, n_features)
     """
-    at = origin(centers, metric)  # one for every step, as a fit keeps
+    at = origin(centers, metric)  # the same for every step, as a fit keeps them
     for _ in range(n_iter):
         p = lloyd_partials(x, centers, sample_weight, metric, at)
         new = finalize_centers(p.sums, p.counts, centers, metric, at)

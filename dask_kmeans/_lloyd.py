@@ -41,6 +41,16 @@ def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
     return float(np.mean(var) * tol)
 
 
+def _tolerance(X, mom: np.ndarray, tol: float) -> float:
+    """:func:`tolerance_from_moments`, refused when the variance overflowed (a NaN
+    tolerance ran the fit to max_iter: its rows' distances to their own centres, about
+    which the inertia and the sums are taken, need not overflow)."""
+    tol_abs = tolerance_from_moments(mom, tol)
+    if not np.isfinite(tol_abs):
+        raise_nonfinite(X, "the variance of the features (for tol)")
+    return tol_abs
+
+
 #: How much larger than a feature's variance the square of its mean's distance from the
 #: moments' shift may be before the variance, E[(x-s)^2] - E[x-s]^2, has cancelled away.
 FAR_SHIFT = 1e4
@@ -57,20 +67,21 @@ def _shift_too_far(mom: np.ndarray) -> bool:
 
 
 def anchored(at: np.ndarray, partials: K.Partials, new_centers: np.ndarray) -> np.ndarray:
-    """The origin for the sums of a fit's passes after its first (``partials``, about
-    ``at``; ``new_centers`` from them): ``at`` itself, unless it lies more than
-    ``sqrt(FAR_SHIFT)`` standard deviations from the data's mean (the initial centres'
-    mean, dragged away by a far initial centre), then that mean. The origin changes at
-    most this once, so that the same labels give the same centres to the bit."""
-    counts = partials.counts
-    n = float(counts.sum())
-    if not n > 0.0:
+    """The clusters' origins for the sums of the next pass (``partials`` were about
+    ``at``; ``new_centers`` from them): ``at``, but for a cluster whose centre moved more
+    than ``sqrt(FAR_SHIFT)`` times the rows' root mean squared distance to their centres
+    from its origin (a far initial centre that drew rows): its new centre. Origins change
+    rarely, so that the same labels give the same centres to the bit."""
+    n = float(partials.counts.sum())
+    if not n > 0.0 or partials.counts.shape[0] == 0:
         return at
-    mean = at + partials.sums.sum(axis=0) / n
-    between = float(counts @ ((new_centers.astype(np.float64) - mean) ** 2).sum(axis=1))
-    var = (between + max(partials.inertia, 0.0)) / n
-    off = mean - at
-    return mean if float(off @ off) > FAR_SHIFT * var else at
+    moved = ((new_centers.astype(np.float64) - at) ** 2).sum(axis=1)
+    far = (moved > FAR_SHIFT * max(partials.inertia, 0.0) / n) & (partials.counts > 0)
+    if not far.any():
+        return at
+    at = at.copy()
+    at[far] = new_centers[far]
+    return at
 
 
 def raise_nonfinite(X, what: str):
@@ -90,19 +101,20 @@ def _check_finite(X, inertia: float) -> None:
 
 
 def _step(X, sample_weight, centers, partials, metric, at):
-    """New centres from summed partials (about the origin ``at``), relocating empty
-    clusters (an extra pass, rarely); their shift, and how many clusters were empty and
-    how many of those were moved."""
+    """New centres from summed partials (about the clusters' origins ``at``), relocating
+    empty clusters (an extra pass, rarely); their shift, how many clusters were empty and
+    how many of those were moved, and the origins for the next pass."""
     sums, counts = partials.sums, partials.counts
     n_empty = n_moved = int(np.count_nonzero(counts == 0))
     if n_empty:
-        (cand,) = compute(G.farthest(X, centers, sample_weight, n_empty,
-                                     metric))
-        sums, counts = K.relocate_empty(sums, counts, cand, at)
+        (cand,) = compute(G.farthest(X, centers, sample_weight, n_empty, metric, at))
+        sums, counts, at = K.relocate_empty(sums, counts, cand, at, metric)
         n_moved = min(n_empty, len(cand))  # rows sitting on their centres are not offered
     new_centers = K.finalize_centers(sums, counts, centers, metric, at)
     shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
-    return new_centers, shift, (n_empty, n_moved)
+    if metric != "cosine":
+        at = anchored(at, K.Partials(sums, counts, partials.inertia), new_centers)
+    return new_centers, shift, (n_empty, n_moved), at
 
 
 def raise_zero_norm(X, n_zero: int):
@@ -151,10 +163,10 @@ def lloyd(
     ``passes`` (over ``X`` and its weights, with this ``split_every`` and
     ``metric``) lets a fit's initialisation and runs share one set of actors.
 
-    Every pass sums the rows less one origin (``_kernels.Partials``): the initial
-    centres' mean, or the data's mean from the second pass on when that is far from it
-    (:func:`anchored`); a resumed fit passes the one it had as ``origin``.
-    ``on_iteration`` gets it too, as its last argument.
+    Every pass sums each cluster's rows less its origin (``_kernels.Partials``): its
+    initial centre, the row a relocation moved it onto, or its centre when it moved far
+    (:func:`anchored`); a resumed fit passes the ones it had as ``origin``.
+    ``on_iteration`` gets them too, as its last argument.
     """
     k, d = centers.shape
     dtype = centers.dtype
@@ -186,11 +198,9 @@ def lloyd(
                 data_mean = G.moments_shift(centers) + mom[1 : 1 + d] / mom[0]
                 packed = passes.lloyd(data_mean[None, :].astype(dtype), True, sizes=(1,))
                 _, mom = G.unpack_many(packed, (1,), d, True)
-            tol_abs = tolerance_from_moments(mom, tol)
-        new_centers, shift, (n_empty, n_moved) = _step(X, sample_weight, centers, partials,
-                                                       metric, at)
-        if it == 0 and metric != "cosine":
-            at = anchored(at, partials, new_centers)
+            tol_abs = _tolerance(X, mom, tol)
+        new_centers, shift, (n_empty, n_moved), at = _step(X, sample_weight, centers,
+                                                           partials, metric, at)
         centers = new_centers
         n_iter = it + 1
         if verbose:
@@ -233,14 +243,15 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
     tol_abs = 0.0
     if passes is None:
         passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
-    at = K.origin(np.vstack(centers), metric)  # one for every model, as lloyd keeps one
+    at = [K.origin(c, metric) for c in centers]  # each model's, as lloyd keeps them
     for it in range(max_iter):
         if not active:
             break
         t0 = time.perf_counter()
         with_moments = it == 0 and tol > 0
         sizes = tuple(centers[i].shape[0] for i in active)
-        packed = passes.lloyd_models({i: centers[i] for i in active}, with_moments, at)
+        packed = passes.lloyd_models({i: centers[i] for i in active}, with_moments,
+                                     {i: at[i] for i in active})
         parts, mom = G.unpack_many(packed, sizes, d, with_moments)
         _check_finite(X, sum(p.inertia for p in parts))
         if parts[0].n_zero:
@@ -248,17 +259,16 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
         if it == 0 and sample_weight is not None:
             check_weight_total(parts[0].counts.any())
         if with_moments:
-            tol_abs = tolerance_from_moments(mom, tol)
+            tol_abs = _tolerance(X, mom, tol)
         still = []
         for i, partials in zip(active, parts, strict=True):
-            centers[i], shift, _ = _step(X, sample_weight, centers[i], partials, metric, at)
+            centers[i], shift, _, at[i] = _step(X, sample_weight, centers[i], partials,
+                                                metric, at[i])
             n_iter[i] = it + 1
             if shift <= tol_abs:
                 results[i] = LloydResult(centers[i], n_iter[i], True)
             else:
                 still.append(i)
-        if it == 0 and metric != "cosine":
-            at = anchored(at, parts[0], centers[active[0]])
         emit("sweep", it + 1, max_iter, moving=len(still), models=len(centers))
         if verbose:
             logger.info("sweep iteration %d: %d of %d models still moving, %.3f s",

@@ -138,11 +138,11 @@ class ChunkGroup:
         self.bounds_version = version
         return out
 
-    async def lloyd_models(self, models, with_moments, metric, at):
+    async def lloyd_models(self, models, with_moments, metric):
         """Lloyd partials of several models per chunk (a K sweep), each by Hamerly's
         algorithm with its own bounds, packed one model after the other.
 
-        ``models`` holds ``(model, centers, drift, s_half, previous, version)``
+        ``models`` holds ``(model, centers, drift, s_half, previous, version, at)``
         per model; a model's bounds are used when they belong to its pass
         ``previous``. Rows that keep their centre are not read, and each
         model's inertia comes from its clusters' moments. Models left out of
@@ -151,7 +151,7 @@ class ChunkGroup:
         held, self.model_bounds = self.model_bounds, {}  # until every chunk has new ones
         spare, self.model_spare = self.model_spare, {}
         usable = {}
-        for mid, _centers, drift, _s_half, previous, _version in models:
+        for mid, _centers, drift, _s_half, previous, _version, _at in models:
             version_and_bounds = held.get(mid)
             if drift is not None and version_and_bounds is not None \
                     and version_and_bounds[0] == previous:
@@ -160,7 +160,7 @@ class ChunkGroup:
 
         def one(i, x, w):
             parts = []
-            for mid, centers, drift, s_half, _previous, _version in models:
+            for mid, centers, drift, s_half, _previous, _version, at in models:
                 old = usable[mid][i] if mid in usable else None
                 p, new_bounds[mid][i], _ = K.bounded_partials(
                     x, centers, w, old, drift if old is not None else None, s_half, metric,
@@ -471,10 +471,10 @@ class Passes:
         return tree_sum(self._client, parts, self.split_every).ravel()
 
     def lloyd_models(self, centers_by_model: dict, with_moments: bool,
-                     at: np.ndarray | None = None) -> np.ndarray:
+                     at_by_model: dict | None = None) -> np.ndarray:
         """Summed Lloyd partials of several models in one pass (a K sweep), packed in the
-        order of ``centers_by_model`` (see ``_graph.unpack_many``), their sums about the
-        origin ``at``.
+        order of ``centers_by_model`` (see ``_graph.unpack_many``), their sums about each
+        model's origins in ``at_by_model``.
 
         On the actors or the local pool each model keeps its own Hamerly bounds
         between passes, while all of them fit in a quarter of the memory budget
@@ -488,15 +488,17 @@ class Passes:
             for mid in ids:
                 used, drift, s_half, previous, version = self._bounded_step(
                     centers_by_model[mid], self._sent_models.get(mid))
-                models.append((mid, used, drift, s_half, previous, version))
+                models.append((mid, used, drift, s_half, previous, version,
+                               None if at_by_model is None else at_by_model[mid]))
                 sent[mid] = (version, used)
-            parts = self._on_actors("lloyd_models", models, with_moments, self.metric, at)
+            parts = self._on_actors("lloyd_models", models, with_moments, self.metric)
             if parts is not None:
                 self._sent_models = sent
                 return sum_in_order(parts, self.split_every).ravel()
             self._sent_models = {}
         stacked = np.vstack([centers_by_model[mid] for mid in ids])
         sizes = tuple(len(centers_by_model[mid]) for mid in ids)
+        at = None if at_by_model is None else np.vstack([at_by_model[mid] for mid in ids])
         return self.lloyd(stacked, with_moments, sizes, at=at)
 
     def _bounded_step(self, centers, sent):

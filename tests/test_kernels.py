@@ -21,7 +21,7 @@ def test_lloyd_partials_match_reference(dtype, weighted):
     w = rng.uniform(0.1, 3.0, size=len(X)) if weighted else None
     got = K.lloyd_partials(X, C, w)
     sums, counts, inertia, _, _ = ref.partials(X, C, w)
-    sums -= counts[:, None] * K.origin(C)  # about the centres' mean
+    sums -= counts[:, None] * C.astype(np.float64)  # each cluster's about its centre
     rtol = ref.RTOL[np.dtype(dtype)]
     assert got.sums.dtype == np.float64 and got.counts.dtype == np.float64
     np.testing.assert_allclose(got.sums, sums, rtol=rtol, atol=rtol * np.abs(sums).max())
@@ -273,8 +273,8 @@ def test_relocate_empty_takes_farthest_rows_in_order():
     p = K.lloyd_partials(X, C)
     assert list(p.counts) == [4, 0, 0]
     cand = K.farthest(X, C, None, 2, offset=0)
-    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.origin(C))
-    new = K.finalize_centers(sums, counts, C)
+    sums, counts, at = K.relocate_empty(p.sums, p.counts, cand, K.origin(C))
+    new = K.finalize_centers(sums, counts, C, at=at)
     np.testing.assert_allclose(new[:, 0], [0.5, 20.0, 10.0])
     np.testing.assert_allclose(counts, [2, 1, 1])
     assert np.all(np.isfinite(new))
@@ -292,15 +292,15 @@ def test_relocation_never_puts_a_centre_on_a_row_that_sits_on_one():
     assert 0.0 < K.assign(X, C)[1].max() < 1e-30
     cand = K.farthest(X, C, None, 1, offset=0)
     assert len(cand) == 0
-    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.origin(C))
+    sums, counts, at = K.relocate_empty(p.sums, p.counts, cand, K.origin(C))
     np.testing.assert_array_equal(counts, [3, 3, 0])
-    np.testing.assert_array_equal(K.finalize_centers(sums, counts, C)[2], [5.0])
+    np.testing.assert_array_equal(K.finalize_centers(sums, counts, C, at=at)[2], [5.0])
     X[5] = 0.8  # now off every centre: it refills the empty cluster
     cand = K.farthest(X, C, None, 1, offset=0)
     p = K.lloyd_partials(X, C)
-    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.origin(C))
+    sums, counts, at = K.relocate_empty(p.sums, p.counts, cand, K.origin(C))
     np.testing.assert_array_equal(counts, [3, 2, 1])
-    np.testing.assert_array_equal(K.finalize_centers(sums, counts, C)[2], [0.8])
+    np.testing.assert_array_equal(K.finalize_centers(sums, counts, C, at=at)[2], [0.8])
 
 
 @pytest.mark.parametrize("lazy", [False, True])
@@ -322,10 +322,10 @@ def test_a_far_centre_does_not_keep_rows_near_the_origin_from_refilling(lazy):
         assert km.inertia_ == pytest.approx(sk.inertia_, abs=1e-6)
         np.testing.assert_allclose(km.cluster_centers_, ref.lloyd(X, C0, tol=0)[0],
                                    rtol=1e-12)
-    # Rows near 1e9 that sit on their centre (0.05 apart) and rows near the origin that do
-    # not: a chunk whose farthest rows sat offered nothing, though it held rows that refill.
+    # Rows at 1e9 that sit on their centre and rows near the origin that do not: a chunk
+    # whose farthest rows sat offered nothing, though it held rows that refill.
     rng = np.random.default_rng(0)
-    X = np.vstack([1e9 + rng.uniform(-0.05, 0.05, (1000, 2)), rng.uniform(-0.01, 0.01, (1000, 2))])
+    X = np.vstack([np.full((1000, 2), 1e9), rng.uniform(-0.01, 0.01, (1000, 2))])
     C0 = np.array([[1e9, 1e9], [0.0, 0.0], [-1e12, -1e12]])
     C, _, inertia, n_iter = ref.lloyd(X, C0, tol=0)
     assert C[2, 0] > -1.0  # refilled
@@ -333,10 +333,7 @@ def test_a_far_centre_does_not_keep_rows_near_the_origin_from_refilling(lazy):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # three distinct centres: no warning
             km = KMeans(3, init=C0, tol=0).fit(da.from_array(X, chunks=chunks) if lazy else X)
-        # The sums are about the data's mean here (5e8, the far initial centre drags the
-        # centres' mean away): rounding of about eps * 5e8 each, as scikit-learn's, which
-        # centres the data at its mean.
-        np.testing.assert_allclose(km.cluster_centers_, C, rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(km.cluster_centers_, C, rtol=1e-9, atol=1e-9)
         assert km.n_iter_ == n_iter and km.inertia_ == pytest.approx(inertia, rel=1e-9)
 
 
@@ -350,9 +347,9 @@ def test_relocation_that_takes_every_row_of_a_weighted_cluster_leaves_it_empty()
     C = np.array([[0.0], [100.0], [1000.0], [-1000.0]])
     p = K.lloyd_partials(X, C, w)
     cand = K.farthest(X, C, w, 2, offset=0)
-    sums, counts = K.relocate_empty(p.sums, p.counts, cand, K.origin(C))
+    sums, counts, at = K.relocate_empty(p.sums, p.counts, cand, K.origin(C))
     assert counts[1] == 0 and not sums[1].any()
-    new = K.finalize_centers(sums, counts, C)
+    new = K.finalize_centers(sums, counts, C, at=at)
     np.testing.assert_array_equal(new[1:, 0], [100.0, 60.0, 61.0])
     ref_centers = ref.lloyd(X, C, w, max_iter=1, tol=0)[0]
     np.testing.assert_allclose(new, ref_centers, rtol=1e-12)
@@ -736,3 +733,21 @@ def test_centres_of_data_far_from_zero_are_as_exact_as_scikit_learns(lazy):
     exact = np.array([base[labels == j].mean(axis=0) for j in range(4)])
     err = np.abs((km.cluster_centers_ - offset) - exact).max()
     assert err < 4 * np.spacing(offset), err  # a few units in the last place of 1e12
+
+
+@pytest.mark.parametrize(("dtype", "offset"), [(np.float64, 1.7e9), (np.float32, 1e5)])
+def test_clusters_a_tenth_apart_far_from_zero_are_distinct(dtype, offset):
+    """Centres within 1e-10 (16 eps for float32) of their norm counted as one: three
+    clusters 0.1 apart near 1.7e9 (float64) or 1e5 (float32), 1,000 rows each, fitted
+    like scikit-learn's, came with "Number of distinct clusters (2) found smaller than
+    n_clusters (3)". Rounding is now judged against the spread about the sums' origins."""
+    rng = np.random.default_rng(0)
+    X = (offset + np.repeat([0.0, 0.1, 0.2], 1000)[:, None]
+         + rng.normal(scale=0.005, size=(3000, 1))).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        km = KMeans(3, init=X[[0, 1000, 2000]], n_init=1).fit(X)
+    assert np.bincount(km.labels_).tolist() == [1000, 1000, 1000]
+    assert K.count_distinct(km.cluster_centers_) == 3
+    twins = np.vstack([km.cluster_centers_, km.cluster_centers_[:1]])
+    assert K.count_distinct(twins) == 3  # an exact copy still counts once
