@@ -220,19 +220,84 @@ def _timeout_text(timeout: str | float) -> str:
     return timeout if isinstance(timeout, str) else f"{timeout:g} s"
 
 
+def _identity(address: str, seconds: float, security: Any) -> dict:
+    """What answers at ``address``: its ``identity`` reply, within ``seconds`` in all (the
+    client's own timeout bounds only the TCP connection: a port that accepts and never
+    answers, a dead tunnel or port-forward, hung it for ever). In a thread of its own, so
+    that it runs whether or not the caller has an event loop."""
+    import asyncio
+    import threading
+
+    from distributed.comm import connect
+
+    async def ask() -> dict:
+        args = security.get_connection_args("client") if security is not None else {}
+        comm = await connect(address, timeout=seconds, **args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["reply"] = asyncio.run(asyncio.wait_for(ask(), seconds))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="dask-kmeans-identity", daemon=True)
+    thread.start()
+    thread.join(seconds + 5.0)  # wait_for gives up at ``seconds``; a margin for the loop
+    if thread.is_alive() or isinstance(out.get("error"), asyncio.TimeoutError):
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in out:
+        raise out["error"]
+    return out["reply"]
+
+
 def _client(target: Any, address: str, timeout: str | float, stack: ExitStack,
             security: Any = None) -> Client:
     from distributed import Client
 
+    advice = "Check that a Dask scheduler is running there and that this machine can reach it"
+    if address.startswith("tls://"):
+        advice += (", and that the certificate authority and client certificate match the "
+                   "scheduler's")
+
+    def unreachable(why: str) -> ClusterError:
+        return ClusterError(f"could not connect to the Dask scheduler at {address} (timeout "
+                            f"{_timeout_text(timeout)}): {why}. {advice}.")
+
     try:
+        if isinstance(target, str):  # an address: ask what answers there first
+            try:
+                reply = _identity(target, parse_timedelta(timeout), security)
+            except (OSError, TimeoutError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - an HTTP server's reply read as a
+                # Dask message asked for 3 EiB: one line, not a traceback
+                why = f"{type(exc).__name__}: {exc}"
+                raise ClusterError(
+                    f"{address} answers, but not as a Dask scheduler "
+                    f"({why[:200]}): give the scheduler's address (a web server or another "
+                    "service listens there).") from None
+            kind = reply.get("type") if isinstance(reply, dict) else None
+            if kind != "Scheduler":
+                raise ClusterError(
+                    f"{address} answers, but not as a Dask scheduler"
+                    f"{f' (a Dask {kind})' if isinstance(kind, str) else ''}: give the "
+                    "scheduler's address (a worker's or the dashboard's port is not it).")
         client = Client(target, timeout=timeout, security=security)
+    except ClusterError:
+        raise
     except (OSError, TimeoutError) as exc:
-        advice = "Check that a Dask scheduler is running there and that this machine can reach it"
-        if address.startswith("tls://"):
-            advice += (", and that the certificate authority and client certificate match the "
-                       "scheduler's")
-        raise ClusterError(f"could not connect to the Dask scheduler at {address} (timeout "
-                           f"{_timeout_text(timeout)}): {exc}. {advice}.") from None
+        raise unreachable(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - what answered spoke something else
+        # An HTTP server's reply read as a Dask message (a 3 EiB allocation), encryption
+        # required by the Dask config for a tcp:// address, ...: one line, not a traceback.
+        raise unreachable(f"{type(exc).__name__}: {exc}") from None
     stack.callback(client.close)
     return client
 

@@ -572,3 +572,77 @@ def test_unreachable_scheduler_fails_within_the_timeout(via, tmp_path):
     assert message.startswith(f"could not connect to the Dask scheduler at {address} "
                               f"(timeout {timeout}): ")
     assert no_traceback_noise(info.value)
+
+
+def _listener(answer: bytes | None):
+    """A loopback port that accepts and then never answers (``None``), or answers every
+    connection with ``answer`` and closes it; returns (address, stop)."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            if answer is None:
+                held.append(conn)
+                continue
+            try:
+                conn.recv(65536)
+                conn.sendall(answer)
+            except OSError:
+                pass
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def stop():
+        server.close()
+        for conn in held:
+            conn.close()
+
+    return f"tcp://127.0.0.1:{server.getsockname()[1]}", stop
+
+
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"])
+def test_a_port_that_is_no_scheduler_fails_within_the_timeout_in_one_line(answer):
+    """A port that accepts and never answers (a dead tunnel or port-forward) hung the
+    connect for ever, whatever the timeout; an HTTP server's reply, read as a Dask
+    message, ended in a 73-line traceback about allocating 3.07 EiB."""
+    address, stop = _listener(answer)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ClusterError) as info:
+            with connect(scheduler=address, timeout="1.5s"):
+                pytest.fail("connected to no scheduler")
+        assert time.monotonic() - start < 10
+    finally:
+        stop()
+    message = str(info.value)
+    assert "\n" not in message and no_traceback_noise(info.value)
+    if answer is None:
+        assert message.startswith(f"could not connect to the Dask scheduler at {address} "
+                                  "(timeout 1.5s): no answer within 1.5 s")
+    else:
+        assert message.startswith(f"{address} answers, but not as a Dask scheduler"), message
+
+
+def test_a_workers_address_is_named_as_such(spawn):
+    """A worker's address given for the scheduler's failed with "Worker.identity() got an
+    unexpected keyword argument 'n_workers'"."""
+    address = start_scheduler_and_worker(spawn)
+    port = free_port()
+    proc, log = spawn("worker", address, "--host", "127.0.0.1", "--worker-port", str(port),
+                      "--nthreads", "1", "--no-nanny", "--no-dashboard")
+    wait_for_port(port, proc, log)
+    worker = f"tcp://127.0.0.1:{port}"
+    with pytest.raises(ClusterError, match=r"answers, but not as a Dask scheduler \(a Dask "
+                                           r"Worker\): give the scheduler's address"):
+        with connect(scheduler=worker, timeout="5s"):
+            pytest.fail("connected to a worker")
