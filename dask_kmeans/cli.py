@@ -42,7 +42,7 @@ EXIT_CODES = {
     2: "bad usage: a job spec or cluster config that is missing or does not follow its schema, "
        "a bad dask-kmeans setting, conflicting options (for status: no job with that id, or "
        "one forgotten)",
-    3: "the cluster could not be reached or started",
+    3: "the cluster could not be reached or started, or was lost while the job ran",
 }
 _SECRETS = "dask_kmeans.secrets"
 _PERSISTENT_KINDS = ("scheduler", "tls")
@@ -93,12 +93,32 @@ class _Group(click.Group):
             with contextlib.suppress(OSError, ValueError):  # (a stream without a file)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise click.exceptions.Exit(ctx.meta.get(_EXIT_CODE, 0)) from None
-        except (ValueError, TypeError, OSError, ImportError) as exc:
-            raise self._error(ctx, exc, 1) from None
+        except Exception as exc:
+            lost = _cluster_lost(exc)
+            if lost is not None:
+                raise self._error(ctx, ClusterError(lost), 3) from None
+            if isinstance(exc, (ValueError, TypeError, OSError, ImportError)):
+                raise self._error(ctx, exc, 1) from None
+            raise
 
     @staticmethod
     def _error(ctx: click.Context, exc: BaseException, code: int) -> CommandError:
         return CommandError(jobs.scrub(_one_line(exc), _secrets_of(ctx)), code)
+
+
+def _cluster_lost(exc: BaseException) -> str | None:
+    """What to say when ``exc`` means the Dask cluster went away under the job (the
+    scheduler stopped or the connection to it closed): its computations cancelled with
+    "reason: unknown", or the connection closed; else None."""
+    from concurrent.futures import CancelledError
+
+    from distributed.comm.core import CommClosedError
+
+    if isinstance(exc, (CancelledError, CommClosedError)):
+        return (f"lost the Dask cluster while the job ran ({type(exc).__name__}: {exc}): "
+                "the scheduler stopped, restarted or became unreachable; run the job again "
+                "once it is back")
+    return None
 
 
 def _secrets_of(ctx: click.Context) -> list[str]:

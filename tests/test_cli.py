@@ -1100,3 +1100,26 @@ def test_run_resume_continues_from_the_checkpoint(data, tmp_path):
     bad = invoke("run", job, "--resume", "--set", "params.n_clusters=4")
     one_line_error(bad, 1)
     assert "other parameters" in bad.stderr
+
+
+@pytest.mark.parametrize("error", ["cancelled", "closed"])
+def test_a_cluster_lost_while_the_job_runs_is_exit_code_3_in_one_line(data, tmp_path,
+                                                                       monkeypatch, error):
+    """The scheduler stopping mid-fit ended in a 55-line traceback about a
+    FutureCancelledError "reason: unknown" and exit 1 ("bad input")."""
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
+    import dask_kmeans
+
+    def lost(self, *args, **kwargs):
+        if error == "cancelled":
+            raise FutureCancelledError("packed_chunk-0", "unknown")
+        raise CommClosedError("in <TCP (closed) ConnectionPool.gather local=tcp://127.0.0.1>")
+
+    monkeypatch.setattr(dask_kmeans.KMeans, "fit", lost)
+    line = one_line_error(invoke("fit", data["url"], "--k", 3, "--output", tmp_path / "m",
+                                 "--cluster", data["config"]), 3)
+    assert line.startswith("Error: lost the Dask cluster while the job ran ("), line
+    assert "run the job again once it is back" in line
+    assert not (tmp_path / "m").exists()
