@@ -339,7 +339,43 @@ def test_defaults_are_filled_in():
                                           "dashboard_address": None}
     slurm = validate_cluster_config({"cluster": {"kind": "slurm", "slurm": {
         "cores": 4, "memory": "8GiB"}}})["cluster"]["slurm"]
-    assert slurm["jobs"] == 1 and slurm["job_extra_directives"] == []
+    assert slurm["jobs"] == 1 and slurm["job_extra_directives"] is None
+
+
+def test_slurm_leaves_the_sites_jobqueue_settings_to_dask_jobqueue(monkeypatch):
+    """The defaults [] and {} reached SLURMCluster, which reads the site's
+    jobqueue.slurm.* settings only for None: a prologue like "module load python", extra
+    directives and scheduler options were dropped without a word. A fake dask_jobqueue
+    records what it is given (the real package is not installed here)."""
+    import importlib.machinery
+    import types
+
+    import dask
+
+    given = []
+
+    class SLURMCluster:
+        def __init__(self, **kwargs):
+            given.append(kwargs)
+            raise RuntimeError("a fake: no cluster")
+
+    fake = types.ModuleType("dask_jobqueue")
+    fake.__spec__ = importlib.machinery.ModuleSpec("dask_jobqueue", None)
+    fake.SLURMCluster = SLURMCluster
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", fake)
+    for options, passed in (({}, {}),
+                            ({"job_script_prologue": [], "scheduler_options": {"port": 1}},
+                             {"job_script_prologue": [], "scheduler_options": {"port": 1}})):
+        given.clear()
+        config = {"cluster": {"kind": "slurm", "slurm": {"cores": 4, "memory": "8GiB",
+                                                          **options}}}
+        with dask.config.set({"jobqueue.slurm.job-script-prologue": ["module load python"]}):
+            with pytest.raises(ClusterError, match="a fake: no cluster"):
+                with connect(config):
+                    pytest.fail("no cluster should start")
+        kwargs = given[0]
+        for key in ("job_extra_directives", "job_script_prologue", "scheduler_options"):
+            assert kwargs.get(key) == passed.get(key), (key, kwargs)
 
 
 def test_validation_does_not_modify_its_input():
