@@ -160,14 +160,23 @@ def _check_timeout(ctx, param, value):
     raise click.BadParameter("expected a duration like '10s' or a number of seconds > 0")
 
 
+def _not_empty(ctx, param, value):
+    """An empty --scheduler or --cluster (an unset shell variable) was taken for none
+    given, and the job ran on a local cluster started here."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty: give an address or a file, or leave the option "
+                                 "out")
+    return value
+
+
 def _cluster_options(f: Callable) -> Callable:
     f = click.option("--timeout", default=None, callback=_check_timeout, metavar="DURATION",
                      help="How long to try to reach the scheduler, like 10s or 1min; wins "
                           "over a cluster config's timeout. Default: the config's timeout, "
                           "else 10s.")(f)
-    f = click.option("--scheduler", metavar="ADDRESS",
+    f = click.option("--scheduler", metavar="ADDRESS", callback=_not_empty,
                      help="Address of a running scheduler, like tcp://10.0.0.5:8786.")(f)
-    f = click.option("--cluster", "cluster_file", metavar="FILE.yaml",
+    f = click.option("--cluster", "cluster_file", metavar="FILE.yaml", callback=_not_empty,
                      help="A cluster-config file (see cluster-config/). Without --cluster or "
                           "--scheduler: the job's cluster entry, else the scheduler at "
                           "DASK_SCHEDULER_ADDRESS (Dask's scheduler-address setting), else "

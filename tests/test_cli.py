@@ -1123,3 +1123,16 @@ def test_a_cluster_lost_while_the_job_runs_is_exit_code_3_in_one_line(data, tmp_
     assert line.startswith("Error: lost the Dask cluster while the job ran ("), line
     assert "run the job again once it is back" in line
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("option", ["--scheduler", "--cluster"])
+@pytest.mark.parametrize("command", ["fit", "sweep", "predict", "run", "submit", "status"])
+def test_an_empty_scheduler_or_cluster_is_a_usage_error(option, command, tmp_path):
+    """``--scheduler "$SCHED"`` with SCHED unset was taken for no option: the job ran on a
+    local cluster started here, exit 0."""
+    args = {"fit": ["data", "--k", 2], "sweep": ["data", "--k", "2..3"],
+            "predict": ["model", "data"], "run": ["job.yaml"], "submit": ["job.yaml"],
+            "status": ["some-id"]}[command]
+    result = invoke(command, *args, option, "")
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert f"Invalid value for '{option}': is empty" in result.stderr
