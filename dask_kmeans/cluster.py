@@ -338,6 +338,10 @@ def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
         # No dashboard; the scheduler's HTTP routes (health, metrics) still need a port:
         # a free one on loopback rather than 8787 (taken by any other scheduler here).
         kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
+    if not opts["processes"]:
+        # Workers in this process have no host of their own to put their HTTP routes on:
+        # they listened on every interface, where worker processes use loopback.
+        kwargs["worker_dashboard_address"] = "127.0.0.1:0"
     cluster = _start("local", lambda: LocalCluster(
         dashboard_address=opts["dashboard_address"], **kwargs), stack)
     client = _client(cluster, cluster.scheduler_address, timeout, stack)

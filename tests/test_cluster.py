@@ -682,3 +682,18 @@ def test_a_workers_address_is_named_as_such(spawn):
                                            r"Worker\): give the scheduler's address"):
         with connect(scheduler=worker, timeout="5s"):
             pytest.fail("connected to a worker")
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_a_local_cluster_listens_on_loopback_only(processes):
+    """With processes: false the workers' HTTP server listened on every interface."""
+    def listening(pids):
+        return {(c.laddr.ip, c.laddr.port) for pid in pids
+                for c in psutil.Process(pid).net_connections("inet")
+                if c.status == psutil.CONN_LISTEN}
+
+    before = listening([os.getpid()])  # other tests' servers in this process
+    config = local(n_workers=1, threads_per_worker=1, processes=processes)
+    with connect(config) as client:
+        new = listening({os.getpid(), *client.run(os.getpid).values()}) - before
+    assert new and {ip for ip, _ in new} == {"127.0.0.1"}, new
