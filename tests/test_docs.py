@@ -61,7 +61,7 @@ def test_code_block_runs(path, line, code):
     # A LocalCluster(processes=False) runs its workers in this process, and fit limits BLAS
     # threads on every worker for good: restore this process's limits afterwards.
     with threadpool_limits(limits=None):
-        exec(compiled, {"__name__": "__docs__"})
+        exec(compiled, {"__name__": "__main__"})  # as a script runs: its guard holds
 
 
 YAML = [(path, line, code) for path in DOCS for line, code in python_blocks(path, "yaml")]
