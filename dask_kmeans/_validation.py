@@ -105,11 +105,15 @@ def is_lazy(X) -> bool:
 
 def _lazy_array(X, name: str) -> da.Array:
     """A dask collection as a dask array, computing nothing but the partition lengths of a
-    dask DataFrame or Series (``to_dask_array(lengths=True)``)."""
+    dask DataFrame or Series (its array's ``compute_chunk_sizes``)."""
     if isinstance(X, da.Array):
         return X
     if is_dask_frame(X, series=True):
-        return X.to_dask_array(lengths=True)
+        # The lengths of the array's own chunks: to_dask_array(lengths=True) counts the
+        # rows of an optimised graph, which may merge partitions after a column projection
+        # (dd.read_parquet(...)[["a"]]: "The number of items in 'lengths' does not match
+        # the number of partitions. 2 != 5").
+        return X.to_dask_array().compute_chunk_sizes()
     if type(X).__module__.split(".")[0] == "xarray" and isinstance(getattr(X, "data", None),
                                                                    da.Array):
         return X.data  # as da.asarray does

@@ -104,7 +104,9 @@ def _as_matrix(data, fitted_names=None, n_features: int | None = None):
             data = data[wanted]
         _check_numeric(list(data.columns), list(data.dtypes))
         # As float64 first: a dask DataFrame of bool and float columns made an object array.
-        X = (data.astype(np.float64).to_dask_array(lengths=True)
+        # Its chunk sizes below: not to_dask_array(lengths=True), which counts the rows of
+        # the optimised graph (merged partitions after a projection of dd.read_parquet).
+        X = (data.astype(np.float64).to_dask_array()
              if isinstance(data, dd.DataFrame) else data.to_numpy(dtype=np.float64))
     elif isinstance(data, da.Array):
         X = data
@@ -151,7 +153,7 @@ def _predict(model, X):
 def _rows(values, n: int, name: str, X):
     """A 1-D per-row array: an ndarray, or a dask array in ``X``'s row chunks when X is dask."""
     if isinstance(values, dd.Series | dd.DataFrame):
-        values = values.to_dask_array(lengths=True)
+        values = values.to_dask_array()  # chunk sizes below, as for X
     if not isinstance(values, da.Array):
         values = np.asarray(values)
     if values.ndim != 1:

@@ -303,3 +303,33 @@ def test_valid_verbose_and_random_state_values_are_accepted():
                    dict(random_state=np.random.RandomState(0)),
                    dict(random_state=np.uint32(5)), dict(random_state=2**32 - 1)):
         KMeans(2, n_init=1, **params).fit(X)
+
+
+def test_columns_of_dd_read_parquet_fit(tmp_path):
+    """dask merges the partitions of small Parquet files once a projection is optimised:
+    ``to_dask_array(lengths=True)`` counted the merged ones (2) against the frame's (5),
+    and a fit of one column of ``dd.read_parquet``, or of its columns with a weight
+    column, failed with "The number of items in 'lengths' does not match the number of
+    partitions. 2 != 5"."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(6000, 3)), columns=list("abc"))
+    df["w"] = rng.uniform(0.5, 2.0, len(df))
+    dd.from_pandas(df, npartitions=5).to_parquet(tmp_path / "pq", write_index=False)
+    ddf = dd.read_parquet(tmp_path / "pq")
+    init = df[["a"]].to_numpy()[:3]
+    for X, w, Xn, wn in ((ddf[["a"]], None, df[["a"]], None),
+                         (ddf[["a"]], ddf["w"], df[["a"]], df["w"]),
+                         (ddf[list("abc")], ddf["w"], df[list("abc")], df["w"])):
+        start = init if X.shape[1] == 1 else df[list("abc")].to_numpy()[:3]
+        a = KMeans(3, init=start, n_init=1, max_iter=5).fit(X, sample_weight=w)
+        b = KMeans(3, init=start, n_init=1, max_iter=5).fit(Xn, sample_weight=wn)
+        np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-9)
+        assert a.labels_.compute().tolist() == b.labels_.tolist()
+        # The report reads such a frame too (it counted the merged partitions as well).
+        from dask_kmeans.report import profile
+
+        pd.testing.assert_frame_equal(profile(a, X, sample_weight=w),
+                                      profile(a, Xn, sample_weight=wn))
