@@ -74,8 +74,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         Maximum number of Lloyd iterations per run.
     tol : float, default=1e-4
         Convergence when the squared shift of all centres is at most ``tol``
-        times the mean variance of the features (scikit-learn's definition).
-        The variance is taken in the first iteration's pass over the data.
+        times the mean variance of the features (scikit-learn's definition; for
+        ``metric="cosine"``, of the rows divided by their norms). The variance is
+        taken in the first iteration's pass over the data.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation.
     oversampling_factor : float, default=2.0
