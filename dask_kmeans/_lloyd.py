@@ -29,6 +29,9 @@ class LloydResult(NamedTuple):
     #: Labels against the final ``centers`` (an ndarray), when that pass ran on chunks held
     #: in this process: the bounds it leaves name every row's centre. Else None.
     labels: np.ndarray | None = None
+    #: Each cluster's weight in the last pass (against ``centers`` with ``final_inertia``,
+    #: else the pass before, after relocation): which clusters ended empty. Or None.
+    counts: np.ndarray | None = None
 
 
 def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
@@ -103,7 +106,8 @@ def _check_finite(X, inertia: float) -> None:
 def _step(X, sample_weight, centers, partials, metric, at):
     """New centres from summed partials (about the clusters' origins ``at``), relocating
     empty clusters (an extra pass, rarely); their shift, how many clusters were empty and
-    how many of those were moved, and the origins for the next pass."""
+    how many of those were moved, the origins for the next pass, and the clusters'
+    weights after relocation."""
     sums, counts = partials.sums, partials.counts
     n_empty = n_moved = int(np.count_nonzero(counts == 0))
     if n_empty:
@@ -114,7 +118,7 @@ def _step(X, sample_weight, centers, partials, metric, at):
     shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
     if metric != "cosine":
         at = anchored(at, K.Partials(sums, counts, partials.inertia), new_centers)
-    return new_centers, shift, (n_empty, n_moved), at
+    return new_centers, shift, (n_empty, n_moved), at, counts
 
 
 def raise_zero_norm(X, n_zero: int):
@@ -177,6 +181,7 @@ def lloyd(
     if passes is None:
         passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
     at = K.origin(centers, metric) if origin is None else np.asarray(origin, np.float64)
+    counts = None
     for it in range(start_iter, max_iter):
         t0 = time.perf_counter()
         with_moments = not known_tol and it == start_iter and tol > 0
@@ -199,8 +204,8 @@ def lloyd(
                 packed = passes.lloyd(data_mean[None, :].astype(dtype), True, sizes=(1,))
                 _, mom = G.unpack_many(packed, (1,), d, True)
             tol_abs = _tolerance(X, mom, tol)
-        new_centers, shift, (n_empty, n_moved), at = _step(X, sample_weight, centers,
-                                                           partials, metric, at)
+        new_centers, shift, (n_empty, n_moved), at, counts = _step(
+            X, sample_weight, centers, partials, metric, at)
         centers = new_centers
         n_iter = it + 1
         if verbose:
@@ -221,9 +226,9 @@ def lloyd(
     inertia = labels = None
     if final_inertia and (passes.on_futures or passes.local):
         partials, _ = G.unpack(passes.lloyd(centers, False, at=at), k, d, False)
-        inertia = partials.inertia
+        inertia, counts = partials.inertia, partials.counts
         labels = passes.local_labels()
-    return LloydResult(centers, n_iter, converged, inertia, labels)
+    return LloydResult(centers, n_iter, converged, inertia, labels, counts)
 
 
 def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
@@ -244,6 +249,7 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
     if passes is None:
         passes = Passes(X, sample_weight, split_every=split_every, metric=metric)
     at = [K.origin(c, metric) for c in centers]  # each model's, as lloyd keeps them
+    counts: list = [None] * len(centers)
     for it in range(max_iter):
         if not active:
             break
@@ -262,11 +268,11 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
             tol_abs = _tolerance(X, mom, tol)
         still = []
         for i, partials in zip(active, parts, strict=True):
-            centers[i], shift, _, at[i] = _step(X, sample_weight, centers[i], partials,
-                                                metric, at[i])
+            centers[i], shift, _, at[i], counts[i] = _step(X, sample_weight, centers[i],
+                                                           partials, metric, at[i])
             n_iter[i] = it + 1
             if shift <= tol_abs:
-                results[i] = LloydResult(centers[i], n_iter[i], True)
+                results[i] = LloydResult(centers[i], n_iter[i], True, counts=counts[i])
             else:
                 still.append(i)
         emit("sweep", it + 1, max_iter, moving=len(still), models=len(centers))
@@ -275,5 +281,5 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
                         it + 1, len(still), len(centers), time.perf_counter() - t0)
         active = still
     for i in active:
-        results[i] = LloydResult(centers[i], n_iter[i], False)
+        results[i] = LloydResult(centers[i], n_iter[i], False, counts=counts[i])
     return results

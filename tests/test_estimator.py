@@ -980,3 +980,28 @@ def test_fit_warnings_point_at_the_callers_line(case, monkeypatch):
         fits[case]()
     assert record and all(w.filename == __file__ for w in record), \
         [(w.filename, str(w.message)[:60]) for w in record]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_clusters_that_end_empty_are_warned_of_as_scikit_learn_does(lazy):
+    """Clusters that ended empty kept their initial centres, distinct ones, and the fit
+    passed in silence where scikit-learn (which counts distinct labels) warns: 600 rows of
+    3 distinct points, k = 5; or 3 rows of positive weight among 600, k = 5."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = np.random.default_rng(0)
+    points = np.array([[0.0, 0.0], [5.0, 5.0], [10.0, 0.0]])
+    X = points[np.repeat([0, 1, 2], [300, 200, 100])]
+    C = np.vstack([points, [[20.0, 20.0], [-20.0, 20.0]]])
+    Y = rng.normal(size=(600, 2))
+    w = np.zeros(600)
+    w[:3] = 1.0
+    for data, init, sw in ((X, C, None), (Y, Y[:5], w)):
+        wrap = (lambda a: da.from_array(a, chunks=250)) if lazy else (lambda a: a)
+        with pytest.warns(ConvergenceWarning, match=r"Number of distinct clusters \(3\) found "
+                                                    r"smaller than n_clusters \(5\)"):
+            KMeans(5, init=init, n_init=1).fit(wrap(data),
+                                               sample_weight=None if sw is None else wrap(sw))
+    with warnings.catch_warnings():  # five clusters of rows: no warning
+        warnings.simplefilter("error")
+        KMeans(5, init=Y[[0, 100, 200, 300, 400]], n_init=1).fit(wrap(Y))
