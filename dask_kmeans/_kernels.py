@@ -1661,21 +1661,30 @@ def weighted_choice_keys(
     """The chunk's best rows for drawing ``size`` rows without replacement with
     probabilities proportional to weight.
 
-    Uses exponential keys ``log(u) / w`` (Efraimidis and Spirakis): the
-    ``size`` rows with the largest keys over all chunks are a weighted draw
-    without replacement (the same law as drawing one row at a time, each in
-    proportion to its weight among the rows left). A row of weight 0 has key
-    ``-inf``.
+    Uses exponential keys (Efraimidis and Spirakis): the ``size`` rows with the
+    largest keys over all chunks are a weighted draw without replacement (the same
+    law as drawing one row at a time, each in proportion to its weight among the rows
+    left). The key is ``log(w) - log(-log(u))``, in the order of ``log(u) / w``
+    without its overflow (weights of 1e-320 made every key ``-inf``, and the draw
+    said no weight was positive). A row of weight 0 has key ``-inf``. Ties at the
+    chunk's ``size``-th key go to the lower row index, as in :func:`best_keys`.
 
     Returns
     -------
     ndarray of shape (min(size, n_rows), 2 + n_features)
         Per row, largest key first: the key, the global row index, then the row itself.
     """
+    w = np.asarray(sample_weight, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        keys = np.where(sample_weight > 0, np.log(u) / sample_weight, -np.inf)
-    size = min(size, keys.shape[0])
-    best = np.argpartition(-keys, size - 1)[:size] if size else np.arange(0)
+        keys = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)) - np.log(-np.log(u)), -np.inf)
+    n = keys.shape[0]
+    size = min(size, n)
+    if 0 < size < n:
+        cut = -np.partition(-keys, size - 1)[size - 1]  # the size-th largest key
+        above = np.flatnonzero(keys > cut)
+        best = np.concatenate([above, np.flatnonzero(keys == cut)[: size - len(above)]])
+    else:
+        best = np.arange(size)
     best = best[np.lexsort((best, -keys[best]))]
     out = np.empty((size, 2 + x.shape[1]), dtype=np.float64)
     out[:, 0] = keys[best]

@@ -740,3 +740,28 @@ def test_merging_proposals_leaves_each_chunks_state_on_its_worker(client, engine
     assert max(sizes) < 2500 * 16, sorted(sizes)[-3:]
     np.testing.assert_array_equal(C, _init.kmeans_parallel(
         da.from_array(Xd.compute(), chunks=5000), None, 12, check_random_state(0)))
+
+
+def test_weighted_draw_keys_tie_to_the_lower_row_and_do_not_overflow():
+    """Each chunk offered its best keys by argpartition, which breaks ties by no rule (the
+    first centre depended on the chunking when two keys were equal); and log(u) / w
+    overflowed for weights of 1e-320, so that every row looked weightless ("Sample weights
+    must contain at least one non-zero number" from k-means|| and random)."""
+    from dask_kmeans import _kernels as K
+
+    x = np.arange(20.0)[:, None]
+    u = np.full(20, 0.5)  # every key the same
+    for offset in (0, 40):
+        got = K.weighted_choice_keys(x, np.ones(20), u, offset, size=3)
+        assert got[:, 1].tolist() == [offset, offset + 1, offset + 2]
+    both = np.vstack([K.weighted_choice_keys(x[10:], np.ones(10), u[10:], 10, 2),
+                      K.weighted_choice_keys(x[:10], np.ones(10), u[:10], 0, 2)])
+    assert K.best_keys(both, 2)[:, 1].tolist() == [0, 1]
+    X = blobs(n=2000, d=2, k=4)
+    for init in ("k-means||", "random", "k-means++"):
+        fits = [KMeans(4, init=init, n_init=1, random_state=0, max_iter=3).fit(
+            X, sample_weight=np.full(len(X), scale)) for scale in (1.0, 1e-320)]
+        # The same draws, then sums and costs of subnormal weights, which keep fewer
+        # digits: near, not equal.
+        np.testing.assert_allclose(fits[1].cluster_centers_, fits[0].cluster_centers_,
+                                   rtol=1e-4, err_msg=init)
