@@ -1726,10 +1726,17 @@ def kmeans_plusplus(
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
     centers = np.empty((n_clusters, x.shape[1]), dtype=x.dtype)
-    first = random_state.choice(n, p=w / w.sum())
-    centers[0] = x[first]
-    closest = pairwise_sq_distances(x, x[first : first + 1], metric)[:, 0].astype(np.float64)
-    pot = float(np.dot(w, closest))
+    too_large = nonfinite_cost_error(np.zeros((1, 1)), "the k-means++ cost")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(w.sum()):  # NumPy said "probabilities do not sum to 1"
+            raise too_large
+        first = random_state.choice(n, p=w / w.sum())
+        centers[0] = x[first]
+        closest = pairwise_sq_distances(x, x[first : first + 1], metric)[:, 0].astype(
+            np.float64)
+        pot = float(np.dot(w, closest))
+    if not np.isfinite(pot):
+        raise too_large
     for c in range(1, n_clusters):
         if pot <= 0:
             # Every remaining row coincides with a centre: repeat rows (the

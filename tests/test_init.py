@@ -765,3 +765,15 @@ def test_weighted_draw_keys_tie_to_the_lower_row_and_do_not_overflow():
         # digits: near, not equal.
         np.testing.assert_allclose(fits[1].cluster_centers_, fits[0].cluster_centers_,
                                    rtol=1e-4, err_msg=init)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "random", "k-means++"])
+def test_weights_too_large_for_float64_are_called_that(init):
+    """k-means++ gave NumPy's "probabilities do not sum to 1" for weights of 1e306."""
+    X = blobs(n=200, d=2, k=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ValueError, match=r"Values too large for float64 distances: .* "
+                                             r"Scale the features \(or the weights\) down"):
+            KMeans(3, init=init, n_init=1, random_state=0).fit(
+                X, sample_weight=np.full(len(X), 1e306))
