@@ -268,13 +268,17 @@ def transform_chunk(x, c, offset=(0,), *, metric="euclidean", standardized=False
         # Rows with NaN or infinity have a scale of 0 or NaN: name them as such first.
         K.refuse_nonfinite(x, np.where(scales > 0, 0.0, np.nan), first)
         K.refuse_zero_norm(scales == 0, first, standardized)
+    # Euclidean float32 rows: squared in float64, then the distances in float32 again
+    # (distances of 6e17 to 6e19 came out inf or 0, of 1e-25 all 0, where fit, predict
+    # and score measured them exactly).
+    work = np.float64 if metric != "cosine" and x.dtype == np.float32 else None
     with np.errstate(invalid="ignore", over="ignore"):  # such rows are refused below
-        d = K.pairwise_sq_distances(x, c, metric, scales)
+        d = K.pairwise_sq_distances(x, c, metric, scales, work)
     if metric != "cosine" and d.shape[1]:
         # A row's distances are all non-finite exactly when it holds NaN or infinity
         # (or is too far for float64 squares, which refuse_nonfinite lets through).
         K.refuse_nonfinite(x, d[:, 0], first)
-    return d if metric == "cosine" else np.sqrt(d)
+    return d if metric == "cosine" else np.sqrt(d).astype(x.dtype, copy=False)
 
 
 def distances(X: da.Array, C, *, metric="euclidean", standardized=False) -> da.Array:

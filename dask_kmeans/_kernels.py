@@ -759,7 +759,7 @@ def _scaled(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
                           metric: str = "euclidean", scales: np.ndarray | None = None,
-                          ) -> np.ndarray:
+                          dtype=None) -> np.ndarray:
     """Distances of every row to every centre: squared Euclidean, or ``1 - cos``.
 
     Computed block by block with BLAS so temporaries stay bounded; clipped at
@@ -767,29 +767,32 @@ def pairwise_sq_distances(x: np.ndarray, centers: np.ndarray,
     distances are taken between rows and centres less the centres' mean, so
     that data far from the origin keeps its precision. For "cosine" the
     centres must be unit vectors; rows are normalised block by block, by
-    ``scales`` (their :func:`unit_scales`) when the caller has them already.
+    ``scales`` (their :func:`unit_scales`) when the caller has them already. ``dtype``:
+    what to compute in, block by block (default ``x``'s; float64 for float32 rows whose
+    squares leave float32's range, as in ``transform``).
 
     Returns
     -------
-    ndarray of shape (n_samples, n_clusters), dtype of ``x``
+    ndarray of shape (n_samples, n_clusters), ``dtype`` (default: that of ``x``)
     """
     x = np.asarray(x)
-    c = np.asarray(centers, dtype=x.dtype)
+    work = x.dtype if dtype is None else np.dtype(dtype)
+    c = np.asarray(centers, dtype=work)
     if metric != "cosine":
         shift = c.mean(axis=0, dtype=np.float64) if c.shape[0] else np.zeros(c.shape[1])
-        c = (c - shift).astype(x.dtype)
+        c = (c - shift).astype(work)
     cnorm = np.einsum("ij,ij->i", c, c)
-    out = np.empty((x.shape[0], c.shape[0]), dtype=x.dtype)
+    out = np.empty((x.shape[0], c.shape[0]), dtype=work)
     step = 8192
     for s in range(0, x.shape[0], step):
         xb = x[s : s + step]
         block = out[s : s + step]
         if metric == "cosine":
             unit = normalize_rows(xb) if scales is None else _scaled(xb, scales[s : s + step])
-            np.dot(unit, c.T, out=block)
+            np.dot(unit.astype(work, copy=False), c.T, out=block)
             np.subtract(1, block, out=block)
         else:
-            xb = (xb - shift).astype(x.dtype)
+            xb = (xb.astype(work, copy=False) - shift).astype(work, copy=False)
             np.dot(xb, c.T, out=block)
             block *= -2
             block += cnorm

@@ -1005,3 +1005,18 @@ def test_clusters_that_end_empty_are_warned_of_as_scikit_learn_does(lazy):
     with warnings.catch_warnings():  # five clusters of rows: no warning
         warnings.simplefilter("error")
         KMeans(5, init=Y[[0, 100, 200, 300, 400]], n_init=1).fit(wrap(Y))
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e-25])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_float32_transform_keeps_distances_that_float32_holds(scale, lazy):
+    """transform squared float32 rows in float32: distances of 6e17 to 6e19 came out inf or
+    0, of 1e-25 all 0, where fit, predict and score measured them exactly."""
+    X = (blobs(n=3000, d=3, k=4) * scale).astype(np.float32)
+    km = KMeans(4, init=X[[0, 1, 2, 3]], n_init=1, max_iter=3).fit(X)
+    got = km.transform(da.from_array(X, chunks=1000) if lazy else X)
+    got = got.compute() if lazy else got
+    assert got.dtype == np.float32
+    exact = np.sqrt(ref.sq_distances(X.astype(np.float64),
+                                     km.cluster_centers_.astype(np.float64)))
+    np.testing.assert_allclose(got, exact, rtol=1e-6)
