@@ -43,6 +43,7 @@ EXIT_CODES = {
        "a bad dask-kmeans setting, conflicting options (for status: no job with that id, or "
        "one forgotten)",
     3: "the cluster could not be reached or started, or was lost while the job ran",
+    130: "interrupted (Ctrl-C): the job stopped, its outputs left as a failed job leaves them",
 }
 _SECRETS = "dask_kmeans.secrets"
 _PERSISTENT_KINDS = ("scheduler", "tls")
@@ -79,6 +80,8 @@ class _Group(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Abort,
                 click.exceptions.Exit):
             raise
+        except KeyboardInterrupt:  # click's "Aborted!" and exit 1 said the job failed
+            raise CommandError("interrupted", 130) from None
         except (SchemaError, jobs.UnknownJobError, ClusterConfigUnreadable) as exc:
             raise self._error(ctx, exc, 2) from None
         except ClusterError as exc:

@@ -330,6 +330,25 @@ def _given(opts: dict, *leave_out: str) -> dict:
     return {k: v for k, v in opts.items() if v is not None and k not in leave_out}
 
 
+@contextmanager
+def _workers_ignore_ctrl_c(processes: bool) -> Iterator[None]:
+    """Worker processes started inside inherit SIGINT ignored: a Ctrl-C at a terminal
+    reaches the whole process group, and each worker printed its KeyboardInterrupt
+    traceback (about 70 lines) while this process stopped the job and closed them anyway.
+    Only from the main thread, where signal handlers can be set."""
+    import signal
+    import threading
+
+    if not processes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
     from distributed import LocalCluster
 
@@ -342,8 +361,9 @@ def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
         # Workers in this process have no host of their own to put their HTTP routes on:
         # they listened on every interface, where worker processes use loopback.
         kwargs["worker_dashboard_address"] = "127.0.0.1:0"
-    cluster = _start("local", lambda: LocalCluster(
-        dashboard_address=opts["dashboard_address"], **kwargs), stack)
+    with _workers_ignore_ctrl_c(opts["processes"]):
+        cluster = _start("local", lambda: LocalCluster(
+            dashboard_address=opts["dashboard_address"], **kwargs), stack)
     client = _client(cluster, cluster.scheduler_address, timeout, stack)
     from ._runtime import QuietTaskFailures
 

@@ -1136,3 +1136,17 @@ def test_an_empty_scheduler_or_cluster_is_a_usage_error(option, command, tmp_pat
     result = invoke(command, *args, option, "")
     assert result.exit_code == 2, (result.exit_code, result.stderr)
     assert f"Invalid value for '{option}': is empty" in result.stderr
+
+
+def test_ctrl_c_is_exit_code_130_in_one_line(data, tmp_path, monkeypatch):
+    """Ctrl-C printed click's "Aborted!" with exit code 1, which says the job failed."""
+    import dask_kmeans
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dask_kmeans.KMeans, "fit", interrupted)
+    line = one_line_error(invoke("fit", data["url"], "--k", 3, "--output", tmp_path / "m",
+                                 "--cluster", data["config"]), 130)
+    assert line == "Error: interrupted"
+    assert not (tmp_path / "m").exists()

@@ -697,3 +697,15 @@ def test_a_local_cluster_listens_on_loopback_only(processes):
     with connect(config) as client:
         new = listening({os.getpid(), *client.run(os.getpid).values()}) - before
     assert new and {ip for ip, _ in new} == {"127.0.0.1"}, new
+
+
+def test_local_worker_processes_leave_ctrl_c_to_this_process():
+    """A Ctrl-C at a terminal reaches the whole process group: every worker process printed
+    a KeyboardInterrupt traceback while this process stopped the job and closed them."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with connect(local(n_workers=1, threads_per_worker=1)) as client:
+        handlers = client.run(lambda: int(signal.getsignal(signal.SIGINT) == signal.SIG_IGN))
+    assert list(handlers.values()) == [1]
+    assert signal.getsignal(signal.SIGINT) is before  # this process's own is back
