@@ -530,5 +530,13 @@ def connect(config_or_path: Mapping[str, Any] | str | os.PathLike[str] | None = 
     opts = config["cluster"][kind]
     if timeout is None:
         timeout = "10s" if opts.get("timeout") is None else opts["timeout"]
+    source = (str(config_or_path) if isinstance(config_or_path, (str, os.PathLike))
+              else None)
     with ExitStack() as stack:
-        yield _CONNECT[kind](opts, timeout, stack)
+        try:
+            client = _CONNECT[kind](opts, timeout, stack)
+        except ClusterConfigError as exc:  # a TLS file missing: name the config file too
+            if exc.source is None and source is not None:
+                raise ClusterConfigError(exc.errors, source) from None
+            raise
+        yield client

@@ -487,6 +487,13 @@ def test_connect_argument_errors(tmp_path):
     assert [p for p, _ in info.value.errors] == [
         "cluster.tls.ca_file", "cluster.tls.client_cert", "cluster.tls.client_key"]
     assert "no such file" in str(info.value)
+    # From a file: the file is named too (it named the key and the PEM path only).
+    path = tmp_path / "tls.yaml"
+    path.write_text(yaml.safe_dump(missing))
+    with pytest.raises(ClusterConfigError) as info:
+        with connect(path):
+            pass
+    assert info.value.source == str(path) and str(path) in str(info.value)
 
 
 # --- optional packages -------------------------------------------------------------------------
