@@ -365,8 +365,8 @@ def test_values_too_large_to_square_are_called_that(init, lazy):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # k-means++ on the driver
         with pytest.raises(ValueError, match=r"Values too large for float64 distances: the "
-                                             r"(k-means\|\| cost|inertia of a Lloyd pass|"
-                                             r"variance of the features \(for tol\)) "
+                                             r"(k-means\|\| cost|k-means\+\+ cost|inertia of a "
+                                             r"Lloyd pass|variance of the features \(for tol\)) "
                                              r"overflowed although every value of X is finite"):
             KMeans(3, init=init, random_state=0).fit(
                 da.from_array(X, chunks=50) if lazy else X)
