@@ -70,9 +70,10 @@ def _weights_args(sample_weight):
 
 
 def packed_size(k: int, d: int, with_moments: bool, sizes=None) -> int:
-    """Length of packed partials: per model sums, counts, inertia, zero-norm rows; [moments]."""
+    """Length of packed partials: per model sums, counts, inertia, zero-norm rows, squared
+    norms; [moments]."""
     sizes = (k,) if sizes is None else sizes
-    return sum(m * d + m + 2 for m in sizes) + ((1 + 2 * d) if with_moments else 0)
+    return sum(m * d + 2 * m + 2 for m in sizes) + ((1 + 2 * d) if with_moments else 0)
 
 
 def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None, at=None):
@@ -105,7 +106,7 @@ def pack(partials, x, with_moments: bool, metric: str, centers) -> np.ndarray:
     pass; unit rows for cosine need no shift)."""
     parts = []
     for p in partials:
-        parts += [p.sums.ravel(), p.counts, [p.inertia, p.n_zero]]
+        parts += [p.sums.ravel(), p.counts, [p.inertia, p.n_zero], p.sq]
     if with_moments:
         shift = None if metric == "cosine" else moments_shift(centers)
         parts.append(K.moments(x, metric, shift))
@@ -136,8 +137,9 @@ def unpack_many(packed: np.ndarray, sizes, d: int, with_moments: bool):
         counts = packed[pos + k * d : pos + k * d + k]
         inertia = float(packed[pos + k * d + k])
         n_zero = int(packed[pos + k * d + k + 1])
-        out.append(K.Partials(sums, counts, inertia, n_zero))
-        pos += k * d + k + 2
+        sq = packed[pos + k * d + k + 2 : pos + k * d + 2 * k + 2]
+        out.append(K.Partials(sums, counts, inertia, n_zero, sq))
+        pos += k * d + 2 * k + 2
     return out, (packed[pos:] if with_moments else None)
 
 

@@ -65,6 +65,10 @@ class Partials(NamedTuple):
     counts: np.ndarray  # (k,) float64, total weight of members
     inertia: float  # weighted sum of squared distances to the nearest centre
     n_zero: int = 0  # cosine only: rows of zero norm (left out of everything else)
+    #: (k,) float64: weighted sums of the squared norms of the member rows less their
+    #: origin (unit rows for cosine); with the sums, each cluster's spread about its mean
+    #: and whether its origin is so far that the sums are mostly rounding. Or None.
+    sq: np.ndarray | None = None
 
 
 METRICS = ("euclidean", "cosine")
@@ -160,8 +164,8 @@ def _shifted_block(x, start, m, shift, out):
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, orig, shift, shifted,
-                eps, far, tiny, trusted, cosine):
+def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, sq, orig, shift,
+                shifted, eps, far, tiny, trusted, cosine):
     """Assign rows of ``x`` to the nearest centre and accumulate statistics.
 
     ``cs``, ``half_cnorm``, ``shift`` and ``shifted`` are :class:`_Scoring`'s (with
@@ -237,8 +241,12 @@ def _fused_pass(x, cs, c, half_cnorm, w, labels, mind, sums, counts, orig, shift
             inertia += wi * dist
             if want_stats:  # less the origin, as _move adds them
                 counts[best] += wi
+                rr = 0.0
                 for f in range(d):
-                    sums[best, f] += wi * (np.float64(x[i, f]) * scale - orig[best, f])
+                    v = np.float64(x[i, f]) * scale - orig[best, f]
+                    sums[best, f] += wi * v
+                    rr += v * v
+                sq[best] += wi * rr
     return inertia, n_zero
 
 
@@ -349,11 +357,12 @@ def lloyd_partials(
     k, d = sc.c.shape
     sums = np.zeros((k, d), dtype=np.float64)
     counts = np.zeros(k, dtype=np.float64)
+    sq = np.zeros(k, dtype=np.float64)
     inertia, n_zero = _fused_pass(sc.x, sc.cs, sc.c, sc.half, _weights(sample_weight),
-                                  np.empty(0, dtype=np.int32), np.empty(0), sums, counts,
+                                  np.empty(0, dtype=np.int32), np.empty(0), sums, counts, sq,
                                   _origin(centers, metric, at), sc.shift, sc.shifted, sc.eps,
                                   sc.far, sc.tiny, sc.trusted, metric == "cosine")
-    return Partials(sums, counts, float(inertia), int(n_zero))
+    return Partials(sums, counts, float(inertia), int(n_zero), sq)
 
 
 class Bounds(NamedTuple):
@@ -697,7 +706,8 @@ def bounded_partials(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarr
         per_cluster = (new.sq - 2.0 * np.einsum("ij,ij->i", c64, new.sums)
                        + new.counts * np.einsum("ij,ij->i", c64, c64))
         inertia = float(np.maximum(per_cluster, 0.0).sum()) * (0.5 if metric == "cosine" else 1.0)
-    partials = Partials(new.sums.copy(), new.counts.copy(), float(inertia), int(n_zero))
+    partials = Partials(new.sums.copy(), new.counts.copy(), float(inertia), int(n_zero),
+                        new.sq.copy())
     return partials, new, int(n_compared)
 
 
@@ -725,7 +735,7 @@ def assign(
     empty_counts = np.empty(0, dtype=np.float64)
     inertia, _ = _fused_pass(
         sc.x, sc.cs, sc.c, sc.half, _weights(sample_weight), labels, mind, empty_sums,
-        empty_counts, np.empty((0, 0)), sc.shift, sc.shifted, sc.eps, sc.far, sc.tiny,
+        empty_counts, np.empty(0), np.empty((0, 0)), sc.shift, sc.shifted, sc.eps, sc.far, sc.tiny,
         sc.trusted, metric == "cosine",
     )
     return labels, mind, float(inertia)
@@ -1053,18 +1063,18 @@ def _sitting(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, mind: np.nd
     return mind <= allowed * allowed
 
 
-def count_distinct(centers: np.ndarray) -> int:
+def count_distinct(centers: np.ndarray, at: np.ndarray | None = None) -> int:
     """How many of ``centers`` are distinct, those that differ only by rounding counting
     once: a centre that is the mean of many copies of a point and another that is the
     point itself (an empty cluster relocated onto a duplicate) are the same centre.
 
     Two centres are the same when they are within :func:`_same_point_share` of each
     other: ``4 eps`` (of their dtype) of the larger of their norms plus ``1e-10`` of the
-    larger of their distances from the centres' median (for the origin the sums were taken
-    about, near the data), far below any separation of clusters that the data's precision
-    could tell apart (the two centres alone: a far centre elsewhere changes nothing; before,
-    1e-10 of the norms called clusters 0.1 apart near 1.7e9 one). Compared block by block,
-    k x 1024 at most.
+    larger of their distances from their origins ``at``, what their sums were taken about
+    (:class:`Partials`; unknown, None: the norms' share alone), far below any separation of
+    clusters that the data's precision could tell apart (the two centres alone: a far
+    centre elsewhere changes nothing; before, 1e-10 of the norms called clusters 0.1 apart
+    near 1.7e9 one). Compared block by block, k x 1024 at most.
     """
     centers = np.asarray(centers)
     k = centers.shape[0]
@@ -1073,8 +1083,11 @@ def count_distinct(centers: np.ndarray) -> int:
     c = centers.astype(np.float64)
     of_norm, of_spread = _same_point_share(centers.dtype)
     norms = np.sqrt(np.einsum("ij,ij->i", c, c))
-    dev = c - np.median(c, axis=0)
-    devs = np.sqrt(np.einsum("ij,ij->i", dev, dev))
+    if at is None:
+        devs = np.zeros(k)
+    else:
+        dev = c - np.asarray(at, dtype=np.float64)
+        devs = np.sqrt(np.einsum("ij,ij->i", dev, dev))
 
     def allowed(i, j):
         return of_norm * max(norms[i], norms[j]) + of_spread * max(devs[i], devs[j])

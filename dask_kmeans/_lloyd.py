@@ -32,6 +32,8 @@ class LloydResult(NamedTuple):
     #: Each cluster's weight in the last pass (against ``centers`` with ``final_inertia``,
     #: else the pass before, after relocation): which clusters ended empty. Or None.
     counts: np.ndarray | None = None
+    #: The clusters' origins of the last pass's sums (``_kernels.Partials``), or None.
+    origins: np.ndarray | None = None
 
 
 def tolerance_from_moments(mom: np.ndarray, tol: float) -> float:
@@ -71,15 +73,20 @@ def _shift_too_far(mom: np.ndarray) -> bool:
 
 def anchored(at: np.ndarray, partials: K.Partials, new_centers: np.ndarray) -> np.ndarray:
     """The clusters' origins for the sums of the next pass (``partials`` were about
-    ``at``; ``new_centers`` from them): ``at``, but for a cluster whose centre moved more
-    than ``sqrt(FAR_SHIFT)`` times the rows' root mean squared distance to their centres
-    from its origin (a far initial centre that drew rows): its new centre. Origins change
-    rarely, so that the same labels give the same centres to the bit."""
-    n = float(partials.counts.sum())
-    if not n > 0.0 or partials.counts.shape[0] == 0:
+    ``at``; ``new_centers`` from them): ``at``, but for a cluster whose mean lies more than
+    ``sqrt(FAR_SHIFT)`` of its rows' standard deviations from its origin (a far initial
+    centre that drew rows: its variance about the origin then cancels to rounding): its
+    new centre. Origins change rarely, so that the same labels give the same centres to
+    the bit. (The pass's inertia could not tell: while far centres held the rows, it was
+    made of the same far distances, and the sums stayed about 1e12 away.)"""
+    counts = partials.counts
+    if partials.sq is None or counts.shape[0] == 0:
         return at
-    moved = ((new_centers.astype(np.float64) - at) ** 2).sum(axis=1)
-    far = (moved > FAR_SHIFT * max(partials.inertia, 0.0) / n) & (partials.counts > 0)
+    filled = counts > 0
+    n = np.where(filled, counts, 1.0)
+    off2 = ((partials.sums / n[:, None]) ** 2).sum(axis=1)
+    var = np.maximum(partials.sq / n - off2, 0.0)
+    far = filled & (off2 > FAR_SHIFT * var)
     if not far.any():
         return at
     at = at.copy()
@@ -116,8 +123,9 @@ def _step(X, sample_weight, centers, partials, metric, at):
         n_moved = min(n_empty, len(cand))  # rows sitting on their centres are not offered
     new_centers = K.finalize_centers(sums, counts, centers, metric, at)
     shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
-    if metric != "cosine":
-        at = anchored(at, K.Partials(sums, counts, partials.inertia), new_centers)
+    if metric != "cosine":  # (a refilled cluster: sums 0 about its row, sq 0, stays)
+        at = anchored(at, K.Partials(sums, counts, partials.inertia, sq=partials.sq),
+                      new_centers)
     return new_centers, shift, (n_empty, n_moved), at, counts
 
 
@@ -228,7 +236,7 @@ def lloyd(
         partials, _ = G.unpack(passes.lloyd(centers, False, at=at), k, d, False)
         inertia, counts = partials.inertia, partials.counts
         labels = passes.local_labels()
-    return LloydResult(centers, n_iter, converged, inertia, labels, counts)
+    return LloydResult(centers, n_iter, converged, inertia, labels, counts, at)
 
 
 def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
@@ -272,7 +280,8 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
                                                            partials, metric, at[i])
             n_iter[i] = it + 1
             if shift <= tol_abs:
-                results[i] = LloydResult(centers[i], n_iter[i], True, counts=counts[i])
+                results[i] = LloydResult(centers[i], n_iter[i], True, counts=counts[i],
+                                         origins=at[i])
             else:
                 still.append(i)
         emit("sweep", it + 1, max_iter, moving=len(still), models=len(centers))
@@ -281,5 +290,6 @@ def lloyd_many(X, sample_weight, centers_list, *, max_iter: int, tol: float,
                         it + 1, len(still), len(centers), time.perf_counter() - t0)
         active = still
     for i in active:
-        results[i] = LloydResult(centers[i], n_iter[i], False, counts=counts[i])
+        results[i] = LloydResult(centers[i], n_iter[i], False, counts=counts[i],
+                                 origins=at[i])
     return results

@@ -630,8 +630,14 @@ def test_count_distinct_tells_rounding_from_separation():
     rng = np.random.default_rng(1)
     c = rng.normal(size=(3000, 4)) * 1e4
     assert count_distinct(c) == 3000
-    twins = np.vstack([c, c[:5] * (1 + 1e-15), c[7:8]])
+    twins = np.vstack([c, c[:5] * (1 + 2e-16), c[7:8]])  # a unit in the last place
     assert count_distinct(twins) == 3000
+    # With the origins their sums were taken about: the rounding of a mean of copies,
+    # up to 1e-10 of the distance from the origin, is no distinction either.
+    at = c + 1e3
+    far_twins = np.vstack([c, c[:5] + 5e-11 * (c[:5] - at[:5])])
+    assert count_distinct(far_twins) == 3005
+    assert count_distinct(far_twins, np.vstack([at, at[:5]])) == 3000
     # float32 centres far from the origin, one unit apart: distinct.
     assert count_distinct((1e4 + np.arange(10.0)[:, None] * np.ones((10, 3)))
                           .astype(np.float32)) == 10

@@ -751,3 +751,38 @@ def test_clusters_a_tenth_apart_far_from_zero_are_distinct(dtype, offset):
     assert K.count_distinct(km.cluster_centers_) == 3
     twins = np.vstack([km.cluster_centers_, km.cluster_centers_[:1]])
     assert K.count_distinct(twins) == 3  # an exact copy still counts once
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_far_initial_centres_that_draw_rows_get_origins_near_them(lazy):
+    """Six initial centres 1e12 from the data, all drawing rows: their sums' origins stayed
+    1e12 away (the pass's inertia, made of the same far distances, hid it), so the centres
+    were 1.7e-3 off their rows' means, and every row of those clusters looked as if it sat
+    on its centre: an emptied cluster took the wrong row (inertia 20.7% above
+    scikit-learn's). Found by a review."""
+    from sklearn.cluster import KMeans as SKKMeans
+
+    rng = np.random.default_rng(4)
+    for _ in range(159):  # the reviewer's 159th draw
+        X = rng.normal(0, 1, (600, 2)) + rng.normal(0, 4, (3, 2))[rng.integers(0, 3, 600)]
+        ang = rng.uniform(0, 2 * np.pi, 6)
+        init = 1e12 * np.c_[np.cos(ang), np.sin(ang)]
+    sk = SKKMeans(6, init=init, n_init=1, tol=0, algorithm="lloyd").fit(X)
+    km = KMeans(6, init=init, n_init=1, tol=0).fit(da.from_array(X, chunks=200) if lazy else X)
+    assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-12)
+    labels = np.asarray(km.labels_)
+    means = np.array([X[labels == j].mean(axis=0) for j in range(6)])
+    np.testing.assert_allclose(km.cluster_centers_, means, rtol=0, atol=1e-13)
+
+
+def test_clusters_apart_by_50_deviations_far_from_the_others_are_distinct():
+    """count_distinct took the rounding allowance from the centres' median: two clusters
+    5e-5 apart near 1e6 (spread 1e-6) among three near 0 were called one, and the fit
+    warned "(4) found smaller than n_clusters (5)". Found by a review."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0], [1.0], [2.0], [1e6], [1e6 + 5e-5]])
+    X = centres[np.repeat(np.arange(5), 200)] + rng.normal(0, 1e-6, (1000, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        km = KMeans(5, init=centres, n_init=1).fit(X)
+    assert len(set(km.labels_.tolist())) == 5
