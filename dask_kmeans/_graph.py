@@ -56,6 +56,13 @@ def centers_args(centers, X: da.Array) -> list:
     return [centers_array(centers), "kj"]
 
 
+def origins_args(at, X: da.Array) -> list:
+    """:func:`centers_args` for the clusters' origins of the sums (``_kernels.Partials``),
+    the same size as the centres and shipped the same way (``[None, None]`` for the
+    default origins)."""
+    return [None, None] if at is None else centers_args(at, X)
+
+
 def row_offsets(X: da.Array) -> ArrayValuesDep:
     """Global index of the first row of every row chunk, as a one-element array per
     chunk: a ``blockwise`` argument (index ``"i"``, with ``align_arrays=False``) that
@@ -76,7 +83,7 @@ def packed_size(k: int, d: int, with_moments: bool, sizes=None) -> int:
     return sum(m * d + 2 * m + 2 for m in sizes) + ((1 + 2 * d) if with_moments else 0)
 
 
-def packed_chunk(x, c, w=None, *, with_moments, metric="euclidean", sizes=None, at=None):
+def packed_chunk(x, c, at=None, w=None, *, with_moments, metric="euclidean", sizes=None):
     """Lloyd partials of one chunk, packed in a (1, P) float64 row.
 
     ``c`` may stack the centres of several models (a K sweep), ``sizes``
@@ -121,7 +128,7 @@ def bounded_chunk(x, c, w, bounds, drift, s_half, *, with_moments, metric="eucli
     for ``c`` and the number of rows compared with every centre. Without
     ``exact`` the inertia of a pass with bounds comes from the clusters' moments.
     ``out``: bounds no longer needed, whose row arrays the new ones reuse; ``at``: the
-    origin of the sums.
+    clusters' origins of the sums.
     """
     p, bounds, n_compared = K.bounded_partials(x, c, w, bounds, drift, s_half, metric, exact,
                                                out, at)
@@ -157,8 +164,8 @@ def lloyd_partials(
 
     ``with_moments`` appends the unweighted row count, feature sums and sums
     of squares, for the convergence tolerance, in the same pass. ``sizes``
-    splits ``C`` into several models (see ``packed_chunk``); ``at`` is the
-    origin of the sums.
+    splits ``C`` into several models (see ``packed_chunk``); ``at`` holds the
+    clusters' origins of the sums, stacked as ``C``.
     """
     k, d = C.shape
     size = packed_size(k, d, with_moments, sizes)
@@ -168,6 +175,7 @@ def lloyd_partials(
         X,
         "ij",
         *centers_args(C, X),
+        *origins_args(at, X),
         *_weights_args(sample_weight),
         adjust_chunks={"i": 1, "j": size},
         align_arrays=False,
@@ -177,7 +185,6 @@ def lloyd_partials(
         with_moments=with_moments,
         metric=metric,
         sizes=sizes,
-        at=at,
     )
     return parts.sum(axis=0, split_every=split_every)
 
@@ -331,14 +338,14 @@ def nonfinite_rows(X: da.Array, limit: int = 5) -> da.Array:
     return _found_rows(X, K.nonfinite_rows, 1 + limit, limit)
 
 
-def _far_chunk(x, c, offset, w=None, *, n_far, metric, n_rows, at):
+def _far_chunk(x, c, at, offset, w=None, *, n_far, metric, n_rows):
     return K.farthest(x, c, w, n_far, int(offset[0]), metric, n_rows, at)
 
 
 def farthest(X: da.Array, C, sample_weight, n_far: int,
              metric="euclidean", at=None) -> da.Array:
     """Candidates for empty-cluster relocation: each chunk's ``n_far`` farthest rows
-    (``at``: the origin of the fit's sums).
+    (``at``: the clusters' origins of the fit's sums).
 
     Returns a lazy (m, 4 + d) array (see ``_kernels.farthest``); at most
     ``n_far <= k`` rows per chunk, so no more than k * d numbers per chunk.
@@ -350,6 +357,7 @@ def farthest(X: da.Array, C, sample_weight, n_far: int,
         X,
         "ij",
         *centers_args(C, X),
+        *origins_args(at, X),
         row_offsets(X),
         "i",
         *_weights_args(sample_weight),
@@ -362,7 +370,6 @@ def farthest(X: da.Array, C, sample_weight, n_far: int,
         n_far=n_far,
         metric=metric,
         n_rows=int(X.shape[0]),
-        at=at,
     )
 
 

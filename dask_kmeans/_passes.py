@@ -110,7 +110,7 @@ class ChunkGroup:
 
     async def lloyd(self, centers, with_moments, metric, sizes, at):
         return await self._each(lambda i, x, w: G.packed_chunk(
-            x, centers, w, with_moments=with_moments, metric=metric, sizes=sizes, at=at))
+            x, centers, at, w, with_moments=with_moments, metric=metric, sizes=sizes))
 
     async def lloyd_bounded(self, centers, with_moments, metric, drift, s_half, previous,
                             version, exact, at):
@@ -443,7 +443,7 @@ class Passes:
     def lloyd(self, centers: np.ndarray, with_moments: bool, sizes=None,
               exact_inertia: bool = True, at: np.ndarray | None = None) -> np.ndarray:
         """Summed Lloyd partials against ``centers`` (see ``_graph.unpack``), their sums
-        about the origin ``at`` (``_kernels.Partials``).
+        about the clusters' origins ``at`` (``_kernels.Partials``).
 
         ``sizes`` splits stacked centres into several models served by one pass.
         Without ``exact_inertia`` a pass with Hamerly's bounds (on the actors)
@@ -466,8 +466,10 @@ class Passes:
             parts = self._on_actors("lloyd", centers, with_moments, self.metric, sizes, at)
         if parts is not None:
             return sum_in_order(parts, self.split_every).ravel()
-        parts = self._map(G.packed_chunk, self._centers_arg(centers), self._wf,
-                          with_moments=with_moments, metric=self.metric, sizes=sizes, at=at)
+        # The origins travel as the centres do (in the tasks, or scattered once when large).
+        parts = self._map(G.packed_chunk, self._centers_arg(centers),
+                          None if at is None else self._centers_arg(at), self._wf,
+                          with_moments=with_moments, metric=self.metric, sizes=sizes)
         return tree_sum(self._client, parts, self.split_every).ravel()
 
     def lloyd_models(self, centers_by_model: dict, with_moments: bool,

@@ -1359,6 +1359,14 @@ def test_centres_ride_in_the_tasks_unless_large():
     for c in (small, big):
         labels, _, inertia = G.assignment(X, c)
         assert labels.compute().tolist() == [0] * 100 and float(inertia.compute()) == 0.0
+    # The sums' origins, as large as the centres, travel as they do (they were a keyword
+    # argument, written into every task whatever their size).
+    assert G.origins_args(None, X) == [None, None]
+    assert G.origins_args(small, X)[1] is None
+    assert G.origins_args(big, X)[1] == "kj"
+    packed = G.lloyd_partials(X, big, at=big + 1.0).compute()
+    partials, _ = G.unpack(packed, 500, 600, False)
+    assert partials.counts[0] == 100 and np.all(partials.sums[0] == -100.0)
 
 
 def test_parts_become_matrices_chunk_by_chunk_in_arrows_pool():
