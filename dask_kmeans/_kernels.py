@@ -882,6 +882,11 @@ def nonfinite_cost_error(found: np.ndarray, what: str) -> ValueError:
     if n_bad:
         rows = found[:, 1:].ravel()
         return nonfinite_rows_error(n_bad, rows[rows >= 0])
+    return values_too_large_error(what)
+
+
+def values_too_large_error(what: str) -> ValueError:
+    """The error for a cost (``what``) that overflowed although the data is finite."""
     return ValueError(
         f"Values too large for float64 distances: {what} overflowed although every value "
         "of X is finite (a squared distance, or its product with sample_weight, above "
@@ -1056,9 +1061,9 @@ def _sitting(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, mind: np.nd
         return mind <= 0.5 * share * share
     c = np.asarray(centers, dtype=np.float64)
     xs = np.asarray(x, dtype=np.float64)
-    size2 = np.maximum(np.einsum("ij,ij->i", xs, xs),
-                       np.einsum("ij,ij->i", c, c)[np.maximum(labels, 0)])
-    off = xs - _origin(centers, metric, at)[np.maximum(labels, 0)]
+    own = np.maximum(labels, 0)
+    size2 = np.maximum(np.einsum("ij,ij->i", xs, xs), np.einsum("ij,ij->i", c, c)[own])
+    off = xs - _origin(centers, metric, at)[own]
     allowed = of_norm * np.sqrt(size2) + of_spread * np.sqrt(np.einsum("ij,ij->i", off, off))
     return mind <= allowed * allowed
 
@@ -1088,10 +1093,6 @@ def count_distinct(centers: np.ndarray, at: np.ndarray | None = None) -> int:
     else:
         dev = c - np.asarray(at, dtype=np.float64)
         devs = np.sqrt(np.einsum("ij,ij->i", dev, dev))
-
-    def allowed(i, j):
-        return of_norm * max(norms[i], norms[j]) + of_spread * max(devs[i], devs[j])
-
     cs = c - c.mean(axis=0)
     sq = np.einsum("ij,ij->i", cs, cs)
     same = np.zeros(k, dtype=bool)  # a copy of a centre before it
@@ -1106,7 +1107,7 @@ def count_distinct(centers: np.ndarray, at: np.ndarray | None = None) -> int:
         for i, j in zip(*np.nonzero(d2 <= slack), strict=True):
             i += start
             if j < i and not same[j] and \
-                    np.sqrt(((c[i] - c[j]) ** 2).sum()) <= allowed(i, j):
+                    np.sqrt(((c[i] - c[j]) ** 2).sum()) <= tol[i - start, j]:
                 same[i] = True
     return int(k - same.sum())
 
@@ -1742,17 +1743,16 @@ def kmeans_plusplus(
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
     centers = np.empty((n_clusters, x.shape[1]), dtype=x.dtype)
-    too_large = nonfinite_cost_error(np.zeros((1, 1)), "the k-means++ cost")
     with np.errstate(over="ignore"):
         if not np.isfinite(w.sum()):  # NumPy said "probabilities do not sum to 1"
-            raise too_large
+            raise values_too_large_error("the k-means++ cost")
         first = random_state.choice(n, p=w / w.sum())
         centers[0] = x[first]
         closest = pairwise_sq_distances(x, x[first : first + 1], metric)[:, 0].astype(
             np.float64)
         pot = float(np.dot(w, closest))
     if not np.isfinite(pot):
-        raise too_large
+        raise values_too_large_error("the k-means++ cost")
     for c in range(1, n_clusters):
         if pot <= 0:
             # Every remaining row coincides with a centre: repeat rows (the

@@ -61,14 +61,19 @@ def _tolerance(X, mom: np.ndarray, tol: float) -> float:
 FAR_SHIFT = 1e4
 
 
+def _mostly_rounding(off2: np.ndarray, mean_sq: np.ndarray) -> np.ndarray:
+    """Where moments about a point (``off2``, the squared distance of the mean from it;
+    ``mean_sq``, the mean squared distance of the rows from it) give a variance,
+    ``mean_sq - off2``, that the point's distance has cancelled to rounding."""
+    return off2 > FAR_SHIFT * np.maximum(mean_sq - off2, 0.0)
+
+
 def _shift_too_far(mom: np.ndarray) -> bool:
     """Whether moments (as from ``_kernels.moments``) were taken about a shift so far from
     the data that the variance they give is mostly rounding."""
     n = mom[0]
     d = (len(mom) - 1) // 2
-    off2 = (mom[1 : 1 + d] / n) ** 2
-    var = np.maximum(mom[1 + d :] / n - off2, 0.0)
-    return bool(np.any(off2 > FAR_SHIFT * var))
+    return bool(np.any(_mostly_rounding((mom[1 : 1 + d] / n) ** 2, mom[1 + d :] / n)))
 
 
 def anchored(at: np.ndarray, partials: K.Partials, new_centers: np.ndarray) -> np.ndarray:
@@ -84,9 +89,8 @@ def anchored(at: np.ndarray, partials: K.Partials, new_centers: np.ndarray) -> n
         return at
     filled = counts > 0
     n = np.where(filled, counts, 1.0)
-    off2 = ((partials.sums / n[:, None]) ** 2).sum(axis=1)
-    var = np.maximum(partials.sq / n - off2, 0.0)
-    far = filled & (off2 > FAR_SHIFT * var)
+    far = filled & _mostly_rounding(((partials.sums / n[:, None]) ** 2).sum(axis=1),
+                                    partials.sq / n)
     if not far.any():
         return at
     at = at.copy()

@@ -749,16 +749,22 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         return tags
 
 
-def _warn_few_distinct(centers: np.ndarray, n_clusters: int, filled=None, at=None) -> None:
-    """scikit-learn's warning for fewer distinct clusters than asked for (duplicate rows):
-    distinct centres among those of the clusters that ``filled`` says hold rows (all
-    when None). Clusters that ended empty kept their initial centres, distinct, and passed
-    in silence where scikit-learn, which counts distinct labels, warns."""
+def _n_distinct(centers: np.ndarray, filled=None, at=None) -> int:
+    """Distinct centres among those of the clusters that ``filled`` says hold rows (all
+    when None), ``at`` their sums' origins (``_kernels.count_distinct``). Clusters that
+    ended empty kept their initial centres, distinct, and passed in silence where
+    scikit-learn, which counts distinct labels, warns."""
     if filled is not None:
         filled = np.asarray(filled, dtype=bool)
         centers = np.asarray(centers)[filled]
         at = None if at is None else np.asarray(at)[filled]
-    n_distinct = K.count_distinct(centers, at)
+    return K.count_distinct(centers, at)
+
+
+def _warn_few_distinct(centers: np.ndarray, n_clusters: int, filled=None, at=None) -> None:
+    """scikit-learn's warning for fewer distinct clusters than asked for (duplicate rows),
+    counted by :func:`_n_distinct`."""
+    n_distinct = _n_distinct(centers, filled, at)
     if n_distinct < n_clusters:
         warnings.warn(
             f"Number of distinct clusters ({n_distinct}) found smaller than "
@@ -1105,9 +1111,8 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
                       f"to compare; K={suggested}, the largest, is suggested.")
     # Of the centres where the models measure (standardised), as fit counts them.
     fewer = [(k, n) for k, r in zip(ks, results, strict=True)
-             if (n := K.count_distinct(*((r.centers, r.origins) if r.counts is None else
-                                         (r.centers[r.counts > 0], None if r.origins is None
-                                          else r.origins[r.counts > 0])))) < k]
+             if (n := _n_distinct(r.centers, None if r.counts is None else r.counts > 0,
+                                  r.origins)) < k]
     if fewer:  # scikit-learn's warning of a single fit, for each K it concerns
         warnings.warn("Number of distinct clusters found smaller than K for "
                       + ", ".join(f"K={k} ({n})" for k, n in fewer)
