@@ -265,7 +265,24 @@ BAD = [
     # It passed validate, then failed to start as "cluster unreachable" (exit 3).
     ("dashboard not an address", local(dashboard_address="abc"),
      "cluster.local.dashboard_address", "expected an address like ':8787' or "
-                                        "'127.0.0.1:8787' or null, got 'abc'"),
+                                        "'127.0.0.1:8787', with a port up to 65535 or "
+                                        "null, got 'abc'"),
+    # These passed validate and failed only when the cluster started.
+    ("dashboard port too large", local(dashboard_address=":99999"),
+     "cluster.local.dashboard_address", "with a port up to 65535 or null, got ':99999'"),
+    ("empty kubernetes name", {"cluster": {"kind": "kubernetes", "kubernetes": {"name": ""}}},
+     "cluster.kubernetes.name", "expected a Kubernetes name: lowercase letters, digits and '-'"),
+    ("kubernetes name with capitals", {"cluster": {"kind": "kubernetes", "kubernetes": {
+        "name": "My_Cluster"}}}, "cluster.kubernetes.name", "got 'My_Cluster'"),
+    ("empty image", {"cluster": {"kind": "kubernetes", "kubernetes": {"name": "km", "image": ""}}},
+     "cluster.kubernetes.image", "expected a non-empty string or null, got ''"),
+    ("empty ssh host", {"cluster": {"kind": "ssh", "ssh": {"hosts": ["a", ""]}}},
+     "cluster.ssh.hosts[1]", "expected a non-empty string, got ''"),
+    ("blank slurm queue", {"cluster": {"kind": "slurm", "slurm": {
+        "cores": 2, "memory": "2GiB", "queue": " "}}},
+     "cluster.slurm.queue", "expected a non-empty string or null, got ' '"),
+    ("empty tls file", {"cluster": {"kind": "tls", "tls": {**TLS_OK, "client_key": ""}}},
+     "cluster.tls.client_key", "expected a non-empty string, got ''"),
     ("below minimum", local(threads_per_worker=0), "cluster.local.threads_per_worker",
      "expected an int >= 1"),
     ("not a bool", local(processes="yes"), "cluster.local.processes",
@@ -301,7 +318,7 @@ BAD = [
     ("one ssh host", {"cluster": {"kind": "ssh", "ssh": {"hosts": ["a"]}}},
      "cluster.ssh.hosts", "a list of strings with at least 2 entries"),
     ("list item", {"cluster": {"kind": "ssh", "ssh": {"hosts": ["a", 7]}}},
-     "cluster.ssh.hosts[1]", "expected a string, got 7"),
+     "cluster.ssh.hosts[1]", "expected a non-empty string, got 7"),
     ("nested unknown key", {"cluster": {"kind": "kubernetes", "kubernetes": {
         "name": "x", "resources": {"limit": {"cpu": 1}}}}},
      "cluster.kubernetes.resources.limit", "did you mean 'limits'?"),
