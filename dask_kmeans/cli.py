@@ -31,6 +31,7 @@ from .cluster import (
     connect,
     default_scheduler,
     load_cluster_config,
+    missing_tls_files,
 )
 from .io import DEFAULT_CHUNK_BYTES
 
@@ -872,6 +873,13 @@ def status(job_id, cluster_file, scheduler, timeout):
         raise click.exceptions.Exit(code)
 
 
+def _warn_missing_tls_files(config: dict, where: str = "") -> None:
+    """A valid TLS config may name files that exist on another machine only: say so."""
+    for path, problem in missing_tls_files(config):
+        click.echo(f"Warning: {where}{path}: {problem}: connecting from this machine will "
+                   f"fail", err=True)
+
+
 @main.command()
 @click.argument("file", metavar="FILE.yaml")
 @_set_option
@@ -897,9 +905,14 @@ def validate(file, overrides):
             raise CommandError("--set applies to job specs only", 2)
         config = load_cluster_config(file)
         _out(f"OK: {file} is a valid cluster config (kind {config['cluster']['kind']})")
+        _warn_missing_tls_files(config)
     elif "job" in top or raw is None:
         spec = jobs.load_job(file, overrides)
         _out(f"OK: {file} is a valid job spec (kind {spec['job']['kind']})")
+        config = jobs.cluster_target(spec).get("config_or_path")
+        if config is not None:
+            _warn_missing_tls_files(load_cluster_config(config) if isinstance(config, str)
+                                    else config, "job.cluster: ")
     else:
         raise CommandError(f"{file}: neither a job spec (top-level key 'job') nor a cluster "
                            f"config (top-level key 'cluster'); its top-level keys are "

@@ -385,14 +385,22 @@ def _connect_scheduler(opts: dict, timeout, stack: ExitStack) -> Client:
     return _client(address, address, timeout, stack)
 
 
+def missing_tls_files(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The TLS files of a validated ``tls`` config that are not files on this machine, as
+    ``(dotted path, "no such file: <path>")`` pairs; empty for the other kinds."""
+    opts = config["cluster"].get("tls") or {}
+    return [(f"cluster.tls.{key}", f"no such file: {os.path.expanduser(opts[key])}")
+            for key in _TLS_FILES if key in opts
+            and not os.path.isfile(os.path.expanduser(opts[key]))]
+
+
 def _connect_tls(opts: dict, timeout, stack: ExitStack) -> Client:
     from distributed.security import Security
 
-    files = {key: os.path.expanduser(opts[key]) for key in _TLS_FILES}
-    missing = [(f"cluster.tls.{key}", f"no such file: {path}")
-               for key, path in files.items() if not os.path.isfile(path)]
+    missing = missing_tls_files({"cluster": {"tls": opts}})
     if missing:
         raise ClusterConfigError(missing)
+    files = {key: os.path.expanduser(opts[key]) for key in _TLS_FILES}
     security = Security(tls_ca_file=files["ca_file"], tls_client_cert=files["client_cert"],
                         tls_client_key=files["client_key"], require_encryption=True)
     return _client(opts["address"], opts["address"], timeout, stack, security=security)

@@ -671,6 +671,36 @@ def test_validate(data, tmp_path):
         invoke("validate", badc), 2)
 
 
+def test_validate_warns_of_tls_files_missing_here(tmp_path):
+    """validate said OK of a TLS config whose files do not exist, which connect refuses:
+    the files are looked for relative to the config, and each missing one is named."""
+    config = tmp_path / "tls.yaml"
+    config.write_text("cluster:\n  kind: tls\n  tls:\n    address: tls://127.0.0.1:8786\n"
+                      "    ca_file: certs/ca.pem\n    client_cert: certs/c.pem\n"
+                      "    client_key: certs/k.pem\n")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "c.pem").write_text("x")
+    result = invoke("validate", config)
+    assert result.exit_code == 0 and "is a valid cluster config (kind tls)" in result.stdout
+    warnings = result.stderr.strip().splitlines()
+    assert warnings == [
+        f"Warning: cluster.tls.{key}: no such file: {tmp_path / 'certs' / name}: connecting "
+        f"from this machine will fail" for key, name in (("ca_file", "ca.pem"),
+                                                          ("client_key", "k.pem"))]
+    job = tmp_path / "job.yaml"  # a job naming that config
+    job.write_text("job:\n  kind: fit\n  cluster: tls.yaml\n  input: {url: d}\n"
+                   "  params: {n_clusters: 2}\n  output: {model: m}\n")
+    result = invoke("validate", job)
+    assert result.exit_code == 0 and "is a valid job spec (kind fit)" in result.stdout
+    assert result.stderr.strip().splitlines() == [f"Warning: job.cluster: {w[9:]}"
+                                                  for w in warnings]
+    for name in ("ca.pem", "k.pem"):
+        (tmp_path / "certs" / name).write_text("x")
+    for file in (config, job):
+        result = invoke("validate", file)
+        assert result.exit_code == 0 and result.stderr == ""
+
+
 # --------------------------------------------------------------------------- failures
 
 
