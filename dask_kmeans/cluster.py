@@ -257,6 +257,28 @@ def _identity(address: str, seconds: float, security: Any) -> dict:
     return out["reply"]
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in words: distributed's comm errors often carry no message
+    of their own (a TLS handshake with a port that does not speak TLS read as ""), the
+    cause they wrap does."""
+    import ssl
+
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and not str(exc).strip():
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if exc is None or exc in seen:
+        return f"{type(seen[0]).__name__} (no reason given)"
+    why = str(exc)
+    if isinstance(exc, ssl.SSLError) and exc.reason in ("WRONG_VERSION_NUMBER",
+                                                        "UNEXPECTED_EOF_WHILE_READING",
+                                                        "RECORD_LAYER_FAILURE",
+                                                        "PACKET_LENGTH_TOO_LONG"):
+        why = (f"the TLS handshake failed ({exc.reason}): what listens there does not speak "
+               "TLS (a tcp:// scheduler or another service?)")
+    return why
+
+
 def _client(target: Any, address: str, timeout: str | float, stack: ExitStack,
             security: Any = None) -> Client:
     from distributed import Client
@@ -293,7 +315,7 @@ def _client(target: Any, address: str, timeout: str | float, stack: ExitStack,
     except ClusterError:
         raise
     except (OSError, TimeoutError) as exc:
-        raise unreachable(str(exc)) from None
+        raise unreachable(_reason(exc)) from None
     except Exception as exc:  # noqa: BLE001 - what answered spoke something else
         # An HTTP server's reply read as a Dask message (a 3 EiB allocation), encryption
         # required by the Dask config for a tcp:// address, ...: one line, not a traceback.

@@ -693,6 +693,25 @@ def test_a_port_that_is_no_scheduler_fails_within_the_timeout_in_one_line(answer
         assert message.startswith(f"{address} answers, but not as a Dask scheduler"), message
 
 
+def test_tls_to_a_port_that_does_not_speak_tls_says_so(tmp_path):
+    """A TLS handshake with an HTTP server (or a tcp:// scheduler) failed with an empty
+    reason: "(timeout 3s): . Check that ..."."""
+    files = make_tls_files(tmp_path / "certs")
+    address, stop = _listener(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    address = address.replace("tcp://", "tls://")
+    try:
+        with pytest.raises(ClusterError) as info:
+            with connect(tls_config(address, files["ca_file"], files["cert"], files["key"],
+                                    timeout="3s")):
+                pytest.fail("connected to no scheduler")
+    finally:
+        stop()
+    assert str(info.value).startswith(
+        f"could not connect to the Dask scheduler at {address} (timeout 3s): the TLS "
+        "handshake failed (WRONG_VERSION_NUMBER): what listens there does not speak TLS"), \
+        str(info.value)
+
+
 def test_a_workers_address_is_named_as_such(spawn):
     """A worker's address given for the scheduler's failed with "Worker.identity() got an
     unexpected keyword argument 'n_workers'"."""
