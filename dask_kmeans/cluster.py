@@ -330,8 +330,12 @@ def _start(kind: str, factory: Callable[[], Any], stack: ExitStack) -> Any:
     except ClusterError:
         raise
     except Exception as exc:
-        raise ClusterError(f"could not start the {kind} cluster: "
-                           f"{type(exc).__name__}: {exc}") from exc
+        why = f"{type(exc).__name__}: {exc}"
+        root = exc
+        while (root.__cause__ or root.__context__) is not None and len(why) < 2000:
+            root = root.__cause__ or root.__context__  # "Scheduler failed to start." says
+            why += f" ({type(root).__name__}: {root})"  # nothing: the reason is deeper
+        raise ClusterError(f"could not start the {kind} cluster: {why}") from exc
     stack.callback(cluster.close)
     return cluster
 
@@ -383,6 +387,10 @@ def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
         # Workers in this process have no host of their own to put their HTTP routes on:
         # they listened on every interface, where worker processes use loopback.
         kwargs["worker_dashboard_address"] = "127.0.0.1:0"
+    if dask.config.get("distributed.comm.require-encryption", False):
+        # The site's Dask config asks for encrypted comms (a plain local cluster then failed
+        # with "Scheduler failed to start."): TLS with temporary self-signed credentials.
+        kwargs["security"] = True
     with _workers_ignore_ctrl_c(opts["processes"]):
         cluster = _start("local", lambda: LocalCluster(
             dashboard_address=opts["dashboard_address"], **kwargs), stack)

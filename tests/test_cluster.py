@@ -18,12 +18,15 @@ import ssl
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
+import dask
 import psutil
 import pytest
 import yaml
 
+from dask_kmeans import cluster as cluster_module
 from dask_kmeans._schema import load_yaml
 from dask_kmeans.cluster import (
     KINDS,
@@ -740,6 +743,30 @@ def test_a_local_cluster_listens_on_loopback_only(processes):
     with connect(config) as client:
         new = listening({os.getpid(), *client.run(os.getpid).values()}) - before
     assert new and {ip for ip, _ in new} == {"127.0.0.1"}, new
+
+
+def test_a_local_cluster_encrypts_when_the_dask_config_requires_it():
+    """With distributed.comm.require-encryption set (DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION),
+    the local kind failed with "Scheduler failed to start.", hiding the reason."""
+    with dask.config.set({"distributed.comm.require-encryption": True}):
+        config = local(n_workers=1, threads_per_worker=1, processes=False)
+        with connect(config) as client:
+            assert client.scheduler.address.startswith("tls://")
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+
+
+def test_a_cluster_that_fails_to_start_gives_the_reason_beneath():
+    def start():
+        try:
+            raise TypeError("TLS expects a `ssl_context` argument")
+        except TypeError as exc:
+            raise RuntimeError("Scheduler failed to start.") from exc
+
+    with pytest.raises(ClusterError) as info, ExitStack() as stack:
+        cluster_module._start("local", start, stack)
+    assert str(info.value) == (
+        "could not start the local cluster: RuntimeError: Scheduler failed to start. "
+        "(TypeError: TLS expects a `ssl_context` argument)")
 
 
 def test_local_worker_processes_leave_ctrl_c_to_this_process():
