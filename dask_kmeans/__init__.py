@@ -8,9 +8,24 @@ run the chunk kernels and Parquet readers do not load scikit-learn (about
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+#: Set by `dask_kmeans.cluster` to its own process id while a local cluster's worker
+#: processes start. Spawned, they import this package first thing (they re-run the main
+#: script) and, if their parent set it, ignore the terminal's Ctrl-C from then on: the
+#: worker preload (`dask_kmeans._runtime.dask_setup`) comes a second later, and a Ctrl-C
+#: in that second printed a traceback per worker.
+WORKERS_IGNORE_CTRL_C = "DASK_KMEANS_WORKERS_IGNORE_CTRL_C"
+
+if os.environ.get(WORKERS_IGNORE_CTRL_C) == str(os.getppid()):
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 _EXPORTS = {
     "KMeans": "estimator",

@@ -15,6 +15,7 @@ explained in ``docs/clusters.md``; ``cluster-config/`` holds one commented examp
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -28,6 +29,7 @@ import dask.config
 import yaml
 from dask.utils import parse_timedelta
 
+from . import WORKERS_IGNORE_CTRL_C
 from . import _schema as S
 
 if TYPE_CHECKING:
@@ -325,8 +327,19 @@ def _client(target: Any, address: str, timeout: str | float, stack: ExitStack,
 
 
 def _start(kind: str, factory: Callable[[], Any], stack: ExitStack) -> Any:
+    from distributed.deploy.spec import SpecCluster
+
+    before = set(SpecCluster._instances)
     try:
         cluster = factory()
+    except KeyboardInterrupt:
+        # A Ctrl-C while it starts: close what was started, quietly (distributed's own
+        # close at exit asserted on workers still starting: 20 lines of traceback).
+        for half in set(SpecCluster._instances) - before:
+            half.shutdown_on_close = False
+            with contextlib.suppress(Exception):
+                half.close(timeout=5)
+        raise
     except ClusterError:
         raise
     except Exception as exc:
@@ -357,22 +370,16 @@ def _given(opts: dict, *leave_out: str) -> dict:
 
 
 @contextmanager
-def _workers_ignore_ctrl_c(processes: bool) -> Iterator[None]:
-    """Worker processes started inside inherit SIGINT ignored: a Ctrl-C at a terminal
-    reaches the whole process group, and each worker printed its KeyboardInterrupt
-    traceback (about 70 lines) while this process stopped the job and closed them anyway.
-    Only from the main thread, where signal handlers can be set."""
-    import signal
-    import threading
-
-    if not processes or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _environ(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before)
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
@@ -391,7 +398,12 @@ def _connect_local(opts: dict, timeout, stack: ExitStack) -> Client:
         # The site's Dask config asks for encrypted comms (a plain local cluster then failed
         # with "Scheduler failed to start."): TLS with temporary self-signed credentials.
         kwargs["security"] = True
-    with _workers_ignore_ctrl_c(opts["processes"]):
+    spawning = contextlib.nullcontext()
+    if opts["processes"]:  # the worker processes ignore the terminal's Ctrl-C
+        kwargs["preload"] = [*dask.config.get("distributed.worker.preload", []),
+                             "dask_kmeans._runtime"]
+        spawning = _environ(WORKERS_IGNORE_CTRL_C, str(os.getpid()))  # from their start
+    with spawning:
         cluster = _start("local", lambda: LocalCluster(
             dashboard_address=opts["dashboard_address"], **kwargs), stack)
     client = _client(cluster, cluster.scheduler_address, timeout, stack)

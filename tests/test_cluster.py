@@ -769,13 +769,54 @@ def test_a_cluster_that_fails_to_start_gives_the_reason_beneath():
         "(TypeError: TLS expects a `ssl_context` argument)")
 
 
-def test_local_worker_processes_leave_ctrl_c_to_this_process():
+def test_local_worker_processes_leave_ctrl_c_to_this_process(tmp_path):
     """A Ctrl-C at a terminal reaches the whole process group: every worker process printed
-    a KeyboardInterrupt traceback while this process stopped the job and closed them."""
+    a KeyboardInterrupt traceback while this process stopped the job and closed them. The
+    preload that makes them ignore it keeps the site's own preloads."""
     import signal
 
+    mark = tmp_path / "site_preload.py"
+    mark.write_text("def dask_setup(worker):\n    worker.site_preload_ran = True\n")
     before = signal.getsignal(signal.SIGINT)
-    with connect(local(n_workers=1, threads_per_worker=1)) as client:
+    with dask.config.set({"distributed.worker.preload": [str(mark)]}), \
+            connect(local(n_workers=1, threads_per_worker=1)) as client:
         handlers = client.run(lambda: int(signal.getsignal(signal.SIGINT) == signal.SIG_IGN))
+        site = client.run(lambda dask_worker: getattr(dask_worker, "site_preload_ran", False))
     assert list(handlers.values()) == [1]
+    assert list(site.values()) == [True]
     assert signal.getsignal(signal.SIGINT) is before  # this process's own is back
+
+
+@pytest.mark.parametrize("parent", [True, False])
+def test_worker_processes_ignore_ctrl_c_from_their_first_import(parent):
+    """The preload made workers ignore Ctrl-C a second after they started: in that second
+    each printed a traceback. They import dask_kmeans first, which ignores it when the
+    process that spawned them asks (and only then: not for any other process)."""
+    import dask_kmeans
+
+    code = ("import signal, dask_kmeans; "
+            "print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)")
+    env = {**os.environ, dask_kmeans.WORKERS_IGNORE_CTRL_C: str(os.getpid() if parent else 1)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == str(parent)
+
+
+def test_ctrl_c_while_a_local_cluster_starts_stops_it(monkeypatch):
+    """The worker processes ignored Ctrl-C by inheriting SIGINT ignored from this process,
+    which ignored it too for the 2-3 s the cluster took to start: a Ctrl-C then was lost."""
+    import signal
+
+    import distributed
+
+    real = distributed.LocalCluster
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C while it starts
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "LocalCluster", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with connect(local(n_workers=1, threads_per_worker=1)):
+            pytest.fail("the Ctrl-C was lost")
