@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 
@@ -89,11 +90,24 @@ def _weighted_rows(passes: Passes, seed: int, size: int, dtype) -> np.ndarray:
     return chosen[:, 2:].astype(dtype)
 
 
+def _takes_random_state_by_name(init) -> bool:
+    try:
+        params = inspect.signature(init).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins): as scikit-learn
+        return True
+    named = params.get("random_state")
+    return (named is not None and named.kind in (named.KEYWORD_ONLY, named.POSITIONAL_OR_KEYWORD)) \
+        or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:
     """Centres from an array or a callable ``init(X, n_clusters, random_state)``."""
     what = "The initial centers"
     if callable(init):
-        init = init(X, n_clusters, random_state)
+        if _takes_random_state_by_name(init):  # scikit-learn passes it so: (..., *, random_state)
+            init = init(X, n_clusters, random_state=random_state)
+        else:  # any name in third place: lambda X, k, rs: ...
+            init = init(X, n_clusters, random_state)
         if isinstance(init, da.Array):
             (init,) = compute(init)
         what = "The initial centers the init callable returned"

@@ -380,6 +380,30 @@ def test_callable_init(data):
     _close(km.cluster_centers_, KMeans(5, init=C0).fit(X).cluster_centers_, np.float64)
 
 
+def test_callable_init_takes_random_state_as_scikit_learn_passes_it(data):
+    """scikit-learn calls init(X, n_clusters, random_state=random_state): a function written
+    for it with a keyword-only random_state failed with "takes 2 positional arguments but 3
+    were given". Any name in third place keeps working."""
+    X, C0 = data
+    seen = []
+
+    def keyword_only(X_, k, *, random_state):
+        seen.append(type(random_state).__name__)
+        return C0
+
+    def any_keywords(X_, k, **kwargs):
+        seen.append(type(kwargs["random_state"]).__name__)
+        return C0
+
+    def third(X_, k, rs):
+        seen.append(type(rs).__name__)
+        return C0
+
+    for init in (keyword_only, any_keywords, third):
+        KMeans(5, init=init, n_init=1, random_state=0).fit(X)
+    assert seen == ["RandomState"] * 3
+
+
 def test_pandas_and_dask_dataframes_record_feature_names(data):
     X, C0 = data
     cols = [f"f{i}" for i in range(6)]
