@@ -132,11 +132,14 @@ def is_dask_frame(X, *, series: bool = False) -> bool:
     return isinstance(X, (dd.DataFrame, dd.Series, dd.Index) if series else dd.DataFrame)
 
 
-def _numeric_or_raise(columns, dtypes) -> None:
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+def _numeric_or_raise(columns, dtypes, *, numbers_as_objects: bool = False) -> None:
+    """Refuse non-numeric columns by name; with ``numbers_as_objects``, object columns
+    pass (scikit-learn converts those that hold numbers; see :func:`check_X`)."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_object_dtype
 
     bad = [f"{c!r} ({t})" for c, t in zip(columns, dtypes, strict=True)
-           if not (is_numeric_dtype(t) or is_bool_dtype(t))]
+           if not (is_numeric_dtype(t) or is_bool_dtype(t)
+                   or (numbers_as_objects and is_object_dtype(t)))]
     if bad:
         raise ValueError(f"KMeans needs numeric features; non-numeric column(s): {', '.join(bad)}. "
                          "Select the numeric columns or encode these first.")
@@ -315,13 +318,34 @@ def check_X(est, X, *, reset: bool):
     if is_lazy(X):
         return _check_dask(est, X, reset=reset)
     dtype = list(FLOAT_DTYPES)
+    objects = []
     if hasattr(X, "dtypes") and hasattr(X, "columns"):
-        _numeric_or_raise(list(X.columns), list(X.dtypes))
+        # Object columns of numbers (pandas' result of mixing types, say) are converted as
+        # scikit-learn does; other non-numeric columns are refused by name.
+        _numeric_or_raise(list(X.columns), list(X.dtypes), numbers_as_objects=True)
+        objects = [c for c, t in zip(X.columns, X.dtypes, strict=True) if t == np.dtype(object)]
         # As a dask DataFrame's: pandas' Float32 and Arrow float32 columns stay float32
         # (scikit-learn's validate_data makes them float64).
         dtype = _frame_float_dtype(X.dtypes)
-    return validate_data(est, X, reset=reset, dtype=dtype, order="C",
-                         accept_large_sparse=False)
+    try:
+        return validate_data(est, X, reset=reset, dtype=dtype, order="C",
+                             accept_large_sparse=False)
+    except (ValueError, TypeError) as exc:
+        if not objects or "convert" not in str(exc):
+            raise
+        bad = [f"{c!r}" for c in objects if not _holds_numbers(X[c])]
+        raise ValueError(f"KMeans needs numeric features; column(s) of dtype object hold "
+                         f"values that are not numbers: {', '.join(bad) or objects} "
+                         f"({exc}). Select the numeric columns or encode these "
+                         "first.") from None
+
+
+def _holds_numbers(column) -> bool:
+    try:
+        np.asarray(column, dtype=np.float64)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 ZERO_WEIGHTS = "Sample weights must contain at least one non-zero number."

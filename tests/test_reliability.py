@@ -556,6 +556,23 @@ def test_pandas_columns_differing_from_fit_are_refused(named_model, change, matc
         getattr(km, method)(change(df))
 
 
+def test_pandas_object_columns_of_numbers_are_converted_as_scikit_learn_does(small):
+    """A pandas column of numbers of dtype object (what mixing types gives) was refused as
+    non-numeric, where scikit-learn converts it; one with a string in it is still refused,
+    naming the column and the value."""
+    df = pd.DataFrame(small, columns=["a", "b", "c"])
+    objects = df.astype({"b": object})
+    km = KMeans(4, random_state=0).fit(objects)
+    reference = KMeans(4, random_state=0).fit(df)
+    np.testing.assert_array_equal(km.cluster_centers_, reference.cluster_centers_)
+    np.testing.assert_array_equal(km.predict(objects), reference.labels_)
+    words = objects.assign(b=objects["b"].where(objects.index != 3, "three"))
+    for call in (lambda: KMeans(4).fit(words), lambda: km.predict(words)):
+        with pytest.raises(ValueError, match=r"column\(s\) of dtype object hold values that "
+                                             r"are not numbers: 'b' \(.*'three'\)"):
+            call()
+
+
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda df: df[["c", "a", "b"]], "['c', 'a', 'b']"),
     (lambda df: df.rename(columns={"c": "z"}), "['a', 'b', 'z']"),
