@@ -23,9 +23,16 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+try:  # what scikit-learn's estimators raise: a ValueError and a TypeError both
+    from sklearn.utils._param_validation import InvalidParameterError
+except ImportError:  # pragma: no cover - a scikit-learn that moved it
+    class InvalidParameterError(ValueError, TypeError):
+        """A hyper-parameter of the wrong type or value."""
+
+
 def _require(cond: bool, name: str, value, expected: str) -> None:
     if not cond:
-        raise ValueError(
+        raise InvalidParameterError(
             f"The '{name}' parameter of KMeans must be {expected}. Got {value!r} instead."
         )
 
@@ -82,7 +89,7 @@ def check_param_combinations(est) -> None:
     keeps working).
     """
     if est.resume and est.checkpoint is None:
-        raise ValueError("The 'resume' parameter of KMeans continues a fit from its "
+        raise InvalidParameterError("The 'resume' parameter of KMeans continues a fit from its "
                          "checkpoint, but checkpoint is None: set checkpoint to a directory "
                          "URL, or leave resume=False.")
     init = est.init

@@ -297,6 +297,21 @@ def test_verbose_and_random_state_are_validated_by_name(name, value, expected):
             sweep(X, [2, 3], random_state=value)
 
 
+@pytest.mark.parametrize("params", [{"n_clusters": "3"}, {"max_iter": 0}, {"tol": -1.0},
+                                    {"init": "kmeans"}, {"metric": "manhattan"},
+                                    {"resume": True}])
+def test_bad_parameters_raise_scikit_learns_invalid_parameter_error(params):
+    """A plain ValueError, where scikit-learn raises InvalidParameterError (a ValueError and
+    a TypeError): code catching TypeError for n_clusters="3", as it works with
+    scikit-learn, did not catch ours."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X = blobs(n=50, d=2, k=2)
+    with pytest.raises(InvalidParameterError, match=f"'{next(iter(params))}' parameter") as info:
+        KMeans(**{"n_clusters": 2, **params}).fit(X)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
 def test_valid_verbose_and_random_state_values_are_accepted():
     X = blobs(n=50, d=2, k=2)
     for params in (dict(verbose=True), dict(verbose=np.int64(2)), dict(verbose=0),
