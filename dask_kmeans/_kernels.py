@@ -905,8 +905,10 @@ def refuse_nonfinite(x: np.ndarray, sq_dist: np.ndarray, offset: int = 0) -> Non
     suspect = np.flatnonzero(~np.isfinite(sq_dist))
     if suspect.size:
         bad = suspect[~np.isfinite(x[suspect]).all(axis=1)]
-        if bad.size:
-            raise nonfinite_rows_error(bad.size, bad[:5] + offset)
+        if bad.size:  # the count is this chunk's: say so (it read as the total)
+            raise nonfinite_rows_error(
+                bad.size, bad[:5] + offset,
+                f"among rows {offset}-{offset + len(x) - 1}, one chunk of the input")
 
 
 def zero_norm_rows(x: np.ndarray, offset: int, limit: int = 5) -> np.ndarray:

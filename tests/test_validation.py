@@ -99,7 +99,9 @@ def test_predict_score_transform_refuse_dask_rows_with_nan_or_inf(metric, bad):
     Xn[73, 1] = bad
     Xn[75] = bad
     Xd = da.from_array(Xn, chunks=30)  # rows 73 and 75 are in the third chunk
-    match = r"Input X contains NaN or infinity: 2 row\(s\) \(rows 73, 75\)"
+    # The count is the chunk's, and says so (it read as the total: 1 row(s) of 2 in 2 chunks)
+    match = (r"Input X contains NaN or infinity: 2 row\(s\) among rows 60-89, one chunk of "
+             r"the input \(rows 73, 75\)")
     with pytest.raises(ValueError, match=match):
         km.predict(Xd).compute()
     with pytest.raises(ValueError, match=match):
@@ -268,6 +270,7 @@ def test_dask_dataframe_with_nullable_dtypes_and_missing_values(dtype):
         with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
             KMeans(2, init=start, n_init=1, random_state=0).fit(lazy_gaps)
     with pytest.raises(ValueError, match=r"Input X contains NaN or infinity: 2 row\(s\) "
+                                         r"among rows 0-99, one chunk of the input "
                                          r"\(rows 5, 50\)"):
         a.predict(lazy_gaps).compute()
 
