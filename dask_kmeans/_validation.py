@@ -325,26 +325,34 @@ def check_X(est, X, *, reset: bool):
     if is_lazy(X):
         return _check_dask(est, X, reset=reset)
     dtype = list(FLOAT_DTYPES)
-    objects = []
-    if hasattr(X, "dtypes") and hasattr(X, "columns"):
+    if _is_pandas_frame(X):
         # Object columns of numbers (pandas' result of mixing types, say) are converted as
         # scikit-learn does; other non-numeric columns are refused by name.
         _numeric_or_raise(list(X.columns), list(X.dtypes), numbers_as_objects=True)
-        objects = [c for c, t in zip(X.columns, X.dtypes, strict=True) if t == np.dtype(object)]
         # As a dask DataFrame's: pandas' Float32 and Arrow float32 columns stay float32
         # (scikit-learn's validate_data makes them float64).
         dtype = _frame_float_dtype(X.dtypes)
+    # Other frames (polars: its dtypes are no pandas dtypes, and its Float64 columns were
+    # called non-numeric) are read by validate_data as scikit-learn reads them.
     try:
         return validate_data(est, X, reset=reset, dtype=dtype, order="C",
                              accept_large_sparse=False)
     except (ValueError, TypeError) as exc:
-        if not objects or "convert" not in str(exc):
+        if "convert" not in str(exc) or not hasattr(X, "columns"):
             raise
-        bad = [f"{c!r}" for c in objects if not _holds_numbers(X[c])]
-        raise ValueError(f"KMeans needs numeric features; column(s) of dtype object hold "
-                         f"values that are not numbers: {', '.join(bad) or objects} "
-                         f"({exc}). Select the numeric columns or encode these "
-                         "first.") from None
+        bad = [repr(c) for c in X.columns if not _holds_numbers(X[c])]
+        if not bad:
+            raise
+        raise ValueError(f"KMeans needs numeric features; column(s) holding values that are "
+                         f"not numbers: {', '.join(bad)} ({exc}). Select the numeric columns "
+                         "or encode these first.") from None
+
+
+def _is_pandas_frame(X) -> bool:
+    import sys
+
+    pd = sys.modules.get("pandas")  # not imported: no pandas input
+    return pd is not None and isinstance(X, pd.DataFrame)
 
 
 def _holds_numbers(column) -> bool:

@@ -380,6 +380,28 @@ def test_callable_init(data):
     _close(km.cluster_centers_, KMeans(5, init=C0).fit(X).cluster_centers_, np.float64)
 
 
+def test_polars_input_and_output_as_scikit_learn(data):
+    """A polars DataFrame was refused ("non-numeric column(s): 'f0' (Float64), ...": its
+    dtypes are no pandas dtypes), and set_output(transform="polars") had no test."""
+    import polars as pl  # a test extra
+    X, C0 = data
+    cols = [f"f{i}" for i in range(X.shape[1])]
+    frame = pl.DataFrame(X, schema=cols)
+    km = KMeans(5, init=C0, n_init=1).set_output(transform="polars").fit(frame)
+    ref = SKKMeans(5, init=C0, n_init=1).set_output(transform="polars").fit(frame)
+    _close(km.cluster_centers_, ref.cluster_centers_, np.float64)
+    assert list(km.feature_names_in_) == cols
+    np.testing.assert_array_equal(km.predict(frame), ref.predict(frame))
+    out = km.transform(frame)
+    assert isinstance(out, pl.DataFrame) and out.columns == ref.transform(frame).columns
+    _close(out.to_numpy(), ref.transform(frame).to_numpy(), np.float64)
+    assert isinstance(km.fit_transform(frame), pl.DataFrame)
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        km.predict(frame.select(cols[::-1]))
+    with pytest.raises(ValueError, match=r"not numbers: 'word' \(could not convert"):
+        KMeans(5).fit(frame.with_columns(pl.lit("x").alias("word")))
+
+
 def test_callable_init_takes_random_state_as_scikit_learn_passes_it(data):
     """scikit-learn calls init(X, n_clusters, random_state=random_state): a function written
     for it with a keyword-only random_state failed with "takes 2 positional arguments but 3

@@ -568,8 +568,8 @@ def test_pandas_object_columns_of_numbers_are_converted_as_scikit_learn_does(sma
     np.testing.assert_array_equal(km.predict(objects), reference.labels_)
     words = objects.assign(b=objects["b"].where(objects.index != 3, "three"))
     for call in (lambda: KMeans(4).fit(words), lambda: km.predict(words)):
-        with pytest.raises(ValueError, match=r"column\(s\) of dtype object hold values that "
-                                             r"are not numbers: 'b' \(.*'three'\)"):
+        with pytest.raises(ValueError, match=r"column\(s\) holding values that are not "
+                                             r"numbers: 'b' \(.*'three'\)"):
             call()
 
 
