@@ -51,6 +51,7 @@ from ._runtime import (
     compute,
     dask_persist,
     memory_budget,
+    one_process_pool,
     single_blas_thread,
     sum_in_order,
     total_threads,
@@ -267,10 +268,12 @@ _open_passes: contextvars.ContextVar[list | None] = contextvars.ContextVar(
 @contextlib.contextmanager
 def closing_passes():
     """Context manager (or decorator): every :class:`Passes` made inside is closed on the
-    way out, returning or raising (see :meth:`Passes.close`)."""
+    way out, returning or raising (see :meth:`Passes.close`); under dask's "processes"
+    scheduler one pool of processes serves them all (:func:`one_process_pool`)."""
     token = _open_passes.set([])
     try:
-        yield
+        with one_process_pool():
+            yield
     finally:
         opened = _open_passes.get()
         for passes in opened:
