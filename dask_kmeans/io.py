@@ -12,8 +12,13 @@ footers is read until the array is computed.
 temporary prefix, moves the parts into place and writes a ``_SUCCESS`` marker
 last; :func:`read_labels` refuses output without that marker.
 
-Credentials travel only in ``storage_options`` (or a URL's ``user:password@``)
-and never appear in a message, a ``repr`` or a written file.
+Credentials travel in ``storage_options`` (or, for the file systems that read
+them from a URL, ``ftp://``, ``sftp://``, ``smb://`` and ``http(s)://``, in its
+``user:password@``; object-store URLs holding a password are refused, see
+:data:`URL_CREDENTIALS_REFUSED`) and never appear in a message, a ``repr`` or a
+written file. Errors of the storage libraries (an unreachable endpoint, an
+unknown profile, missing credentials, an invalid bucket name) are raised as
+:class:`OSError` naming the URL (see :func:`storage_error_types`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import os
 import posixpath
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -192,6 +198,39 @@ def scrub_url(text: str, url: Any) -> str:
 
 # --------------------------------------------------------------------------- locations
 
+#: Object-store URL schemes whose file systems do not read credentials from a URL's
+#: ``user:password@`` (s3fs and gcsfs take it for part of the bucket name, adlfs for part
+#: of the container's), with the storage options that carry them there instead.
+URL_CREDENTIALS_REFUSED = {
+    "s3": "'key' and 'secret'", "s3a": "'key' and 'secret'",
+    "gs": "'token'", "gcs": "'token'",
+    "abfs": "'account_key' or 'sas_token'", "abfss": "'account_key' or 'sas_token'",
+    "az": "'account_key' or 'sas_token'",
+}
+
+#: The errors that storage libraries behind fsspec raise besides OSError, as (module,
+#: class): an invalid bucket name, an unknown profile, missing credentials, an endpoint
+#: that cannot be reached (botocore), failed authentication (google-auth, Azure), an
+#: HTTP error (gcsfs, aiohttp).
+_STORAGE_ERRORS = (
+    ("botocore.exceptions", "BotoCoreError"), ("botocore.exceptions", "ClientError"),
+    ("google.auth.exceptions", "GoogleAuthError"), ("gcsfs.retry", "HttpError"),
+    ("azure.core.exceptions", "AzureError"), ("aiohttp", "ClientError"),
+)
+
+
+def storage_error_types() -> tuple[type[BaseException], ...]:
+    """The base classes of the errors of the storage libraries (:data:`_STORAGE_ERRORS`)
+    that are imported: a library that was never imported raised nothing, and none of
+    them is a dependency, so none is imported here."""
+    found = []
+    for module, name in _STORAGE_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
+
+
 
 class _Location:
     """A resolved URL: the fsspec file system, its path, a printable URL and the secrets."""
@@ -234,6 +273,12 @@ def _resolve(url: str | os.PathLike, storage_options: Mapping[str, Any] | None) 
                         f"{type(storage_options).__name__}.")
     safe = strip_credentials(url)
     secrets = secret_values(storage_options, url)
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in URL_CREDENTIALS_REFUSED and urlsplit(url).password is not None:
+        raise ValueError(
+            f"Cannot open {safe}: {scheme}:// URLs cannot carry credentials (user:password@): "
+            "their file system would take them for part of the location's name. Give them in "
+            f"storage_options ({URL_CREDENTIALS_REFUSED[scheme]}) instead.")
     try:
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     except ImportError as e:
@@ -245,7 +290,8 @@ def _resolve(url: str | os.PathLike, storage_options: Mapping[str, Any] | None) 
 
 @contextlib.contextmanager
 def _fs_errors(url: str, secrets: Sequence[str], doing: str) -> Iterator[None]:
-    """Re-raise file-system errors with a message naming ``url`` and no credentials.
+    """Re-raise file-system errors, and the storage libraries' own (as OSError: see
+    :func:`storage_error_types`), with a message naming ``url`` and no credentials.
 
     The original exception is not chained: its text, which we do not control,
     is included only after scrubbing the secrets out of it.
@@ -269,6 +315,17 @@ def _fs_errors(url: str, secrets: Sequence[str], doing: str) -> Iterator[None]:
     except OSError as e:
         raise OSError(f"I/O error while {doing} {url}: {type(e).__name__}: "
                       f"{_scrub(str(e), secrets)}") from None
+    except storage_error_types() as e:
+        raise OSError(storage_error_message(e, url, secrets, doing)) from None
+
+
+def storage_error_message(exc: BaseException, url: str, secrets: Sequence[str],
+                          doing: str) -> str:
+    """One line for an error of a storage library (see :func:`storage_error_types`) while
+    ``doing`` something with ``url``, without ``secrets``."""
+    detail = " ".join(_scrub(str(exc), secrets).split()) or "(no message)"
+    return (f"Storage error while {doing} {url}: {type(exc).__name__}: {detail}. Check the "
+            "URL and the storage_options (endpoint, credentials, profile).")
 
 
 def _arrow_fs(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
@@ -1254,7 +1311,9 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         The dtype of the feature array.
     storage_options : dict, optional
         Passed to the fsspec file system, e.g. ``{"key": ..., "secret": ...,
-        "endpoint_url": ...}`` for s3fs. Never shown in messages or reprs.
+        "endpoint_url": ...}`` for s3fs. Never shown in messages or reprs. (An
+        ``s3://``, ``gs://`` or ``abfs://`` URL holding a password is refused:
+        those file systems do not read it.)
     missing : {"error", "drop"}, default="error"
         What to do with NaN, inf or null feature values. "error" raises a
         ValueError naming the column, the count and the file when that chunk is
@@ -1289,6 +1348,9 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         The path or bucket does not exist.
     PermissionError
         The credentials are refused.
+    OSError
+        Another I/O error, or an error of the storage library (an invalid bucket
+        name, an unknown profile, missing credentials, an unreachable endpoint).
     ValueError
         Bad parameters, unknown or non-numeric columns, no rows, no files, or a
         corrupted or truncated file (the message names the file).

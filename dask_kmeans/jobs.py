@@ -58,7 +58,14 @@ from .cluster import (
     load_cluster_config,
     validate_cluster_config,
 )
-from .io import check_label_keys, remove_exactly, secret_values, strip_credentials
+from .io import (
+    check_label_keys,
+    remove_exactly,
+    secret_values,
+    storage_error_message,
+    storage_error_types,
+    strip_credentials,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -610,6 +617,9 @@ def _io_errors(url: str, values: Sequence[str], doing: str) -> Iterator[None]:
     except OSError as exc:
         raise OSError(f"I/O error while {doing} {strip_credentials(url)}: "
                       f"{type(exc).__name__}: {scrub(str(exc), values)}") from None
+    except storage_error_types() as exc:
+        raise OSError(storage_error_message(exc, strip_credentials(url), values,
+                                            doing)) from None
 
 
 # --------------------------------------------------------------------------- running

@@ -808,6 +808,33 @@ def test_errors_are_one_line_with_an_exit_code(data, tmp_path):
     no_marker(line, root=tmp_path)
 
 
+def _option_args(options, prefix=""):
+    """--storage-option arguments for a dict of storage options (dotted keys nest)."""
+    for key, value in options.items():
+        if isinstance(value, dict):
+            yield from _option_args(value, f"{prefix}{key}.")
+        else:
+            yield from ("--storage-option", f"{prefix}{key}={value}")
+
+
+def test_storage_library_errors_are_one_line_exit_1(s3_server, data):
+    """An invalid bucket name, a profile that does not exist, a key without its secret and
+    an endpoint nothing listens on ended the command with botocore's traceback (exit 1 by
+    Python, not by the command); credentials in an s3:// URL were printed in it. Now one
+    line naming the URL, exit 1 (an I/O error), and no secret."""
+    from tests.test_io import storage_failures
+
+    for url, options, named in storage_failures(s3_server):
+        line = one_line_error(invoke("fit", url, "--k", 2, *_option_args(options),
+                                     "--cluster", data["config"]), 1)
+        assert line.startswith(f"Error: Storage error while opening {url}: ") and named in line
+        assert s3_server["secret"] not in line
+    line = one_line_error(invoke("fit", "s3://AKIAFAKE:s3cr3tVALUE@bkt/data", "--k", 2,
+                                 "--cluster", data["config"]), 1)
+    assert "Cannot open s3://bkt/data: s3:// URLs cannot carry credentials" in line
+    assert "s3cr3tVALUE" not in line
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -855,6 +855,88 @@ def test_wrong_credentials(s3_bucket):
         read_parquet(url, storage_options=wrong_key)
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: One attempt, a short connect timeout: an endpoint that cannot be reached fails at once.
+QUICK = {"config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
+
+
+def storage_failures(s3_server):
+    """(url, storage_options, what the message names) that botocore refuses with errors of
+    its own (not OSError): a bucket name S3 does not allow, a profile that does not exist, a
+    key without its secret, an endpoint nothing listens on."""
+    so = dict(s3_server["storage_options"], **QUICK)
+    return [
+        ("s3://Bad_Bucket!/data", so, "Invalid bucket name"),
+        ("s3://bkt/data", dict(so, profile="no-such-profile-dask-kmeans"),
+         "no-such-profile-dask-kmeans"),
+        ("s3://bkt/data", {k: v for k, v in so.items() if k != "secret"},
+         "PartialCredentialsError"),
+        ("s3://bkt/data", dict(so, endpoint_url=f"http://127.0.0.1:{_closed_port()}"),
+         "EndpointConnectionError"),
+    ]
+
+
+def test_storage_library_errors_are_one_line_os_errors_naming_the_url(s3_server):
+    """botocore's own errors (ParamValidationError, ProfileNotFound, PartialCredentialsError,
+    EndpointConnectionError) passed through open_parquet and write_labels untouched, as
+    tracebacks the command line did not catch; now an OSError naming the URL and the problem,
+    without the secret."""
+    for url, so, named in storage_failures(s3_server):
+        with pytest.raises(OSError) as e:
+            open_parquet(url, storage_options=so)
+        text = str(e.value)
+        assert text.startswith(f"Storage error while opening {url}: ") and named in text, text
+        assert "\n" not in text and s3_server["secret"] not in text
+        assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_storage_library_errors_when_writing_and_in_tasks(s3_bucket):
+    """A labels output at a bucket name S3 refuses, and a read task whose endpoint went
+    away, raised botocore's errors; now an OSError naming the output, or the part."""
+    from moto.server import ThreadedMotoServer
+
+    url, _ = write_dir(s3_bucket, [3])
+    so = s3_bucket.storage_options
+    src = open_parquet(url, storage_options=so)
+    with pytest.raises(OSError, match=r"^Storage error while checking s3://Bad_Bucket!/out: "
+                                      "ParamValidationError") as e:
+        write_labels(src, np.zeros(3, np.int32), np.zeros(3), "s3://Bad_Bucket!/out")
+    assert_clean(str(e.value), s3_bucket)
+
+    # A second endpoint onto the same (in-process) moto backend, which goes away after the open.
+    port = _closed_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        src = open_parquet(url, ["x"], key_columns="id", storage_options=dict(
+            so, endpoint_url=f"http://127.0.0.1:{port}", **QUICK))
+    finally:
+        server.stop()
+    for what in (src.features, src.keys):
+        with pytest.raises(OSError, match=rf"^Storage error while reading {re.escape(url)}/"
+                                          r"part-0\.parquet: EndpointConnectionError") as e:
+            what.compute(scheduler="sync")
+        assert_clean(str(e.value), s3_bucket)
+
+
+@pytest.mark.parametrize("url", ["s3://AKIAFAKE:s3cr3tVALUE@bucket/data",
+                                 "gs://user:s3cr3tVALUE@bucket/data"])
+def test_credentials_in_an_object_store_url_are_refused(url):
+    """s3fs and gcsfs do not read a URL's user:password@: they took it for part of the bucket
+    name, and botocore's error about that name printed the password. Refused, pointing to
+    storage_options, without the password."""
+    with pytest.raises(ValueError, match=r"cannot carry credentials .* storage_options") as e:
+        open_parquet(url)
+    assert "s3cr3tVALUE" not in str(e.value) and "://bucket/data" in str(e.value)
+
+
 def test_secret_never_in_reprs_messages_or_files(store):
     so = store.storage_options
     url, _ = write_dir(store, [3, 2])
