@@ -1390,22 +1390,42 @@ def open_parquet(url: str, columns: str | Sequence[str] | None = None, *,
         return _stray_file_hint(loc, paths, base, i)
 
     partitioning = _hive_partitioning(paths, base) if base is not None else None
-    try:
+
+    def make_dataset(schema: pa.Schema | None = None) -> ds.Dataset:
         with _fs_errors(loc.url, loc.secrets, "opening"):
-            dataset = ds.dataset(paths, filesystem=filesystem, format="parquet",
-                                 partitioning=partitioning, partition_base_dir=base)
+            return ds.dataset(paths, schema=schema, filesystem=filesystem, format="parquet",
+                              partitioning=partitioning, partition_base_dir=base)
+
+    try:
+        dataset = make_dataset()
     except (ValueError, pa.ArrowTypeError) as e:
         # Name the file that cannot be read, or the column, rather than the dataset.
         schemas = [md.schema.to_arrow_schema() for md in _load_metadata(
             [ds.ParquetFileFormat().make_fragment(p, filesystem=filesystem) for p in paths],
             part_urls, loc.secrets, stray_hint)]
-        _refuse_repeated_names(schemas, part_urls)
-        if base is not None:
+        first = schemas[0]
+        if len(set(first.names)) == len(first.names):
+            if base is not None:
+                _refuse_partition_clash(schemas, paths, part_urls, base, loc.url)
+            if isinstance(e, pa.ArrowTypeError):
+                raise ValueError(f"Cannot open {loc.url} as one dataset: "
+                                 f"{_scrub(str(e), loc.secrets)}") from None
+            raise
+        # Arrow inspects the first part only, and cannot make a schema of its repeated
+        # names: given one of its distinct names, the repeated ones are refused below only
+        # if read, as in any other part (a first part whose repeated column was not read
+        # was refused, the same part second was read).
+        fields = {}
+        for field in first:
+            fields.setdefault(field.name, field)
+        distinct = pa.schema(list(fields.values()), metadata=first.metadata)
+        try:
+            schema = pa.unify_schemas([distinct] if partitioning is None
+                                      else [distinct, partitioning.schema])
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
             _refuse_partition_clash(schemas, paths, part_urls, base, loc.url)
-        if isinstance(e, pa.ArrowTypeError):
-            raise ValueError(f"Cannot open {loc.url} as one dataset: "
-                             f"{_scrub(str(e), loc.secrets)}") from None
-        raise
+            raise
+        dataset = make_dataset(schema)
     fragments = list(dataset.get_fragments())
     metadata = _load_metadata(fragments, part_urls, loc.secrets, stray_hint)
     physical_schemas = [f.physical_schema for f in fragments]

@@ -546,8 +546,10 @@ def test_a_repeated_column_name_is_named_with_its_part(local_store):
     twice = pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0]), pa.array([3.0])],
                                  names=["x", "y", "y"])
     local_store.write_parquet("dup1/a.parquet", twice)
-    with pytest.raises(ValueError, match=r"\['y'\] appear more than once in part .*dup1/a"):
-        open_parquet(local_store.url("dup1"), ["x"])
+    for kwargs in ({}, {"columns": ["y"]}, {"columns": ["x"], "key_columns": "y"}):
+        with pytest.raises(ValueError, match=r"\['y'\] appear more than once in part "
+                                             r".*dup1/a"):
+            open_parquet(local_store.url("dup1"), **kwargs)
     local_store.write_parquet("dup2/a.parquet", pa.table({"x": [0.0], "y": [0.5]}))
     local_store.write_parquet("dup2/b.parquet", twice)
     for kwargs in ({}, {"columns": ["y"]}, {"columns": ["x"], "key_columns": "y"}):
@@ -557,6 +559,34 @@ def test_a_repeated_column_name_is_named_with_its_part(local_store):
     # In a later part and not used, it is left alone.
     np.testing.assert_array_equal(
         open_parquet(local_store.url("dup2"), ["x"]).features.compute(), [[0.0], [1.0]])
+
+
+@pytest.mark.parametrize("hive", [False, True])
+def test_an_unused_repeated_column_name_is_read_past_in_any_part(local_store, hive):
+    """A part with a repeated column name that is not read was refused when it was the
+    first part (Arrow could not make the dataset's schema from it, and every repeated name
+    was refused then) and read past when it came later: now read past wherever it is, and
+    refused wherever it is when read."""
+    twice = pa.Table.from_arrays([pa.array([1.0, 2.0]), pa.array([3.0, 4.0]),
+                                  pa.array([5.0, 6.0])], names=["a", "a", "b"])
+    once = pa.table({"a": [7.0], "b": [8.0]})
+    for order in ((twice, once), (once, twice)):
+        root = f"dup-{hive}-{order[0] is twice}"
+        names = [f"k={i}/part-{i}.parquet" if hive else f"part-{i}.parquet" for i in range(2)]
+        for name, table in zip(names, order, strict=True):
+            local_store.write_parquet(f"{root}/{name}", table)
+        url = local_store.url(root)
+        src = open_parquet(url, ["b"], key_columns="k" if hive else None)
+        expected = [8.0, 5.0, 6.0] if order[0] is once else [5.0, 6.0, 8.0]
+        assert src.features.compute().ravel().tolist() == expected
+        if hive:
+            assert src.keys.compute()["k"].tolist() == ([0, 1, 1] if order[0] is once
+                                                        else [0, 0, 1])
+        where = names[order.index(twice)].replace(".", r"\.")
+        for kwargs in ({}, {"columns": ["a"]}, {"columns": ["b"], "key_columns": "a"}):
+            with pytest.raises(ValueError, match=rf"\['a'\] appear more than once in part "
+                                                 rf".*{root}/{where}"):
+                open_parquet(url, **kwargs)
 
 
 def test_nullable_integer_keys_stay_exact(local_store):
