@@ -20,7 +20,13 @@ import dask.array as da
 import fsspec
 import numpy as np
 
-from .io import check_directory_location, scrub_url, strip_credentials, write_bytes_atomic
+from .io import (
+    check_directory_location,
+    scrub_url,
+    storage_errors,
+    strip_credentials,
+    write_bytes_atomic,
+)
 
 FORMAT = "dask_kmeans.checkpoint/1"
 FILE = "checkpoint.json"
@@ -187,7 +193,8 @@ class Checkpoint:
         ``n_init`` times ``max_iter`` iterations at most (a hand-edited file was trusted:
         2 centres resumed a fit of 4)."""
         try:
-            raw = self._fs.cat_file(self._path)
+            with storage_errors(self.url, "reading the checkpoint at"):
+                raw = self._fs.cat_file(self._path)
         except FileNotFoundError:
             return None
         try:
@@ -237,5 +244,6 @@ class Checkpoint:
             "best_converged": None if best is None else bool(best[3]),
         }
         data = json.dumps(state).encode()
-        self._fs.makedirs(self._root, exist_ok=True)
-        write_bytes_atomic(self._fs, self._path, data)
+        with storage_errors(self.url, "writing the checkpoint at"):
+            self._fs.makedirs(self._root, exist_ok=True)
+            write_bytes_atomic(self._fs, self._path, data)

@@ -319,6 +319,13 @@ def _fs_errors(url: str, secrets: Sequence[str], doing: str) -> Iterator[None]:
         raise OSError(storage_error_message(e, url, secrets, doing)) from None
 
 
+def storage_errors(url: str, doing: str):
+    """Context manager: the errors of file systems and storage libraries met while
+    ``doing`` something with ``url`` (a URL without storage options: a checkpoint's), as
+    :func:`_fs_errors` raises them: naming the URL, without credentials."""
+    return _fs_errors(strip_credentials(url), secret_values(None, url), doing)
+
+
 def storage_error_message(exc: BaseException, url: str, secrets: Sequence[str],
                           doing: str) -> str:
     """One line for an error of a storage library (see :func:`storage_error_types`) while

@@ -272,6 +272,34 @@ def test_credentials_in_the_checkpoint_url_stay_out_of_repr_model_and_messages(t
     assert "S3CRET" not in Checkpoint("memory://user:S3CRET@/ck", {}, {}).shown
 
 
+@pytest.mark.parametrize("doing", ["load", "save"])
+def test_storage_library_errors_of_the_checkpoint_are_one_line(tmp_path, monkeypatch, doing):
+    """Reading and writing the checkpoint let a storage library's own error through (a
+    botocore EndpointConnectionError when the store went away mid-fit), a traceback from
+    the command line, where opening and writing data give one OSError line."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from dask_kmeans._checkpoint import Checkpoint
+
+    url = f"file://{tmp_path}/ck?token=S3CRET"
+    ckpt = Checkpoint(f"file://{tmp_path}/ck", {}, {})
+    ckpt.url = url
+
+    def unreachable(*args, **kwargs):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1/?token=S3CRET")
+
+    monkeypatch.setattr(ckpt._fs, "cat_file", unreachable)
+    monkeypatch.setattr(ckpt._fs, "makedirs", unreachable)
+    with pytest.raises(OSError) as info:
+        ckpt.load() if doing == "load" else ckpt.save(run=0, rng_before=np.random.RandomState(
+            0).get_state())
+    message = str(info.value)
+    assert message.startswith(f"Storage error while {'reading' if doing == 'load' else 'writing'}"
+                              f" the checkpoint at file://{tmp_path}/ck"), message
+    assert "EndpointConnectionError: Could not connect to the endpoint URL" in message
+    assert "S3CRET" not in message and "\n" not in message
+
+
 @pytest.mark.parametrize("secret", ["S3CRET", "a&b<c>'d\\e"])
 def test_credentials_in_the_checkpoint_url_stay_out_of_the_notebook_views(secret):
     """scikit-learn's HTML view (what a notebook shows) lists every parameter's value, the
