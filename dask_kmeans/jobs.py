@@ -767,17 +767,55 @@ def _check_plot(url: str | None, job: Mapping) -> None:
         plot_format(url)
 
 
+def _before_job(fs, path: str) -> bool | frozenset[str]:
+    """What is at an output's ``path`` before the job writes it: False for nothing; the
+    names in a directory that holds no committed output (empty, or what interrupted writes
+    left: ``check_output`` lets a job write into it as into a new location); True for
+    anything else (a file, or output the job replaces with ``output.overwrite``)."""
+    from .io import SUCCESS_MARKER
+
+    if not fs.exists(path):
+        return False
+    if not fs.isdir(path):
+        return True
+    fs.invalidate_cache(path)
+    here = fs._strip_protocol(path).rstrip("/")
+    names = frozenset(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
+                      if p.rstrip("/") != here)  # not an object store's folder marker
+    return True if SUCCESS_MARKER in names else names
+
+
+def _undo(fs, path: str, before: bool | frozenset[str], parents: Sequence[str]) -> None:
+    """Remove what a failed job wrote at ``path``, given what was there :func:`_before_job`:
+    the whole output and the directories made for it where nothing was; what is new in a
+    directory that held no output (the directory itself stays, as the user made it)."""
+    from .io import remove_empty_dirs
+
+    if before is False:
+        remove_exactly(fs, path)
+        remove_empty_dirs(fs, parents)
+    elif before is not True and fs.isdir(path):
+        fs.invalidate_cache(path)
+        here = fs._strip_protocol(path).rstrip("/")
+        for entry in fs.ls(path, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if entry.rstrip("/") != here and name not in before:
+                with contextlib.suppress(Exception):
+                    remove_exactly(fs, posixpath.join(here, name))
+
+
 @contextlib.contextmanager
 def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
     """Around a job's writes: when one fails, the outputs written before it where nothing
-    was are removed again, so that a failed job leaves none of its outputs behind (one it
-    replaced cannot be brought back; the job writes those after what may fail). Yields
-    ``made(url, result)``, to call as each output is written; it returns ``result``.
+    was, or into a directory that held no output (an empty one), are removed again, so that
+    a failed job leaves none of its outputs behind (one it replaced cannot be brought back;
+    the job writes those after what may fail). Yields ``made(url, result)``, to call as
+    each output is written; it returns ``result``.
 
     In a submitted job the outputs are first noted in its record (:class:`_Claims`)."""
     import fsspec
 
-    from .io import missing_parents, remove_empty_dirs
+    from .io import missing_parents
 
     claims = _CLAIMS.get()
     existed = {}
@@ -785,10 +823,12 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
         fs, path = fsspec.core.url_to_fs(url, **_output_options(url, job))
         # In a rerun, what was there before the job, not what the dead attempt left.
         before = claims.before(url) if claims is not None else None
-        existed[url] = (fs, path, fs.exists(path) if before is None else before,
+        existed[url] = (fs, path, _before_job(fs, path) if before is None else before,
                         missing_parents(fs, path))
     if claims is not None:
-        claims.claim({url: was for url, (_, _, was, _) in existed.items()})
+        # A directory that held no output counts as nothing there: a rerun removes what
+        # the dead attempt wrote into it (and the directory, made again by the write).
+        claims.claim({url: was is True for url, (_, _, was, _) in existed.items()})
     written: list[str] = []
 
     def made(url: str, result):
@@ -799,11 +839,8 @@ def _new_outputs_undone(job: Mapping, urls: Sequence[str | None]):
         yield made
     except BaseException:
         for url in written:
-            fs, path, was_there, parents = existed[url]
-            if not was_there:
-                with contextlib.suppress(Exception):
-                    remove_exactly(fs, path)
-                    remove_empty_dirs(fs, parents)  # and the directories made for it
+            with contextlib.suppress(Exception):
+                _undo(*existed[url])
         raise
 
 

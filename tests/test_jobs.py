@@ -953,6 +953,37 @@ def test_a_failed_job_also_removes_the_directories_it_made_for_its_outputs(local
     assert sorted(p.name for p in root.iterdir()) == ["kept", "train"]
 
 
+def test_a_failed_job_empties_again_the_empty_directories_it_wrote_into(store):
+    """An output directory that existed but was empty (made by hand) counted as something
+    there before the job: a fit whose plot then failed left a complete model (and labels)
+    in it, which the same job, rerun, refused as existing output. What the job wrote into
+    such a directory is removed again; the directory stays, as it was."""
+    url, _ = write_dataset(store, n=300)
+    for name in ("m", "l"):
+        store.fs.makedirs(store.path(name), exist_ok=True)
+        if store.kind == "s3":  # an object store's empty "directory": a folder marker
+            store.fs.pipe_file(store.path(name) + "/", b"")
+    spec = fit_spec(url, input={"url": url, "key_columns": ["customer_id"],
+                                "storage_options": store.storage_options},
+                    params={"n_clusters": 2, "random_state": 0},
+                    output={"model": store.url("m"), "labels": store.url("l"),
+                            "plot": store.url("p.png")})
+
+    def listing(name):
+        store.fs.invalidate_cache()
+        return [p for p in store.fs.find(store.path(name), withdirs=True)
+                if p.rstrip("/") != store.path(name).rstrip("/")]
+
+    with mock.patch("dask_kmeans.report.plot_clusters", side_effect=OSError("disk full")):
+        with pytest.raises(OSError, match="disk full"):
+            run_job(spec)
+    assert listing("m") == [] and listing("l") == []
+    if store.kind != "s3":  # (whose labels commit may remove a folder marker: no matter)
+        assert store.fs.isdir(store.path("m")) and store.fs.isdir(store.path("l"))
+    assert not store.fs.exists(store.path("p.png"))
+    assert run_job(spec)["n_rows"] == 300  # the rerun is not refused
+
+
 def test_a_plot_of_an_unknown_format_is_refused_before_the_input_is_opened(local_store):
     url, _ = write_dataset(local_store, n=300)
     for spec in (fit_spec(url, output={"plot": local_store.url("p.jpg")}),
