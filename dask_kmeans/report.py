@@ -930,10 +930,15 @@ def _share(part: float) -> str:
 
 
 def _pca(sample: np.ndarray, centers: np.ndarray, what: str = ""):
-    """The sample and the centres projected on the sample's first two principal axes."""
+    """The sample and the centres projected on the sample's first two principal axes.
+
+    A sample of one row has one axis only (the SVD's rank): the second is zero, and the
+    plot a strip along the first (PC2 of 0% variance)."""
     mean = sample.mean(axis=0)
     _, s, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    axes = vt[:2]
+    missing = 2 - len(vt[:2])
+    axes = np.vstack([vt[:2], np.zeros((missing, vt.shape[1]))])
+    s = np.concatenate([s[:2], np.zeros(missing)])
     # Each axis points towards its largest loading, so that reruns do not mirror the plot.
     axes = axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])[:, None]
     total = float((s**2).sum())

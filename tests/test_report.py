@@ -366,6 +366,25 @@ def test_plot_clusters_one_feature(tmp_path):
     assert png_size(plot_clusters(km, X, str(tmp_path / "one.png"))) == (800, 600)
 
 
+@pytest.mark.parametrize("n_rows, n_features", [(1, 3), (1, 1), (1, 2), (2, 3), (2, 1)])
+def test_plot_clusters_of_one_or_two_rows(monkeypatch, tmp_path, n_rows, n_features):
+    """A fit of one row with output.plot failed after the fit with IndexError: the PCA of a
+    one-row sample has one principal axis, and the scatter asked for a second. The second
+    axis is zero now: a strip along the first, labelled with 0% of the variance."""
+    X = np.random.default_rng(0).normal(size=(n_rows, n_features))
+    km = KMeans(n_clusters=n_rows, random_state=0).fit(X)
+    figures = _drawn(monkeypatch)
+    plot_clusters(km, X, str(tmp_path / "few.png"))
+    ax = figures[-1].axes[0]
+    points = np.vstack([c.get_offsets() for c in ax.collections])
+    assert np.isfinite(points).all() and len(points) == 2 * n_rows  # rows and stars
+    if n_rows == 1 and n_features == 3:
+        assert ax.get_ylabel() == "PC2 (0% variance)"
+        np.testing.assert_array_equal(points[:, 1], 0.0)
+    monkeypatch.undo()
+    assert png_size(plot_clusters(km, X, str(tmp_path / "few.png"))) == (800, 600)
+
+
 def test_plot_elbow(tmp_path):
     path = plot_elbow([2, 3, 4, 5], [100.0, 40.0, 12.0, 10.0], str(tmp_path / "elbow.png"),
                       silhouettes=[0.5, 0.6, 0.8, None], suggested_k=4)
