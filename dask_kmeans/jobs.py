@@ -388,7 +388,10 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
         another key would leave without effect is a problem too: ``output.plot_features``
         without ``output.plot``, ``params.resume: true`` without ``params.checkpoint``, and
         an ``oversampling_factor`` or ``init_rounds`` other than the default with an
-        ``init`` other than ``k-means||``.
+        ``init`` other than ``k-means||``. So is what :func:`run_job` would refuse before
+        any work for reasons the spec shows: a plot format, overlapping outputs, a
+        ``plot_features`` name outside an explicit ``input.columns``, key columns named as
+        the labels' columns.
 
     Examples
     --------
@@ -421,6 +424,7 @@ def validate_job(spec: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | 
                 errors.append(("job.k", str(exc)))
         # No parameter accepted and ignored: the same rule as the fit command's options.
         _refuse_ignored(job, errors)
+        _refuse_at_run(job, errors)
     if errors:
         raise JobSpecError(errors, source)
     return out
@@ -684,47 +688,134 @@ def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: 
                       "to replace it")
 
 
+def _place(protocol: str, path: str) -> tuple[str, str]:
+    """A location as :func:`_overlapping` compares them: a glob stands for the directory
+    before its first wildcard (what it may match), and a local path is resolved (two names
+    of one place: a symlink in the path)."""
+    segments = path.strip("/").split("/")
+    magic = [i for i, seg in enumerate(segments) if glob.has_magic(seg)]
+    if magic:
+        segments = segments[:magic[0]]
+    path = posixpath.normpath("/" + "/".join(segments))
+    if protocol in ("file", "local"):
+        path = os.path.realpath(path)
+    return protocol, path
+
+
 def _where(url: str, options: Mapping, values: Sequence[str]) -> tuple[str, str]:
     """A URL's file system and normalised absolute path, to compare locations."""
     import fsspec
 
     with _io_errors(url, values, "checking"):
         fs, path = fsspec.core.url_to_fs(url, **options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    # A glob stands for the directory before its first wildcard: what it may match.
-    segments = path.strip("/").split("/")
-    magic = [i for i, seg in enumerate(segments) if glob.has_magic(seg)]
-    if magic:
-        segments = segments[:magic[0]]
-    path = posixpath.normpath("/" + "/".join(segments))
-    if protocol in ("file", "local"):  # two names of one place (a symlink in the path)
-        path = os.path.realpath(path)
-    return protocol, path
+    return _place(fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0], path)
 
 
-def _refuse_overlaps(job: Mapping, outputs: Mapping[str, str | None],
-                     inputs: Mapping[str, str | None], values: Sequence[str]) -> None:
-    """Stop before any work when two outputs, or an output and an input, are the same
-    location or one holds the other: writing one would replace or damage the other (a
-    fit with the same model and labels directory left neither usable, and exited 0)."""
-    places = []
-    for kind, named in (("output", outputs), ("input", inputs)):
-        for name, url in named.items():
-            if url:
-                options = _output_options(url, job) if kind == "output" \
-                    else _input_options(url, job)
-                places.append((kind, name, url, _where(url, options, values)))
-    for i, (kind_a, name_a, url_a, (proto_a, path_a)) in enumerate(places):
-        for kind_b, name_b, url_b, (proto_b, path_b) in places[i + 1:]:
-            if kind_a == kind_b == "input" or proto_a != proto_b:
+def _where_in_spec(url: str) -> tuple[str, str] | None:
+    """:func:`_where` from the URL alone, for :func:`validate_job`; None where that takes
+    more (a chained URL, a file system whose package is not installed here): the run
+    compares those."""
+    import fsspec
+
+    if "::" in url:
+        return None
+    try:
+        cls = fsspec.get_filesystem_class(fsspec.core.split_protocol(url)[0] or "file")
+        path = cls._strip_protocol(url)
+    except Exception:  # noqa: BLE001 - an unknown protocol or a missing package
+        return None
+    return _place(cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0], path)
+
+
+def _locations(job: Mapping) -> list[tuple[str, str, bool]]:
+    """A job's outputs, then its inputs, as ``(key, url, is_input)``: the places that
+    must not overlap (``params.checkpoint`` is written, so it is an output)."""
+    out, params = job.get("output") or {}, job.get("params") or {}
+    outputs = {"fit": ("model", "labels", "plot"), "predict": ("labels",),
+               "sweep": ("table", "plot")}.get(job.get("kind"), ())
+    places = [(f"output.{name}", out.get(name), False) for name in outputs]
+    places.append(("params.checkpoint", params.get("checkpoint"), False))
+    places += [("input.url", (job.get("input") or {}).get("url"), True),
+               ("model", job.get("model"), True)]
+    return [(key, url, is_input) for key, url, is_input in places if isinstance(url, str)]
+
+
+def _overlapping(places: Sequence[tuple[str, str, bool, tuple[str, str] | None]]):
+    """The pairs of ``places`` (``(key, url, is_input, where)``, outputs first) that are
+    the same location or one inside the other, but for two inputs: writing one would
+    replace or damage the other (a fit with the same model and labels directory left
+    neither usable, and exited 0)."""
+    for i, (key_a, url_a, input_a, where_a) in enumerate(places):
+        for key_b, url_b, input_b, where_b in places[i + 1:]:
+            if (input_a and input_b) or where_a is None or where_b is None \
+                    or where_a[0] != where_b[0]:
                 continue
+            path_a, path_b = where_a[1], where_b[1]
             if path_a == path_b or path_a.startswith(path_b.rstrip("/") + "/") \
                     or path_b.startswith(path_a.rstrip("/") + "/"):
-                raise ValueError(
-                    f"{kind_a} {name_a} ({strip_credentials(url_a)}) and {kind_b} {name_b} "
-                    f"({strip_credentials(url_b)}) are the same location or one is inside "
-                    "the other: writing one would replace or damage the other. Choose "
-                    "separate locations.")
+                yield key_a, url_a, key_b, url_b
+
+
+def _overlap_problem(url_a: str, key_b: str, url_b: str) -> str:
+    return (f"{strip_credentials(url_a)} and {key_b} ({strip_credentials(url_b)}) are the same "
+            "location or one is inside the other: writing one would replace or damage the "
+            "other. Choose separate locations.")
+
+
+def _refuse_overlaps(job: Mapping, values: Sequence[str]) -> None:
+    """Stop before any work when two of the job's outputs, or an output and an input,
+    overlap (:func:`_overlapping`). :func:`validate_job` refuses those it can tell from
+    the URLs alone; this compares the URLs as the file systems see them."""
+    places = [(key, url, is_input,
+               _where(url, _input_options(url, job) if is_input else _output_options(url, job),
+                      values))
+              for key, url, is_input in _locations(job)]
+    for key_a, url_a, key_b, url_b in _overlapping(places):
+        raise ValueError(f"{key_a}: {_overlap_problem(url_a, key_b, url_b)}")
+
+
+def _refuse_at_run(job: dict[str, Any], errors: list) -> None:
+    """Refuse what :func:`run_job` would refuse before any work for reasons the spec alone
+    shows: a plot of a format by its extension that is not written, outputs that overlap
+    each other or an input (where the URLs alone tell: not a chained URL, nor a file
+    system not installed here), a ``plot_features`` entry that is not among an explicit
+    ``input.columns``, and key columns named as the labels' columns when labels are
+    written. Keys already reported as wrong are left to that report."""
+    from .io import check_label_keys
+    from .report import plot_format
+
+    bad = [path for path, _ in errors]
+
+    def wrong(key: str) -> bool:  # the key, or an item in it, is reported already
+        return any(p == key or p.startswith((key + ".", key + "[")) for p in bad)
+
+    if wrong("job.kind"):
+        return
+    inp, out = job.get("input") or {}, job.get("output") or {}
+    if isinstance(out.get("plot"), str) and not wrong("job.output.plot"):
+        try:
+            plot_format(out["plot"])
+        except ValueError as exc:
+            errors.append(("job.output.plot", str(exc)))
+    places = [(key, url, is_input, _where_in_spec(url))
+              for key, url, is_input in _locations(job) if not wrong(f"job.{key}")]
+    for key_a, url_a, key_b, url_b in _overlapping(places):
+        errors.append((f"job.{key_a}", _overlap_problem(url_a, key_b, url_b)))
+    columns, wanted = inp.get("columns"), out.get("plot_features")
+    if columns and wanted and not (wrong("job.input.columns")
+                                   or wrong("job.output.plot_features")):
+        unknown = [f for f in wanted if f not in columns]
+        if unknown:
+            hint = S.did_you_mean(unknown, columns)
+            errors.append(("job.output.plot_features",
+                           f"{', '.join(map(repr, unknown))} is not a feature of this fit"
+                           f"{hint + ' The' if hint else '; the'} features (input.columns) "
+                           f"are {', '.join(columns)}."))
+    if out.get("labels") and inp.get("key_columns") and not wrong("job.input.key_columns"):
+        try:
+            check_label_keys(inp["key_columns"])
+        except ValueError as exc:
+            errors.append(("job.input.key_columns", str(exc)))
 
 
 def _open(job: Mapping, metric: str, standardize: bool, *, columns=None, dtype=None):
@@ -862,9 +953,7 @@ def _run_fit(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     from .io import write_labels
 
     out = job["output"]
-    _refuse_overlaps(job, {**{n: out[n] for n in ("model", "labels", "plot")},
-                           "checkpoint": job["params"].get("checkpoint")},
-                     {"url": job["input"]["url"]}, values)
+    _refuse_overlaps(job, values)
     for name in ("model", "labels"):
         if out[name]:
             _refuse_existing(out[name], _output_options(out[name], job), out["overwrite"],
@@ -937,8 +1026,7 @@ def _run_predict(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     from .io import write_labels
 
     out = job["output"]
-    _refuse_overlaps(job, {"labels": out["labels"]},
-                     {"url": job["input"]["url"], "model": job["model"]}, values)
+    _refuse_overlaps(job, values)
     _refuse_existing(out["labels"], _output_options(out["labels"], job), out["overwrite"],
                      directory=True, kind="labels")
     km = load(job["model"], storage_options=_input_options(job["model"], job))
@@ -999,8 +1087,7 @@ def _write_table(url: str, rows: list[dict], options: Mapping, overwrite: bool,
 
 def _run_sweep(job: Mapping, values: Sequence[str]) -> dict[str, Any]:
     out = job["output"]
-    _refuse_overlaps(job, {"table": out["table"], "plot": out["plot"]},
-                     {"url": job["input"]["url"]}, values)
+    _refuse_overlaps(job, values)
     if out["table"]:
         _refuse_existing(out["table"], _output_options(out["table"], job), out["overwrite"],
                          directory=False)

@@ -810,28 +810,30 @@ def test_existing_outputs_are_refused_before_any_work(local_store, client):
 def test_outputs_that_would_overwrite_each_other_or_the_input_are_refused_first(local_store):
     """Same directory for the model and the labels (the labels' commit replaced the model,
     and the job said it succeeded), labels inside the input, a predict into its model: all
-    refused before anything is read or written. No client: nothing may get that far."""
+    refused before anything is read or written. No client: nothing may get that far. Those
+    the URLs show are refused by validate_job too (validate said OK to them, from a
+    review)."""
     url, _ = write_dataset(local_store, n=300)
     same = local_store.url("out")
     cases = [
         (fit_spec(url, output={"model": same, "labels": same, "overwrite": True}),
-         r"output model .*out\) and output labels .*out\) are the same location"),
+         r"job\.output\.model: .*out and output\.labels \(.*out\) are the same location"),
         (fit_spec(url, output={"model": local_store.url("m"),
                                "labels": local_store.url("train", "labels")}),
-         r"output labels .* and input url .*train\) .*one is inside the other"),
+         r"job\.output\.labels: .* and input\.url \(.*train\) .*one is inside the other"),
         (fit_spec(url, output={"model": same, "plot": local_store.url("out", "c.png")}),
-         r"output model .* and output plot"),
+         r"job\.output\.model: .* and output\.plot"),
         ({"job": {"kind": "predict", "model": same, "input": {"url": url},
                   "output": {"labels": local_store.url("out", "labels")}}},
-         r"output labels .* and input model"),
+         r"job\.output\.labels: .* and model \("),
         # a glob input stands for its directory; a checkpoint is an output too (its
         # checkpoint.json in the input made every later read of it fail)
         (fit_spec(url + "/*.parquet", output={"labels": local_store.url("train", "labels")}),
-         r"output labels .* and input url .*one is inside the other"),
+         r"job\.output\.labels: .* and input\.url .*one is inside the other"),
         (fit_spec(url, params={"n_clusters": 2, "checkpoint": url}, output={}),
-         r"output checkpoint .* and input url .*same location"),
+         r"job\.params\.checkpoint: .* and input\.url .*same location"),
         (fit_spec(url, params={"n_clusters": 2, "checkpoint": same}, output={"model": same}),
-         r"output model .* and output checkpoint"),
+         r"job\.output\.model: .* and params\.checkpoint"),
     ]
     # Two names of one place: a symlinked directory (the fit ran, then failed on the
     # labels with the model written; a sweep's plot overwrote its table, exit 0), and a
@@ -842,20 +844,75 @@ def test_outputs_that_would_overwrite_each_other_or_the_input_are_refused_first(
     cases += [
         (fit_spec(url, output={"model": local_store.url("real", "model"),
                                "labels": local_store.url("alias", "model")}),
-         r"output model .* and output labels .* are the same location"),
+         r"job\.output\.model: .* and output\.labels .* are the same location"),
         ({"job": {"kind": "sweep", "input": {"url": url}, "k": [2, 3],
-                  "output": {"table": local_store.url("real", "k.csv"),
-                             "plot": local_store.url("alias", "k.csv")}}},
-         r"output table .* and output plot .* are the same location"),
+                  "output": {"table": local_store.url("real", "k"),
+                             "plot": local_store.url("alias", "k", "e.png")}}},
+         r"job\.output\.table: .* and output\.plot .* are the same location"),
         (fit_spec(url, output={"labels": local_store.url("data", "labels")}),
-         r"output labels .* and input url .*one is inside the other"),
+         r"job\.output\.labels: .* and input\.url .*one is inside the other"),
     ]
     for spec, message in cases:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(JobSpecError, match=message):
+            validate_job(spec)
+        with pytest.raises(JobSpecError, match=message):
             run_job(spec)
+        # Where the URLs alone cannot tell (a file system not installed where the spec is
+        # validated), the run compares them as its file systems see them.
+        with mock.patch("dask_kmeans.jobs._where_in_spec", return_value=None):
+            with pytest.raises(ValueError, match=message.replace(r"job\.", "", 1)):
+                run_job(spec)
     assert sorted(p.name for p in Path(local_store.url()).iterdir()) == \
         ["alias", "data", "real", "train"]
     assert not any(Path(local_store.url("real")).iterdir())
+
+
+def test_validate_refuses_what_the_run_would_refuse_from_the_spec_alone(tmp_path,
+                                                                        monkeypatch):
+    """validate said OK to specs that run then refused before any work, for reasons the
+    spec shows: a plot named .jpg, the model in the labels directory or in the input,
+    plot_features not among input.columns, a key column named cluster with labels. Now
+    validate_job refuses them (so validate, run and submit), naming the key."""
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (fit_spec("data", output={"plot": "p.jpg"}), "job.output.plot",
+         r"PNG, PDF or SVG, chosen by its extension .*'p\.jpg' has the extension \.jpg"),
+        ({"job": {"kind": "sweep", "input": {"url": "data"}, "k": [2, 3],
+                  "output": {"plot": "elbow"}}}, "job.output.plot", r"'elbow' has none"),
+        (fit_spec("data", output={"model": "out", "labels": "out"}), "job.output.model",
+         r"^out and output\.labels \(out\) are the same location or one is inside"),
+        (fit_spec("data", output={"model": "out/m", "labels": "out"}), "job.output.model",
+         r"^out/m and output\.labels \(out\) are the same location or one is inside"),
+        (fit_spec("data", output={"model": "./data/m"}), "job.output.model",
+         r"and input\.url \(data\) are the same location"),
+        (fit_spec("file://" + str(tmp_path / "data"), output={"model": "data/m"}),
+         "job.output.model", r"and input\.url \(file://.*data\) are the same"),
+        (fit_spec("s3://b/data/*.parquet", output={"labels": "s3://b/data/l"}),
+         "job.output.labels", r"input\.url"),
+        ({"job": {"kind": "predict", "model": "m", "input": {"url": "data"},
+                  "output": {"labels": "m/l"}}}, "job.output.labels", r"and model \(m\)"),
+        (fit_spec("data", input={"url": "data", "columns": ["age", "income"]},
+                  output={"plot": "p.png", "plot_features": ["age", "incom"]}),
+         "job.output.plot_features",
+         r"'incom' is not a feature of this fit; did you mean 'income'\? The features "
+         r"\(input.columns\) are age, income"),
+        (fit_spec("data", input={"url": "data", "key_columns": ["cluster"]},
+                  output={"labels": "l"}), "job.input.key_columns",
+         r"\['cluster'\] clash with the labels' columns"),
+    ]
+    for spec, path, problem in cases:
+        with pytest.raises(JobSpecError) as info:
+            validate_job(spec)
+        assert [p for p, _ in info.value.errors] == [path], info.value.errors
+        assert re.search(problem, info.value.errors[0][1]), info.value.errors
+    # What the spec does not show is left to the run: the features when input.columns is
+    # null, other protocols, and separate places.
+    for spec in (fit_spec("data", output={"plot": "p.png", "plot_features": ["a", "zz"]}),
+                 fit_spec("data", output={"model": "s3://b/data", "labels": "data2"}),
+                 fit_spec("data", input={"url": "data", "key_columns": ["cluster"]},
+                          output={"model": "m"}),
+                 fit_spec("data/", output={"model": "data2/m", "plot": "data2.png"})):
+        validate_job(spec)
 
 
 def test_predict_columns_other_than_the_models_are_refused_before_any_work(local_store):
@@ -1421,9 +1478,10 @@ def test_outputs_that_cannot_be_written_or_would_clobber_files_are_refused_first
         ({"model": str(root / "m"), "labels": str(blocker)}, NotADirectoryError,
          r"f is a file; the output is a directory"),
         ({"model": str(blocker / "m")}, NotADirectoryError, r"f is a file, so"),
-        ({"model": str(root / "m"), "plot": str(theirs)}, IsADirectoryError,
-         r"theirs is a directory; the output is a file"),
+        ({"model": str(root / "m"), "plot": str(root / "dir.png")}, IsADirectoryError,
+         r"dir\.png is a directory; the output is a file"),
     ]
+    (root / "dir.png").mkdir()
     for output, error, message in cases:
         spec = fit_spec(url, params={"n_clusters": 2, "random_state": 0}, output=output)
         with pytest.raises(error, match=message):
