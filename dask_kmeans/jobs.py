@@ -324,15 +324,38 @@ _SWEEP_REFUSES = {
 
 
 def _refuse_ignored(job: Mapping[str, Any], errors: list) -> None:
-    """Refuse a fit's keys that another key's value would leave without effect.
+    """Refuse keys that another key's value would leave without effect: a fit's, and a
+    sweep's ``input.key_columns``.
 
     Checked on the validated values, so a value equal to the default passes (it changes
     nothing, and a spec validated once, defaults filled in, validates again); keys
     already reported as wrong are left to that report.
     """
+    bad = {path for path, _ in errors}
+    inp = job.get("input") if isinstance(job.get("input"), dict) else {}
+    if (inp.get("key_columns") and inp.get("columns")
+            and not {"job.input.key_columns", "job.input.columns", "job.output",
+                     "job.output.labels"} & bad):
+        # Key columns are copied next to the labels and kept out of the default features;
+        # they are not used otherwise (not by the profile, nor the model).
+        if job.get("kind") == "sweep":
+            errors.append(("job.input.key_columns", "keeps key columns out of the default "
+                                                    "features and is copied next to labels, "
+                                                    "but input.columns names the features "
+                                                    "and a sweep writes no labels, so it "
+                                                    "would be ignored: remove "
+                                                    "input.key_columns (--key)"))
+        elif job.get("kind") == "fit" and isinstance(job.get("output"), dict) \
+                and job["output"].get("labels") is None:
+            errors.append(("job.input.key_columns", "keeps key columns out of the default "
+                                                    "features and is copied next to the "
+                                                    "labels, but input.columns names the "
+                                                    "features and output.labels is null, so "
+                                                    "it would be ignored: set output.labels "
+                                                    "(--labels), or remove "
+                                                    "input.key_columns (--key)"))
     if job.get("kind") != "fit":
         return
-    bad = {path for path, _ in errors}
     params = job.get("params") if isinstance(job.get("params"), dict) else {}
     out = job.get("output") if isinstance(job.get("output"), dict) else {}
     defaults = param_defaults()

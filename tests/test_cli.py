@@ -540,9 +540,18 @@ def test_column_names_with_a_comma_or_spaces_at_the_ends(data, tmp_path):
     np.testing.assert_array_equal(again["cluster"], labels["cluster"])
 
     result = invoke("sweep", url, "--k", "2,3", "--columns", "[' sp', 'a,b']", "--no-plot",
-                    "--key", "'id, region'", *cluster)
+                    *cluster)
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["features"] == names
+    # A sweep's key columns are kept out of the default features (with --columns, which
+    # names the features, they would do nothing and are refused).
+    result = invoke("sweep", url, "--k", "2,3", "--no-plot", "--key", "'id, region'",
+                    *cluster)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["features"] == [*names, "sp"]
+    line = one_line_error(invoke("sweep", url, "--k", "2,3", "--no-plot", "--columns", "sp",
+                                 "--key", "'id, region'", *cluster), 2)
+    assert "job.input.key_columns: keeps key columns out of the default features" in line
     # Plain names, comma-separated, as before: the spaces around a name are dropped.
     result = invoke("sweep", url, "--k", "2", "--columns", " sp ,", "--no-plot", *cluster)
     assert result.exit_code == 0, result.stderr

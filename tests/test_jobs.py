@@ -212,6 +212,33 @@ def test_a_repeated_column_or_plot_feature_is_refused_before_any_work():
     assert validate_job(ok)["job"]["output"]["plot_features"] == ["a", "b"]
 
 
+def test_key_columns_that_would_do_nothing_are_refused(local_store):
+    """input.key_columns does two things: it keeps the key columns out of the default
+    features, and copies them next to the labels. With input.columns given, a sweep (no
+    labels) or a fit without output.labels did neither, and accepted it silently."""
+    url, df = write_dataset(local_store, n=300)
+    keyed = {"url": url, "columns": FEATURES, "key_columns": ["customer_id"]}
+    sweep = {"job": {"kind": "sweep", "input": dict(keyed), "k": [2, 3], "output": {}}}
+    fit = fit_spec(url, input=dict(keyed), params={"n_clusters": 2, "random_state": 0},
+                   output={"model": local_store.url("m")})
+    for spec, why in ((sweep, "a sweep writes no labels"),
+                      (fit, "output.labels is null")):
+        with pytest.raises(JobSpecError) as info:
+            validate_job(spec)
+        [(path, problem)] = info.value.errors
+        assert path == "job.input.key_columns"
+        assert f"input.columns names the features and {why}, so it would be ignored" in problem
+    # Where it does something it is accepted: labels written, or no input.columns.
+    fit["job"]["output"]["labels"] = local_store.url("l")
+    assert run_job(fit)["labels"] == local_store.url("l")
+    assert list(dk.read_labels(local_store.url("l")).columns)[0] == "customer_id"
+    for spec in (sweep, fit):
+        del spec["job"]["input"]["columns"]
+        spec["job"]["output"].pop("labels", None)
+        spec["job"]["output"]["overwrite"] = True
+        assert run_job(spec)["features"] == FEATURES  # not customer_id
+
+
 def test_every_problem_is_reported_at_once():
     spec = fit_spec("d", params={"n_clusters": "eight", "tol": -1}, output={"modle": "m"})
     with pytest.raises(JobSpecError, match="^job.yaml: 3 problems in the job spec:") as info:
@@ -635,7 +662,8 @@ def test_fit_predict_sweep_on_every_store(store, client, caplog):
     np.testing.assert_array_equal(again["cluster"], labels["cluster"])
     np.testing.assert_allclose(again["distance"], labels["distance"], rtol=1e-12)
 
-    sweep = run_job({"job": {"kind": "sweep", "input": inp, "k": "2..3",
+    sweep = run_job({"job": {"kind": "sweep", "k": "2..3",
+                             "input": {k: v for k, v in inp.items() if k != "key_columns"},
                              "params": {"random_state": 0},
                              "output": {"table": store.url("sweep.csv")}}})
     assert [r["k"] for r in sweep["results"]] == [2, 3]
