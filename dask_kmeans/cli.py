@@ -2,9 +2,9 @@
 
 Every command builds or loads a job spec (`dask_kmeans.jobs`), connects to a cluster
 (`dask_kmeans.cluster.connect`) and runs, submits or inspects the job; a Python user can make
-the same calls. Errors that come from the input, the spec or the cluster end the command with
-one line on stderr and a non-zero exit code (see :data:`EXIT_CODES`), never a traceback, and
-never with a credential in them.
+the same calls. Errors end the command with one line on stderr and a non-zero exit code (see
+:data:`EXIT_CODES`), never a traceback (but for an unexpected error with
+:data:`TRACEBACK_ENV` set), and never with a credential in them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -39,8 +40,9 @@ from .io import DEFAULT_CHUNK_BYTES
 #: What each exit code means.
 EXIT_CODES = {
     0: "success (for status: the job finished or is still running)",
-    1: "the job failed: bad input data, an output that exists, an I/O error (for status: the "
-       "job failed or was lost)",
+    1: "the job failed: bad input data, an output that exists, an I/O error, workers that "
+       "died (most likely out of memory), an unexpected error (for status: the job failed or "
+       "was lost)",
     2: "bad usage: a job spec or cluster config that is missing or does not follow its schema, "
        "a bad dask-kmeans setting, conflicting options (for status: no job with that id, or "
        "one forgotten)",
@@ -48,6 +50,9 @@ EXIT_CODES = {
     130: "interrupted (Ctrl-C): the job stopped, its outputs left as a failed job leaves them",
 }
 _SECRETS = "dask_kmeans.secrets"
+#: Environment variable: when set (not to 0), an unexpected error's traceback is printed
+#: above its one line.
+TRACEBACK_ENV = "DASK_KMEANS_TRACEBACK"
 _PERSISTENT_KINDS = ("scheduler", "tls")
 
 
@@ -107,7 +112,20 @@ class _Group(click.Group):
                 raise self._error(ctx, ClusterError(lost), 3) from None
             if isinstance(exc, (ValueError, TypeError, OSError, ImportError)):
                 raise self._error(ctx, exc, 1) from None
-            raise
+            died = _out_of_memory(exc)
+            if died is not None:
+                raise CommandError(jobs.scrub(died, _secrets_of(ctx)), 1) from None
+            # Anything else is unexpected (a bug, or a failure not foreseen here): one line
+            # too, naming the exception's type; the traceback on request, to find where.
+            if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+                text = "".join(traceback.format_exception(exc)).rstrip()
+                click.echo(jobs.scrub(text, _secrets_of(ctx)), err=True)
+                hint = ""
+            else:
+                hint = f" (set {TRACEBACK_ENV}=1 to see the traceback)"
+            raise CommandError(jobs.scrub(f"unexpected {type(exc).__name__}: "
+                                          f"{_one_line(exc)}{hint}", _secrets_of(ctx)),
+                               1) from None
 
     @staticmethod
     def _error(ctx: click.Context, exc: BaseException, code: int) -> CommandError:
@@ -126,6 +144,26 @@ def _cluster_lost(exc: BaseException) -> str | None:
         return (f"lost the Dask cluster while the job ran ({type(exc).__name__}: {exc}): "
                 "the scheduler stopped, restarted or became unreachable; run the job again "
                 "once it is back")
+    return None
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """What to say when ``exc`` means the job ran out of memory: workers that died running
+    its tasks (distributed's ``KilledWorker``: most often the nanny killed them for going
+    over their memory limit), or a ``MemoryError``; else None."""
+    from distributed.scheduler import KilledWorker
+
+    advice = ("give each worker more memory (the cluster config's memory_limit, or its "
+              "memory per job or container) or read smaller chunks (input.chunk_bytes, "
+              "--chunk-bytes)")
+    if isinstance(exc, KilledWorker):
+        tries = exc.allowed_failures + 1
+        how = (f"was tried on {tries} workers, which all died" if tries > 1
+               else "ran on a worker that died")
+        return (f"the workers running the job died: task {exc.task!r} {how} (KilledWorker), "
+                f"most likely out of memory (their logs say why): {advice}")
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({_one_line(exc)}): {advice}"
     return None
 
 

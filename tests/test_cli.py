@@ -1191,6 +1191,68 @@ def test_a_cluster_lost_while_the_job_runs_is_exit_code_3_in_one_line(data, tmp_
     assert not (tmp_path / "m").exists()
 
 
+def test_workers_that_die_running_the_job_are_one_line_with_advice(data, tmp_path,
+                                                                   monkeypatch):
+    """Workers killed for going over their memory limit ended the command with distributed's
+    KilledWorker as a full traceback (exit 1). It is one line now, saying the workers died,
+    most likely out of memory, and what to change. A real KilledWorker: a task that ends
+    its worker process, on a cluster that allows no failure."""
+    import dask_kmeans
+
+    def dies(self, *args, **kwargs):
+        from distributed import get_client
+
+        get_client().submit(os._exit, 1, pure=False).result()
+
+    config = tmp_path / "processes.yaml"
+    config.write_text(yaml.safe_dump({"cluster": {"kind": "local", "local": {
+        "n_workers": 1, "threads_per_worker": 1, "processes": True}}}))
+    monkeypatch.setattr(dask_kmeans.KMeans, "fit", dies)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        line = one_line_error(invoke("fit", data["url"], "--k", 3, "--output", tmp_path / "m",
+                                     "--no-progress", "--cluster", config), 1)
+    assert line.startswith("Error: the workers running the job died: task '_exit-"), line
+    assert "ran on a worker that died (KilledWorker), most likely out of memory" in line
+    assert "more memory (the cluster config's memory_limit" in line
+    assert "smaller chunks (input.chunk_bytes, --chunk-bytes)" in line
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("error", [IndexError("index 1 is out of bounds"), KeyError("k"),
+                                   RuntimeError(f"boom with {MARKER}"),
+                                   MemoryError("Unable to allocate 8.00 GiB")])
+def test_an_unexpected_error_is_one_line_naming_its_type(data, tmp_path, monkeypatch, error):
+    """An error of a type the command did not foresee (IndexError, KeyError, RuntimeError,
+    MemoryError) ended it with a full traceback. Now it is one line naming the type
+    (MemoryError: what to change), exit 1, without credentials; DASK_KMEANS_TRACEBACK=1
+    prints the traceback above it, for a bug report."""
+    import dask_kmeans
+
+    def fails(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(dask_kmeans.KMeans, "fit", fails)
+    args = ("fit", data["url"], "--k", 3, "--output", tmp_path / "m", "--no-progress",
+            "--storage-option", f"secret_token={MARKER}", "--cluster", data["config"])
+    line = one_line_error(invoke(*args), 1)
+    name = type(error).__name__
+    if isinstance(error, MemoryError):
+        assert line == ("Error: out of memory (Unable to allocate 8.00 GiB): give each worker "
+                        "more memory (the cluster config's memory_limit, or its memory per "
+                        "job or container) or read smaller chunks (input.chunk_bytes, "
+                        "--chunk-bytes)")
+        return
+    assert line.startswith(f"Error: unexpected {name}: "), line
+    assert line.endswith("(set DASK_KMEANS_TRACEBACK=1 to see the traceback)"), line
+    no_marker(line)
+    monkeypatch.setenv("DASK_KMEANS_TRACEBACK", "1")
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert "Traceback (most recent call last)" in result.stderr and "in fails" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: unexpected {name}: ")
+    no_marker(result.stderr)
+
+
 @pytest.mark.parametrize("option", ["--scheduler", "--cluster"])
 @pytest.mark.parametrize("command", ["fit", "sweep", "predict", "run", "submit", "status"])
 def test_an_empty_scheduler_or_cluster_is_a_usage_error(option, command, tmp_path):
