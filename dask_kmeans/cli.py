@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import sys
@@ -88,9 +87,6 @@ class _Group(click.Group):
                 click.exceptions.Exit):
             raise
         except KeyboardInterrupt:  # click's "Aborted!" and exit 1 said the job failed
-            # What distributed logs while its threads stop after that is noise now (a
-            # cluster interrupted while it started: a warning per worker, after our line).
-            logging.disable(logging.ERROR)
             raise CommandError("interrupted", 130) from None
         except (SchemaError, jobs.UnknownJobError, ClusterConfigUnreadable) as exc:
             raise self._error(ctx, exc, 2) from None
