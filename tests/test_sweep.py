@@ -152,6 +152,21 @@ def test_ks_that_are_not_integers_from_1_are_refused(ks):
     assert dk.sweep(X, np.array([3, 2]), random_state=0).ks == [2, 3]  # NumPy ints are ints
 
 
+@pytest.mark.parametrize("rows", [-5, 2.5, True, "5000"])
+def test_bad_silhouette_rows_are_refused_before_any_fit(rows, monkeypatch):
+    """silhouette_rows was used only after every K was fitted: -5, 2.5, True or "5000"
+    failed then ("Negative dimensions are not allowed", ...), naming no parameter, every pass
+    over the data wasted."""
+    from dask_kmeans import _lloyd
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before checking silhouette_rows")
+
+    monkeypatch.setattr(_lloyd, "lloyd_many", no_fit)
+    with pytest.raises(ValueError, match=r"silhouette_rows must be None or an int >= 0, got "):
+        dk.sweep(blobs(n=100, d=2, k=2, seed=0), [2, 3], silhouette_rows=rows)
+
+
 def test_a_k_given_twice_is_refused():
     """[2, 2, 3] was swept as [2, 3], and a job reported 2 values of K."""
     from dask_kmeans.jobs import JobSpecError, parse_k, validate_job
