@@ -385,6 +385,15 @@ def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]
                  and not _hidden(p[len(root):] if p.startswith(root) else p.rsplit("/", 1)[-1])}
         if not found:
             raise FileNotFoundError(f"No files match {loc.url}.")
+        folders = sorted((p for p, i in found.items() if i.get("type") == "directory"),
+                         key=_natural_key)
+        if not infos and folders:  # it said "No Parquet files found", the folders unnamed
+            shown = ", ".join(loc.display(p) for p in folders[:3])
+            raise ValueError(
+                f"{loc.url} matches only directories ({shown}"
+                f"{', ...' if len(folders) > 3 else ''}): a pattern selects files. Give the "
+                "directory above them, or a pattern of files such as "
+                f"{loc.url.rstrip('/')}/*.parquet.")
         return sorted(infos, key=_natural_key), infos, None
     with _fs_errors(loc.url, loc.secrets, "opening"):
         # All of it: a listing of a folder below (a hive partition) cached by an earlier

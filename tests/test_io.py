@@ -133,6 +133,20 @@ def test_glob(store):
         read_parquet(store.url("data", "*.nothing"), storage_options=store.storage_options)
 
 
+def test_a_glob_that_matches_only_directories_says_so(store):
+    """data/* over hive partitions said "No Parquet files found under data/*", leaving the
+    user to guess that the pattern matched the partition folders and no file."""
+    for zone in (1, 2):
+        store.write_parquet(f"data/zone={zone}/part-0.parquet", pd.DataFrame({"x": [1.0]}))
+    with pytest.raises(ValueError, match=r"data/\* matches only directories \(.*zone=1, "
+                                         r".*zone=2\): a pattern selects files.*"
+                                         r"data/\*/\*\.parquet") as info:
+        read_parquet(store.url("data", "*"), storage_options=store.storage_options)
+    assert store.secret not in str(info.value)
+    X = read_parquet(store.url("data", "*", "*.parquet"), storage_options=store.storage_options)
+    assert X.shape == (2, 1)
+
+
 def test_an_existing_path_with_glob_characters_is_taken_literally(store):
     """A directory or file named like a glob (run[1]) is opened as it is; a pattern that
     matches nothing by that name is still a glob."""
