@@ -9,8 +9,10 @@ the same calls. Errors end the command with one line on stderr and a non-zero ex
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -78,7 +80,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_reconnects():
                 # One line each too, "Warning: ...", not Python's two (file:line, source).
                 warnings.showwarning = lambda message, *_, **__: click.echo(
                     f"Warning: {jobs.scrub(_one_line(message), _secrets_of(ctx))}", err=True)
@@ -126,6 +128,24 @@ class _Group(click.Group):
     @staticmethod
     def _error(ctx: click.Context, exc: BaseException, code: int) -> CommandError:
         return CommandError(jobs.scrub(_one_line(exc), _secrets_of(ctx)), code)
+
+
+def _not_a_lost_connection(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, (asyncio.CancelledError, OSError))  # CommClosedError too
+
+
+@contextlib.contextmanager
+def _quiet_reconnects() -> Iterator[None]:
+    """While a command runs, the client's reports of its lost connection to the scheduler
+    (a traceback of 35 lines as it tried to reconnect) are left out: the command reports a
+    lost cluster itself, in one line (exit 3), or carries on if the connection comes back."""
+    logger = logging.getLogger("distributed.client")
+    logger.addFilter(_not_a_lost_connection)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_a_lost_connection)
 
 
 def _cluster_lost(exc: BaseException) -> str | None:

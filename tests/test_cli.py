@@ -1178,14 +1178,40 @@ def test_a_cluster_lost_while_the_job_runs_is_exit_code_3_in_one_line(data, tmp_
 
     import dask_kmeans
 
+    import asyncio
+    import logging
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
     def lost(self, *args, **kwargs):
+        # As the client logs its failed reconnections before the job's error: 35 lines of
+        # traceback on stderr before the one line (seen with a scheduler killed mid-fit).
+        try:
+            raise asyncio.CancelledError()
+        except asyncio.CancelledError:
+            logging.getLogger("distributed.client").exception("")
         if error == "cancelled":
             raise FutureCancelledError("packed_chunk-0", "unknown")
         raise CommClosedError("in <TCP (closed) ConnectionPool.gather local=tcp://127.0.0.1>")
 
-    monkeypatch.setattr(dask_kmeans.KMeans, "fit", lost)
-    line = one_line_error(invoke("fit", data["url"], "--k", 3, "--output", tmp_path / "m",
-                                 "--cluster", data["config"]), 3)
+    kept = Kept()
+    client_log = logging.getLogger("distributed.client")
+    client_log.addHandler(kept)
+    try:
+        monkeypatch.setattr(dask_kmeans.KMeans, "fit", lost)
+        line = one_line_error(invoke("fit", data["url"], "--k", 3, "--output", tmp_path / "m",
+                                     "--cluster", data["config"]), 3)
+        assert kept.records == []  # the client's reconnection traceback was left out
+        client_log.error("after the command")  # and only while the command ran
+        assert [r.getMessage() for r in kept.records] == ["after the command"]
+    finally:
+        client_log.removeHandler(kept)
     assert line.startswith("Error: lost the Dask cluster while the job ran ("), line
     assert "run the job again once it is back" in line
     assert not (tmp_path / "m").exists()
