@@ -1496,5 +1496,15 @@ def job_status(job_id: str, client: Client) -> dict[str, Any]:
                 again["state"] = "failed" if state[0] == "erred" else "lost"
                 again["error"] = " ".join((state[1] or "the job's task is no longer on the "
                                            "scheduler and never finished").split())
+                # Nothing of the job runs any more to remove what it wrote (a rerun would,
+                # a failure in run_job does): say what may be left, which a new submission
+                # of the same job would stop at.
+                left = [url for url, before in (again.get("claimed") or {}).items()
+                        if before is False]
+                if left:
+                    again["error"] += (
+                        f"; what it may have written where nothing was before the job is "
+                        f"left as it is: {', '.join(left)} (remove it, or set "
+                        "output.overwrite: true, before running the job again)")
             record = again
     return record

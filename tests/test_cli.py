@@ -1173,13 +1173,13 @@ def test_a_cluster_lost_while_the_job_runs_is_exit_code_3_in_one_line(data, tmp_
                                                                        monkeypatch, error):
     """The scheduler stopping mid-fit ended in a 55-line traceback about a
     FutureCancelledError "reason: unknown" and exit 1 ("bad input")."""
+    import asyncio
+    import logging
+
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
     import dask_kmeans
-
-    import asyncio
-    import logging
 
     class Kept(logging.Handler):
         def __init__(self):

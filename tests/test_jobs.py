@@ -1519,3 +1519,35 @@ def test_outputs_that_cannot_be_written_or_would_clobber_files_are_refused_first
     assert all(p.read_bytes() == b"user data" for p in theirs.iterdir())
     with pytest.raises(FileExistsError, match="not dask_kmeans output"):
         dk.KMeans(2, random_state=0).fit(np.eye(3)).save(theirs, overwrite=True)
+
+
+def test_a_lost_job_names_the_outputs_it_may_have_left(monkeypatch):
+    """A job whose worker died more often than the scheduler allows was "lost" with no word
+    of its committed labels and model, left where nothing was before; the same job submitted
+    again then failed with "already exists"."""
+    from dask_kmeans import jobs
+
+    record = {"state": "running", "kind": "fit",
+              "claimed": {"/data/out/labels": False, "/data/out/model": False,
+                          "/data/out/old.png": True}}
+
+    class Scheduler:
+        address = "tcp://127.0.0.1:1"
+
+    class Client:
+        scheduler = Scheduler()
+
+        def get_metadata(self, keys, default=None):
+            return record
+
+    monkeypatch.setattr(jobs, "_task_state", lambda client, key: (None, None))
+    status = jobs.job_status("fit-1", Client())
+    assert status["state"] == "lost"
+    assert status["error"] == (
+        "the job's task is no longer on the scheduler and never finished; what it may have "
+        "written where nothing was before the job is left as it is: /data/out/labels, "
+        "/data/out/model (remove it, or set output.overwrite: true, before running the job "
+        "again)")
+    record["claimed"] = {}
+    assert jobs.job_status("fit-1", Client())["error"] == (
+        "the job's task is no longer on the scheduler and never finished")
