@@ -115,7 +115,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         every iteration, the centres, the iteration, the initial centres and
         the random state, with a fingerprint of the data (paths, sizes and
         modification times for Parquet; content or graph for arrays) and of
-        the parameters. JSON only, no pickle.
+        the parameters. JSON only, no pickle. It takes no storage options: an
+        object store's endpoint and credentials come from the environment or
+        fsspec's configuration (``FSSPEC_S3='{"endpoint_url": ...}'``).
     resume : bool, default=False
         With ``checkpoint``: continue from the checkpoint if there is one. A
         fit whose driver was killed then ends with exactly the centres,

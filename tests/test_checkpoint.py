@@ -120,6 +120,22 @@ def test_resume_of_a_finished_fit_gives_the_same_model(tmp_path):
     assert "pickle" not in text
 
 
+def test_a_checkpoint_on_an_object_store_takes_fsspecs_configuration(s3_bucket, monkeypatch):
+    """A checkpoint URL takes no storage options: an S3 endpoint and credentials come from
+    fsspec's configuration (FSSPEC_S3='{"endpoint_url": ...}' or ~/.config/fsspec), as
+    docs/api.md says; a store that needs them was only reachable so."""
+    import fsspec.config
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", dict(s3_bucket.storage_options))
+    X = np.random.default_rng(1).normal(size=(800, 3))
+    url = s3_bucket.url("ck")
+    a = dk.KMeans(5, random_state=0, n_init=2, checkpoint=url).fit(X)
+    assert s3_bucket.fs.exists(s3_bucket.path("ck", "checkpoint.json"))
+    b = dk.KMeans(5, random_state=0, n_init=2, checkpoint=url, resume=True).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert s3_bucket.secret not in repr(b)
+
+
 @pytest.mark.parametrize("max_iter", [2, 300])
 def test_resume_of_a_finished_fit_says_so_and_keeps_whether_it_converged(tmp_path, caplog,
                                                                          max_iter):
