@@ -95,9 +95,8 @@ def _takes_random_state_by_name(init) -> bool:
         params = inspect.signature(init).parameters
     except (TypeError, ValueError):  # no signature to read (some builtins): as scikit-learn
         return True
-    named = params.get("random_state")
-    return (named is not None and named.kind in (named.KEYWORD_ONLY, named.POSITIONAL_OR_KEYWORD)) \
-        or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = params.get("random_state")  # (not **kwargs: init(X, k, rs, **kw) takes it third)
+    return named is not None and named.kind in (named.KEYWORD_ONLY, named.POSITIONAL_OR_KEYWORD)
 
 
 def user_centers(init, X, n_clusters: int, random_state) -> np.ndarray:

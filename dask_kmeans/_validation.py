@@ -338,7 +338,7 @@ def check_X(est, X, *, reset: bool):
         return validate_data(est, X, reset=reset, dtype=dtype, order="C",
                              accept_large_sparse=False)
     except (ValueError, TypeError) as exc:
-        if "convert" not in str(exc) or not hasattr(X, "columns"):
+        if not hasattr(X, "columns"):
             raise
         bad = [repr(c) for c in X.columns if not _holds_numbers(X[c])]
         if not bad:

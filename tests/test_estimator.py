@@ -438,8 +438,8 @@ def test_callable_init_takes_random_state_as_scikit_learn_passes_it(data):
         seen.append(type(random_state).__name__)
         return C0
 
-    def any_keywords(X_, k, **kwargs):
-        seen.append(type(kwargs["random_state"]).__name__)
+    def any_keywords(X_, k, rs, **kwargs):  # third, by position: not in kwargs
+        seen.append(type(rs).__name__)
         return C0
 
     def third(X_, k, rs):

@@ -571,6 +571,12 @@ def test_pandas_object_columns_of_numbers_are_converted_as_scikit_learn_does(sma
         with pytest.raises(ValueError, match=r"column\(s\) holding values that are not "
                                              r"numbers: 'b' \(.*'three'\)"):
             call()
+    # Other values that are no numbers are named too (pd.NA, complex: a bare TypeError)
+    for odd in (pd.NA, 1 + 2j, [1.0]):
+        bad = objects.assign(c=pd.Series([1.0] * len(objects), dtype=object))
+        bad.loc[5, "c"] = odd
+        with pytest.raises(ValueError, match=r"not numbers: 'c' \("):
+            KMeans(4).fit(bad)
 
 
 @pytest.mark.parametrize(("change", "expected"), [
