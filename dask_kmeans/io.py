@@ -366,6 +366,23 @@ def _glob_under(url: str, depth: int | None, suffix: str = ".parquet") -> str:
             + "*" + suffix)
 
 
+def _folders_not_read(fs, folders: Sequence[str], infos: Mapping[str, Any], root: str,
+                      loc: _Location) -> list[str]:
+    """The folders a glob matched (not hidden) that hold data files the glob did not
+    match."""
+    out = []
+    for folder in folders:
+        if _hidden(folder[len(root):] if folder.startswith(root) else folder):
+            continue
+        with _fs_errors(loc.url, loc.secrets, "listing"):
+            inside = fs.find(folder, withdirs=False)
+        base = folder.rstrip("/")
+        if any(p not in infos and not p.endswith("/") and not _hidden(p[len(base):])
+               for p in inside):
+            out.append(folder)
+    return out
+
+
 def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]:
     """Data files under ``loc`` in natural order, their infos, and the partition base dir."""
     fs = loc.fs
@@ -394,6 +411,14 @@ def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]
                 f"{', ...' if len(folders) > 3 else ''}): a pattern selects files. Give the "
                 "directory above them, or a pattern of files such as "
                 f"{loc.url.rstrip('/')}/*.parquet.")
+        left_out = _folders_not_read(fs, folders, infos, root, loc)
+        if left_out:  # x/*.parquet over Spark's a.parquet/ folders read only x/c.parquet
+            shown = ", ".join(loc.display(p) for p in left_out[:3])
+            raise ValueError(
+                f"{loc.url} matches directories whose files it does not match ({shown}"
+                f"{', ...' if len(left_out) > 3 else ''}): a pattern reads only the files it "
+                "matches, so theirs would be left out. Give the directory above them, or a "
+                "pattern that matches their files too (one ending in **/*.parquet, say).")
         return sorted(infos, key=_natural_key), infos, None
     with _fs_errors(loc.url, loc.secrets, "opening"):
         # All of it: a listing of a folder below (a hive partition) cached by an earlier

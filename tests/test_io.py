@@ -147,6 +147,23 @@ def test_a_glob_that_matches_only_directories_says_so(store):
     assert X.shape == (2, 1)
 
 
+def test_a_glob_that_matches_folders_beside_files_does_not_drop_their_files(store):
+    """x/*.parquet over Spark's a.parquet/ and b.parquet/ folders and a file c.parquet read
+    c.parquet alone: 1 row of 7, in silence."""
+    for name in ("a", "b"):
+        store.write_parquet(f"x/{name}.parquet/part-0.snappy.parquet",
+                            pd.DataFrame({"v": [1.0, 2.0, 3.0]}))
+        store.put_bytes(f"x/{name}.parquet/_SUCCESS", b"")
+    store.write_parquet("x/c.parquet", pd.DataFrame({"v": [9.0]}))
+    options = store.storage_options
+    with pytest.raises(ValueError, match=r"matches directories whose files it does not match "
+                                         r"\(.*a\.parquet, .*b\.parquet\)") as info:
+        read_parquet(store.url("x", "*.parquet"), storage_options=options)
+    assert store.secret not in str(info.value)
+    assert read_parquet(store.url("x", "**", "*.parquet"), storage_options=options).shape == (7, 1)
+    assert read_parquet(store.url("x"), storage_options=options).shape == (7, 1)
+
+
 def test_an_existing_path_with_glob_characters_is_taken_literally(store):
     """A directory or file named like a glob (run[1]) is opened as it is; a pattern that
     matches nothing by that name is still a glob."""
