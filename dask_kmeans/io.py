@@ -819,6 +819,17 @@ def _decimal_to_float64(chunk: pa.Array) -> pa.Array:
     return chunk.cast(pa.string()).cast(pa.float64())
 
 
+def _refuse_inexact_decimals(decimals: Sequence[pa.Array], floats: Sequence[pa.Array]) -> None:
+    """ArrowInvalid unless every double of ``floats`` reads back as its decimal (at the
+    decimal's scale): a key of 2**60 + 1 would become 2**60."""
+    for dec, flt in zip(decimals, floats, strict=True):
+        back = pc.cast(flt, dec.type, safe=False)
+        same = pc.equal(back, dec)
+        if not pc.all(pc.or_kleene(same, pc.is_null(dec))).as_py():
+            first = pc.index(same, False).as_py()
+            raise pa.ArrowInvalid(f"{dec[first].as_py()} would become {flt[first].as_py()!r}")
+
+
 def _cast_exactly(table: pa.Table, target: pa.Schema, exact: Sequence[str],
                   part_url: str) -> pa.Table:
     """``table`` as ``target``: the ``exact`` columns (keys) only where no value changes
@@ -831,12 +842,14 @@ def _cast_exactly(table: pa.Table, target: pa.Schema, exact: Sequence[str],
         if column.type.equals(field.type):
             columns.append(column)
             continue
-        if pa.types.is_decimal(column.type) and pa.types.is_float64(field.type):
-            columns.append(pa.chunked_array([_decimal_to_float64(c) for c in column.chunks],
-                                            pa.float64()))
-            continue
         try:
-            columns.append(column.cast(field.type, safe=field.name in exact))
+            if pa.types.is_decimal(column.type) and pa.types.is_float64(field.type):
+                floats = [_decimal_to_float64(c) for c in column.chunks]
+                if field.name in exact:  # Arrow's safe cast lets 2**60 + 1 become 2**60
+                    _refuse_inexact_decimals(column.chunks, floats)
+                columns.append(pa.chunked_array(floats, pa.float64()))
+            else:
+                columns.append(column.cast(field.type, safe=field.name in exact))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise ValueError(
                 f"Key column '{field.name}' is {column.type} in part {part_url}, and reading it "

@@ -584,6 +584,29 @@ def test_decimals_become_the_nearest_double(dtype):
         assert got.to_pylist() == want
 
 
+def test_a_decimal_key_read_as_another_parts_double_stays_exact_or_is_refused(local_store):
+    """A decimal key in one part and a double in another were read as doubles in silence,
+    2**60 + 1 as 2**60 (Arrow's safe cast does not check decimals); keys are exact."""
+    import decimal
+
+    import pyarrow.parquet as pq
+
+    def write(name, ids, id_type):
+        pq.write_table(pa.table({"id": pa.array(ids, id_type), "x": [1.0] * len(ids)}),
+                       local_store.path("k", name))
+
+    os.makedirs(local_store.path("k"))
+    write("b.parquet", [3.0, 4.0], pa.float64())
+    write("a.parquet", [decimal.Decimal(2), decimal.Decimal("2.5"), None], pa.decimal128(30, 1))
+    src = open_parquet(local_store.url("k"), columns=["x"], key_columns=["id"])
+    assert src.keys.compute()["id"].tolist()[:2] == [2.0, 2.5]  # exact as doubles: kept
+    write("a.parquet", [decimal.Decimal(2**60 + 1)], pa.decimal128(30, 0))
+    with pytest.raises(ValueError, match=r"Key column 'id' is decimal128\(30, 0\) in part "
+                                         r".*a\.parquet.*would change its values "
+                                         r"\(1152921504606846977 would become"):
+        open_parquet(local_store.url("k"), columns=["x"], key_columns=["id"]).keys.compute()
+
+
 def test_decimal_features_are_the_nearest_double(local_store):
     """Decimal features were read through Arrow's cast to float64, one ulp off the nearest
     double for a third of them (the docs promise the nearest); in a part beside a part of
