@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 import copy
 import datetime
+import fnmatch
 import glob
 import io as _stdio
 import json
@@ -711,30 +712,52 @@ def _refuse_existing(url: str, options: Mapping, overwrite: bool, *, directory: 
                       "to replace it")
 
 
-def _place(protocol: str, path: str) -> tuple[str, str]:
-    """A location as :func:`_overlapping` compares them: a glob stands for the directory
-    before its first wildcard (what it may match), and a local path is resolved (two names
-    of one place: a symlink in the path)."""
+def _place(protocol: str, path: str, pattern: bool = False) -> tuple[str, str, bool]:
+    """A location as :func:`_overlapping` compares them: ``(protocol, path, is a glob)``.
+    An input's glob keeps its wildcards, compared segment by segment (a ``**`` stands for
+    the directory before it); an output's name is taken as written (its writers do). The
+    fixed folders of a local path are resolved (two names of one place: a symlink)."""
     segments = path.strip("/").split("/")
-    magic = [i for i, seg in enumerate(segments) if glob.has_magic(seg)]
-    if magic:
-        segments = segments[:magic[0]]
-    path = posixpath.normpath("/" + "/".join(segments))
+    magic = [i for i, seg in enumerate(segments) if glob.has_magic(seg)] if pattern else []
+    deep = [i for i in magic if "**" in segments[i]]
+    if deep:
+        segments, magic = segments[:deep[0]], []
+    fixed, rest = (segments[:magic[0]], segments[magic[0]:]) if magic else (segments, [])
+    path = posixpath.normpath("/" + "/".join(fixed))
     if protocol in ("file", "local"):
         path = os.path.realpath(path)
-    return protocol, path
+    return protocol, "/".join([path.rstrip("/"), *rest]) if rest else path, bool(rest)
 
 
-def _where(url: str, options: Mapping, values: Sequence[str]) -> tuple[str, str]:
+def _overlap(a: tuple[str, str, bool], b: tuple[str, str, bool]) -> bool:
+    """Whether two places are the same or one is inside the other; against a glob, whether
+    the other could be, hold or be inside a match (input ``*.parquet`` and output
+    ``out/model`` in the same folder do not overlap; they did, the glob taken for its
+    folder)."""
+    if a[0] != b[0]:
+        return False
+    if not (a[2] or b[2]):
+        return a[1] == b[1] or a[1].startswith(b[1].rstrip("/") + "/") \
+            or b[1].startswith(a[1].rstrip("/") + "/")
+    pattern, other = (a[1], b[1]) if a[2] else (b[1], a[1])
+    g, o = pattern.strip("/").split("/"), other.strip("/").split("/")
+    both = a[2] and b[2]  # (two inputs are not compared; were they, either way round)
+    return all(fnmatch.fnmatchcase(o[i], g[i]) or (both and fnmatch.fnmatchcase(g[i], o[i]))
+               for i in range(min(len(g), len(o))))
+
+
+def _where(url: str, options: Mapping, values: Sequence[str],
+           is_input: bool) -> tuple[str, str, bool]:
     """A URL's file system and normalised absolute path, to compare locations."""
     import fsspec
 
     with _io_errors(url, values, "checking"):
         fs, path = fsspec.core.url_to_fs(url, **options)
-    return _place(fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0], path)
+    return _place(fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0], path,
+                  is_input)
 
 
-def _where_in_spec(url: str) -> tuple[str, str] | None:
+def _where_in_spec(url: str, is_input: bool) -> tuple[str, str, bool] | None:
     """:func:`_where` from the URL alone, for :func:`validate_job`; None where that takes
     more (a chained URL, a file system whose package is not installed here): the run
     compares those."""
@@ -747,7 +770,8 @@ def _where_in_spec(url: str) -> tuple[str, str] | None:
         path = cls._strip_protocol(url)
     except Exception:  # noqa: BLE001 - an unknown protocol or a missing package
         return None
-    return _place(cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0], path)
+    return _place(cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0], path,
+                  is_input)
 
 
 def _locations(job: Mapping) -> list[tuple[str, str, bool]]:
@@ -763,19 +787,16 @@ def _locations(job: Mapping) -> list[tuple[str, str, bool]]:
     return [(key, url, is_input) for key, url, is_input in places if isinstance(url, str)]
 
 
-def _overlapping(places: Sequence[tuple[str, str, bool, tuple[str, str] | None]]):
+def _overlapping(places: Sequence[tuple[str, str, bool, tuple[str, str, bool] | None]]):
     """The pairs of ``places`` (``(key, url, is_input, where)``, outputs first) that are
     the same location or one inside the other, but for two inputs: writing one would
     replace or damage the other (a fit with the same model and labels directory left
     neither usable, and exited 0)."""
     for i, (key_a, url_a, input_a, where_a) in enumerate(places):
         for key_b, url_b, input_b, where_b in places[i + 1:]:
-            if (input_a and input_b) or where_a is None or where_b is None \
-                    or where_a[0] != where_b[0]:
+            if (input_a and input_b) or where_a is None or where_b is None:
                 continue
-            path_a, path_b = where_a[1], where_b[1]
-            if path_a == path_b or path_a.startswith(path_b.rstrip("/") + "/") \
-                    or path_b.startswith(path_a.rstrip("/") + "/"):
+            if _overlap(where_a, where_b):
                 yield key_a, url_a, key_b, url_b
 
 
@@ -791,7 +812,7 @@ def _refuse_overlaps(job: Mapping, values: Sequence[str]) -> None:
     the URLs alone; this compares the URLs as the file systems see them."""
     places = [(key, url, is_input,
                _where(url, _input_options(url, job) if is_input else _output_options(url, job),
-                      values))
+                      values, is_input))
               for key, url, is_input in _locations(job)]
     for key_a, url_a, key_b, url_b in _overlapping(places):
         raise ValueError(f"{key_a}: {_overlap_problem(url_a, key_b, url_b)}")
@@ -820,7 +841,7 @@ def _refuse_at_run(job: dict[str, Any], errors: list) -> None:
             plot_format(out["plot"])
         except ValueError as exc:
             errors.append(("job.output.plot", str(exc)))
-    places = [(key, url, is_input, _where_in_spec(url))
+    places = [(key, url, is_input, _where_in_spec(url, is_input))
               for key, url, is_input in _locations(job) if not wrong(f"job.{key}")]
     for key_a, url_a, key_b, url_b in _overlapping(places):
         errors.append((f"job.{key_a}", _overlap_problem(url_a, key_b, url_b)))

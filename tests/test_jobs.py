@@ -915,8 +915,10 @@ def test_validate_refuses_what_the_run_would_refuse_from_the_spec_alone(tmp_path
          r"and input\.url \(data\) are the same location"),
         (fit_spec("file://" + str(tmp_path / "data"), output={"model": "data/m"}),
          "job.output.model", r"and input\.url \(file://.*data\) are the same"),
-        (fit_spec("s3://b/data/*.parquet", output={"labels": "s3://b/data/l"}),
-         "job.output.labels", r"input\.url"),
+        (fit_spec("s3://b/data/*.parquet", output={"labels": "s3://b/data/l.parquet"}),
+         "job.output.labels", r"input\.url"),  # a name the glob matches
+        (fit_spec("s3://b/data/*/x.parquet", output={"labels": "s3://b/data/l"}),
+         "job.output.labels", r"input\.url"),  # a folder the glob may look into
         ({"job": {"kind": "predict", "model": "m", "input": {"url": "data"},
                   "output": {"labels": "m/l"}}}, "job.output.labels", r"and model \(m\)"),
         (fit_spec("data", input={"url": "data", "columns": ["age", "income"]},
@@ -933,6 +935,13 @@ def test_validate_refuses_what_the_run_would_refuse_from_the_spec_alone(tmp_path
             validate_job(spec)
         assert [p for p, _ in info.value.errors] == [path], info.value.errors
         assert re.search(problem, info.value.errors[0][1]), info.value.errors
+    # Refused before, each glob or output taken for its folder: an input glob and outputs
+    # its matches cannot be, hold or be inside, and an output named like a glob (written as
+    # named) beside another output.
+    for spec in (fit_spec("s3://b/data/*.parquet", output={"labels": "s3://b/data/l"}),
+                 fit_spec("*.parquet", output={"model": "out/model"}),
+                 fit_spec("data", output={"model": "out/model", "plot": "out/run[1].png"})):
+        validate_job(spec)
     # What the spec does not show is left to the run: the features when input.columns is
     # null, other protocols, and separate places.
     for spec in (fit_spec("data", output={"plot": "p.png", "plot_features": ["a", "zz"]}),
