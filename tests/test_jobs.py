@@ -854,9 +854,11 @@ def test_outputs_that_would_overwrite_each_other_or_the_input_are_refused_first(
         ({"job": {"kind": "predict", "model": same, "input": {"url": url},
                   "output": {"labels": local_store.url("out", "labels")}}},
          r"job\.output\.labels: .* and model \("),
-        # a glob input stands for its directory; a checkpoint is an output too (its
+        # an output that a glob input matches (labels.parquet/ holds files the glob would
+        # not read, but the folder is a match); a checkpoint is an output too (its
         # checkpoint.json in the input made every later read of it fail)
-        (fit_spec(url + "/*.parquet", output={"labels": local_store.url("train", "labels")}),
+        (fit_spec(url + "/*.parquet",
+                  output={"labels": local_store.url("train", "labels.parquet")}),
          r"job\.output\.labels: .* and input\.url .*one is inside the other"),
         (fit_spec(url, params={"n_clusters": 2, "checkpoint": url}, output={}),
          r"job\.params\.checkpoint: .* and input\.url .*same location"),
