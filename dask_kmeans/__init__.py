@@ -20,12 +20,18 @@ __version__ = "0.1.0"
 #: in that second printed a traceback per worker.
 WORKERS_IGNORE_CTRL_C = "DASK_KMEANS_WORKERS_IGNORE_CTRL_C"
 
-if os.environ.get(WORKERS_IGNORE_CTRL_C) == str(os.getppid()):
+
+def _ignore_ctrl_c() -> None:
+    """SIGINT ignored in this process (from its main thread, where handlers are set)."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+if os.environ.get(WORKERS_IGNORE_CTRL_C) == str(os.getppid()):
+    _ignore_ctrl_c()
 
 _EXPORTS = {
     "KMeans": "estimator",

@@ -115,11 +115,9 @@ def dask_setup(worker) -> None:
     (about 70 lines) while the command stopped the job and closed them anyway. Set in each
     worker rather than inherited (SIG_IGN in the command while it started them), so that a
     Ctrl-C while the cluster starts still stops the command."""
-    import signal
-    import threading
+    from . import _ignore_ctrl_c
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ignore_ctrl_c()
 
 
 def prepare_client(client) -> None:

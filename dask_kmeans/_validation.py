@@ -23,6 +23,14 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def check_silhouette_rows(value) -> None:
+    """``sweep``'s ``silhouette_rows``: None or an int >= 0, checked before any fit (it is
+    used only after every K is fitted: a bad value wasted every pass over the data)."""
+    if value is not None and not (_is_int(value) and value >= 0):
+        raise InvalidParameterError(f"silhouette_rows must be None or an int >= 0, got "
+                                    f"{value!r}.")
+
+
 try:  # what scikit-learn's estimators raise: a ValueError and a TypeError both
     from sklearn.utils._param_validation import InvalidParameterError
 except ImportError:  # pragma: no cover - a scikit-learn that moved it

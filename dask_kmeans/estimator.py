@@ -1040,12 +1040,7 @@ def sweep(X, ks, *, sample_weight=None, random_state=None, max_iter: int = 300,
                  metric=metric, split_every=split_every, standardize=standardize,
                  persist=persist)
     V.check_params(est)
-    if silhouette_rows is not None and not (
-            isinstance(silhouette_rows, numbers.Integral)
-            and not isinstance(silhouette_rows, bool | np.bool_) and silhouette_rows >= 0):
-        # Used only after every K is fitted: a bad value wasted every pass over the data.
-        raise V.InvalidParameterError(f"silhouette_rows must be None or an int >= 0, got "
-                                      f"{silhouette_rows!r}.")
+    V.check_silhouette_rows(silhouette_rows)
     Xv = V.check_X(est, X, reset=True)
     lazy = isinstance(Xv, da.Array)
     if Xv.shape[0] < max(ks):

@@ -366,13 +366,13 @@ def _glob_under(url: str, depth: int | None, suffix: str = ".parquet") -> str:
             + "*" + suffix)
 
 
-def _folders_not_read(fs, folders: Sequence[str], infos: Mapping[str, Any], root: str,
-                      loc: _Location) -> list[str]:
-    """The folders a glob matched (not hidden) that hold data files the glob did not
+def _folders_not_read(fs, folders: Sequence[str], infos: Mapping[str, Any],
+                      hidden: Callable[[str], bool], loc: _Location) -> list[str]:
+    """The folders a glob matched (not ``hidden``) that hold data files the glob did not
     match."""
     out = []
     for folder in folders:
-        if _hidden(folder[len(root):] if folder.startswith(root) else folder):
+        if hidden(folder):
             continue
         with _fs_errors(loc.url, loc.secrets, "listing"):
             inside = fs.find(folder, withdirs=False)
@@ -397,28 +397,33 @@ def _list_parts(loc: _Location) -> tuple[list[str], dict[str, dict], str | None]
         # Hidden names below the pattern's fixed folders are skipped, files and folders
         # (data/*/*.parquet skips data/_delta_log/...), as in a directory.
         root = _glob_root(loc.path)
+
+        def hidden(p: str) -> bool:
+            return _hidden(p[len(root):] if p.startswith(root) else p.rsplit("/", 1)[-1])
+
         infos = {p: i for p, i in found.items()
-                 if i.get("type", "file") == "file" and not p.endswith("/")
-                 and not _hidden(p[len(root):] if p.startswith(root) else p.rsplit("/", 1)[-1])}
+                 if i.get("type", "file") == "file" and not p.endswith("/") and not hidden(p)}
         if not found:
             raise FileNotFoundError(f"No files match {loc.url}.")
         folders = sorted((p for p, i in found.items() if i.get("type") == "directory"),
                          key=_natural_key)
+
+        def shown(paths: Sequence[str]) -> str:  # the first few
+            more = ", ..." if len(paths) > 3 else ""
+            return ", ".join(loc.display(p) for p in paths[:3]) + more
+
         if not infos and folders:  # it said "No Parquet files found", the folders unnamed
-            shown = ", ".join(loc.display(p) for p in folders[:3])
             raise ValueError(
-                f"{loc.url} matches only directories ({shown}"
-                f"{', ...' if len(folders) > 3 else ''}): a pattern selects files. Give the "
-                "directory above them, or a pattern of files such as "
+                f"{loc.url} matches only directories ({shown(folders)}): a pattern selects "
+                "files. Give the directory above them, or a pattern of files such as "
                 f"{loc.url.rstrip('/')}/*.parquet.")
-        left_out = _folders_not_read(fs, folders, infos, root, loc)
+        left_out = _folders_not_read(fs, folders, infos, hidden, loc)
         if left_out:  # x/*.parquet over Spark's a.parquet/ folders read only x/c.parquet
-            shown = ", ".join(loc.display(p) for p in left_out[:3])
             raise ValueError(
-                f"{loc.url} matches directories whose files it does not match ({shown}"
-                f"{', ...' if len(left_out) > 3 else ''}): a pattern reads only the files it "
-                "matches, so theirs would be left out. Give the directory above them, or a "
-                "pattern that matches their files too (one ending in **/*.parquet, say).")
+                f"{loc.url} matches directories whose files it does not match "
+                f"({shown(left_out)}): a pattern reads only the files it matches, so theirs "
+                "would be left out. Give the directory above them, or a pattern that matches "
+                "their files too (one ending in **/*.parquet, say).")
         return sorted(infos, key=_natural_key), infos, None
     with _fs_errors(loc.url, loc.secrets, "opening"):
         # All of it: a listing of a folder below (a hive partition) cached by an earlier

@@ -739,11 +739,10 @@ def _overlap(a: tuple[str, str, bool], b: tuple[str, str, bool]) -> bool:
     if not (a[2] or b[2]):
         return a[1] == b[1] or a[1].startswith(b[1].rstrip("/") + "/") \
             or b[1].startswith(a[1].rstrip("/") + "/")
+    # At most one is a glob: only inputs are, and two inputs are not compared.
     pattern, other = (a[1], b[1]) if a[2] else (b[1], a[1])
     g, o = pattern.strip("/").split("/"), other.strip("/").split("/")
-    both = a[2] and b[2]  # (two inputs are not compared; were they, either way round)
-    return all(fnmatch.fnmatchcase(o[i], g[i]) or (both and fnmatch.fnmatchcase(g[i], o[i]))
-               for i in range(min(len(g), len(o))))
+    return all(fnmatch.fnmatchcase(o[i], g[i]) for i in range(min(len(g), len(o))))
 
 
 def _where(url: str, options: Mapping, values: Sequence[str],
@@ -825,7 +824,6 @@ def _refuse_at_run(job: dict[str, Any], errors: list) -> None:
     system not installed here), a ``plot_features`` entry that is not among an explicit
     ``input.columns``, and key columns named as the labels' columns when labels are
     written. Keys already reported as wrong are left to that report."""
-    from .io import check_label_keys
     from .report import plot_format
 
     bad = [path for path, _ in errors]
@@ -913,11 +911,17 @@ def _before_job(fs, path: str) -> bool | frozenset[str]:
         return False
     if not fs.isdir(path):
         return True
+    names = frozenset(_names_in(fs, path))
+    return True if SUCCESS_MARKER in names else names
+
+
+def _names_in(fs, path: str) -> list[str]:
+    """The names in the directory ``path``, listed afresh (not an object store's marker
+    of the folder itself)."""
     fs.invalidate_cache(path)
     here = fs._strip_protocol(path).rstrip("/")
-    names = frozenset(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
-                      if p.rstrip("/") != here)  # not an object store's folder marker
-    return True if SUCCESS_MARKER in names else names
+    return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
+            if p.rstrip("/") != here]
 
 
 def _undo(fs, path: str, before: bool | frozenset[str], parents: Sequence[str]) -> None:
@@ -930,11 +934,9 @@ def _undo(fs, path: str, before: bool | frozenset[str], parents: Sequence[str]) 
         remove_exactly(fs, path)
         remove_empty_dirs(fs, parents)
     elif before is not True and fs.isdir(path):
-        fs.invalidate_cache(path)
         here = fs._strip_protocol(path).rstrip("/")
-        for entry in fs.ls(path, detail=False):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if entry.rstrip("/") != here and name not in before:
+        for name in _names_in(fs, path):
+            if name not in before:
                 with contextlib.suppress(Exception):
                     remove_exactly(fs, posixpath.join(here, name))
 
